@@ -15,7 +15,7 @@ Examples::
     # Qwen2.5-0.5B shape, Q8_0 matrices
     python3 bench/make_test_gguf.py --preset qwen2.5-0.5b --qtype q8_0 -o /tmp/qwen-q8.gguf
     # a small llama-shaped model
-    python3 bench/make_test_gguf.py --arch llama --hidden 256 --intermediate 688 \
+    python3 bench/make_test_gguf.py --arch llama --hidden 256 --intermediate 704 \
         --layers 4 --heads 4 --kv-heads 2 --vocab 4096 --qtype q4_0 -o /tmp/tiny.gguf
 
 Weights are N(0, 0.02) (seeded), norms are 1.0, biases N(0, 0.02); all
@@ -39,7 +39,7 @@ PRESETS = {
                          rms_eps=1e-6, context=32768, tied=True, qkv_bias=True,
                          tokenizer_pre="qwen2"),
     # a small llama-architecture model (shape of a ~25M-parameter test model)
-    "llama-tiny": dict(arch="llama", hidden=256, intermediate=688, layers=4,
+    "llama-tiny": dict(arch="llama", hidden=256, intermediate=704, layers=4,
                        heads=4, kv_heads=2, vocab=4096, rope_theta=10000.0,
                        rms_eps=1e-5, context=2048, tied=False, qkv_bias=False,
                        tokenizer_pre="default"),
@@ -83,6 +83,25 @@ def synthetic_vocab(n_vocab: int):
     return tokens, types, eot, im_end
 
 
+class Writer(gguf.GGUFWriter):
+    """gguf-py refuses empty arrays; llama.cpp's reader does not. Allow them
+    (with an explicit sub_type) so an empty merges list can be tested.
+    Keys named in `drop` are not written (to probe which keys llama.cpp needs)."""
+
+    drop: set = set()
+
+    def add_key_value(self, key, val, vtype, sub_type=None):
+        if key in self.drop:
+            return
+        super().add_key_value(key, val, vtype, sub_type)
+
+    def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+        if vtype == gguf.GGUFValueType.ARRAY and sub_type is not None and len(val) == 0:
+            head = self._pack("I", vtype) if add_vtype else b""
+            return head + self._pack("I", sub_type) + self._pack("Q", 0)
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF (rotate-half) row order -> llama.cpp 'llama' (interleaved pairs) row order.
     Same as LlamaModel.permute in llama.cpp's convert_hf_to_gguf.py. w: [out, in]."""
@@ -109,6 +128,13 @@ def main() -> int:
                     help="type of every 2-D matrix (default q8_0)")
     ap.add_argument("--embd-qtype", choices=sorted(QTYPES), default=None,
                     help="type of token_embd.weight (default: --qtype)")
+    ap.add_argument("--tokenizer-model", choices=["gpt2", "none"], default="gpt2",
+                    help="gpt2: synthetic byte-level BPE vocab (default); none: no vocab, "
+                         "only {arch}.vocab_size (llama.cpp's 'no_vocab' path)")
+    ap.add_argument("--merges", type=int, choices=[0, 1], default=1,
+                    help="number of BPE merges written (0 = empty array; default 1)")
+    ap.add_argument("--drop", action="append", default=[], metavar="KEY",
+                    help="leave this metadata key out (repeatable; for probing what llama.cpp needs)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -129,10 +155,13 @@ def main() -> int:
     head_dim = n_embd // n_head
     assert head_dim * n_head == n_embd
     qtype, embd_qtype = QTYPES[args.qtype], QTYPES[args.embd_qtype or args.qtype]
+    if args.qtype in ("q8_0", "q4_0") and (n_embd % 32 or n_ff % 32):
+        ap.error("q8_0/q4_0 need hidden and intermediate to be multiples of 32 (block size)")
 
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
-    w = gguf.GGUFWriter(args.output, arch)  # writes general.architecture (string)
+    Writer.drop = set(args.drop)
+    w = Writer(args.output, arch)  # writes general.architecture (string)
 
     # ---- metadata -------------------------------------------------------
     w.add_string("general.name", f"agora-random-{arch}")
@@ -147,19 +176,24 @@ def main() -> int:
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", cfg["rms_eps"])
     if arch == "llama":
         w.add_uint32(f"{arch}.rope.dimension_count", head_dim)
+    if arch == "llama" or args.tokenizer_model == "none":
         w.add_uint32(f"{arch}.vocab_size", n_vocab)
 
-    tokens, types, bos, eos = synthetic_vocab(n_vocab)
-    w.add_string("tokenizer.ggml.model", "gpt2")
-    w.add_string("tokenizer.ggml.pre", cfg["tokenizer_pre"])
-    w.add_array("tokenizer.ggml.tokens", tokens)                 # array<string>
-    w.add_key_value("tokenizer.ggml.token_type", types,
-                    gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.INT32)  # array<i32>
-    # a BPE vocab needs the merges key; gguf-py refuses empty arrays, so one merge
-    w.add_array("tokenizer.ggml.merges", ["Ġ Ġ"])              # array<string>
-    w.add_uint32("tokenizer.ggml.bos_token_id", bos)
-    w.add_uint32("tokenizer.ggml.eos_token_id", eos)
-    w.add_bool("tokenizer.ggml.add_bos_token", False)
+    if args.tokenizer_model == "none":
+        w.add_string("tokenizer.ggml.model", "none")
+    else:
+        tokens, types, bos, eos = synthetic_vocab(n_vocab)
+        w.add_string("tokenizer.ggml.model", "gpt2")
+        w.add_string("tokenizer.ggml.pre", cfg["tokenizer_pre"])
+        w.add_array("tokenizer.ggml.tokens", tokens)                 # array<string>
+        w.add_key_value("tokenizer.ggml.token_type", types,
+                        gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.INT32)  # array<i32>
+        # a BPE vocab needs the merges key (it may be an empty array)
+        w.add_key_value("tokenizer.ggml.merges", ["Ġ Ġ"][:args.merges],
+                        gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.STRING)  # array<string>
+        w.add_uint32("tokenizer.ggml.bos_token_id", bos)
+        w.add_uint32("tokenizer.ggml.eos_token_id", eos)
+        w.add_bool("tokenizer.ggml.add_bos_token", False)
 
     # ---- tensors --------------------------------------------------------
     def mat(name: str, out_f: int, in_f: int, qt: QT, permute_heads: int = 0) -> None:
