@@ -90,6 +90,7 @@ def main() -> int:
                     help="llama.cpp flash-attention setting (default: llama.cpp's default, auto)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ap.add_argument("--verbose", action="store_true", help="keep llama.cpp's logging on stderr")
+    ap.add_argument("--quiet-warnings", action="store_true", help="no warning about a busy machine")
     args = ap.parse_args()
 
     P, G, N, R = args.prompt_tokens, args.gen_tokens, args.threads, args.repeats
@@ -106,12 +107,23 @@ def main() -> int:
         die(f"{e}; install with: pip install -r bench/requirements.txt (see bench/README.md)")
 
     # ---- logging -------------------------------------------------------
+    load_before = os.getloadavg()[0]
+    ncpu = os.cpu_count() or 1
+    if load_before >= 1.0 and not args.quiet_warnings:
+        print(f"llamacpp_bench: warning: 1-minute load average is {load_before:.2f} on {ncpu} CPUs; "
+              f"other work running makes llama.cpp's threads wait on each other at every barrier "
+              f"and the numbers meaningless; benchmark on an idle machine", file=sys.stderr)
+
+    # llama.cpp's log goes to a buffer (shown only if loading fails) unless --verbose
+    log_lines: list[str] = []
     if not args.verbose:
         @C.llama_log_callback
-        def _quiet(level, text, user_data):  # noqa: ARG001
-            return None
-        C.llama_log_set(_quiet, ctypes.c_void_p(0))
-        main._keep = _quiet  # keep the callback alive
+        def _collect(level, text, user_data):  # noqa: ARG001
+            log_lines.append(text.decode("utf-8", "replace") if text else "")
+            if len(log_lines) > 4000:
+                del log_lines[:2000]
+        C.llama_log_set(_collect, ctypes.c_void_p(0))
+        main._keep = _collect  # keep the callback alive
 
     # ---- load ----------------------------------------------------------
     try:
@@ -142,7 +154,7 @@ def main() -> int:
                 raise LoadError("llama.cpp failed to create a context", load_log())
             load_s = time.perf_counter() - t_load0
     except LoadError as e:
-        die(e.args[0], e.args[1])
+        die(e.args[0], "".join(log_lines)[-3000:] + e.args[1])
     n_ubatch = C.llama_n_ubatch(ctx) if hasattr(C, "llama_n_ubatch") else None
 
     desc_buf = ctypes.create_string_buffer(256)
@@ -233,7 +245,7 @@ def main() -> int:
         "decode_tok_s": round(decode_tok_s, 3) if decode_tok_s is not None else None,
         "repeats": R,
         "prefill_s": [round(x, 6) for x in prefill_s],
-        "decode_s": [round(x, 6) for x in decode_s],
+        "decode_s": [round(x, 6) for x in decode_s] if G else [],
         "llama_internal": {
             "prefill_tok_s": round(int_p, 3) if int_p else None,
             "decode_tok_s": round(int_d, 3) if int_d else None,
@@ -249,6 +261,9 @@ def main() -> int:
         "n_ubatch": n_ubatch,
         "flash_attn": args.flash_attn,
         "load_s": round(load_s, 3),
+        "loadavg_1m_before": round(load_before, 2),
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
+        "cpus": ncpu,
         "system_info": C.llama_print_system_info().decode("utf-8", "replace").strip(),
     }
 

@@ -1,1 +1,61 @@
-fn main() {}
+//! The Agora command line: one binary for every role in the network.
+
+mod bench_cmd;
+mod generate_cmd;
+mod model_cmd;
+mod train_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "agora",
+    version,
+    about = "Agora: an open network that serves and trains open models, paid per token and kept honest by sampled verification."
+)]
+struct Cli {
+    /// Worker threads for tensor kernels (default: all cores).
+    #[arg(long, global = true, env = "AGORA_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text with a model, streamed, with prompt and decode speed at the end.
+    Generate(generate_cmd::GenerateArgs),
+    /// Train a model on a text file on this machine.
+    Train(train_cmd::TrainArgs),
+    /// Benchmarks that print their anchor beside them.
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
+    /// Inspect and convert model files.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(n) = cli.threads {
+        // Candle's matmul and quantized kernels size their pools from this variable; set it
+        // before any kernel runs.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+    let result = match cli.command {
+        Command::Generate(args) => generate_cmd::run(args),
+        Command::Train(args) => train_cmd::run(args),
+        Command::Model(cmd) => model_cmd::run(cmd),
+        Command::Bench(cmd) => bench_cmd::run(cmd),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

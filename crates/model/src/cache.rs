@@ -37,7 +37,10 @@ impl KvCache {
         let (kb, vb) = match self.buffers.take() {
             Some(buffers) if needed <= self.capacity => buffers,
             old => {
-                let capacity = needed.div_ceil(CHUNK).saturating_mul(CHUNK).min(self.max_len.max(needed));
+                let capacity = needed
+                    .div_ceil(CHUNK)
+                    .saturating_mul(CHUNK)
+                    .min(self.max_len.max(needed));
                 let (old_k, old_v) = match &old {
                     Some((ok, ov)) => (Some(ok), Some(ov)),
                     None => (None, None),

@@ -34,7 +34,9 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("source", &self.source).finish()
+        f.debug_struct("ChatTemplate")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -85,7 +87,13 @@ mod tests {
     fn chatml_renders_with_generation_prompt() {
         let t = ChatTemplate::new(CHATML_TEMPLATE, "", "<|endoftext|>").expect("compile");
         let out = t
-            .render(&[ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi")], true)
+            .render(
+                &[
+                    ChatMessage::new("system", "Be brief."),
+                    ChatMessage::new("user", "Hi"),
+                ],
+                true,
+            )
             .expect("render");
         assert_eq!(
             out,
@@ -99,10 +107,18 @@ mod tests {
         let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'].strip() + ' [/INST]' }}{% else %}{{ ' ' + m['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
         let t = ChatTemplate::new(src, "<s>", "</s>").expect("compile");
         let out = t
-            .render(&[ChatMessage::new("user", "  Hello  "), ChatMessage::new("assistant", "Hi ")], false)
+            .render(
+                &[
+                    ChatMessage::new("user", "  Hello  "),
+                    ChatMessage::new("assistant", "Hi "),
+                ],
+                false,
+            )
             .expect("render");
         assert_eq!(out, "<s>[INST] Hello [/INST] Hi </s>");
-        let err = t.render(&[ChatMessage::new("assistant", "x")], false).unwrap_err();
+        let err = t
+            .render(&[ChatMessage::new("assistant", "x")], false)
+            .unwrap_err();
         assert!(err.to_string().contains("first message"), "{err}");
     }
 

@@ -47,7 +47,11 @@ impl LlamaConfig {
         let bad = |m: String| Err(ModelError::Config(m));
         match self.architecture.as_str() {
             "llama" | "mistral" | "qwen2" => {}
-            other => return bad(format!("unsupported architecture `{other}` (llama, mistral, qwen2)")),
+            other => {
+                return bad(format!(
+                    "unsupported architecture `{other}` (llama, mistral, qwen2)"
+                ))
+            }
         }
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -65,17 +69,23 @@ impl LlamaConfig {
         if self.num_layers == 0 || self.num_layers > MAX_LAYERS {
             return bad(format!("num_layers = {} is out of range", self.num_layers));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
                 "num_heads {} is not a multiple of num_kv_heads {}",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return bad(format!("head_dim {} must be even for rotary embeddings", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head_dim {} must be even for rotary embeddings",
+                self.head_dim
+            ));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
-            return bad(format!("rms_norm_eps {} is out of range", self.rms_norm_eps));
+            return bad(format!(
+                "rms_norm_eps {} is out of range",
+                self.rms_norm_eps
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return bad(format!("rope_theta {} is out of range", self.rope_theta));
@@ -92,7 +102,11 @@ impl LlamaConfig {
         let mlp = 3 * h * self.intermediate_size;
         let per_layer = attn + mlp + 2 * h;
         let embed = self.vocab_size * h;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
         embed + head + self.num_layers * per_layer + h
     }
 
@@ -194,7 +208,9 @@ impl HfConfig {
         let architecture = self.model_type.unwrap_or_else(|| "llama".into());
         if let Some(act) = &self.hidden_act {
             if act != "silu" {
-                return Err(ModelError::Config(format!("hidden_act `{act}` is not supported (silu)")));
+                return Err(ModelError::Config(format!(
+                    "hidden_act `{act}` is not supported (silu)"
+                )));
             }
         }
         if let Some(scaling) = &self.rope_scaling {
@@ -205,7 +221,9 @@ impl HfConfig {
         if self.num_attention_heads == 0 {
             return Err(ModelError::Config("num_attention_heads is 0".into()));
         }
-        let head_dim = self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads);
+        let head_dim = self
+            .head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads);
         let cfg = LlamaConfig {
             attention_bias: self.attention_bias.unwrap_or(architecture == "qwen2"),
             architecture,
@@ -261,7 +279,13 @@ mod tests {
         assert!(err.contains("multiple"), "{err}");
         let err = LlamaConfig::from_hf_json("{").unwrap_err().to_string();
         assert!(err.contains("config.json"), "{err}");
-        let gelu = base.replace("\"num_attention_heads\":3", "\"num_attention_heads\":2,\"hidden_act\":\"gelu\"");
-        assert!(LlamaConfig::from_hf_json(&gelu).unwrap_err().to_string().contains("gelu"));
+        let gelu = base.replace(
+            "\"num_attention_heads\":3",
+            "\"num_attention_heads\":2,\"hidden_act\":\"gelu\"",
+        );
+        assert!(LlamaConfig::from_hf_json(&gelu)
+            .unwrap_err()
+            .to_string()
+            .contains("gelu"));
     }
 }

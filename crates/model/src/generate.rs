@@ -150,18 +150,29 @@ pub fn generate(
         )));
     }
     if let Some(bad) = prompt.iter().find(|&&t| t >= vocab) {
-        return Err(ModelError::InvalidRequest(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        return Err(ModelError::InvalidRequest(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
     }
     let max_tokens = opts.max_tokens.min(ctx - prompt.len());
-    let eos = if opts.stop_at_eos { model.stop_token_ids() } else { vec![] };
+    let eos = if opts.stop_at_eos {
+        model.stop_token_ids()
+    } else {
+        vec![]
+    };
     let device = llama.device();
 
     let start = Instant::now();
     let mut cache = llama.new_cache();
     let input = Tensor::new(prompt, device)?.unsqueeze(0)?;
-    let hidden = llama.forward_hidden(&input, Some(&mut cache), Mode::Serve)?.i(0)?;
+    let hidden = llama
+        .forward_hidden(&input, Some(&mut cache), Mode::Serve)?
+        .i(0)?;
     let mut last_hidden = hidden.i(prompt.len() - 1)?;
-    let mut logits: Vec<f32> = llama.logits(&last_hidden.unsqueeze(0)?)?.squeeze(0)?.to_vec1()?;
+    let mut logits: Vec<f32> = llama
+        .logits(&last_hidden.unsqueeze(0)?)?
+        .squeeze(0)?
+        .to_vec1()?;
     let prefill_time = start.elapsed();
     let mut finish = FinishReason::Length;
     if on_event(Event::Prefill { hidden: &hidden }).is_break() {
@@ -170,7 +181,10 @@ pub fn generate(
 
     let decode_start = Instant::now();
     let mut tokens = Vec::new();
-    let mut stream = TextStream { stop: &opts.stop, emitted: 0 };
+    let mut stream = TextStream {
+        stop: &opts.stop,
+        emitted: 0,
+    };
     let mut text = String::new();
     while finish != FinishReason::Cancelled && tokens.len() < max_tokens {
         let index = tokens.len();
@@ -202,11 +216,18 @@ pub fn generate(
             break;
         }
         let input = Tensor::new(&[s.token], device)?.unsqueeze(0)?;
-        last_hidden = llama.forward_hidden(&input, Some(&mut cache), Mode::Serve)?.i((0, 0))?;
-        logits = llama.logits(&last_hidden.unsqueeze(0)?)?.squeeze(0)?.to_vec1()?;
+        last_hidden = llama
+            .forward_hidden(&input, Some(&mut cache), Mode::Serve)?
+            .i((0, 0))?;
+        logits = llama
+            .logits(&last_hidden.unsqueeze(0)?)?
+            .squeeze(0)?
+            .to_vec1()?;
     }
     if finish != FinishReason::Stop && stream.emitted < text.len() {
-        let _ = on_event(Event::Tail { text: &text[stream.emitted..] });
+        let _ = on_event(Event::Tail {
+            text: &text[stream.emitted..],
+        });
     }
     Ok(Generation {
         tokens,
@@ -225,7 +246,10 @@ mod tests {
     #[test]
     fn stream_holds_back_possible_stop_sequences() {
         let stop = vec!["\n\n".to_string(), "END".to_string()];
-        let mut s = TextStream { stop: &stop, emitted: 0 };
+        let mut s = TextStream {
+            stop: &stop,
+            emitted: 0,
+        };
         assert_eq!(s.advance("Hello E"), (0..6, false));
         assert_eq!(s.advance("Hello EN"), (6..6, false));
         assert_eq!(s.advance("Hello ENT"), (6..9, false));
@@ -236,7 +260,10 @@ mod tests {
 
     #[test]
     fn stream_holds_back_incomplete_characters() {
-        let mut s = TextStream { stop: &[], emitted: 0 };
+        let mut s = TextStream {
+            stop: &[],
+            emitted: 0,
+        };
         assert_eq!(s.advance("ab\u{FFFD}"), (0..2, false));
         assert_eq!(s.advance("abé"), (2..4, false));
     }

@@ -90,10 +90,8 @@ pub fn config_from_gguf(h: &GgufHeader) -> Result<LlamaConfig> {
     };
     let head_dim = if h.get(&key("attention.key_length")).is_some() {
         usize_key("attention.key_length")?
-    } else if num_heads > 0 {
-        hidden_size / num_heads
     } else {
-        0
+        hidden_size.checked_div(num_heads).unwrap_or(0)
     };
     let embd = h
         .tensor("token_embd.weight")
@@ -110,7 +108,11 @@ pub fn config_from_gguf(h: &GgufHeader) -> Result<LlamaConfig> {
         })
     };
     let cfg = LlamaConfig {
-        architecture: if arch == "mistral" { "llama".into() } else { arch.clone() },
+        architecture: if arch == "mistral" {
+            "llama".into()
+        } else {
+            arch.clone()
+        },
         vocab_size,
         hidden_size,
         intermediate_size: usize_key("feed_forward_length")?,
@@ -195,7 +197,12 @@ impl GgufSource {
             });
         }
         let bytes = self.header.read_tensor_data(&mut self.file, &info)?;
-        Ok(qtensor_from_ggml(ggml_dtype(info.ty), &bytes, info.shape(), &self.device)?)
+        Ok(qtensor_from_ggml(
+            ggml_dtype(info.ty),
+            &bytes,
+            info.shape(),
+            &self.device,
+        )?)
     }
 
     fn dense(&mut self, hf: &str, shape: &[usize]) -> Result<Tensor> {
@@ -212,7 +219,11 @@ impl WeightSource for GgufSource {
 
     fn linear(&mut self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         let w = self.qtensor(&format!("{name}.weight"), &[out, inp])?;
-        let b = if bias { Some(self.dense(&format!("{name}.bias"), &[out])?) } else { None };
+        let b = if bias {
+            Some(self.dense(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        };
         Ok(Linear::new(QMatMul::from_qtensor(w)?, b))
     }
 
@@ -254,7 +265,10 @@ fn permute_for_interleaved(w: &Tensor, heads: usize) -> Result<Tensor> {
     let rows = dims[0];
     let mut shape = vec![heads, 2, rows / heads / 2];
     shape.extend_from_slice(&dims[1..]);
-    Ok(w.reshape(shape)?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
+    Ok(w.reshape(shape)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
 }
 
 pub fn write_gguf(path: &Path, export: &GgufExport) -> Result<()> {
@@ -265,7 +279,11 @@ pub fn write_gguf(path: &Path, export: &GgufExport) -> Result<()> {
         ));
     }
     // Qwen2 keeps the half-rotation layout; everything else is written as `llama`.
-    let arch = if cfg.architecture == "qwen2" { "qwen2" } else { "llama" };
+    let arch = if cfg.architecture == "qwen2" {
+        "qwen2"
+    } else {
+        "llama"
+    };
     let mut w = GgufWriter::new();
     let key = |k: &str| format!("{arch}.{k}");
     w.push_metadata("general.architecture", Value::String(arch.into()))?;
@@ -282,21 +300,21 @@ pub fn write_gguf(path: &Path, export: &GgufExport) -> Result<()> {
         }),
     )?;
     let u32v = |v: usize| Value::U32(v as u32);
-    w.push_metadata(&key("context_length"), u32v(cfg.max_seq_len))?;
-    w.push_metadata(&key("embedding_length"), u32v(cfg.hidden_size))?;
-    w.push_metadata(&key("block_count"), u32v(cfg.num_layers))?;
-    w.push_metadata(&key("feed_forward_length"), u32v(cfg.intermediate_size))?;
-    w.push_metadata(&key("attention.head_count"), u32v(cfg.num_heads))?;
-    w.push_metadata(&key("attention.head_count_kv"), u32v(cfg.num_kv_heads))?;
-    w.push_metadata(&key("attention.key_length"), u32v(cfg.head_dim))?;
-    w.push_metadata(&key("attention.value_length"), u32v(cfg.head_dim))?;
+    w.push_metadata(key("context_length"), u32v(cfg.max_seq_len))?;
+    w.push_metadata(key("embedding_length"), u32v(cfg.hidden_size))?;
+    w.push_metadata(key("block_count"), u32v(cfg.num_layers))?;
+    w.push_metadata(key("feed_forward_length"), u32v(cfg.intermediate_size))?;
+    w.push_metadata(key("attention.head_count"), u32v(cfg.num_heads))?;
+    w.push_metadata(key("attention.head_count_kv"), u32v(cfg.num_kv_heads))?;
+    w.push_metadata(key("attention.key_length"), u32v(cfg.head_dim))?;
+    w.push_metadata(key("attention.value_length"), u32v(cfg.head_dim))?;
     w.push_metadata(
-        &key("attention.layer_norm_rms_epsilon"),
+        key("attention.layer_norm_rms_epsilon"),
         Value::F32(cfg.rms_norm_eps as f32),
     )?;
-    w.push_metadata(&key("rope.freq_base"), Value::F32(cfg.rope_theta as f32))?;
-    w.push_metadata(&key("rope.dimension_count"), u32v(cfg.head_dim))?;
-    w.push_metadata(&key("vocab_size"), u32v(cfg.vocab_size))?;
+    w.push_metadata(key("rope.freq_base"), Value::F32(cfg.rope_theta as f32))?;
+    w.push_metadata(key("rope.dimension_count"), u32v(cfg.head_dim))?;
+    w.push_metadata(key("vocab_size"), u32v(cfg.vocab_size))?;
 
     let (mut tokens, mut types): (Vec<String>, Vec<i32>) =
         export.tokenizer.vocab_by_id()?.into_iter().unzip();
@@ -317,7 +335,14 @@ pub fn write_gguf(path: &Path, export: &GgufExport) -> Result<()> {
     )?;
     w.push_metadata(
         "tokenizer.ggml.merges",
-        Value::Array(export.tokenizer.bpe_merges()?.into_iter().map(Value::String).collect()),
+        Value::Array(
+            export
+                .tokenizer
+                .bpe_merges()?
+                .into_iter()
+                .map(Value::String)
+                .collect(),
+        ),
     )?;
     if let Some(bos) = cfg.bos_token_id {
         w.push_metadata("tokenizer.ggml.bos_token_id", Value::U32(bos))?;
@@ -365,7 +390,11 @@ fn tensor_order(hf: &str) -> (usize, usize, String) {
         return (0, 0, hf.into());
     }
     if let Some(rest) = hf.strip_prefix("model.layers.") {
-        let layer = rest.split('.').next().and_then(|l| l.parse().ok()).unwrap_or(0);
+        let layer = rest
+            .split('.')
+            .next()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
         return (1, layer, hf.into());
     }
     (2, 0, hf.into())

@@ -58,7 +58,11 @@ impl SeededRng {
 
 /// Fresh weights by Hugging Face name: N(0, 0.02) matrices, output projections scaled down
 /// by depth (GPT-2), unit norms, zero biases.
-pub fn init_weights(cfg: &LlamaConfig, seed: u64, device: &Device) -> Result<HashMap<String, Tensor>> {
+pub fn init_weights(
+    cfg: &LlamaConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     cfg.validate()?;
     let mut rng = SeededRng::new(seed);
     let std = 0.02f32;
@@ -69,7 +73,11 @@ pub fn init_weights(cfg: &LlamaConfig, seed: u64, device: &Device) -> Result<Has
         cfg.num_kv_heads * cfg.head_dim,
         cfg.intermediate_size,
     );
-    let mut shapes: Vec<(String, Vec<usize>, f32)> = vec![("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h], std)];
+    let mut shapes: Vec<(String, Vec<usize>, f32)> = vec![(
+        "model.embed_tokens.weight".into(),
+        vec![cfg.vocab_size, h],
+        std,
+    )];
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");
         shapes.push((format!("{p}.input_layernorm.weight"), vec![h], 1.0));
@@ -117,6 +125,9 @@ mod tests {
         let xs = SeededRng::new(1).normals(100_000, 1.0);
         let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len() as f64;
         let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / xs.len() as f64;
-        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.02, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.02,
+            "{mean} {var}"
+        );
     }
 }

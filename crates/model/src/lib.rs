@@ -79,7 +79,9 @@ impl LoadedModel {
 /// `*.safetensors`, `tokenizer.json`, optional `tokenizer_config.json`).
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let device = candle_core::Device::Cpu;
-    let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let is_gguf = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     if is_gguf {
         return load_gguf(path, device);
     }
@@ -124,7 +126,9 @@ fn load_gguf(path: &Path, device: candle_core::Device) -> Result<LoadedModel> {
         quantization,
         weight_files: [(name, model_id::hash_file(path)?)].into(),
         tokenizer: model_id::hash_bytes(tokenizer.to_json()?.as_bytes()),
-        chat_template: template_src.as_deref().map(|s| model_id::hash_bytes(s.as_bytes())),
+        chat_template: template_src
+            .as_deref()
+            .map(|s| model_id::hash_bytes(s.as_bytes())),
     };
     let mut source = gguf_io::GgufSource::new(header, file, device);
     let model = Llama::load(&mut source, &config)?;

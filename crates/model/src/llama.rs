@@ -141,8 +141,12 @@ impl Attention {
         let q = self.q_proj.forward(xs)?;
         let k = self.k_proj.forward(xs)?;
         let v = self.v_proj.forward(xs)?;
-        let q = q.reshape((b, t, self.num_heads, self.head_dim))?.transpose(1, 2)?;
-        let k = k.reshape((b, t, self.num_kv_heads, self.head_dim))?.transpose(1, 2)?;
+        let q = q
+            .reshape((b, t, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let k = k
+            .reshape((b, t, self.num_kv_heads, self.head_dim))?
+            .transpose(1, 2)?;
         let v = v
             .reshape((b, t, self.num_kv_heads, self.head_dim))?
             .transpose(1, 2)?
@@ -188,7 +192,13 @@ fn causal_mask(t: usize, total: usize, rep: usize, device: &Device) -> Result<Te
     let mut mask = Vec::with_capacity(rep * t * total);
     for _ in 0..rep {
         for i in 0..t {
-            mask.extend((0..total).map(|j| if j <= past + i { 0f32 } else { f32::NEG_INFINITY }));
+            mask.extend((0..total).map(|j| {
+                if j <= past + i {
+                    0f32
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
         }
     }
     Ok(Tensor::from_vec(mask, (rep * t, total), device)?)
@@ -281,8 +291,11 @@ impl Llama {
     pub fn load(src: &mut dyn WeightSource, config: &LlamaConfig) -> Result<Self> {
         config.validate()?;
         let device = src.device();
-        let embed_tokens =
-            src.embedding("model.embed_tokens.weight", config.vocab_size, config.hidden_size)?;
+        let embed_tokens = src.embedding(
+            "model.embed_tokens.weight",
+            config.vocab_size,
+            config.hidden_size,
+        )?;
         let blocks = (0..config.num_layers)
             .map(|layer| Block::load(src, layer, config))
             .collect::<Result<Vec<_>>>()?;
@@ -360,7 +373,12 @@ impl Llama {
     }
 
     /// Full forward: logits of every position, (b, t, vocab).
-    pub fn forward(&self, tokens: &Tensor, cache: Option<&mut Cache>, mode: Mode) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        cache: Option<&mut Cache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let hidden = self.forward_hidden(tokens, cache, mode)?;
         self.logits(&hidden)
     }
@@ -368,7 +386,10 @@ impl Llama {
     fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let flat = tokens.flatten_all()?;
-        Ok(self.embed_tokens.index_select(&flat, 0)?.reshape((b, t, self.config.hidden_size))?)
+        Ok(self
+            .embed_tokens
+            .index_select(&flat, 0)?
+            .reshape((b, t, self.config.hidden_size))?)
     }
 }
 
@@ -385,7 +406,9 @@ pub struct Cache {
 impl Cache {
     fn new(cfg: &LlamaConfig) -> Self {
         Self {
-            layers: (0..cfg.num_layers).map(|_| KvCache::new(cfg.max_seq_len)).collect(),
+            layers: (0..cfg.num_layers)
+                .map(|_| KvCache::new(cfg.max_seq_len))
+                .collect(),
             len: 0,
         }
     }

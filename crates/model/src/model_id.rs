@@ -136,7 +136,8 @@ mod tests {
         assert_eq!(id, manifest().model_id(), "deterministic");
         let mut variants = vec![];
         let mut m = manifest();
-        m.weight_files.insert("model.safetensors".into(), hash_bytes(b"w2"));
+        m.weight_files
+            .insert("model.safetensors".into(), hash_bytes(b"w2"));
         variants.push(m);
         let mut m = manifest();
         m.tokenizer = hash_bytes(b"t2");

@@ -23,13 +23,21 @@ fn read_to_string(path: &Path) -> Result<String> {
 fn weight_files(dir: &Path) -> Result<Vec<String>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let json: serde_json::Value = serde_json::from_str(&read_to_string(&index)?)
-            .map_err(|e| ModelError::Json { path: index.clone(), source: e })?;
-        let map = json["weight_map"].as_object().ok_or_else(|| ModelError::Safetensors {
-            path: index.clone(),
-            message: "no `weight_map` object".into(),
-        })?;
-        let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+        let json: serde_json::Value =
+            serde_json::from_str(&read_to_string(&index)?).map_err(|e| ModelError::Json {
+                path: index.clone(),
+                source: e,
+            })?;
+        let map = json["weight_map"]
+            .as_object()
+            .ok_or_else(|| ModelError::Safetensors {
+                path: index.clone(),
+                message: "no `weight_map` object".into(),
+            })?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         for f in &files {
@@ -46,7 +54,11 @@ fn weight_files(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Read safetensors bytes into f32 tensors.
-pub fn read_safetensors(path: &Path, bytes: &[u8], device: &Device) -> Result<HashMap<String, Tensor>> {
+pub fn read_safetensors(
+    path: &Path,
+    bytes: &[u8],
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let tensors = candle_core::safetensors::load_buffer(bytes, device).map_err(|e| {
         ModelError::Safetensors {
             path: path.to_path_buf(),
@@ -55,7 +67,16 @@ pub fn read_safetensors(path: &Path, bytes: &[u8], device: &Device) -> Result<Ha
     })?;
     tensors
         .into_iter()
-        .map(|(name, t)| Ok((name, if t.dtype() == DType::F32 { t } else { t.to_dtype(DType::F32)? })))
+        .map(|(name, t)| {
+            Ok((
+                name,
+                if t.dtype() == DType::F32 {
+                    t
+                } else {
+                    t.to_dtype(DType::F32)?
+                },
+            ))
+        })
         .collect()
 }
 
@@ -65,12 +86,19 @@ fn tokenizer_config(dir: &Path) -> Result<(Option<String>, String, String)> {
     if !path.exists() {
         return Ok((None, String::new(), String::new()));
     }
-    let json: serde_json::Value = serde_json::from_str(&read_to_string(&path)?)
-        .map_err(|e| ModelError::Json { path: path.clone(), source: e })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&read_to_string(&path)?).map_err(|e| ModelError::Json {
+            path: path.clone(),
+            source: e,
+        })?;
     // Special tokens appear as strings or as {"content": ...} objects.
     let token_text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).unwrap_or_default().to_string(),
+        serde_json::Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or_default()
+            .to_string(),
         _ => String::new(),
     };
     let template = match &json["chat_template"] {
@@ -83,14 +111,19 @@ fn tokenizer_config(dir: &Path) -> Result<(Option<String>, String, String)> {
             .map(String::from),
         _ => None,
     };
-    Ok((template, token_text(&json["bos_token"]), token_text(&json["eos_token"])))
+    Ok((
+        template,
+        token_text(&json["bos_token"]),
+        token_text(&json["eos_token"]),
+    ))
 }
 
 pub fn load_hf_dir(dir: &Path, opts: &LoadOptions, device: Device) -> Result<LoadedModel> {
     let config = LlamaConfig::from_hf_json(&read_to_string(&dir.join("config.json"))?)
         .map_err(|e| ModelError::Config(format!("{}: {e}", dir.join("config.json").display())))?;
     let tokenizer_path = dir.join("tokenizer.json");
-    let tokenizer_bytes = std::fs::read(&tokenizer_path).map_err(|e| ModelError::io(&tokenizer_path, e))?;
+    let tokenizer_bytes =
+        std::fs::read(&tokenizer_path).map_err(|e| ModelError::io(&tokenizer_path, e))?;
     let tokenizer = TextTokenizer::from_json(&tokenizer_bytes)
         .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
     let (template_src, bos, eos) = tokenizer_config(dir)?;
@@ -173,15 +206,22 @@ pub fn write_hf_dir(
         "bos_token": serde_json::Value::Null,
         "tokenizer_class": "PreTrainedTokenizerFast",
     });
-    write("tokenizer_config.json", serde_json::to_string_pretty(&tok_cfg).unwrap_or_default().as_bytes())?;
+    write(
+        "tokenizer_config.json",
+        serde_json::to_string_pretty(&tok_cfg)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     let weights = dir.join("model.safetensors");
     let f32_tensors: HashMap<String, Tensor> = tensors
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?.contiguous()?)))
         .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&f32_tensors, &weights).map_err(|e| ModelError::Safetensors {
-        path: weights.clone(),
-        message: e.to_string(),
+    candle_core::safetensors::save(&f32_tensors, &weights).map_err(|e| {
+        ModelError::Safetensors {
+            path: weights.clone(),
+            message: e.to_string(),
+        }
     })?;
     let weight_bytes = std::fs::read(&weights).map_err(|e| ModelError::io(&weights, e))?;
     let manifest = Manifest {
@@ -192,7 +232,13 @@ pub fn write_hf_dir(
         tokenizer: hash_bytes(tokenizer_json.as_bytes()),
         chat_template: chat_template.map(|s| hash_bytes(s.as_bytes())),
     };
-    let body = serde_json::json!({ "model_id": manifest.model_id().to_string(), "manifest": manifest });
-    write("manifest.json", serde_json::to_string_pretty(&body).unwrap_or_default().as_bytes())?;
+    let body =
+        serde_json::json!({ "model_id": manifest.model_id().to_string(), "manifest": manifest });
+    write(
+        "manifest.json",
+        serde_json::to_string_pretty(&body)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     Ok(manifest)
 }

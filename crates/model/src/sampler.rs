@@ -95,7 +95,9 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// Sample step `index` from `logits`.
 pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> Result<Sample> {
     if logits.is_empty() {
-        return Err(ModelError::InvalidRequest("no logits to sample from".into()));
+        return Err(ModelError::InvalidRequest(
+            "no logits to sample from".into(),
+        ));
     }
     if params.temperature == 0.0 {
         return Ok(Sample {
@@ -106,7 +108,11 @@ pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> Result<Sam
         });
     }
     let inv_t = 1.0 / params.temperature;
-    let max = logits.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max) as f64;
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max) as f64;
     if !max.is_finite() {
         return Err(ModelError::InvalidRequest("logits are not finite".into()));
     }
@@ -168,7 +174,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn params(t: f64, k: usize, p: f64, seed: u64) -> SamplingParams {
-        SamplingParams { temperature: t, top_k: k, top_p: p, seed }
+        SamplingParams {
+            temperature: t,
+            top_k: k,
+            top_p: p,
+            seed,
+        }
     }
 
     #[test]
@@ -183,7 +194,9 @@ mod tests {
         let logits = [0.0f32, (3.0f64).ln() as f32];
         let p = params(1.0, 0, 1.0, 42);
         let n = 20_000;
-        let ones = (0..n).filter(|&i| sample(&logits, &p, i).expect("s").token == 1).count();
+        let ones = (0..n)
+            .filter(|&i| sample(&logits, &p, i).expect("s").token == 1)
+            .count();
         let share = ones as f64 / n as f64;
         assert!((share - 0.75).abs() < 0.015, "{share}");
     }

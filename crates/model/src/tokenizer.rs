@@ -69,7 +69,12 @@ impl TextTokenizer {
     /// Encode without adding BOS/EOS (templates and callers add what they need); special
     /// tokens written in the text are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -93,7 +98,12 @@ impl TextTokenizer {
             .min_frequency(2)
             .show_progress(false)
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-            .special_tokens(specials.iter().map(|s| AddedToken::from(*s, true)).collect())
+            .special_tokens(
+                specials
+                    .iter()
+                    .map(|s| AddedToken::from(*s, true))
+                    .collect(),
+            )
             .build()
             .into();
         let mut tokenizer = Tokenizer::new(BPE::default());
@@ -122,8 +132,17 @@ impl TextTokenizer {
             .into_iter()
             .enumerate()
             .map(|(id, t)| {
-                let t = t.ok_or_else(|| ModelError::Tokenizer(format!("vocabulary has no token with id {id}")))?;
-                Ok((t, if specials.contains(&(id as u32)) { 3 } else { 1 }))
+                let t = t.ok_or_else(|| {
+                    ModelError::Tokenizer(format!("vocabulary has no token with id {id}"))
+                })?;
+                Ok((
+                    t,
+                    if specials.contains(&(id as u32)) {
+                        3
+                    } else {
+                        1
+                    },
+                ))
             })
             .collect()
     }
@@ -144,25 +163,25 @@ impl TextTokenizer {
                     pair[0].as_str().unwrap_or_default(),
                     pair[1].as_str().unwrap_or_default()
                 )),
-                other => Err(ModelError::Tokenizer(format!("unexpected merge entry {other}"))),
+                other => Err(ModelError::Tokenizer(format!(
+                    "unexpected merge entry {other}"
+                ))),
             })
             .collect()
     }
 
     /// Build a byte-level BPE from a GGUF-style vocabulary (tokens in id order, types,
     /// merges): the `gpt2` tokenizer model of llama.cpp.
-    pub fn from_bpe_parts(
-        tokens: &[String],
-        types: &[i32],
-        merges: &[String],
-    ) -> Result<Self> {
+    pub fn from_bpe_parts(tokens: &[String], types: &[i32], merges: &[String]) -> Result<Self> {
         let vocab: HashMap<String, u32> = tokens
             .iter()
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
         if vocab.len() != tokens.len() {
-            return Err(ModelError::Tokenizer("vocabulary has duplicate tokens".into()));
+            return Err(ModelError::Tokenizer(
+                "vocabulary has duplicate tokens".into(),
+            ));
         }
         let merges = merges
             .iter()
@@ -200,9 +219,14 @@ mod tests {
 
     #[test]
     fn trained_bpe_round_trips_any_text() {
-        let tok = TextTokenizer::train_bpe(std::iter::repeat(TEXT).take(20), 300).expect("train");
+        let tok = TextTokenizer::train_bpe(std::iter::repeat_n(TEXT, 20), 300).expect("train");
         assert!(tok.vocab_size() > 259 && tok.vocab_size() <= 300);
-        for text in [TEXT, "unseen: ünïcödé ✓ 日本語\t\r\n", "", "<|im_start|>user\nhi<|im_end|>"] {
+        for text in [
+            TEXT,
+            "unseen: ünïcödé ✓ 日本語\t\r\n",
+            "",
+            "<|im_start|>user\nhi<|im_end|>",
+        ] {
             let ids = tok.encode(text).expect("encode");
             let back = tok.inner.decode(&ids, false).expect("decode");
             assert_eq!(back, text);
@@ -214,12 +238,16 @@ mod tests {
 
     #[test]
     fn gguf_parts_rebuild_the_same_tokenizer() {
-        let tok = TextTokenizer::train_bpe(std::iter::repeat(TEXT).take(20), 320).expect("train");
-        let (tokens, types): (Vec<String>, Vec<i32>) = tok.vocab_by_id().expect("vocab").into_iter().unzip();
+        let tok = TextTokenizer::train_bpe(std::iter::repeat_n(TEXT, 20), 320).expect("train");
+        let (tokens, types): (Vec<String>, Vec<i32>) =
+            tok.vocab_by_id().expect("vocab").into_iter().unzip();
         let merges = tok.bpe_merges().expect("merges");
         let rebuilt = TextTokenizer::from_bpe_parts(&tokens, &types, &merges).expect("rebuild");
         for text in [TEXT, "fortune's slings ✓", "<|im_start|>x<|im_end|>"] {
-            assert_eq!(tok.encode(text).expect("a"), rebuilt.encode(text).expect("b"));
+            assert_eq!(
+                tok.encode(text).expect("a"),
+                rebuilt.encode(text).expect("b")
+            );
         }
     }
 }

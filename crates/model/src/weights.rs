@@ -63,7 +63,11 @@ impl TensorSource {
             .get(name)
             .ok_or_else(|| ModelError::MissingWeight(name.to_string()))?;
         check_shape(name, t, shape)?;
-        Ok(if t.dtype() == DType::F32 { t.clone() } else { t.to_dtype(DType::F32)? })
+        Ok(if t.dtype() == DType::F32 {
+            t.clone()
+        } else {
+            t.to_dtype(DType::F32)?
+        })
     }
 
     fn matmul(&self, w: Tensor) -> Result<QMatMul> {
@@ -83,7 +87,11 @@ impl WeightSource for TensorSource {
 
     fn linear(&mut self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         let w = self.get(&format!("{name}.weight"), &[out, inp])?;
-        let b = if bias { Some(self.get(&format!("{name}.bias"), &[out])?) } else { None };
+        let b = if bias {
+            Some(self.get(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        };
         Ok(Linear::new(self.matmul(w)?, b))
     }
 

@@ -57,7 +57,11 @@ impl AdamW {
                 ))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { slots, step: 0, cfg })
+        Ok(Self {
+            slots,
+            step: 0,
+            cfg,
+        })
     }
 
     /// Global L2 norm of the gradients (of the parameters that have one).
@@ -110,7 +114,10 @@ impl AdamW {
 
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
         for (name, slot) in self.slots.iter_mut() {
-            for (key, dst) in [(format!("m.{name}"), &mut slot.m), (format!("v.{name}"), &mut slot.v)] {
+            for (key, dst) in [
+                (format!("m.{name}"), &mut slot.m),
+                (format!("v.{name}"), &mut slot.v),
+            ] {
                 let t = tensors.get(&key).ok_or_else(|| TrainError::Checkpoint {
                     path: "optimizer.safetensors".into(),
                     message: format!("missing `{key}`"),
@@ -118,7 +125,11 @@ impl AdamW {
                 if t.dims() != dst.dims() {
                     return Err(TrainError::Checkpoint {
                         path: "optimizer.safetensors".into(),
-                        message: format!("`{key}` has shape {:?}, expected {:?}", t.dims(), dst.dims()),
+                        message: format!(
+                            "`{key}` has shape {:?}, expected {:?}",
+                            t.dims(),
+                            dst.dims()
+                        ),
                     });
                 }
                 *dst = t.clone();

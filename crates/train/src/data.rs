@@ -10,7 +10,9 @@ use crate::error::{Result, TrainError};
 /// Split `text` so the last `holdout` fraction (cut at a line start) is held out.
 pub fn split_holdout(text: &str, holdout: f64) -> Result<(&str, &str)> {
     if !(0.0..0.5).contains(&holdout) || holdout == 0.0 {
-        return Err(TrainError::Setting(format!("holdout fraction {holdout} must be in (0, 0.5)")));
+        return Err(TrainError::Setting(format!(
+            "holdout fraction {holdout} must be in (0, 0.5)"
+        )));
     }
     let mut cut = ((text.len() as f64) * (1.0 - holdout)) as usize;
     while cut < text.len() && !text.is_char_boundary(cut) {
@@ -56,7 +58,13 @@ pub struct Corpus {
 
 impl Corpus {
     /// A batch of `batch` windows of `seq_len + 1` tokens: inputs and next-token targets.
-    pub fn batch(&self, rng: &mut SeededRng, batch: usize, seq_len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn batch(
+        &self,
+        rng: &mut SeededRng,
+        batch: usize,
+        seq_len: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         if self.train.len() <= seq_len + 1 {
             return Err(TrainError::Data(format!(
                 "{} training tokens are too few for windows of {}",

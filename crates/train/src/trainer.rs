@@ -64,10 +64,16 @@ impl TrainSettings {
             return bad("batch size and sequence length must be positive".into());
         }
         if self.seq_len > cfg.max_seq_len {
-            return bad(format!("seq_len {} exceeds the model context {}", self.seq_len, cfg.max_seq_len));
+            return bad(format!(
+                "seq_len {} exceeds the model context {}",
+                self.seq_len, cfg.max_seq_len
+            ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            return bad(format!("learning rates lr={} min_lr={} are invalid", self.lr, self.min_lr));
+            return bad(format!(
+                "learning rates lr={} min_lr={} are invalid",
+                self.lr, self.min_lr
+            ));
         }
         Ok(())
     }
@@ -79,13 +85,22 @@ impl TrainSettings {
         }
         let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
         let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-        self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+        self.min_lr
+            + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
     }
 }
 
 /// The configuration of a model this project trains: Llama architecture, byte-level BPE
 /// vocabulary, grouped-query attention, untied head.
-pub fn model_config(vocab_size: usize, layers: usize, hidden: usize, heads: usize, kv_heads: usize, ffn: usize, context: usize) -> LlamaConfig {
+pub fn model_config(
+    vocab_size: usize,
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    ffn: usize,
+    context: usize,
+) -> LlamaConfig {
     LlamaConfig {
         architecture: "llama".into(),
         vocab_size,
@@ -117,9 +132,20 @@ pub struct Eval {
 
 /// What the loop reports.
 pub enum Progress {
-    Step { step: u64, loss: f64, lr: f64, tokens_per_second: f64 },
-    Eval { step: u64, eval: Eval },
-    Checkpoint { step: u64, path: PathBuf },
+    Step {
+        step: u64,
+        loss: f64,
+        lr: f64,
+        tokens_per_second: f64,
+    },
+    Eval {
+        step: u64,
+        eval: Eval,
+    },
+    Checkpoint {
+        step: u64,
+        path: PathBuf,
+    },
 }
 
 /// Bytes each token stands for: byte-level BPE tokens are one character per byte; special
@@ -134,10 +160,18 @@ pub fn token_byte_lengths(tokenizer: &TextTokenizer) -> Result<Vec<usize>> {
 
 /// Mean next-token loss (nats) and bits per byte over `ids[..=max_tokens]`, in windows of
 /// `seq_len + 1` that overlap by one token so every token after the first is predicted once.
-pub fn evaluate(model: &Llama, byte_lengths: &[usize], ids: &[u32], seq_len: usize, max_tokens: usize) -> Result<Eval> {
+pub fn evaluate(
+    model: &Llama,
+    byte_lengths: &[usize],
+    ids: &[u32],
+    seq_len: usize,
+    max_tokens: usize,
+) -> Result<Eval> {
     let ids = &ids[..ids.len().min(max_tokens.saturating_add(1))];
     if ids.len() < 2 {
-        return Err(TrainError::Data("too few held-out tokens to validate".into()));
+        return Err(TrainError::Data(
+            "too few held-out tokens to validate".into(),
+        ));
     }
     let device = model.device();
     let mut nats = 0f64;
@@ -155,7 +189,10 @@ pub fn evaluate(model: &Llama, byte_lengths: &[usize], ids: &[u32], seq_len: usi
         tokens += window.len() - 1;
         start = end - 1;
     }
-    let bytes: usize = ids[1..].iter().map(|&t| byte_lengths.get(t as usize).copied().unwrap_or(1)).sum();
+    let bytes: usize = ids[1..]
+        .iter()
+        .map(|&t| byte_lengths.get(t as usize).copied().unwrap_or(1))
+        .sum();
     Ok(Eval {
         loss: nats / tokens as f64,
         bits_per_byte: nats / std::f64::consts::LN_2 / bytes.max(1) as f64,
@@ -186,27 +223,48 @@ pub struct Trainer {
 }
 
 fn build(config: &LlamaConfig, vars: &BTreeMap<String, Var>, device: &Device) -> Result<Llama> {
-    let tensors: HashMap<String, Tensor> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-    Ok(Llama::load(&mut TensorSource::new(tensors, device.clone()), config)?)
+    let tensors: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    Ok(Llama::load(
+        &mut TensorSource::new(tensors, device.clone()),
+        config,
+    )?)
 }
 
 impl Trainer {
     /// A new run from seeded random weights.
-    pub fn new(config: LlamaConfig, settings: TrainSettings, tokenizer: TextTokenizer) -> Result<Self> {
+    pub fn new(
+        config: LlamaConfig,
+        settings: TrainSettings,
+        tokenizer: TextTokenizer,
+    ) -> Result<Self> {
         settings.validate(&config)?;
         let device = Device::Cpu;
         let weights = init_weights(&config, settings.seed, &device)?;
         Self::from_weights(config, settings, tokenizer, weights)
     }
 
-    fn from_weights(config: LlamaConfig, settings: TrainSettings, tokenizer: TextTokenizer, weights: HashMap<String, Tensor>) -> Result<Self> {
+    fn from_weights(
+        config: LlamaConfig,
+        settings: TrainSettings,
+        tokenizer: TextTokenizer,
+        weights: HashMap<String, Tensor>,
+    ) -> Result<Self> {
         let device = Device::Cpu;
         let vars: BTreeMap<String, Var> = weights
             .into_iter()
             .map(|(k, t)| Ok((k, Var::from_tensor(&t.to_dtype(DType::F32)?)?)))
             .collect::<Result<_>>()?;
         let model = build(&config, &vars, &device)?;
-        let opt = AdamW::new(&vars, AdamWConfig { weight_decay: settings.weight_decay, ..Default::default() })?;
+        let opt = AdamW::new(
+            &vars,
+            AdamWConfig {
+                weight_decay: settings.weight_decay,
+                ..Default::default()
+            },
+        )?;
         Ok(Self {
             byte_lengths: token_byte_lengths(&tokenizer)?,
             rng: SeededRng::new(settings.seed ^ 0x5EED_DA7A),
@@ -234,20 +292,31 @@ impl Trainer {
 
     /// The current weights by name.
     pub fn weights(&self) -> HashMap<String, Tensor> {
-        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
     }
 
     /// Mean next-token loss of a batch, recorded for backprop.
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let logits = self.model.forward(inputs, None, Mode::Train)?;
         let (b, t, v) = logits.dims3()?;
-        Ok(candle_nn::loss::cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)?)
+        Ok(candle_nn::loss::cross_entropy(
+            &logits.reshape((b * t, v))?,
+            &targets.reshape(b * t)?,
+        )?)
     }
 
     /// One optimizer step on a fresh batch; returns the loss before the update.
     pub fn train_step(&mut self, corpus: &Corpus) -> Result<f64> {
         let device = self.model.device().clone();
-        let (inputs, targets) = corpus.batch(&mut self.rng, self.settings.batch_size, self.settings.seq_len, &device)?;
+        let (inputs, targets) = corpus.batch(
+            &mut self.rng,
+            self.settings.batch_size,
+            self.settings.seq_len,
+            &device,
+        )?;
         let loss = self.loss(&inputs, &targets)?;
         let grads = loss.backward()?;
         let norm = self.opt.grad_norm(&grads)?;
@@ -260,18 +329,32 @@ impl Trainer {
         self.opt.step(&grads, lr, scale)?;
         let loss = loss.to_scalar::<f32>()? as f64;
         if !loss.is_finite() {
-            return Err(TrainError::Data(format!("loss diverged ({loss}) at step {}", self.opt.step)));
+            return Err(TrainError::Data(format!(
+                "loss diverged ({loss}) at step {}",
+                self.opt.step
+            )));
         }
         Ok(loss)
     }
 
     pub fn evaluate(&self, corpus: &Corpus, max_tokens: usize) -> Result<Eval> {
-        evaluate(&self.model, &self.byte_lengths, &corpus.val, self.settings.seq_len, max_tokens)
+        evaluate(
+            &self.model,
+            &self.byte_lengths,
+            &corpus.val,
+            self.settings.seq_len,
+            max_tokens,
+        )
     }
 
     /// Train until `settings.steps`, reporting progress, validating and checkpointing into
     /// `run_dir` as configured.
-    pub fn run(&mut self, corpus: &Corpus, run_dir: &Path, mut report: impl FnMut(Progress)) -> Result<()> {
+    pub fn run(
+        &mut self,
+        corpus: &Corpus,
+        run_dir: &Path,
+        mut report: impl FnMut(Progress),
+    ) -> Result<()> {
         let tokens_per_step = (self.settings.batch_size * self.settings.seq_len) as f64;
         while self.opt.step < self.settings.steps {
             let started = Instant::now();
@@ -284,21 +367,32 @@ impl Trainer {
                 lr,
                 tokens_per_second: tokens_per_step / started.elapsed().as_secs_f64().max(1e-9),
             });
-            if self.settings.eval_every > 0 && step % self.settings.eval_every == 0 && step < self.settings.steps {
+            if self.settings.eval_every > 0
+                && step.is_multiple_of(self.settings.eval_every)
+                && step < self.settings.steps
+            {
                 let eval = self.evaluate(corpus, self.settings.eval_tokens)?;
                 self.last_eval = Some(eval);
                 report(Progress::Eval { step, eval });
             }
-            if self.settings.checkpoint_every > 0 && step % self.settings.checkpoint_every == 0 {
+            if self.settings.checkpoint_every > 0
+                && step.is_multiple_of(self.settings.checkpoint_every)
+            {
                 let path = self.save_checkpoint(run_dir)?;
                 report(Progress::Checkpoint { step, path });
             }
         }
         let eval = self.evaluate(corpus, usize::MAX)?;
         self.last_eval = Some(eval);
-        report(Progress::Eval { step: self.opt.step, eval });
+        report(Progress::Eval {
+            step: self.opt.step,
+            eval,
+        });
         let path = self.save_checkpoint(run_dir)?;
-        report(Progress::Checkpoint { step: self.opt.step, path });
+        report(Progress::Checkpoint {
+            step: self.opt.step,
+            path,
+        });
         Ok(())
     }
 
@@ -311,7 +405,10 @@ impl Trainer {
         std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         let save = |name: &str, tensors: &HashMap<String, Tensor>| -> Result<()> {
             let path = tmp.join(name);
-            candle_core::safetensors::save(tensors, &path).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
+            candle_core::safetensors::save(tensors, &path).map_err(|e| TrainError::Checkpoint {
+                path,
+                message: e.to_string(),
+            })
         };
         save("model.safetensors", &self.weights())?;
         save("optimizer.safetensors", &self.opt.state_tensors())?;
@@ -326,7 +423,10 @@ impl Trainer {
             let path = tmp.join(name);
             std::fs::write(&path, body).map_err(|e| TrainError::io(&path, e))
         };
-        write("state.json", serde_json::to_string_pretty(&state).unwrap_or_default())?;
+        write(
+            "state.json",
+            serde_json::to_string_pretty(&state).unwrap_or_default(),
+        )?;
         write("tokenizer.json", self.tokenizer.to_json()?)?;
         let old = run_dir.join("checkpoint.old");
         let _ = std::fs::remove_dir_all(&old);
@@ -342,9 +442,13 @@ impl Trainer {
     pub fn resume(run_dir: &Path, steps: Option<u64>) -> Result<Self> {
         let dir = run_dir.join("checkpoint");
         let state_path = dir.join("state.json");
-        let body = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-        let state: CheckpointState = serde_json::from_str(&body)
-            .map_err(|e| TrainError::Checkpoint { path: state_path.clone(), message: e.to_string() })?;
+        let body =
+            std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+        let state: CheckpointState =
+            serde_json::from_str(&body).map_err(|e| TrainError::Checkpoint {
+                path: state_path.clone(),
+                message: e.to_string(),
+            })?;
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
         let load = |name: &str| -> Result<HashMap<String, Tensor>> {
             let path = dir.join(name);
@@ -355,8 +459,11 @@ impl Trainer {
         if let Some(steps) = steps {
             settings.steps = steps;
         }
-        let mut trainer = Self::from_weights(state.model, settings, tokenizer, load("model.safetensors")?)?;
-        trainer.opt.load_state(&load("optimizer.safetensors")?, state.step)?;
+        let mut trainer =
+            Self::from_weights(state.model, settings, tokenizer, load("model.safetensors")?)?;
+        trainer
+            .opt
+            .load_state(&load("optimizer.safetensors")?, state.step)?;
         trainer.rng = SeededRng::new(state.rng_state);
         trainer.last_eval = state.last_eval;
         Ok(trainer)
@@ -364,7 +471,13 @@ impl Trainer {
 
     /// Export to `dir` in the Hugging Face layout (f32 safetensors, with `manifest.json`) and
     /// as `model-<type>.gguf` for each type; returns the safetensors manifest.
-    pub fn export(&self, dir: &Path, name: &str, chat_template: Option<&str>, gguf_types: &[TensorType]) -> Result<Manifest> {
+    pub fn export(
+        &self,
+        dir: &Path,
+        name: &str,
+        chat_template: Option<&str>,
+        gguf_types: &[TensorType],
+    ) -> Result<Manifest> {
         let weights = self.weights();
         let manifest = write_hf_dir(dir, &self.config, &weights, &self.tokenizer, chat_template)?;
         for &ty in gguf_types {

@@ -12,7 +12,7 @@ All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than t
 All:\nResolved. resolved.\n\nFirst Citizen:\nFirst, you know Caius Marcius is chief enemy to the people.\n";
 
 pub fn tokenizer() -> TextTokenizer {
-    TextTokenizer::train_bpe(std::iter::repeat(CORPUS).take(10), 320).expect("train tokenizer")
+    TextTokenizer::train_bpe(std::iter::repeat_n(CORPUS, 10), 320).expect("train tokenizer")
 }
 
 /// A tiny model; dims are multiples of 256 so every GGUF type (Q4_K too) applies.
@@ -56,7 +56,11 @@ pub fn weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
     w
 }
 
-pub fn write_model(dir: &Path, arch: &str, seed: u64) -> (LlamaConfig, HashMap<String, Tensor>, TextTokenizer) {
+pub fn write_model(
+    dir: &Path,
+    arch: &str,
+    seed: u64,
+) -> (LlamaConfig, HashMap<String, Tensor>, TextTokenizer) {
     let tok = tokenizer();
     let cfg = config(arch, tok.vocab_size());
     let w = weights(&cfg, seed);

@@ -6,7 +6,10 @@ use candle_core::Tensor;
 use crate::common::*;
 
 fn logits(model: &LoadedModel, ids: &[u32]) -> Vec<f32> {
-    let input = Tensor::new(ids, model.model.device()).expect("t").unsqueeze(0).expect("u");
+    let input = Tensor::new(ids, model.model.device())
+        .expect("t")
+        .unsqueeze(0)
+        .expect("u");
     model
         .model
         .forward(&input, None, Mode::Serve)
@@ -57,10 +60,16 @@ fn check_arch(arch: &str) {
         .expect("write gguf");
         let m = load(&path, &LoadOptions::default()).expect("load gguf");
         assert_eq!(m.manifest.quantization, ty.name());
-        assert_eq!(m.tokenizer.encode(CORPUS).expect("enc"), tok.encode(CORPUS).expect("enc"));
+        assert_eq!(
+            m.tokenizer.encode(CORPUS).expect("enc"),
+            tok.encode(CORPUS).expect("enc")
+        );
         assert!(m.chat_template.is_some());
         let err = rel_err(&want, &logits(&m, ids));
-        eprintln!("{arch} {}: relative logit error {err:.2e} (tolerance {tol:.0e})", ty.name());
+        eprintln!(
+            "{arch} {}: relative logit error {err:.2e} (tolerance {tol:.0e})",
+            ty.name()
+        );
         assert!(err < tol, "{arch} {}: error {err} over {tol}", ty.name());
         assert!(!seen_ids.contains(&m.id), "each file is another model");
         seen_ids.push(m.id);
@@ -82,7 +91,13 @@ fn safetensors_quantized_on_load_stays_close_and_changes_model_id() {
     let dir = tempfile::tempdir().expect("tmp");
     let (_, _, tok) = write_model(dir.path(), "llama", 3);
     let f32_model = load(dir.path(), &LoadOptions::default()).expect("load");
-    let q = load(dir.path(), &LoadOptions { quantize: Some(agora_model::GgmlDType::Q8_0) }).expect("load q8");
+    let q = load(
+        dir.path(),
+        &LoadOptions {
+            quantize: Some(agora_model::GgmlDType::Q8_0),
+        },
+    )
+    .expect("load q8");
     let ids = tok.encode("Speak, speak.").expect("enc");
     assert!(rel_err(&logits(&f32_model, &ids), &logits(&q, &ids)) < 2e-2);
     assert_ne!(f32_model.id, q.id);
@@ -95,8 +110,10 @@ fn model_id_is_stable_across_loads_and_matches_written_manifest() {
     let a = load(dir.path(), &LoadOptions::default()).expect("a");
     let b = load(dir.path(), &LoadOptions::default()).expect("b");
     assert_eq!(a.id, b.id);
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("manifest.json")).expect("read")).expect("json");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("manifest.json")).expect("read"),
+    )
+    .expect("json");
     assert_eq!(manifest["model_id"], a.id.to_string());
     // Changing the chat template alone makes another model.
     let cfg_path = dir.path().join("tokenizer_config.json");

@@ -15,7 +15,12 @@ fn model() -> (tempfile::TempDir, agora_model::LoadedModel) {
 
 fn opts(seed: u64, temperature: f64, max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
-        sampling: SamplingParams { temperature, top_k: 40, top_p: 0.95, seed },
+        sampling: SamplingParams {
+            temperature,
+            top_k: 40,
+            top_p: 0.95,
+            seed,
+        },
         max_tokens,
         stop: vec![],
         stop_at_eos: false,
@@ -30,19 +35,34 @@ fn cached_decoding_matches_a_full_forward() {
     let dev = m.model.device();
     let full = m
         .model
-        .forward(&Tensor::new(ids, dev).expect("t").unsqueeze(0).expect("u"), None, Mode::Serve)
+        .forward(
+            &Tensor::new(ids, dev).expect("t").unsqueeze(0).expect("u"),
+            None,
+            Mode::Serve,
+        )
         .expect("full");
     let mut cache = m.model.new_cache();
     // Prefill 25, then one at a time.
     let first = m
         .model
-        .forward(&Tensor::new(&ids[..25], dev).expect("t").unsqueeze(0).expect("u"), Some(&mut cache), Mode::Serve)
+        .forward(
+            &Tensor::new(&ids[..25], dev)
+                .expect("t")
+                .unsqueeze(0)
+                .expect("u"),
+            Some(&mut cache),
+            Mode::Serve,
+        )
         .expect("prefill");
     let mut rows = vec![first.i(0).expect("row")];
     for &t in &ids[25..] {
         let step = m
             .model
-            .forward(&Tensor::new(&[t], dev).expect("t").unsqueeze(0).expect("u"), Some(&mut cache), Mode::Serve)
+            .forward(
+                &Tensor::new(&[t], dev).expect("t").unsqueeze(0).expect("u"),
+                Some(&mut cache),
+                Mode::Serve,
+            )
             .expect("step");
         rows.push(step.i(0).expect("row"));
     }
@@ -53,7 +73,11 @@ fn cached_decoding_matches_a_full_forward() {
     // The training (unfused) path computes the same function.
     let train = m
         .model
-        .forward(&Tensor::new(ids, dev).expect("t").unsqueeze(0).expect("u"), None, Mode::Train)
+        .forward(
+            &Tensor::new(ids, dev).expect("t").unsqueeze(0).expect("u"),
+            None,
+            Mode::Train,
+        )
         .expect("train");
     let c: Vec<f32> = train.flatten_all().expect("f").to_vec1().expect("v");
     assert!(rel_err(&a, &c) < 1e-5, "{}", rel_err(&a, &c));
@@ -63,9 +87,18 @@ fn cached_decoding_matches_a_full_forward() {
 fn generation_is_reproducible_for_a_seed() {
     let (_d, m) = model();
     let prompt = m.tokenizer.encode("First Citizen:\n").expect("enc");
-    let a = generate(&m, &prompt, &opts(42, 1.0, 24), |_| ControlFlow::Continue(())).expect("a");
-    let b = generate(&m, &prompt, &opts(42, 1.0, 24), |_| ControlFlow::Continue(())).expect("b");
-    let c = generate(&m, &prompt, &opts(43, 1.0, 24), |_| ControlFlow::Continue(())).expect("c");
+    let a = generate(&m, &prompt, &opts(42, 1.0, 24), |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("a");
+    let b = generate(&m, &prompt, &opts(42, 1.0, 24), |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("b");
+    let c = generate(&m, &prompt, &opts(43, 1.0, 24), |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("c");
     assert_eq!(a.tokens.len(), 24);
     assert_eq!(a.tokens, b.tokens);
     assert_eq!(a.text, b.text);
@@ -83,7 +116,12 @@ fn streamed_hidden_states_give_the_sampled_tokens() {
     let out = generate(&m, &prompt, &opts(9, 0.9, 16), |ev| {
         match ev {
             Event::Prefill { hidden } => prefill_rows = hidden.dim(0).expect("dim"),
-            Event::Token { index, hidden, text, .. } => {
+            Event::Token {
+                index,
+                hidden,
+                text,
+                ..
+            } => {
                 // The hidden state handed out is the LM head's input: replaying the head
                 // and the sampler on it gives the same token.
                 let logits: Vec<f32> = m
@@ -94,7 +132,11 @@ fn streamed_hidden_states_give_the_sampled_tokens() {
                     .expect("s")
                     .to_vec1()
                     .expect("v");
-                replayed.push(agora_model::sampler::sample(&logits, &opts(9, 0.9, 16).sampling, index as u64).expect("s").token);
+                replayed.push(
+                    agora_model::sampler::sample(&logits, &opts(9, 0.9, 16).sampling, index as u64)
+                        .expect("s")
+                        .token,
+                );
                 streamed.push_str(text);
             }
             Event::Tail { text } => streamed.push_str(text),
@@ -111,7 +153,13 @@ fn streamed_hidden_states_give_the_sampled_tokens() {
 fn stop_sequences_and_limits() {
     let (_d, m) = model();
     let prompt = m.tokenizer.encode("First").expect("enc");
-    let free = generate(&m, &prompt, &opts(1, 0.0, 30), |_| ControlFlow::Continue(())).expect("free");
+    let free = generate(
+        &m,
+        &prompt,
+        &opts(1, 0.0, 30),
+        |_| ControlFlow::Continue(()),
+    )
+    .expect("free");
     // Stop on a piece of what greedy decoding produces anyway.
     let piece: String = free.text.chars().skip(3).take(2).collect();
     if !piece.is_empty() {
@@ -124,6 +172,14 @@ fn stop_sequences_and_limits() {
     }
     assert!(generate(&m, &[], &opts(1, 0.0, 5), |_| ControlFlow::Continue(())).is_err());
     let too_long = vec![1u32; 300];
-    assert!(generate(&m, &too_long, &opts(1, 0.0, 5), |_| ControlFlow::Continue(())).is_err());
-    assert!(generate(&m, &[1_000_000], &opts(1, 0.0, 5), |_| ControlFlow::Continue(())).is_err());
+    assert!(
+        generate(&m, &too_long, &opts(1, 0.0, 5), |_| ControlFlow::Continue(
+            ()
+        ))
+        .is_err()
+    );
+    assert!(generate(&m, &[1_000_000], &opts(1, 0.0, 5), |_| {
+        ControlFlow::Continue(())
+    })
+    .is_err());
 }

@@ -17,8 +17,18 @@ fn truncated_and_corrupt_gguf_files_are_clear_errors() {
     let hf = dir.path().join("hf");
     let (cfg, w, tok) = write_model(&hf, "llama", 1);
     let path = dir.path().join("m.gguf");
-    write_gguf(&path, &GgufExport { name: "t", config: &cfg, tensors: &w, tokenizer: &tok, chat_template: None, matrix_type: TensorType::Q8_0 })
-        .expect("write");
+    write_gguf(
+        &path,
+        &GgufExport {
+            name: "t",
+            config: &cfg,
+            tensors: &w,
+            tokenizer: &tok,
+            chat_template: None,
+            matrix_type: TensorType::Q8_0,
+        },
+    )
+    .expect("write");
     let bytes = std::fs::read(&path).expect("read");
     let bad = dir.path().join("bad.gguf");
     for cut in [0, 3, 10, 100, 1000, bytes.len() / 2, bytes.len() - 1] {
@@ -48,7 +58,10 @@ fn broken_hugging_face_directories_are_clear_errors() {
     assert!(load_err(dir.path()).contains("config.json"));
 
     let missing = dir.path().join("nope.gguf");
-    assert!(matches!(load(&missing, &LoadOptions::default()), Err(ModelError::Io { .. })));
+    assert!(matches!(
+        load(&missing, &LoadOptions::default()),
+        Err(ModelError::Io { .. })
+    ));
 }
 
 #[test]

@@ -19,7 +19,10 @@ fn setup(steps: u64) -> (Trainer, Corpus) {
     let text = corpus_text();
     let (train, val) = split_holdout(&text, 0.1).expect("split");
     let tok = TextTokenizer::train_bpe(std::iter::once(train), 300).expect("tokenizer");
-    let corpus = Corpus { train: tokenize(&tok, train).expect("t"), val: tokenize(&tok, val).expect("v") };
+    let corpus = Corpus {
+        train: tokenize(&tok, train).expect("t"),
+        val: tokenize(&tok, val).expect("v"),
+    };
     let cfg = model_config(tok.vocab_size(), 2, 64, 4, 2, 128, 64);
     let settings = TrainSettings {
         steps,
@@ -40,13 +43,30 @@ fn setup(steps: u64) -> (Trainer, Corpus) {
 fn every_trainable_variable_receives_a_gradient() {
     let (trainer, corpus) = setup(1);
     let mut rng = agora_model::init::SeededRng::new(3);
-    let (x, y) = corpus.batch(&mut rng, 2, 16, &candle_core::Device::Cpu).expect("batch");
-    let grads = trainer.loss(&x, &y).expect("loss").backward().expect("backward");
+    let (x, y) = corpus
+        .batch(&mut rng, 2, 16, &candle_core::Device::Cpu)
+        .expect("batch");
+    let grads = trainer
+        .loss(&x, &y)
+        .expect("loss")
+        .backward()
+        .expect("backward");
     assert!(!trainer.vars().is_empty());
     for (name, var) in trainer.vars() {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
-        let norm = g.sqr().expect("sq").sum_all().expect("sum").to_scalar::<f32>().expect("scalar");
-        assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm = g
+            .sqr()
+            .expect("sq")
+            .sum_all()
+            .expect("sum")
+            .to_scalar::<f32>()
+            .expect("scalar");
+        assert!(
+            norm > 0.0 && norm.is_finite(),
+            "{name}: gradient norm {norm}"
+        );
     }
 }
 
@@ -57,7 +77,12 @@ fn a_few_steps_lower_the_loss() {
     let dir = tempfile::tempdir().expect("tmp");
     trainer.run(&corpus, dir.path(), |_| {}).expect("run");
     let after = trainer.last_eval.expect("final eval");
-    assert!(after.loss < before.loss * 0.7, "loss {} -> {}", before.loss, after.loss);
+    assert!(
+        after.loss < before.loss * 0.7,
+        "loss {} -> {}",
+        before.loss,
+        after.loss
+    );
     assert!(after.bits_per_byte < before.bits_per_byte);
 }
 
@@ -65,7 +90,14 @@ fn weights_equal(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> bo
     a.len() == b.len()
         && a.iter().all(|(k, t)| {
             let u = &b[k];
-            let d = (t - u).expect("sub").abs().expect("abs").max_all().expect("max").to_scalar::<f32>().expect("s");
+            let d = (t - u)
+                .expect("sub")
+                .abs()
+                .expect("abs")
+                .max_all()
+                .expect("max")
+                .to_scalar::<f32>()
+                .expect("s");
             d == 0.0
         })
 }
@@ -85,7 +117,10 @@ fn checkpoint_resume_continues_exactly() {
     assert_eq!(resumed.step(), 6);
     resumed.run(&corpus_b, dir_b.path(), |_| {}).expect("run");
     assert_eq!(resumed.step(), 12);
-    assert!(weights_equal(&straight.weights(), &resumed.weights()), "resumed run diverged");
+    assert!(
+        weights_equal(&straight.weights(), &resumed.weights()),
+        "resumed run diverged"
+    );
 }
 
 #[test]
@@ -94,15 +129,44 @@ fn export_round_trips_through_safetensors_and_gguf() {
     let dir = tempfile::tempdir().expect("tmp");
     trainer.run(&corpus, dir.path(), |_| {}).expect("run");
     let out = dir.path().join("export");
-    let manifest = trainer.export(&out, "test", None, &[TensorType::F32, TensorType::Q8_0]).expect("export");
+    let manifest = trainer
+        .export(&out, "test", None, &[TensorType::F32, TensorType::Q8_0])
+        .expect("export");
     let ids = trainer.tokenizer.encode("KING. What say you").expect("enc");
-    let input = Tensor::new(ids.as_slice(), &candle_core::Device::Cpu).expect("t").unsqueeze(0).expect("u");
-    let want: Vec<f32> = trainer.model().forward(&input, None, Mode::Serve).expect("f").flatten_all().expect("f").to_vec1().expect("v");
+    let input = Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)
+        .expect("t")
+        .unsqueeze(0)
+        .expect("u");
+    let want: Vec<f32> = trainer
+        .model()
+        .forward(&input, None, Mode::Serve)
+        .expect("f")
+        .flatten_all()
+        .expect("f")
+        .to_vec1()
+        .expect("v");
     let hf = load(&out, &LoadOptions::default()).expect("load hf");
     assert_eq!(hf.id, manifest.model_id());
-    for (model, tol) in [(hf, 1e-6), (load(&out.join("model-f32.gguf"), &LoadOptions::default()).expect("gguf"), 1e-5)] {
-        let got: Vec<f32> = model.model.forward(&input, None, Mode::Serve).expect("f").flatten_all().expect("f").to_vec1().expect("v");
-        let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    for (model, tol) in [
+        (hf, 1e-6),
+        (
+            load(&out.join("model-f32.gguf"), &LoadOptions::default()).expect("gguf"),
+            1e-5,
+        ),
+    ] {
+        let got: Vec<f32> = model
+            .model
+            .forward(&input, None, Mode::Serve)
+            .expect("f")
+            .flatten_all()
+            .expect("f")
+            .to_vec1()
+            .expect("v");
+        let err = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(err < tol, "max logit difference {err}");
     }
     let q = load(&out.join("model-q8_0.gguf"), &LoadOptions::default()).expect("q8");
