@@ -163,7 +163,7 @@ def main() -> int:
     C.llama_model_meta_val_str(model, b"general.architecture", arch_buf, ctypes.sizeof(arch_buf))
     mem = C.llama_get_memory(ctx)
 
-    prompt = [(i % (n_vocab - 1)) + 1 for i in range(1, P + 1)]  # ids 1..P, never 0
+    prompt = [(i % (n_vocab - 1)) + 1 for i in range(P)]  # ids 1..P (wrapping), never 0
     batch_p = C.llama_batch_init(P, 0, 1)
     batch_1 = C.llama_batch_init(1, 0, 1)
 

@@ -72,6 +72,7 @@ fn qwen25_05b_shape() -> LlamaConfig {
         rms_norm_eps: 1e-6,
         rope_theta: 1_000_000.0,
         rope_style: RopeStyle::Half,
+        rope_freq_factors: None,
         max_seq_len: 32_768,
         tie_word_embeddings: true,
         attention_bias: true,

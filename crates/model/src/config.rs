@@ -30,6 +30,10 @@ pub struct LlamaConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_style: RopeStyle,
+    /// Per-frequency divisors of the rotary frequencies (Llama 3.1 "llama3" scaling; GGUF
+    /// `rope_freqs.weight`), head_dim / 2 of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_freq_factors: Option<Vec<f32>>,
     pub max_seq_len: usize,
     pub tie_word_embeddings: bool,
     /// Qwen2 puts biases on the q, k and v projections.
@@ -86,6 +90,14 @@ impl LlamaConfig {
                 "rms_norm_eps {} is out of range",
                 self.rms_norm_eps
             ));
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                return bad(format!(
+                    "rope frequency factors must be {} positive numbers",
+                    self.head_dim / 2
+                ));
+            }
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return bad(format!("rope_theta {} is out of range", self.rope_theta));
@@ -184,6 +196,8 @@ struct HfConfig {
     eos_token_id: Option<EosIds>,
     #[serde(default)]
     rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,17 +227,22 @@ impl HfConfig {
                 )));
             }
         }
-        if let Some(scaling) = &self.rope_scaling {
-            if !scaling.is_null() {
-                return Err(ModelError::Unsupported(format!("rope_scaling {scaling}")));
-            }
-        }
         if self.num_attention_heads == 0 {
             return Err(ModelError::Config("num_attention_heads is 0".into()));
         }
         let head_dim = self
             .head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads);
+        let rope_freq_factors = match &self.rope_scaling {
+            None | Some(serde_json::Value::Null) => None,
+            Some(scaling) => Some(llama3_rope_factors(scaling, head_dim, self.rope_theta)?),
+        };
+        // Mistral attends within a sliding window; capping the context at the window keeps
+        // every supported sequence exact with full attention.
+        let max_seq_len = match (architecture.as_str(), self.sliding_window) {
+            ("mistral", Some(w)) if w > 0 => self.max_position_embeddings.min(w),
+            _ => self.max_position_embeddings,
+        };
         let cfg = LlamaConfig {
             attention_bias: self.attention_bias.unwrap_or(architecture == "qwen2"),
             architecture,
@@ -237,7 +256,8 @@ impl HfConfig {
             rms_norm_eps: self.rms_norm_eps,
             rope_theta: self.rope_theta,
             rope_style: RopeStyle::Half,
-            max_seq_len: self.max_position_embeddings,
+            rope_freq_factors,
+            max_seq_len,
             tie_word_embeddings: self.tie_word_embeddings,
             bos_token_id: self.bos_token_id,
             eos_token_ids: match self.eos_token_id {
@@ -249,6 +269,57 @@ impl HfConfig {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// Llama 3.1's "llama3" rotary scaling as per-frequency divisors, as llama.cpp's converter
+/// computes them: long wavelengths are slowed by `factor`, short ones kept, and the band
+/// between interpolated.
+fn llama3_rope_factors(
+    scaling: &serde_json::Value,
+    head_dim: usize,
+    theta: f64,
+) -> Result<Vec<f32>> {
+    let kind = scaling["rope_type"]
+        .as_str()
+        .or_else(|| scaling["type"].as_str())
+        .unwrap_or("");
+    if kind != "llama3" {
+        return Err(ModelError::Unsupported(format!(
+            "rope_scaling {scaling} (only llama3)"
+        )));
+    }
+    let num = |k: &str| {
+        scaling[k].as_f64().ok_or_else(|| {
+            ModelError::Config(format!("rope_scaling.{k} is missing or not a number"))
+        })
+    };
+    let (factor, low, high, old_ctx) = (
+        num("factor")?,
+        num("low_freq_factor")?,
+        num("high_freq_factor")?,
+        num("original_max_position_embeddings")?,
+    );
+    if !(factor >= 1.0 && high > low && low > 0.0 && old_ctx > 0.0) {
+        return Err(ModelError::Config(format!(
+            "rope_scaling {scaling} is out of range"
+        )));
+    }
+    let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+    Ok((0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let f = if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -270,6 +341,35 @@ mod tests {
         // Qwen2.5-0.5B has about 494M parameters.
         let n = cfg.parameter_count();
         assert!((490_000_000..500_000_000).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn llama31_rope_scaling_gives_frequency_factors() {
+        let json = r#"{"model_type":"llama","vocab_size":128256,"hidden_size":2048,
+            "intermediate_size":8192,"num_hidden_layers":16,"num_attention_heads":32,
+            "num_key_value_heads":8,"rope_theta":500000.0,"max_position_embeddings":131072,
+            "tie_word_embeddings":true,"rope_scaling":{"factor":32.0,"high_freq_factor":4.0,
+            "low_freq_factor":1.0,"original_max_position_embeddings":8192,"rope_type":"llama3"}}"#;
+        let cfg = LlamaConfig::from_hf_json(json).expect("Llama 3.2 1B config");
+        let f = cfg.rope_freq_factors.expect("factors");
+        assert_eq!(f.len(), 32);
+        assert_eq!(f[0], 1.0, "high frequencies are kept");
+        assert_eq!(f[31], 32.0, "low frequencies are slowed by the factor");
+        assert!(f.windows(2).all(|w| w[0] <= w[1]));
+        let yarn = json.replace("llama3", "yarn");
+        assert!(LlamaConfig::from_hf_json(&yarn).is_err());
+    }
+
+    #[test]
+    fn mistral_context_is_capped_at_its_sliding_window() {
+        let json = r#"{"model_type":"mistral","vocab_size":32000,"hidden_size":4096,
+            "intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,
+            "num_key_value_heads":8,"max_position_embeddings":32768,"sliding_window":4096,
+            "rope_theta":10000.0,"rms_norm_eps":1e-5}"#;
+        let cfg = LlamaConfig::from_hf_json(json).expect("valid config");
+        assert_eq!(cfg.max_seq_len, 4096);
+        assert!(!cfg.attention_bias);
+        assert_eq!(cfg.num_kv_heads, 8);
     }
 
     #[test]

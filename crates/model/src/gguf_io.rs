@@ -123,6 +123,7 @@ pub fn config_from_gguf(h: &GgufHeader) -> Result<LlamaConfig> {
         rms_norm_eps: h.get_f32(&key("attention.layer_norm_rms_epsilon"))? as f64,
         rope_theta,
         rope_style,
+        rope_freq_factors: None,
         max_seq_len: usize_key("context_length")?,
         tie_word_embeddings: h.tensor("output.weight").is_none(),
         attention_bias: h.tensor("blk.0.attn_q.bias").is_some(),
@@ -131,6 +132,27 @@ pub fn config_from_gguf(h: &GgufHeader) -> Result<LlamaConfig> {
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Llama 3.1 rotary frequency divisors, stored as the F32 tensor `rope_freqs.weight`.
+pub fn rope_freq_factors(h: &GgufHeader, file: &mut File) -> Result<Option<Vec<f32>>> {
+    let Some(info) = h.tensor("rope_freqs.weight") else {
+        return Ok(None);
+    };
+    if info.ty != TensorType::F32 || info.dims.len() != 1 {
+        return Err(ModelError::Unsupported(format!(
+            "rope_freqs.weight of type {} with {} dims (F32 vector expected)",
+            info.ty.name(),
+            info.dims.len()
+        )));
+    }
+    let bytes = h.read_tensor_data(file, info)?;
+    Ok(Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    ))
 }
 
 /// The tokenizer embedded in GGUF metadata (`gpt2`, i.e. byte-level BPE).
@@ -355,6 +377,15 @@ pub fn write_gguf(path: &Path, export: &GgufExport) -> Result<()> {
         w.push_metadata("tokenizer.chat_template", Value::String(t.into()))?;
     }
 
+    if let Some(factors) = &cfg.rope_freq_factors {
+        let bytes: Vec<u8> = factors.iter().flat_map(|f| f.to_le_bytes()).collect();
+        w.add_tensor(
+            "rope_freqs.weight",
+            TensorType::F32,
+            &[factors.len()],
+            bytes,
+        )?;
+    }
     let mut names: Vec<&String> = export.tensors.keys().collect();
     names.sort_by_key(|n| tensor_order(n));
     for hf in names {

@@ -104,8 +104,10 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
 }
 
 fn load_gguf(path: &Path, device: candle_core::Device) -> Result<LoadedModel> {
-    let (header, file) = gguf_io::open(path)?;
-    let config = gguf_io::config_from_gguf(&header)?;
+    let (header, mut file) = gguf_io::open(path)?;
+    let mut config = gguf_io::config_from_gguf(&header)?;
+    config.rope_freq_factors = gguf_io::rope_freq_factors(&header, &mut file)?;
+    config.validate()?;
     let tokenizer = gguf_io::tokenizer_from_gguf(&header)?;
     let template_src = header
         .get("tokenizer.chat_template")

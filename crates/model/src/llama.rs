@@ -66,7 +66,10 @@ impl Rotary {
     fn new(cfg: &LlamaConfig, device: &Device) -> Result<Self> {
         let half = cfg.head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32)
+            .map(|i| {
+                let factor = cfg.rope_freq_factors.as_ref().map_or(1.0, |f| f[i]);
+                1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32 / factor
+            })
             .collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
         let positions = Tensor::arange(0u32, cfg.max_seq_len as u32, device)?

@@ -116,6 +116,7 @@ mod tests {
                 rms_norm_eps: 1e-5,
                 rope_theta: 10000.0,
                 rope_style: RopeStyle::Half,
+                rope_freq_factors: None,
                 max_seq_len: 128,
                 tie_word_embeddings: false,
                 attention_bias: false,

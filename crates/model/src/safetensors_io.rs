@@ -187,6 +187,11 @@ pub fn write_hf_dir(
     tokenizer: &TextTokenizer,
     chat_template: Option<&str>,
 ) -> Result<Manifest> {
+    if config.rope_freq_factors.is_some() {
+        return Err(ModelError::Unsupported(
+            "writing rotary frequency factors to config.json (export to GGUF instead)".into(),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let write = |name: &str, body: &[u8]| -> Result<()> {
         let path = dir.join(name);

@@ -113,6 +113,7 @@ pub fn model_config(
         rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
         rope_style: agora_model::RopeStyle::Half,
+        rope_freq_factors: None,
         max_seq_len: context,
         tie_word_embeddings: false,
         attention_bias: false,

@@ -29,6 +29,7 @@ pub fn config(arch: &str, vocab: usize) -> LlamaConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
         rope_style: RopeStyle::Half,
+        rope_freq_factors: None,
         max_seq_len: 256,
         tie_word_embeddings: arch == "qwen2",
         attention_bias: arch == "qwen2",

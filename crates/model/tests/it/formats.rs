@@ -122,3 +122,52 @@ fn model_id_is_stable_across_loads_and_matches_written_manifest() {
     let c = load(dir.path(), &LoadOptions::default()).expect("c");
     assert_ne!(a.id, c.id);
 }
+
+#[test]
+fn llama31_rope_factors_survive_gguf_and_change_the_function() {
+    use agora_model::weights::TensorSource;
+    let tok = tokenizer();
+    let mut cfg = config("llama", tok.vocab_size());
+    let w = weights(&cfg, 21);
+    let ids = tok.encode(CORPUS).expect("encode");
+    let ids = &ids[..50];
+    let run = |cfg: &agora_model::LlamaConfig| -> Vec<f32> {
+        let mut src = TensorSource::new(w.clone(), candle_core::Device::Cpu);
+        let m = agora_model::Llama::load(&mut src, cfg).expect("load");
+        let input = Tensor::new(ids, m.device())
+            .expect("t")
+            .unsqueeze(0)
+            .expect("u");
+        m.forward(&input, None, Mode::Serve)
+            .expect("f")
+            .flatten_all()
+            .expect("f")
+            .to_vec1()
+            .expect("v")
+    };
+    let plain = run(&cfg);
+    cfg.rope_freq_factors = Some((0..cfg.head_dim / 2).map(|i| 1.0 + i as f32).collect());
+    let scaled = run(&cfg);
+    assert!(
+        rel_err(&plain, &scaled) > 1e-3,
+        "the factors change the function"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("llama31.gguf");
+    write_gguf(
+        &path,
+        &GgufExport {
+            name: "t",
+            config: &cfg,
+            tensors: &w,
+            tokenizer: &tok,
+            chat_template: None,
+            matrix_type: TensorType::F32,
+        },
+    )
+    .expect("write");
+    let m = load(&path, &LoadOptions::default()).expect("load");
+    assert_eq!(m.model.config().rope_freq_factors, cfg.rope_freq_factors);
+    let err = rel_err(&scaled, &logits(&m, ids));
+    assert!(err < 1e-5, "{err}");
+}
