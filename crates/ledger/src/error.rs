@@ -390,3 +390,14 @@ pub enum InvariantError {
     #[error("channel {0} claimed more than its deposit")]
     ChannelOverClaimed(Hash32),
 }
+
+/// Why `agora ledger serve` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store failed to open or recover.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Binding or serving failed.
+    #[error("serve: {0}")]
+    Io(#[from] std::io::Error),
+}

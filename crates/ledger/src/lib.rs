@@ -34,15 +34,20 @@
 //! assert_eq!(ledger.state.hash(), before);
 //! ```
 
+pub mod api;
 pub mod block;
+pub mod client;
 pub mod error;
 pub mod genesis;
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod tx;
 
 pub use block::{Block, BlockHeader, Ledger};
-pub use error::{BlockError, ClientError, GenesisError, InvariantError, StoreError, TxError};
+pub use error::{
+    BlockError, ClientError, GenesisError, InvariantError, ServeError, StoreError, TxError,
+};
 pub use genesis::{Allocation, Genesis, Params};
 pub use state::{Account, BlockCtx, Channel, Event, State};
 pub use store::{BlockEvents, Store, TxEvents};
