@@ -2,7 +2,7 @@
 
 use crate::{codec, CoreError};
 use borsh::{BorshDeserialize, BorshSerialize};
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
 use std::fmt;
 use std::str::FromStr;
 
@@ -96,10 +96,8 @@ pub struct AccountId([u8; 32]);
 hex_bytes!(AccountId, 32, "account id");
 
 impl AccountId {
-    /// Checks `sig` over `signing_bytes(domain, value)` with this account's key.
-    ///
-    /// Uses strict verification, which refuses small-order keys and non-canonical signatures,
-    /// so a valid signature cannot be altered into another valid one.
+    /// Checks `sig` over `signing_bytes(domain, value)` with this account's key, under the
+    /// rule of [`crate::sig`] (cofactored, canonical `s`, no small-order keys).
     pub fn verify<T: BorshSerialize + ?Sized>(
         &self,
         domain: &[u8],
@@ -111,12 +109,13 @@ impl AccountId {
 
     /// Checks `sig` over raw `msg` bytes.
     pub fn verify_bytes(&self, msg: &[u8], sig: &Signature) -> Result<(), CoreError> {
-        let bad = || CoreError::BadSignature {
-            account: self.to_string(),
-        };
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| bad())?;
-        let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
-        key.verify_strict(msg, &sig).map_err(|_| bad())
+        if crate::sig::verify_one(self, msg, sig) {
+            Ok(())
+        } else {
+            Err(CoreError::BadSignature {
+                account: self.to_string(),
+            })
+        }
     }
 }
 

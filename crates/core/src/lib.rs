@@ -24,6 +24,7 @@ pub mod codec;
 pub mod error;
 pub mod id;
 pub mod merkle;
+pub mod sig;
 
 pub use amount::Amount;
 pub use error::CoreError;

@@ -180,11 +180,25 @@ impl Ledger {
     }
 }
 
-/// Verifies signatures of many transactions on all cores, preserving order.
+/// Transactions per batch verification: large enough for a fast multi-scalar multiplication,
+/// small enough that one bad signature only sends its own batch to single checks.
+const VERIFY_BATCH: usize = 256;
+
+/// Verifies signatures of many transactions in batches on all cores, preserving order.
 pub fn verify_all(txs: Vec<SignedTx>) -> Vec<Result<VerifiedTx, TxError>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads <= 1 || txs.len() < 64 {
-        return txs.into_iter().map(SignedTx::verify).collect();
+    let batches = |v: Vec<SignedTx>| {
+        let mut out = Vec::with_capacity(v.len());
+        let mut it = v.into_iter().peekable();
+        while it.peek().is_some() {
+            out.extend(crate::tx::verify_batch(
+                it.by_ref().take(VERIFY_BATCH).collect(),
+            ));
+        }
+        out
+    };
+    if threads <= 1 || txs.len() < VERIFY_BATCH / 2 {
+        return batches(txs);
     }
     let chunk = txs.len().div_ceil(threads);
     let mut parts: Vec<Vec<SignedTx>> = Vec::with_capacity(threads);
@@ -199,7 +213,7 @@ pub fn verify_all(txs: Vec<SignedTx>) -> Vec<Result<VerifiedTx, TxError>> {
     std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .into_iter()
-            .map(|p| s.spawn(move || p.into_iter().map(SignedTx::verify).collect::<Vec<_>>()))
+            .map(|p| s.spawn(move || batches(p)))
             .collect();
         handles
             .into_iter()

@@ -184,7 +184,7 @@ impl Store {
                 idx.insert(e.tx_id.as_bytes().as_slice(), h)
                     .map_err(StoreError::db)?;
             }
-            if h % self.snapshot_every == 0 {
+            if h.is_multiple_of(self.snapshot_every) {
                 let mut meta = w.open_table(META).map_err(StoreError::db)?;
                 meta.insert(
                     SNAPSHOT_KEY,

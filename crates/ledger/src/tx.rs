@@ -188,33 +188,48 @@ impl SignedTx {
     /// Checks every signature the transaction carries and its shape; state is not consulted.
     /// Safe to run in parallel before [`crate::State::apply_verified`].
     pub fn verify(self) -> Result<VerifiedTx, TxError> {
-        self.check_shape()?;
+        verify_batch(vec![self])
+            .pop()
+            .unwrap_or(Err(TxError::Malformed {
+                reason: "empty batch",
+            }))
+    }
+
+    /// The signatures this transaction carries: (signer, signed bytes, signature, error if bad).
+    fn sig_items(&self) -> Vec<(AccountId, Vec<u8>, Signature, TxError)> {
         let from = self.tx.from;
-        from.verify(TX_DOMAIN, &self.tx, &self.sig)
-            .map_err(|_| TxError::BadSignature { account: from })?;
+        let mut items = vec![(
+            from,
+            codec::signing_bytes(TX_DOMAIN, &self.tx),
+            self.sig,
+            TxError::BadSignature { account: from },
+        )];
         match &self.tx.body {
             TxBody::ClaimVoucher {
                 voucher,
                 payer,
                 payer_sig,
-            } => payer
-                .verify(VOUCHER_DOMAIN, voucher, payer_sig)
-                .map_err(|_| TxError::ForgedVoucher { payer: *payer })?,
+            } => items.push((
+                *payer,
+                codec::signing_bytes(VOUCHER_DOMAIN, voucher),
+                *payer_sig,
+                TxError::ForgedVoucher { payer: *payer },
+            )),
             TxBody::AuditVerdict {
                 verdict,
                 confirmer,
                 confirmer_sig,
-            } => confirmer
-                .verify(VERDICT_DOMAIN, verdict, confirmer_sig)
-                .map_err(|_| TxError::BadSignature {
+            } => items.push((
+                *confirmer,
+                codec::signing_bytes(VERDICT_DOMAIN, verdict),
+                *confirmer_sig,
+                TxError::BadSignature {
                     account: *confirmer,
-                })?,
+                },
+            )),
             _ => {}
         }
-        Ok(VerifiedTx {
-            id: self.id(),
-            stx: self,
-        })
+        items
     }
 
     fn check_shape(&self) -> Result<(), TxError> {
@@ -280,4 +295,41 @@ impl VerifiedTx {
     pub fn into_signed(self) -> SignedTx {
         self.stx
     }
+}
+
+/// Checks shape and signatures of many transactions with one batch verification (falling back
+/// to single checks only when the batch fails). `out[i]` is exactly `txs[i].verify()`.
+pub fn verify_batch(txs: Vec<SignedTx>) -> Vec<Result<VerifiedTx, TxError>> {
+    let mut owners = Vec::new();
+    let mut items = Vec::new();
+    let mut errors: Vec<Option<TxError>> = Vec::with_capacity(txs.len());
+    for (i, t) in txs.iter().enumerate() {
+        match t.check_shape() {
+            Ok(()) => {
+                for item in t.sig_items() {
+                    owners.push(i);
+                    items.push(item);
+                }
+                errors.push(None);
+            }
+            Err(e) => errors.push(Some(e)),
+        }
+    }
+    let refs: Vec<(AccountId, &[u8], Signature)> = items
+        .iter()
+        .map(|(a, m, s, _)| (*a, m.as_slice(), *s))
+        .collect();
+    let ok = agora_core::sig::verify_many(&refs);
+    for ((owner, good), (_, _, _, err)) in owners.into_iter().zip(ok).zip(items) {
+        if !good && errors[owner].is_none() {
+            errors[owner] = Some(err);
+        }
+    }
+    txs.into_iter()
+        .zip(errors)
+        .map(|(stx, err)| match err {
+            Some(e) => Err(e),
+            None => Ok(VerifiedTx { id: stx.id(), stx }),
+        })
+        .collect()
 }

@@ -577,3 +577,51 @@ fn unbonding_stake_is_still_slashable() {
     assert_eq!(a.stake, amt(0));
     assert_eq!(a.unbonding_total().ok(), Some(amt(500)));
 }
+
+#[test]
+fn batch_verification_agrees_with_single_verification() {
+    let k = keys(4);
+    let l = ledger(&k, 1000);
+    let mut txs = Vec::new();
+    for i in 0..600u64 {
+        let from = &k[(i % 3) as usize + 1];
+        let mut t = Tx {
+            chain_id: CHAIN,
+            from: from.account(),
+            nonce: i,
+            body: TxBody::Stake { amount: amt(1) },
+        }
+        .sign(from);
+        match i % 97 {
+            5 => t.sig = k[0].sign_bytes(b"not this"),
+            17 => t.tx.nonce += 1_000_000,
+            23 => t.tx.body = TxBody::Stake { amount: amt(0) },
+            _ => {}
+        }
+        txs.push(t);
+    }
+    // A claim with a forged voucher inside an otherwise valid batch.
+    let voucher = Voucher {
+        chain_id: CHAIN,
+        channel: Hash32::ZERO,
+        cumulative: amt(1),
+    };
+    txs.push(tx(
+        &l,
+        &k[2],
+        TxBody::ClaimVoucher {
+            payer_sig: voucher.sign(&k[2]),
+            voucher,
+            payer: k[1].account(),
+        },
+    ));
+    let batch = agora_ledger::block::verify_all(txs.clone());
+    let mut bad = 0;
+    for (t, b) in txs.into_iter().zip(batch) {
+        let single = t.verify().map(|v| v.id());
+        bad += usize::from(single.is_err());
+        assert_eq!(b.map(|v| v.id()), single);
+    }
+    // 7 bad signatures, 7 tampered nonces, 6 zero amounts, 1 forged voucher.
+    assert_eq!(bad, 21);
+}
