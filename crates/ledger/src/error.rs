@@ -315,6 +315,9 @@ pub enum StoreError {
     /// Genesis is invalid.
     #[error("genesis: {0}")]
     Genesis(#[from] GenesisError),
+    /// A sequencer thread could not start.
+    #[error("spawning a sequencer thread: {0}")]
+    Spawn(std::io::Error),
     /// The stored block log does not replay.
     #[error("block log: {0}")]
     Block(#[from] BlockError),

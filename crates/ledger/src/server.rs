@@ -135,13 +135,17 @@ impl Node {
             }
             ok
         });
+        // Two stages: collect + verify, then apply + commit + answer; a one-slot channel
+        // between them lets the next batch verify while the previous one commits.
+        let (stage, staged) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
-            .name("ledger-sequencer".into())
-            .spawn(move || sequencer_loop(s2, rx, key, cfg))
-            .map_err(|e| StoreError::Corrupt {
-                what: "sequencer thread".into(),
-                detail: e.to_string(),
-            })?;
+            .name("ledger-verify".into())
+            .spawn(move || sequencer_loop(rx, stage, cfg))
+            .map_err(StoreError::Spawn)?;
+        std::thread::Builder::new()
+            .name("ledger-commit".into())
+            .spawn(move || commit_loop(s2, staged, key))
+            .map_err(StoreError::Spawn)?;
         Ok(Node { shared })
     }
 
@@ -197,12 +201,7 @@ impl Node {
     }
 }
 
-fn sequencer_loop(
-    shared: Arc<Shared>,
-    rx: Receiver<Submission>,
-    key: Option<Keypair>,
-    cfg: SequencerConfig,
-) {
+fn sequencer_loop(rx: Receiver<Submission>, stage: SyncSender<Verified>, cfg: SequencerConfig) {
     let mut next_epoch = cfg.epoch_interval.map(|d| Instant::now() + d);
     let mut open = true;
     while open {
@@ -235,20 +234,21 @@ fn sequencer_loop(
         if tick {
             next_epoch = cfg.epoch_interval.map(|d| Instant::now() + d);
         }
-        if let Err(e) = seal(&shared, batch, if tick { key.as_ref() } else { None }) {
-            tracing::error!(error = %e, "commit failed; sequencer halted");
-            shared.halted.store(true, Ordering::Release);
+        // Verify here while the commit stage is busy with the previous block.
+        if stage.send(verify_stage(batch, tick)).is_err() {
             return;
         }
     }
 }
 
-/// One block: verify, apply, commit, answer.
-fn seal(
-    shared: &Shared,
-    batch: Vec<Submission>,
-    epoch_key: Option<&Keypair>,
-) -> Result<(), StoreError> {
+/// A batch whose signatures were checked, on its way to the commit stage.
+struct Verified {
+    txs: Vec<VerifiedTx>,
+    replies: Vec<oneshot::Sender<Result<SubmitReceipt, SubmitError>>>,
+    tick: bool,
+}
+
+fn verify_stage(batch: Vec<Submission>, tick: bool) -> Verified {
     let (txs, replies): (Vec<SignedTx>, Vec<_>) =
         batch.into_iter().map(|s| (s.tx, s.reply)).unzip();
     let verified = verify_all(txs);
@@ -265,6 +265,31 @@ fn seal(
             }
         }
     }
+    Verified {
+        txs: ok,
+        replies: waiting,
+        tick,
+    }
+}
+
+fn commit_loop(shared: Arc<Shared>, rx: Receiver<Verified>, key: Option<Keypair>) {
+    while let Ok(v) = rx.recv() {
+        let epoch_key = if v.tick { key.as_ref() } else { None };
+        if let Err(e) = seal(&shared, v.txs, v.replies, epoch_key) {
+            tracing::error!(error = %e, "commit failed; sequencer halted");
+            shared.halted.store(true, Ordering::Release);
+            return;
+        }
+    }
+}
+
+/// One block: verify, apply, commit, answer.
+fn seal(
+    shared: &Shared,
+    mut ok: Vec<VerifiedTx>,
+    waiting: Vec<oneshot::Sender<Result<SubmitReceipt, SubmitError>>>,
+    epoch_key: Option<&Keypair>,
+) -> Result<(), StoreError> {
     let mut ledger = shared.ledger.write().unwrap_or_else(|p| p.into_inner());
     if let Some(key) = epoch_key {
         let nonce = ledger.state.account(&key.account()).map_or(0, |a| a.nonce);
