@@ -190,7 +190,8 @@ fn main() {
             rate / all
         );
     }
-    for (batch, blocks) in [(1000usize, 30usize)] {
+    {
+        let (batch, blocks) = (1000usize, 30usize);
         let (rate, [v, a, c]) = run(batch, blocks, &keys, &genesis);
         println!(
             "ledger::commit_inline/batch={batch}: {rate:.0} tx/s, stages in series ({:.2}x anchor; per block: verify {:.1} ms, apply {:.1} ms, commit {:.1} ms)",
