@@ -1,9 +1,11 @@
 //! The embedded sequencer and its HTTP/JSON API (`agora ledger serve`).
 //!
-//! Submissions go into a bounded queue; one sequencer thread takes up to `max_batch` of them
-//! or whatever arrived within `max_wait`, checks signatures on all cores, applies them in
-//! arrival order, seals the accepted ones into a block, commits it durably, and only then
-//! answers each submitter. The sequencer also signs `AdvanceEpoch` every `epoch_interval`.
+//! Submissions go into a bounded queue. A verify stage takes up to `max_batch` of them or
+//! whatever arrived within `max_wait` and batch-verifies their signatures on all cores; a
+//! commit stage applies them in arrival order, seals the accepted ones into a block, commits it
+//! durably, and only then answers each submitter. The stages overlap: the next batch verifies
+//! while the previous block commits. The commit stage also signs `AdvanceEpoch` every
+//! `epoch_interval`.
 //!
 //! Routes (all JSON):
 //! - `POST /v1/tx` a [`SignedTx`]; answers a [`SubmitReceipt`] after the commit, or an error
