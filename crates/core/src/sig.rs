@@ -125,6 +125,66 @@ mod tests {
         }
     }
 
+    /// A signature whose R carries a torsion component: valid under the cofactored rule, not
+    /// under the cofactorless one. Whatever batch it sits in, the verdict must be the same.
+    fn torsion_signature(seed: [u8; 32], msg: &[u8]) -> (AccountId, Signature) {
+        let h: [u8; 64] = Sha512::digest(seed).into();
+        let mut a_bytes = [0u8; 32];
+        a_bytes.copy_from_slice(&h[..32]);
+        a_bytes[0] &= 248;
+        a_bytes[31] &= 127;
+        a_bytes[31] |= 64;
+        let a = Scalar::from_bytes_mod_order(a_bytes);
+        let pk = curve25519_dalek::constants::ED25519_BASEPOINT_POINT * a;
+        let r = Scalar::from_bytes_mod_order([7; 32]);
+        // A point of order 8.
+        let t = curve25519_dalek::constants::EIGHT_TORSION[1];
+        let big_r = (curve25519_dalek::constants::ED25519_BASEPOINT_POINT * r + t).compress();
+        let mut hk = Sha512::new();
+        hk.update(big_r.as_bytes());
+        hk.update(pk.compress().as_bytes());
+        hk.update(msg);
+        let k = Scalar::from_bytes_mod_order_wide(&hk.finalize().into());
+        let s = r + k * a;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(big_r.as_bytes());
+        sig[32..].copy_from_slice(s.as_bytes());
+        (
+            AccountId::from_bytes(pk.compress().to_bytes()),
+            Signature::from_bytes(sig),
+        )
+    }
+
+    #[test]
+    fn torsion_signature_gets_one_verdict_in_every_batch() {
+        let (acct, sig) = torsion_signature([5; 32], b"torsion");
+        // Cofactored: valid. dalek's cofactorless verify_strict: refused.
+        assert!(verify_one(&acct, b"torsion", &sig));
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(acct.as_bytes())
+            .map_err(|_| ())
+            .and_then(|vk| {
+                vk.verify_strict(
+                    b"torsion",
+                    &ed25519_dalek::Signature::from_bytes(sig.as_bytes()),
+                )
+                .map_err(|_| ())
+            });
+        assert!(vk.is_err());
+        let keys: Vec<Keypair> = (0..9u8).map(|i| Keypair::from_seed([i + 40; 32])).collect();
+        for n in 1..9 {
+            let mut items: Vec<(AccountId, &[u8], Signature)> = keys[..n]
+                .iter()
+                .map(|k| (k.account(), b"m".as_slice(), k.sign_bytes(b"m")))
+                .collect();
+            items.insert(n / 2, (acct, b"torsion".as_slice(), sig));
+            assert!(
+                verify_many(&items).iter().all(|ok| *ok),
+                "batch of {}",
+                n + 1
+            );
+        }
+    }
+
     #[test]
     fn dalek_signatures_verify_and_small_order_keys_are_refused() {
         let k = Keypair::from_seed([9; 32]);

@@ -140,6 +140,11 @@ impl Node {
         // Two stages: collect + verify, then apply + commit + answer; a one-slot channel
         // between them lets the next batch verify while the previous one commits.
         let (stage, staged) = std::sync::mpsc::sync_channel(1);
+        // Room for the sequencer's own epoch transaction in a full block.
+        let cfg = SequencerConfig {
+            max_batch: cfg.max_batch.clamp(1, crate::block::MAX_BLOCK_TXS - 1),
+            ..cfg
+        };
         std::thread::Builder::new()
             .name("ledger-verify".into())
             .spawn(move || sequencer_loop(rx, stage, cfg))
@@ -285,7 +290,7 @@ fn commit_loop(shared: Arc<Shared>, rx: Receiver<Verified>, key: Option<Keypair>
     }
 }
 
-/// One block: verify, apply, commit, answer.
+/// One block: apply, commit, answer.
 fn seal(
     shared: &Shared,
     mut ok: Vec<VerifiedTx>,

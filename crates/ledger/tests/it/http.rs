@@ -117,6 +117,17 @@ fn round_trip_through_typed_client() {
         other => panic!("expected stale_nonce, got {other:?}"),
     }
 
+    // Signed by someone else: refused before it reaches a block.
+    let forged = Tx {
+        nonce: 1,
+        ..t.tx.clone()
+    }
+    .sign(&k[2]);
+    match c.submit(&forged) {
+        Err(ClientError::Rejected { code, .. }) => assert_eq!(code, "bad_signature"),
+        other => panic!("expected bad_signature, got {other:?}"),
+    }
+
     // A channel and a voucher claim over HTTP.
     let open = Tx {
         chain_id: CHAIN,
