@@ -1,22 +1,40 @@
-//! The `agora` command line: a thin edge over the library crates (clap, wiring, exit codes).
+//! The Agora command line: one binary for every role in the network.
 
+mod bench_cmd;
+mod generate_cmd;
 mod keys_cmd;
 mod ledger_cmd;
+mod model_cmd;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
-use std::process::ExitCode;
 
-/// Agora: an open network where idle GPUs and CPUs serve open models, paid per token out of
-/// escrow and kept honest by sampled audits and slashing.
 #[derive(Parser)]
-#[command(name = "agora", version, about)]
+#[command(
+    name = "agora",
+    version,
+    about = "Agora: an open network that serves and trains open models, paid per token and kept honest by sampled verification."
+)]
 struct Cli {
+    /// Worker threads for tensor kernels (default: all cores).
+    #[arg(long, global = true, env = "AGORA_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text with a model, streamed, with prompt and decode speed at the end.
+    Generate(generate_cmd::GenerateArgs),
+    /// Train a model on a text file on this machine.
+    Train(train_cmd::TrainArgs),
+    /// Benchmarks that print their anchor beside them.
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
+    /// Inspect and convert model files.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
     /// Create and inspect ed25519 identity keys.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCmd),
@@ -25,24 +43,29 @@ enum Command {
     Ledger(ledger_cmd::LedgerCmd),
 }
 
-fn main() -> ExitCode {
+fn main() {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // Candle's matmul and quantized kernels size their pools from this variable; set it
+        // before any kernel runs.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
     let result = match cli.command {
+        Command::Generate(args) => generate_cmd::run(args),
+        Command::Train(args) => train_cmd::run(args),
+        Command::Model(cmd) => model_cmd::run(cmd),
+        Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Keys(cmd) => keys_cmd::run(cmd),
         Command::Ledger(cmd) => ledger_cmd::run(cmd),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
     }
 }

@@ -1,6 +1,3 @@
-//! `agora keys` and `agora ledger` end to end: genesis, serve on a loopback port, transfer,
-//! channel with a voucher, a refused double claim, and recovery after kill -9.
-
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

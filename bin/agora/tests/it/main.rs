@@ -1,0 +1,50 @@
+//! End-to-end tests of the `agora` binary: the commands a user runs, as processes.
+
+/// `agora generate`, `agora model inspect|to-gguf` on small models the tests make.
+mod cli;
+/// The model the project ships loads, has the identity it claims, and generates.
+mod default_model;
+/// `agora keys` and `agora ledger`: genesis, serve on a loopback port, transfer, a channel with
+/// a voucher, a refused double claim, and recovery after kill -9.
+mod ledger_cli;
+/// `agora train` from a text file to an exported model, with resume.
+mod train;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn agora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run agora")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A tiny random model in the Hugging Face layout.
+pub fn tiny_model(dir: &Path) {
+    let text = "Hark, who goes there? A friend to this ground.\n".repeat(20);
+    let tok = agora_model::TextTokenizer::train_bpe(std::iter::once(text), 300).expect("tokenizer");
+    let cfg = agora_train::trainer::model_config(tok.vocab_size(), 2, 64, 4, 2, 128, 128);
+    let w = agora_model::init::init_weights(&cfg, 1, &candle_core::Device::Cpu).expect("init");
+    agora_model::safetensors_io::write_hf_dir(
+        dir,
+        &cfg,
+        &w,
+        &tok,
+        Some(agora_model::chat::CHATML_TEMPLATE),
+    )
+    .expect("write");
+}

@@ -1,0 +1,429 @@
+//! The Llama-family transformer: RMSNorm, rotary embeddings, SwiGLU MLP and grouped-query
+//! attention. One definition serves (quantized matmuls, fused kernels, KV cache) and trains
+//! (f32 variables, unfused ops that record gradients).
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor, D};
+
+use crate::cache::KvCache;
+use crate::config::{LlamaConfig, RopeStyle};
+use crate::error::Result;
+use crate::weights::WeightSource;
+
+/// Which kernels a forward pass uses. Fused kernels record no backward pass, so training
+/// takes the unfused forms; both compute the same function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Serve,
+    Train,
+}
+
+/// A linear layer whose weight is either a dense tensor (trainable) or a quantized one.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let ys = self.weight.forward(xs)?;
+        Ok(match &self.bias {
+            Some(b) => ys.broadcast_add(b)?,
+            None => ys,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(match mode {
+            Mode::Serve => candle_nn::ops::rms_norm(xs, &self.weight, self.eps as f32)?,
+            Mode::Train => candle_nn::ops::rms_norm_slow(xs, &self.weight, self.eps as f32)?,
+        })
+    }
+}
+
+/// Precomputed rotary tables, (max_seq_len, head_dim / 2).
+#[derive(Clone, Debug)]
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl Rotary {
+    fn new(cfg: &LlamaConfig, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let positions = Tensor::arange(0u32, cfg.max_seq_len as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((cfg.max_seq_len, 1))?;
+        let freqs = positions.broadcast_mul(&inv_freq)?;
+        Ok(Self {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+            style: cfg.rope_style,
+        })
+    }
+
+    /// Rotate (b, heads, t, head_dim) starting at absolute position `offset`.
+    fn apply(&self, xs: &Tensor, offset: usize, mode: Mode) -> Result<Tensor> {
+        let t = xs.dim(2)?;
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        let xs = xs.contiguous()?;
+        Ok(match (self.style, mode) {
+            (RopeStyle::Half, Mode::Serve) => candle_nn::rotary_emb::rope(&xs, &cos, &sin)?,
+            (RopeStyle::Half, Mode::Train) => candle_nn::rotary_emb::rope_slow(&xs, &cos, &sin)?,
+            (RopeStyle::Interleaved, Mode::Serve) => {
+                candle_nn::rotary_emb::rope_i(&xs, &cos, &sin)?
+            }
+            (RopeStyle::Interleaved, Mode::Train) => {
+                candle_nn::rotary_emb::rope_i_slow(&xs, &cos, &sin)?
+            }
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(src: &mut dyn WeightSource, prefix: &str, cfg: &LlamaConfig) -> Result<Self> {
+        let (h, q, kv) = (
+            cfg.hidden_size,
+            cfg.num_heads * cfg.head_dim,
+            cfg.num_kv_heads * cfg.head_dim,
+        );
+        let bias = cfg.attention_bias;
+        Ok(Self {
+            q_proj: src.linear(&format!("{prefix}.self_attn.q_proj"), q, h, bias)?,
+            k_proj: src.linear(&format!("{prefix}.self_attn.k_proj"), kv, h, bias)?,
+            v_proj: src.linear(&format!("{prefix}.self_attn.v_proj"), kv, h, bias)?,
+            o_proj: src.linear(&format!("{prefix}.self_attn.o_proj"), h, q, false)?,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rotary: &Rotary,
+        offset: usize,
+        cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        let q = self.q_proj.forward(xs)?;
+        let k = self.k_proj.forward(xs)?;
+        let v = self.v_proj.forward(xs)?;
+        let q = q
+            .reshape((b, t, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let k = k
+            .reshape((b, t, self.num_kv_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let v = v
+            .reshape((b, t, self.num_kv_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = rotary.apply(&q, offset, mode)?;
+        let k = rotary.apply(&k, offset, mode)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let total = k.dim(2)?;
+
+        // Grouped-query attention without copying K/V: the query heads that share a KV head
+        // are contiguous, so fold them into the time axis: (b, kv_heads, rep * t, d).
+        let rep = self.num_heads / self.num_kv_heads;
+        let q = q
+            .contiguous()?
+            .reshape((b, self.num_kv_heads, rep * t, self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = if t > 1 {
+            let mask = causal_mask(t, total, rep, xs.device())?;
+            scores.broadcast_add(&mask)?
+        } else {
+            scores
+        };
+        let probs = match mode {
+            Mode::Serve => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let out = probs.matmul(&v)?; // (b, kv_heads, rep * t, d)
+        let out = out
+            .reshape((b, self.num_heads, t, self.head_dim))?
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// Additive mask (rep * t, total): query i (of the last t positions) sees keys 0..=total-t+i.
+fn causal_mask(t: usize, total: usize, rep: usize, device: &Device) -> Result<Tensor> {
+    let past = total - t;
+    let mut mask = Vec::with_capacity(rep * t * total);
+    for _ in 0..rep {
+        for i in 0..t {
+            mask.extend((0..total).map(|j| {
+                if j <= past + i {
+                    0f32
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
+        }
+    }
+    Ok(Tensor::from_vec(mask, (rep * t, total), device)?)
+}
+
+#[derive(Clone, Debug)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(src: &mut dyn WeightSource, prefix: &str, cfg: &LlamaConfig) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: src.linear(&format!("{prefix}.mlp.gate_proj"), i, h, false)?,
+            up_proj: src.linear(&format!("{prefix}.mlp.up_proj"), i, h, false)?,
+            down_proj: src.linear(&format!("{prefix}.mlp.down_proj"), h, i, false)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(xs)?)?;
+        let up = self.up_proj.forward(xs)?;
+        self.down_proj.forward(&(gate * up)?)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+    span: tracing::Span,
+}
+
+impl Block {
+    fn load(src: &mut dyn WeightSource, layer: usize, cfg: &LlamaConfig) -> Result<Self> {
+        let prefix = format!("model.layers.{layer}");
+        let eps = cfg.rms_norm_eps;
+        Ok(Self {
+            input_layernorm: RmsNorm {
+                weight: src.vector(&format!("{prefix}.input_layernorm.weight"), cfg.hidden_size)?,
+                eps,
+            },
+            self_attn: Attention::load(src, &prefix, cfg)?,
+            post_attention_layernorm: RmsNorm {
+                weight: src.vector(
+                    &format!("{prefix}.post_attention_layernorm.weight"),
+                    cfg.hidden_size,
+                )?,
+                eps,
+            },
+            mlp: Mlp::load(src, &prefix, cfg)?,
+            span: tracing::trace_span!("block", layer),
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rotary: &Rotary,
+        offset: usize,
+        cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let h = self.input_layernorm.forward(xs, mode)?;
+        let xs = (xs + self.self_attn.forward(&h, rotary, offset, cache, mode)?)?;
+        let h = self.post_attention_layernorm.forward(&xs, mode)?;
+        Ok((&xs + self.mlp.forward(&h)?)?)
+    }
+}
+
+/// A loaded model. Cheap to clone (tensors are reference counted).
+#[derive(Clone, Debug)]
+pub struct Llama {
+    embed_tokens: Tensor,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: Rotary,
+    config: LlamaConfig,
+    device: Device,
+}
+
+impl Llama {
+    pub fn load(src: &mut dyn WeightSource, config: &LlamaConfig) -> Result<Self> {
+        config.validate()?;
+        let device = src.device();
+        let embed_tokens = src.embedding(
+            "model.embed_tokens.weight",
+            config.vocab_size,
+            config.hidden_size,
+        )?;
+        let blocks = (0..config.num_layers)
+            .map(|layer| Block::load(src, layer, config))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm {
+            weight: src.vector("model.norm.weight", config.hidden_size)?,
+            eps: config.rms_norm_eps,
+        };
+        let lm_head = if config.tie_word_embeddings {
+            src.tied_head(&embed_tokens)?
+        } else {
+            src.linear("lm_head", config.vocab_size, config.hidden_size, false)?
+        };
+        Ok(Self {
+            embed_tokens,
+            blocks,
+            norm,
+            lm_head,
+            rotary: Rotary::new(config, &device)?,
+            config: config.clone(),
+            device,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh KV cache for `batch` sequences decoded in lockstep.
+    pub fn new_cache(&self) -> Cache {
+        Cache::new(&self.config)
+    }
+
+    /// Runs the transformer over `tokens` (b, t) and returns the last hidden state of every
+    /// position (b, t, hidden): the input of the LM head, which fingerprints are built from.
+    /// With a cache, positions continue from what the cache holds and it is extended.
+    pub fn forward_hidden(
+        &self,
+        tokens: &Tensor,
+        cache: Option<&mut Cache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (_b, t) = tokens.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        if offset + t > self.config.max_seq_len {
+            return Err(crate::ModelError::InvalidRequest(format!(
+                "sequence of {} tokens exceeds the model's context of {}",
+                offset + t,
+                self.config.max_seq_len
+            )));
+        }
+        let mut xs = self.embed(tokens)?;
+        match cache {
+            Some(cache) => {
+                for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+                    xs = block.forward(&xs, &self.rotary, offset, Some(layer_cache), mode)?;
+                }
+                cache.len += t;
+            }
+            None => {
+                for block in &self.blocks {
+                    xs = block.forward(&xs, &self.rotary, offset, None, mode)?;
+                }
+            }
+        }
+        self.norm.forward(&xs, mode)
+    }
+
+    /// Logits (…, vocab) from hidden states (…, hidden).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// Full forward: logits of every position, (b, t, vocab).
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        cache: Option<&mut Cache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let hidden = self.forward_hidden(tokens, cache, mode)?;
+        self.logits(&hidden)
+    }
+
+    fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let flat = tokens.flatten_all()?;
+        Ok(self
+            .embed_tokens
+            .index_select(&flat, 0)?
+            .reshape((b, t, self.config.hidden_size))?)
+    }
+}
+
+/// Per-layer key/value caches of a batch of sequences decoded in lockstep.
+///
+/// Layout (batch, kv_heads, time, head_dim) per layer, so batching sequences of different
+/// lengths needs only per-row offsets and a padding mask, not another layout.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    layers: Vec<KvCache>,
+    len: usize,
+}
+
+impl Cache {
+    fn new(cfg: &LlamaConfig) -> Self {
+        Self {
+            layers: (0..cfg.num_layers)
+                .map(|_| KvCache::new(cfg.max_seq_len))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Positions already held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(KvCache::reset);
+        self.len = 0;
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the model crate: one binary, a module per concern.
+
+mod common;
+/// GGUF and safetensors writers and loaders agree with the f32 reference.
+mod formats;
+/// Generation: KV cache consistency, seeded reproducibility, hidden states, stops.
+mod generation;
+/// Corrupt, truncated and unsupported files give clear errors, never panics.
+mod robustness;
