@@ -11,7 +11,7 @@ use crate::block::{Block, Ledger};
 use crate::error::StoreError;
 use crate::genesis::Genesis;
 use crate::state::Event;
-use agora_core::Hash32;
+use agora_core::{codec, Hash32};
 use borsh::{BorshDeserialize, BorshSerialize};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -89,7 +89,7 @@ impl Store {
                 let w = store.db.begin_write().map_err(StoreError::db)?;
                 {
                     let mut meta = w.open_table(META).map_err(StoreError::db)?;
-                    meta.insert(GENESIS_KEY, borsh::to_vec(g).unwrap_or_default().as_slice())
+                    meta.insert(GENESIS_KEY, codec::encode(g).as_slice())
                         .map_err(StoreError::db)?;
                     w.open_table(BLOCKS).map_err(StoreError::db)?;
                     w.open_table(EVENTS).map_err(StoreError::db)?;
@@ -169,7 +169,7 @@ impl Store {
         {
             let mut blocks = w.open_table(BLOCKS).map_err(StoreError::db)?;
             blocks
-                .insert(h, borsh::to_vec(block).unwrap_or_default().as_slice())
+                .insert(h, codec::encode(block).as_slice())
                 .map_err(StoreError::db)?;
             let be = BlockEvents {
                 height: h,
@@ -177,7 +177,7 @@ impl Store {
                 txs: events.to_vec(),
             };
             let mut ev = w.open_table(EVENTS).map_err(StoreError::db)?;
-            ev.insert(h, borsh::to_vec(&be).unwrap_or_default().as_slice())
+            ev.insert(h, codec::encode(&be).as_slice())
                 .map_err(StoreError::db)?;
             let mut idx = w.open_table(TX_INDEX).map_err(StoreError::db)?;
             for e in events {
@@ -186,11 +186,8 @@ impl Store {
             }
             if h.is_multiple_of(self.snapshot_every) {
                 let mut meta = w.open_table(META).map_err(StoreError::db)?;
-                meta.insert(
-                    SNAPSHOT_KEY,
-                    borsh::to_vec(after).unwrap_or_default().as_slice(),
-                )
-                .map_err(StoreError::db)?;
+                meta.insert(SNAPSHOT_KEY, codec::encode(after).as_slice())
+                    .map_err(StoreError::db)?;
             }
         }
         w.commit().map_err(StoreError::db)?;
