@@ -2,6 +2,8 @@
 
 mod bench_cmd;
 mod generate_cmd;
+mod keys_cmd;
+mod ledger_cmd;
 mod model_cmd;
 mod train_cmd;
 
@@ -33,6 +35,12 @@ enum Command {
     /// Inspect and convert model files.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
+    /// Create and inspect ed25519 identity keys.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCmd),
+    /// Run the settlement ledger and send it transactions.
+    #[command(subcommand)]
+    Ledger(ledger_cmd::LedgerCmd),
 }
 
 fn main() {
@@ -53,6 +61,8 @@ fn main() {
         Command::Train(args) => train_cmd::run(args),
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),
+        Command::Keys(cmd) => keys_cmd::run(cmd),
+        Command::Ledger(cmd) => ledger_cmd::run(cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

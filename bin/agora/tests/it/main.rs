@@ -4,6 +4,9 @@
 mod cli;
 /// The model the project ships loads, has the identity it claims, and generates.
 mod default_model;
+/// `agora keys` and `agora ledger`: genesis, serve on a loopback port, transfer, a channel with
+/// a voucher, a refused double claim, and recovery after kill -9.
+mod ledger_cli;
 /// `agora train` from a text file to an exported model, with resume.
 mod train;
 

@@ -1,0 +1,204 @@
+//! ed25519 verification with one rule for single and batch checks.
+//!
+//! The rule is the cofactored equation `[8](s·B − R − k·A) = 0` with `k = SHA-512(R ‖ A ‖ M)`,
+//! `s` canonical (`s < ℓ`), `R` and `A` valid point encodings, and `A` not of small order
+//! (the ZIP-215 style of validation). Batch verification checks a random linear combination of
+//! the same equations, so a batch accepts exactly the signatures the single check accepts
+//! (a false accept has probability about 2^-128). That equivalence matters: the sequencer
+//! checks whole submissions in batches while a replay checks a block's transactions, and both
+//! must reach the same verdict on every signature. (Cofactorless batch checks do not have this
+//! property: a signature with a torsion component can pass or fail depending on the batch.)
+
+use crate::{AccountId, Signature};
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+use sha2::{Digest, Sha512};
+
+/// A signature's decoded parts, or `None` when the encoding alone makes it invalid.
+struct Parsed {
+    a: EdwardsPoint,
+    r: EdwardsPoint,
+    s: Scalar,
+    k: Scalar,
+}
+
+fn parse(account: &AccountId, msg: &[u8], sig: &Signature) -> Option<Parsed> {
+    let a = CompressedEdwardsY(*account.as_bytes()).decompress()?;
+    if a.is_small_order() {
+        return None;
+    }
+    let sb = sig.as_bytes();
+    let mut r_bytes = [0u8; 32];
+    r_bytes.copy_from_slice(&sb[..32]);
+    let mut s_bytes = [0u8; 32];
+    s_bytes.copy_from_slice(&sb[32..]);
+    let r = CompressedEdwardsY(r_bytes).decompress()?;
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes))?;
+    let mut h = Sha512::new();
+    h.update(r_bytes);
+    h.update(account.as_bytes());
+    h.update(msg);
+    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+    Some(Parsed { a, r, s, k })
+}
+
+fn check(p: &Parsed) -> bool {
+    // k·(−A) + s·B − R, times the cofactor.
+    let q = EdwardsPoint::vartime_double_scalar_mul_basepoint(&p.k, &-p.a, &p.s) - p.r;
+    q.mul_by_cofactor().is_identity()
+}
+
+/// Verifies one signature over raw `msg`.
+pub fn verify_one(account: &AccountId, msg: &[u8], sig: &Signature) -> bool {
+    parse(account, msg, sig).is_some_and(|p| check(&p))
+}
+
+/// Verifies many signatures; `out[i]` is exactly `verify_one(items[i])`. When all are valid it
+/// costs one multi-scalar multiplication instead of one check per signature.
+pub fn verify_many(items: &[(AccountId, &[u8], Signature)]) -> Vec<bool> {
+    let parsed: Vec<Option<Parsed>> = items.iter().map(|(a, m, s)| parse(a, m, s)).collect();
+    let live: Vec<&Parsed> = parsed.iter().flatten().collect();
+    if live.len() >= 2 {
+        // Weights derived from every input, so no signer can choose them.
+        let mut t = blake3::Hasher::new_derive_key("agora ed25519 cofactored batch v1");
+        for p in &live {
+            t.update(p.r.compress().as_bytes());
+            t.update(p.a.compress().as_bytes());
+            t.update(p.s.as_bytes());
+            t.update(p.k.as_bytes());
+        }
+        let mut xof = t.finalize_xof();
+        let zs: Vec<Scalar> = live
+            .iter()
+            .map(|_| {
+                let mut b = [0u8; 32];
+                xof.fill(&mut b[..16]);
+                b[0] |= 1; // never zero
+                Scalar::from_bytes_mod_order(b)
+            })
+            .collect();
+        let b_coef: Scalar = live.iter().zip(&zs).map(|(p, z)| z * p.s).sum();
+        let scalars = std::iter::once(-b_coef)
+            .chain(zs.iter().copied())
+            .chain(live.iter().zip(&zs).map(|(p, z)| z * p.k));
+        let points = std::iter::once(curve25519_dalek::constants::ED25519_BASEPOINT_POINT)
+            .chain(live.iter().map(|p| p.r))
+            .chain(live.iter().map(|p| p.a));
+        let sum = EdwardsPoint::vartime_multiscalar_mul(scalars, points);
+        if sum.mul_by_cofactor().is_identity() {
+            return parsed.iter().map(Option::is_some).collect();
+        }
+    }
+    parsed
+        .iter()
+        .map(|p| p.as_ref().is_some_and(check))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Keypair;
+
+    #[test]
+    fn batch_agrees_with_single_on_valid_and_invalid() {
+        let keys: Vec<Keypair> = (0..20u8).map(|i| Keypair::from_seed([i; 32])).collect();
+        let msgs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 40]).collect();
+        let mut items: Vec<(AccountId, &[u8], Signature)> = keys
+            .iter()
+            .zip(&msgs)
+            .map(|(k, m)| (k.account(), m.as_slice(), k.sign_bytes(m)))
+            .collect();
+        assert!(verify_many(&items).iter().all(|ok| *ok));
+        // Break some: wrong message, wrong key, non-canonical s, invalid point.
+        items[3].1 = b"other";
+        items[7].0 = keys[8].account();
+        let mut s = *items[11].2.as_bytes();
+        s[63] = 0xff;
+        items[11].2 = Signature::from_bytes(s);
+        items[15].0 = AccountId::from_bytes([0xff; 32]);
+        let got = verify_many(&items);
+        for (i, (a, m, s)) in items.iter().enumerate() {
+            assert_eq!(got[i], verify_one(a, m, s), "item {i}");
+            assert_eq!(got[i], ![3, 7, 11, 15].contains(&i), "item {i}");
+        }
+    }
+
+    /// A signature whose R carries a torsion component: valid under the cofactored rule, not
+    /// under the cofactorless one. Whatever batch it sits in, the verdict must be the same.
+    fn torsion_signature(seed: [u8; 32], msg: &[u8]) -> (AccountId, Signature) {
+        let h: [u8; 64] = Sha512::digest(seed).into();
+        let mut a_bytes = [0u8; 32];
+        a_bytes.copy_from_slice(&h[..32]);
+        a_bytes[0] &= 248;
+        a_bytes[31] &= 127;
+        a_bytes[31] |= 64;
+        let a = Scalar::from_bytes_mod_order(a_bytes);
+        let pk = curve25519_dalek::constants::ED25519_BASEPOINT_POINT * a;
+        let r = Scalar::from_bytes_mod_order([7; 32]);
+        // A point of order 8.
+        let t = curve25519_dalek::constants::EIGHT_TORSION[1];
+        let big_r = (curve25519_dalek::constants::ED25519_BASEPOINT_POINT * r + t).compress();
+        let mut hk = Sha512::new();
+        hk.update(big_r.as_bytes());
+        hk.update(pk.compress().as_bytes());
+        hk.update(msg);
+        let k = Scalar::from_bytes_mod_order_wide(&hk.finalize().into());
+        let s = r + k * a;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(big_r.as_bytes());
+        sig[32..].copy_from_slice(s.as_bytes());
+        (
+            AccountId::from_bytes(pk.compress().to_bytes()),
+            Signature::from_bytes(sig),
+        )
+    }
+
+    #[test]
+    fn torsion_signature_gets_one_verdict_in_every_batch() {
+        let (acct, sig) = torsion_signature([5; 32], b"torsion");
+        // Cofactored: valid. dalek's cofactorless verify_strict: refused.
+        assert!(verify_one(&acct, b"torsion", &sig));
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(acct.as_bytes())
+            .map_err(|_| ())
+            .and_then(|vk| {
+                vk.verify_strict(
+                    b"torsion",
+                    &ed25519_dalek::Signature::from_bytes(sig.as_bytes()),
+                )
+                .map_err(|_| ())
+            });
+        assert!(vk.is_err());
+        let keys: Vec<Keypair> = (0..9u8).map(|i| Keypair::from_seed([i + 40; 32])).collect();
+        for n in 1..9 {
+            let mut items: Vec<(AccountId, &[u8], Signature)> = keys[..n]
+                .iter()
+                .map(|k| (k.account(), b"m".as_slice(), k.sign_bytes(b"m")))
+                .collect();
+            items.insert(n / 2, (acct, b"torsion".as_slice(), sig));
+            assert!(
+                verify_many(&items).iter().all(|ok| *ok),
+                "batch of {}",
+                n + 1
+            );
+        }
+    }
+
+    #[test]
+    fn dalek_signatures_verify_and_small_order_keys_are_refused() {
+        let k = Keypair::from_seed([9; 32]);
+        let sig = k.sign_bytes(b"m");
+        assert!(verify_one(&k.account(), b"m", &sig));
+        // The identity point as a key with the trivial signature (R = identity, s = 0).
+        let mut id = [0u8; 32];
+        id[0] = 1;
+        let mut trivial = [0u8; 64];
+        trivial[0] = 1;
+        assert!(!verify_one(
+            &AccountId::from_bytes(id),
+            b"anything",
+            &Signature::from_bytes(trivial)
+        ));
+    }
+}

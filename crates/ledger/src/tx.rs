@@ -1,0 +1,335 @@
+//! Transactions, their signatures, and the vouchers and verdicts they carry.
+
+use crate::error::TxError;
+use agora_core::{codec, AccountId, Amount, Hash32, Keypair, Signature};
+use borsh::{BorshDeserialize, BorshSerialize};
+use serde::{Deserialize, Serialize};
+
+/// Domain of the sender's signature over a [`Tx`].
+pub const TX_DOMAIN: &[u8] = b"agora/ledger/tx/v1";
+/// Domain of the payer's signature over a [`Voucher`].
+pub const VOUCHER_DOMAIN: &[u8] = b"agora/ledger/voucher/v1";
+/// Domain of the confirming verifier's signature over a [`Verdict`].
+pub const VERDICT_DOMAIN: &[u8] = b"agora/ledger/verdict/v1";
+const TX_ID_DOMAIN: &[u8] = b"agora/ledger/txid/v1";
+const CHANNEL_ID_DOMAIN: &[u8] = b"agora/ledger/channel/v1";
+
+/// The longest Merkle proof a verdict may carry.
+pub const MAX_PROOF_LEN: usize = agora_core::merkle::MAX_DEPTH;
+
+/// A payer's promise: the provider of `channel` may take up to `cumulative` in total from it.
+/// One signature covers every request so far; a later voucher supersedes an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Voucher {
+    /// The chain.
+    pub chain_id: u64,
+    /// The channel.
+    pub channel: Hash32,
+    /// Total the provider may have claimed after this voucher.
+    pub cumulative: Amount,
+}
+
+impl Voucher {
+    /// The payer signs the voucher.
+    pub fn sign(&self, payer: &Keypair) -> Signature {
+        payer.sign(VOUCHER_DOMAIN, self)
+    }
+}
+
+/// An audit verdict: receipt `receipt`, leaf `index` of the root `provider` posted for `epoch`,
+/// failed verification. Signed by a second verifier that confirmed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Verdict {
+    /// The chain.
+    pub chain_id: u64,
+    /// The provider that cheated.
+    pub provider: AccountId,
+    /// The epoch of the receipt root.
+    pub epoch: u64,
+    /// The failed receipt's hash.
+    pub receipt: Hash32,
+    /// Its leaf index under the root.
+    pub index: u64,
+    /// The Merkle path from the receipt to the root.
+    pub proof: Vec<Hash32>,
+    /// The channel the receipt was paid from; its payer is refunded.
+    pub channel: Hash32,
+    /// What the payer paid for the receipt and gets back (capped by what the slash yields).
+    pub refund: Amount,
+}
+
+impl Verdict {
+    /// A verifier signs the verdict as confirmer.
+    pub fn sign(&self, confirmer: &Keypair) -> Signature {
+        confirmer.sign(VERDICT_DOMAIN, self)
+    }
+}
+
+/// What a transaction does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TxBody {
+    /// Move `amount` from the sender to `to` (created if new).
+    Transfer {
+        /// Recipient.
+        to: AccountId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// Bond `amount` of the sender's balance as stake.
+    Stake {
+        /// Amount.
+        amount: Amount,
+    },
+    /// Start unbonding `amount` of stake; it returns to the balance after the unbonding delay.
+    Unstake {
+        /// Amount.
+        amount: Amount,
+    },
+    /// Escrow `amount` in a new channel from the sender (payer) to `provider`. The channel id is
+    /// derived from (chain id, payer, nonce); it may be closed from epoch now + `timeout_epochs`.
+    OpenChannel {
+        /// Who may claim from the channel.
+        provider: AccountId,
+        /// Initial deposit.
+        amount: Amount,
+        /// Epochs until the payer may close it.
+        timeout_epochs: u64,
+    },
+    /// Add `amount` to a channel; payer only.
+    TopUpChannel {
+        /// The channel.
+        channel: Hash32,
+        /// Amount.
+        amount: Amount,
+    },
+    /// The provider claims the increase of `voucher.cumulative` over what it claimed before.
+    ClaimVoucher {
+        /// The voucher.
+        voucher: Voucher,
+        /// The payer who signed it (must be the channel's payer).
+        payer: AccountId,
+        /// The payer's signature over the voucher.
+        payer_sig: Signature,
+    },
+    /// After the timeout, the payer closes the channel and gets the unclaimed rest back.
+    CloseChannel {
+        /// The channel.
+        channel: Hash32,
+    },
+    /// Bond `stake` more and become a verifier (total stake must reach the minimum).
+    RegisterVerifier {
+        /// Extra stake to bond now (may be zero if already staked enough).
+        stake: Amount,
+    },
+    /// A provider commits to the Merkle root of its receipts for the current epoch.
+    PostReceiptRoot {
+        /// Must be the current epoch.
+        epoch: u64,
+        /// Merkle root of the receipt hashes.
+        root: Hash32,
+        /// Number of receipts under the root.
+        receipts: u64,
+    },
+    /// A verifier records a confirmed fraud: slash, bounty, refund.
+    AuditVerdict {
+        /// The verdict.
+        verdict: Verdict,
+        /// The second verifier who confirmed it.
+        confirmer: AccountId,
+        /// Its signature over the verdict.
+        confirmer_sig: Signature,
+    },
+    /// The sequencer ends the epoch: a new beacon, and matured unbonding is released.
+    AdvanceEpoch,
+}
+
+/// A transaction before signing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Tx {
+    /// The chain it is valid on.
+    pub chain_id: u64,
+    /// The sender, who signs it.
+    pub from: AccountId,
+    /// The sender's next nonce: one more than its last accepted transaction's, from 0.
+    pub nonce: u64,
+    /// What it does.
+    pub body: TxBody,
+}
+
+impl Tx {
+    /// Signs with `key` (which should control `self.from`).
+    pub fn sign(self, key: &Keypair) -> SignedTx {
+        let sig = key.sign(TX_DOMAIN, &self);
+        SignedTx { tx: self, sig }
+    }
+}
+
+/// A transaction with its sender's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct SignedTx {
+    /// The transaction.
+    pub tx: Tx,
+    /// The sender's signature over `TX_DOMAIN || encode(tx)`.
+    pub sig: Signature,
+}
+
+/// The id of a channel opened by `payer` with nonce `nonce`.
+pub fn channel_id(chain_id: u64, payer: &AccountId, nonce: u64) -> Hash32 {
+    codec::hash(CHANNEL_ID_DOMAIN, &(chain_id, payer, nonce))
+}
+
+impl SignedTx {
+    /// The transaction id: BLAKE3 of the signed transaction's encoding.
+    pub fn id(&self) -> Hash32 {
+        codec::hash(TX_ID_DOMAIN, self)
+    }
+
+    /// Checks every signature the transaction carries and its shape; state is not consulted.
+    /// Safe to run in parallel before [`crate::State::apply_verified`].
+    pub fn verify(self) -> Result<VerifiedTx, TxError> {
+        verify_batch(vec![self])
+            .pop()
+            .unwrap_or(Err(TxError::Malformed {
+                reason: "empty batch",
+            }))
+    }
+
+    /// The signatures this transaction carries: (signer, signed bytes, signature, error if bad).
+    fn sig_items(&self) -> Vec<(AccountId, Vec<u8>, Signature, TxError)> {
+        let from = self.tx.from;
+        let mut items = vec![(
+            from,
+            codec::signing_bytes(TX_DOMAIN, &self.tx),
+            self.sig,
+            TxError::BadSignature { account: from },
+        )];
+        match &self.tx.body {
+            TxBody::ClaimVoucher {
+                voucher,
+                payer,
+                payer_sig,
+            } => items.push((
+                *payer,
+                codec::signing_bytes(VOUCHER_DOMAIN, voucher),
+                *payer_sig,
+                TxError::ForgedVoucher { payer: *payer },
+            )),
+            TxBody::AuditVerdict {
+                verdict,
+                confirmer,
+                confirmer_sig,
+            } => items.push((
+                *confirmer,
+                codec::signing_bytes(VERDICT_DOMAIN, verdict),
+                *confirmer_sig,
+                TxError::BadSignature {
+                    account: *confirmer,
+                },
+            )),
+            _ => {}
+        }
+        items
+    }
+
+    fn check_shape(&self) -> Result<(), TxError> {
+        let zero = |a: &Amount| a.is_zero();
+        match &self.tx.body {
+            TxBody::Transfer { amount, .. }
+            | TxBody::Stake { amount }
+            | TxBody::Unstake { amount }
+            | TxBody::OpenChannel { amount, .. }
+            | TxBody::TopUpChannel { amount, .. }
+                if zero(amount) =>
+            {
+                Err(TxError::Malformed {
+                    reason: "amount must be positive",
+                })
+            }
+            TxBody::Transfer { to, .. } if *to == self.tx.from => Err(TxError::Malformed {
+                reason: "transfer to self",
+            }),
+            TxBody::OpenChannel { provider, .. } if *provider == self.tx.from => {
+                Err(TxError::Malformed {
+                    reason: "channel to self",
+                })
+            }
+            TxBody::PostReceiptRoot { receipts, .. }
+                if *receipts == 0 || *receipts > 1u64 << MAX_PROOF_LEN =>
+            {
+                Err(TxError::Malformed {
+                    reason: "receipt count must be in 1..=2^32",
+                })
+            }
+            TxBody::AuditVerdict { verdict, .. } if verdict.proof.len() > MAX_PROOF_LEN => {
+                Err(TxError::Malformed {
+                    reason: "merkle proof too long",
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A signed transaction whose signatures and shape were checked, with its id.
+#[derive(Debug, Clone)]
+pub struct VerifiedTx {
+    stx: SignedTx,
+    id: Hash32,
+}
+
+impl VerifiedTx {
+    /// The transaction id.
+    pub fn id(&self) -> Hash32 {
+        self.id
+    }
+    /// The signed transaction.
+    pub fn signed(&self) -> &SignedTx {
+        &self.stx
+    }
+    /// The transaction.
+    pub fn tx(&self) -> &Tx {
+        &self.stx.tx
+    }
+    /// Back to the signed transaction.
+    pub fn into_signed(self) -> SignedTx {
+        self.stx
+    }
+}
+
+/// Checks shape and signatures of many transactions with one batch verification (falling back
+/// to single checks only when the batch fails). `out[i]` is exactly `txs[i].verify()`.
+pub fn verify_batch(txs: Vec<SignedTx>) -> Vec<Result<VerifiedTx, TxError>> {
+    let mut owners = Vec::new();
+    let mut items = Vec::new();
+    let mut errors: Vec<Option<TxError>> = Vec::with_capacity(txs.len());
+    for (i, t) in txs.iter().enumerate() {
+        match t.check_shape() {
+            Ok(()) => {
+                for item in t.sig_items() {
+                    owners.push(i);
+                    items.push(item);
+                }
+                errors.push(None);
+            }
+            Err(e) => errors.push(Some(e)),
+        }
+    }
+    let refs: Vec<(AccountId, &[u8], Signature)> = items
+        .iter()
+        .map(|(a, m, s, _)| (*a, m.as_slice(), *s))
+        .collect();
+    let ok = agora_core::sig::verify_many(&refs);
+    for ((owner, good), (_, _, _, err)) in owners.into_iter().zip(ok).zip(items) {
+        if !good && errors[owner].is_none() {
+            errors[owner] = Some(err);
+        }
+    }
+    txs.into_iter()
+        .zip(errors)
+        .map(|(stx, err)| match err {
+            Some(e) => Err(e),
+            None => Ok(VerifiedTx { id: stx.id(), stx }),
+        })
+        .collect()
+}

@@ -1,0 +1,418 @@
+use crate::common::{amt, genesis, keys, CHAIN};
+use agora_core::{codec, merkle, Hash32, Keypair};
+use agora_ledger::{Block, Ledger, SignedTx, Store, Tx, TxBody, TxEvents, Verdict, Voucher};
+use proptest::prelude::*;
+
+const N: usize = 5;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Transfer {
+        from: usize,
+        to: usize,
+        amount: u128,
+    },
+    Stake {
+        who: usize,
+        amount: u128,
+    },
+    Unstake {
+        who: usize,
+        amount: u128,
+    },
+    Open {
+        payer: usize,
+        provider: usize,
+        amount: u128,
+        timeout: u64,
+    },
+    TopUp {
+        who: usize,
+        ch: usize,
+        amount: u128,
+    },
+    Claim {
+        who: usize,
+        ch: usize,
+        cumulative: u128,
+        forge: bool,
+    },
+    Close {
+        who: usize,
+        ch: usize,
+    },
+    Register {
+        who: usize,
+        amount: u128,
+    },
+    PostRoot {
+        who: usize,
+        receipts: u64,
+        epoch_delta: u64,
+    },
+    Verdict {
+        by: usize,
+        conf: usize,
+        root: usize,
+        leaf: usize,
+        ch: usize,
+        refund: u128,
+    },
+    Advance {
+        who: usize,
+    },
+    /// 0: wrong chain, 1: future nonce, 2: stale nonce, 3: signed by another key.
+    Corrupt {
+        how: u8,
+        op: Box<Op>,
+    },
+    Seal,
+}
+
+fn who() -> impl Strategy<Value = usize> {
+    0..N
+}
+
+fn money() -> impl Strategy<Value = u128> {
+    prop_oneof![0..400u128, Just(u128::MAX)]
+}
+
+fn plain_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (who(), who(), money()).prop_map(|(from, to, amount)| Op::Transfer { from, to, amount }),
+        2 => (who(), money()).prop_map(|(who, amount)| Op::Stake { who, amount }),
+        2 => (who(), money()).prop_map(|(who, amount)| Op::Unstake { who, amount }),
+        3 => (who(), who(), money(), prop_oneof![0..3u64, Just(u64::MAX)])
+            .prop_map(|(payer, provider, amount, timeout)| Op::Open { payer, provider, amount, timeout }),
+        1 => (who(), any::<usize>(), money()).prop_map(|(who, ch, amount)| Op::TopUp { who, ch, amount }),
+        4 => (who(), any::<usize>(), 0..500u128, proptest::bool::weighted(0.2))
+            .prop_map(|(who, ch, cumulative, forge)| Op::Claim { who, ch, cumulative, forge }),
+        2 => (who(), any::<usize>()).prop_map(|(who, ch)| Op::Close { who, ch }),
+        1 => (who(), 0..200u128).prop_map(|(who, amount)| Op::Register { who, amount }),
+        2 => (who(), 1..6u64, 0..2u64).prop_map(|(who, receipts, epoch_delta)| Op::PostRoot { who, receipts, epoch_delta }),
+        2 => (who(), who(), any::<usize>(), any::<usize>(), any::<usize>(), 0..300u128)
+            .prop_map(|(by, conf, root, leaf, ch, refund)| Op::Verdict { by, conf, root, leaf, ch, refund }),
+        2 => prop_oneof![4 => Just(0usize), 1 => who()].prop_map(|who| Op::Advance { who }),
+        2 => Just(Op::Seal),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => plain_op(),
+        1 => (0..4u8, plain_op()).prop_map(|(how, op)| Op::Corrupt { how, op: Box::new(op) }),
+    ]
+}
+
+/// Receipt roots posted so far: (provider index, epoch, leaves).
+type Roots = Vec<(usize, u64, Vec<Hash32>)>;
+
+fn leaves(who: usize, epoch: u64, n: u64) -> Vec<Hash32> {
+    (0..n)
+        .map(|i| codec::hash(b"test/receipt", &(who as u64, epoch, i)))
+        .collect()
+}
+
+fn pick_channel(l: &Ledger, ch: usize) -> Hash32 {
+    let n = l.state.channels.len();
+    if n == 0 {
+        return Hash32::of(b"no channel");
+    }
+    l.state
+        .channels
+        .keys()
+        .nth(ch % n)
+        .copied()
+        .unwrap_or(Hash32::ZERO)
+}
+
+fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> {
+    let sign = |who: usize, body: TxBody| {
+        let nonce = l.state.account(&k[who].account()).map_or(0, |a| a.nonce);
+        Some(
+            Tx {
+                chain_id: CHAIN,
+                from: k[who].account(),
+                nonce,
+                body,
+            }
+            .sign(&k[who]),
+        )
+    };
+    match op {
+        Op::Transfer { from, to, amount } => sign(
+            *from,
+            TxBody::Transfer {
+                to: k[*to].account(),
+                amount: amt(*amount),
+            },
+        ),
+        Op::Stake { who, amount } => sign(
+            *who,
+            TxBody::Stake {
+                amount: amt(*amount),
+            },
+        ),
+        Op::Unstake { who, amount } => sign(
+            *who,
+            TxBody::Unstake {
+                amount: amt(*amount),
+            },
+        ),
+        Op::Open {
+            payer,
+            provider,
+            amount,
+            timeout,
+        } => sign(
+            *payer,
+            TxBody::OpenChannel {
+                provider: k[*provider].account(),
+                amount: amt(*amount),
+                timeout_epochs: *timeout,
+            },
+        ),
+        Op::TopUp { who, ch, amount } => sign(
+            *who,
+            TxBody::TopUpChannel {
+                channel: pick_channel(l, *ch),
+                amount: amt(*amount),
+            },
+        ),
+        Op::Claim {
+            who,
+            ch,
+            cumulative,
+            forge,
+        } => {
+            let channel = pick_channel(l, *ch);
+            let payer_idx = l
+                .state
+                .channel(&channel)
+                .and_then(|c| k.iter().position(|key| key.account() == c.payer))
+                .unwrap_or(0);
+            let voucher = Voucher {
+                chain_id: CHAIN,
+                channel,
+                cumulative: amt(*cumulative),
+            };
+            let signer = if *forge {
+                &k[(payer_idx + 1) % N]
+            } else {
+                &k[payer_idx]
+            };
+            sign(
+                *who,
+                TxBody::ClaimVoucher {
+                    payer_sig: voucher.sign(signer),
+                    voucher,
+                    payer: k[payer_idx].account(),
+                },
+            )
+        }
+        Op::Close { who, ch } => sign(
+            *who,
+            TxBody::CloseChannel {
+                channel: pick_channel(l, *ch),
+            },
+        ),
+        Op::Register { who, amount } => sign(
+            *who,
+            TxBody::RegisterVerifier {
+                stake: amt(*amount),
+            },
+        ),
+        Op::PostRoot {
+            who,
+            receipts,
+            epoch_delta,
+        } => {
+            let epoch = l.state.epoch.saturating_sub(*epoch_delta);
+            let root = merkle::root(&leaves(*who, epoch, *receipts));
+            sign(
+                *who,
+                TxBody::PostReceiptRoot {
+                    epoch,
+                    root,
+                    receipts: *receipts,
+                },
+            )
+        }
+        Op::Verdict {
+            by,
+            conf,
+            root,
+            leaf,
+            ch,
+            refund,
+        } => {
+            let (provider, epoch, ls) = if roots.is_empty() {
+                (1, 0, leaves(1, 0, 1))
+            } else {
+                roots[root % roots.len()].clone()
+            };
+            let index = leaf % ls.len();
+            let verdict = Verdict {
+                chain_id: CHAIN,
+                provider: k[provider].account(),
+                epoch,
+                receipt: ls[index],
+                index: index as u64,
+                proof: merkle::proof(&ls, index).unwrap_or_default(),
+                channel: pick_channel(l, *ch),
+                refund: amt(*refund),
+            };
+            sign(
+                *by,
+                TxBody::AuditVerdict {
+                    confirmer_sig: verdict.sign(&k[*conf]),
+                    verdict,
+                    confirmer: k[*conf].account(),
+                },
+            )
+        }
+        Op::Advance { who } => sign(*who, TxBody::AdvanceEpoch),
+        Op::Corrupt { how, op } => {
+            let t = build(l, k, roots, op)?;
+            let from = k
+                .iter()
+                .position(|key| key.account() == t.tx.from)
+                .unwrap_or(0);
+            Some(match how {
+                0 => Tx {
+                    chain_id: CHAIN + 1,
+                    ..t.tx
+                }
+                .sign(&k[from]),
+                1 => Tx {
+                    nonce: t.tx.nonce + 1,
+                    ..t.tx
+                }
+                .sign(&k[from]),
+                2 => Tx {
+                    nonce: t.tx.nonce.wrapping_sub(1),
+                    ..t.tx
+                }
+                .sign(&k[from]),
+                _ => t.tx.sign(&k[(from + 1) % N]),
+            })
+        }
+        Op::Seal => None,
+    }
+}
+
+struct Run {
+    keys: Vec<Keypair>,
+    chain: Ledger,
+    probe: Ledger,
+    roots: Roots,
+    pending: Vec<(SignedTx, bool)>,
+    blocks: Vec<(Block, Vec<TxEvents>)>,
+}
+
+impl Run {
+    fn seal(&mut self) -> Result<(), TestCaseError> {
+        let mut verified = Vec::new();
+        let mut expected = Vec::new();
+        for (t, ok) in self.pending.drain(..) {
+            match t.verify() {
+                Ok(v) => {
+                    verified.push(v);
+                    expected.push(ok);
+                }
+                Err(_) => {
+                    prop_assert!(!ok, "a transaction accepted one by one failed verification")
+                }
+            }
+        }
+        let (block, outcomes) = self.chain.build_block(verified, 0);
+        let got: Vec<bool> = outcomes.iter().map(|(_, r)| r.is_ok()).collect();
+        prop_assert_eq!(
+            got,
+            expected,
+            "block outcomes differ from one-by-one outcomes"
+        );
+        prop_assert_eq!(self.chain.state.hash(), self.probe.state.hash());
+        self.probe.height = self.chain.height;
+        self.probe.tip = self.chain.tip;
+        let events = outcomes
+            .into_iter()
+            .filter_map(|(tx_id, r)| r.ok().map(|events| TxEvents { tx_id, events }))
+            .collect();
+        self.blocks.push((block, events));
+        Ok(())
+    }
+
+    fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        if matches!(op, Op::Seal) {
+            return self.seal();
+        }
+        let Some(t) = build(&self.probe, &self.keys, &self.roots, op) else {
+            return Ok(());
+        };
+        let before = self.probe.state.hash();
+        let ctx = self.probe.next_ctx();
+        let ok = match self.probe.state.apply(&t, &ctx) {
+            Ok(_) => {
+                if let Op::PostRoot { who, receipts, .. } = op {
+                    if let TxBody::PostReceiptRoot { epoch, .. } = t.tx.body {
+                        self.roots
+                            .push((*who, epoch, leaves(*who, epoch, *receipts)));
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                prop_assert_eq!(
+                    self.probe.state.hash(),
+                    before,
+                    "rejected ({}) but state changed",
+                    e
+                );
+                false
+            }
+        };
+        if let Err(e) = self.probe.state.check_invariants() {
+            return Err(TestCaseError::fail(format!(
+                "invariant broken after {op:?}: {e}"
+            )));
+        }
+        self.pending.push((t, ok));
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Supply is conserved, channels never over-claimed, rejections change nothing, block
+    /// building agrees with one-by-one application, and the stored log rebuilds the state.
+    #[test]
+    fn random_transactions_keep_invariants_and_replay(ops in proptest::collection::vec(op(), 1..80)) {
+        let keys = keys(N);
+        let g = genesis(&keys, 1000);
+        let chain = Ledger::from_genesis(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut run = Run { keys, probe: chain.clone(), chain, roots: Vec::new(), pending: Vec::new(), blocks: Vec::new() };
+        for op in &ops {
+            run.step(op)?;
+        }
+        run.seal()?;
+        prop_assert_eq!(run.chain.state.supply, amt(1000 * N as u128));
+
+        let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let path = dir.path().join("p.redb");
+        {
+            let (store, _) = Store::open(&path, Some(&g)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut replay = Ledger::from_genesis(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            for (b, ev) in &run.blocks {
+                replay.apply_block(b).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                store.commit(b, ev, &replay).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+            prop_assert_eq!(replay.state.hash(), run.chain.state.hash());
+        }
+        let (store, recovered) = Store::open(&path, None).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(recovered.state.hash(), run.chain.state.hash());
+        prop_assert_eq!(recovered.tip, run.chain.tip);
+        store.rebuild_and_check(&recovered).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    }
+}

@@ -1,0 +1,627 @@
+use crate::common::{amt, keys, ledger, tx, CHAIN};
+use agora_core::{merkle, Hash32, Keypair};
+use agora_ledger::tx::channel_id;
+use agora_ledger::{Event, Ledger, SignedTx, Tx, TxBody, TxError, Verdict, Voucher};
+
+/// `ok!(ledger, &tx)`: the transaction is built before the ledger is borrowed mutably.
+macro_rules! ok {
+    ($l:expr, $t:expr) => {{
+        let t = $t;
+        ok_fn(&mut $l, t)
+    }};
+}
+
+macro_rules! rejected {
+    ($l:expr, $t:expr) => {{
+        let t = $t;
+        rejected_fn(&mut $l, t)
+    }};
+}
+
+/// Applies and asserts success and the invariants.
+fn ok_fn(l: &mut Ledger, t: &SignedTx) -> Vec<Event> {
+    let ctx = l.next_ctx();
+    let ev = l
+        .state
+        .apply(t, &ctx)
+        .unwrap_or_else(|e| panic!("expected success, got {e}"));
+    l.state.check_invariants().expect("invariants");
+    ev
+}
+
+/// Applies, asserts the rejection and that nothing changed.
+fn rejected_fn(l: &mut Ledger, t: &SignedTx) -> TxError {
+    let before = l.state.hash();
+    let ctx = l.next_ctx();
+    let e = l.state.apply(t, &ctx).expect_err("expected rejection");
+    assert_eq!(l.state.hash(), before, "rejected {e} changed state");
+    e
+}
+
+fn balance(l: &Ledger, k: &Keypair) -> u128 {
+    l.state
+        .account(&k.account())
+        .map_or(0, |a| a.balance.units())
+}
+
+fn advance(l: &mut Ledger, seq: &Keypair, n: usize) {
+    for _ in 0..n {
+        let t = tx(l, seq, TxBody::AdvanceEpoch);
+        ok_fn(l, &t);
+    }
+}
+
+#[test]
+fn rejections_name_their_reason_and_change_nothing() {
+    let k = keys(3);
+    let mut l = ledger(&k, 100);
+    let to = k[1].account();
+    let transfer = |amount| TxBody::Transfer {
+        to,
+        amount: amt(amount),
+    };
+
+    let e = rejected!(l, &tx(&l, &k[2], transfer(101)));
+    assert!(matches!(e, TxError::Overdraft { .. }), "{e}");
+
+    let mut t = tx(&l, &k[2], transfer(1));
+    t.tx.chain_id = CHAIN + 1;
+    let t = t.tx.sign(&k[2]);
+    assert!(
+        matches!(rejected!(l, &t), TxError::WrongChainId { expected: CHAIN, got } if got == CHAIN + 1)
+    );
+
+    // Signed by the wrong key.
+    let forged = Tx {
+        chain_id: CHAIN,
+        from: k[2].account(),
+        nonce: 0,
+        body: transfer(1),
+    }
+    .sign(&k[1]);
+    assert!(matches!(
+        rejected!(l, &forged),
+        TxError::BadSignature { .. }
+    ));
+
+    // A tampered body breaks the signature.
+    let mut tampered = tx(&l, &k[2], transfer(1));
+    tampered.tx.body = transfer(99);
+    assert!(matches!(
+        rejected!(l, &tampered),
+        TxError::BadSignature { .. }
+    ));
+
+    let future = Tx {
+        chain_id: CHAIN,
+        from: k[2].account(),
+        nonce: 1,
+        body: transfer(1),
+    }
+    .sign(&k[2]);
+    assert!(matches!(
+        rejected!(l, &future),
+        TxError::FutureNonce {
+            expected: 0,
+            got: 1
+        }
+    ));
+
+    let first = tx(&l, &k[2], transfer(10));
+    ok!(l, &first);
+    assert!(matches!(
+        rejected!(l, &first),
+        TxError::StaleNonce {
+            expected: 1,
+            got: 0
+        }
+    ));
+    assert_eq!((balance(&l, &k[1]), balance(&l, &k[2])), (110, 90));
+
+    let stranger = Keypair::from_seed([99; 32]);
+    let t = tx(&l, &stranger, transfer(1));
+    assert!(matches!(rejected!(l, &t), TxError::UnknownAccount(_)));
+
+    let zero = tx(&l, &k[2], transfer(0));
+    assert!(matches!(rejected!(l, &zero), TxError::Malformed { .. }));
+    let selfpay = tx(&l, &k[1], TxBody::Transfer { to, amount: amt(1) });
+    assert!(matches!(rejected!(l, &selfpay), TxError::Malformed { .. }));
+
+    // Overflow: a channel timeout past u64::MAX epochs.
+    advance(&mut l, &k[0], 1);
+    let t = tx(
+        &l,
+        &k[2],
+        TxBody::OpenChannel {
+            provider: to,
+            amount: amt(1),
+            timeout_epochs: u64::MAX,
+        },
+    );
+    assert!(matches!(rejected!(l, &t), TxError::Overflow { .. }));
+
+    let t = tx(&l, &k[2], TxBody::AdvanceEpoch);
+    assert!(matches!(rejected!(l, &t), TxError::NotSequencer(_)));
+    l.state.check_invariants().expect("invariants");
+}
+
+#[test]
+fn json_transactions_refuse_malformed_bodies() {
+    let k = keys(2);
+    let l = ledger(&k, 100);
+    let t = tx(
+        &l,
+        &k[0],
+        TxBody::Transfer {
+            to: k[1].account(),
+            amount: amt(5),
+        },
+    );
+    let json = serde_json::to_string(&t).expect("json");
+    let back: SignedTx = serde_json::from_str(&json).expect("round trip");
+    assert_eq!(back, t);
+    for bad in [
+        json.replace("\"5\"", "\"-5\""),
+        json.replace("\"5\"", "5.5"),
+        json.replace("transfer", "mint"),
+        json.replace(&k[1].account().to_string(), "abcd"),
+        "{}".to_string(),
+    ] {
+        assert!(
+            serde_json::from_str::<SignedTx>(&bad).is_err(),
+            "accepted {bad}"
+        );
+    }
+}
+
+struct Chan {
+    payer: Keypair,
+    provider: Keypair,
+    id: Hash32,
+}
+
+fn open_channel(
+    l: &mut Ledger,
+    payer: &Keypair,
+    provider: &Keypair,
+    amount: u128,
+    timeout: u64,
+) -> Chan {
+    let t = tx(
+        l,
+        payer,
+        TxBody::OpenChannel {
+            provider: provider.account(),
+            amount: amt(amount),
+            timeout_epochs: timeout,
+        },
+    );
+    let id = channel_id(CHAIN, &payer.account(), t.tx.nonce);
+    let ev = ok_fn(l, &t);
+    assert!(matches!(ev[0], Event::ChannelOpened { channel, .. } if channel == id));
+    Chan {
+        payer: payer.clone(),
+        provider: provider.clone(),
+        id,
+    }
+}
+
+fn claim(l: &Ledger, c: &Chan, cumulative: u128, signer: &Keypair) -> SignedTx {
+    let voucher = Voucher {
+        chain_id: CHAIN,
+        channel: c.id,
+        cumulative: amt(cumulative),
+    };
+    let payer_sig = voucher.sign(signer);
+    tx(
+        l,
+        &c.provider,
+        TxBody::ClaimVoucher {
+            voucher,
+            payer: c.payer.account(),
+            payer_sig,
+        },
+    )
+}
+
+#[test]
+fn voucher_rules_double_over_forged_and_after_close() {
+    let k = keys(4);
+    let mut l = ledger(&k, 1000);
+    let c = open_channel(&mut l, &k[1], &k[2], 100, 2);
+    assert_eq!(balance(&l, &k[1]), 900);
+
+    let ev = ok!(l, &claim(&l, &c, 30, &c.payer));
+    assert!(matches!(ev[0], Event::VoucherClaimed { amount, .. } if amount == amt(30)));
+    assert_eq!(balance(&l, &k[2]), 1030);
+
+    // The same voucher again, and an older one: double claims.
+    assert!(matches!(
+        rejected!(l, &claim(&l, &c, 30, &c.payer)),
+        TxError::DoubleClaim { .. }
+    ));
+    assert!(matches!(
+        rejected!(l, &claim(&l, &c, 20, &c.payer)),
+        TxError::DoubleClaim { .. }
+    ));
+    // More than the channel ever held.
+    assert!(matches!(
+        rejected!(l, &claim(&l, &c, 101, &c.payer)),
+        TxError::OverClaim { .. }
+    ));
+    // Forged: signed by the provider itself, or by a third party naming itself as payer.
+    assert!(matches!(
+        rejected!(l, &claim(&l, &c, 60, &c.provider)),
+        TxError::ForgedVoucher { .. }
+    ));
+    let voucher = Voucher {
+        chain_id: CHAIN,
+        channel: c.id,
+        cumulative: amt(60),
+    };
+    let t = tx(
+        &l,
+        &c.provider,
+        TxBody::ClaimVoucher {
+            payer_sig: voucher.sign(&k[3]),
+            voucher,
+            payer: k[3].account(),
+        },
+    );
+    assert!(matches!(rejected!(l, &t), TxError::ForgedVoucher { .. }));
+    // A voucher for another chain.
+    let voucher = Voucher {
+        chain_id: CHAIN + 1,
+        channel: c.id,
+        cumulative: amt(60),
+    };
+    let t = tx(
+        &l,
+        &c.provider,
+        TxBody::ClaimVoucher {
+            payer_sig: voucher.sign(&c.payer),
+            voucher,
+            payer: c.payer.account(),
+        },
+    );
+    assert!(matches!(rejected!(l, &t), TxError::WrongChainId { .. }));
+    // Only the provider claims.
+    let voucher = Voucher {
+        chain_id: CHAIN,
+        channel: c.id,
+        cumulative: amt(60),
+    };
+    let t = tx(
+        &l,
+        &k[3],
+        TxBody::ClaimVoucher {
+            payer_sig: voucher.sign(&c.payer),
+            voucher,
+            payer: c.payer.account(),
+        },
+    );
+    assert!(matches!(
+        rejected!(l, &t),
+        TxError::NotChannelProvider { .. }
+    ));
+
+    // Top up, then claim beyond the first deposit: only the increase is paid.
+    ok!(
+        l,
+        &tx(
+            &l,
+            &c.payer,
+            TxBody::TopUpChannel {
+                channel: c.id,
+                amount: amt(50)
+            }
+        )
+    );
+    let ev = ok!(l, &claim(&l, &c, 120, &c.payer));
+    assert!(matches!(ev[0], Event::VoucherClaimed { amount, .. } if amount == amt(90)));
+    assert_eq!(balance(&l, &k[2]), 1120);
+
+    // Close before the timeout is refused; after it, the rest (150 - 120) is refunded.
+    let close = tx(&l, &c.payer, TxBody::CloseChannel { channel: c.id });
+    assert!(matches!(
+        rejected!(l, &close),
+        TxError::ChannelNotExpired { .. }
+    ));
+    let by_provider = tx(&l, &c.provider, TxBody::CloseChannel { channel: c.id });
+    advance(&mut l, &k[0], 2);
+    assert!(matches!(
+        rejected!(l, &by_provider),
+        TxError::NotChannelPayer { .. }
+    ));
+    let close = tx(&l, &c.payer, TxBody::CloseChannel { channel: c.id });
+    let ev = ok!(l, &close);
+    assert!(matches!(ev[0], Event::ChannelClosed { refund, .. } if refund == amt(30)));
+    assert_eq!(balance(&l, &k[1]), 880);
+
+    // After close: no claim, no top-up, no second close.
+    assert!(matches!(
+        rejected!(l, &claim(&l, &c, 150, &c.payer)),
+        TxError::ChannelClosed(_)
+    ));
+    let t = tx(
+        &l,
+        &c.payer,
+        TxBody::TopUpChannel {
+            channel: c.id,
+            amount: amt(1),
+        },
+    );
+    assert!(matches!(rejected!(l, &t), TxError::ChannelClosed(_)));
+    let t = tx(&l, &c.payer, TxBody::CloseChannel { channel: c.id });
+    assert!(matches!(rejected!(l, &t), TxError::ChannelClosed(_)));
+    let t = tx(
+        &l,
+        &c.payer,
+        TxBody::CloseChannel {
+            channel: Hash32::of(b"nope"),
+        },
+    );
+    assert!(matches!(rejected!(l, &t), TxError::UnknownChannel(_)));
+}
+
+#[test]
+fn unstake_waits_the_unbonding_delay() {
+    let k = keys(2);
+    let mut l = ledger(&k, 1000);
+    ok!(l, &tx(&l, &k[1], TxBody::Stake { amount: amt(300) }));
+    let t = tx(&l, &k[1], TxBody::Unstake { amount: amt(301) });
+    assert!(matches!(
+        rejected!(l, &t),
+        TxError::InsufficientStake { .. }
+    ));
+    let ev = ok!(l, &tx(&l, &k[1], TxBody::Unstake { amount: amt(100) }));
+    assert!(matches!(
+        ev[0],
+        Event::Unstaked {
+            release_epoch: 2,
+            ..
+        }
+    ));
+    assert_eq!(balance(&l, &k[1]), 700);
+    advance(&mut l, &k[0], 1);
+    assert_eq!(balance(&l, &k[1]), 700);
+    advance(&mut l, &k[0], 1);
+    assert_eq!(balance(&l, &k[1]), 800);
+    let a = l.state.account(&k[1].account()).expect("account");
+    assert_eq!((a.stake, a.unbonding.len()), (amt(200), 0));
+}
+
+#[test]
+fn beacon_is_hash_chained_over_epoch_and_parent() {
+    let k = keys(1);
+    let mut a = ledger(&k, 1);
+    let mut b = a.clone();
+    let b0 = a.state.beacon;
+    advance(&mut a, &k[0], 1);
+    assert_ne!(a.state.beacon, b0);
+    assert_eq!(a.state.epoch, 1);
+    // Same history, same beacon; another parent block, another beacon.
+    advance(&mut b, &k[0], 1);
+    assert_eq!(a.state.beacon, b.state.beacon);
+    let mut c = ledger(&k, 1);
+    c.tip = Hash32::of(b"other parent");
+    advance(&mut c, &k[0], 1);
+    assert_ne!(c.state.beacon, a.state.beacon);
+}
+
+/// Provider k[1] with a posted root of 4 receipts; verifiers k[2], k[3]; payer k[4].
+fn audit_world() -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
+    let k = keys(5);
+    let mut l = ledger(&k, 10_000);
+    ok!(l, &tx(&l, &k[1], TxBody::Stake { amount: amt(1000) }));
+    for v in [&k[2], &k[3]] {
+        ok!(l, &tx(&l, v, TxBody::RegisterVerifier { stake: amt(100) }));
+    }
+    let receipts: Vec<Hash32> = (0..4u8).map(|i| Hash32::of(&[i])).collect();
+    let root = merkle::root(&receipts);
+    ok!(
+        l,
+        &tx(
+            &l,
+            &k[1],
+            TxBody::PostReceiptRoot {
+                epoch: 0,
+                root,
+                receipts: 4
+            }
+        )
+    );
+    let c = open_channel(&mut l, &k[4], &k[1], 500, 10);
+    (l, k, receipts, c.id)
+}
+
+fn verdict_tx(
+    l: &Ledger,
+    k: &[Keypair],
+    receipts: &[Hash32],
+    i: usize,
+    ch: Hash32,
+    by: usize,
+    conf: usize,
+) -> SignedTx {
+    let v = Verdict {
+        chain_id: CHAIN,
+        provider: k[1].account(),
+        epoch: 0,
+        receipt: receipts[i],
+        index: i as u64,
+        proof: merkle::proof(receipts, i).expect("proof"),
+        channel: ch,
+        refund: amt(50),
+    };
+    tx(
+        l,
+        &k[by],
+        TxBody::AuditVerdict {
+            confirmer_sig: v.sign(&k[conf]),
+            verdict: v,
+            confirmer: k[conf].account(),
+        },
+    )
+}
+
+#[test]
+fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
+    let (mut l, k, receipts, ch) = audit_world();
+    let payer_before = balance(&l, &k[4]);
+    let verifier_before = balance(&l, &k[2]);
+
+    // Refusals first.
+    let t = tx(
+        &l,
+        &k[1],
+        TxBody::PostReceiptRoot {
+            epoch: 0,
+            root: Hash32::ZERO,
+            receipts: 1,
+        },
+    );
+    assert!(matches!(
+        rejected!(l, &t),
+        TxError::RootAlreadyPosted { .. }
+    ));
+    let t = tx(
+        &l,
+        &k[1],
+        TxBody::PostReceiptRoot {
+            epoch: 3,
+            root: Hash32::ZERO,
+            receipts: 1,
+        },
+    );
+    assert!(matches!(rejected!(l, &t), TxError::WrongEpoch { .. }));
+    let t = tx(
+        &l,
+        &k[4],
+        TxBody::PostReceiptRoot {
+            epoch: 0,
+            root: Hash32::ZERO,
+            receipts: 1,
+        },
+    );
+    assert!(matches!(
+        rejected!(l, &t),
+        TxError::InsufficientStake { .. }
+    ));
+    assert!(matches!(
+        rejected!(l, &verdict_tx(&l, &k, &receipts, 0, ch, 2, 2)),
+        TxError::ConflictedVerdict { .. }
+    ));
+    assert!(matches!(
+        rejected!(l, &verdict_tx(&l, &k, &receipts, 0, ch, 4, 2)),
+        TxError::NotVerifier(_)
+    ));
+    let mut bad_proof = verdict_tx(&l, &k, &receipts, 1, ch, 2, 3);
+    if let TxBody::AuditVerdict {
+        verdict,
+        confirmer_sig,
+        ..
+    } = &mut bad_proof.tx.body
+    {
+        verdict.index = 2;
+        *confirmer_sig = verdict.sign(&k[3]);
+    }
+    let bad_proof = bad_proof.tx.sign(&k[2]);
+    assert!(matches!(
+        rejected!(l, &bad_proof),
+        TxError::BadReceiptProof { .. }
+    ));
+    // A confirmer signature over another verdict.
+    let mut forged = verdict_tx(&l, &k, &receipts, 1, ch, 2, 3);
+    if let TxBody::AuditVerdict { verdict, .. } = &mut forged.tx.body {
+        verdict.refund = amt(10_000);
+    }
+    let forged = forged.tx.sign(&k[2]);
+    assert!(matches!(
+        rejected!(l, &forged),
+        TxError::BadSignature { .. }
+    ));
+
+    let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 1, ch, 2, 3));
+    // 50% of 1000 slashed; 20% of that to the verifier; 50 refunded; the rest burned.
+    assert!(
+        matches!(&ev[0], Event::Slashed { amount, bounty, refund, burned, .. }
+            if *amount == amt(500) && *bounty == amt(100) && *refund == amt(50) && *burned == amt(350)),
+        "{ev:?}"
+    );
+    assert_eq!(balance(&l, &k[2]), verifier_before + 100);
+    assert_eq!(balance(&l, &k[4]), payer_before + 50);
+    assert_eq!(
+        l.state.account(&k[1].account()).map(|a| a.stake),
+        Some(amt(500))
+    );
+    assert_eq!(l.state.burned, amt(350));
+
+    // The same receipt cannot be judged twice, even by other verifiers.
+    assert!(matches!(
+        rejected!(l, &verdict_tx(&l, &k, &receipts, 1, ch, 3, 2)),
+        TxError::AlreadyJudged(_)
+    ));
+    // Another receipt can: 50% of the remaining 500.
+    let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 3, ch, 3, 2));
+    assert!(matches!(&ev[0], Event::Slashed { amount, .. } if *amount == amt(250)));
+}
+
+#[test]
+fn unbonding_stake_is_still_slashable() {
+    let (mut l, k, receipts, ch) = audit_world();
+    ok!(l, &tx(&l, &k[1], TxBody::Unstake { amount: amt(800) }));
+    let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 0, ch, 2, 3));
+    assert!(matches!(&ev[0], Event::Slashed { amount, .. } if *amount == amt(500)));
+    let a = l.state.account(&k[1].account()).expect("provider");
+    assert_eq!(a.stake, amt(0));
+    assert_eq!(a.unbonding_total().ok(), Some(amt(500)));
+}
+
+#[test]
+fn batch_verification_agrees_with_single_verification() {
+    let k = keys(4);
+    let l = ledger(&k, 1000);
+    let mut txs = Vec::new();
+    for i in 0..600u64 {
+        let from = &k[(i % 3) as usize + 1];
+        let mut t = Tx {
+            chain_id: CHAIN,
+            from: from.account(),
+            nonce: i,
+            body: TxBody::Stake { amount: amt(1) },
+        }
+        .sign(from);
+        match i % 97 {
+            5 => t.sig = k[0].sign_bytes(b"not this"),
+            17 => t.tx.nonce += 1_000_000,
+            23 => t.tx.body = TxBody::Stake { amount: amt(0) },
+            _ => {}
+        }
+        txs.push(t);
+    }
+    // A claim with a forged voucher inside an otherwise valid batch.
+    let voucher = Voucher {
+        chain_id: CHAIN,
+        channel: Hash32::ZERO,
+        cumulative: amt(1),
+    };
+    txs.push(tx(
+        &l,
+        &k[2],
+        TxBody::ClaimVoucher {
+            payer_sig: voucher.sign(&k[2]),
+            voucher,
+            payer: k[1].account(),
+        },
+    ));
+    let batch = agora_ledger::block::verify_all(txs.clone());
+    let mut bad = 0;
+    for (t, b) in txs.into_iter().zip(batch) {
+        let single = t.verify().map(|v| v.id());
+        bad += usize::from(single.is_err());
+        assert_eq!(b.map(|v| v.id()), single);
+    }
+    // 7 bad signatures, 7 tampered nonces, 6 zero amounts, 1 forged voucher.
+    assert_eq!(bad, 21);
+}
