@@ -346,7 +346,7 @@ pub fn write_gguf(path: &Path, export: &GgufExport) -> Result<()> {
         types.push(5);
     }
     w.push_metadata("tokenizer.ggml.model", Value::String("gpt2".into()))?;
-    w.push_metadata("tokenizer.ggml.pre", Value::String("gpt2".into()))?;
+    w.push_metadata("tokenizer.ggml.pre", Value::String("gpt-2".into()))?;
     w.push_metadata(
         "tokenizer.ggml.tokens",
         Value::Array(tokens.into_iter().map(Value::String).collect()),
