@@ -53,6 +53,24 @@ pub struct LoadOptions {
 }
 
 impl LoadedModel {
+    /// Load the weights the manifest's config names from `source` and bind the identity.
+    pub(crate) fn assemble(
+        source: &mut dyn weights::WeightSource,
+        manifest: Manifest,
+        tokenizer: TextTokenizer,
+        chat_template: Option<ChatTemplate>,
+        path: &Path,
+    ) -> Result<Self> {
+        Ok(Self {
+            model: Llama::load(source, &manifest.config)?,
+            tokenizer,
+            chat_template,
+            id: manifest.model_id(),
+            manifest,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// Token ids that end generation.
     pub fn stop_token_ids(&self) -> Vec<u32> {
         let mut ids = self.model.config().eos_token_ids.clone();
@@ -133,15 +151,7 @@ fn load_gguf(path: &Path, device: candle_core::Device) -> Result<LoadedModel> {
             .map(|s| model_id::hash_bytes(s.as_bytes())),
     };
     let mut source = gguf_io::GgufSource::new(header, file, device);
-    let model = Llama::load(&mut source, &config)?;
-    Ok(LoadedModel {
-        model,
-        tokenizer,
-        chat_template,
-        id: manifest.model_id(),
-        manifest,
-        path: path.to_path_buf(),
-    })
+    LoadedModel::assemble(&mut source, manifest, tokenizer, chat_template, path)
 }
 
 /// The type most 2-D tensors of a GGUF file have, e.g. `Q8_0`.

@@ -12,7 +12,7 @@ use crate::error::{ModelError, Result};
 use crate::model_id::{hash_bytes, Manifest};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::TensorSource;
-use crate::{Llama, LoadOptions, LoadedModel};
+use crate::{LoadOptions, LoadedModel};
 
 fn read_to_string(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))
@@ -160,15 +160,7 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions, device: Device) -> Result<Loa
     if let Some(q) = opts.quantize {
         source = source.quantized(q);
     }
-    let model = Llama::load(&mut source, &config)?;
-    Ok(LoadedModel {
-        model,
-        tokenizer,
-        chat_template,
-        id: manifest.model_id(),
-        manifest,
-        path: dir.to_path_buf(),
-    })
+    LoadedModel::assemble(&mut source, manifest, tokenizer, chat_template, dir)
 }
 
 /// The dtype of the first tensor in a safetensors header, e.g. `F32`, `BF16`.

@@ -75,3 +75,25 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
 }
+
+/// Write `w` as a GGUF file of matrix type `ty`, without a chat template.
+pub fn export_gguf(
+    path: &Path,
+    cfg: &LlamaConfig,
+    w: &HashMap<String, Tensor>,
+    tok: &TextTokenizer,
+    ty: agora_gguf::TensorType,
+) {
+    agora_model::gguf_io::write_gguf(
+        path,
+        &agora_model::gguf_io::GgufExport {
+            name: "test",
+            config: cfg,
+            tensors: w,
+            tokenizer: tok,
+            chat_template: None,
+            matrix_type: ty,
+        },
+    )
+    .expect("write gguf");
+}

@@ -154,18 +154,7 @@ fn llama31_rope_factors_survive_gguf_and_change_the_function() {
     );
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("llama31.gguf");
-    write_gguf(
-        &path,
-        &GgufExport {
-            name: "t",
-            config: &cfg,
-            tensors: &w,
-            tokenizer: &tok,
-            chat_template: None,
-            matrix_type: TensorType::F32,
-        },
-    )
-    .expect("write");
+    export_gguf(&path, &cfg, &w, &tok, TensorType::F32);
     let m = load(&path, &LoadOptions::default()).expect("load");
     assert_eq!(m.model.config().rope_freq_factors, cfg.rope_freq_factors);
     let err = rel_err(&scaled, &logits(&m, ids));

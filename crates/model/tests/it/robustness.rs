@@ -1,5 +1,4 @@
 use agora_gguf::TensorType;
-use agora_model::gguf_io::{write_gguf, GgufExport};
 use agora_model::{load, LoadOptions, ModelError};
 
 use crate::common::*;
@@ -17,18 +16,7 @@ fn truncated_and_corrupt_gguf_files_are_clear_errors() {
     let hf = dir.path().join("hf");
     let (cfg, w, tok) = write_model(&hf, "llama", 1);
     let path = dir.path().join("m.gguf");
-    write_gguf(
-        &path,
-        &GgufExport {
-            name: "t",
-            config: &cfg,
-            tensors: &w,
-            tokenizer: &tok,
-            chat_template: None,
-            matrix_type: TensorType::Q8_0,
-        },
-    )
-    .expect("write");
+    export_gguf(&path, &cfg, &w, &tok, TensorType::Q8_0);
     let bytes = std::fs::read(&path).expect("read");
     let bad = dir.path().join("bad.gguf");
     for cut in [0, 3, 10, 100, 1000, bytes.len() / 2, bytes.len() - 1] {
