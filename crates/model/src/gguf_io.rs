@@ -399,11 +399,7 @@ pub fn write_gguf(path: &Path, export: &GgufExport) -> Result<()> {
                 t = permute_for_interleaved(&t, cfg.num_kv_heads)?;
             }
         }
-        let ty = if t.rank() == 2 && t.dim(1)? % export.matrix_type.block_size() == 0 {
-            export.matrix_type
-        } else {
-            TensorType::F32
-        };
+        let ty = matrix_type_for(&t, export.matrix_type)?;
         let q = QTensor::quantize(&t, ggml_dtype(ty))?;
         w.add_tensor(&gguf, ty, t.dims(), q.data()?.into_owned())?;
     }
@@ -413,6 +409,23 @@ pub fn write_gguf(path: &Path, export: &GgufExport) -> Result<()> {
     use std::io::Write;
     out.flush().map_err(|e| ModelError::io(path, e))?;
     Ok(())
+}
+
+/// The type a tensor is stored with: the requested one when its rows are whole blocks;
+/// for K-quants over rows that are not (896 = 3.5 x 256), Q8_0 as llama.cpp falls back;
+/// vectors and anything else F32.
+fn matrix_type_for(t: &Tensor, wanted: TensorType) -> Result<TensorType> {
+    if t.rank() != 2 {
+        return Ok(TensorType::F32);
+    }
+    let cols = t.dim(1)?;
+    Ok(if cols.is_multiple_of(wanted.block_size()) {
+        wanted
+    } else if wanted.block_size() > 32 && cols.is_multiple_of(32) {
+        TensorType::Q8_0
+    } else {
+        TensorType::F32
+    })
 }
 
 /// Writes tensors in model order (embedding, layers in order, then the head), as llama.cpp does.

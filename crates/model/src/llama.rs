@@ -18,6 +18,14 @@ pub enum Mode {
     Train,
 }
 
+/// Input rows from which a quantized matmul dequantizes its weight and runs in f32.
+const DEQUANTIZE_FROM_ROWS: usize = 16;
+
+fn rows(xs: &Tensor) -> usize {
+    let dims = xs.dims();
+    dims[..dims.len().saturating_sub(1)].iter().product()
+}
+
 /// A linear layer whose weight is either a dense tensor (trainable) or a quantized one.
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -31,7 +39,16 @@ impl Linear {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = self.weight.forward(xs)?;
+        let ys = match &self.weight {
+            // Candle's quantized kernel runs one dot product per (row, column) pair; for many
+            // rows (prefill) dequantizing once and using the tiled f32 GEMM is several times
+            // faster, and holds only one matrix in f32 at a time.
+            QMatMul::QTensor(q) if rows(xs) >= DEQUANTIZE_FROM_ROWS => {
+                let w = q.dequantize(xs.device())?;
+                QMatMul::Tensor(w).forward(xs)?
+            }
+            weight => weight.forward(xs)?,
+        };
         Ok(match &self.bias {
             Some(b) => ys.broadcast_add(b)?,
             None => ys,

@@ -183,3 +183,47 @@ fn stop_sequences_and_limits() {
     })
     .is_err());
 }
+
+#[test]
+fn quantized_prefill_through_f32_gemm_matches_the_quantized_decode_kernel() {
+    // Prefill (many rows) dequantizes and runs the f32 GEMM; decode (one row) runs the
+    // quantized kernel. Both compute the same model, up to activation quantization.
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cfg, w, tok) = write_model(&dir.path().join("hf"), "llama", 8);
+    let path = dir.path().join("q8.gguf");
+    export_gguf(&path, &cfg, &w, &tok, agora_gguf::TensorType::Q8_0);
+    let m = load(&path, &LoadOptions::default()).expect("load");
+    let ids = m.tokenizer.encode(CORPUS).expect("enc");
+    let ids = &ids[..32];
+    let dev = m.model.device();
+    let full = m
+        .model
+        .forward(
+            &Tensor::new(ids, dev).expect("t").unsqueeze(0).expect("u"),
+            None,
+            Mode::Serve,
+        )
+        .expect("full");
+    let mut cache = m.model.new_cache();
+    let mut rows = vec![];
+    for &t in ids {
+        let step = m
+            .model
+            .forward(
+                &Tensor::new(&[t], dev).expect("t").unsqueeze(0).expect("u"),
+                Some(&mut cache),
+                Mode::Serve,
+            )
+            .expect("step");
+        rows.push(step.i(0).expect("row"));
+    }
+    let a: Vec<f32> = full.flatten_all().expect("f").to_vec1().expect("v");
+    let b: Vec<f32> = Tensor::cat(&rows, 0)
+        .expect("cat")
+        .flatten_all()
+        .expect("f")
+        .to_vec1()
+        .expect("v");
+    let err = rel_err(&a, &b);
+    assert!(err < 4e-2, "{err}");
+}
