@@ -27,48 +27,42 @@ fn opts(seed: u64, temperature: f64, max_tokens: usize) -> GenerateOptions {
     }
 }
 
+/// Logits of `ids` from one full forward, and from a cached prefill of `prefill` tokens
+/// followed by one token at a time.
+fn full_and_stepwise(
+    m: &agora_model::LoadedModel,
+    ids: &[u32],
+    prefill: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let dev = m.model.device();
+    let run = |ids: &[u32], cache: Option<&mut agora_model::Cache>| {
+        let input = Tensor::new(ids, dev).expect("t").unsqueeze(0).expect("u");
+        m.model
+            .forward(&input, cache, Mode::Serve)
+            .expect("forward")
+            .i(0)
+            .expect("row")
+    };
+    let full = run(ids, None);
+    let mut cache = m.model.new_cache();
+    let mut rows = vec![];
+    if prefill > 0 {
+        rows.push(run(&ids[..prefill], Some(&mut cache)));
+    }
+    for t in prefill..ids.len() {
+        rows.push(run(&ids[t..t + 1], Some(&mut cache)));
+    }
+    let flat = |t: &Tensor| t.flatten_all().expect("f").to_vec1::<f32>().expect("v");
+    (flat(&full), flat(&Tensor::cat(&rows, 0).expect("cat")))
+}
+
 #[test]
 fn cached_decoding_matches_a_full_forward() {
     let (_d, m) = model();
     let ids = m.tokenizer.encode(CORPUS).expect("enc");
     let ids = &ids[..40];
     let dev = m.model.device();
-    let full = m
-        .model
-        .forward(
-            &Tensor::new(ids, dev).expect("t").unsqueeze(0).expect("u"),
-            None,
-            Mode::Serve,
-        )
-        .expect("full");
-    let mut cache = m.model.new_cache();
-    // Prefill 25, then one at a time.
-    let first = m
-        .model
-        .forward(
-            &Tensor::new(&ids[..25], dev)
-                .expect("t")
-                .unsqueeze(0)
-                .expect("u"),
-            Some(&mut cache),
-            Mode::Serve,
-        )
-        .expect("prefill");
-    let mut rows = vec![first.i(0).expect("row")];
-    for &t in &ids[25..] {
-        let step = m
-            .model
-            .forward(
-                &Tensor::new(&[t], dev).expect("t").unsqueeze(0).expect("u"),
-                Some(&mut cache),
-                Mode::Serve,
-            )
-            .expect("step");
-        rows.push(step.i(0).expect("row"));
-    }
-    let inc = Tensor::cat(&rows, 0).expect("cat");
-    let a: Vec<f32> = full.flatten_all().expect("f").to_vec1().expect("v");
-    let b: Vec<f32> = inc.flatten_all().expect("f").to_vec1().expect("v");
+    let (a, b) = full_and_stepwise(&m, ids, 25);
     assert!(rel_err(&a, &b) < 1e-5, "{}", rel_err(&a, &b));
     // The training (unfused) path computes the same function.
     let train = m
@@ -194,36 +188,7 @@ fn quantized_prefill_through_f32_gemm_matches_the_quantized_decode_kernel() {
     export_gguf(&path, &cfg, &w, &tok, agora_gguf::TensorType::Q8_0);
     let m = load(&path, &LoadOptions::default()).expect("load");
     let ids = m.tokenizer.encode(CORPUS).expect("enc");
-    let ids = &ids[..32];
-    let dev = m.model.device();
-    let full = m
-        .model
-        .forward(
-            &Tensor::new(ids, dev).expect("t").unsqueeze(0).expect("u"),
-            None,
-            Mode::Serve,
-        )
-        .expect("full");
-    let mut cache = m.model.new_cache();
-    let mut rows = vec![];
-    for &t in ids {
-        let step = m
-            .model
-            .forward(
-                &Tensor::new(&[t], dev).expect("t").unsqueeze(0).expect("u"),
-                Some(&mut cache),
-                Mode::Serve,
-            )
-            .expect("step");
-        rows.push(step.i(0).expect("row"));
-    }
-    let a: Vec<f32> = full.flatten_all().expect("f").to_vec1().expect("v");
-    let b: Vec<f32> = Tensor::cat(&rows, 0)
-        .expect("cat")
-        .flatten_all()
-        .expect("f")
-        .to_vec1()
-        .expect("v");
+    let (a, b) = full_and_stepwise(&m, &ids[..32], 0);
     let err = rel_err(&a, &b);
     assert!(err < 4e-2, "{err}");
 }
