@@ -246,7 +246,7 @@ impl WeightSource for GgufSource {
         } else {
             None
         };
-        Ok(Linear::new(QMatMul::from_qtensor(w)?, b))
+        Linear::new(QMatMul::from_qtensor(w)?, b)
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
@@ -263,8 +263,8 @@ impl WeightSource for GgufSource {
     fn tied_head(&mut self, embedding: &Tensor) -> Result<Linear> {
         // Keep the head quantized, as llama.cpp does, rather than the dequantized table.
         Ok(match &self.embedding {
-            Some(q) => Linear::new(QMatMul::from_arc(q.clone())?, None),
-            None => Linear::new(QMatMul::Tensor(embedding.clone()), None),
+            Some(q) => Linear::new(QMatMul::from_arc(q.clone())?, None)?,
+            None => Linear::new(QMatMul::Tensor(embedding.clone()), None)?,
         })
     }
 }

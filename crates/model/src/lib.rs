@@ -17,6 +17,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf_io;
 pub mod init;
+pub mod int8;
 pub mod llama;
 pub mod model_id;
 pub mod safetensors_io;

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use crate::cache::KvCache;
 use crate::config::{LlamaConfig, RopeStyle};
 use crate::error::Result;
+use crate::int8::Int8Matrix;
 use crate::weights::WeightSource;
 
 /// Which kernels a forward pass uses. Fused kernels record no backward pass, so training
@@ -28,26 +29,45 @@ fn rows(xs: &Tensor) -> usize {
 
 /// A linear layer whose weight is either a dense tensor (trainable) or a quantized one.
 #[derive(Clone, Debug)]
+enum Weight {
+    Candle(QMatMul),
+    /// Q8_0 and Q4_0 weights held as int8 rows with f32 scales, for faster decoding.
+    Int8(std::sync::Arc<Int8Matrix>),
+}
+
+#[derive(Clone, Debug)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
-    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
+        let int8 = match &weight {
+            QMatMul::QTensor(q) => Int8Matrix::from_qtensor(q)?,
+            _ => None,
+        };
+        let weight = match int8 {
+            Some(m) => Weight::Int8(std::sync::Arc::new(m)),
+            None => Weight::Candle(weight),
+        };
+        Ok(Self { weight, bias })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let many_rows = rows(xs) >= DEQUANTIZE_FROM_ROWS;
         let ys = match &self.weight {
-            // Candle's quantized kernel runs one dot product per (row, column) pair; for many
-            // rows (prefill) dequantizing once and using the tiled f32 GEMM is several times
+            // Quantized kernels run one dot product per (row, column) pair; for many rows
+            // (prefill) dequantizing once and using the tiled f32 GEMM is several times
             // faster, and holds only one matrix in f32 at a time.
-            QMatMul::QTensor(q) if rows(xs) >= DEQUANTIZE_FROM_ROWS => {
-                let w = q.dequantize(xs.device())?;
-                QMatMul::Tensor(w).forward(xs)?
+            Weight::Int8(m) if many_rows => {
+                QMatMul::Tensor(m.dequantize(xs.device())?).forward(xs)?
             }
-            weight => weight.forward(xs)?,
+            Weight::Int8(m) => m.forward(xs)?,
+            Weight::Candle(QMatMul::QTensor(q)) if many_rows => {
+                QMatMul::Tensor(q.dequantize(xs.device())?).forward(xs)?
+            }
+            Weight::Candle(weight) => weight.forward(xs)?,
         };
         Ok(match &self.bias {
             Some(b) => ys.broadcast_add(b)?,

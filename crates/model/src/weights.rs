@@ -92,7 +92,7 @@ impl WeightSource for TensorSource {
         } else {
             None
         };
-        Ok(Linear::new(self.matmul(w)?, b))
+        Linear::new(self.matmul(w)?, b)
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
@@ -104,6 +104,6 @@ impl WeightSource for TensorSource {
     }
 
     fn tied_head(&mut self, embedding: &Tensor) -> Result<Linear> {
-        Ok(Linear::new(self.matmul(embedding.clone())?, None))
+        Linear::new(self.matmul(embedding.clone())?, None)
     }
 }
