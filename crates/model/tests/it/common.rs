@@ -43,7 +43,11 @@ pub fn config(arch: &str, vocab: usize) -> LlamaConfig {
 pub fn weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
     let mut w = init_weights(cfg, seed, &Device::Cpu).expect("init");
     let mut rng = agora_model::init::SeededRng::new(seed ^ 0xABCD);
-    for (name, t) in w.iter_mut() {
+    // In name order, so the noise (and so every tolerance below) is the same in every run.
+    let mut names: Vec<String> = w.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let t = w.get_mut(&name).expect("present");
         let n = t.elem_count();
         let noise = Tensor::from_vec(rng.normals(n, 0.1), t.shape(), &Device::Cpu).expect("noise");
         *t = if t.rank() == 1 {

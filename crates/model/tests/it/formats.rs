@@ -99,7 +99,10 @@ fn safetensors_quantized_on_load_stays_close_and_changes_model_id() {
     )
     .expect("load q8");
     let ids = tok.encode("Speak, speak.").expect("enc");
-    assert!(rel_err(&logits(&f32_model, &ids), &logits(&q, &ids)) < 2e-2);
+    let err = rel_err(&logits(&f32_model, &ids), &logits(&q, &ids));
+    eprintln!("Q8_0 on load: relative logit error {err:.2e}");
+    // The same tolerance as a Q8_0 GGUF file (see TOLERANCES).
+    assert!(err < 4e-2, "{err}");
     assert_ne!(f32_model.id, q.id);
 }
 
