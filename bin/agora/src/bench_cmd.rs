@@ -24,9 +24,6 @@ pub enum BenchCommand {
 
 #[derive(Args)]
 pub struct EngineArgs {
-    /// Threads for both engines.
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
     #[arg(long, default_value_t = 128)]
     pub prompt_tokens: usize,
     #[arg(long, default_value_t = 64)]
@@ -52,9 +49,10 @@ pub struct EngineArgs {
     pub no_llama_cpp: bool,
 }
 
-pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+/// `threads` is the global `--threads` (default: all cores), used by both engines.
+pub fn run(cmd: BenchCommand, threads: usize) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Engine(args) => engine(args),
+        BenchCommand::Engine(args) => engine(args, threads),
     }
 }
 
@@ -158,11 +156,11 @@ fn ours(path: &Path, args: &EngineArgs) -> anyhow::Result<Figures> {
     })
 }
 
-fn llama_cpp(path: &Path, args: &EngineArgs) -> anyhow::Result<Figures> {
+fn llama_cpp(path: &Path, args: &EngineArgs, threads: usize) -> anyhow::Result<Figures> {
     let out = Command::new(&args.python)
         .arg(&args.llama_cpp)
         .args(["--model", &path.to_string_lossy()])
-        .args(["--threads", &args.threads.to_string()])
+        .args(["--threads", &threads.to_string()])
         .args(["--prompt-tokens", &args.prompt_tokens.to_string()])
         .args(["--gen-tokens", &args.gen_tokens.to_string()])
         .args(["--repeats", &args.repeats.to_string()])
@@ -209,8 +207,7 @@ fn weight_bytes(path: &Path) -> anyhow::Result<u64> {
     Ok(header.tensors.iter().map(|t| t.byte_len()).sum())
 }
 
-fn engine(args: EngineArgs) -> anyhow::Result<()> {
-    std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+fn engine(args: EngineArgs, threads: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let files: Vec<(String, PathBuf)> = match &args.model {
         Some(p) => vec![(p.display().to_string(), p.clone())],
@@ -230,7 +227,7 @@ fn engine(args: EngineArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
     };
     let bandwidth = copy_bandwidth();
-    println!("threads {} | prompt {} tokens | decode {} tokens | median of {} | copy bandwidth {:.1} GB/s", args.threads, args.prompt_tokens, args.gen_tokens, args.repeats, bandwidth / 1e9);
+    println!("threads {} | prompt {} tokens | decode {} tokens | median of {} | copy bandwidth {:.1} GB/s", threads, args.prompt_tokens, args.gen_tokens, args.repeats, bandwidth / 1e9);
     println!("| model | engine | prefill tok/s | decode tok/s | decode bound tok/s |");
     println!("|---|---|---|---|---|");
     for (label, path) in files {
@@ -244,7 +241,7 @@ fn engine(args: EngineArgs) -> anyhow::Result<()> {
         if args.no_llama_cpp {
             continue;
         }
-        let theirs = llama_cpp(&path, &args)?;
+        let theirs = llama_cpp(&path, &args, threads)?;
         println!(
             "| {label} | llama.cpp | {:.1} | {:.2} | {:.2} |",
             theirs.prefill, theirs.decode, bound

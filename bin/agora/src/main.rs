@@ -51,16 +51,18 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Some(n) = cli.threads {
-        // Candle's matmul and quantized kernels size their pools from this variable; set it
-        // before any kernel runs.
-        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
-    }
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    // Candle's matmul and quantized kernels and our rayon pool size themselves from this
+    // variable; set it before any kernel runs.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let result = match cli.command {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Model(cmd) => model_cmd::run(cmd),
-        Command::Bench(cmd) => bench_cmd::run(cmd),
+        Command::Bench(cmd) => bench_cmd::run(cmd, threads),
         Command::Keys(cmd) => keys_cmd::run(cmd),
         Command::Ledger(cmd) => ledger_cmd::run(cmd),
     };

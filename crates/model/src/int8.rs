@@ -63,10 +63,6 @@ impl Int8Matrix {
         }))
     }
 
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
     /// The weights in f32, (rows, cols).
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
         let data: Vec<f32> = self
