@@ -20,6 +20,9 @@ pub enum BenchCommand {
     /// Prefill and decode tokens/s of our engine and of llama.cpp on a random-weight GGUF
     /// of Qwen2.5-0.5B's shape.
     Engine(EngineArgs),
+    /// Tokens/s and time to first token through gateway and network against the engine
+    /// alone on the same model, then many concurrent streaming clients, on a local devnet.
+    Network(crate::bench_net::NetworkArgs),
 }
 
 #[derive(Args)]
@@ -53,6 +56,7 @@ pub struct EngineArgs {
 pub fn run(cmd: BenchCommand, threads: usize) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(args) => engine(args, threads),
+        BenchCommand::Network(args) => crate::bench_net::run(args, threads),
     }
 }
 

@@ -79,6 +79,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
         stop_at_eos: !args.ignore_eos,
+        resume: vec![],
     };
     let mut out = std::io::stdout().lock();
     if !args.chat {

@@ -53,7 +53,7 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_key(path: &Path, key: &Keypair) -> anyhow::Result<()> {
+pub fn write_key(path: &Path, key: &Keypair) -> anyhow::Result<()> {
     let body = serde_json::to_string_pretty(&KeyFile {
         account: key.account(),
         secret: hex::encode(key.seed()),

@@ -230,6 +230,9 @@ pub struct ServeArgs {
     /// How long a block waits for more transactions after its first, in ms.
     #[arg(long, default_value_t = 5)]
     max_wait_ms: u64,
+    /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
 }
 
 /// The ledger node's URL.
@@ -340,13 +343,15 @@ pub fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            let stop_on_eof = a.stop_on_stdin_eof;
             rt.block_on(serve(
                 cfg,
-                |addr| println!("listening on http://{addr}"),
-                async {
-                    let _ = tokio::signal::ctrl_c().await;
-                    tracing::info!("shutting down");
+                |addr| {
+                    use std::io::Write;
+                    println!("listening on http://{addr}");
+                    let _ = std::io::stdout().flush();
                 },
+                crate::shutdown::signal(stop_on_eof),
             ))?;
         }
         LedgerCmd::Status(u) => print_json(&Client::new(&u.url)?.status()?)?,

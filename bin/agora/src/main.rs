@@ -1,10 +1,17 @@
 //! The Agora command line: one binary for every role in the network.
 
 mod bench_cmd;
+mod bench_net;
+mod devnet_cmd;
+mod gateway_cmd;
 mod generate_cmd;
+mod http_client;
 mod keys_cmd;
 mod ledger_cmd;
 mod model_cmd;
+mod net_args;
+mod provider_cmd;
+mod shutdown;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +32,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A whole network on this machine: ledger, gateway and providers serving a real model.
+    Devnet(devnet_cmd::DevnetArgs),
+    /// Serve a model on the network and be paid per token.
+    Provider(provider_cmd::ProviderArgs),
+    /// The OpenAI-compatible API in front of the network (`gateway keys ...` manages API keys).
+    Gateway(gateway_cmd::GatewayArgs),
     /// Generate text with a model, streamed, with prompt and decode speed at the end.
     Generate(generate_cmd::GenerateArgs),
     /// Train a model on a text file on this machine.
@@ -50,6 +63,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let threads = cli
         .threads
@@ -59,6 +73,9 @@ fn main() {
     // variable; set it before any kernel runs.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let result = match cli.command {
+        Command::Devnet(args) => devnet_cmd::run(args),
+        Command::Provider(args) => provider_cmd::run(args),
+        Command::Gateway(args) => gateway_cmd::run(args),
         Command::Generate(args) => generate_cmd::run(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Model(cmd) => model_cmd::run(cmd),

@@ -20,6 +20,10 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// End at the model's end-of-sequence tokens.
     pub stop_at_eos: bool,
+    /// Output tokens already produced elsewhere (a failed-over answer): they are prefilled
+    /// after the prompt, count toward `max_tokens`, keep their sampler indices, and their
+    /// text is not emitted again.
+    pub resume: Vec<u32>,
 }
 
 impl Default for GenerateOptions {
@@ -29,6 +33,7 @@ impl Default for GenerateOptions {
             max_tokens: 128,
             stop: vec![],
             stop_at_eos: true,
+            resume: vec![],
         }
     }
 }
@@ -64,6 +69,7 @@ pub enum Event<'a> {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generation {
+    /// Output tokens, the resumed ones first.
     pub tokens: Vec<u32>,
     pub text: String,
     pub finish_reason: FinishReason,
@@ -149,12 +155,24 @@ pub fn generate(
             prompt.len()
         )));
     }
-    if let Some(bad) = prompt.iter().find(|&&t| t >= vocab) {
+    if prompt.len() + opts.resume.len() >= ctx {
+        return Err(ModelError::InvalidRequest(format!(
+            "the prompt and resumed output have {} tokens; the model's context is {ctx}",
+            prompt.len() + opts.resume.len()
+        )));
+    }
+    if let Some(bad) = prompt.iter().chain(&opts.resume).find(|&&t| t >= vocab) {
         return Err(ModelError::InvalidRequest(format!(
             "token id {bad} is outside the vocabulary of {vocab}"
         )));
     }
     let max_tokens = opts.max_tokens.min(ctx - prompt.len());
+    if opts.resume.len() >= max_tokens {
+        return Err(ModelError::InvalidRequest(format!(
+            "{} resumed tokens leave no room under max_tokens {max_tokens}",
+            opts.resume.len()
+        )));
+    }
     let eos = if opts.stop_at_eos {
         model.stop_token_ids()
     } else {
@@ -164,11 +182,12 @@ pub fn generate(
 
     let start = Instant::now();
     let mut cache = llama.new_cache();
-    let input = Tensor::new(prompt, device)?.unsqueeze(0)?;
+    let prefill: Vec<u32> = prompt.iter().chain(&opts.resume).copied().collect();
+    let input = Tensor::new(prefill.as_slice(), device)?.unsqueeze(0)?;
     let hidden = llama
         .forward_hidden(&input, Some(&mut cache), Mode::Serve)?
         .i(0)?;
-    let mut last_hidden = hidden.i(prompt.len() - 1)?;
+    let mut last_hidden = hidden.i(prefill.len() - 1)?;
     let mut logits: Vec<f32> = llama
         .logits(&last_hidden.unsqueeze(0)?)?
         .squeeze(0)?
@@ -180,12 +199,23 @@ pub fn generate(
     }
 
     let decode_start = Instant::now();
-    let mut tokens = Vec::new();
     let mut stream = TextStream {
         stop: &opts.stop,
         emitted: 0,
     };
+    // Replay the resumed tokens through the text stream so what the first provider held back
+    // is held back (and later emitted) exactly as it would have been.
+    let mut tokens = Vec::with_capacity(max_tokens);
     let mut text = String::new();
+    for &t in &opts.resume {
+        tokens.push(t);
+        text = model.tokenizer.decode(&tokens)?;
+        if stream.advance(&text).1 {
+            return Err(ModelError::InvalidRequest(
+                "the resumed output already contains a stop sequence".into(),
+            ));
+        }
+    }
     while finish != FinishReason::Cancelled && tokens.len() < max_tokens {
         let index = tokens.len();
         let s = sample(&logits, &opts.sampling, index as u64)?;

@@ -29,6 +29,7 @@ fn shipped_default_model_loads_and_generates() {
         max_tokens: 40,
         stop: vec![],
         stop_at_eos: true,
+        resume: vec![],
     };
     let out = generate(&model, &prompt, &opts, |_| ControlFlow::Continue(())).expect("generate");
     assert!(!out.tokens.is_empty());

@@ -7,6 +7,8 @@ mod default_model;
 /// `agora keys` and `agora ledger`: genesis, serve on a loopback port, transfer, a channel with
 /// a voucher, a refused double claim, and recovery after kill -9.
 mod ledger_cli;
+/// `agora devnet` end to end: serve, pay exactly, fail over when a provider is killed.
+mod network;
 /// `agora train` from a text file to an exported model, with resume.
 mod train;
 

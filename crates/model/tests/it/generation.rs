@@ -24,6 +24,7 @@ fn opts(seed: u64, temperature: f64, max_tokens: usize) -> GenerateOptions {
         max_tokens,
         stop: vec![],
         stop_at_eos: false,
+        resume: vec![],
     }
 }
 
@@ -98,6 +99,59 @@ fn generation_is_reproducible_for_a_seed() {
     assert_eq!(a.text, b.text);
     assert_ne!(a.tokens, c.tokens, "another seed gives another sample");
     assert_eq!(a.finish_reason, FinishReason::Length);
+}
+
+#[test]
+fn resuming_after_k_tokens_continues_the_same_answer() {
+    let (_d, m) = model();
+    let prompt = m.tokenizer.encode("First Citizen:\n").expect("enc");
+    let mut whole_text = String::new();
+    let whole = generate(&m, &prompt, &opts(9, 1.0, 20), |e| {
+        if let Event::Token { text, .. } | Event::Tail { text } = e {
+            whole_text.push_str(text);
+        }
+        ControlFlow::Continue(())
+    })
+    .expect("whole");
+    for k in [1, 7, 19] {
+        // What a first provider streamed before it died after k tokens.
+        let mut first = String::new();
+        generate(&m, &prompt, &opts(9, 1.0, k), |e| {
+            if let Event::Token { text, .. } = e {
+                first.push_str(text);
+            }
+            ControlFlow::Continue(())
+        })
+        .expect("first");
+        let mut rest = String::new();
+        let resumed = generate(
+            &m,
+            &prompt,
+            &GenerateOptions {
+                resume: whole.tokens[..k].to_vec(),
+                ..opts(9, 1.0, 20)
+            },
+            |e| {
+                match e {
+                    Event::Token { index, text, .. } => {
+                        assert!(index >= k, "resumed tokens are not emitted again");
+                        rest.push_str(text);
+                    }
+                    Event::Tail { text } => rest.push_str(text),
+                    Event::Prefill { .. } => {}
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("resumed");
+        assert_eq!(resumed.tokens, whole.tokens, "k = {k}");
+        assert_eq!(first + &rest, whole_text, "k = {k}");
+    }
+    let too_long = GenerateOptions {
+        resume: whole.tokens.clone(),
+        ..opts(9, 1.0, 20)
+    };
+    assert!(generate(&m, &prompt, &too_long, |_| ControlFlow::Continue(())).is_err());
 }
 
 #[test]

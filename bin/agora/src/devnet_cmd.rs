@@ -1,0 +1,400 @@
+//! `agora devnet`: a whole network on one machine. A ledger, a gateway and N providers run as
+//! separate processes joined by real libp2p over loopback, serving a real model; a genesis
+//! funds an API key's account and the providers' stake.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use agora_core::{AccountId, Amount, Keypair};
+use agora_ledger::{Allocation, Genesis, Params};
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Serialize;
+
+/// Arguments of `agora devnet`.
+#[derive(Args, Debug)]
+pub struct DevnetArgs {
+    /// How many providers to start (the last one charges twice the price).
+    #[arg(long, default_value_t = 3)]
+    providers: usize,
+    /// The model every provider serves.
+    #[arg(long, default_value = "models/agora-shakespeare")]
+    model: PathBuf,
+    /// Where the devnet keeps its keys, ledger and `devnet.json` (default: a new temp folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The gateway's HTTP port (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Price per million prompt tokens, in base units.
+    #[arg(long, default_value = "1000000")]
+    price_in: Amount,
+    /// Price per million output tokens, in base units.
+    #[arg(long, default_value = "2000000")]
+    price_out: Amount,
+    /// Milliseconds without a token before the gateway moves a stream to another provider.
+    #[arg(long, default_value_t = 3000)]
+    stall_ms: u64,
+    /// Seconds between the providers' voucher claims.
+    #[arg(long, default_value_t = 2)]
+    claim_secs: u64,
+    /// Kernel threads per provider (default: all cores).
+    #[arg(long)]
+    provider_threads: Option<usize>,
+}
+
+/// The chain id of every devnet.
+pub const DEVNET_CHAIN_ID: u64 = 1337;
+/// What the API key's account starts with.
+const USER_FUNDS: u128 = 1_000_000_000_000;
+/// What each provider starts with, and bonds as stake.
+const PROVIDER_FUNDS: u128 = 1_000_000_000;
+const PROVIDER_STAKE: u128 = 100_000_000;
+
+/// What `devnet.json` records for tests and scripts.
+#[derive(Serialize)]
+struct DevnetInfo {
+    endpoint: String,
+    api_key: String,
+    ledger: String,
+    chain_id: u64,
+    model: String,
+    user_account: AccountId,
+    user_funds: Amount,
+    gateway_pid: u32,
+    ledger_pid: u32,
+    providers: Vec<ProviderInfo>,
+}
+
+#[derive(Serialize)]
+struct ProviderInfo {
+    name: String,
+    account: AccountId,
+    pid: u32,
+    price_in: Amount,
+    price_out: Amount,
+    funds: Amount,
+    stake: Amount,
+}
+
+/// A child process whose stderr is forwarded with a name in front, and whose stdin, when
+/// closed, tells it to stop.
+struct Node {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Node {
+    fn spawn(name: &str, args: &[String], threads: Option<usize>) -> anyhow::Result<Node> {
+        let exe = std::env::current_exe().context("finding the agora binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .arg("--stop-on-stdin-eof")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(t) = threads {
+            cmd.env("AGORA_THREADS", t.to_string());
+        }
+        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let stdin = child.stdin.take();
+        let (tx, lines) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            let label = name.to_string();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("{label:>10} | {line}");
+                }
+            });
+        }
+        Ok(Node {
+            name: name.into(),
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    /// Waits for a stdout line starting with `prefix` and returns the rest.
+    fn wait_for(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Ok(rest.trim().to_string());
+                    }
+                }
+                Err(_) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    bail!(
+                        "{} did not print `{prefix}` within {timeout:?} (exit status: {status:?})",
+                        self.name
+                    );
+                }
+            }
+        }
+    }
+
+    /// Closes stdin and waits up to `grace` for a clean exit, then kills.
+    fn stop(&mut self, grace: Duration) {
+        self.stdin.take();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::warn!(node = %self.name, "did not stop in time; killing");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the devnet until Ctrl-C.
+pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
+    if args.providers == 0 {
+        bail!("--providers must be at least 1");
+    }
+    if !args.model.exists() {
+        bail!(
+            "model {} not found; run from the repository root or pass --model",
+            args.model.display()
+        );
+    }
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("agora-devnet-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let model = args.model.canonicalize()?;
+    tracing::info!(dir = %dir.display(), "devnet folder");
+
+    // Keys and genesis.
+    let sequencer = Keypair::generate()?;
+    crate::keys_cmd::write_key(&dir.join("sequencer.json"), &sequencer)?;
+    let keys_path = dir.join("keys.redb");
+    let _ = std::fs::remove_file(&keys_path);
+    let (api_key, user) = {
+        let store = agora_gateway::KeyStore::open(&keys_path)?;
+        let (secret, record) = store.create("devnet")?;
+        (secret, record.account)
+    };
+    let mut providers = Vec::new();
+    for i in 0..args.providers {
+        let key = Keypair::generate()?;
+        let path = dir.join(format!("provider-{}.json", i + 1));
+        crate::keys_cmd::write_key(&path, &key)?;
+        let pricier = args.providers > 1 && i + 1 == args.providers;
+        let factor = if pricier { 2 } else { 1 };
+        let price_in = Amount::new(args.price_in.units().saturating_mul(factor));
+        let price_out = Amount::new(args.price_out.units().saturating_mul(factor));
+        providers.push((key, path, price_in, price_out));
+    }
+    let mut allocations = vec![Allocation {
+        account: user,
+        amount: Amount::new(USER_FUNDS),
+    }];
+    for (key, ..) in &providers {
+        allocations.push(Allocation {
+            account: key.account(),
+            amount: Amount::new(PROVIDER_FUNDS),
+        });
+    }
+    let genesis = Genesis {
+        chain_id: DEVNET_CHAIN_ID,
+        sequencer: sequencer.account(),
+        params: Params::default(),
+        allocations,
+    };
+    genesis.validate()?;
+    std::fs::write(
+        dir.join("genesis.json"),
+        serde_json::to_string_pretty(&genesis)?,
+    )?;
+    let ledger_db = dir.join("ledger.redb");
+    let _ = std::fs::remove_file(&ledger_db);
+
+    let mut nodes: Vec<Node> = Vec::new();
+    let result = start_and_wait(&args, &dir, &model, &api_key, user, &providers, &mut nodes);
+    // Providers first (they claim their vouchers on the way out), then gateway, then ledger.
+    for node in nodes.iter_mut().rev() {
+        node.stop(Duration::from_secs(15));
+    }
+    if result.is_ok() {
+        eprintln!("devnet stopped; its files are in {}", dir.display());
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_and_wait(
+    args: &DevnetArgs,
+    dir: &Path,
+    model: &Path,
+    api_key: &str,
+    user: AccountId,
+    providers: &[(Keypair, PathBuf, Amount, Amount)],
+    nodes: &mut Vec<Node>,
+) -> anyhow::Result<()> {
+    let path = |p: &Path| p.display().to_string();
+    let mut ledger = Node::spawn(
+        "ledger",
+        &[
+            "ledger".into(),
+            "serve".into(),
+            "--db".into(),
+            path(&dir.join("ledger.redb")),
+            "--genesis".into(),
+            path(&dir.join("genesis.json")),
+            "--sequencer-key".into(),
+            path(&dir.join("sequencer.json")),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ],
+        None,
+    )?;
+    let ledger_url = ledger.wait_for("listening on ", Duration::from_secs(60))?;
+    let ledger_pid = ledger.child.id();
+    nodes.push(ledger);
+    tracing::info!(url = %ledger_url, "ledger up");
+
+    let mut gateway = Node::spawn(
+        "gateway",
+        &[
+            "gateway".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", args.port),
+            "--keys".into(),
+            path(&dir.join("keys.redb")),
+            "--ledger".into(),
+            ledger_url.clone(),
+            "--p2p-listen".into(),
+            "/ip4/127.0.0.1/tcp/0".into(),
+            "--stall-ms".into(),
+            args.stall_ms.to_string(),
+        ],
+        None,
+    )?;
+    let bootstrap = gateway.wait_for("p2p ", Duration::from_secs(60))?;
+    let endpoint = gateway.wait_for("http ", Duration::from_secs(60))?;
+    let gateway_pid = gateway.child.id();
+    nodes.push(gateway);
+    tracing::info!(%endpoint, "gateway up");
+
+    let mut infos = Vec::new();
+    for (i, (key, key_path, price_in, price_out)) in providers.iter().enumerate() {
+        let name = format!("provider-{}", i + 1);
+        let node = Node::spawn(
+            &name,
+            &[
+                "provider".into(),
+                "--model".into(),
+                path(model),
+                "--key".into(),
+                path(key_path),
+                "--ledger".into(),
+                ledger_url.clone(),
+                "--price-in".into(),
+                price_in.to_string(),
+                "--price-out".into(),
+                price_out.to_string(),
+                "--stake".into(),
+                PROVIDER_STAKE.to_string(),
+                "--claim-secs".into(),
+                args.claim_secs.to_string(),
+                "--p2p-listen".into(),
+                "/ip4/127.0.0.1/tcp/0".into(),
+                "--bootstrap".into(),
+                bootstrap.clone(),
+            ],
+            args.provider_threads,
+        )?;
+        infos.push(ProviderInfo {
+            name,
+            account: key.account(),
+            pid: node.child.id(),
+            price_in: *price_in,
+            price_out: *price_out,
+            funds: Amount::new(PROVIDER_FUNDS),
+            stake: Amount::new(PROVIDER_STAKE),
+        });
+        nodes.push(node);
+    }
+
+    // Ready when the gateway has heard every provider's offer.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let model_name = loop {
+        if let Some(name) = offers_heard(&endpoint, api_key, providers.len()) {
+            break name;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the gateway did not hear {} offers within 120 s",
+                providers.len()
+            );
+        }
+        for n in nodes.iter_mut() {
+            if let Ok(Some(status)) = n.child.try_wait() {
+                bail!("{} exited during start-up: {status}", n.name);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let info = DevnetInfo {
+        endpoint: endpoint.clone(),
+        api_key: api_key.into(),
+        ledger: ledger_url,
+        chain_id: DEVNET_CHAIN_ID,
+        model: model_name.clone(),
+        user_account: user,
+        user_funds: Amount::new(USER_FUNDS),
+        gateway_pid,
+        ledger_pid,
+        providers: infos,
+    };
+    let info_path = dir.join("devnet.json");
+    std::fs::write(&info_path, serde_json::to_string_pretty(&info)?)?;
+    let banner = format!(
+        "\nAgora devnet is up: a ledger, a gateway and {n} providers serving `{model_name}`.\n\n  endpoint  {endpoint}/v1\n  API key   {api_key}\n  details   {info}\n\nTry it:\n\n  curl {endpoint}/v1/chat/completions \\\n    -H \"Authorization: Bearer {api_key}\" -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model_name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Speak, ROMEO.\"}}], \"max_tokens\": 60}}'\n\nOr any OpenAI client with base_url={endpoint}/v1. Ctrl-C stops everything.\n",
+        n = providers.len(),
+        info = info_path.display(),
+    );
+    println!("{banner}");
+    let _ = std::io::stdout().flush();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::shutdown::signal(false));
+    Ok(())
+}
+
+/// `Some(model name)` once `/v1/models` lists a model with at least `want` providers.
+fn offers_heard(endpoint: &str, api_key: &str, want: usize) -> Option<String> {
+    let (status, body) =
+        crate::http_client::request(endpoint, "GET", "/v1/models", api_key, None).ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["data"].as_array()?.iter().find_map(|m| {
+        let n = m["providers"].as_u64()? as usize;
+        (n >= want).then(|| m["id"].as_str().map(str::to_string))?
+    })
+}

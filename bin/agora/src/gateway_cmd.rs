@@ -1,0 +1,173 @@
+//! `agora gateway`: the OpenAI-compatible HTTP API in front of the network, and its API keys.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agora_broker::{Broker, BrokerBackend, BrokerConfig};
+use agora_core::Amount;
+use agora_gateway::{KeyStore, Limits};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::net_args::{announce, chain_id, NetArgs};
+
+/// Arguments of `agora gateway`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct GatewayArgs {
+    #[command(subcommand)]
+    keys: Option<GatewayCmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// `agora gateway keys ...`.
+#[derive(Subcommand, Debug)]
+enum GatewayCmd {
+    /// Manage API keys (while the gateway is stopped: it holds the key file open).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCmd {
+    /// Create an API key and the ledger account it pays from; prints the secret once.
+    Create {
+        /// A label to recognise the key by.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// The key store.
+        #[arg(long, default_value = "agora-gateway-keys.redb")]
+        keys: PathBuf,
+    },
+    /// List keys (ids, labels, accounts; never secrets).
+    List {
+        /// The key store.
+        #[arg(long, default_value = "agora-gateway-keys.redb")]
+        keys: PathBuf,
+    },
+    /// Revoke a key by id; it stops working at once.
+    Revoke {
+        /// The key id (`key_...`).
+        id: String,
+        /// The key store.
+        #[arg(long, default_value = "agora-gateway-keys.redb")]
+        keys: PathBuf,
+    },
+}
+
+/// Flags of the running gateway.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The API key store.
+    #[arg(long, default_value = "agora-gateway-keys.redb")]
+    keys: PathBuf,
+    /// The ledger node.
+    #[arg(long, default_value = "http://127.0.0.1:7420")]
+    ledger: String,
+    /// Highest price per million prompt tokens the gateway pays, in base units.
+    #[arg(long)]
+    max_price_in: Option<Amount>,
+    /// Highest price per million output tokens the gateway pays, in base units.
+    #[arg(long)]
+    max_price_out: Option<Amount>,
+    /// Least escrow put in a payment channel when it opens or is topped up, in base units.
+    #[arg(long, default_value = "1000000")]
+    min_deposit: Amount,
+    /// Milliseconds without a token before a stream moves to another provider.
+    #[arg(long, default_value_t = 10_000)]
+    stall_ms: u64,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Largest prompt in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_prompt_bytes: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 4096)]
+    max_tokens: u32,
+    #[command(flatten)]
+    net: NetArgs,
+    /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
+}
+
+/// Runs the gateway or a key command.
+pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    match args.keys {
+        Some(GatewayCmd::Keys(cmd)) => keys(cmd),
+        None => serve(args.serve),
+    }
+}
+
+fn open_keys(path: &std::path::Path) -> anyhow::Result<KeyStore> {
+    KeyStore::open(path).with_context(|| format!("opening the key store {}", path.display()))
+}
+
+fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeysCmd::Create { label, keys } => {
+            let (secret, record) = open_keys(&keys)?.create(&label)?;
+            println!("{secret}");
+            eprintln!(
+                "key {} pays from ledger account {}; fund that account to give it credit. The secret is shown only now.",
+                record.id, record.account
+            );
+        }
+        KeysCmd::List { keys } => {
+            for r in open_keys(&keys)?.list()? {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        KeysCmd::Revoke { id, keys } => {
+            let r = open_keys(&keys)?.revoke(&id)?;
+            eprintln!("revoked {}", r.id);
+        }
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let keys = Arc::new(open_keys(&args.keys)?);
+    let mut cfg = BrokerConfig::new(chain_id(&args.ledger)?, &args.ledger, args.net.config()?);
+    cfg.max_price_in = args.max_price_in;
+    cfg.max_price_out = args.max_price_out;
+    cfg.min_deposit = args.min_deposit;
+    cfg.stall_timeout = Duration::from_millis(args.stall_ms.max(1));
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+        max_prompt_bytes: args.max_prompt_bytes,
+        max_tokens: args.max_tokens,
+        ..Limits::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let broker = Broker::start(cfg).await?;
+        for addr in broker.node().listen_addrs().await? {
+            announce(&format!("p2p {addr}"));
+        }
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        announce(&format!("http http://{addr}"));
+        tracing::info!(%addr, "gateway listening");
+        let router = agora_gateway::router(Arc::new(BrokerBackend(broker)), keys, limits);
+        agora_gateway::serve(
+            listener,
+            router,
+            crate::shutdown::signal(args.stop_on_stdin_eof),
+        )
+        .await?;
+        tracing::info!("gateway stopped");
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,109 @@
+//! `agora provider`: serve a model on the network and get paid per token.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agora_core::Amount;
+use agora_provider::{Provider, ProviderConfig};
+use anyhow::Context;
+use clap::Args;
+
+use crate::net_args::{announce, chain_id, NetArgs};
+
+/// Arguments of `agora provider`.
+#[derive(Args, Debug)]
+pub struct ProviderArgs {
+    /// The model: a .gguf file or a Hugging Face directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The name clients ask for (default: the file or directory name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The provider's ledger key file (`agora keys new`); it is paid into this account.
+    #[arg(long)]
+    key: PathBuf,
+    /// The ledger node.
+    #[arg(long, default_value = "http://127.0.0.1:7420")]
+    ledger: String,
+    /// Price per million prompt tokens, in base units.
+    #[arg(long, default_value = "1000000")]
+    price_in: Amount,
+    /// Price per million output tokens, in base units.
+    #[arg(long, alias = "price", default_value = "2000000")]
+    price_out: Amount,
+    /// Stake to keep bonded, in base units (bonded at start if short).
+    #[arg(long, default_value = "0")]
+    stake: Amount,
+    /// Requests that may wait for the model at once; more are refused as busy.
+    #[arg(long, default_value_t = 64)]
+    capacity: u32,
+    /// Hardware class announced in offers (default: cpu-<architecture>).
+    #[arg(long)]
+    hardware: Option<String>,
+    /// Region announced in offers.
+    #[arg(long, default_value = "local")]
+    region: String,
+    /// Seconds an offer lives unless renewed.
+    #[arg(long, default_value_t = 30)]
+    offer_ttl_secs: u64,
+    /// Seconds between offer renewals.
+    #[arg(long, default_value_t = 5)]
+    renew_secs: u64,
+    /// Seconds between voucher claims on the ledger.
+    #[arg(long, default_value_t = 10)]
+    claim_secs: u64,
+    #[command(flatten)]
+    net: NetArgs,
+    /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
+}
+
+/// Runs a provider until interrupted.
+pub fn run(args: ProviderArgs) -> anyhow::Result<()> {
+    let model = agora_model::load(&args.model, &agora_model::LoadOptions::default())
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => args
+            .model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
+    };
+    let key = crate::keys_cmd::load_key(&args.key)?;
+    let cfg = ProviderConfig {
+        chain_id: chain_id(&args.ledger)?,
+        ledger_url: args.ledger.clone(),
+        account_seed: key.seed(),
+        net: args.net.config()?,
+        model_name: name.clone(),
+        price_in: args.price_in,
+        price_out: args.price_out,
+        stake: args.stake,
+        capacity: args.capacity,
+        hardware: args
+            .hardware
+            .clone()
+            .unwrap_or_else(|| format!("cpu-{}", std::env::consts::ARCH)),
+        region: args.region.clone(),
+        offer_ttl: Duration::from_secs(args.offer_ttl_secs.max(1)),
+        renew_every: Duration::from_secs(args.renew_secs.max(1)),
+        claim_every: Duration::from_secs(args.claim_secs.max(1)),
+    };
+    tracing::info!(model = %model.id, %name, "model loaded");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let provider = Provider::start(&cfg, model).await?;
+        for addr in provider.node().listen_addrs().await? {
+            announce(&format!("p2p {addr}"));
+        }
+        announce(&format!("account {}", key.account()));
+        provider
+            .run(cfg, crate::shutdown::signal(args.stop_on_stdin_eof))
+            .await?;
+        anyhow::Ok(())
+    })
+}

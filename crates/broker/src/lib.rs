@@ -1,0 +1,658 @@
+//! The gateway's buyer. For each request it runs the reverse auction over the live offers it
+//! has heard on gossip, streams the answer from the winner over libp2p, fails over to the
+//! next provider if the stream dies or stalls (resuming from the tokens already delivered),
+//! checks each provider's signed receipt, and pays it with a cumulative voucher on a ledger
+//! channel. It implements the gateway's [`Backend`].
+
+pub mod channels;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agora_core::{AccountId, Amount, Hash32, Keypair};
+use agora_gateway::{
+    Backend, BackendError, Caller, FinishReason, Job, ModelInfo, Prompt, ReceiptRef, Started,
+    StreamEvent, Usage,
+};
+use agora_ledger::client::Client;
+use agora_market::{Bid, Candidate, OfferBook, SignedOffer};
+use agora_net::protocol::{
+    new_request_id, now_ms, read_frame, tokens_hash, write_frame, ErrorCode, Finish, Frame,
+    InferenceRequest, PromptSpec, RequestId, Sampling, SignedReceipt,
+};
+use agora_net::{
+    inference_protocol, offers_topic, GossipMessage, Multiaddr, NetConfig, Node, PeerId, Stream,
+};
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+
+pub use channels::{ChannelError, Channels};
+
+/// How the broker behaves.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// The ledger chain.
+    pub chain_id: u64,
+    /// The ledger node's URL.
+    pub ledger_url: String,
+    /// The network.
+    pub net: NetConfig,
+    /// Escrow added at least when a channel opens or is topped up, in base units.
+    pub min_deposit: Amount,
+    /// A stream with no frame for this long is abandoned for another provider.
+    pub stall_timeout: Duration,
+    /// How long to wait for a provider to accept.
+    pub accept_timeout: Duration,
+    /// Most providers tried for one answer.
+    pub max_attempts: usize,
+    /// How long to keep retrying while every provider is busy.
+    pub busy_wait: Duration,
+    /// Highest price per million prompt tokens the gateway pays (None: any).
+    pub max_price_in: Option<Amount>,
+    /// Highest price per million output tokens (None: any).
+    pub max_price_out: Option<Amount>,
+}
+
+impl BrokerConfig {
+    /// Defaults for `chain_id`, the ledger at `ledger_url`, and the network `net`.
+    pub fn new(chain_id: u64, ledger_url: &str, net: NetConfig) -> BrokerConfig {
+        BrokerConfig {
+            chain_id,
+            ledger_url: ledger_url.into(),
+            net,
+            min_deposit: Amount::new(1_000_000),
+            stall_timeout: Duration::from_secs(10),
+            accept_timeout: Duration::from_secs(30),
+            max_attempts: 4,
+            busy_wait: Duration::from_secs(120),
+            max_price_in: None,
+            max_price_out: None,
+        }
+    }
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The network failed.
+    #[error(transparent)]
+    Net(#[from] agora_net::NetError),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The running broker; clone the `Arc` freely.
+pub struct Broker {
+    cfg: BrokerConfig,
+    node: Node,
+    book: Arc<Mutex<OfferBook>>,
+    channels: Channels,
+}
+
+impl Broker {
+    /// Joins the network and starts listening for offers.
+    pub async fn start(cfg: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
+        let ledger =
+            Client::new(&cfg.ledger_url).map_err(|e| BrokerError::Config(e.to_string()))?;
+        let mut net = cfg.net.clone();
+        net.topics.push(offers_topic(cfg.chain_id));
+        let (node, gossip) = Node::start(net).await?;
+        let book = Arc::new(Mutex::new(OfferBook::new().with_chain(cfg.chain_id)));
+        tokio::spawn(ingest_offers(gossip, book.clone(), node.clone()));
+        let channels = Channels::new(cfg.chain_id, ledger, cfg.min_deposit);
+        Ok(Arc::new(Broker {
+            cfg,
+            node,
+            book,
+            channels,
+        }))
+    }
+
+    /// The network handle.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The payer's channels.
+    pub fn channels(&self) -> &Channels {
+        &self.channels
+    }
+
+    /// Runs `f` on the offer book.
+    pub fn with_book<T>(&self, f: impl FnOnce(&mut OfferBook) -> T) -> T {
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut book)
+    }
+
+    /// Live offers now.
+    pub fn live_offers(&self) -> usize {
+        let now = now_ms();
+        self.with_book(|b| b.models(now).iter().map(|m| m.providers).sum::<usize>())
+    }
+
+    fn candidates(&self, model: Hash32, exclude: &[AccountId], max_tokens: u32) -> Vec<Candidate> {
+        let bid = Bid {
+            model,
+            max_price_in: self.cfg.max_price_in,
+            max_price_out: self.cfg.max_price_out,
+            expected_prompt_tokens: 64,
+            expected_output_tokens: u64::from(max_tokens),
+            exclude: exclude.to_vec(),
+            hardware: None,
+            region: None,
+        };
+        let now = now_ms();
+        self.with_book(|b| b.auction(&bid, now, 8))
+    }
+
+    /// Serves one job to its end, sending events as they come. `first` gets the outcome of
+    /// the first acceptance (so HTTP can still answer with an error status).
+    async fn run_job(
+        self: Arc<Self>,
+        caller: Caller,
+        job: Job,
+        model: Hash32,
+        first: oneshot::Sender<Result<Started, BackendError>>,
+    ) {
+        let payer = Keypair::from_seed(caller.account_seed);
+        let request_id = new_request_id();
+        let seed = job.seed.unwrap_or_else(|| seed_for(&request_id));
+        let prompt = match &job.prompt {
+            Prompt::Text(t) => PromptSpec::Text(t.clone()),
+            Prompt::Chat(m) => PromptSpec::Chat(
+                m.iter()
+                    .map(|c| (c.role.clone(), c.content.clone()))
+                    .collect(),
+            ),
+        };
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let mut answer = Answer {
+            first: Some((first, events_rx)),
+            events: events_tx,
+            delivered: Vec::new(),
+            prompt_tokens: 0,
+            client_gone: false,
+        };
+        let mut receipts = Vec::new();
+        // Providers that failed this answer are not asked again; busy ones are, after a pause.
+        let mut failed: Vec<AccountId> = Vec::new();
+        let mut busy: Vec<AccountId> = Vec::new();
+        let mut last_error =
+            BackendError::NoCapacity(format!("no live provider serves model {}", job.model));
+        let busy_deadline = Instant::now() + self.cfg.busy_wait;
+        while failed.len() < self.cfg.max_attempts {
+            let exclude: Vec<AccountId> = failed.iter().chain(&busy).copied().collect();
+            let Some(cand) = self
+                .candidates(model, &exclude, job.max_tokens)
+                .into_iter()
+                .next()
+            else {
+                let now = now_ms();
+                let others_live = self.with_book(|b| {
+                    b.offers_for(&model)
+                        .any(|o| o.offer.expires_ms > now && !failed.contains(&o.offer.provider))
+                });
+                if others_live && Instant::now() < busy_deadline {
+                    busy.clear();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                break;
+            };
+            let provider = cand.provider();
+            let req = InferenceRequest {
+                chain_id: self.cfg.chain_id,
+                request_id,
+                payer: payer.account(),
+                channel: Hash32::default(),
+                provider,
+                model,
+                prompt: prompt.clone(),
+                resume: answer.delivered.clone(),
+                max_tokens: job.max_tokens,
+                stop: job.stop.clone(),
+                sampling: Sampling {
+                    temperature: job.temperature,
+                    top_p: job.top_p,
+                    seed,
+                },
+                price_in: cand.offer.offer.price_in,
+                price_out: cand.offer.offer.price_out,
+                issued_ms: now_ms(),
+            };
+            self.with_book(|b| b.begin_request(&provider));
+            let outcome = self.attempt(&payer, &cand.offer, req, &mut answer).await;
+            self.with_book(|b| b.end_request(&provider));
+            match outcome {
+                Outcome::Done { finish, receipt } => {
+                    self.with_book(|b| b.record_success(&provider));
+                    receipts.push(ReceiptRef {
+                        provider: provider.to_string(),
+                        receipt: receipt.hash().to_string(),
+                        completion_tokens: receipt.receipt.output_tokens,
+                        charged: agora_market::micros_to_amount(receipt.receipt.cost_micros)
+                            .to_string(),
+                    });
+                    let completion = answer.delivered.len() as u32;
+                    let prompt_tokens = answer.prompt_tokens;
+                    answer
+                        .emit(StreamEvent::Finished {
+                            finish_reason: match finish {
+                                Finish::Stop => FinishReason::Stop,
+                                Finish::Length => FinishReason::Length,
+                            },
+                            usage: Usage {
+                                prompt_tokens,
+                                completion_tokens: completion,
+                                total_tokens: prompt_tokens + completion,
+                            },
+                            receipts,
+                        })
+                        .await;
+                    return;
+                }
+                Outcome::Fatal(e) => {
+                    last_error = e;
+                    break;
+                }
+                Outcome::Busy(error) => {
+                    busy.push(provider);
+                    last_error = error;
+                }
+                Outcome::Failed(error) => {
+                    // Forget its offers until it announces again: a dead provider must not
+                    // keep winning auctions until its offer expires.
+                    self.with_book(|b| {
+                        b.record_failure(&provider);
+                        b.remove_provider(&provider);
+                    });
+                    tracing::warn!(
+                        %provider,
+                        delivered = answer.delivered.len(),
+                        "failing over: {error}"
+                    );
+                    failed.push(provider);
+                    last_error = error;
+                }
+            }
+        }
+        match answer.first.take() {
+            Some((first, _)) => {
+                let _ = first.send(Err(last_error));
+            }
+            None => {
+                let _ = answer.events.send(Err(last_error)).await;
+            }
+        }
+    }
+
+    /// One provider's part of an answer: reserve escrow, stream, check the receipt, pay.
+    async fn attempt(
+        &self,
+        payer: &Keypair,
+        offer: &SignedOffer,
+        mut req: InferenceRequest,
+        answer: &mut Answer,
+    ) -> Outcome {
+        let provider = offer.offer.provider;
+        let Ok(peer) = PeerId::from_bytes(&offer.offer.peer_id) else {
+            return Outcome::Failed(BackendError::Upstream(
+                "offer has an unreadable peer id".into(),
+            ));
+        };
+        // The most this answer could cost, reserved in escrow before asking.
+        let new_tokens = u64::from(req.max_tokens).saturating_sub(req.resume.len() as u64);
+        let prompt_bound = u64::from(offer.offer.context_len);
+        let Some(most) =
+            agora_market::cost_micros(req.price_in, req.price_out, prompt_bound, new_tokens)
+        else {
+            return Outcome::Fatal(BackendError::InvalidRequest {
+                message: "the request's cost overflows".into(),
+                param: Some("max_tokens".into()),
+            });
+        };
+        let need = agora_market::micros_to_amount(most.saturating_add(999_999));
+        let reservation = match self.channels.reserve(payer, provider, need).await {
+            Ok(r) => r,
+            Err(ChannelError::Insufficient { balance, need }) => {
+                return Outcome::Fatal(BackendError::InsufficientCredit(format!(
+                    "You exceeded your current quota: the balance is {balance} and this request may cost up to {need}."
+                )))
+            }
+            Err(ChannelError::NoAccount(a)) => {
+                return Outcome::Fatal(BackendError::InsufficientCredit(format!(
+                    "The account {a} behind this key has no funds."
+                )))
+            }
+            Err(e) => return Outcome::Fatal(BackendError::Internal(e.to_string())),
+        };
+        req.channel = reservation.channel;
+        for addr in &offer.offer.addrs {
+            if let Ok(a) = addr.parse::<Multiaddr>() {
+                let _ = self.node.add_address(peer, a).await;
+            }
+        }
+        let request_id = hex::encode(req.request_id);
+        let result = self.stream_answer(payer, peer, &req, answer).await;
+        let cost = match &result {
+            Ok((_, receipt, _)) => receipt.receipt.cost_micros,
+            Err(_) => 0,
+        };
+        // A provider that did not finish is not paid: without its receipt nothing proves
+        // what it served, and the next provider charges for the rest.
+        let voucher = self
+            .channels
+            .settle(payer, provider, reservation, cost)
+            .await;
+        let (finish, receipt, mut stream) = match result {
+            Ok(done) => done,
+            Err(outcome) => return outcome,
+        };
+        if let Some(v) = voucher {
+            if let Err(e) = write_frame(&mut stream, &v).await {
+                tracing::warn!(%provider, "voucher not delivered: {e}");
+            }
+        }
+        let _ = futures::AsyncWriteExt::close(&mut stream).await;
+        tracing::info!(
+            request = %request_id,
+            %provider,
+            tokens = receipt.receipt.output_tokens,
+            cost_micros = cost,
+            "answer complete"
+        );
+        Outcome::Done {
+            finish,
+            receipt: Box::new(receipt),
+        }
+    }
+
+    /// Opens the stream, sends the request and relays frames until the answer ends.
+    async fn stream_answer(
+        &self,
+        payer: &Keypair,
+        peer: PeerId,
+        req: &InferenceRequest,
+        answer: &mut Answer,
+    ) -> Result<(Finish, SignedReceipt, Stream), Outcome> {
+        let provider = req.provider;
+        let failed = |m: String| Outcome::Failed(BackendError::Upstream(m));
+        let started = Instant::now();
+        let mut control = self.node.control();
+        let open = tokio::time::timeout(
+            self.cfg.accept_timeout,
+            control.open_stream(peer, inference_protocol()),
+        )
+        .await;
+        let mut stream = match open {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(failed(format!("cannot reach provider {provider}: {e}"))),
+            Err(_) => return Err(failed(format!("provider {provider} did not answer"))),
+        };
+        let signed = req.clone().sign(payer);
+        if let Err(e) = write_frame(&mut stream, &signed).await {
+            return Err(failed(format!("sending to provider {provider}: {e}")));
+        }
+        let resumed = req.resume.len();
+        let mut accepted = false;
+        loop {
+            let wait = if accepted {
+                self.cfg.stall_timeout
+            } else {
+                self.cfg.accept_timeout
+            };
+            let frame: Frame = match tokio::time::timeout(wait, read_frame(&mut stream)).await {
+                Err(_) => return Err(failed(format!("provider {provider} stalled"))),
+                Ok(Ok(Some(f))) => f,
+                Ok(Ok(None)) => {
+                    return Err(failed(format!("provider {provider} closed the stream")))
+                }
+                Ok(Err(e)) => return Err(failed(format!("provider {provider}: {e}"))),
+            };
+            match frame {
+                Frame::Accepted { prompt_tokens } => {
+                    if accepted {
+                        return Err(failed(format!("provider {provider} accepted twice")));
+                    }
+                    accepted = true;
+                    answer.accepted(prompt_tokens, &req.request_id);
+                }
+                Frame::Token { index, token, text } => {
+                    if !accepted || index as usize != answer.delivered.len() {
+                        return Err(failed(format!(
+                            "provider {provider} sent token {index} out of order"
+                        )));
+                    }
+                    if answer.delivered.len() == resumed {
+                        let ms = started.elapsed().as_secs_f64() * 1e3;
+                        self.with_book(|b| b.record_latency(&provider, ms));
+                    }
+                    answer.delivered.push(token);
+                    answer.emit(StreamEvent::Text(text)).await;
+                }
+                Frame::Done {
+                    finish,
+                    tail,
+                    receipt,
+                } => {
+                    if let Err(m) =
+                        check_receipt(&receipt, req, &answer.delivered, answer.prompt_tokens)
+                    {
+                        return Err(failed(format!(
+                            "provider {provider} sent a bad receipt: {m}"
+                        )));
+                    }
+                    answer.emit(StreamEvent::Text(tail)).await;
+                    return Ok((finish, *receipt, stream));
+                }
+                Frame::Error { code, message } => {
+                    return Err(match code {
+                        ErrorCode::ContextLength => {
+                            Outcome::Fatal(BackendError::ContextLengthExceeded(message))
+                        }
+                        ErrorCode::BadRequest if !accepted && answer.first.is_some() => {
+                            Outcome::Fatal(BackendError::InvalidRequest {
+                                message,
+                                param: None,
+                            })
+                        }
+                        ErrorCode::Busy => Outcome::Busy(BackendError::NoCapacity(message)),
+                        _ => failed(format!("provider {provider} refused: {message} ({code:?})")),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// What the client's stream carries.
+type Event = Result<StreamEvent, BackendError>;
+/// Where the first acceptance (or the error before it) is reported.
+type FirstReply = oneshot::Sender<Result<Started, BackendError>>;
+
+/// The state of one answer across the providers that serve it.
+struct Answer {
+    /// Until the first provider accepts: where to report that, and the event receiver to
+    /// hand over with it.
+    first: Option<(FirstReply, mpsc::Receiver<Event>)>,
+    events: mpsc::Sender<Event>,
+    /// Output tokens the client has been sent.
+    delivered: Vec<u32>,
+    prompt_tokens: u32,
+    /// The client went away; the answer still runs to its receipt so the provider is paid
+    /// for what it served.
+    client_gone: bool,
+}
+
+impl Answer {
+    fn accepted(&mut self, prompt_tokens: u32, request_id: &RequestId) {
+        if let Some((tx, rx)) = self.first.take() {
+            self.prompt_tokens = prompt_tokens;
+            let _ = tx.send(Ok(Started {
+                request_id: hex::encode(request_id),
+                model: String::new(),
+                prompt_tokens,
+                events: rx,
+            }));
+        }
+    }
+
+    async fn emit(&mut self, event: StreamEvent) {
+        if matches!(&event, StreamEvent::Text(t) if t.is_empty()) || self.client_gone {
+            return;
+        }
+        if self.events.send(Ok(event)).await.is_err() {
+            self.client_gone = true;
+        }
+    }
+}
+
+/// How one provider's part of an answer ended.
+enum Outcome {
+    /// Complete, with a valid receipt; paid.
+    Done {
+        finish: Finish,
+        receipt: Box<SignedReceipt>,
+    },
+    /// The request itself is at fault; no other provider will do better.
+    Fatal(BackendError),
+    /// The provider is busy; ask another or wait.
+    Busy(BackendError),
+    /// The provider failed (unreachable, died, stalled, refused, or lied); go on elsewhere.
+    Failed(BackendError),
+}
+
+/// Checks a provider's receipt against what was asked and what arrived.
+fn check_receipt(
+    receipt: &SignedReceipt,
+    req: &InferenceRequest,
+    delivered: &[u32],
+    prompt_tokens: u32,
+) -> Result<(), &'static str> {
+    receipt.verify().map_err(|_| "signature")?;
+    let r = &receipt.receipt;
+    if r.provider != req.provider || r.payer != req.payer || r.request_id != req.request_id {
+        return Err("another request or provider");
+    }
+    if r.model != req.model || r.seed != req.sampling.seed {
+        return Err("model or seed differs");
+    }
+    if r.price_in != req.price_in || r.price_out != req.price_out {
+        return Err("prices differ");
+    }
+    let new = delivered.len().saturating_sub(req.resume.len());
+    if r.resumed_tokens as usize != req.resume.len() || r.output_tokens as usize != new {
+        return Err("token counts differ from the tokens streamed");
+    }
+    if r.output_hash != tokens_hash(delivered) {
+        return Err("output hash differs from the tokens streamed");
+    }
+    if req.resume.is_empty() && r.prompt_tokens != prompt_tokens {
+        return Err("prompt token count differs");
+    }
+    let expected = agora_market::cost_micros(
+        r.price_in,
+        r.price_out,
+        u64::from(r.prompt_tokens),
+        u64::from(r.output_tokens),
+    );
+    if expected != Some(r.cost_micros) {
+        return Err("cost differs from tokens times prices");
+    }
+    Ok(())
+}
+
+/// A seed for a request that gave none: a hash of the request id.
+fn seed_for(request_id: &RequestId) -> u64 {
+    let h = blake3::hash(request_id);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+async fn ingest_offers(
+    mut gossip: mpsc::Receiver<GossipMessage>,
+    book: Arc<Mutex<OfferBook>>,
+    node: Node,
+) {
+    let mut last_prune = Instant::now();
+    while let Some(msg) = gossip.recv().await {
+        let offer = match SignedOffer::from_bytes(&msg.data) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(source = ?msg.source, "unreadable offer: {e}");
+                continue;
+            }
+        };
+        let now = now_ms();
+        let peer = PeerId::from_bytes(&offer.offer.peer_id).ok();
+        let addrs: Vec<Multiaddr> = offer
+            .offer
+            .addrs
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let provider = offer.offer.provider;
+        let result = {
+            let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+            if last_prune.elapsed() > Duration::from_secs(5) {
+                b.prune(now);
+                last_prune = Instant::now();
+            }
+            b.insert(offer, now)
+        };
+        match result {
+            Ok(()) => {
+                if let Some(peer) = peer {
+                    for a in addrs {
+                        let _ = node.add_address(peer, a).await;
+                    }
+                }
+                tracing::debug!(%provider, "offer");
+            }
+            Err(e) => tracing::debug!(%provider, "offer refused: {e}"),
+        }
+    }
+}
+
+/// The broker as the gateway's backend.
+#[derive(Clone)]
+pub struct BrokerBackend(pub Arc<Broker>);
+
+impl Backend for BrokerBackend {
+    fn models(&self) -> Vec<ModelInfo> {
+        let now = now_ms();
+        self.0.with_book(|b| {
+            b.models(now)
+                .into_iter()
+                .map(|m| ModelInfo {
+                    id: m.model_name.clone(),
+                    model_id: m.model.to_string(),
+                    created: 0,
+                    owned_by: "agora".into(),
+                    context_length: m.context_len,
+                    providers: m.providers,
+                })
+                .collect()
+        })
+    }
+
+    fn start(&self, caller: Caller, job: Job) -> BoxFuture<'static, Result<Started, BackendError>> {
+        let broker = self.0.clone();
+        Box::pin(async move {
+            let now = now_ms();
+            let model = broker
+                .with_book(|b| b.resolve(&job.model, now))
+                .ok_or_else(|| BackendError::UnknownModel(job.model.clone()))?;
+            let name = job.model.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(broker.run_job(caller, job, model, tx));
+            let mut started = rx
+                .await
+                .map_err(|_| BackendError::Internal("the job ended without an answer".into()))??;
+            started.model = name;
+            Ok(started)
+        })
+    }
+}

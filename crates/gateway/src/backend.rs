@@ -1,0 +1,201 @@
+//! What the gateway needs from the network behind it.
+//!
+//! The HTTP layer only speaks the OpenAI dialect; everything about finding a provider, paying
+//! it and failing over lives behind [`Backend`] (implemented by `agora-broker`). Keeping the
+//! boundary this small lets the HTTP face be tested against a fake network.
+
+use agora_core::AccountId;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A model the network can serve, as `GET /v1/models` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// The name clients put in `model` (e.g. `llama-3.2-1b-instruct`).
+    pub id: String,
+    /// The content-addressed `ModelId`, hex.
+    pub model_id: String,
+    /// Unix seconds when the model was registered.
+    pub created: u64,
+    /// Who published it.
+    pub owned_by: String,
+    /// The longest prompt plus completion, in tokens.
+    pub context_length: u32,
+    /// How many providers offer it right now.
+    pub providers: usize,
+}
+
+/// One chat turn, after the gateway flattened content parts to text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant` (the gateway maps `developer` to `system`).
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// What to continue: a chat (the provider applies the model's template) or raw text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// `/v1/chat/completions`.
+    Chat(Vec<ChatMessage>),
+    /// `/v1/completions`.
+    Text(String),
+}
+
+/// One generation job, validated by the gateway.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The model name as the client gave it.
+    pub model: String,
+    /// The prompt.
+    pub prompt: Prompt,
+    /// The most tokens to generate (at least 1, at most the gateway's cap).
+    pub max_tokens: u32,
+    /// Sampling temperature in `0..=2`; 0 is greedy.
+    pub temperature: f32,
+    /// Nucleus mass in `(0, 1]`.
+    pub top_p: f32,
+    /// The client's sampling seed; `None` lets the network derive one.
+    pub seed: Option<u64>,
+    /// Up to four stop strings, none empty.
+    pub stop: Vec<String>,
+}
+
+/// Who is asking: the API key's id and the ledger account that pays (custodial: the gateway
+/// holds its key seed).
+#[derive(Clone)]
+pub struct Caller {
+    /// The API key's id (`key_...`), for logs and accounting.
+    pub key_id: String,
+    /// The ledger account that pays for this key's requests.
+    pub account: AccountId,
+    /// The ed25519 seed of `account`, so the broker can sign payment vouchers.
+    pub account_seed: [u8; 32],
+}
+
+impl fmt::Debug for Caller {
+    /// Never prints the seed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller")
+            .field("key_id", &self.key_id)
+            .field("account", &self.account)
+            .field("account_seed", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why generation ended, as OpenAI names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End of sequence or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// Token counts, as OpenAI reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Tokens in the prompt (after the chat template).
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// The sum.
+    pub total_tokens: u32,
+}
+
+/// One signed receipt behind an answer (an answer that failed over has several).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReceiptRef {
+    /// The provider's account, hex.
+    pub provider: String,
+    /// The receipt hash, hex; anyone can look it up and check it.
+    pub receipt: String,
+    /// Tokens this provider generated.
+    pub completion_tokens: u32,
+    /// What the caller paid this provider, in base units, as a decimal string (it is a u128).
+    pub charged: String,
+}
+
+/// What a running job reports, in order: text pieces, then exactly one `Finished`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// More output text (may be empty; the gateway skips empty pieces).
+    Text(String),
+    /// The job is done; nothing follows.
+    Finished {
+        /// Why it ended.
+        finish_reason: FinishReason,
+        /// Token counts over the whole answer.
+        usage: Usage,
+        /// The receipts that cover it.
+        receipts: Vec<ReceiptRef>,
+    },
+}
+
+/// A job a provider accepted.
+pub struct Started {
+    /// The network's request id (the response id is `chatcmpl-<request_id>`).
+    pub request_id: String,
+    /// The model name to echo back.
+    pub model: String,
+    /// Prompt tokens, known once the prompt is tokenized.
+    pub prompt_tokens: u32,
+    /// The job's events; dropping this cancels the job.
+    pub events: tokio::sync::mpsc::Receiver<Result<StreamEvent, BackendError>>,
+}
+
+impl fmt::Debug for Started {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Started")
+            .field("request_id", &self.request_id)
+            .field("model", &self.model)
+            .field("prompt_tokens", &self.prompt_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the network could not serve a job; each maps to one HTTP status and OpenAI error type
+/// (see `docs/gateway.md`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// No such model name: 404 `model_not_found`.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    UnknownModel(String),
+    /// The job is invalid for this model: 400.
+    #[error("{message}")]
+    InvalidRequest {
+        /// What is wrong.
+        message: String,
+        /// The request field at fault, if one.
+        param: Option<String>,
+    },
+    /// Prompt plus `max_tokens` exceed the model's context: 400 `context_length_exceeded`.
+    #[error("{0}")]
+    ContextLengthExceeded(String),
+    /// The paying account cannot cover the job: 429 `insufficient_quota`, as OpenAI does.
+    #[error("{0}")]
+    InsufficientCredit(String),
+    /// No provider can take the job now: 503 `no_capacity` (clients retry).
+    #[error("{0}")]
+    NoCapacity(String),
+    /// The providers failed and failover ran out: 502.
+    #[error("{0}")]
+    Upstream(String),
+    /// A bug or local failure in the gateway or broker: 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The network, as the gateway sees it.
+pub trait Backend: Send + Sync + 'static {
+    /// The models currently served (at least one live offer).
+    fn models(&self) -> Vec<ModelInfo>;
+
+    /// Starts a job; resolves once the first provider accepted it (so errors before any
+    /// token get a proper HTTP status even when streaming). Dropping `events` cancels the job.
+    fn start(&self, caller: Caller, job: Job) -> BoxFuture<'static, Result<Started, BackendError>>;
+}

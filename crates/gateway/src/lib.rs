@@ -1,0 +1,23 @@
+//! Agora's OpenAI-compatible HTTP face and its API-key store.
+//!
+//! App developers point any OpenAI client at the gateway with an API key and get chat and
+//! text completions, whole or streamed, from open models served by independent providers; no
+//! wallet. Each key pays from its own custodial ledger account. The network itself (finding
+//! providers, paying them, failing over) sits behind [`Backend`], implemented by
+//! `agora-broker`, so this crate is only HTTP, validation, keys and error shapes.
+//!
+//! - [`router`] / [`serve`]: the routes (`/v1/models`, `/v1/chat/completions`,
+//!   `/v1/completions`, `/health`); see `docs/gateway.md`.
+//! - [`KeyStore`]: API keys hashed with BLAKE3 in a redb file.
+//! - [`Backend`]: what the gateway needs from the network.
+
+pub mod backend;
+pub mod http;
+pub mod keys;
+
+pub use backend::{
+    Backend, BackendError, Caller, ChatMessage, FinishReason, Job, ModelInfo, Prompt, ReceiptRef,
+    Started, StreamEvent, Usage,
+};
+pub use http::{router, serve, Limits};
+pub use keys::{KeyError, KeyRecord, KeyStore, SECRET_PREFIX};

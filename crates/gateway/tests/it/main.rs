@@ -1,0 +1,12 @@
+//! Integration tests: the real router over real HTTP, with a fake network behind it.
+
+// Tests and their helpers may unwrap: failing loudly is the point.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+mod chat;
+mod completions;
+mod errors;
+mod keys;
+mod robustness;

@@ -1,0 +1,463 @@
+//! The signed wire protocol between a gateway (the payer's broker) and a provider.
+//!
+//! One inference is one libp2p stream on [`INFERENCE_PROTOCOL`]:
+//!
+//! 1. broker -> provider: a [`SignedRequest`], signed by the payer's ledger key;
+//! 2. provider -> broker: [`Frame::Accepted`], then [`Frame::Token`]s, then [`Frame::Done`]
+//!    carrying the provider's [`SignedReceipt`] (or [`Frame::Error`] at any point);
+//! 3. broker -> provider: a [`SignedVoucher`] paying for the answer, cumulative per channel.
+//!
+//! Frames are a 4-byte big-endian length then Borsh bytes, at most [`MAX_FRAME_BYTES`].
+//! Requests are replay-protected by a random request id, the intended provider, and an issue
+//! time the provider only accepts within [`REQUEST_WINDOW_MS`].
+
+use agora_core::{codec, AccountId, Amount, Hash32, Keypair, Signature};
+use agora_ledger::Voucher;
+use borsh::{BorshDeserialize, BorshSerialize};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use serde::{Deserialize, Serialize};
+
+/// The stream protocol for one inference.
+pub const INFERENCE_PROTOCOL: &str = "/agora/infer/1";
+/// Domain of the payer's signature over an [`InferenceRequest`].
+pub const REQUEST_DOMAIN: &[u8] = b"agora/net/request/v1";
+/// Domain of the provider's signature over a [`Receipt`].
+pub const RECEIPT_DOMAIN: &[u8] = b"agora/net/receipt/v1";
+const RECEIPT_HASH_DOMAIN: &[u8] = b"agora/net/receipt-hash/v1";
+const TOKENS_DOMAIN: &[u8] = b"agora/net/tokens/v1";
+/// The largest frame either side accepts.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// How far a request's issue time may be from the provider's clock.
+pub const REQUEST_WINDOW_MS: u64 = 60_000;
+/// Most stop sequences in a request.
+pub const MAX_STOP: usize = 4;
+/// Most chat messages in a request.
+pub const MAX_MESSAGES: usize = 256;
+
+/// A 16-byte random request id.
+pub type RequestId = [u8; 16];
+
+/// What to complete: chat messages (the provider applies the model's chat template) or text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub enum PromptSpec {
+    /// (role, content) pairs.
+    Chat(Vec<(String, String)>),
+    /// Raw text.
+    Text(String),
+}
+
+impl PromptSpec {
+    /// Bytes of text the prompt carries, for size limits.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            PromptSpec::Chat(m) => m.iter().map(|(r, c)| r.len() + c.len()).sum(),
+            PromptSpec::Text(t) => t.len(),
+        }
+    }
+}
+
+/// How to sample. Floats travel as their bits, so the signature covers exactly them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Sampling {
+    /// Softmax temperature; 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus mass in (0, 1].
+    pub top_p: f32,
+    /// The seed of the sampler's pseudo-random draws.
+    pub seed: u64,
+}
+
+/// A payer's request to one provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct InferenceRequest {
+    /// The ledger chain both sides settle on.
+    pub chain_id: u64,
+    /// Random per request; the provider refuses one it has seen.
+    pub request_id: RequestId,
+    /// Who pays, and signs this request.
+    pub payer: AccountId,
+    /// The payment channel from `payer` to `provider` on the ledger.
+    pub channel: Hash32,
+    /// The provider this request is for (a request cannot be replayed to another).
+    pub provider: AccountId,
+    /// The ModelId to run.
+    pub model: Hash32,
+    /// The prompt.
+    pub prompt: PromptSpec,
+    /// Output tokens already delivered by a provider that failed: they are prefilled after
+    /// the prompt and generation continues from there with the same seed.
+    pub resume: Vec<u32>,
+    /// Most output tokens in total, `resume` included.
+    pub max_tokens: u32,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+    /// The sampler's settings.
+    pub sampling: Sampling,
+    /// Agreed price per million prompt tokens (from the offer).
+    pub price_in: Amount,
+    /// Agreed price per million output tokens.
+    pub price_out: Amount,
+    /// Unix ms when the payer issued it.
+    pub issued_ms: u64,
+}
+
+/// A request with the payer's signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct SignedRequest {
+    /// The request.
+    pub request: InferenceRequest,
+    /// The payer's signature over `REQUEST_DOMAIN || encode(request)`.
+    pub sig: Signature,
+}
+
+impl InferenceRequest {
+    /// The payer signs.
+    pub fn sign(self, payer: &Keypair) -> SignedRequest {
+        let sig = payer.sign(REQUEST_DOMAIN, &self);
+        SignedRequest { request: self, sig }
+    }
+}
+
+impl SignedRequest {
+    /// Checks the signature and the request's shape (not the clock, the channel or the price).
+    pub fn verify(&self) -> Result<(), ProtocolError> {
+        let r = &self.request;
+        r.payer
+            .verify(REQUEST_DOMAIN, r, &self.sig)
+            .map_err(|_| ProtocolError::BadSignature("request"))?;
+        if r.stop.len() > MAX_STOP || r.stop.iter().any(|s| s.len() > 64) {
+            return Err(ProtocolError::Malformed(
+                "too many or too long stop sequences",
+            ));
+        }
+        if let PromptSpec::Chat(m) = &r.prompt {
+            if m.is_empty() || m.len() > MAX_MESSAGES {
+                return Err(ProtocolError::Malformed("chat needs 1 to 256 messages"));
+            }
+        }
+        if !(r.sampling.temperature.is_finite() && (0.0..=2.0).contains(&r.sampling.temperature)) {
+            return Err(ProtocolError::Malformed("temperature must be in [0, 2]"));
+        }
+        if !(r.sampling.top_p > 0.0 && r.sampling.top_p <= 1.0) {
+            return Err(ProtocolError::Malformed("top_p must be in (0, 1]"));
+        }
+        if r.resume.len() as u64 >= u64::from(r.max_tokens) {
+            return Err(ProtocolError::Malformed(
+                "resume must be shorter than max_tokens",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why an answer ended.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
+)]
+pub enum Finish {
+    /// End of sequence or a stop string.
+    Stop,
+    /// The token limit or the context.
+    Length,
+}
+
+/// What a provider signs for every answer. A verifier can re-run the answer from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Receipt {
+    /// The chain.
+    pub chain_id: u64,
+    /// The request it answers.
+    pub request_id: RequestId,
+    /// The provider, who signs.
+    pub provider: AccountId,
+    /// Who pays.
+    pub payer: AccountId,
+    /// The model that ran.
+    pub model: Hash32,
+    /// Hash of the prompt's token ids (after the chat template).
+    pub prompt_hash: Hash32,
+    /// Hash of the resumed tokens followed by the output token ids.
+    pub output_hash: Hash32,
+    /// Prompt tokens charged.
+    pub prompt_tokens: u32,
+    /// Tokens resumed from an earlier provider (prefilled, not charged as output).
+    pub resumed_tokens: u32,
+    /// New output tokens charged.
+    pub output_tokens: u32,
+    /// The sampler seed.
+    pub seed: u64,
+    /// Price per million prompt tokens.
+    pub price_in: Amount,
+    /// Price per million output tokens.
+    pub price_out: Amount,
+    /// What the answer costs, in millionths of a base unit.
+    pub cost_micros: u128,
+    /// Unix ms when the request was accepted.
+    pub started_ms: u64,
+    /// Unix ms when the last token was sent.
+    pub finished_ms: u64,
+}
+
+impl Receipt {
+    /// The provider signs.
+    pub fn sign(self, provider: &Keypair) -> SignedReceipt {
+        let sig = provider.sign(RECEIPT_DOMAIN, &self);
+        SignedReceipt { receipt: self, sig }
+    }
+}
+
+/// A receipt with the provider's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct SignedReceipt {
+    /// The receipt.
+    pub receipt: Receipt,
+    /// The provider's signature.
+    pub sig: Signature,
+}
+
+impl SignedReceipt {
+    /// Checks the provider's signature.
+    pub fn verify(&self) -> Result<(), ProtocolError> {
+        self.receipt
+            .provider
+            .verify(RECEIPT_DOMAIN, &self.receipt, &self.sig)
+            .map_err(|_| ProtocolError::BadSignature("receipt"))
+    }
+
+    /// The receipt's hash: a leaf of the provider's epoch receipt root.
+    pub fn hash(&self) -> Hash32 {
+        codec::hash(RECEIPT_HASH_DOMAIN, self)
+    }
+}
+
+/// The hash of a token id sequence, as receipts commit to it.
+pub fn tokens_hash(tokens: &[u32]) -> Hash32 {
+    codec::hash(TOKENS_DOMAIN, tokens)
+}
+
+/// Why a provider refused or stopped.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
+)]
+pub enum ErrorCode {
+    /// The request is malformed, unsigned or replayed.
+    BadRequest,
+    /// The prompt does not fit the model's context.
+    ContextLength,
+    /// This provider does not serve that model.
+    UnknownModel,
+    /// The agreed price is under the provider's current price.
+    Price,
+    /// The channel is unknown, not this provider's, or lacks funds for the request.
+    Payment,
+    /// The queue is full; try another provider.
+    Busy,
+    /// The model failed.
+    Internal,
+}
+
+/// What a provider sends on an inference stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub enum Frame {
+    /// The request is accepted; the prompt has this many tokens.
+    Accepted {
+        /// Prompt tokens after the chat template.
+        prompt_tokens: u32,
+    },
+    /// One output token and the text it settled (may be empty).
+    Token {
+        /// Index in the output, `resume` included.
+        index: u32,
+        /// Token id.
+        token: u32,
+        /// Newly settled text.
+        text: String,
+    },
+    /// The answer is complete.
+    Done {
+        /// Why it ended.
+        finish: Finish,
+        /// Text held back until the end (an incomplete character), if any.
+        tail: String,
+        /// The signed receipt (boxed: it dwarfs the other frames).
+        receipt: Box<SignedReceipt>,
+    },
+    /// The request failed.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// A sentence for the log.
+        message: String,
+    },
+}
+
+/// The payer's cumulative voucher for a channel, sent after each answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct SignedVoucher {
+    /// The voucher.
+    pub voucher: Voucher,
+    /// Who signed it (the channel's payer).
+    pub payer: AccountId,
+    /// The payer's signature.
+    pub sig: Signature,
+}
+
+impl SignedVoucher {
+    /// The payer signs `voucher`.
+    pub fn new(voucher: Voucher, payer: &Keypair) -> SignedVoucher {
+        let sig = voucher.sign(payer);
+        SignedVoucher {
+            voucher,
+            payer: payer.account(),
+            sig,
+        }
+    }
+
+    /// Checks the payer's signature.
+    pub fn verify(&self) -> Result<(), ProtocolError> {
+        self.payer
+            .verify(agora_ledger::tx::VOUCHER_DOMAIN, &self.voucher, &self.sig)
+            .map_err(|_| ProtocolError::BadSignature("voucher"))
+    }
+}
+
+/// A protocol failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The stream failed or closed.
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame over the size limit.
+    #[error("frame of {0} bytes is over the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// Bytes that do not decode.
+    #[error("undecodable frame: {0}")]
+    Decode(String),
+    /// A signature that does not verify.
+    #[error("bad {0} signature")]
+    BadSignature(&'static str),
+    /// A message of the wrong shape.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+}
+
+/// Writes one length-prefixed Borsh frame.
+pub async fn write_frame<W, T>(w: &mut W, value: &T) -> Result<(), ProtocolError>
+where
+    W: AsyncWrite + Unpin,
+    T: BorshSerialize,
+{
+    let bytes = codec::encode(value);
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(ProtocolError::TooLarge(bytes.len()));
+    }
+    let mut buf = Vec::with_capacity(4 + bytes.len());
+    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&bytes);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, ProtocolError>
+where
+    R: AsyncRead + Unpin,
+    T: BorshDeserialize,
+{
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(ProtocolError::TooLarge(len));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    T::try_from_slice(&buf)
+        .map(Some)
+        .map_err(|e| ProtocolError::Decode(e.to_string()))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A fresh random request id.
+pub fn new_request_id() -> RequestId {
+    let mut id = [0u8; 16];
+    if getrandom::fill(&mut id).is_err() {
+        // No OS randomness: fall back to the clock and a counter, still unique per process.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        id[..8].copy_from_slice(&now_ms().to_le_bytes());
+        id[8..].copy_from_slice(&n.to_le_bytes());
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(payer: &Keypair) -> InferenceRequest {
+        InferenceRequest {
+            chain_id: 1,
+            request_id: [7; 16],
+            payer: payer.account(),
+            channel: Hash32::of(b"c"),
+            provider: Keypair::from_seed([2; 32]).account(),
+            model: Hash32::of(b"m"),
+            prompt: PromptSpec::Text("hi".into()),
+            resume: vec![],
+            max_tokens: 8,
+            stop: vec![],
+            sampling: Sampling {
+                temperature: 1.0,
+                top_p: 1.0,
+                seed: 3,
+            },
+            price_in: Amount::new(10),
+            price_out: Amount::new(20),
+            issued_ms: 5,
+        }
+    }
+
+    #[test]
+    fn tampered_request_is_refused() {
+        let payer = Keypair::from_seed([1; 32]);
+        let mut signed = request(&payer).sign(&payer);
+        assert!(signed.verify().is_ok());
+        signed.request.price_out = Amount::new(1);
+        assert!(matches!(
+            signed.verify(),
+            Err(ProtocolError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn frames_round_trip_and_oversized_lengths_are_refused() {
+        futures::executor::block_on(async {
+            let payer = Keypair::from_seed([1; 32]);
+            let signed = request(&payer).sign(&payer);
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &signed).await.unwrap();
+            let back: SignedRequest = read_frame(&mut buf.as_slice()).await.unwrap().unwrap();
+            assert_eq!(back, signed);
+            let huge = ((MAX_FRAME_BYTES + 1) as u32).to_be_bytes();
+            let r: Result<Option<Frame>, _> = read_frame(&mut huge.as_slice()).await;
+            assert!(matches!(r, Err(ProtocolError::TooLarge(_))));
+            let garbage = [0, 0, 0, 3, 9, 9, 9];
+            let r: Result<Option<Frame>, _> = read_frame(&mut garbage.as_slice()).await;
+            assert!(matches!(r, Err(ProtocolError::Decode(_))));
+            let r: Option<Frame> = read_frame(&mut [].as_slice()).await.unwrap();
+            assert!(r.is_none());
+        });
+    }
+}

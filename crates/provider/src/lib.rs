@@ -1,0 +1,260 @@
+//! An Agora provider: joins the network, announces signed offers for its model, serves
+//! inference streams from one model thread, signs a receipt for every answer, and claims the
+//! vouchers that pay for them on the ledger.
+
+pub mod payments;
+pub mod serve;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_core::{Amount, Hash32, Keypair};
+use agora_ledger::client::Client;
+use agora_ledger::{Tx, TxBody};
+use agora_market::{Offer, MAX_OFFER_TTL_MS};
+use agora_model::LoadedModel;
+use agora_net::protocol::now_ms;
+use agora_net::{inference_protocol, offers_topic, NetConfig, Node};
+use futures::StreamExt;
+
+pub use payments::Payments;
+pub use serve::Service;
+pub use worker::Worker;
+
+/// How a provider runs.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The ledger chain.
+    pub chain_id: u64,
+    /// The ledger node's URL.
+    pub ledger_url: String,
+    /// The provider's ledger key seed.
+    pub account_seed: [u8; 32],
+    /// The network.
+    pub net: NetConfig,
+    /// The name clients ask for.
+    pub model_name: String,
+    /// Price per million prompt tokens, in base units.
+    pub price_in: Amount,
+    /// Price per million output tokens, in base units.
+    pub price_out: Amount,
+    /// Stake to hold bonded (topped up at start if short).
+    pub stake: Amount,
+    /// Requests that may wait for the model thread.
+    pub capacity: u32,
+    /// Hardware class announced.
+    pub hardware: String,
+    /// Region announced.
+    pub region: String,
+    /// How long each offer lives.
+    pub offer_ttl: Duration,
+    /// How often offers are renewed.
+    pub renew_every: Duration,
+    /// How often vouchers are claimed.
+    pub claim_every: Duration,
+}
+
+/// Why the provider stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The network failed.
+    #[error(transparent)]
+    Net(#[from] agora_net::NetError),
+    /// The ledger refused or could not be reached.
+    #[error("ledger: {0}")]
+    Ledger(String),
+    /// The model thread could not start.
+    #[error("model thread: {0}")]
+    Worker(#[from] std::io::Error),
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running provider.
+pub struct Provider {
+    node: Node,
+    service: Arc<Service>,
+}
+
+impl Provider {
+    /// Starts the network and the model thread and bonds the stake. Nothing is served until
+    /// [`Provider::run`].
+    pub async fn start(
+        cfg: &ProviderConfig,
+        model: LoadedModel,
+    ) -> Result<Provider, ProviderError> {
+        let key = Keypair::from_seed(cfg.account_seed);
+        let ledger =
+            Client::new(&cfg.ledger_url).map_err(|e| ProviderError::Config(e.to_string()))?;
+        bond_stake(&ledger, cfg.chain_id, &key, cfg.stake).await?;
+        let model = Arc::new(model);
+        let model_id =
+            Hash32::from_slice(&model.id.0).map_err(|e| ProviderError::Config(e.to_string()))?;
+        let worker = Worker::start(model.clone(), cfg.capacity.max(1) as usize)?;
+        let mut net = cfg.net.clone();
+        net.topics.push(offers_topic(cfg.chain_id));
+        let (node, _gossip) = Node::start(net).await?;
+        let service = Arc::new(Service {
+            chain_id: cfg.chain_id,
+            key: key.clone(),
+            model,
+            model_id,
+            price_in: cfg.price_in,
+            price_out: cfg.price_out,
+            worker,
+            payments: Payments::new(cfg.chain_id, key.account(), ledger),
+            seen: Mutex::new(HashMap::new()),
+        });
+        tracing::info!(
+            account = %key.account(),
+            peer = %node.peer_id(),
+            model = %model_id,
+            "provider started"
+        );
+        Ok(Provider { node, service })
+    }
+
+    /// The network handle.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The service (payments, model).
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// The offer this provider announces now.
+    pub async fn offer(&self, cfg: &ProviderConfig, seq: u64) -> Result<Offer, ProviderError> {
+        let addrs = self.node.listen_addrs().await?;
+        let now = now_ms();
+        let ttl = (cfg.offer_ttl.as_millis() as u64).clamp(1, MAX_OFFER_TTL_MS);
+        Ok(Offer {
+            chain_id: cfg.chain_id,
+            provider: self.service.key.account(),
+            peer_id: self.node.peer_id().to_bytes(),
+            addrs: addrs.iter().take(8).map(|a| a.to_string()).collect(),
+            model: self.service.model_id,
+            model_name: cfg.model_name.clone(),
+            context_len: self.service.model.model.config().max_seq_len as u32,
+            price_in: cfg.price_in,
+            price_out: cfg.price_out,
+            hardware: cfg.hardware.clone(),
+            region: cfg.region.clone(),
+            capacity: cfg.capacity.max(1),
+            seq,
+            issued_ms: now,
+            expires_ms: now + ttl,
+        })
+    }
+
+    /// Serves until `shutdown` resolves: accepts inference streams, renews the offer, claims
+    /// vouchers; claims once more before returning.
+    pub async fn run(
+        self,
+        cfg: ProviderConfig,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ProviderError> {
+        let mut incoming = self
+            .node
+            .control()
+            .accept(inference_protocol())
+            .map_err(|e| ProviderError::Config(e.to_string()))?;
+        let service = self.service.clone();
+        let accept = tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                tracing::debug!(%peer, "inference stream");
+                tokio::spawn(service.clone().handle(stream));
+            }
+        });
+        let topic = offers_topic(cfg.chain_id);
+        let mut claim = tokio::time::interval(cfg.claim_every);
+        // Sequence numbers only grow, across restarts too.
+        let mut seq = now_ms();
+        // Until the first offer gets out (gossip needs a peer on the topic), retry quickly.
+        let mut next_offer = tokio::time::Instant::now();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep_until(next_offer) => {
+                    seq += 1;
+                    let offer = self.offer(&cfg, seq).await?.sign(&self.service.key);
+                    next_offer = match self.node.publish(&topic, offer.to_bytes()).await {
+                        Ok(()) => tokio::time::Instant::now() + cfg.renew_every,
+                        Err(e) => {
+                            tracing::debug!("offer not published yet: {e}");
+                            tokio::time::Instant::now() + Duration::from_millis(250)
+                        }
+                    };
+                }
+                _ = claim.tick() => self.claim().await,
+            }
+        }
+        accept.abort();
+        self.claim().await;
+        tracing::info!("provider stopped");
+        Ok(())
+    }
+
+    /// Claims every voucher that adds to what was claimed.
+    pub async fn claim(&self) {
+        let payments = self.service.payments.clone();
+        let key = self.service.key.clone();
+        match tokio::task::spawn_blocking(move || payments.claim_all(&key)).await {
+            Ok(Ok(total)) if !total.is_zero() => tracing::info!(%total, "claimed"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("claiming vouchers: {e}"),
+            Err(e) => tracing::warn!("claim task: {e}"),
+        }
+    }
+}
+
+/// Bonds stake up to `want` if the account holds less.
+async fn bond_stake(
+    ledger: &Client,
+    chain_id: u64,
+    key: &Keypair,
+    want: Amount,
+) -> Result<(), ProviderError> {
+    if want.is_zero() {
+        return Ok(());
+    }
+    let ledger = ledger.clone();
+    let key = key.clone();
+    tokio::task::spawn_blocking(move || {
+        let me = key.account();
+        let account = ledger
+            .account(&me)
+            .map_err(|e| ProviderError::Ledger(e.to_string()))?
+            .ok_or_else(|| {
+                ProviderError::Ledger(format!(
+                    "account {me} does not exist on the ledger; fund it first"
+                ))
+            })?;
+        let Ok(short) = want.checked_sub(account.stake) else {
+            return Ok(());
+        };
+        if short.is_zero() {
+            return Ok(());
+        }
+        let tx = Tx {
+            chain_id,
+            from: me,
+            nonce: account.nonce,
+            body: TxBody::Stake { amount: short },
+        }
+        .sign(&key);
+        ledger
+            .submit(&tx)
+            .map_err(|e| ProviderError::Ledger(format!("bonding {short} stake: {e}")))?;
+        tracing::info!(stake = %want, "stake bonded");
+        Ok(())
+    })
+    .await
+    .map_err(|e| ProviderError::Ledger(e.to_string()))?
+}

@@ -1,0 +1,316 @@
+//! One inference stream: check the signed request, queue it on the model thread, stream the
+//! tokens, sign the receipt, and take the voucher that pays for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_core::{Amount, Hash32, Keypair};
+use agora_model::chat::ChatMessage;
+use agora_model::generate::{FinishReason, GenerateOptions};
+use agora_model::{LoadedModel, SamplingParams};
+use agora_net::protocol::{
+    now_ms, read_frame, tokens_hash, write_frame, ErrorCode, Finish, Frame, PromptSpec, Receipt,
+    RequestId, SignedRequest, SignedVoucher, REQUEST_WINDOW_MS,
+};
+use futures::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::payments::Payments;
+use crate::worker::{Job, Worker, WorkerEvent};
+
+/// How long a peer may take to send its request or its voucher.
+const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every stream of this provider shares.
+pub struct Service {
+    /// The chain.
+    pub chain_id: u64,
+    /// The provider's ledger key: signs offers and receipts.
+    pub key: Keypair,
+    /// The model served.
+    pub model: Arc<LoadedModel>,
+    /// The model's id as the network names it.
+    pub model_id: Hash32,
+    /// Current price per million prompt tokens.
+    pub price_in: Amount,
+    /// Current price per million output tokens.
+    pub price_out: Amount,
+    /// The model thread.
+    pub worker: Worker,
+    /// Channels and vouchers.
+    pub payments: Payments,
+    /// Request ids seen recently (replay protection), with when they were seen.
+    pub seen: Mutex<HashMap<RequestId, u64>>,
+}
+
+/// A refusal sent back as [`Frame::Error`].
+struct Refusal(ErrorCode, String);
+
+impl Service {
+    /// Serves one inference stream to its end. Errors are logged, never propagated: a bad
+    /// peer cannot take the provider down.
+    pub async fn handle<S>(self: Arc<Self>, mut stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let request: SignedRequest =
+            match tokio::time::timeout(PEER_TIMEOUT, read_frame(&mut stream)).await {
+                Ok(Ok(Some(r))) => r,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    let _ = write_frame(&mut stream, &error_frame(ErrorCode::BadRequest, e)).await;
+                    return;
+                }
+                Err(_) => return,
+            };
+        let id = hex::encode(request.request.request_id);
+        match self.serve(&mut stream, request).await {
+            Ok(()) => {}
+            Err(Refusal(code, message)) => {
+                tracing::info!(request = %id, ?code, "refused: {message}");
+                let _ = write_frame(&mut stream, &Frame::Error { code, message }).await;
+            }
+        }
+    }
+
+    async fn serve<S>(&self, stream: &mut S, signed: SignedRequest) -> Result<(), Refusal>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let started_ms = now_ms();
+        let (prompt, opts, need) = self.admit(&signed, started_ms).await?;
+        let r = &signed.request;
+        let (tx, mut rx) = mpsc::channel(32);
+        let prompt_tokens = prompt.len() as u32;
+        self.worker
+            .submit(Job {
+                prompt: prompt.clone(),
+                opts,
+                events: tx,
+            })
+            .map_err(|e| Refusal(ErrorCode::Busy, e.to_string()))?;
+        tracing::debug!(request = %hex::encode(r.request_id), %need, "accepted");
+        write_frame(stream, &Frame::Accepted { prompt_tokens })
+            .await
+            .map_err(|e| Refusal(ErrorCode::Internal, e.to_string()))?;
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                WorkerEvent::Token { index, token, text } => {
+                    // A write error means the reader left; dropping `rx` cancels the job.
+                    if write_frame(stream, &Frame::Token { index, token, text })
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                WorkerEvent::Failed(message) => return Err(Refusal(ErrorCode::Internal, message)),
+                WorkerEvent::Done {
+                    tokens,
+                    tail,
+                    finish,
+                } => {
+                    let finish = match finish {
+                        FinishReason::Stop => Finish::Stop,
+                        FinishReason::Length | FinishReason::Cancelled => Finish::Length,
+                    };
+                    return self
+                        .finish(stream, &signed, &prompt, tokens, tail, finish, started_ms)
+                        .await;
+                }
+            }
+        }
+        Err(Refusal(
+            ErrorCode::Internal,
+            "the model thread stopped".into(),
+        ))
+    }
+
+    /// Checks a request and prepares its job: (prompt ids, options, most it could cost).
+    async fn admit(
+        &self,
+        signed: &SignedRequest,
+        now: u64,
+    ) -> Result<(Vec<u32>, GenerateOptions, Amount), Refusal> {
+        let bad = |m: &str| Refusal(ErrorCode::BadRequest, m.to_string());
+        signed
+            .verify()
+            .map_err(|e| Refusal(ErrorCode::BadRequest, e.to_string()))?;
+        let r = &signed.request;
+        if r.chain_id != self.chain_id {
+            return Err(bad("request for another chain"));
+        }
+        if r.provider != self.key.account() {
+            return Err(bad("request addressed to another provider"));
+        }
+        if r.model != self.model_id {
+            return Err(Refusal(
+                ErrorCode::UnknownModel,
+                format!("this provider serves {}, not {}", self.model_id, r.model),
+            ));
+        }
+        if r.issued_ms.abs_diff(now) > REQUEST_WINDOW_MS {
+            return Err(bad("request issued outside the replay window"));
+        }
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.retain(|_, t| now.saturating_sub(*t) <= 2 * REQUEST_WINDOW_MS);
+            if seen.insert(r.request_id, now).is_some() {
+                return Err(bad("request id already used (replay)"));
+            }
+        }
+        if r.price_in < self.price_in || r.price_out < self.price_out {
+            return Err(Refusal(
+                ErrorCode::Price,
+                format!(
+                    "price is {}/{} per million tokens",
+                    self.price_in, self.price_out
+                ),
+            ));
+        }
+        let prompt = self.tokenize(&r.prompt)?;
+        let ctx = self.model.model.config().max_seq_len;
+        if prompt.len() + r.resume.len() >= ctx {
+            return Err(Refusal(
+                ErrorCode::ContextLength,
+                format!(
+                    "the prompt has {} tokens (plus {} resumed); the model's context is {ctx}",
+                    prompt.len(),
+                    r.resume.len()
+                ),
+            ));
+        }
+        let vocab = self.model.model.config().vocab_size as u32;
+        if r.resume.iter().any(|&t| t >= vocab) {
+            return Err(bad("resumed token outside the vocabulary"));
+        }
+        let new_tokens = u64::from(r.max_tokens).saturating_sub(r.resume.len() as u64);
+        let need =
+            agora_market::cost_micros(r.price_in, r.price_out, prompt.len() as u64, new_tokens)
+                .map(|m| agora_market::micros_to_amount(m.saturating_add(999_999)))
+                .ok_or_else(|| bad("cost overflows"))?;
+        self.payments
+            .check(r.channel, r.payer, need)
+            .await
+            .map_err(|e| Refusal(ErrorCode::Payment, e.to_string()))?;
+        let opts = GenerateOptions {
+            sampling: SamplingParams {
+                temperature: f64::from(r.sampling.temperature),
+                top_k: 0,
+                top_p: f64::from(r.sampling.top_p),
+                seed: r.sampling.seed,
+            },
+            max_tokens: r.max_tokens as usize,
+            stop: r.stop.clone(),
+            stop_at_eos: true,
+            resume: r.resume.clone(),
+        };
+        Ok((prompt, opts, need))
+    }
+
+    fn tokenize(&self, prompt: &PromptSpec) -> Result<Vec<u32>, Refusal> {
+        let text = match prompt {
+            PromptSpec::Text(t) => t.clone(),
+            PromptSpec::Chat(messages) => {
+                let messages: Vec<ChatMessage> = messages
+                    .iter()
+                    .map(|(role, content)| ChatMessage::new(role, content))
+                    .collect();
+                self.model
+                    .render_chat(&messages)
+                    .map_err(|e| Refusal(ErrorCode::BadRequest, e.to_string()))?
+            }
+        };
+        let ids = self
+            .model
+            .tokenizer
+            .encode(&text)
+            .map_err(|e| Refusal(ErrorCode::BadRequest, e.to_string()))?;
+        if ids.is_empty() {
+            return Err(Refusal(ErrorCode::BadRequest, "the prompt is empty".into()));
+        }
+        Ok(ids)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish<S>(
+        &self,
+        stream: &mut S,
+        signed: &SignedRequest,
+        prompt: &[u32],
+        tokens: Vec<u32>,
+        tail: String,
+        finish: Finish,
+        started_ms: u64,
+    ) -> Result<(), Refusal>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let r = &signed.request;
+        // A resumed answer charges the prompt, not the resumed tokens it had to prefill.
+        let cost_micros = agora_market::cost_micros(
+            r.price_in,
+            r.price_out,
+            prompt.len() as u64,
+            tokens.len() as u64,
+        )
+        .unwrap_or(u128::MAX);
+        let all: Vec<u32> = r.resume.iter().chain(&tokens).copied().collect();
+        let receipt = Receipt {
+            chain_id: self.chain_id,
+            request_id: r.request_id,
+            provider: self.key.account(),
+            payer: r.payer,
+            model: self.model_id,
+            prompt_hash: tokens_hash(prompt),
+            output_hash: tokens_hash(&all),
+            prompt_tokens: prompt.len() as u32,
+            resumed_tokens: r.resume.len() as u32,
+            output_tokens: tokens.len() as u32,
+            seed: r.sampling.seed,
+            price_in: r.price_in,
+            price_out: r.price_out,
+            cost_micros,
+            started_ms,
+            finished_ms: now_ms(),
+        }
+        .sign(&self.key);
+        self.payments.served(&r.channel, cost_micros);
+        write_frame(
+            stream,
+            &Frame::Done {
+                finish,
+                tail,
+                receipt: Box::new(receipt),
+            },
+        )
+        .await
+        .map_err(|e| Refusal(ErrorCode::Internal, e.to_string()))?;
+        let voucher: Option<SignedVoucher> =
+            match tokio::time::timeout(PEER_TIMEOUT, read_frame(stream)).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    tracing::warn!("unreadable voucher: {e}");
+                    None
+                }
+                Err(_) => None,
+            };
+        match voucher {
+            None => tracing::warn!(payer = %r.payer, "no voucher for an answer"),
+            Some(v) => match self.payments.accept_voucher(v) {
+                Ok(short) if short.is_zero() => {}
+                Ok(short) => tracing::warn!(payer = %r.payer, %short, "payer is behind"),
+                Err(e) => tracing::warn!(payer = %r.payer, "{e}"),
+            },
+        }
+        Ok(())
+    }
+}
+
+fn error_frame(code: ErrorCode, e: impl std::fmt::Display) -> Frame {
+    Frame::Error {
+        code,
+        message: e.to_string(),
+    }
+}

@@ -1,0 +1,338 @@
+//! A real provider (real model, real ledger node, real libp2p on loopback) against a client
+//! that sends it garbage, unsigned, tampered, replayed, misaddressed, underpriced and unpaid
+//! requests: each gets a clear refusal and the provider goes on serving; then an honest,
+//! paid request streams tokens and a receipt that checks out, and its voucher is claimed.
+
+use std::time::Duration;
+
+use agora_core::{Amount, Hash32, Keypair};
+use agora_ledger::client::Client;
+use agora_ledger::server::{run, SequencerConfig, ServeConfig};
+use agora_ledger::tx::channel_id;
+use agora_ledger::{Allocation, Genesis, Params, Tx, TxBody, Voucher};
+use agora_net::protocol::{
+    new_request_id, now_ms, read_frame, tokens_hash, write_frame, ErrorCode, Frame,
+    InferenceRequest, PromptSpec, Sampling, SignedVoucher,
+};
+use agora_net::{inference_protocol, peer_id_of, Multiaddr, NetConfig, Node, PeerId};
+use agora_provider::{Provider, ProviderConfig};
+use futures::AsyncWriteExt;
+
+const CHAIN: u64 = 9;
+
+fn tiny_model(dir: &std::path::Path) -> agora_model::LoadedModel {
+    let text = "Hark, who goes there? A friend to this ground.\n".repeat(20);
+    let tok = agora_model::TextTokenizer::train_bpe(std::iter::once(text), 300).expect("tok");
+    let cfg = agora_train::trainer::model_config(tok.vocab_size(), 2, 64, 4, 2, 128, 64);
+    let w = agora_model::init::init_weights(&cfg, 1, &candle_core::Device::Cpu).expect("init");
+    agora_model::safetensors_io::write_hf_dir(
+        dir,
+        &cfg,
+        &w,
+        &tok,
+        Some(agora_model::chat::CHATML_TEMPLATE),
+    )
+    .expect("write");
+    agora_model::load(dir, &agora_model::LoadOptions::default()).expect("load")
+}
+
+async fn ledger(dir: &std::path::Path, seq: &Keypair, accounts: &[&Keypair]) -> String {
+    let genesis = Genesis {
+        chain_id: CHAIN,
+        sequencer: seq.account(),
+        params: Params::default(),
+        allocations: accounts
+            .iter()
+            .map(|k| Allocation {
+                account: k.account(),
+                amount: Amount::new(1_000_000_000),
+            })
+            .collect(),
+    };
+    let cfg = ServeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        db: dir.join("ledger.redb"),
+        genesis: Some(genesis),
+        sequencer_key: Some(seq.clone()),
+        sequencer: SequencerConfig::default(),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = run(
+            cfg,
+            move |a| {
+                let _ = tx.send(a);
+            },
+            std::future::pending(),
+        )
+        .await;
+    });
+    format!("http://{}", rx.await.expect("bound"))
+}
+
+fn net(seed: u8, bootstrap: Vec<Multiaddr>) -> NetConfig {
+    NetConfig {
+        key_seed: [seed; 32],
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        bootstrap,
+        mdns: false,
+        topics: vec![],
+    }
+}
+
+/// Sends `bytes` raw on a fresh inference stream and returns the first frame back.
+async fn exchange(client: &Node, peer: PeerId, bytes: &[u8]) -> Option<Frame> {
+    let mut s = client
+        .control()
+        .open_stream(peer, inference_protocol())
+        .await
+        .expect("open stream");
+    s.write_all(bytes).await.expect("write");
+    s.flush().await.expect("flush");
+    tokio::time::timeout(Duration::from_secs(30), read_frame(&mut s))
+        .await
+        .expect("answered in time")
+        .expect("readable")
+}
+
+fn encode_frame<T: borsh::BorshSerialize>(v: &T) -> Vec<u8> {
+    let bytes = agora_core::codec::encode(v);
+    let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
+    out.extend(bytes);
+    out
+}
+
+fn refusal(f: Option<Frame>) -> (ErrorCode, String) {
+    match f {
+        Some(Frame::Error { code, message }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_refuses_bad_messages_and_serves_a_paid_request() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (seq, provider_key, payer) = (
+        Keypair::from_seed([1; 32]),
+        Keypair::from_seed([2; 32]),
+        Keypair::from_seed([3; 32]),
+    );
+    let ledger_url = ledger(dir.path(), &seq, &[&provider_key, &payer]).await;
+    let model = tiny_model(&dir.path().join("model"));
+    let model_id = Hash32::from_slice(&model.id.0).expect("id");
+    let cfg = ProviderConfig {
+        chain_id: CHAIN,
+        ledger_url: ledger_url.clone(),
+        account_seed: provider_key.seed(),
+        net: net(10, vec![]),
+        model_name: "tiny".into(),
+        price_in: Amount::new(1_000_000),
+        price_out: Amount::new(3_000_000),
+        stake: Amount::new(500),
+        capacity: 4,
+        hardware: "cpu".into(),
+        region: "test".into(),
+        offer_ttl: Duration::from_secs(30),
+        renew_every: Duration::from_secs(5),
+        claim_every: Duration::from_millis(200),
+    };
+    let provider = Provider::start(&cfg, model).await.expect("provider");
+    let addr = provider.node().listen_addrs().await.expect("addrs")[0].clone();
+    let peer = peer_id_of([10; 32]);
+    tokio::spawn(provider.run(cfg.clone(), std::future::pending()));
+    let (client, _gossip) = Node::start(net(11, vec![addr])).await.expect("client");
+
+    // The payer opens a channel to the provider.
+    let ledger = Client::new(&ledger_url).expect("client");
+    let nonce = ledger.next_nonce(&payer.account()).expect("nonce");
+    let open = Tx {
+        chain_id: CHAIN,
+        from: payer.account(),
+        nonce,
+        body: TxBody::OpenChannel {
+            provider: provider_key.account(),
+            amount: Amount::new(10_000),
+            timeout_epochs: 5,
+        },
+    }
+    .sign(&payer);
+    let l2 = ledger.clone();
+    tokio::task::spawn_blocking(move || l2.submit(&open))
+        .await
+        .expect("join")
+        .expect("open");
+    let channel = channel_id(CHAIN, &payer.account(), nonce);
+
+    let request = |max_tokens: u32| InferenceRequest {
+        chain_id: CHAIN,
+        request_id: new_request_id(),
+        payer: payer.account(),
+        channel,
+        provider: provider_key.account(),
+        model: model_id,
+        prompt: PromptSpec::Text("Hark, who goes".into()),
+        resume: vec![],
+        max_tokens,
+        stop: vec![],
+        sampling: Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 5,
+        },
+        price_in: Amount::new(1_000_000),
+        price_out: Amount::new(3_000_000),
+        issued_ms: now_ms(),
+    };
+
+    // Garbage, an oversized length, an unsigned (tampered) request.
+    let (code, _) = refusal(exchange(&client, peer, &[0, 0, 0, 5, 1, 2, 3, 4, 5]).await);
+    assert_eq!(code, ErrorCode::BadRequest);
+    let (code, msg) = refusal(exchange(&client, peer, &u32::MAX.to_be_bytes()).await);
+    assert_eq!(code, ErrorCode::BadRequest, "{msg}");
+    let mut tampered = request(8).sign(&payer);
+    tampered.request.max_tokens = 9;
+    let (code, msg) = refusal(exchange(&client, peer, &encode_frame(&tampered)).await);
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(msg.contains("signature"), "{msg}");
+
+    // Misaddressed, stale, another chain, underpriced, unknown model, unpaid channel.
+    let cases: Vec<(InferenceRequest, ErrorCode, &str)> = vec![
+        (
+            InferenceRequest {
+                provider: payer.account(),
+                ..request(8)
+            },
+            ErrorCode::BadRequest,
+            "another provider",
+        ),
+        (
+            InferenceRequest {
+                issued_ms: now_ms() - 3_600_000,
+                ..request(8)
+            },
+            ErrorCode::BadRequest,
+            "replay window",
+        ),
+        (
+            InferenceRequest {
+                chain_id: CHAIN + 1,
+                ..request(8)
+            },
+            ErrorCode::BadRequest,
+            "another chain",
+        ),
+        (
+            InferenceRequest {
+                price_out: Amount::new(1),
+                ..request(8)
+            },
+            ErrorCode::Price,
+            "price",
+        ),
+        (
+            InferenceRequest {
+                model: Hash32::of(b"other"),
+                ..request(8)
+            },
+            ErrorCode::UnknownModel,
+            "serves",
+        ),
+        (
+            InferenceRequest {
+                channel: Hash32::of(b"none"),
+                ..request(8)
+            },
+            ErrorCode::Payment,
+            "channel",
+        ),
+        (request(100_000), ErrorCode::Payment, "could cost"),
+        (
+            InferenceRequest {
+                prompt: PromptSpec::Text("Hark ".repeat(200)),
+                ..request(8)
+            },
+            ErrorCode::ContextLength,
+            "context",
+        ),
+    ];
+    for (req, want, words) in cases {
+        let (code, msg) = refusal(exchange(&client, peer, &encode_frame(&req.sign(&payer))).await);
+        assert_eq!(code, want, "{words}: {msg}");
+        assert!(msg.contains(words), "{msg} should mention {words}");
+    }
+
+    // A replayed request id is refused the second time.
+    let once = request(4).sign(&payer);
+    let first = exchange(&client, peer, &encode_frame(&once)).await;
+    assert!(matches!(first, Some(Frame::Accepted { .. })), "{first:?}");
+    let (code, msg) = refusal(exchange(&client, peer, &encode_frame(&once)).await);
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(msg.contains("replay"), "{msg}");
+
+    // An honest, paid request: tokens, a receipt that matches them, a voucher claimed.
+    let req = request(12);
+    let mut s = client
+        .control()
+        .open_stream(peer, inference_protocol())
+        .await
+        .expect("open");
+    write_frame(&mut s, &req.clone().sign(&payer))
+        .await
+        .expect("send");
+    let mut tokens = vec![];
+    let mut prompt_tokens = 0;
+    let receipt = loop {
+        match read_frame::<_, Frame>(&mut s)
+            .await
+            .expect("frame")
+            .expect("open")
+        {
+            Frame::Accepted { prompt_tokens: n } => prompt_tokens = n,
+            Frame::Token { index, token, .. } => {
+                assert_eq!(index as usize, tokens.len());
+                tokens.push(token);
+            }
+            Frame::Done { receipt, .. } => break receipt,
+            Frame::Error { message, .. } => panic!("refused: {message}"),
+        }
+    };
+    receipt.verify().expect("receipt signature");
+    let r = &receipt.receipt;
+    assert_eq!(r.output_hash, tokens_hash(&tokens));
+    assert_eq!(r.output_tokens as usize, tokens.len());
+    assert_eq!(r.prompt_tokens, prompt_tokens);
+    assert_eq!(
+        r.cost_micros,
+        u128::from(prompt_tokens) * 1_000_000 + tokens.len() as u128 * 3_000_000
+    );
+    let owed = Amount::new(r.cost_micros / 1_000_000);
+    let voucher = SignedVoucher::new(
+        Voucher {
+            chain_id: CHAIN,
+            channel,
+            cumulative: owed,
+        },
+        &payer,
+    );
+    write_frame(&mut s, &voucher).await.expect("voucher");
+    s.close().await.expect("close");
+    // The provider claims it; the channel shows exactly the cost.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = ledger.clone();
+        let c = tokio::task::spawn_blocking(move || l.channel(&channel))
+            .await
+            .expect("join")
+            .expect("ledger")
+            .expect("channel");
+        if c.claimed == owed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "claimed {} of {owed}",
+            c.claimed
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
