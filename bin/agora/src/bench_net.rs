@@ -78,23 +78,6 @@ pub fn run(args: NetworkArgs, threads: usize) -> anyhow::Result<()> {
         stop_at_eos: true,
         resume: vec![],
     };
-    let (mut e_ttft, mut e_tps, mut e_tokens, mut e_text) = (vec![], vec![], 0, String::new());
-    for _ in 0..args.repeats.max(1) {
-        let start = Instant::now();
-        let mut first = None;
-        let g = generate(&model, &prompt, &opts, |e| {
-            if let Event::Token { .. } = e {
-                first.get_or_insert_with(|| start.elapsed());
-            }
-            std::ops::ControlFlow::Continue(())
-        })?;
-        let total = start.elapsed();
-        e_ttft.push(first.unwrap_or(total).as_secs_f64() * 1e3);
-        e_tps.push(g.tokens.len() as f64 / total.as_secs_f64());
-        e_tokens = g.tokens.len();
-        e_text = g.text;
-    }
-    drop(model);
 
     // The same request through a devnet with one provider using the same threads.
     let dir = tempfile::tempdir()?;
@@ -128,10 +111,30 @@ pub fn run(args: NetworkArgs, threads: usize) -> anyhow::Result<()> {
         "max_tokens": args.tokens, "seed": seed, "temperature": 1.0, "stream": true,
         "stream_options": {"include_usage": true}})
     .to_string();
-    // One warm-up opens the payment channel and the libp2p connection.
+    // One warm-up of each side; the warm-up of the network opens the payment channel and
+    // the libp2p connection.
     http_client::stream(&endpoint, &key, "/v1/chat/completions", &body)?;
+    generate(&model, &prompt, &opts, |_| {
+        std::ops::ControlFlow::Continue(())
+    })?;
+    // The two sides alternate so drift in the machine's speed hits both alike.
+    let (mut e_ttft, mut e_tps, mut e_tokens, mut e_text) = (vec![], vec![], 0, String::new());
     let (mut n_ttft, mut n_tps, mut n_tokens, mut n_text) = (vec![], vec![], 0, String::new());
     for _ in 0..args.repeats.max(1) {
+        let start = Instant::now();
+        let mut first = None;
+        let g = generate(&model, &prompt, &opts, |e| {
+            if let Event::Token { .. } = e {
+                first.get_or_insert_with(|| start.elapsed());
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
+        let total = start.elapsed();
+        e_ttft.push(first.unwrap_or(total).as_secs_f64() * 1e3);
+        e_tps.push(g.tokens.len() as f64 / total.as_secs_f64());
+        e_tokens = g.tokens.len();
+        e_text = g.text;
+
         let s = http_client::stream(&endpoint, &key, "/v1/chat/completions", &body)?;
         n_ttft.push(s.first_token.as_secs_f64() * 1e3);
         n_tps.push(s.completion_tokens as f64 / s.total.as_secs_f64());

@@ -260,13 +260,19 @@ impl Broker {
                     busy.push(provider);
                     last_error = error;
                 }
-                Outcome::Failed(error) => {
+                Outcome::Unreachable(error) => {
                     // Forget its offers until it announces again: a dead provider must not
                     // keep winning auctions until its offer expires.
                     self.with_book(|b| {
                         b.record_failure(&provider);
                         b.remove_provider(&provider);
                     });
+                    tracing::warn!(%provider, "unreachable; dropped from the book: {error}");
+                    failed.push(provider);
+                    last_error = error;
+                }
+                Outcome::Failed(error) => {
+                    self.with_book(|b| b.record_failure(&provider));
                     tracing::warn!(
                         %provider,
                         delivered = answer.delivered.len(),
@@ -387,12 +393,19 @@ impl Broker {
         .await;
         let mut stream = match open {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(failed(format!("cannot reach provider {provider}: {e}"))),
+            Ok(Err(e)) => {
+                return Err(Outcome::Unreachable(BackendError::Upstream(format!(
+                    "cannot reach provider {provider}: {e}"
+                ))))
+            }
             Err(_) => return Err(failed(format!("provider {provider} did not answer"))),
         };
+        // A stream dropped before the provider accepted is a full inbound queue on its side
+        // (a burst of streams), not a dead provider: ask again shortly.
+        let dropped = |m: String| Outcome::Busy(BackendError::NoCapacity(m));
         let signed = req.clone().sign(payer);
         if let Err(e) = write_frame(&mut stream, &signed).await {
-            return Err(failed(format!("sending to provider {provider}: {e}")));
+            return Err(dropped(format!("sending to provider {provider}: {e}")));
         }
         let resumed = req.resume.len();
         let mut accepted = false;
@@ -405,6 +418,12 @@ impl Broker {
             let frame: Frame = match tokio::time::timeout(wait, read_frame(&mut stream)).await {
                 Err(_) => return Err(failed(format!("provider {provider} stalled"))),
                 Ok(Ok(Some(f))) => f,
+                Ok(Ok(None)) if !accepted => {
+                    return Err(dropped(format!("provider {provider} dropped the stream")))
+                }
+                Ok(Err(e)) if !accepted => {
+                    return Err(dropped(format!("provider {provider}: {e}")))
+                }
                 Ok(Ok(None)) => {
                     return Err(failed(format!("provider {provider} closed the stream")))
                 }
@@ -519,8 +538,10 @@ enum Outcome {
     Fatal(BackendError),
     /// The provider is busy; ask another or wait.
     Busy(BackendError),
-    /// The provider failed (unreachable, died, stalled, refused, or lied); go on elsewhere.
+    /// The provider failed (died, stalled, refused, or lied); go on elsewhere.
     Failed(BackendError),
+    /// No stream could be opened to the provider: it is gone.
+    Unreachable(BackendError),
 }
 
 /// Checks a provider's receipt against what was asked and what arrived.

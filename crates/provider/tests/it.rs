@@ -21,18 +21,7 @@ use futures::AsyncWriteExt;
 const CHAIN: u64 = 9;
 
 fn tiny_model(dir: &std::path::Path) -> agora_model::LoadedModel {
-    let text = "Hark, who goes there? A friend to this ground.\n".repeat(20);
-    let tok = agora_model::TextTokenizer::train_bpe(std::iter::once(text), 300).expect("tok");
-    let cfg = agora_train::trainer::model_config(tok.vocab_size(), 2, 64, 4, 2, 128, 64);
-    let w = agora_model::init::init_weights(&cfg, 1, &candle_core::Device::Cpu).expect("init");
-    agora_model::safetensors_io::write_hf_dir(
-        dir,
-        &cfg,
-        &w,
-        &tok,
-        Some(agora_model::chat::CHATML_TEMPLATE),
-    )
-    .expect("write");
+    agora_train::trainer::write_tiny_model(dir).expect("tiny model");
     agora_model::load(dir, &agora_model::LoadOptions::default()).expect("load")
 }
 

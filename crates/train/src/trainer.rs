@@ -90,6 +90,24 @@ impl TrainSettings {
     }
 }
 
+/// A tiny random-weight model in the Hugging Face layout (BPE of 300 tokens, 2 layers,
+/// hidden 64, context 128, ChatML template): what tests and examples load when they need a
+/// real model that builds in milliseconds.
+pub fn write_tiny_model(dir: &std::path::Path) -> Result<()> {
+    let text = "Hark, who goes there? A friend to this ground.\n".repeat(20);
+    let tok = agora_model::TextTokenizer::train_bpe(std::iter::once(text), 300)?;
+    let cfg = model_config(tok.vocab_size(), 2, 64, 4, 2, 128, 128);
+    let w = agora_model::init::init_weights(&cfg, 1, &candle_core::Device::Cpu)?;
+    agora_model::safetensors_io::write_hf_dir(
+        dir,
+        &cfg,
+        &w,
+        &tok,
+        Some(agora_model::chat::CHATML_TEMPLATE),
+    )?;
+    Ok(())
+}
+
 /// The configuration of a model this project trains: Llama architecture, byte-level BPE
 /// vocabulary, grouped-query attention, untied head.
 pub fn model_config(

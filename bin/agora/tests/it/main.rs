@@ -37,16 +37,5 @@ pub fn repo_root() -> PathBuf {
 
 /// A tiny random model in the Hugging Face layout.
 pub fn tiny_model(dir: &Path) {
-    let text = "Hark, who goes there? A friend to this ground.\n".repeat(20);
-    let tok = agora_model::TextTokenizer::train_bpe(std::iter::once(text), 300).expect("tokenizer");
-    let cfg = agora_train::trainer::model_config(tok.vocab_size(), 2, 64, 4, 2, 128, 128);
-    let w = agora_model::init::init_weights(&cfg, 1, &candle_core::Device::Cpu).expect("init");
-    agora_model::safetensors_io::write_hf_dir(
-        dir,
-        &cfg,
-        &w,
-        &tok,
-        Some(agora_model::chat::CHATML_TEMPLATE),
-    )
-    .expect("write");
+    agora_train::trainer::write_tiny_model(dir).expect("tiny model");
 }
