@@ -4,6 +4,10 @@
 mod cli;
 /// The model the project ships loads, has the identity it claims, and generates.
 mod default_model;
+/// The binary's own HTTP client, shared with the tests.
+#[allow(dead_code)]
+#[path = "../../src/http_client.rs"]
+mod http_client;
 /// `agora keys` and `agora ledger`: genesis, serve on a loopback port, transfer, a channel with
 /// a voucher, a refused double claim, and recovery after kill -9.
 mod ledger_cli;

@@ -4,7 +4,7 @@
 //! provider, reads exactly as an uninterrupted answer would, and the ledger balances equal
 //! tokens times prices.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -115,7 +115,7 @@ fn alive(pid: u32) -> bool {
             .contains(") Z ")
 }
 
-/// One HTTP/1.1 exchange; returns (status, body). Handles chunked bodies.
+/// One HTTP/1.1 exchange through the binary's own small client; returns (status, body).
 pub fn http(
     base: &str,
     method: &str,
@@ -123,21 +123,7 @@ pub fn http(
     key: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
-    let mut s = open(base, method, path, key, body);
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("head");
-    let status = head[9..12].parse().expect("status");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    (status, body)
+    crate::http_client::request(base, method, path, key.unwrap_or(""), body).expect("http")
 }
 
 fn open(base: &str, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> TcpStream {
@@ -154,19 +140,6 @@ fn open(base: &str, method: &str, path: &str, key: Option<&str>, body: Option<&s
     )
     .expect("write");
     s
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// A streamed chat completion: calls `on_chunk(count)` after each content chunk, returns
