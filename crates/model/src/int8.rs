@@ -80,28 +80,54 @@ impl Int8Matrix {
         let x: Vec<f32> = xs.flatten_all()?.to_vec1()?;
         let m = x.len() / self.cols;
         let mut out = vec![0f32; m * self.rows];
-        for (xrow, orow) in x
-            .chunks_exact(self.cols)
-            .zip(out.chunks_exact_mut(self.rows))
-        {
-            let (xq, xs) = quantize_row(xrow);
-            orow.par_chunks_mut(ROWS_PER_TASK)
+        if m == 1 {
+            let (xq, xs) = quantize_row(&x);
+            out.par_chunks_mut(ROWS_PER_TASK)
                 .enumerate()
                 .for_each(|(task, chunk)| {
                     let first = task * ROWS_PER_TASK;
                     for (i, o) in chunk.iter_mut().enumerate() {
-                        let r = first + i;
-                        let q = &self.quants[r * self.cols..(r + 1) * self.cols];
-                        let s = &self.scales[r * self.cols / BLOCK..(r + 1) * self.cols / BLOCK];
-                        *o = dot(q, s, &xq, &xs);
+                        *o = self.row_dot(first + i, &xq, &xs);
                     }
                 });
+        } else {
+            // Many rows (an audit): each weight row is read once for every activation row,
+            // and every output is the same `dot` as in decode, so results are identical.
+            let acts: Vec<(Vec<i8>, Vec<f32>)> =
+                x.chunks_exact(self.cols).map(quantize_row).collect();
+            let mut by_weight = vec![0f32; m * self.rows];
+            by_weight
+                .par_chunks_mut(ROWS_PER_TASK * m)
+                .enumerate()
+                .for_each(|(task, chunk)| {
+                    let first = task * ROWS_PER_TASK;
+                    for (i, col) in chunk.chunks_exact_mut(m).enumerate() {
+                        for (o, (xq, xs)) in col.iter_mut().zip(&acts) {
+                            *o = self.row_dot(first + i, xq, xs);
+                        }
+                    }
+                });
+            // by_weight is (weight row, activation row); the output is the transpose.
+            for (r, col) in by_weight.chunks_exact(m).enumerate() {
+                for (a, v) in col.iter().enumerate() {
+                    out[a * self.rows + r] = *v;
+                }
+            }
         }
         let mut shape = dims;
         if let Some(last) = shape.last_mut() {
             *last = self.rows;
         }
         Ok(Tensor::from_vec(out, shape, xs.device())?)
+    }
+}
+
+impl Int8Matrix {
+    /// Weight row `r` dotted with one quantized activation row.
+    fn row_dot(&self, r: usize, xq: &[i8], xs: &[f32]) -> f32 {
+        let q = &self.quants[r * self.cols..(r + 1) * self.cols];
+        let s = &self.scales[r * self.cols / BLOCK..(r + 1) * self.cols / BLOCK];
+        dot(q, s, xq, xs)
     }
 }
 

@@ -17,6 +17,10 @@ use crate::weights::WeightSource;
 pub enum Mode {
     Serve,
     Train,
+    /// Serve's kernels, except that quantized matmuls take the row-wise (decode) kernel for
+    /// any number of rows: an audit recomputes many output positions at once, and each row
+    /// then computes exactly as it did when it was decoded alone.
+    Audit,
 }
 
 /// Input rows from which a quantized matmul dequantizes its weight and runs in f32.
@@ -54,8 +58,8 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let many_rows = rows(xs) >= DEQUANTIZE_FROM_ROWS;
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        let many_rows = mode != Mode::Audit && rows(xs) >= DEQUANTIZE_FROM_ROWS;
         let ys = match &self.weight {
             // Quantized kernels run one dot product per (row, column) pair; for many rows
             // (prefill) dequantizing once and using the tiled f32 GEMM is several times
@@ -85,7 +89,9 @@ struct RmsNorm {
 impl RmsNorm {
     fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
         Ok(match mode {
-            Mode::Serve => candle_nn::ops::rms_norm(xs, &self.weight, self.eps as f32)?,
+            Mode::Serve | Mode::Audit => {
+                candle_nn::ops::rms_norm(xs, &self.weight, self.eps as f32)?
+            }
             Mode::Train => candle_nn::ops::rms_norm_slow(xs, &self.weight, self.eps as f32)?,
         })
     }
@@ -127,9 +133,11 @@ impl Rotary {
         let sin = self.sin.narrow(0, offset, t)?;
         let xs = xs.contiguous()?;
         Ok(match (self.style, mode) {
-            (RopeStyle::Half, Mode::Serve) => candle_nn::rotary_emb::rope(&xs, &cos, &sin)?,
+            (RopeStyle::Half, Mode::Serve | Mode::Audit) => {
+                candle_nn::rotary_emb::rope(&xs, &cos, &sin)?
+            }
             (RopeStyle::Half, Mode::Train) => candle_nn::rotary_emb::rope_slow(&xs, &cos, &sin)?,
-            (RopeStyle::Interleaved, Mode::Serve) => {
+            (RopeStyle::Interleaved, Mode::Serve | Mode::Audit) => {
                 candle_nn::rotary_emb::rope_i(&xs, &cos, &sin)?
             }
             (RopeStyle::Interleaved, Mode::Train) => {
@@ -178,9 +186,9 @@ impl Attention {
         mode: Mode,
     ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
-        let q = self.q_proj.forward(xs)?;
-        let k = self.k_proj.forward(xs)?;
-        let v = self.v_proj.forward(xs)?;
+        let q = self.q_proj.forward(xs, mode)?;
+        let k = self.k_proj.forward(xs, mode)?;
+        let v = self.v_proj.forward(xs, mode)?;
         let q = q
             .reshape((b, t, self.num_heads, self.head_dim))?
             .transpose(1, 2)?;
@@ -198,14 +206,38 @@ impl Attention {
             None => (k, v),
         };
         let total = k.dim(2)?;
+        let rep = self.num_heads / self.num_kv_heads;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if mode == Mode::Audit && t > 1 {
+            // Each position attends exactly as it did when decoded alone: same shapes, same
+            // kernels, same order of sums, so an audit reproduces decode to the bit.
+            let mut rows = Vec::with_capacity(t);
+            for i in 0..t {
+                let seen = total - t + i + 1;
+                let qi = q.narrow(2, i, 1)?.contiguous()?.reshape((
+                    b,
+                    self.num_kv_heads,
+                    rep,
+                    self.head_dim,
+                ))?;
+                let scores = (qi.matmul(&k.narrow(2, 0, seen)?.t()?)? * scale)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                let oi = probs.matmul(&v.narrow(2, 0, seen)?)?;
+                rows.push(oi.reshape((b, self.num_heads, 1, self.head_dim))?);
+            }
+            let out = Tensor::cat(&rows, 2)?.transpose(1, 2)?.reshape((
+                b,
+                t,
+                self.num_heads * self.head_dim,
+            ))?;
+            return self.o_proj.forward(&out, mode);
+        }
 
         // Grouped-query attention without copying K/V: the query heads that share a KV head
         // are contiguous, so fold them into the time axis: (b, kv_heads, rep * t, d).
-        let rep = self.num_heads / self.num_kv_heads;
         let q = q
             .contiguous()?
             .reshape((b, self.num_kv_heads, rep * t, self.head_dim))?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let scores = if t > 1 {
             let mask = causal_mask(t, total, rep, xs.device())?;
@@ -214,7 +246,7 @@ impl Attention {
             scores
         };
         let probs = match mode {
-            Mode::Serve => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Serve | Mode::Audit => candle_nn::ops::softmax_last_dim(&scores)?,
             Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
         let out = probs.matmul(&v)?; // (b, kv_heads, rep * t, d)
@@ -222,7 +254,7 @@ impl Attention {
             .reshape((b, self.num_heads, t, self.head_dim))?
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+        self.o_proj.forward(&out, mode)
     }
 }
 
@@ -261,10 +293,10 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(xs)?)?;
-        let up = self.up_proj.forward(xs)?;
-        self.down_proj.forward(&(gate * up)?)
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(xs, mode)?)?;
+        let up = self.up_proj.forward(xs, mode)?;
+        self.down_proj.forward(&(gate * up)?, mode)
     }
 }
 
@@ -311,7 +343,7 @@ impl Block {
         let h = self.input_layernorm.forward(xs, mode)?;
         let xs = (xs + self.self_attn.forward(&h, rotary, offset, cache, mode)?)?;
         let h = self.post_attention_layernorm.forward(&xs, mode)?;
-        Ok((&xs + self.mlp.forward(&h)?)?)
+        Ok((&xs + self.mlp.forward(&h, mode)?)?)
     }
 }
 
@@ -409,7 +441,12 @@ impl Llama {
 
     /// Logits (…, vocab) from hidden states (…, hidden).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
+        self.lm_head.forward(hidden, Mode::Serve)
+    }
+
+    /// Logits as [`Mode::Audit`] computes them: every row as if it were decoded alone.
+    pub fn logits_audit(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden, Mode::Audit)
     }
 
     /// Full forward: logits of every position, (b, t, vocab).

@@ -92,21 +92,9 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Sample step `index` from `logits`.
-pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> Result<Sample> {
-    if logits.is_empty() {
-        return Err(ModelError::InvalidRequest(
-            "no logits to sample from".into(),
-        ));
-    }
-    if params.temperature == 0.0 {
-        return Ok(Sample {
-            token: argmax(logits),
-            draw: 0.0,
-            cdf_lo: 0.0,
-            cdf_hi: 1.0,
-        });
-    }
+/// The candidates a sampled step draws from, in canonical order (weight descending, id
+/// ascending), with unnormalized weights, after temperature, top-k and top-p.
+fn candidates(logits: &[f32], params: &SamplingParams) -> Result<Vec<(u32, f64)>> {
     let inv_t = 1.0 / params.temperature;
     let max = logits
         .iter()
@@ -142,6 +130,53 @@ pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> Result<Sam
         }
         cands.truncate(keep);
     }
+    Ok(cands)
+}
+
+/// The CDF interval [lo, hi) that `token` holds when step `index` samples from `logits`,
+/// and the draw: what a verifier needs to see how far a claimed token is from the one the
+/// replay picks. `None` when the token is not a candidate (or sampling is greedy).
+pub fn interval_of(
+    logits: &[f32],
+    params: &SamplingParams,
+    index: u64,
+    token: u32,
+) -> Result<Option<(f64, f64, f64)>> {
+    if params.temperature == 0.0 || logits.is_empty() {
+        return Ok(None);
+    }
+    let cands = candidates(logits, params)?;
+    let total: f64 = cands.iter().map(|c| c.1).sum();
+    let mut cum = 0.0;
+    for &(t, w) in &cands {
+        if t == token {
+            return Ok(Some((
+                cum / total,
+                (cum + w) / total,
+                draw(params.seed, index),
+            )));
+        }
+        cum += w;
+    }
+    Ok(None)
+}
+
+/// Sample step `index` from `logits`.
+pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> Result<Sample> {
+    if logits.is_empty() {
+        return Err(ModelError::InvalidRequest(
+            "no logits to sample from".into(),
+        ));
+    }
+    if params.temperature == 0.0 {
+        return Ok(Sample {
+            token: argmax(logits),
+            draw: 0.0,
+            cdf_lo: 0.0,
+            cdf_hi: 1.0,
+        });
+    }
+    let cands = candidates(logits, params)?;
     let total: f64 = cands.iter().map(|c| c.1).sum();
     let u = draw(params.seed, index);
     let target = u * total;
