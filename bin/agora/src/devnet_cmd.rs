@@ -318,6 +318,8 @@ fn start_and_wait(
                 PROVIDER_STAKE.to_string(),
                 "--claim-secs".into(),
                 args.claim_secs.to_string(),
+                "--data".into(),
+                path(&dir.join(format!("provider-{}-data", i + 1))),
                 "--p2p-listen".into(),
                 "/ip4/127.0.0.1/tcp/0".into(),
                 "--bootstrap".into(),

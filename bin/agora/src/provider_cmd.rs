@@ -52,6 +52,9 @@ pub struct ProviderArgs {
     /// Seconds between voucher claims on the ledger.
     #[arg(long, default_value_t = 10)]
     claim_secs: u64,
+    /// Where the receipt log (audit material) is kept.
+    #[arg(long, default_value = "agora-provider-data")]
+    data: PathBuf,
     #[command(flatten)]
     net: NetArgs,
     /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
@@ -90,6 +93,7 @@ pub fn run(args: ProviderArgs) -> anyhow::Result<()> {
         offer_ttl: Duration::from_secs(args.offer_ttl_secs.max(1)),
         renew_every: Duration::from_secs(args.renew_secs.max(1)),
         claim_every: Duration::from_secs(args.claim_secs.max(1)),
+        data_dir: args.data.clone(),
     };
     tracing::info!(model = %model.id, %name, "model loaded");
     let rt = tokio::runtime::Builder::new_multi_thread()

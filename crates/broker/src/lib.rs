@@ -556,8 +556,8 @@ fn check_receipt(
     if r.provider != req.provider || r.payer != req.payer || r.request_id != req.request_id {
         return Err("another request or provider");
     }
-    if r.model != req.model || r.seed != req.sampling.seed {
-        return Err("model or seed differs");
+    if r.model != req.model || r.sampling != req.sampling {
+        return Err("model or sampling differs");
     }
     if r.price_in != req.price_in || r.price_out != req.price_out {
         return Err("prices differ");

@@ -25,6 +25,11 @@ pub const REQUEST_DOMAIN: &[u8] = b"agora/net/request/v1";
 pub const RECEIPT_DOMAIN: &[u8] = b"agora/net/receipt/v1";
 const RECEIPT_HASH_DOMAIN: &[u8] = b"agora/net/receipt-hash/v1";
 const TOKENS_DOMAIN: &[u8] = b"agora/net/tokens/v1";
+const FINGERPRINT_DOMAIN: &[u8] = b"agora/net/fingerprint/v1";
+/// Domain of a verifier's signature over an [`AuditRequest`].
+pub const AUDIT_DOMAIN: &[u8] = b"agora/net/audit/v1";
+/// The stream protocol on which verifiers fetch audited material.
+pub const AUDIT_PROTOCOL: &str = "/agora/audit/1";
 /// The largest frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 /// How far a request's issue time may be from the provider's clock.
@@ -162,7 +167,7 @@ pub enum Finish {
 }
 
 /// What a provider signs for every answer. A verifier can re-run the answer from it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct Receipt {
     /// The chain.
     pub chain_id: u64,
@@ -184,8 +189,10 @@ pub struct Receipt {
     pub resumed_tokens: u32,
     /// New output tokens charged.
     pub output_tokens: u32,
-    /// The sampler seed.
-    pub seed: u64,
+    /// The sampler's settings, seed included: an auditor replays them.
+    pub sampling: Sampling,
+    /// BLAKE3 of the fingerprint of the hidden states behind the new output tokens.
+    pub fingerprint_hash: Hash32,
     /// Price per million prompt tokens.
     pub price_in: Amount,
     /// Price per million output tokens.
@@ -207,7 +214,7 @@ impl Receipt {
 }
 
 /// A receipt with the provider's signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct SignedReceipt {
     /// The receipt.
     pub receipt: Receipt,
@@ -228,6 +235,11 @@ impl SignedReceipt {
     pub fn hash(&self) -> Hash32 {
         codec::hash(RECEIPT_HASH_DOMAIN, self)
     }
+}
+
+/// The hash of a fingerprint's bytes, as receipts commit to it.
+pub fn fingerprint_hash(bytes: &[u8]) -> Hash32 {
+    codec::hash(FINGERPRINT_DOMAIN, bytes)
 }
 
 /// The hash of a token id sequence, as receipts commit to it.
@@ -339,6 +351,104 @@ pub enum ProtocolError {
     /// A message of the wrong shape.
     #[error("malformed message: {0}")]
     Malformed(&'static str),
+}
+
+/// Everything an auditor needs to re-check one answer; the provider keeps it for at least
+/// an epoch after posting the receipt's root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Material {
+    /// The signed receipt.
+    pub receipt: SignedReceipt,
+    /// Prompt token ids (their hash is the receipt's `prompt_hash`).
+    pub prompt: Vec<u32>,
+    /// Resumed tokens, then this provider's output: their hash is `output_hash`.
+    pub resumed: Vec<u32>,
+    /// This provider's output tokens.
+    pub output: Vec<u32>,
+    /// The fingerprint bytes (their hash is `fingerprint_hash`).
+    pub fingerprint: Vec<u8>,
+}
+
+impl Material {
+    /// Checks that the material is what the receipt commits to.
+    pub fn matches_receipt(&self) -> Result<(), &'static str> {
+        let r = &self.receipt.receipt;
+        if tokens_hash(&self.prompt) != r.prompt_hash {
+            return Err("prompt differs from the receipt");
+        }
+        let all: Vec<u32> = self.resumed.iter().chain(&self.output).copied().collect();
+        if tokens_hash(&all) != r.output_hash {
+            return Err("output differs from the receipt");
+        }
+        if fingerprint_hash(&self.fingerprint) != r.fingerprint_hash {
+            return Err("fingerprint differs from the receipt");
+        }
+        if self.resumed.len() != r.resumed_tokens as usize || self.prompt.len() != r.prompt_tokens as usize {
+            return Err("token counts differ from the receipt");
+        }
+        Ok(())
+    }
+}
+
+/// A verifier asks a provider for the material behind leaf `index` of its root for `epoch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct AuditRequest {
+    /// The chain.
+    pub chain_id: u64,
+    /// The verifier, who signs.
+    pub verifier: AccountId,
+    /// The provider asked.
+    pub provider: AccountId,
+    /// The epoch of the receipt root.
+    pub epoch: u64,
+    /// The leaf.
+    pub index: u64,
+    /// Unix ms; refused outside the replay window.
+    pub issued_ms: u64,
+}
+
+/// An audit request with the verifier's signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct SignedAuditRequest {
+    /// The request.
+    pub request: AuditRequest,
+    /// The verifier's signature.
+    pub sig: Signature,
+}
+
+impl AuditRequest {
+    /// The verifier signs.
+    pub fn sign(self, verifier: &Keypair) -> SignedAuditRequest {
+        let sig = verifier.sign(AUDIT_DOMAIN, &self);
+        SignedAuditRequest { request: self, sig }
+    }
+}
+
+impl SignedAuditRequest {
+    /// Checks the verifier's signature.
+    pub fn verify(&self) -> Result<(), ProtocolError> {
+        self.request
+            .verifier
+            .verify(AUDIT_DOMAIN, &self.request, &self.sig)
+            .map_err(|_| ProtocolError::BadSignature("audit request"))
+    }
+}
+
+/// A provider's answer to an audit request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub enum AuditResponse {
+    /// The material and the Merkle path from its receipt to the posted root.
+    Material {
+        /// The material.
+        material: Box<Material>,
+        /// The Merkle path.
+        proof: Vec<Hash32>,
+    },
+    /// The provider will not or cannot answer (counts as a failed audit).
+    Refused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Writes one length-prefixed Borsh frame.

@@ -3,6 +3,7 @@
 //! vouchers that pay for them on the ledger.
 
 pub mod payments;
+pub mod receipts;
 pub mod serve;
 pub mod worker;
 
@@ -53,8 +54,10 @@ pub struct ProviderConfig {
     pub offer_ttl: Duration,
     /// How often offers are renewed.
     pub renew_every: Duration,
-    /// How often vouchers are claimed.
+    /// How often vouchers are claimed and the epoch's receipt root is considered.
     pub claim_every: Duration,
+    /// Where the receipt log lives.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Why the provider stopped.
@@ -95,6 +98,9 @@ impl Provider {
         let model_id =
             Hash32::from_slice(&model.id.0).map_err(|e| ProviderError::Config(e.to_string()))?;
         let worker = Worker::start(model.clone(), cfg.capacity.max(1) as usize)?;
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let receipts = receipts::ReceiptLog::open(&cfg.data_dir.join("receipts.redb"))
+            .map_err(|e| ProviderError::Config(e.to_string()))?;
         let mut net = cfg.net.clone();
         net.topics.push(offers_topic(cfg.chain_id));
         let (node, _gossip) = Node::start(net).await?;
@@ -108,6 +114,7 @@ impl Provider {
             worker,
             payments: Payments::new(cfg.chain_id, key.account(), ledger),
             seen: Mutex::new(HashMap::new()),
+            receipts,
         });
         tracing::info!(
             account = %key.account(),
@@ -171,12 +178,25 @@ impl Provider {
                 tokio::spawn(service.clone().handle(stream));
             }
         });
+        let mut audits = self
+            .node
+            .control()
+            .accept(agora_net::StreamProtocol::new(agora_net::protocol::AUDIT_PROTOCOL))
+            .map_err(|e| ProviderError::Config(e.to_string()))?;
+        let service = self.service.clone();
+        let audit_accept = tokio::spawn(async move {
+            while let Some((peer, stream)) = audits.next().await {
+                tracing::debug!(%peer, "audit stream");
+                tokio::spawn(service.clone().answer_audit(stream));
+            }
+        });
         let topic = offers_topic(cfg.chain_id);
         let mut claim = tokio::time::interval(cfg.claim_every);
         // Sequence numbers only grow, across restarts too.
         let mut seq = now_ms();
         // Until the first offer gets out (gossip needs a peer on the topic), retry quickly.
         let mut next_offer = tokio::time::Instant::now();
+        let mut last_root_epoch = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -192,10 +212,14 @@ impl Provider {
                         }
                     };
                 }
-                _ = claim.tick() => self.claim().await,
+                _ = claim.tick() => {
+                    self.claim().await;
+                    self.post_root(&mut last_root_epoch).await;
+                }
             }
         }
         accept.abort();
+        audit_accept.abort();
         self.claim().await;
         tracing::info!("provider stopped");
         Ok(())
@@ -210,6 +234,60 @@ impl Provider {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!("claiming vouchers: {e}"),
             Err(e) => tracing::warn!("claim task: {e}"),
+        }
+    }
+}
+
+impl Provider {
+    /// Once per epoch: posts the Merkle root of the receipts waiting for one, then files
+    /// their material under that epoch for audits.
+    pub async fn post_root(&self, last: &mut Option<u64>) {
+        let service = self.service.clone();
+        let done = *last;
+        let result = tokio::task::spawn_blocking(move || -> Result<Option<u64>, String> {
+            let ledger = service.payments.ledger();
+            let epoch = ledger.status().map_err(|e| e.to_string())?.epoch;
+            if done.is_some_and(|d| d >= epoch) {
+                return Ok(None);
+            }
+            let Some(batch) = service.receipts.pending_batch().map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let me = service.key.account();
+            let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
+            let tx = Tx {
+                chain_id: service.chain_id,
+                from: me,
+                nonce,
+                body: TxBody::PostReceiptRoot {
+                    epoch,
+                    root: batch.root,
+                    receipts: batch.leaves.len() as u64,
+                },
+            }
+            .sign(&service.key);
+            match ledger.submit(&tx) {
+                Ok(_) => {}
+                Err(agora_ledger::ClientError::Rejected { code, .. })
+                    if code.contains("root_already_posted") || code.contains("RootAlreadyPosted") =>
+                {
+                    return Ok(Some(epoch));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+            service
+                .receipts
+                .mark_posted(&batch, epoch)
+                .map_err(|e| e.to_string())?;
+            tracing::info!(epoch, receipts = batch.leaves.len(), root = %batch.root, "posted receipt root");
+            Ok(Some(epoch))
+        })
+        .await;
+        match result {
+            Ok(Ok(Some(epoch))) => *last = Some(epoch),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!("posting the receipt root: {e}"),
+            Err(e) => tracing::warn!("root task: {e}"),
         }
     }
 }

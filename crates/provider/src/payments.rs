@@ -70,6 +70,11 @@ impl Payments {
         }
     }
 
+    /// The ledger client.
+    pub fn ledger(&self) -> &Client {
+        &self.ledger
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Hash32, ChannelView>> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }

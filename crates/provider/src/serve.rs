@@ -10,8 +10,8 @@ use agora_model::chat::ChatMessage;
 use agora_model::generate::{FinishReason, GenerateOptions};
 use agora_model::{LoadedModel, SamplingParams};
 use agora_net::protocol::{
-    now_ms, read_frame, tokens_hash, write_frame, ErrorCode, Finish, Frame, PromptSpec, Receipt,
-    RequestId, SignedRequest, SignedVoucher, REQUEST_WINDOW_MS,
+    fingerprint_hash, now_ms, read_frame, tokens_hash, write_frame, ErrorCode, Finish, Frame,
+    Material, PromptSpec, Receipt, RequestId, SignedRequest, SignedVoucher, REQUEST_WINDOW_MS,
 };
 use futures::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -42,6 +42,16 @@ pub struct Service {
     pub payments: Payments,
     /// Request ids seen recently (replay protection), with when they were seen.
     pub seen: Mutex<HashMap<RequestId, u64>>,
+    /// Every answer's audit material.
+    pub receipts: crate::receipts::ReceiptLog,
+}
+
+/// What the model thread produced for one answer.
+struct Finished {
+    tokens: Vec<u32>,
+    tail: String,
+    finish: Finish,
+    fingerprint: Vec<u8>,
 }
 
 /// A refusal sent back as [`Frame::Error`].
@@ -110,13 +120,21 @@ impl Service {
                     tokens,
                     tail,
                     finish,
+                    fingerprint,
                 } => {
                     let finish = match finish {
                         FinishReason::Stop => Finish::Stop,
                         FinishReason::Length | FinishReason::Cancelled => Finish::Length,
                     };
+
+                    let answer = Finished {
+                        tokens,
+                        tail,
+                        finish,
+                        fingerprint,
+                    };
                     return self
-                        .finish(stream, &signed, &prompt, tokens, tail, finish, started_ms)
+                        .finish(stream, &signed, &prompt, answer, started_ms)
                         .await;
                 }
             }
@@ -233,21 +251,24 @@ impl Service {
         Ok(ids)
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn finish<S>(
         &self,
         stream: &mut S,
         signed: &SignedRequest,
         prompt: &[u32],
-        tokens: Vec<u32>,
-        tail: String,
-        finish: Finish,
+        answer: Finished,
         started_ms: u64,
     ) -> Result<(), Refusal>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let r = &signed.request;
+        let Finished {
+            tokens,
+            tail,
+            finish,
+            fingerprint,
+        } = answer;
         // A resumed answer charges the prompt, not the resumed tokens it had to prefill.
         let cost_micros = agora_market::cost_micros(
             r.price_in,
@@ -268,7 +289,8 @@ impl Service {
             prompt_tokens: prompt.len() as u32,
             resumed_tokens: r.resume.len() as u32,
             output_tokens: tokens.len() as u32,
-            seed: r.sampling.seed,
+            sampling: r.sampling.clone(),
+            fingerprint_hash: fingerprint_hash(&fingerprint),
             price_in: r.price_in,
             price_out: r.price_out,
             cost_micros,
@@ -277,6 +299,18 @@ impl Service {
         }
         .sign(&self.key);
         self.payments.served(&r.channel, cost_micros);
+        let material = Material {
+            receipt: receipt.clone(),
+            prompt: prompt.to_vec(),
+            resumed: r.resume.clone(),
+            output: tokens,
+            fingerprint,
+        };
+        if let Err(e) = self.receipts.record(&material) {
+            // Without its material the answer cannot pass an audit; refuse to go on silently.
+            tracing::error!("recording a receipt: {e}");
+            return Err(Refusal(ErrorCode::Internal, "the receipt log failed".into()));
+        }
         write_frame(
             stream,
             &Frame::Done {
@@ -312,5 +346,48 @@ fn error_frame(code: ErrorCode, e: impl std::fmt::Display) -> Frame {
     Frame::Error {
         code,
         message: e.to_string(),
+    }
+}
+
+impl Service {
+    /// Answers one audit request with the material and its Merkle path. A request that is
+    /// unsigned, stale, for another provider or for an unknown leaf gets a refusal.
+    pub async fn answer_audit<S>(self: Arc<Self>, mut stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        use agora_net::protocol::{AuditResponse, SignedAuditRequest};
+        let request: SignedAuditRequest =
+            match tokio::time::timeout(PEER_TIMEOUT, read_frame(&mut stream)).await {
+                Ok(Ok(Some(r))) => r,
+                _ => return,
+            };
+        let refuse = |reason: &str| AuditResponse::Refused {
+            reason: reason.to_string(),
+        };
+        let r = &request.request;
+        let response = if request.verify().is_err() {
+            refuse("bad signature")
+        } else if r.chain_id != self.chain_id || r.provider != self.key.account() {
+            refuse("not for this provider")
+        } else if r.issued_ms.abs_diff(now_ms()) > REQUEST_WINDOW_MS {
+            refuse("outside the replay window")
+        } else {
+            let (epoch, index) = (r.epoch, r.index);
+            let service = self.clone();
+            match tokio::task::spawn_blocking(move || service.receipts.material(epoch, index)).await
+            {
+                Ok(Ok(Some((material, proof)))) => AuditResponse::Material {
+                    material: Box::new(material),
+                    proof,
+                },
+                Ok(Ok(None)) => refuse("no such receipt"),
+                Ok(Err(e)) => refuse(&e.to_string()),
+                Err(e) => refuse(&e.to_string()),
+            }
+        };
+        tracing::info!(verifier = %r.verifier, epoch = r.epoch, index = r.index, "audit request answered");
+        let _ = write_frame(&mut stream, &response).await;
+        let _ = futures::AsyncWriteExt::close(&mut stream).await;
     }
 }

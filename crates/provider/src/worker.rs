@@ -6,7 +6,8 @@ use std::ops::ControlFlow;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 
-use agora_model::generate::{generate, Event, FinishReason, GenerateOptions};
+use agora_model::generate::{Event, FinishReason, GenerateOptions};
+use agora_verify::generate_fingerprinted;
 use agora_model::LoadedModel;
 use tokio::sync::mpsc;
 
@@ -30,6 +31,8 @@ pub enum WorkerEvent {
         tail: String,
         /// Why it ended (Cancelled when the reader went away).
         finish: FinishReason,
+        /// Fingerprint bytes of the hidden states behind the new tokens.
+        fingerprint: Vec<u8>,
     },
     /// The model refused or failed.
     Failed(String),
@@ -96,7 +99,7 @@ fn run_job(model: &LoadedModel, job: Job) {
     }
     let resumed = job.opts.resume.len();
     let mut tail = String::new();
-    let result = generate(model, &job.prompt, &job.opts, |e| match e {
+    let result = generate_fingerprinted(model, &job.prompt, &job.opts, |e| match e {
         Event::Token {
             index, token, text, ..
         } => {
@@ -117,10 +120,11 @@ fn run_job(model: &LoadedModel, job: Job) {
         Event::Prefill { .. } => ControlFlow::Continue(()),
     });
     let ev = match result {
-        Ok(g) => WorkerEvent::Done {
+        Ok((g, print)) => WorkerEvent::Done {
             tokens: g.tokens[resumed.min(g.tokens.len())..].to_vec(),
             tail,
             finish: g.finish_reason,
+            fingerprint: print.to_bytes(),
         },
         Err(e) => WorkerEvent::Failed(e.to_string()),
     };

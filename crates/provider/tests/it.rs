@@ -124,6 +124,7 @@ async fn provider_refuses_bad_messages_and_serves_a_paid_request() {
         offer_ttl: Duration::from_secs(30),
         renew_every: Duration::from_secs(5),
         claim_every: Duration::from_millis(200),
+        data_dir: dir.path().join("provider"),
     };
     let provider = Provider::start(&cfg, model).await.expect("provider");
     let addr = provider.node().listen_addrs().await.expect("addrs")[0].clone();

@@ -1,0 +1,150 @@
+//! The provider's durable receipt log: every answer's audit material, batched under one
+//! Merkle root per epoch (posted on the ledger), kept so verifiers can fetch any leaf with
+//! its proof.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use agora_core::{merkle, Hash32};
+use agora_net::protocol::Material;
+use borsh::BorshDeserialize;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
+const POSTED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("posted");
+const LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("leaves");
+
+/// Why the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The database failed.
+    #[error("receipt log: {0}")]
+    Db(String),
+}
+
+fn db_err<E: std::fmt::Display>(e: E) -> LogError {
+    LogError::Db(e.to_string())
+}
+
+/// A batch ready to post: its root, size, and the pending keys it covers.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Merkle root of the receipt hashes, in order.
+    pub root: Hash32,
+    /// The receipt hashes (the leaves).
+    pub leaves: Vec<Hash32>,
+    keys: Vec<u64>,
+}
+
+/// Receipts and their material, durable in redb.
+pub struct ReceiptLog {
+    db: Database,
+    next: Mutex<u64>,
+}
+
+impl ReceiptLog {
+    /// Opens (or creates) the log at `path`.
+    pub fn open(path: &Path) -> Result<ReceiptLog, LogError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let w = db.begin_write().map_err(db_err)?;
+        let next = {
+            let pending = w.open_table(PENDING).map_err(db_err)?;
+            let _ = w.open_table(POSTED).map_err(db_err)?;
+            let _ = w.open_table(LEAVES).map_err(db_err)?;
+            let last = pending.last().map_err(db_err)?.map(|(k, _)| k.value());
+            last.map_or(0, |k| k + 1)
+        };
+        w.commit().map_err(db_err)?;
+        Ok(ReceiptLog {
+            db,
+            next: Mutex::new(next),
+        })
+    }
+
+    /// Records one answer's material durably, waiting for the next root.
+    pub fn record(&self, material: &Material) -> Result<(), LogError> {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = borsh::to_vec(material).map_err(db_err)?;
+        let w = self.db.begin_write().map_err(db_err)?;
+        w.open_table(PENDING)
+            .map_err(db_err)?
+            .insert(*next, bytes.as_slice())
+            .map_err(db_err)?;
+        w.commit().map_err(db_err)?;
+        *next += 1;
+        Ok(())
+    }
+
+    /// The receipts waiting for a root, as a batch (None when there are none).
+    pub fn pending_batch(&self) -> Result<Option<Batch>, LogError> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(PENDING).map_err(db_err)?;
+        let mut keys = vec![];
+        let mut leaves = vec![];
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let m = Material::try_from_slice(v.value()).map_err(db_err)?;
+            keys.push(k.value());
+            leaves.push(m.receipt.hash());
+        }
+        if leaves.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Batch {
+            root: merkle::root(&leaves),
+            leaves,
+            keys,
+        }))
+    }
+
+    /// After the batch's root was accepted for `epoch`: file its material under the epoch.
+    pub fn mark_posted(&self, batch: &Batch, epoch: u64) -> Result<(), LogError> {
+        let w = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut pending = w.open_table(PENDING).map_err(db_err)?;
+            let mut posted = w.open_table(POSTED).map_err(db_err)?;
+            for (i, k) in batch.keys.iter().enumerate() {
+                let bytes = pending
+                    .remove(*k)
+                    .map_err(db_err)?
+                    .map(|v| v.value().to_vec())
+                    .ok_or_else(|| LogError::Db(format!("pending receipt {k} vanished")))?;
+                posted
+                    .insert((epoch, i as u64), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            let leaves = borsh::to_vec(&batch.leaves).map_err(db_err)?;
+            w.open_table(LEAVES)
+                .map_err(db_err)?
+                .insert(epoch, leaves.as_slice())
+                .map_err(db_err)?;
+        }
+        w.commit().map_err(db_err)
+    }
+
+    /// The material of leaf `index` under the root of `epoch`, with its Merkle path.
+    pub fn material(
+        &self,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Option<(Material, Vec<Hash32>)>, LogError> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let Some(leaves) = r.open_table(LEAVES).map_err(db_err)?.get(epoch).map_err(db_err)? else {
+            return Ok(None);
+        };
+        let leaves = Vec::<Hash32>::try_from_slice(leaves.value()).map_err(db_err)?;
+        let Some(bytes) = r
+            .open_table(POSTED)
+            .map_err(db_err)?
+            .get((epoch, index))
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let material = Material::try_from_slice(bytes.value()).map_err(db_err)?;
+        let Some(proof) = merkle::proof(&leaves, index as usize) else {
+            return Ok(None);
+        };
+        Ok(Some((material, proof)))
+    }
+}
