@@ -44,6 +44,16 @@ pub struct DevnetArgs {
     /// Kernel threads per provider (default: all cores).
     #[arg(long)]
     provider_threads: Option<usize>,
+    /// How many verifiers audit the providers (a fraud needs two to slash).
+    #[arg(long, default_value_t = 2)]
+    verifiers: usize,
+    /// Seconds per ledger epoch (receipt roots are posted, and audited, once per epoch).
+    #[arg(long, default_value_t = 10)]
+    epoch_secs: u64,
+    /// Add a cheating provider (Q4_0 weights under the model's id, cheapest price), to
+    /// watch it get caught, slashed and dropped. Needs a build with `--features adversary`.
+    #[arg(long)]
+    cheater: bool,
 }
 
 /// The chain id of every devnet.
@@ -67,6 +77,7 @@ struct DevnetInfo {
     gateway_pid: u32,
     ledger_pid: u32,
     providers: Vec<ProviderInfo>,
+    verifiers: Vec<AccountId>,
 }
 
 #[derive(Serialize)]
@@ -170,6 +181,9 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     if args.providers == 0 {
         bail!("--providers must be at least 1");
     }
+    if args.cheater && !cfg!(feature = "adversary") {
+        bail!("this agora was built without the test-only cheating providers; rebuild with `--features adversary` to use --cheater");
+    }
     if !args.model.exists() {
         bail!(
             "model {} not found; run from the repository root or pass --model",
@@ -206,11 +220,29 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
         let price_out = Amount::new(args.price_out.units().saturating_mul(factor));
         providers.push((key, path, price_in, price_out));
     }
+    if args.cheater {
+        let key = Keypair::generate()?;
+        let path = dir.join("cheater.json");
+        crate::keys_cmd::write_key(&path, &key)?;
+        let half = |a: Amount| Amount::new((a.units() / 2).max(1));
+        providers.push((key, path, half(args.price_in), half(args.price_out)));
+    }
+    let mut verifiers = Vec::new();
+    for i in 0..args.verifiers {
+        let key = Keypair::generate()?;
+        let path = dir.join(format!("verifier-{}.json", i + 1));
+        crate::keys_cmd::write_key(&path, &key)?;
+        verifiers.push((key, path));
+    }
     let mut allocations = vec![Allocation {
         account: user,
         amount: Amount::new(USER_FUNDS),
     }];
-    for (key, ..) in &providers {
+    for key in providers
+        .iter()
+        .map(|p| &p.0)
+        .chain(verifiers.iter().map(|v| &v.0))
+    {
         allocations.push(Allocation {
             account: key.account(),
             amount: Amount::new(PROVIDER_FUNDS),
@@ -231,7 +263,9 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&ledger_db);
 
     let mut nodes: Vec<Node> = Vec::new();
-    let result = start_and_wait(&args, &dir, &model, &api_key, user, &providers, &mut nodes);
+    let result = start_and_wait(
+        &args, &dir, &model, &api_key, user, &providers, &verifiers, &mut nodes,
+    );
     // Providers first (they claim their vouchers on the way out), then gateway, then ledger.
     for node in nodes.iter_mut().rev() {
         node.stop(Duration::from_secs(15));
@@ -250,6 +284,7 @@ fn start_and_wait(
     api_key: &str,
     user: AccountId,
     providers: &[(Keypair, PathBuf, Amount, Amount)],
+    verifiers: &[(Keypair, PathBuf)],
     nodes: &mut Vec<Node>,
 ) -> anyhow::Result<()> {
     let path = |p: &Path| p.display().to_string();
@@ -266,6 +301,8 @@ fn start_and_wait(
             path(&dir.join("sequencer.json")),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--epoch-secs".into(),
+            args.epoch_secs.to_string(),
         ],
         None,
     )?;
@@ -299,7 +336,16 @@ fn start_and_wait(
 
     let mut infos = Vec::new();
     for (i, (key, key_path, price_in, price_out)) in providers.iter().enumerate() {
-        let name = format!("provider-{}", i + 1);
+        let cheater = args.cheater && i + 1 == providers.len();
+        let name = if cheater {
+            "cheater".to_string()
+        } else {
+            format!("provider-{}", i + 1)
+        };
+        let mut extra: Vec<String> = vec![];
+        if cheater {
+            extra = vec!["--cheat".into(), "quantized".into()];
+        }
         let node = Node::spawn(
             &name,
             &[
@@ -324,7 +370,10 @@ fn start_and_wait(
                 "/ip4/127.0.0.1/tcp/0".into(),
                 "--bootstrap".into(),
                 bootstrap.clone(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra)
+            .collect::<Vec<String>>(),
             args.provider_threads,
         )?;
         infos.push(ProviderInfo {
@@ -336,6 +385,31 @@ fn start_and_wait(
             funds: Amount::new(PROVIDER_FUNDS),
             stake: Amount::new(PROVIDER_STAKE),
         });
+        nodes.push(node);
+    }
+
+    let mut verifier_accounts = Vec::new();
+    for (i, (key, key_path)) in verifiers.iter().enumerate() {
+        let node = Node::spawn(
+            &format!("verifier-{}", i + 1),
+            &[
+                "verifier".into(),
+                "--key".into(),
+                path(key_path),
+                "--model".into(),
+                path(model),
+                "--ledger".into(),
+                ledger_url.clone(),
+                "--stake".into(),
+                PROVIDER_STAKE.to_string(),
+                "--p2p-listen".into(),
+                "/ip4/127.0.0.1/tcp/0".into(),
+                "--bootstrap".into(),
+                bootstrap.clone(),
+            ],
+            args.provider_threads,
+        )?;
+        verifier_accounts.push(key.account());
         nodes.push(node);
     }
 
@@ -369,12 +443,14 @@ fn start_and_wait(
         gateway_pid,
         ledger_pid,
         providers: infos,
+        verifiers: verifier_accounts,
     };
     let info_path = dir.join("devnet.json");
     std::fs::write(&info_path, serde_json::to_string_pretty(&info)?)?;
     let banner = format!(
-        "\nAgora devnet is up: a ledger, a gateway and {n} providers serving `{model_name}`.\n\n  endpoint  {endpoint}/v1\n  API key   {api_key}\n  details   {info}\n\nTry it:\n\n  curl {endpoint}/v1/chat/completions \\\n    -H \"Authorization: Bearer {api_key}\" -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model_name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Speak, ROMEO.\"}}], \"max_tokens\": 60}}'\n\nOr any OpenAI client with base_url={endpoint}/v1. Ctrl-C stops everything.\n",
+        "\nAgora devnet is up: a ledger, a gateway, {n} providers serving `{model_name}` and {v} verifiers auditing them.\n\n  endpoint  {endpoint}/v1\n  API key   {api_key}\n  details   {info}\n\nTry it:\n\n  curl {endpoint}/v1/chat/completions \\\n    -H \"Authorization: Bearer {api_key}\" -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model_name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Speak, ROMEO.\"}}], \"max_tokens\": 60}}'\n\nOr any OpenAI client with base_url={endpoint}/v1. Ctrl-C stops everything.\n",
         n = providers.len(),
+        v = verifiers.len(),
         info = info_path.display(),
     );
     println!("{banner}");

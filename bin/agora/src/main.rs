@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod bench_net;
 mod devnet_cmd;
+mod econ_cmd;
 mod gateway_cmd;
 mod generate_cmd;
 mod http_client;
@@ -13,6 +14,7 @@ mod net_args;
 mod provider_cmd;
 mod shutdown;
 mod train_cmd;
+mod verifier_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +38,10 @@ enum Command {
     Devnet(devnet_cmd::DevnetArgs),
     /// Serve a model on the network and be paid per token.
     Provider(provider_cmd::ProviderArgs),
+    /// Audit a sample of the network's answers; catch and slash cheats.
+    Verifier(verifier_cmd::VerifierArgs),
+    /// Check that audits, slashing and escrow make cheating lose money.
+    Econ(econ_cmd::EconArgs),
     /// The OpenAI-compatible API in front of the network (`gateway keys ...` manages API keys).
     Gateway(gateway_cmd::GatewayArgs),
     /// Generate text with a model, streamed, with prompt and decode speed at the end.
@@ -76,6 +82,8 @@ fn main() {
         Command::Devnet(args) => devnet_cmd::run(args),
         Command::Provider(args) => provider_cmd::run(args),
         Command::Gateway(args) => gateway_cmd::run(args),
+        Command::Verifier(args) => verifier_cmd::run(args),
+        Command::Econ(args) => econ_cmd::run(args),
         Command::Generate(args) => generate_cmd::run(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Model(cmd) => model_cmd::run(cmd),

@@ -60,12 +60,37 @@ pub struct ProviderArgs {
     /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
     #[arg(long, hide = true)]
     stop_on_stdin_eof: bool,
+    /// Test builds only (feature `adversary`): cheat this way, to show audits catch it.
+    #[cfg(feature = "adversary")]
+    #[arg(long, value_enum)]
+    cheat: Option<Cheat>,
+}
+
+/// How an adversarial provider cheats (test builds only).
+#[cfg(feature = "adversary")]
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Cheat {
+    /// Serve Q4_0 weights while claiming the announced model.
+    Quantized,
 }
 
 /// Runs a provider until interrupted.
 pub fn run(args: ProviderArgs) -> anyhow::Result<()> {
-    let model = agora_model::load(&args.model, &agora_model::LoadOptions::default())
+    #[allow(unused_mut)]
+    let mut model = agora_model::load(&args.model, &agora_model::LoadOptions::default())
         .with_context(|| format!("loading {}", args.model.display()))?;
+    #[cfg(feature = "adversary")]
+    if let Some(Cheat::Quantized) = args.cheat {
+        let claimed = (model.id, model.manifest.clone());
+        model = agora_model::load(
+            &args.model,
+            &agora_model::LoadOptions {
+                quantize: Some(candle_core::quantized::GgmlDType::Q4_0),
+            },
+        )?;
+        (model.id, model.manifest) = claimed;
+        tracing::warn!("CHEATING: serving Q4_0 weights under the model's id");
+    }
     let name = match &args.name {
         Some(n) => n.clone(),
         None => args

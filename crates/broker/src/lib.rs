@@ -17,8 +17,8 @@ use agora_gateway::{
 use agora_ledger::client::Client;
 use agora_market::{Bid, Candidate, OfferBook, SignedOffer};
 use agora_net::protocol::{
-    new_request_id, now_ms, read_frame, tokens_hash, write_frame, ErrorCode, Finish, Frame,
-    InferenceRequest, PromptSpec, RequestId, Sampling, SignedReceipt,
+    new_request_id, now_ms, read_frame, tokens_hash, write_frame, AuditGossip, ErrorCode, Finish,
+    Frame, InferenceRequest, PromptSpec, RequestId, Sampling, SignedReceipt,
 };
 use agora_net::{
     inference_protocol, offers_topic, GossipMessage, Multiaddr, NetConfig, Node, PeerId, Stream,
@@ -97,9 +97,18 @@ impl Broker {
             Client::new(&cfg.ledger_url).map_err(|e| BrokerError::Config(e.to_string()))?;
         let mut net = cfg.net.clone();
         net.topics.push(offers_topic(cfg.chain_id));
+        net.topics.push(agora_net::audits_topic(cfg.chain_id));
         let (node, gossip) = Node::start(net).await?;
         let book = Arc::new(Mutex::new(OfferBook::new().with_chain(cfg.chain_id)));
-        tokio::spawn(ingest_offers(gossip, book.clone(), node.clone()));
+        let banned = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        tokio::spawn(ingest_gossip(
+            gossip,
+            book.clone(),
+            node.clone(),
+            banned.clone(),
+            cfg.chain_id,
+        ));
+        tokio::spawn(follow_slashes(ledger.clone(), book.clone(), banned.clone()));
         let channels = Channels::new(cfg.chain_id, ledger, cfg.min_deposit);
         Ok(Arc::new(Broker {
             cfg,
@@ -553,7 +562,11 @@ fn check_receipt(
 ) -> Result<(), &'static str> {
     receipt.verify().map_err(|_| "signature")?;
     let r = &receipt.receipt;
-    if r.provider != req.provider || r.payer != req.payer || r.request_id != req.request_id {
+    if r.provider != req.provider
+        || r.payer != req.payer
+        || r.request_id != req.request_id
+        || r.channel != req.channel
+    {
         return Err("another request or provider");
     }
     if r.model != req.model || r.sampling != req.sampling {
@@ -592,13 +605,35 @@ fn seed_for(request_id: &RequestId) -> u64 {
     u64::from_le_bytes(b)
 }
 
-async fn ingest_offers(
+/// Offers into the book (unless their provider was slashed); audit outcomes into reputation:
+/// (clean + 1) / (audited + 2), so an unaudited provider sits at the market's middle.
+async fn ingest_gossip(
     mut gossip: mpsc::Receiver<GossipMessage>,
     book: Arc<Mutex<OfferBook>>,
     node: Node,
+    banned: Arc<Mutex<std::collections::HashSet<AccountId>>>,
+    chain_id: u64,
 ) {
     let mut last_prune = Instant::now();
+    let mut audits: std::collections::HashMap<AccountId, (u64, u64)> = Default::default();
     while let Some(msg) = gossip.recv().await {
+        if msg.topic == agora_net::audits_topic(chain_id) {
+            let Ok(AuditGossip::Outcome(o)) = borsh::from_slice::<AuditGossip>(&msg.data) else {
+                continue;
+            };
+            if o.verify().is_err() || o.value.chain_id != chain_id {
+                continue;
+            }
+            let e = audits.entry(o.value.provider).or_default();
+            e.0 += 1;
+            if o.value.passed {
+                e.1 += 1;
+            }
+            let rep = (e.1 + 1) as f64 / (e.0 + 2) as f64;
+            lock_book(&book).set_reputation(&o.value.provider, rep);
+            tracing::info!(provider = %o.value.provider, passed = o.value.passed, reputation = rep, "audit outcome");
+            continue;
+        }
         let offer = match SignedOffer::from_bytes(&msg.data) {
             Ok(o) => o,
             Err(e) => {
@@ -606,6 +641,14 @@ async fn ingest_offers(
                 continue;
             }
         };
+        let provider = offer.offer.provider;
+        if banned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&provider)
+        {
+            continue;
+        }
         let now = now_ms();
         let peer = PeerId::from_bytes(&offer.offer.peer_id).ok();
         let addrs: Vec<Multiaddr> = offer
@@ -614,9 +657,8 @@ async fn ingest_offers(
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect();
-        let provider = offer.offer.provider;
         let result = {
-            let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+            let mut b = lock_book(&book);
             if last_prune.elapsed() > Duration::from_secs(5) {
                 b.prune(now);
                 last_prune = Instant::now();
@@ -633,6 +675,50 @@ async fn ingest_offers(
                 tracing::debug!(%provider, "offer");
             }
             Err(e) => tracing::debug!(%provider, "offer refused: {e}"),
+        }
+    }
+}
+
+fn lock_book(book: &Mutex<OfferBook>) -> std::sync::MutexGuard<'_, OfferBook> {
+    book.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Watches the ledger for slashes: a slashed provider leaves the market for good.
+async fn follow_slashes(
+    ledger: Client,
+    book: Arc<Mutex<OfferBook>>,
+    banned: Arc<Mutex<std::collections::HashSet<AccountId>>>,
+) {
+    let mut from = 0u64;
+    loop {
+        let l = ledger.clone();
+        let got = tokio::task::spawn_blocking(move || l.events(from, Duration::from_secs(5))).await;
+        let blocks = match got {
+            Ok(Ok(b)) => b,
+            _ => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for block in blocks {
+            from = from.max(block.height + 1);
+            for tx in &block.txs {
+                for ev in &tx.events {
+                    if let agora_ledger::Event::Slashed {
+                        provider, amount, ..
+                    } = ev
+                    {
+                        banned
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(*provider);
+                        let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+                        b.remove_provider(provider);
+                        b.set_reputation(provider, 0.0);
+                        tracing::warn!(%provider, %amount, "provider slashed for fraud; dropped from the market");
+                    }
+                }
+            }
         }
     }
 }

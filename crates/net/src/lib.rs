@@ -19,6 +19,11 @@ pub fn offers_topic(chain_id: u64) -> String {
     format!("agora/offers/v1/{chain_id}")
 }
 
+/// The gossip topic of audit outcomes and verifier announcements.
+pub fn audits_topic(chain_id: u64) -> String {
+    format!("agora/audits/v1/{chain_id}")
+}
+
 /// The stream protocol of an inference.
 pub fn inference_protocol() -> StreamProtocol {
     StreamProtocol::new(protocol::INFERENCE_PROTOCOL)

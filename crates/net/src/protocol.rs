@@ -177,6 +177,8 @@ pub struct Receipt {
     pub provider: AccountId,
     /// Who pays.
     pub payer: AccountId,
+    /// The channel that pays (a confirmed fraud refunds its payer).
+    pub channel: Hash32,
     /// The model that ran.
     pub model: Hash32,
     /// Hash of the prompt's token ids (after the chat template).
@@ -383,7 +385,9 @@ impl Material {
         if fingerprint_hash(&self.fingerprint) != r.fingerprint_hash {
             return Err("fingerprint differs from the receipt");
         }
-        if self.resumed.len() != r.resumed_tokens as usize || self.prompt.len() != r.prompt_tokens as usize {
+        if self.resumed.len() != r.resumed_tokens as usize
+            || self.prompt.len() != r.prompt_tokens as usize
+        {
             return Err("token counts differ from the receipt");
         }
         Ok(())
@@ -446,6 +450,109 @@ pub enum AuditResponse {
     },
     /// The provider will not or cannot answer (counts as a failed audit).
     Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The stream protocol on which a verifier asks another to confirm a fraud.
+pub const CONFIRM_PROTOCOL: &str = "/agora/confirm/1";
+/// Domain of signatures over the audit gossip and confirm messages.
+pub const AUDIT_GOSSIP_DOMAIN: &[u8] = b"agora/net/audit-gossip/v1";
+
+/// A value with its signer's signature under [`AUDIT_GOSSIP_DOMAIN`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Signed<T> {
+    /// The value.
+    pub value: T,
+    /// Who signed.
+    pub signer: AccountId,
+    /// The signature.
+    pub sig: Signature,
+}
+
+impl<T: BorshSerialize> Signed<T> {
+    /// `key` signs `value`.
+    pub fn new(value: T, key: &Keypair) -> Signed<T> {
+        let sig = key.sign(AUDIT_GOSSIP_DOMAIN, &value);
+        Signed {
+            value,
+            signer: key.account(),
+            sig,
+        }
+    }
+
+    /// Checks the signature.
+    pub fn verify(&self) -> Result<(), ProtocolError> {
+        self.signer
+            .verify(AUDIT_GOSSIP_DOMAIN, &self.value, &self.sig)
+            .map_err(|_| ProtocolError::BadSignature("signed message"))
+    }
+}
+
+/// What a verifier found, gossiped so markets can weigh providers by their audits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct AuditOutcome {
+    /// The chain.
+    pub chain_id: u64,
+    /// The provider audited.
+    pub provider: AccountId,
+    /// The epoch of the receipt root.
+    pub epoch: u64,
+    /// The leaf.
+    pub index: u64,
+    /// Whether the answer passed.
+    pub passed: bool,
+    /// Why it failed (empty when it passed).
+    pub reason: String,
+    /// Unix ms.
+    pub issued_ms: u64,
+}
+
+/// A verifier says where it can be reached, so a first verifier can ask it to confirm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct VerifierHello {
+    /// The chain.
+    pub chain_id: u64,
+    /// libp2p peer id bytes.
+    pub peer_id: Vec<u8>,
+    /// Multiaddrs.
+    pub addrs: Vec<String>,
+    /// Unix ms.
+    pub issued_ms: u64,
+}
+
+/// What travels on the audits gossip topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub enum AuditGossip {
+    /// An audit's result.
+    Outcome(Signed<AuditOutcome>),
+    /// A verifier's whereabouts.
+    Hello(Signed<VerifierHello>),
+}
+
+/// A first verifier asks a second to confirm a failed audit: the verdict to co-sign and
+/// the evidence to re-check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct ConfirmRequest {
+    /// The verdict the ledger would apply.
+    pub verdict: agora_ledger::Verdict,
+    /// The posted root the receipt is under.
+    pub root: Hash32,
+    /// The material (empty output when the provider refused to give it).
+    pub material: Box<Material>,
+}
+
+/// The second verifier's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub enum ConfirmResponse {
+    /// It re-audited and agrees: its signature over the verdict.
+    Confirmed {
+        /// The confirmer's signature.
+        sig: Signature,
+    },
+    /// It does not agree (or cannot check).
+    Declined {
         /// Why.
         reason: String,
     },

@@ -181,7 +181,9 @@ impl Provider {
         let mut audits = self
             .node
             .control()
-            .accept(agora_net::StreamProtocol::new(agora_net::protocol::AUDIT_PROTOCOL))
+            .accept(agora_net::StreamProtocol::new(
+                agora_net::protocol::AUDIT_PROTOCOL,
+            ))
             .map_err(|e| ProviderError::Config(e.to_string()))?;
         let service = self.service.clone();
         let audit_accept = tokio::spawn(async move {

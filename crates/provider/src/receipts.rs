@@ -129,7 +129,12 @@ impl ReceiptLog {
         index: u64,
     ) -> Result<Option<(Material, Vec<Hash32>)>, LogError> {
         let r = self.db.begin_read().map_err(db_err)?;
-        let Some(leaves) = r.open_table(LEAVES).map_err(db_err)?.get(epoch).map_err(db_err)? else {
+        let Some(leaves) = r
+            .open_table(LEAVES)
+            .map_err(db_err)?
+            .get(epoch)
+            .map_err(db_err)?
+        else {
             return Ok(None);
         };
         let leaves = Vec::<Hash32>::try_from_slice(leaves.value()).map_err(db_err)?;

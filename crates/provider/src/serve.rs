@@ -283,6 +283,7 @@ impl Service {
             request_id: r.request_id,
             provider: self.key.account(),
             payer: r.payer,
+            channel: r.channel,
             model: self.model_id,
             prompt_hash: tokens_hash(prompt),
             output_hash: tokens_hash(&all),
@@ -309,7 +310,10 @@ impl Service {
         if let Err(e) = self.receipts.record(&material) {
             // Without its material the answer cannot pass an audit; refuse to go on silently.
             tracing::error!("recording a receipt: {e}");
-            return Err(Refusal(ErrorCode::Internal, "the receipt log failed".into()));
+            return Err(Refusal(
+                ErrorCode::Internal,
+                "the receipt log failed".into(),
+            ));
         }
         write_frame(
             stream,

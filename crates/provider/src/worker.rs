@@ -7,8 +7,8 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use agora_model::generate::{Event, FinishReason, GenerateOptions};
-use agora_verify::generate_fingerprinted;
 use agora_model::LoadedModel;
+use agora_verify::generate_fingerprinted;
 use tokio::sync::mpsc;
 
 /// What the model thread reports for a job.

@@ -275,28 +275,61 @@ fn check(model: &LoadedModel, c: &Claim) -> (AuditReport, f64) {
     (report, start.elapsed().as_secs_f64())
 }
 
-/// What a cheat computes to forge fingerprints for given tokens: one prefill with the right
-/// model (exactly the hidden states an honest provider would have had, up to kernel noise).
+/// What a cheat computes to forge fingerprints for given tokens: the hidden states the right
+/// model has for them, computed exactly as the audit computes them (a prefill of the prompt,
+/// then the output forced through Mode::Audit), so the forged fingerprints are the best a
+/// cheat can commit to.
 fn prints_for(model: &LoadedModel, prompt: &[u32], output: &[u32]) -> Fingerprint {
-    let all: Vec<u32> = prompt.iter().chain(output).copied().collect();
+    let device = model.model.device();
+    let mut cache = model.model.new_cache();
+    let input = Tensor::new(prompt, device)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("input");
+    let head = model
+        .model
+        .forward_hidden(&input, Some(&mut cache), Mode::Serve)
+        .expect("prefill")
+        .i(0)
+        .expect("batch row");
+    let mut rows = vec![head
+        .i(prompt.len() - 1)
+        .and_then(|r| r.to_vec1())
+        .expect("row")];
+    if output.len() > 1 {
+        let forced = Tensor::new(&output[..output.len() - 1], device)
+            .and_then(|t| t.unsqueeze(0))
+            .expect("forced");
+        let rest: Vec<Vec<f32>> = model
+            .model
+            .forward_hidden(&forced, Some(&mut cache), Mode::Audit)
+            .expect("forced prefill")
+            .i(0)
+            .and_then(|h| h.to_vec2())
+            .expect("rows");
+        rows.extend(rest);
+    }
+    let mut b = FingerprintBuilder::new();
+    for row in rows {
+        b.push(row);
+    }
+    b.finish()
+}
+
+/// The wall time of one plain prefill (Mode::Serve) over prompt and output, logits
+/// included: what an audit would cost without Mode::Audit's decode-identical kernels.
+fn serve_prefill(model: &LoadedModel, c: &Claim) -> f64 {
+    let start = Instant::now();
+    let all: Vec<u32> = c.prompt.iter().chain(&c.output).copied().collect();
     let input = Tensor::new(all.as_slice(), model.model.device())
         .and_then(|t| t.unsqueeze(0))
         .expect("input");
     let hidden = model
         .model
         .forward_hidden(&input, None, Mode::Serve)
-        .and_then(|h| h.i(0))
         .expect("prefill");
-    let mut b = FingerprintBuilder::new();
-    for j in 0..output.len() {
-        b.push(
-            hidden
-                .i(prompt.len() + j - 1)
-                .and_then(|r| r.to_vec1())
-                .expect("row"),
-        );
-    }
-    b.finish()
+    let logits = model.model.logits(&hidden).expect("logits");
+    std::hint::black_box(logits);
+    start.elapsed().as_secs_f64()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -373,7 +406,10 @@ fn stats<'a>(recs: impl Iterator<Item = &'a Rec>) -> Stats {
             continue;
         }
         s.with_stats += 1;
-        s.overlap = (s.overlap.0.min(r.min_overlap), s.overlap.1.max(r.min_overlap));
+        s.overlap = (
+            s.overlap.0.min(r.min_overlap),
+            s.overlap.1.max(r.min_overlap),
+        );
         s.rel = (s.rel.0.min(r.max_rel_err), s.rel.1.max(r.max_rel_err));
         s.mean_rel = (
             s.mean_rel.0.min(r.max_mean_rel_err),
@@ -390,7 +426,13 @@ fn stats<'a>(recs: impl Iterator<Item = &'a Rec>) -> Stats {
 
 fn stats_json(s: &Stats) -> Value {
     let has = s.with_stats > 0;
-    let f = |v: f64| if has && v.is_finite() { json!(v) } else { Value::Null };
+    let f = |v: f64| {
+        if has && v.is_finite() {
+            json!(v)
+        } else {
+            Value::Null
+        }
+    };
     json!({
         "audits": s.n,
         "failed": s.failed,
@@ -407,6 +449,15 @@ fn stats_json(s: &Stats) -> Value {
         "sampler_mismatches_total": s.mismatch_total,
         "tokens": s.tokens,
     })
+}
+
+/// JSON has no infinity: null stands for it.
+fn finite(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
 }
 
 fn fmt_range(lo: f64, hi: f64, has: bool, sci: bool) -> String {
@@ -458,7 +509,7 @@ fn main() {
     let targets: [(&'static str, &LoadedModel); 2] = [("f32", &f32m), ("q8_0 gguf", &gguf)];
     let mut recs: Vec<Rec> = vec![];
     let mut honest: BTreeMap<&'static str, Vec<Claim>> = BTreeMap::new();
-    let mut timing: BTreeMap<(&'static str, usize), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut timing: BTreeMap<(&'static str, usize), Vec<(f64, f64, f64)>> = BTreeMap::new();
     let mut draw_margin = f64::INFINITY;
     let (mut thread_token_diffs, mut thread_print_diffs) = (0usize, 0usize);
     let mut print_bytes = 0usize;
@@ -469,13 +520,14 @@ fn main() {
             for (threads, p) in &pools {
                 let (claim, gen_s, margin) = p.install(|| generate(model, job));
                 let (report, audit_s) = p.install(|| check(model, &claim));
+                let serve_s = p.install(|| serve_prefill(model, &claim));
                 if job.sampling.temperature > 0.0 {
                     draw_margin = draw_margin.min(margin);
                 }
                 timing
                     .entry((name, *threads))
                     .or_default()
-                    .push((gen_s, audit_s));
+                    .push((gen_s, audit_s, serve_s));
                 print_bytes += claim.print.to_bytes().len();
                 print_tokens += claim.output.len();
                 recs.push(Rec {
@@ -537,8 +589,18 @@ fn main() {
                 push("another model", "f32", &f32m, &swapped);
                 push("another model", "q8_0 gguf", &gguf, &swapped);
                 // Another quantization of the right weights, with its own fingerprints.
-                push("Q8_0 on load for f32", "f32", &f32m, &generate(&q8_load, job).0);
-                push("Q4_0 on load for f32", "f32", &f32m, &generate(&q4_load, job).0);
+                push(
+                    "Q8_0 on load for f32",
+                    "f32",
+                    &f32m,
+                    &generate(&q8_load, job).0,
+                );
+                push(
+                    "Q4_0 on load for f32",
+                    "f32",
+                    &f32m,
+                    &generate(&q4_load, job).0,
+                );
                 push(
                     "Q4_0 of the gguf for the gguf",
                     "q8_0 gguf",
@@ -623,7 +685,10 @@ fn main() {
         "\nfalse positives: {false_positives} of {} honest audits; answers differing between 1 and 2 threads: {thread_token_diffs} in tokens, {thread_print_diffs} in fingerprints; smallest honest draw margin (T > 0): {draw_margin:.2e}",
         all_honest.n
     );
-    for r in recs.iter().filter(|r| r.kind == "honest" && !r.report.passed) {
+    for r in recs
+        .iter()
+        .filter(|r| r.kind == "honest" && !r.report.passed)
+    {
         println!(
             "  FALSE POSITIVE {} T={}: {:?}",
             r.target, r.temperature, r.report.reasons
@@ -655,7 +720,11 @@ fn main() {
     let mut json_fraud = vec![];
     let mut detection: Vec<(&'static str, &'static str, f64, usize)> = vec![];
     for &(kind, target) in &strategies {
-        let s = stats(fraud.iter().filter(|r| r.kind == kind && r.target == target));
+        let s = stats(
+            fraud
+                .iter()
+                .filter(|r| r.kind == kind && r.target == target),
+        );
         let has = s.with_stats > 0;
         let d = s.failed as f64 / s.n.max(1) as f64;
         detection.push((kind, target, d, s.n));
@@ -699,13 +768,25 @@ fn main() {
             recs.iter()
                 .filter(|r| r.kind == "honest" && r.target == target),
         );
-        let f = stats(fraud.iter().filter(|r| r.kind == kind && r.target == target));
+        let f = stats(
+            fraud
+                .iter()
+                .filter(|r| r.kind == kind && r.target == target),
+        );
         if f.with_stats == 0 {
             println!("| {kind} | {target} | - | - | - | - (caught by the count check alone) |");
             json_margins.push(json!({"strategy": kind, "audited_as": target, "note": "caught by the count check; no statistics"}));
             continue;
         }
-        let ratio = |fraud: f64, honest: f64| fraud / honest.max(f64::MIN_POSITIVE);
+        let ratio = |fraud: f64, honest: f64| {
+            if honest > 0.0 {
+                fraud / honest
+            } else if fraud > 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            }
+        };
         println!(
             "| {kind} | {target} | {:.3} / {:.3} ({:+.3}) | {:.2e} / {:.2e} ({:.1}x) | {:.2e} / {:.2e} ({:.1}x) | {} / {} |",
             h.overlap.0,
@@ -724,16 +805,16 @@ fn main() {
             "strategy": kind,
             "audited_as": target,
             "overlap": {"honest_min": h.overlap.0, "fraud_max": f.overlap.1, "margin": h.overlap.0 - f.overlap.1},
-            "max_rel_err": {"honest_max": h.rel.1, "fraud_min": f.rel.0, "ratio": ratio(f.rel.0, h.rel.1)},
-            "max_mean_rel_err": {"honest_max": h.mean_rel.1, "fraud_min": f.mean_rel.0, "ratio": ratio(f.mean_rel.0, h.mean_rel.1)},
+            "max_rel_err": {"honest_max": h.rel.1, "fraud_min": f.rel.0, "ratio": finite(ratio(f.rel.0, h.rel.1))},
+            "max_mean_rel_err": {"honest_max": h.mean_rel.1, "fraud_min": f.mean_rel.0, "ratio": finite(ratio(f.mean_rel.0, h.mean_rel.1))},
             "hard_sampler_mismatches": {"honest_max": h.hard.1, "fraud_min": f.hard.0},
         }));
     }
 
     // 3. Cost.
     println!("\n## Cost: generating an answer against auditing it (same pool)\n");
-    println!("| model | threads | answers | generation median (ms) | audit median (ms) | median ratio generation/audit | min ratio |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| model | threads | answers | generation median (ms) | audit median (ms) | median ratio generation/audit | min ratio | plain prefill median (ms) | generation/plain prefill |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut json_cost = vec![];
     for ((name, threads), v) in &timing {
         let gen_ms = median(v.iter().map(|x| x.0 * 1e3).collect());
@@ -741,14 +822,17 @@ fn main() {
         let ratios: Vec<f64> = v.iter().map(|x| x.0 / x.1.max(1e-9)).collect();
         let min_ratio = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let ratio = median(ratios);
+        let serve_ms = median(v.iter().map(|x| x.2 * 1e3).collect());
+        let serve_ratio = median(v.iter().map(|x| x.0 / x.2.max(1e-9)).collect());
         println!(
-            "| {name} | {threads} | {} | {gen_ms:.1} | {audit_ms:.1} | {ratio:.1}x | {min_ratio:.1}x |",
+            "| {name} | {threads} | {} | {gen_ms:.1} | {audit_ms:.1} | {ratio:.1}x | {min_ratio:.1}x | {serve_ms:.1} | {serve_ratio:.1}x |",
             v.len()
         );
         json_cost.push(json!({
             "model": name, "threads": threads, "answers": v.len(),
             "generation_median_ms": gen_ms, "audit_median_ms": audit_ms,
             "median_ratio": ratio, "min_ratio": min_ratio,
+            "plain_prefill_median_ms": serve_ms, "generation_over_plain_prefill": serve_ratio,
         }));
     }
     let bytes_per_token = print_bytes as f64 / print_tokens.max(1) as f64;

@@ -59,7 +59,7 @@ pub fn chunk_print(hidden: &[f32]) -> ChunkPrint {
 
 /// Which output positions end a chunk: the hidden states fingerprinted for `n` tokens.
 pub fn chunk_ends(n: usize) -> impl Iterator<Item = usize> {
-    (0..n).filter(move |i| (i + 1) % CHUNK == 0 || i + 1 == n)
+    (0..n).filter(move |i| (i + 1).is_multiple_of(CHUNK) || i + 1 == n)
 }
 
 /// Builds fingerprints as tokens stream out: feed the hidden state behind each output token.
@@ -80,7 +80,7 @@ impl FingerprintBuilder {
     /// The hidden state that produced the next output token.
     pub fn push(&mut self, hidden: Vec<f32>) {
         self.seen += 1;
-        if self.seen % CHUNK == 0 {
+        if self.seen.is_multiple_of(CHUNK) {
             self.print.chunks.push(chunk_print(&hidden));
             self.pending = None;
         } else {

@@ -3,6 +3,7 @@
 //! with one prefill ([`audit`]): fingerprints, sampler replay and token counts.
 
 pub mod audit;
+pub mod econ;
 pub mod fingerprint;
 
 pub use audit::{audit, Answer, AuditError, AuditReport, Thresholds};

@@ -1,5 +1,8 @@
 //! End-to-end tests of the `agora` binary: the commands a user runs, as processes.
 
+/// `agora devnet --cheater`: caught by audits over the network, slashed, dropped.
+#[cfg(feature = "adversary")]
+mod cheater;
 /// `agora generate`, `agora model inspect|to-gguf` on small models the tests make.
 mod cli;
 /// The model the project ships loads, has the identity it claims, and generates.

@@ -15,16 +15,21 @@ use serde_json::{json, Value};
 use crate::repo_root;
 
 /// A running devnet, stopped (SIGTERM) on drop.
-struct Devnet {
+pub struct Devnet {
     child: Child,
-    info: Value,
+    pub info: Value,
 }
 
 impl Devnet {
     fn start(dir: &Path, providers: usize) -> Devnet {
+        Devnet::start_with(dir, providers, &[])
+    }
+
+    pub fn start_with(dir: &Path, providers: usize, extra: &[&str]) -> Devnet {
         let child = Command::new(env!("CARGO_BIN_EXE_agora"))
+            .arg("devnet")
+            .args(extra)
             .args([
-                "devnet",
                 "--providers",
                 &providers.to_string(),
                 "--port",
@@ -65,15 +70,15 @@ impl Devnet {
         devnet
     }
 
-    fn endpoint(&self) -> String {
+    pub fn endpoint(&self) -> String {
         self.info["endpoint"].as_str().expect("endpoint").into()
     }
 
-    fn key(&self) -> String {
+    pub fn key(&self) -> String {
         self.info["api_key"].as_str().expect("key").into()
     }
 
-    fn ledger(&self) -> String {
+    pub fn ledger(&self) -> String {
         self.info["ledger"].as_str().expect("ledger").into()
     }
 
@@ -197,7 +202,7 @@ fn merge(into: &mut Value, from: &Value) {
     }
 }
 
-fn balance(devnet: &Devnet, account: &str) -> u128 {
+pub fn balance(devnet: &Devnet, account: &str) -> u128 {
     let (status, body) = http(
         &devnet.ledger(),
         "GET",

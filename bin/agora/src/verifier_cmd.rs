@@ -1,0 +1,71 @@
+//! `agora verifier`: audit a sample of the network's answers and catch cheats.
+
+use std::path::PathBuf;
+
+use agora_core::Amount;
+use agora_verifier::{Verifier, VerifierConfig};
+use agora_verify::Thresholds;
+use clap::Args;
+
+use crate::net_args::{announce, chain_id, NetArgs};
+
+/// Arguments of `agora verifier`.
+#[derive(Args, Debug)]
+pub struct VerifierArgs {
+    /// The verifier's ledger key file (`agora keys new`); bounties are paid to it.
+    #[arg(long)]
+    key: PathBuf,
+    /// Stake to bond when registering, in base units.
+    #[arg(long, default_value = "100")]
+    stake: Amount,
+    /// A model it can audit (repeatable): a .gguf file or a Hugging Face directory.
+    #[arg(long = "model", required = true)]
+    models: Vec<PathBuf>,
+    /// The ledger node.
+    #[arg(long, default_value = "http://127.0.0.1:7420")]
+    ledger: String,
+    /// A new provider's first this many audited jobs are all audited.
+    #[arg(long, default_value_t = 50)]
+    probation_jobs: u64,
+    /// The audit probability after probation.
+    #[arg(long, default_value_t = 0.02)]
+    floor: f64,
+    #[command(flatten)]
+    net: NetArgs,
+    /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
+}
+
+/// Runs a verifier until interrupted.
+pub fn run(args: VerifierArgs) -> anyhow::Result<()> {
+    let key = crate::keys_cmd::load_key(&args.key)?;
+    if !(0.0..=1.0).contains(&args.floor) {
+        anyhow::bail!("--floor must be a probability in [0, 1]");
+    }
+    let cfg = VerifierConfig {
+        chain_id: chain_id(&args.ledger)?,
+        ledger_url: args.ledger.clone(),
+        account_seed: key.seed(),
+        net: args.net.config()?,
+        models: args.models.clone(),
+        stake: args.stake,
+        thresholds: Thresholds::default(),
+        probation_jobs: args.probation_jobs,
+        floor: args.floor,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let verifier = Verifier::start(cfg).await?;
+        for addr in verifier.node().listen_addrs().await? {
+            announce(&format!("p2p {addr}"));
+        }
+        announce(&format!("account {}", key.account()));
+        verifier
+            .run(crate::shutdown::signal(args.stop_on_stdin_eof))
+            .await?;
+        anyhow::Ok(())
+    })
+}
