@@ -659,6 +659,65 @@ mod tests {
     }
 
     #[test]
+    fn tampered_receipts_and_mismatched_material_are_refused() {
+        let provider = Keypair::from_seed([4; 32]);
+        let payer = Keypair::from_seed([1; 32]);
+        let (prompt, output, print) = (vec![1, 2, 3], vec![7, 8], vec![9u8; 12]);
+        let receipt = Receipt {
+            chain_id: 1,
+            request_id: [3; 16],
+            provider: provider.account(),
+            payer: payer.account(),
+            channel: Hash32::of(b"c"),
+            model: Hash32::of(b"m"),
+            prompt_hash: tokens_hash(&prompt),
+            output_hash: tokens_hash(&output),
+            prompt_tokens: 3,
+            resumed_tokens: 0,
+            output_tokens: 2,
+            sampling: Sampling {
+                temperature: 1.0,
+                top_p: 1.0,
+                seed: 5,
+            },
+            fingerprint_hash: fingerprint_hash(&print),
+            price_in: Amount::new(1),
+            price_out: Amount::new(2),
+            cost_micros: 7,
+            started_ms: 1,
+            finished_ms: 2,
+        }
+        .sign(&provider);
+        assert!(receipt.verify().is_ok());
+        let material = Material {
+            receipt: receipt.clone(),
+            prompt,
+            resumed: vec![],
+            output,
+            fingerprint: print,
+        };
+        assert!(material.matches_receipt().is_ok());
+        // A receipt changed after signing, or signed by someone else, is refused.
+        let mut forged = receipt.clone();
+        forged.receipt.output_tokens = 200;
+        assert!(forged.verify().is_err());
+        let mut other = receipt.receipt.clone().sign(&payer);
+        other.receipt.provider = provider.account();
+        assert!(other.verify().is_err());
+        // Material that is not what the receipt commits to is refused.
+        for tamper in [
+            |m: &mut Material| m.output.push(1),
+            |m: &mut Material| m.prompt[0] = 0,
+            |m: &mut Material| m.fingerprint[0] = 0,
+            |m: &mut Material| m.resumed.push(7),
+        ] {
+            let mut m = material.clone();
+            tamper(&mut m);
+            assert!(m.matches_receipt().is_err());
+        }
+    }
+
+    #[test]
     fn frames_round_trip_and_oversized_lengths_are_refused() {
         futures::executor::block_on(async {
             let payer = Keypair::from_seed([1; 32]);
