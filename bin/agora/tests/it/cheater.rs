@@ -7,19 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::network::{http, Devnet};
+use crate::network::{account_amount, http, Devnet};
 
 fn stake(devnet: &Devnet, account: &str) -> u128 {
-    let (status, body) = http(
-        &devnet.ledger(),
-        "GET",
-        &format!("/v1/accounts/{account}"),
-        None,
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("json");
-    v["stake"].as_str().expect("stake").parse().expect("amount")
+    account_amount(devnet, account, "stake")
 }
 
 fn ask(devnet: &Devnet, model: &str, seed: u64) -> String {

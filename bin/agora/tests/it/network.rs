@@ -203,6 +203,11 @@ fn merge(into: &mut Value, from: &Value) {
 }
 
 pub fn balance(devnet: &Devnet, account: &str) -> u128 {
+    account_amount(devnet, account, "balance")
+}
+
+/// An amount field (`balance`, `stake`) of an account on the devnet's ledger.
+pub fn account_amount(devnet: &Devnet, account: &str, field: &str) -> u128 {
     let (status, body) = http(
         &devnet.ledger(),
         "GET",
@@ -212,11 +217,7 @@ pub fn balance(devnet: &Devnet, account: &str) -> u128 {
     );
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("json");
-    v["balance"]
-        .as_str()
-        .expect("balance")
-        .parse()
-        .expect("amount")
+    v[field].as_str().expect("amount").parse().expect("amount")
 }
 
 fn charged(receipts: &Value, provider: &str) -> u128 {
