@@ -71,6 +71,20 @@ impl Linear {
             Weight::Candle(QMatMul::QTensor(q)) if many_rows => {
                 QMatMul::Tensor(q.dequantize(xs.device())?).forward(xs)?
             }
+            // An audit computes dense rows one at a time too: a batched GEMM sums in another
+            // order, and the next int8 layer's activation rounding can amplify that last bit.
+            Weight::Candle(weight @ QMatMul::Tensor(_)) if mode == Mode::Audit && rows(xs) > 1 => {
+                let (lead, cols) = (&xs.dims()[..xs.rank() - 1], xs.dim(xs.rank() - 1)?);
+                let flat = xs.reshape((rows(xs), cols))?;
+                let mut out = Vec::with_capacity(rows(xs));
+                for r in 0..rows(xs) {
+                    out.push(weight.forward(&flat.narrow(0, r, 1)?)?);
+                }
+                let ys = Tensor::cat(&out, 0)?;
+                let mut shape = lead.to_vec();
+                shape.push(ys.dim(1)?);
+                ys.reshape(shape)?
+            }
             Weight::Candle(weight) => weight.forward(xs)?,
         };
         Ok(match &self.bias {

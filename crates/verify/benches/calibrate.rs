@@ -5,8 +5,9 @@
 //!
 //! `CARGO_TARGET_DIR=/work/tgt-verify cargo bench -p agora-verify --bench calibrate`
 //!
-//! Environment: `AGORA_CALIBRATE_N` (seeds, default 200), `AGORA_CALIBRATE_OUT` (the JSON
-//! summary, default `target/calibrate.json` at the workspace root).
+//! Environment: `AGORA_CALIBRATE_N` (seeds, default 150: 200 took 13 minutes on the shared
+//! 2-core machine), `AGORA_CALIBRATE_OUT` (the JSON summary, default `target/calibrate.json`
+//! at the workspace root).
 //!
 //! Each seed i gets one prompt (a Shakespeare-like line from the list below, then 0 to 3
 //! random vocabulary tokens), a temperature from {0, 0.7, 1.0} (i mod 3) and a sampler seed,
@@ -96,6 +97,9 @@ struct Claim {
     print: Fingerprint,
     sampling: SamplingParams,
 }
+
+/// Seconds to generate an answer, to audit it, and to run a plain prefill over it.
+type Timing = (f64, f64, f64);
 
 /// One audit and what it was of.
 struct Rec {
@@ -475,7 +479,7 @@ fn main() {
     let n: usize = std::env::var("AGORA_CALIBRATE_N")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200)
+        .unwrap_or(150)
         .max(2);
     let out_path = std::env::var("AGORA_CALIBRATE_OUT")
         .map(PathBuf::from)
@@ -509,7 +513,7 @@ fn main() {
     let targets: [(&'static str, &LoadedModel); 2] = [("f32", &f32m), ("q8_0 gguf", &gguf)];
     let mut recs: Vec<Rec> = vec![];
     let mut honest: BTreeMap<&'static str, Vec<Claim>> = BTreeMap::new();
-    let mut timing: BTreeMap<(&'static str, usize), Vec<(f64, f64, f64)>> = BTreeMap::new();
+    let mut timing: BTreeMap<(&'static str, usize), Vec<Timing>> = BTreeMap::new();
     let mut draw_margin = f64::INFINITY;
     let (mut thread_token_diffs, mut thread_print_diffs) = (0usize, 0usize);
     let mut print_bytes = 0usize;

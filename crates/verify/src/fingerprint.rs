@@ -126,7 +126,11 @@ pub fn compare(claimed: &ChunkPrint, hidden: &[f32]) -> ChunkComparison {
     let mut max_err = 0.0f64;
     let mut sum_err = 0.0f64;
     for (&i, &v) in claimed.indices.iter().zip(&claimed.values) {
-        let truth = hidden.get(i as usize).copied().unwrap_or(f32::NAN);
+        // The claim is bf16; round the recomputed value the same way, so honest answers
+        // differ by nothing (or one bf16 step) rather than by bf16's rounding.
+        let truth = hidden
+            .get(i as usize)
+            .map_or(f32::NAN, |v| bf16::from_f32(*v).to_f32());
         let err = (f64::from(truth) - f64::from(bf16::from_bits(v).to_f32())).abs() / scale;
         let err = if err.is_finite() { err } else { f64::INFINITY };
         max_err = max_err.max(err);
