@@ -57,6 +57,12 @@ pub struct AccountView {
     pub unbonding: Vec<Unbonding>,
     /// Registered verifier.
     pub verifier: bool,
+    /// Its receipts that passed a revealed audit.
+    #[serde(default)]
+    pub clean_audits: u64,
+    /// Confirmed frauds against it.
+    #[serde(default)]
+    pub frauds: u64,
 }
 
 /// A transaction's place in the log.

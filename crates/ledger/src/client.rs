@@ -151,6 +151,16 @@ impl Client {
         Ok(self.account(id)?.map_or(0, |a| a.nonce))
     }
 
+    /// The audit plan of `provider`'s root for `epoch`, or `None` until the root and its
+    /// selecting beacon (the next epoch's) exist.
+    pub fn audit_plan(
+        &self,
+        provider: &AccountId,
+        epoch: u64,
+    ) -> Result<Option<crate::AuditPlan>, ClientError> {
+        self.get_opt(&format!("/v1/roots/{provider}/{epoch}/plan"))
+    }
+
     /// A channel, or `None` if unknown.
     pub fn channel(&self, id: &Hash32) -> Result<Option<Channel>, ClientError> {
         self.get_opt(&format!("/v1/channels/{id}"))

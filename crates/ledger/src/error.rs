@@ -159,7 +159,7 @@ pub enum TxError {
         receipt: Hash32,
     },
     /// A verdict on this receipt was already recorded.
-    #[error("receipt {0} was already judged")]
+    #[error("leaf {0} was already judged")]
     AlreadyJudged(Hash32),
     /// The verdict's parties overlap (a verifier judging itself, or confirming itself).
     #[error("conflicted verdict: {reason}")]
@@ -167,6 +167,49 @@ pub enum TxError {
         /// Which parties overlap.
         reason: &'static str,
     },
+    /// The leaf is not one the beacon selected for audit, or not this verifier's to audit.
+    #[error("leaf {index} of {provider}'s epoch {epoch} root is not assigned to {verifier}")]
+    NotAssigned {
+        /// The provider.
+        provider: AccountId,
+        /// The root's epoch.
+        epoch: u64,
+        /// The leaf.
+        index: u64,
+        /// The verifier that asked.
+        verifier: AccountId,
+    },
+    /// The audit step is outside its window of epochs.
+    #[error("{what} is not open in epoch {epoch}: open from {from} to {to}")]
+    AuditWindow {
+        /// Which step.
+        what: &'static str,
+        /// The current epoch.
+        epoch: u64,
+        /// First epoch it is open.
+        from: u64,
+        /// Last epoch it is open.
+        to: u64,
+    },
+    /// The leaf already has a commitment.
+    #[error("leaf {index} of {provider}'s epoch {epoch} root already has an audit commitment")]
+    AlreadyCommitted {
+        /// The provider.
+        provider: AccountId,
+        /// The epoch.
+        epoch: u64,
+        /// The leaf.
+        index: u64,
+    },
+    /// No matching commitment, or the reveal does not open it.
+    #[error("no open commitment matches this reveal")]
+    BadReveal,
+    /// A verdict needs a revealed failed audit of the leaf by its sender.
+    #[error("a verdict needs the sender's revealed failed audit of the leaf")]
+    UnrevealedVerdict,
+    /// Only the planter may plant or reveal plants.
+    #[error("{0} is not the planter")]
+    NotPlanter(AccountId),
     /// Only the sequencer may advance the epoch.
     #[error("{0} is not the sequencer")]
     NotSequencer(AccountId),
@@ -201,6 +244,12 @@ impl TxError {
             TxError::AlreadyJudged(_) => "already_judged",
             TxError::ConflictedVerdict { .. } => "conflicted_verdict",
             TxError::NotSequencer(_) => "not_sequencer",
+            TxError::NotAssigned { .. } => "not_assigned",
+            TxError::AuditWindow { .. } => "audit_window",
+            TxError::AlreadyCommitted { .. } => "already_committed",
+            TxError::BadReveal => "bad_reveal",
+            TxError::UnrevealedVerdict => "unrevealed_verdict",
+            TxError::NotPlanter(_) => "not_planter",
         }
     }
 }
@@ -214,6 +263,14 @@ pub enum GenesisError {
     /// The allocations sum past the largest amount.
     #[error("total supply overflows")]
     SupplyOverflow,
+    /// A parts-per-million parameter above 1,000,000.
+    #[error("parameter {name} = {value} ppm exceeds 1000000")]
+    BadPpm {
+        /// The parameter.
+        name: &'static str,
+        /// Its value.
+        value: u32,
+    },
     /// A basis-point parameter above 10,000.
     #[error("parameter {name} = {value} bps exceeds 10000")]
     BadBps {

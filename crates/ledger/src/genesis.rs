@@ -18,6 +18,21 @@ pub struct Params {
     pub min_verifier_stake: Amount,
     /// Bonded stake a provider must hold to post receipt roots.
     pub min_provider_stake: Amount,
+    /// A provider's first this many audited-clean jobs are all audited (and again after any
+    /// confirmed fraud).
+    pub probation_jobs: u64,
+    /// The audit probability after probation, in parts per million.
+    pub audit_floor_ppm: u32,
+    /// Share of every voucher claim that goes to the audit pool, in bps.
+    pub audit_fee_bps: u16,
+    /// Paid from the audit pool to the assigned verifier for each revealed audit.
+    pub audit_fee: Amount,
+    /// Share of a verifier's stake slashed when it passed a planted fraud, in bps.
+    pub lazy_slash_bps: u16,
+    /// Epochs a selected leaf stays open for its commitment, and then for its reveal.
+    pub audit_window_epochs: u64,
+    /// The account allowed to plant fake frauds (a canary provider), if any.
+    pub planter: Option<AccountId>,
 }
 
 impl Default for Params {
@@ -28,6 +43,13 @@ impl Default for Params {
             bounty_bps: 2_000,
             min_verifier_stake: Amount::new(100),
             min_provider_stake: Amount::new(100),
+            probation_jobs: 50,
+            audit_floor_ppm: 20_000,
+            audit_fee_bps: 0,
+            audit_fee: Amount::ZERO,
+            lazy_slash_bps: 5_000,
+            audit_window_epochs: 1,
+            planter: None,
         }
     }
 }
@@ -67,10 +89,18 @@ impl Genesis {
         for (name, value) in [
             ("slash_bps", self.params.slash_bps),
             ("bounty_bps", self.params.bounty_bps),
+            ("audit_fee_bps", self.params.audit_fee_bps),
+            ("lazy_slash_bps", self.params.lazy_slash_bps),
         ] {
             if value > 10_000 {
                 return Err(GenesisError::BadBps { name, value });
             }
+        }
+        if self.params.audit_floor_ppm > 1_000_000 {
+            return Err(GenesisError::BadPpm {
+                name: "audit_floor_ppm",
+                value: self.params.audit_floor_ppm,
+            });
         }
         let mut seen = std::collections::BTreeSet::new();
         let mut total = Amount::ZERO;

@@ -35,6 +35,7 @@
 //! ```
 
 pub mod api;
+pub mod audit;
 pub mod block;
 pub mod client;
 pub mod error;
@@ -49,6 +50,9 @@ pub use error::{
     BlockError, ClientError, GenesisError, InvariantError, ServeError, StoreError, TxError,
 };
 pub use genesis::{Allocation, Genesis, Params};
-pub use state::{Account, BlockCtx, Channel, Event, State};
+pub use audit::AuditPlan;
+pub use state::{leaf_key, Account, BlockCtx, Channel, Event, LeafAudit, State};
 pub use store::{BlockEvents, Store, TxEvents};
-pub use tx::{SignedTx, Tx, TxBody, Verdict, VerifiedTx, Voucher};
+pub use tx::{
+    audit_commitment, plant_commitment, Fault, SignedTx, Tx, TxBody, Verdict, VerifiedTx, Voucher,
+};

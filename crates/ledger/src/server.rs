@@ -188,6 +188,7 @@ impl Node {
             .route("/v1/status", get(status))
             .route("/v1/accounts/{id}", get(account))
             .route("/v1/channels/{id}", get(channel))
+            .route("/v1/roots/{provider}/{epoch}/plan", get(audit_plan))
             .route("/v1/txs/{id}", get(tx_location))
             .route("/v1/blocks/{height}", get(block))
             .route("/v1/blocks", get(blocks))
@@ -459,10 +460,27 @@ async fn account(State(node): State<Node>, Path(id): Path<String>) -> ApiResult<
             stake: a.stake,
             unbonding: a.unbonding.clone(),
             verifier: a.verifier,
+            clean_audits: a.clean_audits,
+            frauds: a.frauds,
         })
     })
     .map(Json)
     .ok_or_else(|| ApiError::not_found("unknown_account", TxError::UnknownAccount(id)))
+}
+
+async fn audit_plan(
+    State(node): State<Node>,
+    Path((provider, epoch)): Path<(String, u64)>,
+) -> ApiResult<crate::audit::AuditPlan> {
+    let provider: AccountId = provider.parse().map_err(ApiError::bad)?;
+    node.with_ledger(|l| l.state.audit_plan(&provider, epoch))
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "no_audit_plan",
+                TxError::UnknownReceiptRoot { provider, epoch },
+            )
+        })
 }
 
 async fn channel(

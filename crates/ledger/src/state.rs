@@ -2,7 +2,7 @@
 
 use crate::error::{GenesisError, InvariantError, TxError};
 use crate::genesis::{Genesis, Params};
-use crate::tx::{channel_id, TxBody, Verdict, VerifiedTx};
+use crate::tx::{channel_id, Fault, TxBody, Verdict, VerifiedTx};
 use agora_core::{codec, merkle, AccountId, Amount, Hash32};
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
@@ -11,6 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 const STATE_DOMAIN: &[u8] = b"agora/ledger/state/v1";
 const BEACON_DOMAIN: &[u8] = b"agora/ledger/beacon/v1";
 const JUDGED_DOMAIN: &[u8] = b"agora/ledger/judged/v1";
+
+/// The key of a leaf in `judged` and `audits`: `H(provider, epoch, index)`.
+pub fn leaf_key(provider: &AccountId, epoch: u64, index: u64) -> Hash32 {
+    codec::hash(JUDGED_DOMAIN, &(provider, epoch, index))
+}
 
 /// Stake on its way back to the balance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
@@ -36,6 +41,10 @@ pub struct Account {
     pub unbonding: Vec<Unbonding>,
     /// Registered verifier.
     pub verifier: bool,
+    /// Its receipts that passed a revealed audit.
+    pub clean_audits: u64,
+    /// Confirmed frauds against it.
+    pub frauds: u64,
 }
 
 impl Account {
@@ -84,6 +93,21 @@ pub struct ReceiptRoot {
     pub root: Hash32,
     /// How many receipts.
     pub receipts: u64,
+    /// The audit probability of each leaf, in parts per million, fixed when it was posted.
+    pub audit_ppm: u32,
+}
+
+/// The audit of one selected leaf: a commitment, then its reveal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct LeafAudit {
+    /// The assigned verifier.
+    pub verifier: AccountId,
+    /// Its commitment.
+    pub commitment: Hash32,
+    /// The epoch it committed in.
+    pub committed_epoch: u64,
+    /// The revealed outcome: passed or not.
+    pub revealed: Option<bool>,
 }
 
 /// What an accepted transaction did.
@@ -182,8 +206,12 @@ pub enum Event {
     Slashed {
         /// Provider.
         provider: AccountId,
-        /// The failed receipt.
-        receipt: Hash32,
+        /// The epoch of the root.
+        epoch: u64,
+        /// The failed leaf.
+        index: u64,
+        /// The failed receipt, if the material was handed over.
+        receipt: Option<Hash32>,
         /// Total taken from its stake.
         amount: Amount,
         /// Verifier paid the bounty.
@@ -196,6 +224,50 @@ pub enum Event {
         refund: Amount,
         /// Burned rest.
         burned: Amount,
+    },
+    /// A verifier committed to the audit of a leaf.
+    AuditCommitted {
+        /// Verifier.
+        verifier: AccountId,
+        /// Provider.
+        provider: AccountId,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+    },
+    /// A verifier revealed an audit outcome and was paid its fee.
+    AuditRevealed {
+        /// Verifier.
+        verifier: AccountId,
+        /// Provider.
+        provider: AccountId,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// The outcome.
+        passed: bool,
+        /// The fee paid from the audit pool.
+        fee: Amount,
+    },
+    /// The planter planted a fake fraud (only its commitment is public).
+    FraudPlanted {
+        /// The commitment.
+        commitment: Hash32,
+    },
+    /// A plant was opened; a verifier that passed it was slashed.
+    PlantRevealed {
+        /// The canary provider.
+        provider: AccountId,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// The verifier that passed the planted fraud, if one did.
+        lazy: Option<AccountId>,
+        /// Taken from its stake (burned).
+        slashed: Amount,
     },
     /// A new epoch began.
     EpochAdvanced {
@@ -236,21 +308,36 @@ pub struct State {
     pub channels: BTreeMap<Hash32, Channel>,
     /// Receipt roots by (provider, epoch).
     pub roots: BTreeMap<(AccountId, u64), ReceiptRoot>,
-    /// Receipts already judged, as `H(provider, epoch, receipt)`.
+    /// Leaves already judged, as `H(provider, epoch, index)`.
     pub judged: BTreeSet<Hash32>,
     /// Slashed and neither paid as bounty nor refunded.
     pub burned: Amount,
+    /// Every epoch's beacon; a root posted in epoch e is sampled with the beacon of e + 1.
+    pub beacons: BTreeMap<u64, Hash32>,
+    /// Registered verifiers (mirrors `Account::verifier`), for assigning audits.
+    pub verifiers: BTreeSet<AccountId>,
+    /// Fees set aside from claims to pay for audits.
+    pub audit_pool: Amount,
+    /// Audits of selected leaves, by `H(provider, epoch, index)`.
+    pub audits: BTreeMap<Hash32, LeafAudit>,
+    /// Open plant commitments and the epoch each was made in.
+    pub plants: BTreeMap<Hash32, u64>,
 }
 
 /// Undo records of one transaction, so a rejection restores exactly what was there.
 #[derive(Default)]
-struct Journal {
+pub(crate) struct Journal {
     accounts: Vec<(AccountId, Option<Account>)>,
     channels: Vec<(Hash32, Option<Channel>)>,
     roots: Vec<(AccountId, u64)>,
     judged: Vec<Hash32>,
     burned: Option<Amount>,
     epoch: Option<(u64, Hash32)>,
+    beacons: Vec<u64>,
+    verifiers: Vec<(AccountId, bool)>,
+    audit_pool: Option<Amount>,
+    pub(crate) audits: Vec<(Hash32, Option<LeafAudit>)>,
+    pub(crate) plants: Vec<(Hash32, Option<u64>)>,
 }
 
 fn overdraft(account: AccountId, balance: Amount, need: Amount) -> TxError {
@@ -285,6 +372,11 @@ impl State {
             roots: BTreeMap::new(),
             judged: BTreeSet::new(),
             burned: Amount::ZERO,
+            beacons: BTreeMap::from([(0, g.hash())]),
+            verifiers: BTreeSet::new(),
+            audit_pool: Amount::ZERO,
+            audits: BTreeMap::new(),
+            plants: BTreeMap::new(),
         })
     }
 
@@ -356,10 +448,52 @@ impl State {
             self.epoch = e;
             self.beacon = b;
         }
+        for e in j.beacons {
+            self.beacons.remove(&e);
+        }
+        for (id, was) in j.verifiers.into_iter().rev() {
+            if was {
+                self.verifiers.insert(id);
+            } else {
+                self.verifiers.remove(&id);
+            }
+        }
+        if let Some(p) = j.audit_pool {
+            self.audit_pool = p;
+        }
+        for (k, old) in j.audits.into_iter().rev() {
+            match old {
+                Some(a) => self.audits.insert(k, a),
+                None => self.audits.remove(&k),
+            };
+        }
+        for (k, old) in j.plants.into_iter().rev() {
+            match old {
+                Some(e) => self.plants.insert(k, e),
+                None => self.plants.remove(&k),
+            };
+        }
+    }
+
+    /// Marks `id` a verifier or not, in the account and the set.
+    pub(crate) fn set_verifier(&mut self, j: &mut Journal, id: AccountId, on: bool) {
+        j.verifiers.push((id, self.verifiers.contains(&id)));
+        if on {
+            self.verifiers.insert(id);
+        } else {
+            self.verifiers.remove(&id);
+        }
+        Self::acct_mut(&mut self.accounts, j, id).verifier = on;
+    }
+
+    /// Moves `amount` between the audit pool and nowhere else: journals the old pool.
+    pub(crate) fn set_audit_pool(&mut self, j: &mut Journal, pool: Amount) {
+        j.audit_pool.get_or_insert(self.audit_pool);
+        self.audit_pool = pool;
     }
 
     /// The account for writing, created if absent; its old value is journaled.
-    fn acct_mut<'a>(
+    pub(crate) fn acct_mut<'a>(
         accounts: &'a mut BTreeMap<AccountId, Account>,
         j: &mut Journal,
         id: AccountId,
@@ -390,7 +524,7 @@ impl State {
         Ok(())
     }
 
-    fn credit(&mut self, j: &mut Journal, id: AccountId, amount: Amount) -> Result<(), TxError> {
+    pub(crate) fn credit(&mut self, j: &mut Journal, id: AccountId, amount: Amount) -> Result<(), TxError> {
         let a = Self::acct_mut(&mut self.accounts, j, id);
         a.balance = a
             .balance
@@ -553,7 +687,17 @@ impl State {
                     .checked_sub(c.claimed)
                     .map_err(|_| TxError::Overflow { what: "claim" })?;
                 c.claimed = voucher.cumulative;
-                self.credit(j, from, increase)?;
+                // A share of every payment funds the audits that keep payments honest.
+                let fee = increase.bps(self.params.audit_fee_bps);
+                let pool = self
+                    .audit_pool
+                    .checked_add(fee)
+                    .map_err(|_| TxError::Overflow { what: "audit pool" })?;
+                self.set_audit_pool(j, pool);
+                let paid = increase
+                    .checked_sub(fee)
+                    .map_err(|_| TxError::Overflow { what: "claim" })?;
+                self.credit(j, from, paid)?;
                 vec![Event::VoucherClaimed {
                     channel: id,
                     provider: from,
@@ -605,10 +749,11 @@ impl State {
                         need: min,
                     });
                 }
-                a.verifier = true;
+                let stake = a.stake;
+                self.set_verifier(j, from, true);
                 vec![Event::VerifierRegistered {
                     account: from,
-                    stake: a.stake,
+                    stake,
                 }]
             }
             TxBody::PostReceiptRoot {
@@ -636,12 +781,19 @@ impl State {
                         epoch: *epoch,
                     });
                 }
+                let audit_ppm = if sender.frauds > 0 || sender.clean_audits < self.params.probation_jobs
+                {
+                    1_000_000
+                } else {
+                    self.params.audit_floor_ppm
+                };
                 j.roots.push((from, *epoch));
                 self.roots.insert(
                     (from, *epoch),
                     ReceiptRoot {
                         root: *root,
                         receipts: *receipts,
+                        audit_ppm,
                     },
                 );
                 vec![Event::ReceiptRootPosted {
@@ -654,6 +806,26 @@ impl State {
             TxBody::AuditVerdict {
                 verdict, confirmer, ..
             } => self.verdict(j, from, verdict, *confirmer)?,
+            TxBody::CommitAudit {
+                provider,
+                epoch,
+                index,
+                commitment,
+            } => self.commit_audit(j, from, *provider, *epoch, *index, *commitment)?,
+            TxBody::RevealAudit {
+                provider,
+                epoch,
+                index,
+                passed,
+                salt,
+            } => self.reveal_audit(j, from, *provider, *epoch, *index, *passed, salt)?,
+            TxBody::PlantFraud { commitment } => self.plant(j, from, *commitment)?,
+            TxBody::RevealPlant {
+                provider,
+                epoch,
+                index,
+                salt,
+            } => self.reveal_plant(j, from, *provider, *epoch, *index, salt)?,
             TxBody::AdvanceEpoch => {
                 if from != self.sequencer {
                     return Err(TxError::NotSequencer(from));
@@ -665,6 +837,8 @@ impl State {
                 j.epoch = Some((self.epoch, self.beacon));
                 self.beacon = codec::hash(BEACON_DOMAIN, &(self.beacon, epoch, ctx.parent));
                 self.epoch = epoch;
+                j.beacons.push(epoch);
+                self.beacons.insert(epoch, self.beacon);
                 let mut events = Vec::new();
                 let due: Vec<AccountId> = self
                     .accounts
@@ -744,8 +918,9 @@ impl State {
                 release_epoch,
             }),
         }
-        if a.verifier && a.stake < min {
-            a.verifier = false;
+        let below = a.verifier && a.stake < min;
+        if below {
+            self.set_verifier(j, from, false);
         }
         Ok(vec![Event::Unstaked {
             account: from,
@@ -778,7 +953,7 @@ impl State {
             });
         }
         for who in [from, confirmer] {
-            if !self.accounts.get(&who).is_some_and(|a| a.verifier) {
+            if !self.verifiers.contains(&who) {
                 return Err(TxError::NotVerifier(who));
             }
         }
@@ -789,30 +964,100 @@ impl State {
                 provider: v.provider,
                 epoch: v.epoch,
             })?;
-        if v.index >= posted.receipts
-            || !merkle::verify(&posted.root, &v.receipt, v.index, &v.proof)
-        {
-            return Err(TxError::BadReceiptProof { receipt: v.receipt });
-        }
-        let key = codec::hash(JUDGED_DOMAIN, &(v.provider, v.epoch, v.receipt));
-        if self.judged.contains(&key) {
-            return Err(TxError::AlreadyJudged(v.receipt));
-        }
-        let ch = self
-            .channels
-            .get(&v.channel)
-            .ok_or(TxError::UnknownChannel(v.channel))?;
-        if ch.provider != v.provider {
-            return Err(TxError::NotChannelProvider {
-                channel: v.channel,
-                account: v.provider,
+        if v.index >= posted.receipts {
+            return Err(TxError::Malformed {
+                reason: "leaf index past the root's receipt count",
             });
         }
-        let payer = ch.payer;
-        let (slash_bps, bounty_bps) = (self.params.slash_bps, self.params.bounty_bps);
+        let (receipt, refund_to) = match &v.fault {
+            Fault::Fraud {
+                receipt,
+                proof,
+                channel,
+                refund,
+            } => {
+                if !merkle::verify(&posted.root, receipt, v.index, proof) {
+                    return Err(TxError::BadReceiptProof { receipt: *receipt });
+                }
+                let ch = self
+                    .channels
+                    .get(channel)
+                    .ok_or(TxError::UnknownChannel(*channel))?;
+                if ch.provider != v.provider {
+                    return Err(TxError::NotChannelProvider {
+                        channel: *channel,
+                        account: v.provider,
+                    });
+                }
+                (Some(*receipt), Some((ch.payer, *refund)))
+            }
+            Fault::Withheld => (None, None),
+        };
+        let key = leaf_key(&v.provider, v.epoch, v.index);
+        if self.judged.contains(&key) {
+            return Err(TxError::AlreadyJudged(key));
+        }
+        // The commitment came first: only the verifier that revealed a failed audit of this
+        // leaf may bring the verdict.
+        match self.audits.get(&key) {
+            Some(a) if a.verifier == from && a.revealed == Some(false) => {}
+            _ => return Err(TxError::UnrevealedVerdict),
+        }
 
-        // Slash a share of bonded + unbonding stake, bonded first, then the latest unbonding.
+        let slashed = self.slash_stake(j, v.provider, self.params.slash_bps)?;
         let p = Self::acct_mut(&mut self.accounts, j, v.provider);
+        p.frauds = p.frauds.saturating_add(1);
+        let bounty = slashed.bps(self.params.bounty_bps);
+        let after_bounty = slashed
+            .checked_sub(bounty)
+            .map_err(|_| TxError::Overflow { what: "bounty" })?;
+        let (payer, refund) = match refund_to {
+            Some((payer, refund)) => (Some(payer), refund.min(after_bounty)),
+            None => (None, Amount::ZERO),
+        };
+        let burned = after_bounty
+            .checked_sub(refund)
+            .map_err(|_| TxError::Overflow { what: "refund" })?;
+        self.credit(j, from, bounty)?;
+        if let Some(payer) = payer {
+            self.credit(j, payer, refund)?;
+        }
+        self.burn(j, burned)?;
+        j.judged.push(key);
+        self.judged.insert(key);
+        Ok(vec![Event::Slashed {
+            provider: v.provider,
+            epoch: v.epoch,
+            index: v.index,
+            receipt,
+            amount: slashed,
+            verifier: from,
+            bounty,
+            payer: payer.unwrap_or(v.provider),
+            refund,
+            burned,
+        }])
+    }
+
+    pub(crate) fn burn(&mut self, j: &mut Journal, amount: Amount) -> Result<(), TxError> {
+        j.burned.get_or_insert(self.burned);
+        self.burned = self
+            .burned
+            .checked_add(amount)
+            .map_err(|_| TxError::Overflow { what: "burned" })?;
+        Ok(())
+    }
+
+    /// Takes `bps` of `who`'s bonded and unbonding stake, bonded first, then the latest
+    /// unbonding; returns the amount taken. A verifier left under the minimum stops being one.
+    pub(crate) fn slash_stake(
+        &mut self,
+        j: &mut Journal,
+        who: AccountId,
+        bps: u16,
+    ) -> Result<Amount, TxError> {
+        let min = self.params.min_verifier_stake;
+        let p = Self::acct_mut(&mut self.accounts, j, who);
         let unbonding = p
             .unbonding_total()
             .map_err(|_| TxError::Overflow { what: "unbonding" })?;
@@ -820,7 +1065,7 @@ impl State {
             .stake
             .checked_add(unbonding)
             .map_err(|_| TxError::Overflow { what: "stake" })?;
-        let slashed = at_stake.bps(slash_bps);
+        let slashed = at_stake.bps(bps);
         let from_bonded = slashed.min(p.stake);
         p.stake = p
             .stake
@@ -840,41 +1085,17 @@ impl State {
                 .map_err(|_| TxError::Overflow { what: "slash" })?;
         }
         p.unbonding.retain(|u| !u.amount.is_zero());
-
-        let bounty = slashed.bps(bounty_bps);
-        let after_bounty = slashed
-            .checked_sub(bounty)
-            .map_err(|_| TxError::Overflow { what: "bounty" })?;
-        let refund = v.refund.min(after_bounty);
-        let burned = after_bounty
-            .checked_sub(refund)
-            .map_err(|_| TxError::Overflow { what: "refund" })?;
-        self.credit(j, from, bounty)?;
-        self.credit(j, payer, refund)?;
-        j.burned.get_or_insert(self.burned);
-        self.burned = self
-            .burned
-            .checked_add(burned)
-            .map_err(|_| TxError::Overflow { what: "burned" })?;
-        j.judged.push(key);
-        self.judged.insert(key);
-        Ok(vec![Event::Slashed {
-            provider: v.provider,
-            receipt: v.receipt,
-            amount: slashed,
-            verifier: from,
-            bounty,
-            payer,
-            refund,
-            burned,
-        }])
+        if p.verifier && p.stake < min {
+            self.set_verifier(j, who, false);
+        }
+        Ok(slashed)
     }
 
     /// Checks conservation of supply and channel bounds.
     pub fn check_invariants(&self) -> Result<(), InvariantError> {
         let add =
             |s: Amount, x: Amount| s.checked_add(x).map_err(|_| InvariantError::SupplyOverflow);
-        let mut total = self.burned;
+        let mut total = add(self.burned, self.audit_pool)?;
         for a in self.accounts.values() {
             total = add(total, a.balance)?;
             total = add(total, a.stake)?;

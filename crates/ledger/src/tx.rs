@@ -36,8 +36,28 @@ impl Voucher {
     }
 }
 
-/// An audit verdict: receipt `receipt`, leaf `index` of the root `provider` posted for `epoch`,
-/// failed verification. Signed by a second verifier that confirmed it.
+/// What a confirmed audit failure found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Fault {
+    /// The receipt under the root failed its audit; the payer of `channel` is refunded.
+    Fraud {
+        /// The failed receipt's hash.
+        receipt: Hash32,
+        /// The Merkle path from the receipt to the root.
+        proof: Vec<Hash32>,
+        /// The channel the receipt was paid from; its payer is refunded.
+        channel: Hash32,
+        /// What the payer paid for the receipt and gets back (capped by what the slash yields).
+        refund: Amount,
+    },
+    /// The provider did not hand over the material behind the leaf, to either verifier: a
+    /// refused or lost audit counts as failed. Nothing is refunded (no receipt is known).
+    Withheld,
+}
+
+/// An audit verdict: leaf `index` of the root `provider` posted for `epoch` failed its audit.
+/// Signed by a second verifier that confirmed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct Verdict {
     /// The chain.
@@ -46,16 +66,10 @@ pub struct Verdict {
     pub provider: AccountId,
     /// The epoch of the receipt root.
     pub epoch: u64,
-    /// The failed receipt's hash.
-    pub receipt: Hash32,
-    /// Its leaf index under the root.
+    /// The leaf index under the root.
     pub index: u64,
-    /// The Merkle path from the receipt to the root.
-    pub proof: Vec<Hash32>,
-    /// The channel the receipt was paid from; its payer is refunded.
-    pub channel: Hash32,
-    /// What the payer paid for the receipt and gets back (capped by what the slash yields).
-    pub refund: Amount,
+    /// What was wrong.
+    pub fault: Fault,
 }
 
 impl Verdict {
@@ -140,6 +154,49 @@ pub enum TxBody {
         /// Its signature over the verdict.
         confirmer_sig: Signature,
     },
+    /// The assigned verifier commits to its audit outcome for a selected leaf, as
+    /// [`audit_commitment`]; nobody can copy an outcome that is not yet revealed.
+    CommitAudit {
+        /// The audited provider.
+        provider: AccountId,
+        /// The epoch of its receipt root.
+        epoch: u64,
+        /// The leaf.
+        index: u64,
+        /// `audit_commitment(chain, verifier, provider, epoch, index, passed, salt)`.
+        commitment: Hash32,
+    },
+    /// In a later epoch, the verifier reveals the outcome it committed to and is paid its fee.
+    RevealAudit {
+        /// The audited provider.
+        provider: AccountId,
+        /// The epoch of its receipt root.
+        epoch: u64,
+        /// The leaf.
+        index: u64,
+        /// Whether the leaf passed.
+        passed: bool,
+        /// The salt of the commitment.
+        salt: Hash32,
+    },
+    /// The planter commits to a planted fake fraud, as [`plant_commitment`], no later than
+    /// the epoch of the root that holds it.
+    PlantFraud {
+        /// The commitment.
+        commitment: Hash32,
+    },
+    /// After every reveal is in, the planter opens a plant: a verifier that passed it loses
+    /// part of its stake.
+    RevealPlant {
+        /// The canary provider that served the planted receipt.
+        provider: AccountId,
+        /// The epoch of its root.
+        epoch: u64,
+        /// The planted leaf.
+        index: u64,
+        /// The salt of the commitment.
+        salt: Hash32,
+    },
     /// The sequencer ends the epoch: a new beacon, and matured unbonding is released.
     AdvanceEpoch,
 }
@@ -172,6 +229,36 @@ pub struct SignedTx {
     pub tx: Tx,
     /// The sender's signature over `TX_DOMAIN || encode(tx)`.
     pub sig: Signature,
+}
+
+const AUDIT_COMMIT_DOMAIN: &[u8] = b"agora/ledger/audit-commit/v1";
+const PLANT_DOMAIN: &[u8] = b"agora/ledger/plant/v1";
+
+/// What a verifier commits to before it reveals an audit outcome.
+pub fn audit_commitment(
+    chain_id: u64,
+    verifier: &AccountId,
+    provider: &AccountId,
+    epoch: u64,
+    index: u64,
+    passed: bool,
+    salt: &Hash32,
+) -> Hash32 {
+    codec::hash(
+        AUDIT_COMMIT_DOMAIN,
+        &(chain_id, verifier, provider, epoch, index, passed, salt),
+    )
+}
+
+/// What the planter commits to when it plants a fake fraud at a leaf.
+pub fn plant_commitment(
+    chain_id: u64,
+    provider: &AccountId,
+    epoch: u64,
+    index: u64,
+    salt: &Hash32,
+) -> Hash32 {
+    codec::hash(PLANT_DOMAIN, &(chain_id, provider, epoch, index, salt))
 }
 
 /// The id of a channel opened by `payer` with nonce `nonce`.
@@ -261,7 +348,14 @@ impl SignedTx {
                     reason: "receipt count must be in 1..=2^32",
                 })
             }
-            TxBody::AuditVerdict { verdict, .. } if verdict.proof.len() > MAX_PROOF_LEN => {
+            TxBody::AuditVerdict {
+                verdict:
+                    Verdict {
+                        fault: Fault::Fraud { proof, .. },
+                        ..
+                    },
+                ..
+            } if proof.len() > MAX_PROOF_LEN => {
                 Err(TxError::Malformed {
                     reason: "merkle proof too long",
                 })

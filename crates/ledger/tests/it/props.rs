@@ -1,6 +1,8 @@
 use crate::common::{amt, genesis, keys, CHAIN};
 use agora_core::{codec, merkle, Hash32, Keypair};
-use agora_ledger::{Block, Ledger, SignedTx, Store, Tx, TxBody, TxEvents, Verdict, Voucher};
+use agora_ledger::{
+    audit_commitment, Block, Fault, Ledger, SignedTx, Store, Tx, TxBody, TxEvents, Verdict, Voucher,
+};
 use proptest::prelude::*;
 
 const N: usize = 5;
@@ -58,6 +60,15 @@ enum Op {
         ch: usize,
         refund: u128,
     },
+    /// The assigned verifier (or `who` when there is none) commits to, or reveals, the audit
+    /// of a leaf.
+    Audit {
+        who: usize,
+        root: usize,
+        leaf: usize,
+        reveal: bool,
+        passed: bool,
+    },
     Advance {
         who: usize,
     },
@@ -92,6 +103,8 @@ fn plain_op() -> impl Strategy<Value = Op> {
         2 => (who(), 1..6u64, 0..2u64).prop_map(|(who, receipts, epoch_delta)| Op::PostRoot { who, receipts, epoch_delta }),
         2 => (who(), who(), any::<usize>(), any::<usize>(), any::<usize>(), 0..300u128)
             .prop_map(|(by, conf, root, leaf, ch, refund)| Op::Verdict { by, conf, root, leaf, ch, refund }),
+        3 => (who(), any::<usize>(), any::<usize>(), any::<bool>(), any::<bool>())
+            .prop_map(|(who, root, leaf, reveal, passed)| Op::Audit { who, root, leaf, reveal, passed }),
         2 => prop_oneof![4 => Just(0usize), 1 => who()].prop_map(|who| Op::Advance { who }),
         2 => Just(Op::Seal),
     ]
@@ -256,11 +269,13 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
                 chain_id: CHAIN,
                 provider: k[provider].account(),
                 epoch,
-                receipt: ls[index],
                 index: index as u64,
-                proof: merkle::proof(&ls, index).unwrap_or_default(),
-                channel: pick_channel(l, *ch),
-                refund: amt(*refund),
+                fault: Fault::Fraud {
+                    receipt: ls[index],
+                    proof: merkle::proof(&ls, index).unwrap_or_default(),
+                    channel: pick_channel(l, *ch),
+                    refund: amt(*refund),
+                },
             };
             sign(
                 *by,
@@ -270,6 +285,52 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
                     confirmer: k[*conf].account(),
                 },
             )
+        }
+        Op::Audit {
+            who,
+            root,
+            leaf,
+            reveal,
+            passed,
+        } => {
+            let (provider, epoch, ls) = if roots.is_empty() {
+                (1, 0, leaves(1, 0, 1))
+            } else {
+                roots[root % roots.len()].clone()
+            };
+            let index = (leaf % ls.len()) as u64;
+            let provider = k[provider].account();
+            let by = l
+                .state
+                .leaf_assignee(&provider, epoch, index)
+                .and_then(|v| k.iter().position(|key| key.account() == v))
+                .unwrap_or(*who);
+            let salt = Hash32::of(&index.to_le_bytes());
+            let body = if *reveal {
+                TxBody::RevealAudit {
+                    provider,
+                    epoch,
+                    index,
+                    passed: *passed,
+                    salt,
+                }
+            } else {
+                TxBody::CommitAudit {
+                    provider,
+                    epoch,
+                    index,
+                    commitment: audit_commitment(
+                        CHAIN,
+                        &k[by].account(),
+                        &provider,
+                        epoch,
+                        index,
+                        *passed,
+                        &salt,
+                    ),
+                }
+            };
+            sign(by, body)
         }
         Op::Advance { who } => sign(*who, TxBody::AdvanceEpoch),
         Op::Corrupt { how, op } => {
@@ -390,7 +451,10 @@ proptest! {
     #[test]
     fn random_transactions_keep_invariants_and_replay(ops in proptest::collection::vec(op(), 1..80)) {
         let keys = keys(N);
-        let g = genesis(&keys, 1000);
+        let mut g = genesis(&keys, 1000);
+        // Claims feed the audit pool and reveals draw fees from it.
+        g.params.audit_fee_bps = 500;
+        g.params.audit_fee = amt(3);
         let chain = Ledger::from_genesis(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut run = Run { keys, probe: chain.clone(), chain, roots: Vec::new(), pending: Vec::new(), blocks: Vec::new() };
         for op in &ops {

@@ -1,7 +1,10 @@
 use crate::common::{amt, keys, ledger, tx, CHAIN};
 use agora_core::{merkle, Hash32, Keypair};
 use agora_ledger::tx::channel_id;
-use agora_ledger::{Event, Ledger, SignedTx, Tx, TxBody, TxError, Verdict, Voucher};
+use agora_ledger::{
+    audit_commitment, plant_commitment, Event, Fault, Ledger, SignedTx, Tx, TxBody, TxError,
+    Verdict, Voucher,
+};
 
 /// `ok!(ledger, &tx)`: the transaction is built before the ledger is borrowed mutably.
 macro_rules! ok {
@@ -409,10 +412,17 @@ fn beacon_is_hash_chained_over_epoch_and_parent() {
     assert_ne!(c.state.beacon, a.state.beacon);
 }
 
-/// Provider k[1] with a posted root of 4 receipts; verifiers k[2], k[3]; payer k[4].
+/// Provider k[1] with a posted root of 4 receipts in epoch 0; verifiers k[2], k[3]; payer
+/// k[4]; the ledger is in epoch 1, so the root's selecting beacon exists.
 fn audit_world() -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
+    audit_world_with(agora_ledger::Params::default())
+}
+
+fn audit_world_with(params: agora_ledger::Params) -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
     let k = keys(5);
-    let mut l = ledger(&k, 10_000);
+    let mut g = crate::common::genesis(&k, 10_000);
+    g.params = params;
+    let mut l = Ledger::from_genesis(&g).expect("genesis");
     ok!(l, &tx(&l, &k[1], TxBody::Stake { amount: amt(1000) }));
     for v in [&k[2], &k[3]] {
         ok!(l, &tx(&l, v, TxBody::RegisterVerifier { stake: amt(100) }));
@@ -432,7 +442,60 @@ fn audit_world() -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
         )
     );
     let c = open_channel(&mut l, &k[4], &k[1], 500, 10);
+    advance(&mut l, &k[0], 1);
     (l, k, receipts, c.id)
+}
+
+/// The index in `k` of the verifier assigned to leaf `i` of k[1]'s epoch-0 root.
+fn assigned(l: &Ledger, k: &[Keypair], i: u64) -> usize {
+    let v = l
+        .state
+        .leaf_assignee(&k[1].account(), 0, i)
+        .expect("every leaf of a new provider is selected");
+    k.iter().position(|x| x.account() == v).expect("a known key")
+}
+
+fn salt(i: u64) -> Hash32 {
+    Hash32::of(&i.to_le_bytes())
+}
+
+/// The assigned verifiers of `leaves` commit to `passed`, the epoch advances, they reveal.
+/// Returns (assigned verifier, the other one) per leaf.
+fn audit_leaves(l: &mut Ledger, k: &[Keypair], leaves: &[u64], passed: bool) -> Vec<(usize, usize)> {
+    let provider = k[1].account();
+    let mut who = Vec::new();
+    for &i in leaves {
+        let by = assigned(l, k, i);
+        let commitment = audit_commitment(CHAIN, &k[by].account(), &provider, 0, i, passed, &salt(i));
+        let t = tx(
+            l,
+            &k[by],
+            TxBody::CommitAudit {
+                provider,
+                epoch: 0,
+                index: i,
+                commitment,
+            },
+        );
+        ok_fn(l, &t);
+        who.push((by, 5 - by));
+    }
+    advance(l, &k[0], 1);
+    for (&i, &(by, _)) in leaves.iter().zip(&who) {
+        let t = tx(
+            l,
+            &k[by],
+            TxBody::RevealAudit {
+                provider,
+                epoch: 0,
+                index: i,
+                passed,
+                salt: salt(i),
+            },
+        );
+        ok_fn(l, &t);
+    }
+    who
 }
 
 fn verdict_tx(
@@ -448,11 +511,13 @@ fn verdict_tx(
         chain_id: CHAIN,
         provider: k[1].account(),
         epoch: 0,
-        receipt: receipts[i],
         index: i as u64,
-        proof: merkle::proof(receipts, i).expect("proof"),
-        channel: ch,
-        refund: amt(50),
+        fault: Fault::Fraud {
+            receipt: receipts[i],
+            proof: merkle::proof(receipts, i).expect("proof"),
+            channel: ch,
+            refund: amt(50),
+        },
     };
     tx(
         l,
@@ -469,14 +534,24 @@ fn verdict_tx(
 fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
     let (mut l, k, receipts, ch) = audit_world();
     let payer_before = balance(&l, &k[4]);
-    let verifier_before = balance(&l, &k[2]);
+    let who = audit_leaves(&mut l, &k, &[1, 3], false);
 
     // Refusals first.
     let t = tx(
         &l,
         &k[1],
         TxBody::PostReceiptRoot {
-            epoch: 0,
+            epoch: 2,
+            root: Hash32::ZERO,
+            receipts: 1,
+        },
+    );
+    ok!(l, &t);
+    let t = tx(
+        &l,
+        &k[1],
+        TxBody::PostReceiptRoot {
+            epoch: 2,
             root: Hash32::ZERO,
             receipts: 1,
         },
@@ -499,7 +574,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         &l,
         &k[4],
         TxBody::PostReceiptRoot {
-            epoch: 0,
+            epoch: 2,
             root: Hash32::ZERO,
             receipts: 1,
         },
@@ -531,25 +606,45 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         rejected!(l, &bad_proof),
         TxError::BadReceiptProof { .. }
     ));
+    // Leaf 0 was never audited with a revealed failure: no verdict without one.
+    assert!(matches!(
+        rejected!(l, &verdict_tx(&l, &k, &receipts, 0, ch, 2, 3)),
+        TxError::UnrevealedVerdict
+    ));
+    // Only the verifier that revealed the failure may bring the verdict.
+    let (by1, other1) = who[0];
+    assert!(matches!(
+        rejected!(l, &verdict_tx(&l, &k, &receipts, 1, ch, other1, by1)),
+        TxError::UnrevealedVerdict
+    ));
     // A confirmer signature over another verdict.
-    let mut forged = verdict_tx(&l, &k, &receipts, 1, ch, 2, 3);
-    if let TxBody::AuditVerdict { verdict, .. } = &mut forged.tx.body {
-        verdict.refund = amt(10_000);
+    let mut forged = verdict_tx(&l, &k, &receipts, 1, ch, by1, other1);
+    if let TxBody::AuditVerdict {
+        verdict:
+            Verdict {
+                fault: Fault::Fraud { refund, .. },
+                ..
+            },
+        ..
+    } = &mut forged.tx.body
+    {
+        *refund = amt(10_000);
     }
-    let forged = forged.tx.sign(&k[2]);
+    let forged = forged.tx.sign(&k[by1]);
     assert!(matches!(
         rejected!(l, &forged),
         TxError::BadSignature { .. }
     ));
 
-    let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 1, ch, 2, 3));
+    let verifier_before = balance(&l, &k[by1]);
+    let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 1, ch, by1, other1));
     // 50% of 1000 slashed; 20% of that to the verifier; 50 refunded; the rest burned.
     assert!(
         matches!(&ev[0], Event::Slashed { amount, bounty, refund, burned, .. }
             if *amount == amt(500) && *bounty == amt(100) && *refund == amt(50) && *burned == amt(350)),
         "{ev:?}"
     );
-    assert_eq!(balance(&l, &k[2]), verifier_before + 100);
+    assert_eq!(balance(&l, &k[by1]), verifier_before + 100);
     assert_eq!(balance(&l, &k[4]), payer_before + 50);
     assert_eq!(
         l.state.account(&k[1].account()).map(|a| a.stake),
@@ -559,11 +654,12 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
 
     // The same receipt cannot be judged twice, even by other verifiers.
     assert!(matches!(
-        rejected!(l, &verdict_tx(&l, &k, &receipts, 1, ch, 3, 2)),
+        rejected!(l, &verdict_tx(&l, &k, &receipts, 1, ch, by1, other1)),
         TxError::AlreadyJudged(_)
     ));
     // Another receipt can: 50% of the remaining 500.
-    let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 3, ch, 3, 2));
+    let (by3, other3) = who[1];
+    let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 3, ch, by3, other3));
     assert!(matches!(&ev[0], Event::Slashed { amount, .. } if *amount == amt(250)));
 }
 
@@ -571,7 +667,8 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
 fn unbonding_stake_is_still_slashable() {
     let (mut l, k, receipts, ch) = audit_world();
     ok!(l, &tx(&l, &k[1], TxBody::Unstake { amount: amt(800) }));
-    let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 0, ch, 2, 3));
+    let (by, other) = audit_leaves(&mut l, &k, &[0], false)[0];
+    let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 0, ch, by, other));
     assert!(matches!(&ev[0], Event::Slashed { amount, .. } if *amount == amt(500)));
     let a = l.state.account(&k[1].account()).expect("provider");
     assert_eq!(a.stake, amt(0));
@@ -624,4 +721,285 @@ fn batch_verification_agrees_with_single_verification() {
     }
     // 7 bad signatures, 7 tampered nonces, 6 zero amounts, 1 forged voucher.
     assert_eq!(bad, 21);
+}
+
+#[test]
+fn audits_are_assigned_committed_revealed_and_paid() {
+    let params = agora_ledger::Params {
+        audit_fee_bps: 1_000,
+        audit_fee: amt(7),
+        ..agora_ledger::Params::default()
+    };
+    let (mut l, k, _receipts, ch) = audit_world_with(params);
+    let provider = k[1].account();
+    // A claim of 100 puts 10 in the audit pool and pays the provider 90.
+    let voucher = Voucher {
+        chain_id: CHAIN,
+        channel: ch,
+        cumulative: amt(100),
+    };
+    let provider_before = balance(&l, &k[1]);
+    ok!(
+        l,
+        &tx(
+            &l,
+            &k[1],
+            TxBody::ClaimVoucher {
+                payer_sig: voucher.sign(&k[4]),
+                voucher,
+                payer: k[4].account(),
+            }
+        )
+    );
+    assert_eq!(balance(&l, &k[1]), provider_before + 90);
+    assert_eq!(l.state.audit_pool, amt(10));
+
+    // The plan lists every leaf of a new provider, each with one of the two verifiers.
+    let plan = l.state.audit_plan(&provider, 0).expect("plan");
+    assert_eq!(plan.leaves.len(), 4);
+    let by = assigned(&l, &k, 2);
+    let other = 5 - by;
+    let commit = |l: &Ledger, who: usize, index: u64, passed: bool| {
+        tx(
+            l,
+            &k[who],
+            TxBody::CommitAudit {
+                provider,
+                epoch: 0,
+                index,
+                commitment: audit_commitment(
+                    CHAIN,
+                    &k[who].account(),
+                    &provider,
+                    0,
+                    index,
+                    passed,
+                    &salt(index),
+                ),
+            },
+        )
+    };
+    assert!(matches!(
+        rejected!(l, &commit(&l, other, 2, true)),
+        TxError::NotAssigned { .. }
+    ));
+    assert!(matches!(
+        rejected!(l, &commit(&l, by, 9, true)),
+        TxError::NotAssigned { .. }
+    ));
+    ok!(l, &commit(&l, by, 2, true));
+    assert!(matches!(
+        rejected!(l, &commit(&l, by, 2, false)),
+        TxError::AlreadyCommitted { .. }
+    ));
+    let reveal = |l: &Ledger, passed: bool| {
+        tx(
+            l,
+            &k[by],
+            TxBody::RevealAudit {
+                provider,
+                epoch: 0,
+                index: 2,
+                passed,
+                salt: salt(2),
+            },
+        )
+    };
+    // Not in the epoch it committed in; never another outcome than the one committed.
+    assert!(matches!(
+        rejected!(l, &reveal(&l, true)),
+        TxError::AuditWindow { .. }
+    ));
+    advance(&mut l, &k[0], 1);
+    assert!(matches!(rejected!(l, &reveal(&l, false)), TxError::BadReveal));
+    let before = balance(&l, &k[by]);
+    let ev = ok!(l, &reveal(&l, true));
+    assert!(matches!(&ev[0], Event::AuditRevealed { passed: true, fee, .. } if *fee == amt(7)));
+    assert_eq!(balance(&l, &k[by]), before + 7);
+    assert_eq!(l.state.audit_pool, amt(3));
+    assert_eq!(l.state.account(&provider).map(|a| a.clean_audits), Some(1));
+    assert!(matches!(rejected!(l, &reveal(&l, true)), TxError::BadReveal));
+    // Commitments close after the window (epochs 1..=2); we are in 2, then 3.
+    advance(&mut l, &k[0], 1);
+    let late = assigned(&l, &k, 0);
+    assert!(matches!(
+        rejected!(l, &commit(&l, late, 0, true)),
+        TxError::AuditWindow { .. }
+    ));
+}
+
+#[test]
+fn a_verifier_that_passes_a_planted_fraud_is_slashed() {
+    let k = keys(5);
+    let params = agora_ledger::Params {
+        planter: Some(k[1].account()),
+        ..agora_ledger::Params::default()
+    };
+    let mut g = crate::common::genesis(&k, 10_000);
+    g.params = params;
+    let mut l = Ledger::from_genesis(&g).expect("genesis");
+    let provider = k[1].account();
+    ok!(l, &tx(&l, &k[1], TxBody::Stake { amount: amt(1000) }));
+    for v in [&k[2], &k[3]] {
+        ok!(l, &tx(&l, v, TxBody::RegisterVerifier { stake: amt(200) }));
+    }
+    let receipts: Vec<Hash32> = (0..4u8).map(|i| Hash32::of(&[i])).collect();
+    ok!(
+        l,
+        &tx(
+            &l,
+            &k[1],
+            TxBody::PostReceiptRoot {
+                epoch: 0,
+                root: merkle::root(&receipts),
+                receipts: 4
+            }
+        )
+    );
+    // The canary plants leaves 0 and 1 in the root's own epoch; nobody else may plant.
+    let plant = |i: u64| plant_commitment(CHAIN, &provider, 0, i, &salt(100 + i));
+    assert!(matches!(
+        rejected!(
+            l,
+            &tx(&l, &k[2], TxBody::PlantFraud { commitment: plant(0) })
+        ),
+        TxError::NotPlanter(_)
+    ));
+    for i in [0, 1] {
+        ok!(l, &tx(&l, &k[1], TxBody::PlantFraud { commitment: plant(i) }));
+    }
+    advance(&mut l, &k[0], 1);
+    // Leaf 0's verifier passes it without looking; leaf 1's fails it.
+    let lazy = audit_leaves(&mut l, &k, &[0], true)[0].0;
+    let diligent = audit_leaves_in(&mut l, &k, 1, false);
+    let open = |l: &Ledger, i: u64| {
+        tx(
+            l,
+            &k[1],
+            TxBody::RevealPlant {
+                provider,
+                epoch: 0,
+                index: i,
+                salt: salt(100 + i),
+            },
+        )
+    };
+    // Plants open only once every reveal is in (epoch 0 + 3 + window 1 = 4).
+    assert!(matches!(
+        rejected!(l, &open(&l, 0)),
+        TxError::AuditWindow { .. }
+    ));
+    while l.state.epoch < 4 {
+        advance(&mut l, &k[0], 1);
+    }
+    let lazy_stake = l.state.account(&k[lazy].account()).map(|a| a.stake);
+    assert_eq!(lazy_stake, Some(amt(200)));
+    let burned = l.state.burned;
+    let ev = ok!(l, &open(&l, 0));
+    assert!(
+        matches!(&ev[0], Event::PlantRevealed { lazy: Some(v), slashed, .. }
+            if *v == k[lazy].account() && *slashed == amt(100)),
+        "{ev:?}"
+    );
+    assert_eq!(
+        l.state.account(&k[lazy].account()).map(|a| a.stake),
+        Some(amt(100))
+    );
+    // Under the minimum stake of 100? No: exactly 100 stays a verifier.
+    assert_eq!(l.state.burned.units(), burned.units() + 100);
+    // The verifier that failed its plant keeps its stake.
+    let stake = l.state.account(&k[diligent].account()).map(|a| a.stake);
+    let ev = ok!(l, &open(&l, 1));
+    assert!(matches!(&ev[0], Event::PlantRevealed { lazy: None, .. }));
+    assert_eq!(
+        l.state.account(&k[diligent].account()).map(|a| a.stake),
+        stake
+    );
+    // A plant opens once; a leaf never planted does not open.
+    assert!(matches!(rejected!(l, &open(&l, 0)), TxError::BadReveal));
+    assert!(matches!(rejected!(l, &open(&l, 2)), TxError::BadReveal));
+}
+
+#[test]
+fn a_withheld_leaf_is_slashed_without_a_receipt() {
+    let (mut l, k, _receipts, _ch) = audit_world();
+    let (by, other) = audit_leaves(&mut l, &k, &[2], false)[0];
+    let v = Verdict {
+        chain_id: CHAIN,
+        provider: k[1].account(),
+        epoch: 0,
+        index: 2,
+        fault: Fault::Withheld,
+    };
+    let before = balance(&l, &k[by]);
+    let ev = ok!(
+        l,
+        &tx(
+            &l,
+            &k[by],
+            TxBody::AuditVerdict {
+                confirmer_sig: v.sign(&k[other]),
+                verdict: v.clone(),
+                confirmer: k[other].account(),
+            }
+        )
+    );
+    // 50% of 1000; 20% bounty; nothing refunded; 400 burned.
+    assert!(
+        matches!(&ev[0], Event::Slashed { receipt: None, amount, bounty, refund, burned, .. }
+            if *amount == amt(500) && *bounty == amt(100) && refund.is_zero() && *burned == amt(400)),
+        "{ev:?}"
+    );
+    assert_eq!(balance(&l, &k[by]), before + 100);
+    assert_eq!(l.state.account(&k[1].account()).map(|a| a.frauds), Some(1));
+    // A leaf index past the root is refused.
+    let past = Verdict { index: 4, ..v };
+    assert!(matches!(
+        rejected!(
+            l,
+            &tx(
+                &l,
+                &k[by],
+                TxBody::AuditVerdict {
+                    confirmer_sig: past.sign(&k[other]),
+                    verdict: past,
+                    confirmer: k[other].account(),
+                }
+            )
+        ),
+        TxError::Malformed { .. }
+    ));
+}
+
+/// Like [`audit_leaves`] for one leaf, in whatever epoch the ledger is in; returns the
+/// assigned verifier.
+fn audit_leaves_in(l: &mut Ledger, k: &[Keypair], i: u64, passed: bool) -> usize {
+    let provider = k[1].account();
+    let by = assigned(l, k, i);
+    let commitment = audit_commitment(CHAIN, &k[by].account(), &provider, 0, i, passed, &salt(i));
+    let t = tx(
+        l,
+        &k[by],
+        TxBody::CommitAudit {
+            provider,
+            epoch: 0,
+            index: i,
+            commitment,
+        },
+    );
+    ok_fn(l, &t);
+    advance(l, &k[0], 1);
+    let t = tx(
+        l,
+        &k[by],
+        TxBody::RevealAudit {
+            provider,
+            epoch: 0,
+            index: i,
+            passed,
+            salt: salt(i),
+        },
+    );
+    ok_fn(l, &t);
+    by
 }

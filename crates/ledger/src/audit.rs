@@ -1,0 +1,295 @@
+//! Audit sampling on the ledger: which leaves of a receipt root are audited and by whom, the
+//! commit-then-reveal of each outcome (with its fee), and planted fake frauds that catch
+//! verifiers who approve without auditing.
+//!
+//! Timeline of a root posted in epoch `e`, with `w = audit_window_epochs`:
+//! - the beacon of epoch `e + 1` (unknown when the root was posted) selects leaves with the
+//!   root's probability and assigns each to one verifier;
+//! - the assigned verifier commits in epochs `e + 1 ..= e + 1 + w`;
+//! - it reveals in a later epoch, up to `e + 2 + w`, and is paid the audit fee;
+//! - from `e + 3 + w` the planter may open its plants: every reveal is in by then, so no
+//!   verifier can change its answer after learning which leaves were planted.
+
+use crate::error::TxError;
+use crate::state::{leaf_key, Event, Journal, LeafAudit, State};
+use crate::tx::{audit_commitment, plant_commitment};
+use agora_core::{codec, AccountId, Amount, Hash32};
+use serde::{Deserialize, Serialize};
+
+const SELECT_DOMAIN: &[u8] = b"agora/ledger/audit-select/v1";
+const ASSIGN_DOMAIN: &[u8] = b"agora/ledger/audit-assign/v1";
+
+/// Whether leaf `index` of `provider`'s root for `epoch` is audited under `beacon`, with
+/// probability `ppm` parts per million.
+pub fn selected(beacon: &Hash32, provider: &AccountId, epoch: u64, index: u64, ppm: u32) -> bool {
+    let h = codec::hash(SELECT_DOMAIN, &(beacon, provider, epoch, index));
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&h.as_bytes()[..8]);
+    // Exact integer comparison: u64 draw < ppm / 1e6 of the range.
+    u128::from(u64::from_le_bytes(word)) * 1_000_000 < u128::from(ppm) << 64
+}
+
+/// The verifier, among `verifiers` (sorted, the provider excluded), that audits the leaf.
+pub fn assignee(
+    beacon: &Hash32,
+    provider: &AccountId,
+    epoch: u64,
+    index: u64,
+    verifiers: &[AccountId],
+) -> Option<AccountId> {
+    if verifiers.is_empty() {
+        return None;
+    }
+    let h = codec::hash(ASSIGN_DOMAIN, &(beacon, provider, epoch, index));
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&h.as_bytes()[..8]);
+    let at = u64::from_le_bytes(word) % verifiers.len() as u64;
+    verifiers.get(usize::try_from(at).ok()?).copied()
+}
+
+/// The most leaves of one root that [`State::audit_plan`] lists.
+pub const MAX_PLANNED_LEAVES: u64 = 1 << 20;
+
+/// Which leaves of a root are audited, and by whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPlan {
+    /// The provider.
+    pub provider: AccountId,
+    /// The root's epoch.
+    pub epoch: u64,
+    /// The root.
+    pub root: Hash32,
+    /// Leaves under it.
+    pub receipts: u64,
+    /// The selecting beacon (epoch + 1's).
+    pub beacon: Hash32,
+    /// Audit probability, parts per million.
+    pub audit_ppm: u32,
+    /// The selected leaves and their assigned verifiers.
+    pub leaves: Vec<(u64, AccountId)>,
+}
+
+impl State {
+    /// The verifiers that may audit `provider`: every registered one but itself, sorted.
+    pub fn auditors_of(&self, provider: &AccountId) -> Vec<AccountId> {
+        self.verifiers
+            .iter()
+            .filter(|v| *v != provider)
+            .copied()
+            .collect()
+    }
+
+    /// The assigned verifier of a leaf, if the leaf is selected (and its beacon exists).
+    pub fn leaf_assignee(&self, provider: &AccountId, epoch: u64, index: u64) -> Option<AccountId> {
+        let root = self.roots.get(&(*provider, epoch))?;
+        let beacon = self.beacons.get(&epoch.checked_add(1)?)?;
+        if index >= root.receipts || !selected(beacon, provider, epoch, index, root.audit_ppm) {
+            return None;
+        }
+        assignee(beacon, provider, epoch, index, &self.auditors_of(provider))
+    }
+
+    /// The audit plan of a root, once its selecting beacon exists.
+    pub fn audit_plan(&self, provider: &AccountId, epoch: u64) -> Option<AuditPlan> {
+        let root = self.roots.get(&(*provider, epoch))?;
+        let beacon = *self.beacons.get(&epoch.checked_add(1)?)?;
+        let auditors = self.auditors_of(provider);
+        let leaves = (0..root.receipts.min(MAX_PLANNED_LEAVES))
+            .filter(|&i| selected(&beacon, provider, epoch, i, root.audit_ppm))
+            .filter_map(|i| Some((i, assignee(&beacon, provider, epoch, i, &auditors)?)))
+            .collect();
+        Some(AuditPlan {
+            provider: *provider,
+            epoch,
+            root: root.root,
+            receipts: root.receipts,
+            beacon,
+            audit_ppm: root.audit_ppm,
+            leaves,
+        })
+    }
+
+    fn window(&self, what: &'static str, from: u64, to: u64) -> Result<(), TxError> {
+        if self.epoch < from || self.epoch > to {
+            return Err(TxError::AuditWindow {
+                what,
+                epoch: self.epoch,
+                from,
+                to,
+            });
+        }
+        Ok(())
+    }
+
+    fn root_epoch_plus(epoch: u64, n: u64) -> Result<u64, TxError> {
+        epoch.checked_add(n).ok_or(TxError::Overflow {
+            what: "audit window",
+        })
+    }
+
+    pub(crate) fn commit_audit(
+        &mut self,
+        j: &mut Journal,
+        from: AccountId,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        commitment: Hash32,
+    ) -> Result<Vec<Event>, TxError> {
+        let w = self.params.audit_window_epochs;
+        self.window(
+            "the commitment",
+            Self::root_epoch_plus(epoch, 1)?,
+            Self::root_epoch_plus(epoch, 1 + w)?,
+        )?;
+        if self.leaf_assignee(&provider, epoch, index) != Some(from) {
+            return Err(TxError::NotAssigned {
+                provider,
+                epoch,
+                index,
+                verifier: from,
+            });
+        }
+        let key = leaf_key(&provider, epoch, index);
+        if self.audits.contains_key(&key) {
+            return Err(TxError::AlreadyCommitted {
+                provider,
+                epoch,
+                index,
+            });
+        }
+        j.audits.push((key, None));
+        self.audits.insert(
+            key,
+            LeafAudit {
+                verifier: from,
+                commitment,
+                committed_epoch: self.epoch,
+                revealed: None,
+            },
+        );
+        Ok(vec![Event::AuditCommitted {
+            verifier: from,
+            provider,
+            epoch,
+            index,
+        }])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn reveal_audit(
+        &mut self,
+        j: &mut Journal,
+        from: AccountId,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        passed: bool,
+        salt: &Hash32,
+    ) -> Result<Vec<Event>, TxError> {
+        let key = leaf_key(&provider, epoch, index);
+        let audit = self.audits.get(&key).ok_or(TxError::BadReveal)?.clone();
+        let expected = audit_commitment(self.chain_id, &from, &provider, epoch, index, passed, salt);
+        if audit.verifier != from || audit.revealed.is_some() || audit.commitment != expected {
+            return Err(TxError::BadReveal);
+        }
+        self.window(
+            "the reveal",
+            Self::root_epoch_plus(audit.committed_epoch, 1)?,
+            Self::root_epoch_plus(epoch, 2 + self.params.audit_window_epochs)?,
+        )?;
+        j.audits.push((key, Some(audit.clone())));
+        self.audits.insert(
+            key,
+            LeafAudit {
+                revealed: Some(passed),
+                ..audit
+            },
+        );
+        if passed {
+            let p = Self::acct_mut(&mut self.accounts, j, provider);
+            p.clean_audits = p.clean_audits.saturating_add(1);
+        }
+        let fee = self.params.audit_fee.min(self.audit_pool);
+        let pool = self
+            .audit_pool
+            .checked_sub(fee)
+            .map_err(|_| TxError::Overflow { what: "audit pool" })?;
+        self.set_audit_pool(j, pool);
+        self.credit(j, from, fee)?;
+        Ok(vec![Event::AuditRevealed {
+            verifier: from,
+            provider,
+            epoch,
+            index,
+            passed,
+            fee,
+        }])
+    }
+
+    fn check_planter(&self, from: AccountId) -> Result<(), TxError> {
+        if self.params.planter != Some(from) {
+            return Err(TxError::NotPlanter(from));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn plant(
+        &mut self,
+        j: &mut Journal,
+        from: AccountId,
+        commitment: Hash32,
+    ) -> Result<Vec<Event>, TxError> {
+        self.check_planter(from)?;
+        if self.plants.contains_key(&commitment) {
+            return Err(TxError::Malformed {
+                reason: "plant already committed",
+            });
+        }
+        j.plants.push((commitment, None));
+        self.plants.insert(commitment, self.epoch);
+        Ok(vec![Event::FraudPlanted { commitment }])
+    }
+
+    pub(crate) fn reveal_plant(
+        &mut self,
+        j: &mut Journal,
+        from: AccountId,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        salt: &Hash32,
+    ) -> Result<Vec<Event>, TxError> {
+        self.check_planter(from)?;
+        let commitment = plant_commitment(self.chain_id, &provider, epoch, index, salt);
+        // Planted no later than the root's own epoch: before its beacon, before any reveal.
+        let planted_in = *self.plants.get(&commitment).ok_or(TxError::BadReveal)?;
+        if planted_in > epoch {
+            return Err(TxError::BadReveal);
+        }
+        let opens = Self::root_epoch_plus(epoch, 3 + self.params.audit_window_epochs)?;
+        self.window("the plant reveal", opens, u64::MAX)?;
+        j.plants.push((commitment, Some(planted_in)));
+        self.plants.remove(&commitment);
+        let lazy = self
+            .audits
+            .get(&leaf_key(&provider, epoch, index))
+            .filter(|a| a.revealed == Some(true))
+            .map(|a| a.verifier);
+        let slashed = match lazy {
+            Some(v) => {
+                let taken = self.slash_stake(j, v, self.params.lazy_slash_bps)?;
+                self.burn(j, taken)?;
+                taken
+            }
+            None => Amount::ZERO,
+        };
+        Ok(vec![Event::PlantRevealed {
+            provider,
+            epoch,
+            index,
+            lazy,
+            slashed,
+        }])
+    }
+}
