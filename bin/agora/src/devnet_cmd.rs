@@ -50,10 +50,43 @@ pub struct DevnetArgs {
     /// Seconds per ledger epoch (receipt roots are posted, and audited, once per epoch).
     #[arg(long, default_value_t = 10)]
     epoch_secs: u64,
-    /// Add a cheating provider (Q4_0 weights under the model's id, cheapest price), to
-    /// watch it get caught, slashed and dropped. Needs a build with `--features adversary`.
+    /// Add a cheating provider at the cheapest price, to watch it get caught, slashed and
+    /// dropped: `quantized` serves Q4_0 weights under the model's id, `refuse` withholds its
+    /// audit material. Needs a build with `--features adversary`.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "quantized")]
+    cheater: Option<CheaterKind>,
+    /// Add a canary provider, the ledger's planter, that plants a fake fraud in about one
+    /// answer in N to catch verifiers that approve without auditing.
+    #[arg(long, value_name = "N")]
+    canary: Option<u32>,
+    /// Make the last verifier lazy: it approves without auditing (to watch the canary catch
+    /// it). Needs a build with `--features adversary`.
     #[arg(long)]
-    cheater: bool,
+    lazy_verifier: bool,
+    /// Share of every payment that funds audits, in basis points.
+    #[arg(long, default_value_t = 200)]
+    audit_fee_bps: u16,
+    /// Paid from that pool for each revealed audit, in base units.
+    #[arg(long, default_value = "1")]
+    audit_fee: Amount,
+}
+
+/// How the devnet's cheating provider cheats.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheaterKind {
+    /// Q4_0 weights under the model's id.
+    Quantized,
+    /// Honest answers, but the audit material is withheld.
+    Refuse,
+}
+
+impl CheaterKind {
+    fn flag(self) -> &'static str {
+        match self {
+            CheaterKind::Quantized => "quantized",
+            CheaterKind::Refuse => "refuse",
+        }
+    }
 }
 
 /// The chain id of every devnet.
@@ -181,8 +214,11 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     if args.providers == 0 {
         bail!("--providers must be at least 1");
     }
-    if args.cheater && !cfg!(feature = "adversary") {
-        bail!("this agora was built without the test-only cheating providers; rebuild with `--features adversary` to use --cheater");
+    if (args.cheater.is_some() || args.lazy_verifier) && !cfg!(feature = "adversary") {
+        bail!("this agora was built without the test-only adversaries; rebuild with `--features adversary` to use --cheater or --lazy-verifier");
+    }
+    if args.lazy_verifier && args.verifiers == 0 {
+        bail!("--lazy-verifier needs at least one verifier");
     }
     if !args.model.exists() {
         bail!(
@@ -220,11 +256,19 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
         let price_out = Amount::new(args.price_out.units().saturating_mul(factor));
         providers.push((key, path, price_in, price_out));
     }
-    if args.cheater {
+    let half = |a: Amount| Amount::new((a.units() / 2).max(1));
+    let mut planter = None;
+    if args.canary.is_some() {
+        let key = Keypair::generate()?;
+        let path = dir.join("canary.json");
+        crate::keys_cmd::write_key(&path, &key)?;
+        planter = Some(key.account());
+        providers.push((key, path, half(args.price_in), half(args.price_out)));
+    }
+    if args.cheater.is_some() {
         let key = Keypair::generate()?;
         let path = dir.join("cheater.json");
         crate::keys_cmd::write_key(&path, &key)?;
-        let half = |a: Amount| Amount::new((a.units() / 2).max(1));
         providers.push((key, path, half(args.price_in), half(args.price_out)));
     }
     let mut verifiers = Vec::new();
@@ -251,7 +295,12 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     let genesis = Genesis {
         chain_id: DEVNET_CHAIN_ID,
         sequencer: sequencer.account(),
-        params: Params::default(),
+        params: Params {
+            audit_fee_bps: args.audit_fee_bps,
+            audit_fee: args.audit_fee,
+            planter,
+            ..Params::default()
+        },
         allocations,
     };
     genesis.validate()?;
@@ -336,16 +385,17 @@ fn start_and_wait(
 
     let mut infos = Vec::new();
     for (i, (key, key_path, price_in, price_out)) in providers.iter().enumerate() {
-        let cheater = args.cheater && i + 1 == providers.len();
-        let name = if cheater {
-            "cheater".to_string()
-        } else {
-            format!("provider-{}", i + 1)
+        // The extra providers come last: the canary, then the cheater.
+        let cheater = args.cheater.filter(|_| i + 1 == providers.len());
+        let canary = args.canary.filter(|_| i == args.providers);
+        let (name, extra): (String, Vec<String>) = match (cheater, canary) {
+            (Some(kind), _) => ("cheater".into(), vec!["--cheat".into(), kind.flag().into()]),
+            (None, Some(n)) => (
+                "canary".into(),
+                vec!["--plant-one-in".into(), n.to_string()],
+            ),
+            (None, None) => (format!("provider-{}", i + 1), vec![]),
         };
-        let mut extra: Vec<String> = vec![];
-        if cheater {
-            extra = vec!["--cheat".into(), "quantized".into()];
-        }
         let node = Node::spawn(
             &name,
             &[
@@ -390,8 +440,15 @@ fn start_and_wait(
 
     let mut verifier_accounts = Vec::new();
     for (i, (key, key_path)) in verifiers.iter().enumerate() {
+        let lazy = args.lazy_verifier && i + 1 == verifiers.len();
+        let name = if lazy {
+            "lazy-verifier".to_string()
+        } else {
+            format!("verifier-{}", i + 1)
+        };
+        let extra: Vec<String> = if lazy { vec!["--lazy".into()] } else { vec![] };
         let node = Node::spawn(
-            &format!("verifier-{}", i + 1),
+            &name,
             &[
                 "verifier".into(),
                 "--key".into(),
@@ -406,7 +463,10 @@ fn start_and_wait(
                 "/ip4/127.0.0.1/tcp/0".into(),
                 "--bootstrap".into(),
                 bootstrap.clone(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra)
+            .collect::<Vec<String>>(),
             args.provider_threads,
         )?;
         verifier_accounts.push(key.account());

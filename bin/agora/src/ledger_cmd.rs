@@ -193,6 +193,27 @@ pub struct GenesisArgs {
     /// Minimum bonded stake of a provider posting receipt roots.
     #[arg(long, default_value = "100")]
     min_provider_stake: Amount,
+    /// A new provider's first this many clean audits are audited at 100%.
+    #[arg(long, default_value_t = 50)]
+    probation_jobs: u64,
+    /// Audit probability after probation, in parts per million.
+    #[arg(long, default_value_t = 20_000)]
+    audit_floor_ppm: u32,
+    /// Share of every voucher claim that funds the audit pool, in basis points.
+    #[arg(long, default_value_t = 200)]
+    audit_fee_bps: u16,
+    /// Paid from the audit pool for each revealed audit.
+    #[arg(long, default_value = "1")]
+    audit_fee: Amount,
+    /// Share of a verifier's stake slashed for passing a planted fraud, in basis points.
+    #[arg(long, default_value_t = 5_000)]
+    lazy_slash_bps: u16,
+    /// Epochs for committing audits of a root, and again for revealing them.
+    #[arg(long, default_value_t = 1)]
+    audit_window_epochs: u64,
+    /// The account that may plant fake frauds (a canary provider).
+    #[arg(long)]
+    planter: Option<AccountId>,
     /// Where to write the genesis JSON.
     #[arg(long, short)]
     out: PathBuf,
@@ -311,6 +332,13 @@ pub fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
                     bounty_bps: a.bounty_bps,
                     min_verifier_stake: a.min_verifier_stake,
                     min_provider_stake: a.min_provider_stake,
+                    probation_jobs: a.probation_jobs,
+                    audit_floor_ppm: a.audit_floor_ppm,
+                    audit_fee_bps: a.audit_fee_bps,
+                    audit_fee: a.audit_fee,
+                    lazy_slash_bps: a.lazy_slash_bps,
+                    audit_window_epochs: a.audit_window_epochs,
+                    planter: a.planter,
                 },
                 allocations: a.allocations,
             };

@@ -60,6 +60,10 @@ pub struct ProviderArgs {
     /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
     #[arg(long, hide = true)]
     stop_on_stdin_eof: bool,
+    /// Plant a fake fraud in about one answer in N, to catch verifiers that approve without
+    /// auditing. The key must be the ledger's planter; users still get honest answers.
+    #[arg(long, value_name = "N")]
+    plant_one_in: Option<u32>,
     /// Test builds only (feature `adversary`): cheat this way, to show audits catch it.
     #[cfg(feature = "adversary")]
     #[arg(long, value_enum)]
@@ -72,6 +76,8 @@ pub struct ProviderArgs {
 pub enum Cheat {
     /// Serve Q4_0 weights while claiming the announced model.
     Quantized,
+    /// Serve honestly but refuse to hand over audit material.
+    Refuse,
 }
 
 /// Runs a provider until interrupted.
@@ -119,6 +125,9 @@ pub fn run(args: ProviderArgs) -> anyhow::Result<()> {
         renew_every: Duration::from_secs(args.renew_secs.max(1)),
         claim_every: Duration::from_secs(args.claim_secs.max(1)),
         data_dir: args.data.clone(),
+        plant_one_in: args.plant_one_in,
+        #[cfg(feature = "adversary")]
+        refuse_audits: matches!(args.cheat, Some(Cheat::Refuse)),
     };
     tracing::info!(model = %model.id, %name, "model loaded");
     let rt = tokio::runtime::Builder::new_multi_thread()

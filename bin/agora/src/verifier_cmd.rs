@@ -24,12 +24,10 @@ pub struct VerifierArgs {
     /// The ledger node.
     #[arg(long, default_value = "http://127.0.0.1:7420")]
     ledger: String,
-    /// A new provider's first this many audited jobs are all audited.
-    #[arg(long, default_value_t = 50)]
-    probation_jobs: u64,
-    /// The audit probability after probation.
-    #[arg(long, default_value_t = 0.02)]
-    floor: f64,
+    /// Test builds only (feature `adversary`): approve every assigned leaf without auditing.
+    #[cfg(feature = "adversary")]
+    #[arg(long)]
+    lazy: bool,
     #[command(flatten)]
     net: NetArgs,
     /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
@@ -40,9 +38,6 @@ pub struct VerifierArgs {
 /// Runs a verifier until interrupted.
 pub fn run(args: VerifierArgs) -> anyhow::Result<()> {
     let key = crate::keys_cmd::load_key(&args.key)?;
-    if !(0.0..=1.0).contains(&args.floor) {
-        anyhow::bail!("--floor must be a probability in [0, 1]");
-    }
     let cfg = VerifierConfig {
         chain_id: chain_id(&args.ledger)?,
         ledger_url: args.ledger.clone(),
@@ -51,8 +46,8 @@ pub fn run(args: VerifierArgs) -> anyhow::Result<()> {
         models: args.models.clone(),
         stake: args.stake,
         thresholds: Thresholds::default(),
-        probation_jobs: args.probation_jobs,
-        floor: args.floor,
+        #[cfg(feature = "adversary")]
+        lazy: args.lazy,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -189,7 +189,8 @@ impl State {
     ) -> Result<Vec<Event>, TxError> {
         let key = leaf_key(&provider, epoch, index);
         let audit = self.audits.get(&key).ok_or(TxError::BadReveal)?.clone();
-        let expected = audit_commitment(self.chain_id, &from, &provider, epoch, index, passed, salt);
+        let expected =
+            audit_commitment(self.chain_id, &from, &provider, epoch, index, passed, salt);
         if audit.verifier != from || audit.revealed.is_some() || audit.commitment != expected {
             return Err(TxError::BadReveal);
         }

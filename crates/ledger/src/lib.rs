@@ -45,12 +45,12 @@ pub mod state;
 pub mod store;
 pub mod tx;
 
+pub use audit::AuditPlan;
 pub use block::{Block, BlockHeader, Ledger};
 pub use error::{
     BlockError, ClientError, GenesisError, InvariantError, ServeError, StoreError, TxError,
 };
 pub use genesis::{Allocation, Genesis, Params};
-pub use audit::AuditPlan;
 pub use state::{leaf_key, Account, BlockCtx, Channel, Event, LeafAudit, State};
 pub use store::{BlockEvents, Store, TxEvents};
 pub use tx::{

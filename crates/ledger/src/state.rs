@@ -524,7 +524,12 @@ impl State {
         Ok(())
     }
 
-    pub(crate) fn credit(&mut self, j: &mut Journal, id: AccountId, amount: Amount) -> Result<(), TxError> {
+    pub(crate) fn credit(
+        &mut self,
+        j: &mut Journal,
+        id: AccountId,
+        amount: Amount,
+    ) -> Result<(), TxError> {
         let a = Self::acct_mut(&mut self.accounts, j, id);
         a.balance = a
             .balance
@@ -781,12 +786,12 @@ impl State {
                         epoch: *epoch,
                     });
                 }
-                let audit_ppm = if sender.frauds > 0 || sender.clean_audits < self.params.probation_jobs
-                {
-                    1_000_000
-                } else {
-                    self.params.audit_floor_ppm
-                };
+                let audit_ppm =
+                    if sender.frauds > 0 || sender.clean_audits < self.params.probation_jobs {
+                        1_000_000
+                    } else {
+                        self.params.audit_floor_ppm
+                    };
                 j.roots.push((from, *epoch));
                 self.roots.insert(
                     (from, *epoch),

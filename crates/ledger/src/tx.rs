@@ -355,11 +355,9 @@ impl SignedTx {
                         ..
                     },
                 ..
-            } if proof.len() > MAX_PROOF_LEN => {
-                Err(TxError::Malformed {
-                    reason: "merkle proof too long",
-                })
-            }
+            } if proof.len() > MAX_PROOF_LEN => Err(TxError::Malformed {
+                reason: "merkle proof too long",
+            }),
             _ => Ok(()),
         }
     }

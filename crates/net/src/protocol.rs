@@ -539,8 +539,9 @@ pub struct ConfirmRequest {
     pub verdict: agora_ledger::Verdict,
     /// The posted root the receipt is under.
     pub root: Hash32,
-    /// The material (empty output when the provider refused to give it).
-    pub material: Box<Material>,
+    /// The material for a fraud; `None` when the provider withheld it (the second verifier
+    /// then asks the provider itself).
+    pub material: Option<Box<Material>>,
 }
 
 /// The second verifier's answer.

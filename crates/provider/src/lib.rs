@@ -2,6 +2,7 @@
 //! inference streams from one model thread, signs a receipt for every answer, and claims the
 //! vouchers that pay for them on the ledger.
 
+pub mod canary;
 pub mod payments;
 pub mod receipts;
 pub mod serve;
@@ -58,6 +59,12 @@ pub struct ProviderConfig {
     pub claim_every: Duration,
     /// Where the receipt log lives.
     pub data_dir: std::path::PathBuf,
+    /// Plant a fake fraud in about one answer in this many (the account must be the
+    /// ledger's planter): the canary that catches verifiers who approve without auditing.
+    pub plant_one_in: Option<u32>,
+    /// Test builds only: refuse every audit request, to show a withheld leaf is slashed.
+    #[cfg(feature = "adversary")]
+    pub refuse_audits: bool,
 }
 
 /// Why the provider stopped.
@@ -115,6 +122,11 @@ impl Provider {
             payments: Payments::new(cfg.chain_id, key.account(), ledger),
             seen: Mutex::new(HashMap::new()),
             receipts,
+            canary: cfg
+                .plant_one_in
+                .map(|n| canary::Canary::new(cfg.account_seed, n)),
+            #[cfg(feature = "adversary")]
+            refuse_audits: cfg.refuse_audits,
         });
         tracing::info!(
             account = %key.account(),
@@ -217,6 +229,7 @@ impl Provider {
                 _ = claim.tick() => {
                     self.claim().await;
                     self.post_root(&mut last_root_epoch).await;
+                    self.open_plants().await;
                 }
             }
         }
@@ -282,6 +295,9 @@ impl Provider {
                 .mark_posted(&batch, epoch)
                 .map_err(|e| e.to_string())?;
             tracing::info!(epoch, receipts = batch.leaves.len(), root = %batch.root, "posted receipt root");
+            if let Some(canary) = &service.canary {
+                commit_plants(&service, canary, &batch.leaves, epoch)?;
+            }
             Ok(Some(epoch))
         })
         .await;
@@ -290,6 +306,112 @@ impl Provider {
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::warn!("posting the receipt root: {e}"),
             Err(e) => tracing::warn!("root task: {e}"),
+        }
+    }
+}
+
+/// Commits, in the root's own epoch, to the planted leaves under the root just posted.
+fn commit_plants(
+    service: &Service,
+    canary: &canary::Canary,
+    leaves: &[Hash32],
+    epoch: u64,
+) -> Result<(), String> {
+    let ledger = service.payments.ledger();
+    let me = service.key.account();
+    for (index, leaf) in leaves.iter().enumerate() {
+        if !canary::lock(&canary.planted).remove(leaf) {
+            continue;
+        }
+        let index = index as u64;
+        let commitment = agora_ledger::plant_commitment(
+            service.chain_id,
+            &me,
+            epoch,
+            index,
+            &canary.salt(epoch, index),
+        );
+        let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
+        let tx = Tx {
+            chain_id: service.chain_id,
+            from: me,
+            nonce,
+            body: TxBody::PlantFraud { commitment },
+        }
+        .sign(&service.key);
+        ledger.submit(&tx).map_err(|e| e.to_string())?;
+        tracing::info!(epoch, index, "planted a fake fraud (canary)");
+        canary::lock(&canary.committed).push((epoch, index));
+    }
+    Ok(())
+}
+
+impl Provider {
+    /// Opens every committed plant whose reveals are all in; the ledger slashes a verifier
+    /// that passed one. Plants not yet openable stay for the next tick.
+    pub async fn open_plants(&self) {
+        if self.service.canary.is_none() {
+            return;
+        }
+        let service = self.service.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let Some(canary) = &service.canary else {
+                return Ok(());
+            };
+            let due: Vec<(u64, u64)> = canary::lock(&canary.committed).clone();
+            let ledger = service.payments.ledger();
+            let me = service.key.account();
+            for (epoch, index) in due {
+                let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
+                let tx = Tx {
+                    chain_id: service.chain_id,
+                    from: me,
+                    nonce,
+                    body: TxBody::RevealPlant {
+                        provider: me,
+                        epoch,
+                        index,
+                        salt: canary.salt(epoch, index),
+                    },
+                }
+                .sign(&service.key);
+                let done = match ledger.submit(&tx) {
+                    Ok(r) => {
+                        for ev in r.events {
+                            if let agora_ledger::Event::PlantRevealed {
+                                lazy: Some(v),
+                                slashed,
+                                ..
+                            } = ev
+                            {
+                                tracing::warn!(verifier = %v, %slashed, epoch, index, "a verifier passed a planted fraud: slashed");
+                            } else {
+                                tracing::info!(epoch, index, "plant opened: caught");
+                            }
+                        }
+                        true
+                    }
+                    Err(agora_ledger::ClientError::Rejected { code, .. })
+                        if code.contains("audit_window") =>
+                    {
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(epoch, index, "opening a plant: {e}");
+                        true
+                    }
+                };
+                if done {
+                    canary::lock(&canary.committed).retain(|p| *p != (epoch, index));
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("opening plants: {e}"),
+            Err(e) => tracing::warn!("plant task: {e}"),
         }
     }
 }

@@ -44,6 +44,11 @@ pub struct Service {
     pub seen: Mutex<HashMap<RequestId, u64>>,
     /// Every answer's audit material.
     pub receipts: crate::receipts::ReceiptLog,
+    /// Set when this provider is the ledger's planter.
+    pub canary: Option<crate::canary::Canary>,
+    /// Test builds only: refuse every audit.
+    #[cfg(feature = "adversary")]
+    pub refuse_audits: bool,
 }
 
 /// What the model thread produced for one answer.
@@ -278,6 +283,14 @@ impl Service {
         )
         .unwrap_or(u128::MAX);
         let all: Vec<u32> = r.resume.iter().chain(&tokens).copied().collect();
+        // A canary files perturbed fingerprints for a secret few answers; the tokens the
+        // user gets are the honest ones.
+        let planted = match &self.canary {
+            Some(c) if c.chosen(&r.request_id) => crate::canary::corrupt(&fingerprint),
+            _ => None,
+        };
+        let is_plant = planted.is_some();
+        let fingerprint = planted.unwrap_or(fingerprint);
         let receipt = Receipt {
             chain_id: self.chain_id,
             request_id: r.request_id,
@@ -300,6 +313,9 @@ impl Service {
         }
         .sign(&self.key);
         self.payments.served(&r.channel, cost_micros);
+        if let (true, Some(c)) = (is_plant, &self.canary) {
+            crate::canary::lock(&c.planted).insert(receipt.hash());
+        }
         let material = Material {
             receipt: receipt.clone(),
             prompt: prompt.to_vec(),
@@ -370,7 +386,13 @@ impl Service {
             reason: reason.to_string(),
         };
         let r = &request.request;
-        let response = if request.verify().is_err() {
+        #[cfg(feature = "adversary")]
+        let withhold = self.refuse_audits;
+        #[cfg(not(feature = "adversary"))]
+        let withhold = false;
+        let response = if withhold {
+            refuse("CHEATING: withholding the material")
+        } else if request.verify().is_err() {
             refuse("bad signature")
         } else if r.chain_id != self.chain_id || r.provider != self.key.account() {
             refuse("not for this provider")

@@ -125,6 +125,9 @@ async fn provider_refuses_bad_messages_and_serves_a_paid_request() {
         renew_every: Duration::from_secs(5),
         claim_every: Duration::from_millis(200),
         data_dir: dir.path().join("provider"),
+        plant_one_in: None,
+        #[cfg(feature = "adversary")]
+        refuse_audits: false,
     };
     let provider = Provider::start(&cfg, model).await.expect("provider");
     let addr = provider.node().listen_addrs().await.expect("addrs")[0].clone();

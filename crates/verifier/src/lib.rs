@@ -1,11 +1,14 @@
 //! An Agora verifier. It follows the ledger: when a provider posts a receipt root, the next
-//! epoch's beacon (unknown when the root was posted) decides which leaves are audited, with a
-//! probability set by the provider's record (every job while it is new, then a floor). It
-//! fetches each selected leaf's material from the provider over libp2p, checks the Merkle
-//! path and the receipt, audits the answer with one prefill, and gossips the outcome. A
-//! failure goes to a second verifier, which re-audits the evidence itself and co-signs the
-//! verdict; the verdict on the ledger slashes the provider, pays the bounty and refunds the
-//! payer. A refused or lost audit counts as failed.
+//! epoch's beacon (unknown when the root was posted) selects the leaves to audit, with the
+//! probability the ledger fixed from the provider's record (every job while it is new, then a
+//! floor), and assigns each to one verifier (`agora_ledger::audit`). For each leaf assigned
+//! to it, the verifier fetches the material from the provider over libp2p, checks the Merkle
+//! path and the receipt, audits the answer with one prefill, and commits to the outcome on
+//! the ledger. In the next epoch it reveals the outcome (and is paid the audit fee), gossips
+//! it, and takes a failure to a second verifier, which re-audits the evidence itself (or asks
+//! the provider itself when the material was withheld) and co-signs the verdict; the verdict
+//! slashes the provider, pays the bounty and refunds the payer. A refused or lost audit counts
+//! as failed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,7 +18,7 @@ use std::time::Duration;
 
 use agora_core::{codec, merkle, AccountId, Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
-use agora_ledger::{Event, Tx, TxBody, Verdict};
+use agora_ledger::{audit_commitment, Event, Fault, Tx, TxBody, Verdict};
 use agora_market::SignedOffer;
 use agora_model::{LoadOptions, LoadedModel, SamplingParams};
 use agora_net::protocol::{
@@ -27,7 +30,7 @@ use agora_net::{audits_topic, offers_topic, GossipMessage, Multiaddr, NetConfig,
 use agora_verify::{audit, Answer, Fingerprint, Thresholds};
 use futures::StreamExt;
 
-const SELECT_DOMAIN: &[u8] = b"agora/verifier/select/v1";
+const SALT_DOMAIN: &[u8] = b"agora/verifier/salt/v1";
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a verifier runs.
@@ -47,10 +50,10 @@ pub struct VerifierConfig {
     pub stake: Amount,
     /// Where honest ends and fraud begins.
     pub thresholds: Thresholds,
-    /// A provider's first this many audited jobs are all audited.
-    pub probation_jobs: u64,
-    /// The audit probability afterwards.
-    pub floor: f64,
+    /// Test builds only: approve every leaf without fetching or auditing it, the way a lazy
+    /// verifier would, so the tests can show planted frauds catch it.
+    #[cfg(feature = "adversary")]
+    pub lazy: bool,
 }
 
 /// Why the verifier stopped.
@@ -67,11 +70,17 @@ pub enum VerifierError {
     Model(String),
 }
 
-/// What this verifier knows of a provider.
-#[derive(Debug, Clone, Copy, Default)]
-struct Record {
-    clean: u64,
-    failed: u64,
+/// An audit committed on the ledger and not yet revealed.
+struct Committed {
+    provider: AccountId,
+    epoch: u64,
+    index: u64,
+    root: Hash32,
+    passed: bool,
+    reason: String,
+    salt: Hash32,
+    committed_epoch: u64,
+    evidence: Option<(Material, Vec<Hash32>)>,
 }
 
 struct Shared {
@@ -82,7 +91,8 @@ struct Shared {
     models: HashMap<Hash32, Arc<LoadedModel>>,
     providers: Mutex<HashMap<AccountId, (PeerId, Vec<Multiaddr>)>>,
     verifiers: Mutex<HashMap<AccountId, (PeerId, Vec<Multiaddr>)>>,
-    records: Mutex<HashMap<AccountId, Record>>,
+    committed: Mutex<Vec<Committed>>,
+    submitting: tokio::sync::Mutex<()>,
 }
 
 /// A running verifier.
@@ -154,7 +164,8 @@ impl Verifier {
                 models,
                 providers: Mutex::default(),
                 verifiers: Mutex::default(),
-                records: Mutex::default(),
+                committed: Mutex::default(),
+                submitting: tokio::sync::Mutex::new(()),
             }),
             gossip,
         })
@@ -200,22 +211,6 @@ impl Verifier {
 }
 
 /// The audit probability for a provider with this record.
-fn probability(record: Record, cfg: &VerifierConfig) -> f64 {
-    if record.failed > 0 || record.clean < cfg.probation_jobs {
-        1.0
-    } else {
-        cfg.floor
-    }
-}
-
-/// Whether leaf `index` of `provider`'s root for `epoch` is audited under `beacon`.
-pub fn selected(beacon: &Hash32, provider: &AccountId, epoch: u64, index: u64, p: f64) -> bool {
-    let h = codec::hash(SELECT_DOMAIN, &(beacon, provider, epoch, index));
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&h.as_bytes()[..8]);
-    (u64::from_le_bytes(word) as f64) < p * (u64::MAX as f64)
-}
-
 impl Shared {
     async fn say_hello(&self) {
         let Ok(addrs) = self.node.listen_addrs().await else {
@@ -269,7 +264,7 @@ impl Shared {
     /// Follows the ledger's events: roots wait for the next beacon, then get audited.
     async fn follow_ledger(self: Arc<Self>) {
         let mut from = 0u64;
-        let mut waiting: Vec<(AccountId, u64, Hash32, u64)> = vec![];
+        let mut waiting: Vec<(AccountId, u64)> = vec![];
         loop {
             let ledger = self.ledger.clone();
             let batch = blocking(move || {
@@ -292,17 +287,19 @@ impl Shared {
                     for ev in &tx.events {
                         match ev {
                             Event::ReceiptRootPosted {
-                                provider,
-                                epoch,
-                                root,
-                                receipts,
-                            } => waiting.push((*provider, *epoch, *root, *receipts)),
-                            Event::EpochAdvanced { epoch, beacon } => {
+                                provider, epoch, ..
+                            } if *provider != self.key.account() => {
+                                waiting.push((*provider, *epoch))
+                            }
+                            Event::EpochAdvanced { epoch, .. } => {
+                                // Reveal first: those commitments were made in earlier epochs.
+                                self.clone().reveal_due(*epoch).await;
                                 let due: Vec<_> =
                                     waiting.iter().filter(|w| w.1 < *epoch).copied().collect();
                                 waiting.retain(|w| w.1 >= *epoch);
-                                for (provider, e, root, n) in due {
-                                    self.clone().audit_root(provider, e, root, n, *beacon).await;
+                                for (provider, e) in due {
+                                    // Audits run beside the loop, so reveals stay on time.
+                                    tokio::spawn(self.clone().audit_root(provider, e));
                                 }
                             }
                             _ => {}
@@ -313,53 +310,145 @@ impl Shared {
         }
     }
 
-    async fn audit_root(
-        self: Arc<Self>,
-        provider: AccountId,
-        epoch: u64,
-        root: Hash32,
-        n: u64,
-        beacon: Hash32,
-    ) {
-        if provider == self.key.account() {
-            return;
+    /// Submits one transaction from this verifier with its next nonce.
+    async fn submit(&self, body: TxBody) -> Result<agora_ledger::api::SubmitReceipt, String> {
+        let (ledger, key, chain) = (self.ledger.clone(), self.key.clone(), self.cfg.chain_id);
+        // Audits of several roots commit at once: one submission at a time keeps nonces in
+        // order.
+        let _turn = self.submitting.lock().await;
+        blocking(move || {
+            let me = key.account();
+            let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
+            let tx = Tx {
+                chain_id: chain,
+                from: me,
+                nonce,
+                body,
+            }
+            .sign(&key);
+            ledger.submit(&tx).map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// Audits the leaves of `provider`'s `epoch` root that the ledger assigned to this
+    /// verifier, and commits to each outcome.
+    async fn audit_root(self: Arc<Self>, provider: AccountId, epoch: u64) {
+        let ledger = self.ledger.clone();
+        let plan = match blocking(move || {
+            ledger
+                .audit_plan(&provider, epoch)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(%provider, epoch, "no audit plan: {e}");
+                return;
+            }
+        };
+        let me = self.key.account();
+        let mine: Vec<u64> = plan
+            .leaves
+            .iter()
+            .filter(|(_, v)| *v == me)
+            .map(|(i, _)| *i)
+            .collect();
+        if !mine.is_empty() {
+            tracing::info!(%provider, epoch, leaves = mine.len(), of = plan.receipts, "auditing my assigned leaves");
         }
-        for index in 0..n.min(1 << 20) {
-            let record = lock(&self.records)
-                .get(&provider)
-                .copied()
-                .unwrap_or_default();
-            if !selected(
-                &beacon,
+        for index in mine {
+            let (passed, reason, evidence) =
+                self.audit_leaf(provider, epoch, index, plan.root).await;
+            let salt = codec::hash(
+                SALT_DOMAIN,
+                &(self.cfg.account_seed, provider, epoch, index),
+            );
+            let commitment = audit_commitment(
+                self.cfg.chain_id,
+                &me,
                 &provider,
                 epoch,
                 index,
-                probability(record, &self.cfg),
-            ) {
-                continue;
-            }
-            let (passed, reason, evidence) = self.audit_leaf(provider, epoch, index, root).await;
-            {
-                let mut records = lock(&self.records);
-                let r = records.entry(provider).or_default();
-                if passed {
-                    r.clean += 1;
-                } else {
-                    r.failed += 1;
+                passed,
+                &salt,
+            );
+            let body = TxBody::CommitAudit {
+                provider,
+                epoch,
+                index,
+                commitment,
+            };
+            match self.submit(body).await {
+                Ok(_) => {
+                    tracing::info!(%provider, epoch, index, "audit committed");
+                    let committed_epoch = self.current_epoch().await;
+                    lock(&self.committed).push(Committed {
+                        provider,
+                        epoch,
+                        index,
+                        root: plan.root,
+                        passed,
+                        reason,
+                        salt,
+                        committed_epoch,
+                        evidence,
+                    });
                 }
+                Err(e) => tracing::warn!(%provider, epoch, index, "committing the audit: {e}"),
             }
-            if passed {
-                tracing::info!(%provider, epoch, index, "audit passed");
-            } else {
-                tracing::warn!(%provider, epoch, index, "AUDIT FAILED: {reason}");
+        }
+    }
+
+    /// The epoch the ledger is in now (at or after the block just committed; a later epoch
+    /// only delays the reveal, which stays inside its window).
+    async fn current_epoch(&self) -> u64 {
+        let ledger = self.ledger.clone();
+        blocking(move || ledger.status().map_err(|e| e.to_string()))
+            .await
+            .map(|s| s.epoch)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Reveals every commitment made before `epoch`, gossips the outcome, and takes failures
+    /// to a second verifier.
+    async fn reveal_due(self: Arc<Self>, epoch: u64) {
+        let due: Vec<Committed> = {
+            let mut all = lock(&self.committed);
+            let (due, keep) = all.drain(..).partition(|c| c.committed_epoch < epoch);
+            *all = keep;
+            due
+        };
+        for c in due {
+            let body = TxBody::RevealAudit {
+                provider: c.provider,
+                epoch: c.epoch,
+                index: c.index,
+                passed: c.passed,
+                salt: c.salt,
+            };
+            let (provider, e, index) = (c.provider, c.epoch, c.index);
+            match self.submit(body).await {
+                Ok(_) if c.passed => {
+                    tracing::info!(%provider, epoch = e, index, "audit passed (revealed)")
+                }
+                Ok(_) => {
+                    tracing::warn!(%provider, epoch = e, index, "AUDIT FAILED (revealed): {}", c.reason)
+                }
+                Err(err) => {
+                    tracing::warn!(%provider, epoch = e, index, "revealing the audit: {err}");
+                    continue;
+                }
             }
             let outcome = AuditOutcome {
                 chain_id: self.cfg.chain_id,
                 provider,
-                epoch,
+                epoch: e,
                 index,
-                passed,
-                reason: reason.clone(),
+                passed: c.passed,
+                reason: c.reason.clone(),
                 issued_ms: now_ms(),
             };
             let msg = AuditGossip::Outcome(Signed::new(outcome, &self.key));
@@ -367,11 +456,10 @@ impl Shared {
                 .node
                 .publish(&audits_topic(self.cfg.chain_id), codec::encode(&msg))
                 .await;
-            if let (false, Some((material, proof))) = (passed, evidence) {
+            if !c.passed {
                 let me = self.clone();
                 tokio::spawn(async move {
-                    me.escalate(provider, epoch, index, root, material, proof)
-                        .await;
+                    me.escalate(provider, e, index, c.root, c.evidence).await;
                 });
             }
         }
@@ -385,19 +473,11 @@ impl Shared {
         index: u64,
         root: Hash32,
     ) -> (bool, String, Option<(Material, Vec<Hash32>)>) {
-        // A stream can be dropped when several verifiers ask at once (the provider's
-        // accept queue overflows): ask a few times before counting the audit as refused.
-        let mut fetched = Err(String::new());
-        for attempt in 0..4u64 {
-            fetched = self.fetch(provider, epoch, index).await;
-            match &fetched {
-                Err(e) if !e.starts_with("refused") => {
-                    tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-                }
-                _ => break,
-            }
+        #[cfg(feature = "adversary")]
+        if self.cfg.lazy {
+            return (true, String::new(), None);
         }
-        let (material, proof) = match fetched {
+        let (material, proof) = match self.fetch_with_retries(provider, epoch, index).await {
             Ok(x) => x,
             Err(reason) => return (false, format!("no material: {reason}"), None),
         };
@@ -415,8 +495,33 @@ impl Shared {
         }
     }
 
+    async fn fetch_with_retries(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+    ) -> Result<(Material, Vec<Hash32>), String> {
+        // A stream can be dropped when several verifiers ask at once (the provider's
+        // accept queue overflows): ask a few times before counting the audit as refused.
+        let mut fetched = Err(String::new());
+        for attempt in 0..4u64 {
+            fetched = self.fetch(provider, epoch, index).await;
+            match &fetched {
+                Err(e) if !e.starts_with("refused") => {
+                    tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                }
+                _ => break,
+            }
+        }
+        fetched
+    }
+
     /// The checks on material already proven under a root.
     fn judge(&self, material: &Material) -> Result<(), String> {
+        #[cfg(feature = "adversary")]
+        if self.cfg.lazy {
+            return Ok(());
+        }
         if material.receipt.verify().is_err() {
             return Err("the receipt's signature is bad".into());
         }
@@ -493,32 +598,42 @@ impl Shared {
         }
     }
 
-    /// A failed audit with evidence: a second verifier re-checks and co-signs; then the
-    /// verdict goes to the ledger.
+    /// A failed audit: a second verifier re-checks and co-signs; then the verdict goes to
+    /// the ledger. Without evidence the material was withheld.
     async fn escalate(
         &self,
         provider: AccountId,
         epoch: u64,
         index: u64,
         root: Hash32,
-        material: Material,
-        proof: Vec<Hash32>,
+        evidence: Option<(Material, Vec<Hash32>)>,
     ) {
-        let r = &material.receipt.receipt;
+        let (fault, material) = match evidence {
+            Some((material, proof)) => {
+                let r = &material.receipt.receipt;
+                (
+                    Fault::Fraud {
+                        receipt: material.receipt.hash(),
+                        proof,
+                        channel: r.channel,
+                        refund: agora_market::micros_to_amount(r.cost_micros),
+                    },
+                    Some(Box::new(material)),
+                )
+            }
+            None => (Fault::Withheld, None),
+        };
         let verdict = Verdict {
             chain_id: self.cfg.chain_id,
             provider,
             epoch,
-            receipt: material.receipt.hash(),
             index,
-            proof,
-            channel: r.channel,
-            refund: agora_market::micros_to_amount(r.cost_micros),
+            fault,
         };
         let request = ConfirmRequest {
             verdict: verdict.clone(),
             root,
-            material: Box::new(material),
+            material,
         };
         // Other verifiers may not have announced themselves yet, or a stream may drop: try
         // for a while before giving up on this receipt.
@@ -569,29 +684,13 @@ impl Shared {
                 }
                 Err(_) => continue,
             };
-            let (ledger, key, chain, v) = (
-                self.ledger.clone(),
-                self.key.clone(),
-                self.cfg.chain_id,
-                verdict.clone(),
-            );
-            let result = blocking(move || {
-                let me = key.account();
-                let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
-                let tx = Tx {
-                    chain_id: chain,
-                    from: me,
-                    nonce,
-                    body: TxBody::AuditVerdict {
-                        verdict: v,
-                        confirmer,
-                        confirmer_sig: sig,
-                    },
-                }
-                .sign(&key);
-                ledger.submit(&tx).map_err(|e| e.to_string())
-            })
-            .await;
+            let result = self
+                .submit(TxBody::AuditVerdict {
+                    verdict: verdict.clone(),
+                    confirmer,
+                    confirmer_sig: sig,
+                })
+                .await;
             match result {
                 Ok(_) => {
                     tracing::warn!(%provider, epoch, index, %confirmer, "fraud confirmed: provider slashed, payer refunded");
@@ -607,6 +706,46 @@ impl Shared {
         false
     }
 
+    /// The second verifier's own check of a failure: `Ok(why it fails)` to co-sign, or
+    /// `Err(why not)`.
+    async fn recheck(self: &Arc<Self>, c: &ConfirmRequest) -> Result<String, String> {
+        let v = &c.verdict;
+        if v.chain_id != self.cfg.chain_id || v.provider == self.key.account() {
+            return Err("not a verdict this verifier can judge".into());
+        }
+        let material = match (&v.fault, &c.material) {
+            (Fault::Fraud { receipt, proof, .. }, Some(m)) => {
+                if *receipt != m.receipt.hash()
+                    || !merkle::verify(&c.root, receipt, v.index, proof)
+                    || m.receipt.receipt.provider != v.provider
+                {
+                    return Err("the evidence does not hold together".into());
+                }
+                (**m).clone()
+            }
+            (Fault::Withheld, None) => {
+                // Ask the provider itself: if it hands the material over now, the failure
+                // is not confirmed.
+                match self.fetch_with_retries(v.provider, v.epoch, v.index).await {
+                    Err(reason) => return Ok(format!("the material is withheld: {reason}")),
+                    Ok((m, proof)) => {
+                        if !merkle::verify(&c.root, &m.receipt.hash(), v.index, &proof) {
+                            return Ok("the material is not under the root".into());
+                        }
+                        m
+                    }
+                }
+            }
+            _ => return Err("the evidence does not match the fault".into()),
+        };
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.judge(&material)).await {
+            Ok(Err(reason)) => Ok(reason),
+            Ok(Ok(())) => Err("the answer passes my audit".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// A second verifier re-checks the evidence itself before co-signing.
     async fn answer_confirm(self: Arc<Self>, mut stream: agora_net::Stream) {
         let Ok(Ok(Some(req))) = tokio::time::timeout(
@@ -617,32 +756,21 @@ impl Shared {
         else {
             return;
         };
-        let decline = |reason: String| ConfirmResponse::Declined { reason };
         let response = if req.verify().is_err() {
-            decline("bad signature".into())
+            ConfirmResponse::Declined {
+                reason: "bad signature".into(),
+            }
         } else {
-            let c = &req.value;
-            let v = &c.verdict;
-            let m = &c.material;
-            if v.chain_id != self.cfg.chain_id
-                || v.receipt != m.receipt.hash()
-                || !merkle::verify(&c.root, &v.receipt, v.index, &v.proof)
-                || m.receipt.receipt.provider != v.provider
-            {
-                decline("the evidence does not hold together".into())
-            } else {
-                let me = self.clone();
-                let material = (**m).clone();
-                match tokio::task::spawn_blocking(move || me.judge(&material)).await {
-                    Ok(Err(reason)) => {
-                        tracing::warn!(provider = %v.provider, requester = %req.signer, "confirming fraud: {reason}");
-                        ConfirmResponse::Confirmed {
-                            sig: v.sign(&self.key),
-                        }
+            let requester = req.signer;
+            match self.recheck(&req.value).await {
+                Ok(reason) => {
+                    let v = &req.value.verdict;
+                    tracing::warn!(provider = %v.provider, %requester, "confirming the failure: {reason}");
+                    ConfirmResponse::Confirmed {
+                        sig: v.sign(&self.key),
                     }
-                    Ok(Ok(())) => decline("the answer passes my audit".into()),
-                    Err(e) => decline(e.to_string()),
                 }
+                Err(reason) => ConfirmResponse::Declined { reason },
             }
         };
         let _ = write_frame(&mut stream, &response).await;

@@ -1,7 +1,11 @@
-//! `agora devnet --cheater` (test builds with `--features adversary`): a provider serving
-//! Q4_0 weights under the model's id wins the auction on price, posts its receipt root, is
-//! audited by two verifiers through the network, confirmed, slashed on the ledger, and
-//! dropped by the market; the next request goes to an honest provider whose audits pass.
+//! Adversaries across processes (test builds with `--features adversary`):
+//! - `agora devnet --cheater quantized|refuse`: a provider serving Q4_0 weights under the
+//!   model's id, or one that withholds its audit material, wins the auction on price, posts
+//!   its receipt root, is audited through the network (assigned, committed, revealed),
+//!   confirmed by a second verifier, slashed on the ledger and dropped by the market; the
+//!   next request goes to an honest provider whose audits pass.
+//! - `agora devnet --canary 1 --lazy-verifier`: a verifier that approves without auditing
+//!   passes the canary's planted frauds and loses stake; the diligent one does not.
 
 use std::time::{Duration, Instant};
 
@@ -34,9 +38,18 @@ fn ask(devnet: &Devnet, model: &str, seed: u64) -> String {
 }
 
 #[test]
-fn a_cheating_provider_is_caught_slashed_and_dropped() {
+fn a_quantized_cheater_is_caught_slashed_and_dropped() {
+    cheater_is_caught_slashed_and_dropped("quantized");
+}
+
+#[test]
+fn a_provider_that_withholds_audit_material_is_slashed_and_dropped() {
+    cheater_is_caught_slashed_and_dropped("refuse");
+}
+
+fn cheater_is_caught_slashed_and_dropped(kind: &str) {
     let dir = tempfile::tempdir().expect("tmp");
-    let devnet = Devnet::start_with(dir.path(), 1, &["--cheater", "--epoch-secs", "3"]);
+    let devnet = Devnet::start_with(dir.path(), 1, &["--cheater", kind, "--epoch-secs", "4"]);
     let providers = devnet.info["providers"]
         .as_array()
         .expect("providers")
@@ -51,8 +64,8 @@ fn a_cheating_provider_is_caught_slashed_and_dropped() {
     for seed in 0..3 {
         assert_eq!(ask(&devnet, &model, seed), cheater);
     }
-    // Within a few epochs: root posted, audited, confirmed, slashed.
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // Within a few epochs: root posted, audited, committed, revealed, confirmed, slashed.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while stake(&devnet, &cheater) == staked {
         assert!(Instant::now() < deadline, "the cheater was never slashed");
         std::thread::sleep(Duration::from_millis(300));
@@ -84,4 +97,53 @@ fn a_cheating_provider_is_caught_slashed_and_dropped() {
         honest_stake,
         "the honest provider is never slashed"
     );
+}
+
+#[test]
+fn a_lazy_verifier_passes_planted_frauds_and_loses_stake() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let devnet = Devnet::start_with(
+        dir.path(),
+        1,
+        &["--canary", "1", "--lazy-verifier", "--epoch-secs", "4"],
+    );
+    let providers = devnet.info["providers"]
+        .as_array()
+        .expect("providers")
+        .clone();
+    assert_eq!(providers[1]["name"], "canary");
+    let canary = providers[1]["account"].as_str().expect("id").to_string();
+    let verifiers: Vec<String> = devnet.info["verifiers"]
+        .as_array()
+        .expect("verifiers")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_string())
+        .collect();
+    let (diligent, lazy) = (verifiers[0].clone(), verifiers[1].clone());
+    let model = devnet.info["model"].as_str().expect("model").to_string();
+    let lazy_stake = stake(&devnet, &lazy);
+    let diligent_stake = stake(&devnet, &diligent);
+    let diligent_balance = crate::network::balance(&devnet, &diligent);
+
+    // The canary is cheapest and plants every answer; each leaf is assigned to one of the two
+    // verifiers, so with 8 answers the lazy one gets some (all but 1 in 256 runs).
+    for seed in 0..8 {
+        assert_eq!(ask(&devnet, &model, seed), canary);
+    }
+    // Commit, reveal, then the plant opens 4 epochs after its root: the lazy verifier is
+    // slashed for passing it.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while stake(&devnet, &lazy) == lazy_stake {
+        assert!(
+            Instant::now() < deadline,
+            "the lazy verifier was never slashed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(stake(&devnet, &lazy) < lazy_stake);
+    // The diligent verifier failed the plants it was assigned (its failures find no second
+    // verifier willing to confirm them, since the other is lazy), kept its stake and was
+    // paid audit fees for its reveals.
+    assert_eq!(stake(&devnet, &diligent), diligent_stake);
+    assert!(crate::network::balance(&devnet, &diligent) > diligent_balance);
 }

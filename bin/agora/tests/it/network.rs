@@ -21,8 +21,9 @@ pub struct Devnet {
 }
 
 impl Devnet {
+    /// No audit fee, so provider balances are exactly tokens times prices.
     fn start(dir: &Path, providers: usize) -> Devnet {
-        Devnet::start_with(dir, providers, &[])
+        Devnet::start_with(dir, providers, &["--audit-fee-bps", "0"])
     }
 
     pub fn start_with(dir: &Path, providers: usize, extra: &[&str]) -> Devnet {

@@ -452,7 +452,9 @@ fn assigned(l: &Ledger, k: &[Keypair], i: u64) -> usize {
         .state
         .leaf_assignee(&k[1].account(), 0, i)
         .expect("every leaf of a new provider is selected");
-    k.iter().position(|x| x.account() == v).expect("a known key")
+    k.iter()
+        .position(|x| x.account() == v)
+        .expect("a known key")
 }
 
 fn salt(i: u64) -> Hash32 {
@@ -461,12 +463,18 @@ fn salt(i: u64) -> Hash32 {
 
 /// The assigned verifiers of `leaves` commit to `passed`, the epoch advances, they reveal.
 /// Returns (assigned verifier, the other one) per leaf.
-fn audit_leaves(l: &mut Ledger, k: &[Keypair], leaves: &[u64], passed: bool) -> Vec<(usize, usize)> {
+fn audit_leaves(
+    l: &mut Ledger,
+    k: &[Keypair],
+    leaves: &[u64],
+    passed: bool,
+) -> Vec<(usize, usize)> {
     let provider = k[1].account();
     let mut who = Vec::new();
     for &i in leaves {
         let by = assigned(l, k, i);
-        let commitment = audit_commitment(CHAIN, &k[by].account(), &provider, 0, i, passed, &salt(i));
+        let commitment =
+            audit_commitment(CHAIN, &k[by].account(), &provider, 0, i, passed, &salt(i));
         let t = tx(
             l,
             &k[by],
@@ -620,11 +628,10 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
     // A confirmer signature over another verdict.
     let mut forged = verdict_tx(&l, &k, &receipts, 1, ch, by1, other1);
     if let TxBody::AuditVerdict {
-        verdict:
-            Verdict {
-                fault: Fault::Fraud { refund, .. },
-                ..
-            },
+        verdict: Verdict {
+            fault: Fault::Fraud { refund, .. },
+            ..
+        },
         ..
     } = &mut forged.tx.body
     {
@@ -811,14 +818,20 @@ fn audits_are_assigned_committed_revealed_and_paid() {
         TxError::AuditWindow { .. }
     ));
     advance(&mut l, &k[0], 1);
-    assert!(matches!(rejected!(l, &reveal(&l, false)), TxError::BadReveal));
+    assert!(matches!(
+        rejected!(l, &reveal(&l, false)),
+        TxError::BadReveal
+    ));
     let before = balance(&l, &k[by]);
     let ev = ok!(l, &reveal(&l, true));
     assert!(matches!(&ev[0], Event::AuditRevealed { passed: true, fee, .. } if *fee == amt(7)));
     assert_eq!(balance(&l, &k[by]), before + 7);
     assert_eq!(l.state.audit_pool, amt(3));
     assert_eq!(l.state.account(&provider).map(|a| a.clean_audits), Some(1));
-    assert!(matches!(rejected!(l, &reveal(&l, true)), TxError::BadReveal));
+    assert!(matches!(
+        rejected!(l, &reveal(&l, true)),
+        TxError::BadReveal
+    ));
     // Commitments close after the window (epochs 1..=2); we are in 2, then 3.
     advance(&mut l, &k[0], 1);
     let late = assigned(&l, &k, 0);
@@ -861,12 +874,27 @@ fn a_verifier_that_passes_a_planted_fraud_is_slashed() {
     assert!(matches!(
         rejected!(
             l,
-            &tx(&l, &k[2], TxBody::PlantFraud { commitment: plant(0) })
+            &tx(
+                &l,
+                &k[2],
+                TxBody::PlantFraud {
+                    commitment: plant(0)
+                }
+            )
         ),
         TxError::NotPlanter(_)
     ));
     for i in [0, 1] {
-        ok!(l, &tx(&l, &k[1], TxBody::PlantFraud { commitment: plant(i) }));
+        ok!(
+            l,
+            &tx(
+                &l,
+                &k[1],
+                TxBody::PlantFraud {
+                    commitment: plant(i)
+                }
+            )
+        );
     }
     advance(&mut l, &k[0], 1);
     // Leaf 0's verifier passes it without looking; leaf 1's fails it.
