@@ -186,20 +186,27 @@ fn quantize_row(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
 /// Every row's result is the same operations in the same order as for `R` = 1.
 #[inline(always)]
 fn dots<const R: usize>(q: &[i8], s: &[f32], xq: [&[i8]; R], xs: [&[f32]; R]) -> [f32; R] {
-    let blocks = s.len();
-    let qb = &q.as_chunks::<BLOCK>().0[..blocks.min(q.len() / BLOCK)];
-    let xb = xq.map(|x| x.as_chunks::<BLOCK>().0);
+    // Every slice cut to the same number of blocks, so the loop below needs no checks.
+    let blocks = xq
+        .iter()
+        .zip(&xs)
+        .fold(s.len().min(q.len() / BLOCK), |n, (x, sx)| {
+            n.min(x.len() / BLOCK).min(sx.len())
+        });
+    let qb = &q.as_chunks::<BLOCK>().0[..blocks];
+    let s = &s[..blocks];
+    let xb = xq.map(|x| &x.as_chunks::<BLOCK>().0[..blocks]);
+    let xs = xs.map(|x| &x[..blocks]);
     let mut acc = [0f32; R];
-    for (b, (qb, sw)) in qb.iter().zip(s).enumerate() {
+    for b in 0..blocks {
+        let (qb, sw) = (&qb[b], s[b]);
         for r in 0..R {
-            let (Some(xb), Some(sx)) = (xb[r].get(b), xs[r].get(b)) else {
-                continue;
-            };
+            let xb = &xb[r][b];
             let mut isum = 0i32;
             for i in 0..BLOCK {
                 isum += qb[i] as i32 * xb[i] as i32;
             }
-            acc[r] += isum as f32 * sw * sx;
+            acc[r] += isum as f32 * sw * xs[r][b];
         }
     }
     acc
