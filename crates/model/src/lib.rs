@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod chat;
 pub mod config;
+pub mod dense;
 pub mod error;
 pub mod generate;
 pub mod gguf_io;

@@ -3,7 +3,7 @@
 //! (f32 variables, unfused ops that record gradients).
 
 use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Storage, Tensor, D};
 
 use crate::cache::KvCache;
 use crate::config::{LlamaConfig, RopeStyle};
@@ -17,9 +17,10 @@ use crate::weights::WeightSource;
 pub enum Mode {
     Serve,
     Train,
-    /// Serve's kernels, except that quantized matmuls take the row-wise (decode) kernel for
-    /// any number of rows: an audit recomputes many output positions at once, and each row
-    /// then computes exactly as it did when it was decoded alone.
+    /// Serve's kernels, except that matmuls and attention take the decode kernels for any
+    /// number of rows (the int8 row kernel, the exact dense kernel and the exact per-row
+    /// attention of [`crate::dense`]): an audit recomputes many output positions at once, and
+    /// each row then computes exactly as it did when it was decoded alone.
     Audit,
 }
 
@@ -71,19 +72,18 @@ impl Linear {
             Weight::Candle(QMatMul::QTensor(q)) if many_rows => {
                 QMatMul::Tensor(q.dequantize(xs.device())?).forward(xs)?
             }
-            // An audit computes dense rows one at a time too: a batched GEMM sums in another
-            // order, and the next int8 layer's activation rounding can amplify that last bit.
-            Weight::Candle(weight @ QMatMul::Tensor(_)) if mode == Mode::Audit && rows(xs) > 1 => {
-                let (lead, cols) = (&xs.dims()[..xs.rank() - 1], xs.dim(xs.rank() - 1)?);
-                let flat = xs.reshape((rows(xs), cols))?;
-                let mut out = Vec::with_capacity(rows(xs));
-                for r in 0..rows(xs) {
-                    out.push(weight.forward(&flat.narrow(0, r, 1)?)?);
+            // Dense weights in decode (few rows) and in an audit (any number of rows) take the
+            // exact kernel: every row computes the same bits however many rows share the call,
+            // which a batched GEMM does not (the next int8 layer's activation rounding can
+            // amplify a last-bit difference).
+            Weight::Candle(QMatMul::Tensor(w))
+                if mode == Mode::Audit
+                    || (mode == Mode::Serve && rows(xs) < DEQUANTIZE_FROM_ROWS) =>
+            {
+                match dense_forward(w, xs)? {
+                    Some(ys) => ys,
+                    None => QMatMul::Tensor(w.clone()).forward(xs)?,
                 }
-                let ys = Tensor::cat(&out, 0)?;
-                let mut shape = lead.to_vec();
-                shape.push(ys.dim(1)?);
-                ys.reshape(shape)?
             }
             Weight::Candle(weight) => weight.forward(xs)?,
         };
@@ -92,6 +92,39 @@ impl Linear {
             None => ys,
         })
     }
+}
+
+/// `xs` (..., k) times the transpose of the f32 weight `w` (n, k) with the exact kernel
+/// ([`crate::dense`]); `None` when the tensors are not f32 in CPU memory (candle then runs it).
+fn dense_forward(w: &Tensor, xs: &Tensor) -> Result<Option<Tensor>> {
+    if w.dtype() != DType::F32 || xs.dtype() != DType::F32 || !w.device().is_cpu() {
+        return Ok(None);
+    }
+    let (n, k) = w.dims2()?;
+    if xs.rank() == 0 || xs.dim(D::Minus1)? != k {
+        return Ok(None);
+    }
+    let x: Vec<f32> = xs.flatten_all()?.to_vec1()?;
+    let m = x.len() / k.max(1);
+    let ys = {
+        let (storage, layout) = w.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        let Some(data) = cpu.as_slice::<f32>()?.get(start..end) else {
+            return Ok(None);
+        };
+        match crate::dense::matmul_t(&x, m, data, n, k) {
+            Some(ys) => ys,
+            None => return Ok(None),
+        }
+    };
+    let mut shape = xs.dims().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    Ok(Some(Tensor::from_vec(ys, shape, xs.device())?))
 }
 
 #[derive(Clone, Debug)]
@@ -222,29 +255,20 @@ impl Attention {
         let total = k.dim(2)?;
         let rep = self.num_heads / self.num_kv_heads;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        if mode == Mode::Audit && t > 1 {
-            // Each position attends exactly as it did when decoded alone: same shapes, same
-            // kernels, same order of sums, so an audit reproduces decode to the bit.
-            let mut rows = Vec::with_capacity(t);
-            for i in 0..t {
-                let seen = total - t + i + 1;
-                let qi = q.narrow(2, i, 1)?.contiguous()?.reshape((
-                    b,
-                    self.num_kv_heads,
-                    rep,
-                    self.head_dim,
-                ))?;
-                let scores = (qi.matmul(&k.narrow(2, 0, seen)?.t()?)? * scale)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-                let oi = probs.matmul(&v.narrow(2, 0, seen)?)?;
-                rows.push(oi.reshape((b, self.num_heads, 1, self.head_dim))?);
-            }
-            let out = Tensor::cat(&rows, 2)?.transpose(1, 2)?.reshape((
-                b,
+        // Decode steps and audits take the exact per-row attention, so an audited row
+        // computes the bits its decode step computed.
+        if mode == Mode::Audit || (mode == Mode::Serve && t == 1) {
+            let shape = crate::dense::AttnShape {
+                batch: b,
+                heads: self.num_heads,
+                kv_heads: self.num_kv_heads,
+                head_dim: self.head_dim,
                 t,
-                self.num_heads * self.head_dim,
-            ))?;
-            return self.o_proj.forward(&out, mode);
+                total,
+            };
+            if let Some(out) = exact_attention(&q, &k, &v, shape, scale as f32)? {
+                return self.o_proj.forward(&out, mode);
+            }
         }
 
         // Grouped-query attention without copying K/V: the query heads that share a KV head
@@ -270,6 +294,61 @@ impl Attention {
             .reshape((b, t, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out, mode)
     }
+}
+
+/// [`crate::dense::attention`] over candle tensors: `q` (b, heads, t, d), `k` and `v` (b,
+/// kv_heads, total, d) views of the cache; `None` when they are not f32 in CPU memory with
+/// unit stride along `d`. Returns (b, t, heads * d).
+fn exact_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    s: crate::dense::AttnShape,
+    scale: f32,
+) -> Result<Option<Tensor>> {
+    if [q, k, v]
+        .iter()
+        .any(|x| x.dtype() != DType::F32 || !x.device().is_cpu())
+    {
+        return Ok(None);
+    }
+    let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (Some(kv), Some(vv)) = (kv_view(&ks, kl, s)?, kv_view(&vs, vl, s)?) else {
+        return Ok(None);
+    };
+    let Some(out) = crate::dense::attention(&qv, kv, vv, s, scale) else {
+        return Ok(None);
+    };
+    drop((ks, vs));
+    Ok(Some(Tensor::from_vec(
+        out,
+        (s.batch, s.t, s.heads * s.head_dim),
+        q.device(),
+    )?))
+}
+
+/// A cache tensor's data as a [`crate::dense::KvView`], if it has the expected shape.
+fn kv_view<'a>(
+    storage: &'a Storage,
+    layout: &candle_core::Layout,
+    s: crate::dense::AttnShape,
+) -> Result<Option<crate::dense::KvView<'a>>> {
+    let Storage::Cpu(cpu) = storage else {
+        return Ok(None);
+    };
+    let (dims, stride) = (layout.dims(), layout.stride());
+    if dims != [s.batch, s.kv_heads, s.total, s.head_dim] || stride.len() != 4 || stride[3] != 1 {
+        return Ok(None);
+    }
+    Ok(Some(crate::dense::KvView {
+        data: cpu.as_slice::<f32>()?,
+        offset: layout.start_offset(),
+        batch_stride: stride[0],
+        head_stride: stride[1],
+        time_stride: stride[2],
+    }))
 }
 
 /// Additive mask (rep * t, total): query i (of the last t positions) sees keys 0..=total-t+i.
