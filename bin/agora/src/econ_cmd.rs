@@ -27,6 +27,18 @@ pub struct EconArgs {
     pub slash: Option<u128>,
     #[arg(
         long,
+        help = "The provider's bonded stake: the slash is then what the ledger takes from it, --slash-bps of it (instead of --slash).",
+        conflicts_with = "slash"
+    )]
+    pub stake: Option<u128>,
+    #[arg(
+        long,
+        help = "The ledger's slash share of stake, in basis points (genesis `slash_bps`).",
+        default_value_t = agora_ledger::Params::default().slash_bps
+    )]
+    pub slash_bps: u16,
+    #[arg(
+        long,
         help = "Escrowed earnings forfeited on fraud, base units [default: one job's price]."
     )]
     pub reward: Option<u128>,
@@ -53,9 +65,11 @@ pub fn run(a: EconArgs) -> anyhow::Result<()> {
         Some(c) => c,
         None => econ::share_of_amount(price, a.cost_saved_share)?,
     };
-    let slash = match a.slash {
-        Some(s) => s,
-        None => d.slash_for(price).context("slash overflows")?,
+    // On the ledger a confirmed fraud takes `slash_bps` of the provider's stake.
+    let slash = match (a.slash, a.stake) {
+        (Some(s), _) => s,
+        (None, Some(stake)) => agora_core::Amount::new(stake).bps(a.slash_bps).units(),
+        (None, None) => d.slash_for(price).context("slash overflows")?,
     };
     let i = EconInputs {
         price_per_job: price,
