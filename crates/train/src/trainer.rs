@@ -336,7 +336,14 @@ impl Trainer {
             self.settings.seq_len,
             &device,
         )?;
-        let loss = self.loss(&inputs, &targets)?;
+        let lr = self.settings.lr_at(self.opt.step);
+        self.train_step_on(&inputs, &targets, lr)
+    }
+
+    /// One optimizer step on a given batch at learning rate `lr`; returns the loss before
+    /// the update. DiLoCo islands choose their own batches and schedule through this.
+    pub fn train_step_on(&mut self, inputs: &Tensor, targets: &Tensor, lr: f64) -> Result<f64> {
+        let loss = self.loss(inputs, targets)?;
         let grads = loss.backward()?;
         let norm = self.opt.grad_norm(&grads)?;
         let scale = if self.settings.grad_clip > 0.0 && norm > self.settings.grad_clip {
@@ -344,7 +351,6 @@ impl Trainer {
         } else {
             1.0
         };
-        let lr = self.settings.lr_at(self.opt.step);
         self.opt.step(&grads, lr, scale)?;
         let loss = loss.to_scalar::<f32>()? as f64;
         if !loss.is_finite() {
