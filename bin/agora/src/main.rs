@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod bench_net;
 mod devnet_cmd;
+mod diloco_cmd;
 mod econ_cmd;
 mod gateway_cmd;
 mod generate_cmd;

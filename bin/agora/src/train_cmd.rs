@@ -77,9 +77,64 @@ pub struct TrainArgs {
     /// GGUF files to export beside the safetensors (comma separated).
     #[arg(long, value_delimiter = ',', default_values = ["q8_0"], value_parser = parse_tensor_type)]
     pub gguf: Vec<TensorType>,
+    #[command(flatten)]
+    pub diloco: crate::diloco_cmd::DilocoArgs,
+}
+
+
+/// The tokenizer (given, or a byte-level BPE trained on the text), the model shape and the
+/// training settings the flags describe.
+pub fn fresh_setup(
+    args: &TrainArgs,
+    train_text: &str,
+) -> anyhow::Result<(agora_model::LlamaConfig, TrainSettings, TextTokenizer)> {
+        let tokenizer = match &args.tokenizer {
+        Some(path) => TextTokenizer::from_file(path)?,
+        None => {
+            let started = Instant::now();
+            let tok = TextTokenizer::train_bpe(train_text.lines(), args.vocab_size)?;
+            tracing::info!(
+                vocab = tok.vocab_size(),
+                secs = started.elapsed().as_secs_f32(),
+                "trained byte-level BPE"
+            );
+            tok
+        }
+    };
+    let mut config = model_config(
+        tokenizer.vocab_size(),
+        args.layers,
+        args.hidden,
+        args.heads,
+        args.kv_heads,
+        args.ffn,
+        args.context,
+    );
+    config.eos_token_ids = tokenizer
+        .token_id(agora_model::tokenizer::END_OF_TEXT)
+        .into_iter()
+        .collect();
+    let settings = TrainSettings {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        seq_len: args.seq_len,
+        lr: args.lr,
+        min_lr: args.min_lr,
+        warmup_steps: args.warmup,
+        weight_decay: args.weight_decay,
+        grad_clip: 1.0,
+        eval_every: args.eval_every,
+        eval_tokens: args.eval_tokens,
+        checkpoint_every: args.checkpoint_every,
+        seed: args.seed,
+    };
+    Ok((config, settings, tokenizer))
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    if args.diloco.islands.is_some() || args.diloco.join.is_some() {
+        return crate::diloco_cmd::run(args);
+    }
     let text = std::fs::read_to_string(&args.data)
         .with_context(|| format!("reading {}", args.data.display()))?;
     let (train_text, val_text) = split_holdout(&text, args.holdout)?;
@@ -102,46 +157,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 args.out.display()
             );
         }
-        let tokenizer = match &args.tokenizer {
-            Some(path) => TextTokenizer::from_file(path)?,
-            None => {
-                let started = Instant::now();
-                let tok = TextTokenizer::train_bpe(train_text.lines(), args.vocab_size)?;
-                tracing::info!(
-                    vocab = tok.vocab_size(),
-                    secs = started.elapsed().as_secs_f32(),
-                    "trained byte-level BPE"
-                );
-                tok
-            }
-        };
-        let mut config = model_config(
-            tokenizer.vocab_size(),
-            args.layers,
-            args.hidden,
-            args.heads,
-            args.kv_heads,
-            args.ffn,
-            args.context,
-        );
-        config.eos_token_ids = tokenizer
-            .token_id(agora_model::tokenizer::END_OF_TEXT)
-            .into_iter()
-            .collect();
-        let settings = TrainSettings {
-            steps: args.steps,
-            batch_size: args.batch_size,
-            seq_len: args.seq_len,
-            lr: args.lr,
-            min_lr: args.min_lr,
-            warmup_steps: args.warmup,
-            weight_decay: args.weight_decay,
-            grad_clip: 1.0,
-            eval_every: args.eval_every,
-            eval_tokens: args.eval_tokens,
-            checkpoint_every: args.checkpoint_every,
-            seed: args.seed,
-        };
+        let (config, settings, tokenizer) = fresh_setup(&args, train_text)?;
         Trainer::new(config, settings, tokenizer)?
     };
     let corpus = Corpus {

@@ -11,6 +11,7 @@
 pub mod node;
 pub mod protocol;
 
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use node::{network_keypair, peer_id_of, GossipMessage, NetConfig, NetError, Node};
 

@@ -342,8 +342,8 @@ pub enum ProtocolError {
     #[error("stream: {0}")]
     Io(#[from] std::io::Error),
     /// A frame over the size limit.
-    #[error("frame of {0} bytes is over the {MAX_FRAME_BYTES}-byte limit")]
-    TooLarge(usize),
+    #[error("frame of {0} bytes is over the {1}-byte limit")]
+    TooLarge(usize, usize),
     /// Bytes that do not decode.
     #[error("undecodable frame: {0}")]
     Decode(String),
@@ -559,15 +559,34 @@ pub enum ConfirmResponse {
     },
 }
 
-/// Writes one length-prefixed Borsh frame.
+/// Writes one length-prefixed Borsh frame of at most [`MAX_FRAME_BYTES`].
 pub async fn write_frame<W, T>(w: &mut W, value: &T) -> Result<(), ProtocolError>
 where
     W: AsyncWrite + Unpin,
     T: BorshSerialize,
 {
+    write_frame_max(w, value, MAX_FRAME_BYTES).await
+}
+
+/// Reads one frame of at most [`MAX_FRAME_BYTES`]; `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, ProtocolError>
+where
+    R: AsyncRead + Unpin,
+    T: BorshDeserialize,
+{
+    read_frame_max(r, MAX_FRAME_BYTES).await
+}
+
+/// Writes one length-prefixed Borsh frame of at most `max` bytes (protocols that carry
+/// model-sized blobs set their own limit).
+pub async fn write_frame_max<W, T>(w: &mut W, value: &T, max: usize) -> Result<(), ProtocolError>
+where
+    W: AsyncWrite + Unpin,
+    T: BorshSerialize,
+{
     let bytes = codec::encode(value);
-    if bytes.len() > MAX_FRAME_BYTES {
-        return Err(ProtocolError::TooLarge(bytes.len()));
+    if bytes.len() > max || bytes.len() > u32::MAX as usize {
+        return Err(ProtocolError::TooLarge(bytes.len(), max));
     }
     let mut buf = Vec::with_capacity(4 + bytes.len());
     buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
@@ -577,8 +596,8 @@ where
     Ok(())
 }
 
-/// Reads one frame; `Ok(None)` at a clean end of stream.
-pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, ProtocolError>
+/// Reads one frame of at most `max` bytes; `Ok(None)` at a clean end of stream.
+pub async fn read_frame_max<R, T>(r: &mut R, max: usize) -> Result<Option<T>, ProtocolError>
 where
     R: AsyncRead + Unpin,
     T: BorshDeserialize,
@@ -590,8 +609,8 @@ where
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(ProtocolError::TooLarge(len));
+    if len > max {
+        return Err(ProtocolError::TooLarge(len, max));
     }
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;

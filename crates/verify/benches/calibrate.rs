@@ -5,6 +5,9 @@
 //!
 //! `CARGO_TARGET_DIR=/work/tgt-verify cargo bench -p agora-verify --bench calibrate`
 //!
+//! `AGORA_CALIBRATE_HONEST=10000 cargo bench -p agora-verify --bench calibrate` runs only
+//! honest answers instead (see `honest_run`), JSON in `target/honest.json`.
+//!
 //! Environment: `AGORA_CALIBRATE_N` (seeds, default 150: 200 took 13 minutes on the shared
 //! 2-core machine), `AGORA_CALIBRATE_OUT` (the JSON summary, default `target/calibrate.json`
 //! at the workspace root).
@@ -234,9 +237,13 @@ fn jobs(model: &LoadedModel, n: usize) -> Vec<Job> {
 /// Generates honestly; returns the claim, the wall time and the smallest distance of a draw
 /// from the edge of its token's interval (how close an honest sample came to another token).
 fn generate(model: &LoadedModel, job: &Job) -> (Claim, f64, f64) {
+    generate_n(model, job, MAX_TOKENS)
+}
+
+fn generate_n(model: &LoadedModel, job: &Job, max_tokens: usize) -> (Claim, f64, f64) {
     let opts = GenerateOptions {
         sampling: job.sampling.clone(),
-        max_tokens: MAX_TOKENS,
+        max_tokens,
         stop: vec![],
         stop_at_eos: false,
         resume: vec![],
@@ -475,7 +482,68 @@ fn fmt_range(lo: f64, hi: f64, has: bool, sci: bool) -> String {
     }
 }
 
+/// `AGORA_CALIBRATE_HONEST=N`: only honest answers, N of them, each generated on one thread
+/// count and audited on the other (as a provider and a verifier on different machines
+/// would), alternating the f32 model and the Q8_0 GGUF, the temperatures and the seeds; 48
+/// tokens each to keep 10,000 audits within minutes. Prints and writes the failures.
+fn honest_run(n: usize, out_path: &Path) {
+    let dir = root().join("models/agora-shakespeare");
+    let f32m = load(&dir, None);
+    let gguf = load(&dir.join("model-q8_0.gguf"), None);
+    let pool = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool")
+    };
+    let pools = [pool(1), pool(2)];
+    let jobs = jobs(&f32m, n);
+    let started = Instant::now();
+    let mut failures = vec![];
+    for (i, job) in jobs.iter().enumerate() {
+        let (name, model) = if i % 2 == 0 { ("f32", &f32m) } else { ("q8_0 gguf", &gguf) };
+        let (gen_pool, audit_pool) = if (i / 2) % 2 == 0 { (0, 1) } else { (1, 0) };
+        let (claim, _, _) = pools[gen_pool].install(|| generate_n(model, job, HONEST_TOKENS));
+        let (report, _) = pools[audit_pool].install(|| check(model, &claim));
+        if !report.passed {
+            eprintln!("  FALSE POSITIVE #{i} ({name}): {}", report.reasons.join("; "));
+            failures.push(json!({"index": i, "model": name, "reasons": report.reasons}));
+        }
+        if (i + 1) % 500 == 0 {
+            eprintln!(
+                "  honest audits: {}/{n}, {} failed ({:.0} s)",
+                i + 1,
+                failures.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let summary = json!({
+        "honest_audits": n,
+        "false_positives": failures.len(),
+        "tokens_per_answer": HONEST_TOKENS,
+        "seconds": started.elapsed().as_secs_f64(),
+        "failures": failures,
+    });
+    println!("honest run: {n} audits, {} false positives", failures.len());
+    std::fs::write(out_path, serde_json::to_string_pretty(&summary).expect("json"))
+        .expect("write summary");
+}
+
+/// Tokens per answer in the honest run.
+const HONEST_TOKENS: usize = 48;
+
 fn main() {
+    if let Some(n) = std::env::var("AGORA_CALIBRATE_HONEST")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let out = std::env::var("AGORA_CALIBRATE_OUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root().join("target/honest.json"));
+        honest_run(n.max(1), &out);
+        return;
+    }
     let n: usize = std::env::var("AGORA_CALIBRATE_N")
         .ok()
         .and_then(|v| v.parse().ok())
