@@ -116,7 +116,7 @@ pub fn screen(deltas: &[(u64, &Delta)], cfg: &CheckConfig) -> Vec<(u64, Refusal)
             .collect();
         let med = median(others);
         let norm = norms[i];
-        if !deltas.is_empty() && deltas.len() > 1 && med > 0.0 {
+        if deltas.len() > 1 && med > 0.0 {
             let ratio = norm / med;
             if !ratio.is_finite() || ratio > cfg.max_norm_ratio || ratio < 1.0 / cfg.max_norm_ratio
             {

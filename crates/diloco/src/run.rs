@@ -288,6 +288,8 @@ pub struct RoundReport {
     pub mean_loss_before: f64,
     pub mean_loss_after: f64,
     pub hash: StateHash,
+    /// The contributions revealed this round (accepted or not), in island order.
+    pub contributions: Vec<Contribution>,
 }
 
 /// N islands in one process, each with its own view of the global state.
@@ -375,6 +377,7 @@ impl Driver {
         let mut payload_bytes = 0;
         let mut refused = Vec::new();
         let (mut before, mut after) = (0.0, 0.0);
+        let revealed = contributions.clone();
         for c in contributions {
             payload_bytes += c.payload.len() as u64;
             before += c.loss_before;
@@ -431,6 +434,7 @@ impl Driver {
             mean_loss_before: before / n,
             mean_loss_after: after / n,
             hash,
+            contributions: revealed,
         })
     }
 

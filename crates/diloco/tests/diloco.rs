@@ -369,6 +369,10 @@ fn a_late_reveal_is_refused_and_the_round_closes_at_quorum_or_deadline() {
         .iter_mut()
         .map(|i| i.train_round(&corpus, &global).expect("train"))
         .collect();
+    // Contributions travel as borsh bytes.
+    let wire = cs[0].to_bytes().expect("bytes");
+    assert_eq!(Contribution::from_bytes(&wire).expect("parse"), cs[0]);
+    assert!(Contribution::from_bytes(&wire[..wire.len() - 1]).is_err());
     let mut col = RoundCollector::new(0, base, 2, 1_000);
     for c in &cs {
         col.commit(c.island, c.commitment).expect("commit");
