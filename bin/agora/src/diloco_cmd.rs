@@ -157,7 +157,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let node = start_node(net(&d.p2p_listen, vec![])?).await?;
         announce(&format!("run {}", hex::encode(run)));
         for addr in node.listen_addrs().await? {
-            announce(&format!("p2p {addr}/p2p/{}", node.peer_id()));
+            announce(&format!("p2p {addr}"));
         }
         tracing::info!(
             islands,

@@ -81,14 +81,13 @@ pub struct TrainArgs {
     pub diloco: crate::diloco_cmd::DilocoArgs,
 }
 
-
 /// The tokenizer (given, or a byte-level BPE trained on the text), the model shape and the
 /// training settings the flags describe.
 pub fn fresh_setup(
     args: &TrainArgs,
     train_text: &str,
 ) -> anyhow::Result<(agora_model::LlamaConfig, TrainSettings, TextTokenizer)> {
-        let tokenizer = match &args.tokenizer {
+    let tokenizer = match &args.tokenizer {
         Some(path) => TextTokenizer::from_file(path)?,
         None => {
             let started = Instant::now();

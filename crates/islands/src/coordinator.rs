@@ -169,8 +169,8 @@ impl Coordinator {
                     cfg.run_dir.display()
                 )));
             }
-            let json = serde_json::to_vec_pretty(&spec)
-                .map_err(|e| IslandsError::Spec(e.to_string()))?;
+            let json =
+                serde_json::to_vec_pretty(&spec).map_err(|e| IslandsError::Spec(e.to_string()))?;
             write_atomic(&spec_path, &json)?;
             GlobalState::from_weights(&scorer.trainer().weights())?
         };
@@ -238,11 +238,8 @@ impl Coordinator {
         }
         let now = now_ms();
         let mut s = lock(&self.state);
-        let member_ok = |s: &State, island: u64| {
-            s.members
-                .get(&island)
-                .is_some_and(|m| m.key == req.signer)
-        };
+        let member_ok =
+            |s: &State, island: u64| s.members.get(&island).is_some_and(|m| m.key == req.signer);
         match &req.request {
             Request::Join { island } => {
                 if let Some(m) = s.members.get(island) {
@@ -300,11 +297,12 @@ impl Coordinator {
                         hex::encode(s.hash)
                     ));
                 }
-                let eligible = s.members.get(island).map_or(u64::MAX, |m| m.eligible_from_ms);
+                let eligible = s
+                    .members
+                    .get(island)
+                    .map_or(u64::MAX, |m| m.eligible_from_ms);
                 if s.started_ms.is_some_and(|t| eligible > t) {
-                    return refuse(
-                        "joined during this round: contribute from the next one".into(),
-                    );
+                    return refuse("joined during this round: contribute from the next one".into());
                 }
                 match s.collector.commit(*island, *commitment) {
                     Ok(()) => Response::Ack,
@@ -377,7 +375,11 @@ impl Coordinator {
                 None => {
                     if s.members.len() as u64 >= self.spec.islands {
                         s.started_ms = Some(now);
-                        tracing::info!(round = s.global.round, islands = s.members.len(), "round started");
+                        tracing::info!(
+                            round = s.global.round,
+                            islands = s.members.len(),
+                            "round started"
+                        );
                     }
                     return Ok(());
                 }
@@ -389,8 +391,8 @@ impl Coordinator {
                         .map(|(i, _)| *i)
                         .collect();
                     let committed = s.collector.commitments();
-                    let all_in = !eligible.is_empty()
-                        && eligible.iter().all(|i| committed.contains_key(i));
+                    let all_in =
+                        !eligible.is_empty() && eligible.iter().all(|i| committed.contains_key(i));
                     let late = now >= started.saturating_add(phase);
                     if !committed.is_empty() && (all_in || late) {
                         let n = committed.len();
@@ -398,7 +400,11 @@ impl Coordinator {
                         s.collector.quorum = n;
                         s.collector.deadline_ms = now.saturating_add(phase);
                         s.revealing = true;
-                        tracing::info!(round = s.global.round, committed = n, "commitments closed; revealing");
+                        tracing::info!(
+                            round = s.global.round,
+                            committed = n,
+                            "commitments closed; revealing"
+                        );
                     }
                     return Ok(());
                 }
@@ -511,7 +517,13 @@ impl Coordinator {
                 m.eligible_from_ms = u64::MAX;
             }
         }
-        s.history.insert(round, Closed { accepted, next: hash });
+        s.history.insert(
+            round,
+            Closed {
+                accepted,
+                next: hash,
+            },
+        );
         s.blobs.retain(|_, (r, _)| *r + 1 >= round);
         s.global = next;
         s.blob = Arc::new(blob);

@@ -39,29 +39,53 @@ pub struct Traffic {
 }
 
 impl Link {
-    async fn call(&self, req: SignedRequest, traffic: &mut Traffic) -> Result<Response, IslandsError> {
+    async fn exchange(node: &Node, peer: PeerId, req: &SignedRequest) -> Result<Response, String> {
+        let exchange = async {
+            let mut s = node
+                .control()
+                .open_stream(peer, StreamProtocol::new(PROTOCOL))
+                .await
+                .map_err(|e| e.to_string())?;
+            write_frame_max(&mut s, req, MAX_MESSAGE_BYTES)
+                .await
+                .map_err(|e| e.to_string())?;
+            read_frame_max::<_, Response>(&mut s, MAX_MESSAGE_BYTES)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "the coordinator closed the stream".to_string())
+        };
+        tokio::time::timeout(Duration::from_secs(120), exchange)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    }
+
+    async fn call(
+        &self,
+        req: SignedRequest,
+        traffic: &mut Traffic,
+    ) -> Result<Response, IslandsError> {
         traffic.sent += agora_core::codec::encode(&req).len() as u64;
         let response = match self {
             Link::Local(c) => c.handle(&req),
             Link::Remote { node, peer } => {
-                let exchange = async {
-                    let mut s = node
-                        .control()
-                        .open_stream(*peer, StreamProtocol::new(PROTOCOL))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    write_frame_max(&mut s, &req, MAX_MESSAGE_BYTES)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    read_frame_max::<_, Response>(&mut s, MAX_MESSAGE_BYTES)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .ok_or_else(|| "the coordinator closed the stream".to_string())
-                };
-                tokio::time::timeout(Duration::from_secs(120), exchange)
-                    .await
-                    .map_err(|_| IslandsError::Coordinator("timed out".into()))?
-                    .map_err(IslandsError::Coordinator)?
+                // A stream can fail while the connection is still being set up, or when the
+                // coordinator's accept queue overflows: retry a few times before giving up.
+                let mut last = String::new();
+                let mut answer = None;
+                for attempt in 0..6u64 {
+                    match Self::exchange(node, *peer, &req).await {
+                        Ok(r) => {
+                            answer = Some(r);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(attempt, "request to the coordinator failed: {e}");
+                            last = e;
+                            tokio::time::sleep(Duration::from_millis(250 * (attempt + 1))).await;
+                        }
+                    }
+                }
+                answer.ok_or(IslandsError::Coordinator(last))?
             }
         };
         traffic.received += agora_core::codec::encode(&response).len() as u64;
@@ -142,7 +166,12 @@ pub async fn run_island(opts: IslandOptions, link: Link) -> Result<IslandOutcome
         run: opts.run,
         traffic: Traffic::default(),
     };
-    let spec: RunSpec = match ctx.call(Request::Join { island: opts.island }).await? {
+    let spec: RunSpec = match ctx
+        .call(Request::Join {
+            island: opts.island,
+        })
+        .await?
+    {
         Response::Spec { json } => {
             serde_json::from_str(&json).map_err(|e| IslandsError::Spec(e.to_string()))?
         }
@@ -164,10 +193,7 @@ pub async fn run_island(opts: IslandOptions, link: Link) -> Result<IslandOutcome
     tracing::info!(island = opts.island, run = %hex::encode(opts.run), "joined");
     loop {
         // 1. The state: fetched only when it is not the one already held.
-        let have = global
-            .as_ref()
-            .map(|g| g.hash().map(|h| h.0))
-            .transpose()?;
+        let have = global.as_ref().map(|g| g.hash().map(|h| h.0)).transpose()?;
         let (round, hash, finished) = match ctx.call(Request::State { have }).await? {
             Response::State {
                 round,
@@ -227,7 +253,11 @@ pub async fn run_island(opts: IslandOptions, link: Link) -> Result<IslandOutcome
         {
             Response::Ack => true,
             Response::Refused { reason } => {
-                tracing::info!(island = opts.island, round, "sitting this round out: {reason}");
+                tracing::info!(
+                    island = opts.island,
+                    round,
+                    "sitting this round out: {reason}"
+                );
                 false
             }
             r => return Err(refused("commit", r)),
@@ -276,7 +306,11 @@ pub async fn run_island(opts: IslandOptions, link: Link) -> Result<IslandOutcome
             Err(e) => {
                 // Fall back to the coordinator's state, loudly: a mismatch means a bug or a
                 // coordinator that did not follow the protocol.
-                tracing::error!(island = opts.island, round, "could not reproduce the round: {e}");
+                tracing::error!(
+                    island = opts.island,
+                    round,
+                    "could not reproduce the round: {e}"
+                );
                 global = None;
             }
         }
@@ -294,7 +328,12 @@ async fn aggregate_here(
 ) -> Result<GlobalState, IslandsError> {
     let mut contributions = Vec::with_capacity(accepted.len());
     for (island, commitment) in accepted {
-        let bytes = match ctx.call(Request::Blob { commitment: *commitment }).await? {
+        let bytes = match ctx
+            .call(Request::Blob {
+                commitment: *commitment,
+            })
+            .await?
+        {
             Response::Blob(b) => b,
             r => return Err(refused("contribution", r)),
         };

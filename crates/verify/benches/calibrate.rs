@@ -501,12 +501,19 @@ fn honest_run(n: usize, out_path: &Path) {
     let started = Instant::now();
     let mut failures = vec![];
     for (i, job) in jobs.iter().enumerate() {
-        let (name, model) = if i % 2 == 0 { ("f32", &f32m) } else { ("q8_0 gguf", &gguf) };
+        let (name, model) = if i % 2 == 0 {
+            ("f32", &f32m)
+        } else {
+            ("q8_0 gguf", &gguf)
+        };
         let (gen_pool, audit_pool) = if (i / 2) % 2 == 0 { (0, 1) } else { (1, 0) };
         let (claim, _, _) = pools[gen_pool].install(|| generate_n(model, job, HONEST_TOKENS));
         let (report, _) = pools[audit_pool].install(|| check(model, &claim));
         if !report.passed {
-            eprintln!("  FALSE POSITIVE #{i} ({name}): {}", report.reasons.join("; "));
+            eprintln!(
+                "  FALSE POSITIVE #{i} ({name}): {}",
+                report.reasons.join("; ")
+            );
             failures.push(json!({"index": i, "model": name, "reasons": report.reasons}));
         }
         if (i + 1) % 500 == 0 {
@@ -526,8 +533,11 @@ fn honest_run(n: usize, out_path: &Path) {
         "failures": failures,
     });
     println!("honest run: {n} audits, {} false positives", failures.len());
-    std::fs::write(out_path, serde_json::to_string_pretty(&summary).expect("json"))
-        .expect("write summary");
+    std::fs::write(
+        out_path,
+        serde_json::to_string_pretty(&summary).expect("json"),
+    )
+    .expect("write summary");
 }
 
 /// Tokens per answer in the honest run.

@@ -7,6 +7,8 @@ mod cheater;
 mod cli;
 /// The model the project ships loads, has the identity it claims, and generates.
 mod default_model;
+/// `agora train --islands`: DiLoCo across processes, with a killed island and a joiner.
+mod diloco;
 /// The binary's own HTTP client, shared with the tests.
 #[allow(dead_code)]
 #[path = "../../src/http_client.rs"]

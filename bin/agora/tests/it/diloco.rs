@@ -1,0 +1,286 @@
+//! `agora train --islands 3` across processes on loopback libp2p: one island is killed in the
+//! middle of a round, a fourth joins later; the run finishes, every survivor and the joiner
+//! end on the coordinator's state hash, the round log shows the missing island and the
+//! joiner's contributions, and the exported model generates.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::*;
+
+/// A child whose stdout and stderr lines arrive on one channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[String]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agora");
+        let (tx, lines) = mpsc::channel();
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Proc {
+            child,
+            lines,
+            seen: vec![],
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
+        self.wait_line(|l| l.contains(needle), needle, within)
+    }
+
+    /// Waits for a line the process announced on stdout: it starts with `prefix`; returns
+    /// the rest.
+    fn announced(&mut self, prefix: &str, within: Duration) -> String {
+        let line = self.wait_line(|l| l.starts_with(prefix), prefix, within);
+        line[prefix.len()..].trim().to_string()
+    }
+
+    fn wait_line(&mut self, hit: impl Fn(&str) -> bool, needle: &str, within: Duration) -> String {
+        if let Some(l) = self.seen.iter().find(|l| hit(l)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if hit(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?} within {within:?}; last lines:\n{}",
+                    self.seen[self.seen.len().saturating_sub(30)..].join("\n")
+                ),
+            }
+        }
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines it printed.
+    fn tail(&self) -> String {
+        self.seen[self.seen.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// The hash on the line starting `final state `.
+    fn final_hash(&mut self) -> String {
+        self.announced("final state ", Duration::from_secs(1))[..64].to_string()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn islands_survive_a_kill_take_a_joiner_and_agree_on_the_state() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("corpus.txt");
+    std::fs::write(
+        &data,
+        "ROMEO. But soft, what light through yonder window breaks?\nJULIET. Ay me!\n\
+         MERCUTIO. A plague o' both your houses!\n"
+            .repeat(80),
+    )
+    .expect("write");
+    let s = |x: &str| x.to_string();
+    let model_flags: Vec<String> = [
+        "--data",
+        &data.to_string_lossy(),
+        "--vocab-size",
+        "300",
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--ffn",
+        "64",
+        "--context",
+        "64",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--eval-tokens",
+        "512",
+        "--p2p-listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]
+    .iter()
+    .map(|x| s(x))
+    .collect();
+    let run_dir = dir.path().join("run");
+    // 10 rounds of H = 4 inner steps; a round waits at most 3 s for a missing island.
+    let mut coord_args = vec![s("train")];
+    coord_args.extend(model_flags.clone());
+    coord_args.extend(
+        [
+            "--out",
+            &run_dir.to_string_lossy(),
+            "--islands",
+            "3",
+            "--steps",
+            "40",
+            "--inner-steps",
+            "4",
+            "--phase-secs",
+            "3",
+        ]
+        .iter()
+        .map(|x| s(x)),
+    );
+    let mut coord = Proc::spawn(&coord_args);
+    let run = coord.announced("run ", Duration::from_secs(120));
+    let addr = coord.announced("p2p ", Duration::from_secs(30));
+    let island = |k: u64, out: &str| {
+        let mut a = vec![s("train")];
+        a.extend(model_flags.clone());
+        a.extend(
+            [
+                "--out",
+                &dir.path().join(out).to_string_lossy(),
+                "--join",
+                &addr,
+                "--run",
+                &run,
+                "--island",
+                &k.to_string(),
+                "--steps",
+                "40",
+            ]
+            .iter()
+            .map(|x| s(x)),
+        );
+        Proc::spawn(&a)
+    };
+    let mut one = island(1, "i1");
+    let mut two = island(2, "i2");
+    // Kill island 2 in the middle of round 1: after its reveal, before the round closes.
+    two.wait_for("revealed island=2 round=1", Duration::from_secs(120));
+    two.child.kill().expect("kill island 2");
+    // A fourth island joins once round 2 is done.
+    coord.wait_for("round closed round=2", Duration::from_secs(120));
+    let mut joiner = island(3, "i3");
+
+    for (p, name, secs) in [
+        (&mut coord, "the coordinator", 240),
+        (&mut one, "island 1", 60),
+        (&mut joiner, "the joiner", 60),
+    ] {
+        let ok = p.wait_exit(Duration::from_secs(secs)).success();
+        assert!(ok, "{name} failed:\n{}", p.tail());
+    }
+    let h = coord.final_hash();
+    assert_eq!(
+        one.final_hash(),
+        h,
+        "island 1 disagrees with the coordinator"
+    );
+    assert_eq!(
+        joiner.final_hash(),
+        h,
+        "the joiner disagrees with the coordinator"
+    );
+
+    // The round log: island 2 missing after it was killed; the joiner sat out its first
+    // round and contributed later.
+    let log = std::fs::read_to_string(run_dir.join("rounds.jsonl")).expect("rounds.jsonl");
+    let rounds: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(rounds.len(), 10, "{log}");
+    let last = &rounds[9];
+    let accepted = |r: &serde_json::Value| -> Vec<u64> {
+        r["accepted"]
+            .as_array()
+            .expect("accepted")
+            .iter()
+            .map(|v| v.as_u64().expect("island"))
+            .collect()
+    };
+    assert!(accepted(&rounds[0]).contains(&2), "{log}");
+    assert!(!accepted(last).contains(&2), "{log}");
+    assert!(
+        rounds.iter().any(|r| r["missing"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|v| v == 2))),
+        "{log}"
+    );
+    assert!(!accepted(&rounds[2]).contains(&3), "{log}");
+    assert!(accepted(last).contains(&3), "{log}");
+    assert!(accepted(last).contains(&1), "{log}");
+    assert!(run_dir.join("loss.svg").exists());
+
+    // The exported model is a servable model: it loads and generates.
+    let model = run_dir.join("model");
+    let o = agora(&[
+        "generate",
+        "--model",
+        &model.to_string_lossy(),
+        "--prompt",
+        "ROMEO.",
+        "--max-tokens",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
