@@ -748,7 +748,7 @@ mod tests {
             assert_eq!(back, signed);
             let huge = ((MAX_FRAME_BYTES + 1) as u32).to_be_bytes();
             let r: Result<Option<Frame>, _> = read_frame(&mut huge.as_slice()).await;
-            assert!(matches!(r, Err(ProtocolError::TooLarge(_))));
+            assert!(matches!(r, Err(ProtocolError::TooLarge(..))));
             let garbage = [0, 0, 0, 3, 9, 9, 9];
             let r: Result<Option<Frame>, _> = read_frame(&mut garbage.as_slice()).await;
             assert!(matches!(r, Err(ProtocolError::Decode(_))));
