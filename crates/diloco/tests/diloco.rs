@@ -185,7 +185,17 @@ fn malformed_payloads_are_refused_with_an_error() {
         ("b".to_string(), vec![0.5; 5]),
     ]
     .into();
-    let good = codec::encode(&delta, Codec::Int8 { block: 2 }).expect("encode");
+    // On the wire deltas are deflated: a cut stream never inflates into a delta.
+    let packed = codec::encode(&delta, Codec::Int8 { block: 2 }).expect("encode");
+    assert_eq!(codec::decode(&packed).expect("decodes"), {
+        codec::decode(&codec::encode_plain(&delta, Codec::Int8 { block: 2 }).expect("plain"))
+            .expect("plain decodes")
+    });
+    for cut in 0..packed.len() {
+        assert!(codec::decode(&packed[..cut]).is_err(), "deflated, truncated at {cut}");
+    }
+    // The format itself, before deflate.
+    let good = codec::encode_plain(&delta, Codec::Int8 { block: 2 }).expect("encode");
     assert!(codec::decode(&good).is_ok());
     for cut in 0..good.len() {
         assert!(codec::decode(&good[..cut]).is_err(), "truncated at {cut}");
@@ -212,7 +222,7 @@ fn malformed_payloads_are_refused_with_an_error() {
     assert!(codec::decode(&nan).is_err(), "NaN scale");
     // Names out of order are refused.
     let swapped: Delta = [("a".to_string(), vec![1.0])].into();
-    let one = codec::encode(&swapped, Codec::Raw).expect("encode");
+    let one = codec::encode_plain(&swapped, Codec::Raw).expect("encode");
     let mut two = one.clone();
     two[6] = 2; // tensor count 2, then the same tensor twice
     two.extend_from_slice(&one[10..]);
