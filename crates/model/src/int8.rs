@@ -157,10 +157,17 @@ impl Int8Matrix {
     fn matmul(&self, x: &[f32], simd: bool) -> Vec<f32> {
         let (cols, blocks) = (self.cols, self.cols / BLOCK);
         let m = x.len() / cols;
+        let simd = simd && avx2_available();
         let mut xq = Vec::with_capacity(m * cols);
         let mut xs = Vec::with_capacity(m * blocks);
-        for row in x.chunks_exact(cols) {
-            quantize_row(row, &mut xq, &mut xs);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            avx2::quantize_rows(x, cols, &mut xq, &mut xs);
+        }
+        if xs.is_empty() {
+            for row in x.chunks_exact(cols) {
+                quantize_row(row, &mut xq, &mut xs);
+            }
         }
         let acts = Acts {
             q: xq.as_chunks::<BLOCK>().0,
@@ -173,7 +180,6 @@ impl Int8Matrix {
         if m == 0 {
             return by_group;
         }
-        let simd = simd && avx2_available();
         by_group
             .par_chunks_mut(GROUPS_PER_TASK * m * LANES)
             .enumerate()
@@ -265,22 +271,31 @@ fn kernel<const R: usize>(
     group_portable(w, s, xq, xs)
 }
 
-/// ggml's Q8_0 activation quantization: per block of 32, scale amax / 127, rounded, appended
-/// to `q` and `s`. Every quant is in -127..=127 (the AVX2 kernel relies on it never being
-/// -128; the clamp only matters for non-finite input, which rounds to 0 as before).
+/// ggml's Q8_0 activation quantization: per block of 32, scale amax / 127, rounded half away
+/// from zero, appended to `q` and `s`. Every quant is in -127..=127 (the AVX2 kernel relies on
+/// it never being -128; the clamp only matters for non-finite input).
+#[inline(always)]
 fn quantize_row(x: &[f32], q: &mut Vec<i8>, s: &mut Vec<f32>) {
     for block in x.chunks_exact(BLOCK) {
         let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        q.extend(
-            block
-                .iter()
-                .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
-        );
+        q.extend(block.iter().map(|v| round_to_i8(v * inv)));
         // ggml stores the activation scale as f16; do the same so results match.
         s.push(half::f16::from_f32(d).to_f32());
     }
+}
+
+/// `y.round().clamp(-127.0, 127.0) as i8` (NaN to 0), without a call into libm so that the
+/// loop above vectorizes: after the clamp `|y| <= 127`, so the truncation `t` and the
+/// fraction `y - t` are exact, and rounding half away from zero adds one step away from zero
+/// when the fraction's magnitude is at least one half.
+#[inline(always)]
+fn round_to_i8(y: f32) -> i8 {
+    let y = y.clamp(-127.0, 127.0);
+    let t = y as i32;
+    let f = y - t as f32;
+    (t + i32::from(f >= 0.5) - i32::from(f <= -0.5)) as i8
 }
 
 /// The portable kernel: one group's packed blocks `w` and scales `s` times `R` activation
@@ -313,7 +328,7 @@ fn group_portable<const R: usize>(
     acc
 }
 
-/// The AVX2 kernel, and all of this file's `unsafe`: one call into a function compiled with
+/// The AVX2 kernel, and all of this file's `unsafe`: two calls into functions compiled with
 /// AVX2 after checking that the CPU has it, two loads and one store of 32 bytes from and to
 /// arrays of exactly 32 bytes.
 #[cfg(target_arch = "x86_64")]
@@ -327,6 +342,25 @@ mod avx2 {
     };
 
     use super::{BLOCK, LANES, PACKED};
+
+    /// [`super::quantize_row`] for every row of `x`, compiled with AVX2 (the same scalar
+    /// operations, so the same bits; the compiler only gets wider registers).
+    pub(super) fn quantize_rows(x: &[f32], cols: usize, q: &mut Vec<i8>, s: &mut Vec<f32>) {
+        assert!(
+            std::is_x86_feature_detected!("avx2"),
+            "AVX2 kernel without AVX2"
+        );
+        // SAFETY: the CPU supports AVX2 (asserted just above), the only requirement of
+        // calling a function compiled with it enabled.
+        unsafe { quantize_rows_avx2(x, cols, q, s) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn quantize_rows_avx2(x: &[f32], cols: usize, q: &mut Vec<i8>, s: &mut Vec<f32>) {
+        for row in x.chunks_exact(cols) {
+            super::quantize_row(row, q, s);
+        }
+    }
 
     /// [`super::group_portable`] with AVX2: the same results, bit for bit.
     pub(super) fn group<const R: usize>(
@@ -443,6 +477,33 @@ mod tests {
         (0..blocks)
             .map(|b| m.scales[((r / LANES) * blocks + b) * LANES + r % LANES])
             .collect()
+    }
+
+    #[test]
+    fn activation_rounding_is_f32_round() {
+        let want = |y: f32| y.round().clamp(-127.0, 127.0) as i8;
+        let mut ys = vec![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1e30,
+            -1e30,
+        ];
+        for k in -300..=300 {
+            let h = k as f32 * 0.5;
+            ys.extend([h, h.next_up(), h.next_down()]);
+        }
+        // Every 61st f32 from 0 to 200, both signs.
+        let mut bits = 0u32;
+        while f32::from_bits(bits) <= 200.0 {
+            ys.extend([f32::from_bits(bits), -f32::from_bits(bits)]);
+            bits += 61;
+        }
+        for y in ys {
+            assert_eq!(round_to_i8(y), want(y), "{y:e}");
+        }
     }
 
     #[test]
