@@ -42,8 +42,9 @@ const BLOCK: usize = 32;
 const LANES: usize = 8;
 /// Bytes of one packed block of a group.
 const PACKED: usize = LANES * BLOCK;
-/// Groups per parallel task: enough work to amortize scheduling.
-const GROUPS_PER_TASK: usize = 8;
+/// Multiply-adds per parallel task, at least: a few microseconds of work, enough to amortize
+/// handing it to another thread (a decode step of a small matrix runs as one task).
+const MACS_PER_TASK: usize = 1 << 17;
 /// Activation rows per pass over a group's weights in the multi-row kernel.
 const ACT_ROWS: usize = 4;
 
@@ -180,12 +181,14 @@ impl Int8Matrix {
         if m == 0 {
             return by_group;
         }
+        // How the groups are split across tasks changes no output: each is computed alone.
+        let per_task = MACS_PER_TASK.div_ceil(LANES * cols * m).max(1);
         by_group
-            .par_chunks_mut(GROUPS_PER_TASK * m * LANES)
+            .par_chunks_mut(per_task * m * LANES)
             .enumerate()
             .for_each(|(task, chunk)| {
                 for (i, out) in chunk.chunks_exact_mut(m * LANES).enumerate() {
-                    self.group(task * GROUPS_PER_TASK + i, &acts, out, simd);
+                    self.group(task * per_task + i, &acts, out, simd);
                 }
             });
         if m == 1 {
@@ -567,7 +570,15 @@ mod tests {
     fn every_row_has_the_same_bits_alone_in_a_batch_on_any_pool_and_any_cpu() {
         let mut rng = crate::init::SeededRng::new(5);
         let m = 13;
-        for (rows, cols) in [(70, 96), (8, 32), (13, 32), (33, 160), (130, 64)] {
+        // The last shape splits into several parallel tasks even for one row.
+        for (rows, cols) in [
+            (70, 96),
+            (8, 32),
+            (13, 32),
+            (33, 160),
+            (130, 64),
+            (300, 512),
+        ] {
             let x = rng.normals(m * cols, 1.0);
             for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
                 let (_, mat) = matrix(&mut rng, rows, cols, dtype);
@@ -794,18 +805,24 @@ mod tests {
     #[ignore]
     fn timing() {
         let mut rng = crate::init::SeededRng::new(7);
-        let (rows, cols) = (1024, 1024);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .expect("pool");
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+        // A large matrix, then the shipped model's gate/up and output head.
+        let cases = [
+            (1024, 1024, GgmlDType::Q8_0),
+            (1024, 1024, GgmlDType::Q4_0),
+            (688, 256, GgmlDType::Q8_0),
+            (2048, 256, GgmlDType::Q8_0),
+        ];
+        for (rows, cols, dtype) in cases {
             let (_, mat) = matrix(&mut rng, rows, cols, dtype);
             let q: Vec<i8> = (0..rows).flat_map(|r| row_quants(&mat, r)).collect();
             let s: Vec<f32> = (0..rows).flat_map(|r| row_scales(&mat, r)).collect();
             for m in [1, 100] {
                 let x = rng.normals(m * cols, 1.0);
-                let reps = if m == 1 { 200 } else { 4 };
+                let reps = (200_000_000 / (rows * cols * m)).max(2);
                 let time = |f: &dyn Fn() -> Vec<f32>| {
                     let mut best = f64::MAX;
                     for _ in 0..3 {
