@@ -280,10 +280,23 @@ fn kernel<const R: usize>(
 #[inline(always)]
 fn quantize_row(x: &[f32], q: &mut Vec<i8>, s: &mut Vec<f32>) {
     for block in x.chunks_exact(BLOCK) {
-        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+        // The largest magnitude, in eight lanes then across them: `max` picks one of its
+        // inputs (ignoring NaN, and never NaN from a start of 0), so any order gives the same
+        // value, and this one vectorizes where a single running max cannot.
+        let mut lanes = [0f32; 8];
+        for eight in block.as_chunks::<8>().0 {
+            for (m, v) in lanes.iter_mut().zip(eight) {
+                *m = m.max(v.abs());
+            }
+        }
+        let amax = lanes.iter().fold(0f32, |a, &m| a.max(m));
         let d = amax / 127.0;
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        q.extend(block.iter().map(|v| round_to_i8(v * inv)));
+        let mut quants = [0i8; BLOCK];
+        for (o, v) in quants.iter_mut().zip(block) {
+            *o = round_to_i8(v * inv);
+        }
+        q.extend_from_slice(&quants);
         // ggml stores the activation scale as f16; do the same so results match.
         s.push(half::f16::from_f32(d).to_f32());
     }
@@ -292,13 +305,14 @@ fn quantize_row(x: &[f32], q: &mut Vec<i8>, s: &mut Vec<f32>) {
 /// `y.round().clamp(-127.0, 127.0) as i8` (NaN to 0), without a call into libm so that the
 /// loop above vectorizes: after the clamp `|y| <= 127`, so the truncation `t` and the
 /// fraction `y - t` are exact, and rounding half away from zero adds one step away from zero
-/// when the fraction's magnitude is at least one half.
+/// when the fraction's magnitude is at least one half (NaN compares false and casts to 0).
 #[inline(always)]
 fn round_to_i8(y: f32) -> i8 {
     let y = y.clamp(-127.0, 127.0);
-    let t = y as i32;
-    let f = y - t as f32;
-    (t + i32::from(f >= 0.5) - i32::from(f <= -0.5)) as i8
+    let t = y.trunc();
+    let f = y - t;
+    let r = t + f32::from(u8::from(f >= 0.5)) - f32::from(u8::from(f <= -0.5));
+    r as i8
 }
 
 /// The portable kernel: one group's packed blocks `w` and scales `s` times `R` activation
