@@ -196,8 +196,9 @@ pub fn decode(bytes: &[u8]) -> Result<Delta> {
     let inflated;
     let bytes = match bytes.strip_prefix(&DEFLATED_MAGIC) {
         Some(packed) => {
-            inflated = miniz_oxide::inflate::decompress_to_vec_with_limit(packed, MAX_INFLATED_BYTES)
-                .map_err(|e| bad(format!("does not inflate: {e}")))?;
+            inflated =
+                miniz_oxide::inflate::decompress_to_vec_with_limit(packed, MAX_INFLATED_BYTES)
+                    .map_err(|e| bad(format!("does not inflate: {e}")))?;
             &inflated[..]
         }
         None => bytes,

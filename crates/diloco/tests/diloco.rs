@@ -192,7 +192,10 @@ fn malformed_payloads_are_refused_with_an_error() {
             .expect("plain decodes")
     });
     for cut in 0..packed.len() {
-        assert!(codec::decode(&packed[..cut]).is_err(), "deflated, truncated at {cut}");
+        assert!(
+            codec::decode(&packed[..cut]).is_err(),
+            "deflated, truncated at {cut}"
+        );
     }
     // The format itself, before deflate.
     let good = codec::encode_plain(&delta, Codec::Int8 { block: 2 }).expect("encode");
