@@ -23,7 +23,30 @@ fn ok(dir: &Path, args: &[&str]) -> String {
 }
 
 /// Starts `agora ledger serve` on port 0 and returns the child and its URL.
-fn serve(dir: &Path, extra: &[&str]) -> (Child, String) {
+/// A server process that is killed when the test ends, passing or failing.
+struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &Path, extra: &[&str]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
         .current_dir(dir)
         .env("RUST_LOG", "warn")
@@ -55,7 +78,7 @@ fn serve(dir: &Path, extra: &[&str]) -> (Child, String) {
     let url = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("serve prints its URL");
-    (child, url)
+    (Server(child), url)
 }
 
 fn json(s: &str) -> serde_json::Value {
