@@ -284,3 +284,78 @@ fn islands_survive_a_kill_take_a_joiner_and_agree_on_the_state() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn a_killed_coordinator_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("corpus.txt");
+    std::fs::write(
+        &data,
+        "ROMEO. But soft, what light through yonder window breaks?\nJULIET. Ay me!\n".repeat(80),
+    )
+    .expect("write");
+    let run_dir = dir.path().join("run");
+    let args: Vec<String> = [
+        "train",
+        "--data",
+        &data.to_string_lossy(),
+        "--out",
+        &run_dir.to_string_lossy(),
+        "--vocab-size",
+        "300",
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--ffn",
+        "64",
+        "--context",
+        "64",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--eval-tokens",
+        "512",
+        "--p2p-listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--islands",
+        "1",
+        "--steps",
+        "240",
+        "--inner-steps",
+        "40",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    let mut first = Proc::spawn(&args);
+    first.wait_for("round closed round=1", Duration::from_secs(180));
+    first.child.kill().expect("kill -9 the coordinator");
+    let _ = first.child.wait();
+
+    // Another run in the same folder is refused; --resume continues from the checkpoint.
+    let again = agora(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--resume"), "{}", stderr(&again));
+    let mut resumed_args = args.clone();
+    resumed_args.push("--resume".into());
+    let mut resumed = Proc::spawn(&resumed_args);
+    let ok = resumed.wait_exit(Duration::from_secs(240)).success();
+    assert!(ok, "the resumed run failed:\n{}", resumed.tail());
+    let started = resumed.wait_for("run ready", Duration::from_secs(1));
+    assert!(
+        !started.contains("round=0"),
+        "it resumed from round 0: {started}"
+    );
+    resumed.final_hash();
+    let log = std::fs::read_to_string(run_dir.join("rounds.jsonl")).expect("rounds.jsonl");
+    let last: serde_json::Value =
+        serde_json::from_str(log.lines().last().expect("a round")).expect("json");
+    assert_eq!(last["round"], 5, "{log}");
+    assert!(run_dir.join("model/model.safetensors").exists());
+}
