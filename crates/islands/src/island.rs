@@ -64,7 +64,8 @@ impl Link {
         req: SignedRequest,
         traffic: &mut Traffic,
     ) -> Result<Response, IslandsError> {
-        traffic.sent += agora_core::codec::encode(&req).len() as u64;
+        // Counted, not encoded again: states and contributions are large.
+        traffic.sent += borsh::object_length(&req).unwrap_or(0) as u64;
         let response = match self {
             Link::Local(c) => c.handle(&req),
             Link::Remote { node, peer } => {
@@ -88,7 +89,7 @@ impl Link {
                 answer.ok_or(IslandsError::Coordinator(last))?
             }
         };
-        traffic.received += agora_core::codec::encode(&response).len() as u64;
+        traffic.received += borsh::object_length(&response).unwrap_or(0) as u64;
         Ok(response)
     }
 }

@@ -486,7 +486,7 @@ impl State {
         Self::acct_mut(&mut self.accounts, j, id).verifier = on;
     }
 
-    /// Moves `amount` between the audit pool and nowhere else: journals the old pool.
+    /// Sets the audit pool, journaling the old value.
     pub(crate) fn set_audit_pool(&mut self, j: &mut Journal, pool: Amount) {
         j.audit_pool.get_or_insert(self.audit_pool);
         self.audit_pool = pool;

@@ -127,19 +127,12 @@ impl Drop for Proc {
     }
 }
 
-#[test]
-fn islands_survive_a_kill_take_a_joiner_and_agree_on_the_state() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let data = dir.path().join("corpus.txt");
-    std::fs::write(
-        &data,
-        "ROMEO. But soft, what light through yonder window breaks?\nJULIET. Ay me!\n\
-         MERCUTIO. A plague o' both your houses!\n"
-            .repeat(80),
-    )
-    .expect("write");
-    let s = |x: &str| x.to_string();
-    let model_flags: Vec<String> = [
+/// Writes `text` as the corpus in `dir` and returns the flags every process of a tiny run
+/// shares: the data, a one-layer model, and a loopback listen address.
+fn tiny_run_flags(dir: &std::path::Path, text: &str) -> Vec<String> {
+    let data = dir.join("corpus.txt");
+    std::fs::write(&data, text).expect("write the corpus");
+    [
         "--data",
         &data.to_string_lossy(),
         "--vocab-size",
@@ -166,8 +159,20 @@ fn islands_survive_a_kill_take_a_joiner_and_agree_on_the_state() {
         "/ip4/127.0.0.1/tcp/0",
     ]
     .iter()
-    .map(|x| s(x))
-    .collect();
+    .map(|x| x.to_string())
+    .collect()
+}
+
+#[test]
+fn islands_survive_a_kill_take_a_joiner_and_agree_on_the_state() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = |x: &str| x.to_string();
+    let model_flags = tiny_run_flags(
+        dir.path(),
+        &"ROMEO. But soft, what light through yonder window breaks?\nJULIET. Ay me!\n\
+         MERCUTIO. A plague o' both your houses!\n"
+            .repeat(80),
+    );
     let run_dir = dir.path().join("run");
     // 10 rounds of H = 4 inner steps; a round waits at most 3 s for a missing island.
     let mut coord_args = vec![s("train")];
@@ -288,51 +293,26 @@ fn islands_survive_a_kill_take_a_joiner_and_agree_on_the_state() {
 #[test]
 fn a_killed_coordinator_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().expect("tmp");
-    let data = dir.path().join("corpus.txt");
-    std::fs::write(
-        &data,
-        "ROMEO. But soft, what light through yonder window breaks?\nJULIET. Ay me!\n".repeat(80),
-    )
-    .expect("write");
     let run_dir = dir.path().join("run");
-    let args: Vec<String> = [
-        "train",
-        "--data",
-        &data.to_string_lossy(),
-        "--out",
-        &run_dir.to_string_lossy(),
-        "--vocab-size",
-        "300",
-        "--layers",
-        "1",
-        "--hidden",
-        "32",
-        "--heads",
-        "2",
-        "--kv-heads",
-        "1",
-        "--ffn",
-        "64",
-        "--context",
-        "64",
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "2",
-        "--eval-tokens",
-        "512",
-        "--p2p-listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--islands",
-        "1",
-        "--steps",
-        "240",
-        "--inner-steps",
-        "40",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
+    let mut args: Vec<String> = vec!["train".into()];
+    args.extend(tiny_run_flags(
+        dir.path(),
+        &"ROMEO. But soft, what light through yonder window breaks?\nJULIET. Ay me!\n".repeat(80),
+    ));
+    args.extend(
+        [
+            "--out",
+            &run_dir.to_string_lossy(),
+            "--islands",
+            "1",
+            "--steps",
+            "240",
+            "--inner-steps",
+            "40",
+        ]
+        .iter()
+        .map(|x| x.to_string()),
+    );
     let mut first = Proc::spawn(&args);
     first.wait_for("round closed round=1", Duration::from_secs(180));
     first.child.kill().expect("kill -9 the coordinator");

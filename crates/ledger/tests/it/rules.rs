@@ -899,7 +899,7 @@ fn a_verifier_that_passes_a_planted_fraud_is_slashed() {
     advance(&mut l, &k[0], 1);
     // Leaf 0's verifier passes it without looking; leaf 1's fails it.
     let lazy = audit_leaves(&mut l, &k, &[0], true)[0].0;
-    let diligent = audit_leaves_in(&mut l, &k, 1, false);
+    let diligent = audit_leaves(&mut l, &k, &[1], false)[0].0;
     let open = |l: &Ledger, i: u64| {
         tx(
             l,
@@ -997,37 +997,4 @@ fn a_withheld_leaf_is_slashed_without_a_receipt() {
         ),
         TxError::Malformed { .. }
     ));
-}
-
-/// Like [`audit_leaves`] for one leaf, in whatever epoch the ledger is in; returns the
-/// assigned verifier.
-fn audit_leaves_in(l: &mut Ledger, k: &[Keypair], i: u64, passed: bool) -> usize {
-    let provider = k[1].account();
-    let by = assigned(l, k, i);
-    let commitment = audit_commitment(CHAIN, &k[by].account(), &provider, 0, i, passed, &salt(i));
-    let t = tx(
-        l,
-        &k[by],
-        TxBody::CommitAudit {
-            provider,
-            epoch: 0,
-            index: i,
-            commitment,
-        },
-    );
-    ok_fn(l, &t);
-    advance(l, &k[0], 1);
-    let t = tx(
-        l,
-        &k[by],
-        TxBody::RevealAudit {
-            provider,
-            epoch: 0,
-            index: i,
-            passed,
-            salt: salt(i),
-        },
-    );
-    ok_fn(l, &t);
-    by
 }
