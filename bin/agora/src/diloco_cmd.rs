@@ -40,7 +40,9 @@ pub struct DilocoArgs {
     /// Seconds a round waits for missing commitments, and then for missing reveals.
     #[arg(long, default_value_t = 600)]
     pub phase_secs: u64,
-    /// Outer Nesterov learning rate.
+    /// Outer Nesterov learning rate (DiLoCo's 0.7 with momentum 0.9 suits runs of hundreds
+    /// of rounds; over 8 to 16 rounds, 1.2 with momentum 0.5 measured better: see
+    /// docs/BENCHMARKS.md, "DiLoCo").
     #[arg(long, default_value_t = 0.7)]
     pub outer_lr: f64,
     /// Outer Nesterov momentum.

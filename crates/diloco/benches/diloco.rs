@@ -8,8 +8,15 @@
 //! `AGORA_DILOCO_BYTES` (text bytes used, default 400000), `AGORA_DILOCO_H` (inner steps per
 //! round, default 100), `AGORA_DILOCO_ROUNDS` (default 6), `AGORA_DILOCO_ISLANDS` (default 4),
 //! `AGORA_DILOCO_OUTER_LR` and `AGORA_DILOCO_MOMENTUM` (outer step, default 0.7 and 0.9),
-//! `AGORA_DILOCO_RUNS` (which of `dp,diloco,half` to run, default all; a skipped run shows
-//! as NaN), `AGORA_DILOCO_OUT` (JSON summary, default `target/diloco.json`).
+//! `AGORA_DILOCO_INNER_LR` (peak learning rate of the islands, default 3e-3, cosine to a
+//! tenth), `AGORA_DILOCO_DP_LR` (DP's, a comma-separated list: DP trains at each and the best
+//! is the anchor; default 3e-3), `AGORA_DILOCO_WARMUP` (inner warmup steps,
+//! default 20), `AGORA_DILOCO_RUNS` (which of `dp,diloco,half` to run, default all; a skipped run shows
+//! as NaN), `AGORA_DILOCO_OUT` (JSON summary with the per-round curves, default
+//! `target/diloco.json`), `AGORA_DILOCO_SVG` (the curves as a picture, default
+//! `target/diloco.svg`), `AGORA_DILOCO_BATCH` and `AGORA_DILOCO_SEQ` (sequences per island
+//! batch and their length, default 4 and 64). The runs train side by side, islands a thread
+//! each, with `RAYON_NUM_THREADS=1` unless set.
 //!
 //! Synchronous data parallel: one model, each step's batch the concatenation of the batches
 //! the islands draw for that (round, step), so both see exactly the same tokens; the same
@@ -19,9 +26,11 @@
 //! Huffman/ANS pass over the payload would reach (not implemented).
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Instant;
 
 use agora_diloco::codec::Codec;
+use agora_diloco::curve::{write_svg, Series};
 use agora_diloco::data::{self, BatchKey};
 use agora_diloco::run::{Driver, RunConfig};
 use agora_model::init::SeededRng;
@@ -123,19 +132,28 @@ fn setup() -> Setup {
     }
 }
 
-const BATCH: usize = 4;
-const SEQ: usize = 64;
 const EVAL_TOKENS: usize = 8192;
 
-fn trainer(tok: &TextTokenizer, batch: usize, steps: u64) -> Trainer {
-    let cfg = model_config(tok.vocab_size(), 2, 64, 4, 2, 176, SEQ);
+/// Sequences per island batch (`AGORA_DILOCO_BATCH`); DP's batch is this times the islands.
+fn batch_per_island() -> usize {
+    env("AGORA_DILOCO_BATCH", 4)
+}
+
+/// Tokens per sequence (`AGORA_DILOCO_SEQ`).
+fn seq_len() -> usize {
+    env("AGORA_DILOCO_SEQ", 64)
+}
+
+/// `lr` is the peak of the inner schedule (cosine to a tenth of it).
+fn trainer(tok: &TextTokenizer, batch: usize, steps: u64, lr: f64) -> Trainer {
+    let cfg = model_config(tok.vocab_size(), 2, 64, 4, 2, 176, seq_len());
     let settings = TrainSettings {
         steps,
         batch_size: batch,
-        seq_len: SEQ,
-        lr: 3e-3,
-        min_lr: 3e-4,
-        warmup_steps: 20,
+        seq_len: seq_len(),
+        lr,
+        min_lr: lr / 10.0,
+        warmup_steps: env("AGORA_DILOCO_WARMUP", 20),
         eval_every: 0,
         eval_tokens: EVAL_TOKENS,
         checkpoint_every: 0,
@@ -145,11 +163,15 @@ fn trainer(tok: &TextTokenizer, batch: usize, steps: u64) -> Trainer {
     Trainer::new(cfg, settings, tok.clone()).expect("trainer")
 }
 
+/// Held-out bits per byte after each round (for DP: after each `H` steps).
+type Curve = Vec<f64>;
+
 /// Synchronous data parallel over the islands' batches.
-fn data_parallel(s: &Setup, cfg: &RunConfig) -> (Eval, f64) {
+fn data_parallel(s: &Setup, cfg: &RunConfig, lr: f64) -> (Eval, f64, Curve) {
     let started = Instant::now();
     let steps = cfg.rounds * cfg.inner_steps;
-    let mut t = trainer(&s.tok, BATCH * cfg.islands, steps);
+    let mut t = trainer(&s.tok, batch_per_island() * cfg.islands, steps, lr);
+    let mut curve = Vec::new();
     for round in 0..cfg.rounds {
         for step in 0..cfg.inner_steps {
             let (mut xs, mut ys) = (Vec::new(), Vec::new());
@@ -160,7 +182,9 @@ fn data_parallel(s: &Setup, cfg: &RunConfig) -> (Eval, f64) {
                     island,
                     step,
                 };
-                let (x, y) = data::batch(&s.corpus, key, BATCH, SEQ, &Device::Cpu).expect("batch");
+                let (x, y) =
+                    data::batch(&s.corpus, key, batch_per_island(), seq_len(), &Device::Cpu)
+                        .expect("batch");
                 xs.push(x);
                 ys.push(y);
             }
@@ -169,9 +193,12 @@ fn data_parallel(s: &Setup, cfg: &RunConfig) -> (Eval, f64) {
             let lr = t.settings.lr_at(round * cfg.inner_steps + step);
             t.train_step_on(&x, &y, lr).expect("step");
         }
+        let eval = t.evaluate(&s.corpus, EVAL_TOKENS).expect("eval");
+        eprintln!("  sync DP after round {round}: {:.4}", eval.bits_per_byte);
+        curve.push(eval.bits_per_byte);
     }
     let eval = t.evaluate(&s.corpus, EVAL_TOKENS).expect("eval");
-    (eval, started.elapsed().as_secs_f64())
+    (eval, started.elapsed().as_secs_f64(), curve)
 }
 
 struct DilocoResult {
@@ -180,6 +207,7 @@ struct DilocoResult {
     payload_bytes_per_island_round: f64,
     entropy_bytes_per_island_round: f64,
     refused: usize,
+    curve: Curve,
 }
 
 /// Order-0 entropy of `bytes`, in bytes.
@@ -197,10 +225,15 @@ fn entropy_bytes(bytes: &[u8]) -> f64 {
         / 8.0
 }
 
-fn diloco(s: &Setup, cfg: &RunConfig, drop_half: bool) -> DilocoResult {
+fn diloco(s: &Setup, cfg: &RunConfig, lr: f64, drop_half: bool) -> DilocoResult {
     let started = Instant::now();
     let steps = cfg.rounds * cfg.inner_steps;
-    let mut d = Driver::new(cfg.clone(), |_| Ok(trainer(&s.tok, BATCH, steps))).expect("driver");
+    let name = if drop_half { "half dropped" } else { "DiLoCo" };
+    let mut d = Driver::new(cfg.clone(), |_| {
+        Ok(trainer(&s.tok, batch_per_island(), steps, lr))
+    })
+    .expect("driver");
+    let mut curve = Vec::new();
     let n = cfg.islands as u64;
     let mut payload = 0u64;
     let mut entropy = 0f64;
@@ -230,9 +263,14 @@ fn diloco(s: &Setup, cfg: &RunConfig, drop_half: bool) -> DilocoResult {
         for (id, why) in &r.refused {
             eprintln!("round {} island {id} refused: {why}", r.round);
         }
+        let eval = d.islands()[0]
+            .trainer()
+            .evaluate(&s.corpus, EVAL_TOKENS)
+            .expect("eval");
+        curve.push(eval.bits_per_byte);
         eprintln!(
-            "  round {}: islands {:?}, own-batch loss {:.3} -> {:.3}",
-            r.round, r.accepted, r.mean_loss_before, r.mean_loss_after
+            "  {name} round {}: islands {:?}, own-batch loss {:.3} -> {:.3}, held-out {:.4}",
+            r.round, r.accepted, r.mean_loss_before, r.mean_loss_after, eval.bits_per_byte
         );
     }
     let eval = d.islands()[0]
@@ -245,6 +283,7 @@ fn diloco(s: &Setup, cfg: &RunConfig, drop_half: bool) -> DilocoResult {
         payload_bytes_per_island_round: payload as f64 / sent.max(1) as f64,
         entropy_bytes_per_island_round: entropy,
         refused,
+        curve,
     }
 }
 
@@ -260,10 +299,16 @@ fn skipped() -> DilocoResult {
         payload_bytes_per_island_round: f64::NAN,
         entropy_bytes_per_island_round: f64::NAN,
         refused: 0,
+        curve: Vec::new(),
     }
 }
 
 fn main() {
+    // The runs and the islands train side by side, a thread each; candle's own kernel threads
+    // on top of them oversubscribe the cores (measured: 2.5x slower on 2 cores).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     let s = setup();
     let cfg = RunConfig {
         islands: env("AGORA_DILOCO_ISLANDS", 4),
@@ -280,7 +325,14 @@ fn main() {
     };
     let runs: String = env("AGORA_DILOCO_RUNS", "dp,diloco,half".to_string());
     let wanted = |name: &str| runs.split(',').any(|r| r.trim() == name);
-    let params = trainer(&s.tok, BATCH, 1)
+    // The anchor is tuned too: DP trains at every learning rate listed, and the best one
+    // (lowest held-out bits per byte at the end) is what DiLoCo is compared with.
+    let dp_lrs: Vec<f64> = env("AGORA_DILOCO_DP_LR", "3e-3".to_string())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let inner_lr: f64 = env("AGORA_DILOCO_INNER_LR", 3e-3);
+    let params = trainer(&s.tok, batch_per_island(), 1, inner_lr)
         .vars()
         .values()
         .map(|v| v.elem_count())
@@ -295,25 +347,36 @@ fn main() {
         cfg.inner_steps,
         cfg.rounds
     );
-    eprintln!("outer lr {}, momentum {}", cfg.outer.lr, cfg.outer.momentum);
-    let (dp, dp_s) = if wanted("dp") {
-        eprintln!("synchronous data parallel ...");
-        data_parallel(&s, &cfg)
-    } else {
-        (skipped().eval, 0.0)
-    };
-    let all = if wanted("diloco") {
-        eprintln!("DiLoCo, all islands ...");
-        diloco(&s, &cfg, false)
-    } else {
-        skipped()
-    };
-    let half = if wanted("half") {
-        eprintln!("DiLoCo, half the islands dropped each round ...");
-        diloco(&s, &cfg, true)
-    } else {
-        skipped()
-    };
+    eprintln!(
+        "outer lr {}, momentum {}; inner lr {inner_lr}, DP lr {dp_lrs:?}",
+        cfg.outer.lr, cfg.outer.momentum
+    );
+    // The three runs are independent: run them side by side (wall times overlap).
+    let (s, cfg) = (&s, &cfg);
+    let (dps, all, half) = std::thread::scope(|scope| {
+        let dps: Vec<_> = dp_lrs
+            .iter()
+            .filter(|_| wanted("dp"))
+            .map(|&lr| scope.spawn(move || (lr, data_parallel(s, cfg, lr))))
+            .collect();
+        let all = scope.spawn(|| wanted("diloco").then(|| diloco(s, cfg, inner_lr, false)));
+        let half = scope.spawn(|| wanted("half").then(|| diloco(s, cfg, inner_lr, true)));
+        (
+            dps.into_iter()
+                .map(|h| h.join().expect("dp run"))
+                .collect::<Vec<_>>(),
+            all.join().expect("diloco run"),
+            half.join().expect("half run"),
+        )
+    });
+    let best = dps
+        .iter()
+        .min_by(|a, b| a.1 .0.bits_per_byte.total_cmp(&b.1 .0.bits_per_byte));
+    let (dp_lr, (dp, dp_s, dp_curve)) = best
+        .cloned()
+        .unwrap_or_else(|| (f64::NAN, (skipped().eval, 0.0, Vec::new())));
+    let all = all.unwrap_or_else(skipped);
+    let half = half.unwrap_or_else(skipped);
 
     let dp_bytes = cfg.inner_steps as f64 * 4.0 * params as f64;
     let ratio = dp_bytes / all.payload_bytes_per_island_round;
@@ -324,10 +387,16 @@ fn main() {
         "| run | held-out bits/byte | vs sync DP | bytes sent per worker per round | vs fp32 DP | wall s |"
     );
     println!("|---|---|---|---|---|---|");
-    println!(
-        "| sync DP (fp32 gradient every step) | {:.4} | - | {:.0} | 1x | {:.1} |",
-        dp.bits_per_byte, dp_bytes, dp_s
-    );
+    for (lr, (e, secs, _)) in &dps {
+        let anchor = if *lr == dp_lr { ", the anchor" } else { "" };
+        println!(
+            "| sync DP (fp32 gradient every step), lr {lr}{anchor} | {:.4} | {:+.2}% | {:.0} | 1x | {:.1} |",
+            e.bits_per_byte,
+            100.0 * (e.bits_per_byte / dp.bits_per_byte - 1.0),
+            dp_bytes,
+            secs
+        );
+    }
     println!(
         "| DiLoCo int8, {} islands | {:.4} | {:+.2}% | {:.0} | {:.0}x ({:.0}x entropy-coded) | {:.1} |",
         cfg.islands,
@@ -346,6 +415,58 @@ fn main() {
         dp_bytes / half.payload_bytes_per_island_round,
         half.seconds
     );
+    println!();
+    println!("Held-out bits per byte after each round (tokens seen: the same in every run):");
+    println!();
+    println!("| round | sync DP | DiLoCo | vs DP | half dropped | vs DP |");
+    println!("|---|---|---|---|---|---|");
+    let at = |c: &Curve, i: usize| c.get(i).copied().unwrap_or(f64::NAN);
+    for i in 0..cfg.rounds as usize {
+        let (d, a, h) = (at(&dp_curve, i), at(&all.curve, i), at(&half.curve, i));
+        println!(
+            "| {} | {d:.4} | {a:.4} | {:+.2}% | {h:.4} | {:+.2}% |",
+            i + 1,
+            100.0 * (a / d - 1.0),
+            100.0 * (h / d - 1.0)
+        );
+    }
+    let points = |c: &Curve| -> Vec<(f64, f64)> {
+        c.iter()
+            .enumerate()
+            .map(|(i, &y)| (i as f64 + 1.0, y))
+            .collect()
+    };
+    let series = [
+        Series {
+            label: "sync DP",
+            color: "#000000",
+            points: points(&dp_curve),
+        },
+        Series {
+            label: "DiLoCo",
+            color: "#1f77b4",
+            points: points(&all.curve),
+        },
+        Series {
+            label: "half dropped",
+            color: "#ff7f0e",
+            points: points(&half.curve),
+        },
+    ];
+    let svg_path: String = env(
+        "AGORA_DILOCO_SVG",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/diloco.svg").to_string(),
+    );
+    let title = format!(
+        "held-out bits per byte by round: {} islands x batch {}, H = {}",
+        cfg.islands,
+        batch_per_island(),
+        cfg.inner_steps
+    );
+    match write_svg(Path::new(&svg_path), &title, "round", &series, true) {
+        Ok(()) => eprintln!("wrote {svg_path}"),
+        Err(e) => eprintln!("{svg_path}: {e}"),
+    }
     let summary = json!({
         "text": s.source,
         "train_tokens": s.corpus.train.len(),
@@ -356,8 +477,12 @@ fn main() {
         "rounds": cfg.rounds,
         "outer_lr": cfg.outer.lr,
         "outer_momentum": cfg.outer.momentum,
-        "batch_per_island": BATCH,
-        "seq_len": SEQ,
+        "batch_per_island": batch_per_island(),
+        "seq_len": seq_len(),
+        "inner_lr": inner_lr,
+        "dp_lr": dp_lr,
+        "dp_by_lr": dps.iter().map(|(lr, (e, _, c))| json!({ "lr": lr, "bits_per_byte": e.bits_per_byte, "curve": c })).collect::<Vec<_>>(),
+        "curves": { "sync_dp": dp_curve, "diloco": all.curve, "diloco_half_dropped": half.curve },
         "sync_dp": { "bits_per_byte": dp.bits_per_byte, "loss": dp.loss, "bytes_per_worker_round": dp_bytes, "seconds": dp_s },
         "diloco": {
             "bits_per_byte": all.eval.bits_per_byte, "loss": all.eval.loss,

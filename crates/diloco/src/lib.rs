@@ -17,6 +17,7 @@
 
 pub mod checks;
 pub mod codec;
+pub mod curve;
 pub mod data;
 pub mod error;
 pub mod island;

@@ -362,16 +362,14 @@ impl Driver {
             .filter(|&i| !dropped.contains(&(i as u64)))
             .collect();
         let mut collector = RoundCollector::new(round, base, live.len(), u64::MAX);
-        let mut contributions = Vec::new();
-        for &i in &live {
-            if self.views[i].round != round {
-                return Err(DilocoError::Protocol(format!("island {i} is not in sync")));
-            }
-            let c = self.islands[i].train_round(corpus, &self.views[i])?;
+        if let Some(&i) = live.iter().find(|&&i| self.views[i].round != round) {
+            return Err(DilocoError::Protocol(format!("island {i} is not in sync")));
+        }
+        let contributions = self.train_live(corpus, &live)?;
+        for c in &contributions {
             collector
                 .commit(c.island, c.commitment)
                 .map_err(|r| DilocoError::Protocol(r.to_string()))?;
-            contributions.push(c);
         }
         collector.close_commits();
         let mut payload_bytes = 0;
@@ -435,6 +433,31 @@ impl Driver {
             mean_loss_after: after / n,
             hash,
             contributions: revealed,
+        })
+    }
+
+    /// Train the `live` islands' rounds side by side, one thread each (islands are
+    /// independent until they reveal); contributions come back in island order.
+    fn train_live(&mut self, corpus: &Corpus, live: &[usize]) -> Result<Vec<Contribution>> {
+        let views = &self.views;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .islands
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| live.contains(i))
+                .map(|(i, island)| scope.spawn(move || island.train_round(corpus, &views[i])))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(DilocoError::Protocol(
+                            "an island's training thread panicked".into(),
+                        ))
+                    })
+                })
+                .collect()
         })
     }
 
