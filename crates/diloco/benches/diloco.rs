@@ -388,13 +388,20 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|");
     for (lr, (e, secs, _)) in &dps {
-        let anchor = if *lr == dp_lr { ", the anchor" } else { "" };
+        let (name, vs) = if *lr == dp_lr {
+            (", the anchor", "-".to_string())
+        } else {
+            (
+                "",
+                format!(
+                    "{:+.2}%",
+                    100.0 * (e.bits_per_byte / dp.bits_per_byte - 1.0)
+                ),
+            )
+        };
         println!(
-            "| sync DP (fp32 gradient every step), lr {lr}{anchor} | {:.4} | {:+.2}% | {:.0} | 1x | {:.1} |",
-            e.bits_per_byte,
-            100.0 * (e.bits_per_byte / dp.bits_per_byte - 1.0),
-            dp_bytes,
-            secs
+            "| sync DP (fp32 gradient every step), lr {lr}{name} | {:.4} | {vs} | {:.0} | 1x | {:.1} |",
+            e.bits_per_byte, dp_bytes, secs
         );
     }
     println!(
