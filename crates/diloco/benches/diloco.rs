@@ -100,6 +100,11 @@ struct Setup {
     tok: TextTokenizer,
     corpus: Corpus,
     source: String,
+    /// Sequences per island batch (`AGORA_DILOCO_BATCH`); DP's batch is this times the
+    /// islands.
+    batch: usize,
+    /// Tokens per sequence (`AGORA_DILOCO_SEQ`).
+    seq: usize,
 }
 
 fn setup() -> Setup {
@@ -129,28 +134,20 @@ fn setup() -> Setup {
         tok,
         corpus,
         source,
+        batch: env("AGORA_DILOCO_BATCH", 4),
+        seq: env("AGORA_DILOCO_SEQ", 64),
     }
 }
 
 const EVAL_TOKENS: usize = 8192;
 
-/// Sequences per island batch (`AGORA_DILOCO_BATCH`); DP's batch is this times the islands.
-fn batch_per_island() -> usize {
-    env("AGORA_DILOCO_BATCH", 4)
-}
-
-/// Tokens per sequence (`AGORA_DILOCO_SEQ`).
-fn seq_len() -> usize {
-    env("AGORA_DILOCO_SEQ", 64)
-}
-
 /// `lr` is the peak of the inner schedule (cosine to a tenth of it).
-fn trainer(tok: &TextTokenizer, batch: usize, steps: u64, lr: f64) -> Trainer {
-    let cfg = model_config(tok.vocab_size(), 2, 64, 4, 2, 176, seq_len());
+fn trainer(s: &Setup, batch: usize, steps: u64, lr: f64) -> Trainer {
+    let cfg = model_config(s.tok.vocab_size(), 2, 64, 4, 2, 176, s.seq);
     let settings = TrainSettings {
         steps,
         batch_size: batch,
-        seq_len: seq_len(),
+        seq_len: s.seq,
         lr,
         min_lr: lr / 10.0,
         warmup_steps: env("AGORA_DILOCO_WARMUP", 20),
@@ -160,7 +157,7 @@ fn trainer(tok: &TextTokenizer, batch: usize, steps: u64, lr: f64) -> Trainer {
         seed: 1,
         ..TrainSettings::default()
     };
-    Trainer::new(cfg, settings, tok.clone()).expect("trainer")
+    Trainer::new(cfg, settings, s.tok.clone()).expect("trainer")
 }
 
 /// Held-out bits per byte after each round (for DP: after each `H` steps).
@@ -170,8 +167,9 @@ type Curve = Vec<f64>;
 fn data_parallel(s: &Setup, cfg: &RunConfig, lr: f64) -> (Eval, f64, Curve) {
     let started = Instant::now();
     let steps = cfg.rounds * cfg.inner_steps;
-    let mut t = trainer(&s.tok, batch_per_island() * cfg.islands, steps, lr);
+    let mut t = trainer(s, s.batch * cfg.islands, steps, lr);
     let mut curve = Vec::new();
+    let mut last = None;
     for round in 0..cfg.rounds {
         for step in 0..cfg.inner_steps {
             let (mut xs, mut ys) = (Vec::new(), Vec::new());
@@ -183,8 +181,7 @@ fn data_parallel(s: &Setup, cfg: &RunConfig, lr: f64) -> (Eval, f64, Curve) {
                     step,
                 };
                 let (x, y) =
-                    data::batch(&s.corpus, key, batch_per_island(), seq_len(), &Device::Cpu)
-                        .expect("batch");
+                    data::batch(&s.corpus, key, s.batch, s.seq, &Device::Cpu).expect("batch");
                 xs.push(x);
                 ys.push(y);
             }
@@ -196,8 +193,9 @@ fn data_parallel(s: &Setup, cfg: &RunConfig, lr: f64) -> (Eval, f64, Curve) {
         let eval = t.evaluate(&s.corpus, EVAL_TOKENS).expect("eval");
         eprintln!("  sync DP after round {round}: {:.4}", eval.bits_per_byte);
         curve.push(eval.bits_per_byte);
+        last = Some(eval);
     }
-    let eval = t.evaluate(&s.corpus, EVAL_TOKENS).expect("eval");
+    let eval = last.unwrap_or_else(|| t.evaluate(&s.corpus, EVAL_TOKENS).expect("eval"));
     (eval, started.elapsed().as_secs_f64(), curve)
 }
 
@@ -229,11 +227,9 @@ fn diloco(s: &Setup, cfg: &RunConfig, lr: f64, drop_half: bool) -> DilocoResult 
     let started = Instant::now();
     let steps = cfg.rounds * cfg.inner_steps;
     let name = if drop_half { "half dropped" } else { "DiLoCo" };
-    let mut d = Driver::new(cfg.clone(), |_| {
-        Ok(trainer(&s.tok, batch_per_island(), steps, lr))
-    })
-    .expect("driver");
+    let mut d = Driver::new(cfg.clone(), |_| Ok(trainer(s, s.batch, steps, lr))).expect("driver");
     let mut curve = Vec::new();
+    let mut last = None;
     let n = cfg.islands as u64;
     let mut payload = 0u64;
     let mut entropy = 0f64;
@@ -272,11 +268,14 @@ fn diloco(s: &Setup, cfg: &RunConfig, lr: f64, drop_half: bool) -> DilocoResult 
             "  {name} round {}: islands {:?}, own-batch loss {:.3} -> {:.3}, held-out {:.4}",
             r.round, r.accepted, r.mean_loss_before, r.mean_loss_after, eval.bits_per_byte
         );
+        last = Some(eval);
     }
-    let eval = d.islands()[0]
-        .trainer()
-        .evaluate(&s.corpus, EVAL_TOKENS)
-        .expect("eval");
+    let eval = last.unwrap_or_else(|| {
+        d.islands()[0]
+            .trainer()
+            .evaluate(&s.corpus, EVAL_TOKENS)
+            .expect("eval")
+    });
     DilocoResult {
         eval,
         seconds: started.elapsed().as_secs_f64(),
@@ -332,7 +331,7 @@ fn main() {
         .filter_map(|v| v.trim().parse().ok())
         .collect();
     let inner_lr: f64 = env("AGORA_DILOCO_INNER_LR", 3e-3);
-    let params = trainer(&s.tok, batch_per_island(), 1, inner_lr)
+    let params = trainer(&s, s.batch, 1, inner_lr)
         .vars()
         .values()
         .map(|v| v.elem_count())
@@ -466,9 +465,7 @@ fn main() {
     );
     let title = format!(
         "held-out bits per byte by round: {} islands x batch {}, H = {}",
-        cfg.islands,
-        batch_per_island(),
-        cfg.inner_steps
+        cfg.islands, s.batch, cfg.inner_steps
     );
     match write_svg(Path::new(&svg_path), &title, "round", &series, true) {
         Ok(()) => eprintln!("wrote {svg_path}"),
@@ -484,8 +481,8 @@ fn main() {
         "rounds": cfg.rounds,
         "outer_lr": cfg.outer.lr,
         "outer_momentum": cfg.outer.momentum,
-        "batch_per_island": batch_per_island(),
-        "seq_len": seq_len(),
+        "batch_per_island": s.batch,
+        "seq_len": s.seq,
         "inner_lr": inner_lr,
         "dp_lr": dp_lr,
         "dp_by_lr": dps.iter().map(|(lr, (e, _, c))| json!({ "lr": lr, "bits_per_byte": e.bits_per_byte, "curve": c })).collect::<Vec<_>>(),
