@@ -8,6 +8,8 @@
 //! `AGORA_DILOCO_BYTES` (text bytes used, default 400000), `AGORA_DILOCO_H` (inner steps per
 //! round, default 100), `AGORA_DILOCO_ROUNDS` (default 6), `AGORA_DILOCO_ISLANDS` (default 4),
 //! `AGORA_DILOCO_OUTER_LR` and `AGORA_DILOCO_MOMENTUM` (outer step, default 0.7 and 0.9),
+//! `AGORA_DILOCO_SCALE_LR` (1, the default: a round with k of n islands steps at
+//! lr·sqrt(k/n); 0: at lr),
 //! `AGORA_DILOCO_INNER_LR` (peak learning rate of the islands, default 3e-3, cosine to a
 //! tenth), `AGORA_DILOCO_DP_LR` (DP's, a comma-separated list: DP trains at each and the best
 //! is the anchor; default 3e-3), `AGORA_DILOCO_WARMUP` (inner warmup steps,
@@ -309,8 +311,9 @@ fn main() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
     let s = setup();
+    let islands: usize = env("AGORA_DILOCO_ISLANDS", 4);
     let cfg = RunConfig {
-        islands: env("AGORA_DILOCO_ISLANDS", 4),
+        islands,
         inner_steps: env("AGORA_DILOCO_H", 100),
         rounds: env("AGORA_DILOCO_ROUNDS", 6),
         codec: Codec::default(),
@@ -319,6 +322,8 @@ fn main() {
             lr: env("AGORA_DILOCO_OUTER_LR", 0.7),
             momentum: env("AGORA_DILOCO_MOMENTUM", 0.9),
             nesterov: true,
+            // The half-dropped run steps at lr·sqrt(k/n) unless AGORA_DILOCO_SCALE_LR=0.
+            lr_islands: (env("AGORA_DILOCO_SCALE_LR", 1) != 0).then_some(islands as u64),
         },
         ..RunConfig::default()
     };
@@ -347,8 +352,10 @@ fn main() {
         cfg.rounds
     );
     eprintln!(
-        "outer lr {}, momentum {}; inner lr {inner_lr}, DP lr {dp_lrs:?}",
-        cfg.outer.lr, cfg.outer.momentum
+        "outer lr {} (scaled by sqrt(k/n) in rounds with k of n islands: {}), momentum {}; inner lr {inner_lr}, DP lr {dp_lrs:?}",
+        cfg.outer.lr,
+        cfg.outer.lr_islands.is_some(),
+        cfg.outer.momentum
     );
     // The three runs are independent: run them side by side (wall times overlap).
     let (s, cfg) = (&s, &cfg);
@@ -481,6 +488,7 @@ fn main() {
         "rounds": cfg.rounds,
         "outer_lr": cfg.outer.lr,
         "outer_momentum": cfg.outer.momentum,
+        "outer_lr_scaled_by_participation": cfg.outer.lr_islands.is_some(),
         "batch_per_island": s.batch,
         "seq_len": s.seq,
         "inner_lr": inner_lr,

@@ -26,6 +26,13 @@ pub struct OuterConfig {
     pub lr: f64,
     pub momentum: f64,
     pub nesterov: bool,
+    /// The number of contributions `lr` is tuned for. When set, a round that accepts `k` of
+    /// them (`0 < k < n`) steps at `lr·sqrt(k/n)`: averaging `k` AdamW deltas cancels less
+    /// of their noise than averaging `n`, so the average is larger and wants a smaller step
+    /// (measured in docs/BENCHMARKS.md, "DiLoCo"). Every island sees the same accepted set,
+    /// so they all scale alike. Absent from the JSON when unset, so older run ids stand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_islands: Option<u64>,
 }
 
 impl Default for OuterConfig {
@@ -34,6 +41,19 @@ impl Default for OuterConfig {
             lr: 0.7,
             momentum: 0.9,
             nesterov: true,
+            lr_islands: None,
+        }
+    }
+}
+
+impl OuterConfig {
+    /// The learning rate of a round that accepted `contributions`.
+    pub fn lr_for(&self, contributions: usize) -> f64 {
+        match self.lr_islands {
+            Some(n) if contributions > 0 && (contributions as u64) < n => {
+                self.lr * (contributions as f64 / n as f64).sqrt()
+            }
+            _ => self.lr,
         }
     }
 }
@@ -296,9 +316,16 @@ pub struct Weighted<'a> {
     pub delta: &'a Delta,
 }
 
+/// A round's averaged pseudo-gradient and how many contributions went into it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Average {
+    pub delta: Delta,
+    pub contributions: usize,
+}
+
 /// Token-weighted average of `inputs` summed in increasing island id (f64); `None` when
 /// there is nothing to average (no input or zero tokens).
-pub fn average(state: &GlobalState, inputs: &[Weighted<'_>]) -> Result<Option<Delta>> {
+pub fn average(state: &GlobalState, inputs: &[Weighted<'_>]) -> Result<Option<Average>> {
     let mut sorted: Vec<&Weighted<'_>> = inputs.iter().filter(|w| w.tokens > 0).collect();
     sorted.sort_by_key(|w| w.island);
     if let Some(pair) = sorted.windows(2).find(|p| p[0].island == p[1].island) {
@@ -310,6 +337,7 @@ pub fn average(state: &GlobalState, inputs: &[Weighted<'_>]) -> Result<Option<De
     if sorted.is_empty() {
         return Ok(None);
     }
+    let contributions = sorted.len();
     let total: u128 = sorted.iter().map(|w| w.tokens as u128).sum();
     let mut avg: Delta = state
         .tensors
@@ -325,19 +353,24 @@ pub fn average(state: &GlobalState, inputs: &[Weighted<'_>]) -> Result<Option<De
             }
         }
     }
-    Ok(Some(avg))
+    Ok(Some(Average {
+        delta: avg,
+        contributions,
+    }))
 }
 
-/// The outer step: `m = μ·m + Δ`, `θ -= lr·(Δ + μ·m)` (Nesterov) or `θ -= lr·m`; advances
-/// the round. `avg` is `None` for a round without contributions (momentum only).
-pub fn outer_step(state: &mut GlobalState, avg: Option<&Delta>, cfg: &OuterConfig) -> Result<()> {
+/// The outer step: `m = μ·m + Δ`, `θ -= lr·(Δ + μ·m)` (Nesterov) or `θ -= lr·m`, with `lr`
+/// from [`OuterConfig::lr_for`]; advances the round. `avg` is `None` for a round without
+/// contributions (momentum only, at the full `lr`).
+pub fn outer_step(state: &mut GlobalState, avg: Option<&Average>, cfg: &OuterConfig) -> Result<()> {
     if let Some(avg) = avg {
-        state.check_delta(avg)?;
+        state.check_delta(&avg.delta)?;
     }
-    let (lr, mu) = (cfg.lr, cfg.momentum);
+    let lr = cfg.lr_for(avg.map_or(0, |a| a.contributions));
+    let mu = cfg.momentum;
     let mut next = state.tensors.clone();
     for (name, p) in next.iter_mut() {
-        let g = avg.map(|a| a[name].as_slice());
+        let g = avg.map(|a| a.delta[name].as_slice());
         for i in 0..p.values.len() {
             let g = g.map_or(0.0, |g| g[i]);
             let m = mu * p.momentum[i] as f64 + g;

@@ -110,6 +110,7 @@ fn one_island_with_outer_lr_1_and_no_momentum_is_plain_training_bit_for_bit() {
         lr: 1.0,
         momentum: 0.0,
         nesterov: true,
+        lr_islands: None,
     };
     cfg.codec = Codec::Raw;
     let mut d = driver(&tok, cfg.clone());
@@ -342,6 +343,50 @@ fn aggregation_does_not_depend_on_arrival_order() {
             assert!((p.values[i] - want).abs() <= 1e-7);
         }
     }
+}
+
+#[test]
+fn the_outer_lr_scales_with_the_square_root_of_participation() {
+    let (g, deltas) = random_state(4);
+    let inputs: Vec<Weighted<'_>> = deltas
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Weighted {
+            island: i as u64,
+            tokens: 64,
+            delta: d,
+        })
+        .collect();
+    let plain = |lr: f64| OuterConfig {
+        lr,
+        ..OuterConfig::default()
+    };
+    let scaled = OuterConfig {
+        lr_islands: Some(4),
+        ..plain(1.2)
+    };
+    let after = |inputs: &[Weighted<'_>], cfg: &OuterConfig| {
+        let mut s = g.clone();
+        outer::aggregate(&mut s, inputs, cfg).expect("aggregate");
+        outer::aggregate(&mut s, inputs, cfg).expect("again, with momentum");
+        s
+    };
+    // Two of four: the step of lr·sqrt(1/2), bit for bit.
+    let two = &inputs[..2];
+    assert_eq!(after(two, &scaled), after(two, &plain(1.2 * 0.5f64.sqrt())));
+    assert_ne!(after(two, &scaled), after(two, &plain(1.2)));
+    // All four (or more), or an empty round (momentum only): the configured lr.
+    assert_eq!(
+        after(&inputs[..4], &scaled),
+        after(&inputs[..4], &plain(1.2))
+    );
+    assert_eq!(after(&inputs, &scaled), after(&inputs, &plain(1.2)));
+    assert_eq!(after(&[], &scaled), after(&[], &plain(1.2)));
+    // An unset field stays out of the JSON, so run ids made before it existed stand.
+    let json = serde_json::to_string(&plain(0.7)).expect("json");
+    assert!(!json.contains("lr_islands"), "{json}");
+    let back: OuterConfig = serde_json::from_str(&json).expect("parse");
+    assert_eq!(back, plain(0.7));
 }
 
 #[test]

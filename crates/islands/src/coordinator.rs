@@ -539,7 +539,9 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Exports the global model (Hugging Face layout and a Q8_0 GGUF) into `run_dir/model`.
+    /// Exports the global model (Hugging Face layout and a Q8_0 GGUF) into `run_dir/model`,
+    /// and scores it on every held-out token into `run_dir/final-eval.json` (the per-round
+    /// figures use the first 8,192 only), as single-machine `agora train` does at its end.
     pub fn export(&self) -> Result<PathBuf, IslandsError> {
         let dir = self.run_dir.join("model");
         let global = lock(&self.state).global.clone();
@@ -551,7 +553,25 @@ impl Coordinator {
             Some(agora_model::chat::CHATML_TEMPLATE),
             &[agora_gguf::TensorType::Q8_0],
         )?;
-        tracing::info!(dir = %dir.display(), model = %manifest.model_id(), "exported");
+        let eval = scorer.trainer().evaluate(&self.corpus, usize::MAX)?;
+        let summary = serde_json::json!({
+            "model_id": manifest.model_id().to_string(),
+            "rounds": global.round,
+            "heldout_bits_per_byte": eval.bits_per_byte,
+            "heldout_loss": eval.loss,
+            "heldout_tokens": eval.tokens,
+            "heldout_bytes": eval.bytes,
+        });
+        let body =
+            serde_json::to_vec_pretty(&summary).map_err(|e| IslandsError::Spec(e.to_string()))?;
+        write_atomic(&self.run_dir.join("final-eval.json"), &body)?;
+        tracing::info!(
+            dir = %dir.display(),
+            model = %manifest.model_id(),
+            heldout_bpb = format!("{:.4}", eval.bits_per_byte),
+            heldout_tokens = eval.tokens,
+            "exported"
+        );
         Ok(dir)
     }
 

@@ -22,6 +22,8 @@ impl Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
             .args(args)
             .env("RUST_LOG", "info")
+            // Several islands share this machine's cores: one kernel thread each.
+            .env("AGORA_THREADS", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -276,8 +278,22 @@ fn islands_survive_a_kill_take_a_joiner_and_agree_on_the_state() {
     assert!(accepted(last).contains(&1), "{log}");
     assert!(run_dir.join("loss.svg").exists());
 
+    // The final model is scored on every held-out token (more than a round's 8,192 cap
+    // would not show here; the count must be the whole held-out split, which is not empty).
+    let fin: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("final-eval.json")).expect("final-eval.json"),
+    )
+    .expect("final-eval json");
+    let bpb = fin["heldout_bits_per_byte"].as_f64().expect("bpb");
+    assert!(bpb.is_finite() && bpb > 0.0, "{fin}");
+    assert_eq!(fin["rounds"], 10, "{fin}");
+    assert!(fin["heldout_tokens"].as_u64().expect("tokens") > 0, "{fin}");
+    let model_id = fin["model_id"].as_str().expect("model id").to_string();
+
     // The exported model is a servable model: it loads and generates.
     let model = run_dir.join("model");
+    let manifest = std::fs::read_to_string(model.join("manifest.json")).expect("manifest");
+    assert!(manifest.contains(&model_id), "{manifest}");
     let o = agora(&[
         "generate",
         "--model",
