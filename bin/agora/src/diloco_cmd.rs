@@ -220,12 +220,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             bail!("stopped before the run finished; continue with --resume");
         }
         let (hash, round) = coordinator.current();
-        let dir = tokio::task::spawn_blocking({
+        let (dir, eval) = tokio::task::spawn_blocking({
             let c = coordinator.clone();
             move || c.export()
         })
         .await??;
         announce(&format!("final state {} after {round} rounds", hex::encode(hash)));
+        println!(
+            "held-out bits per byte {:.4} over all {} held-out tokens (in {})",
+            eval.bits_per_byte,
+            eval.tokens,
+            run_dir.join("final-eval.json").display()
+        );
         println!(
             "exported {} (serve it with `agora provider --model {}`); rounds in {}, loss curve in {}",
             dir.display(),

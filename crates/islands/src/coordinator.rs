@@ -542,7 +542,7 @@ impl Coordinator {
     /// Exports the global model (Hugging Face layout and a Q8_0 GGUF) into `run_dir/model`,
     /// and scores it on every held-out token into `run_dir/final-eval.json` (the per-round
     /// figures use the first 8,192 only), as single-machine `agora train` does at its end.
-    pub fn export(&self) -> Result<PathBuf, IslandsError> {
+    pub fn export(&self) -> Result<(PathBuf, agora_train::Eval), IslandsError> {
         let dir = self.run_dir.join("model");
         let global = lock(&self.state).global.clone();
         let mut scorer = lock(&self.scorer);
@@ -572,7 +572,7 @@ impl Coordinator {
             heldout_tokens = eval.tokens,
             "exported"
         );
-        Ok(dir)
+        Ok((dir, eval))
     }
 
     /// Serves requests over libp2p and moves rounds along until the run is finished and
