@@ -41,8 +41,8 @@ pub struct DilocoArgs {
     #[arg(long, default_value_t = 600)]
     pub phase_secs: u64,
     /// Outer Nesterov learning rate (DiLoCo's 0.7 with momentum 0.9 suits runs of hundreds
-    /// of rounds; over 8 to 16 rounds, 1.2 with momentum 0.5 measured better: see
-    /// docs/BENCHMARKS.md, "DiLoCo").
+    /// of rounds; over 8 to 32 rounds, 1.2 with momentum 0.5 and --scale-outer-lr measured
+    /// better: see docs/BENCHMARKS.md, "DiLoCo").
     #[arg(long, default_value_t = 0.7)]
     pub outer_lr: f64,
     /// Outer Nesterov momentum.
