@@ -230,7 +230,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "held-out bits per byte {:.4} over all {} held-out tokens (in {})",
             eval.bits_per_byte,
             eval.tokens,
-            run_dir.join("final-eval.json").display()
+            run_dir.join(agora_islands::coordinator::FINAL_EVAL).display()
         );
         println!(
             "exported {} (serve it with `agora provider --model {}`); rounds in {}, loss curve in {}",

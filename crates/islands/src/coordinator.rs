@@ -140,6 +140,8 @@ pub fn corpus_for(spec: &RunSpec, text: &str) -> Result<Corpus, IslandsError> {
 }
 
 const CHECKPOINT: &str = "global-state.bin";
+/// The final model's score on every held-out token, written by [`Coordinator::export`].
+pub const FINAL_EVAL: &str = "final-eval.json";
 /// Held-out tokens evaluated after every round.
 const EVAL_TOKENS: usize = 8_192;
 
@@ -564,7 +566,7 @@ impl Coordinator {
         });
         let body =
             serde_json::to_vec_pretty(&summary).map_err(|e| IslandsError::Spec(e.to_string()))?;
-        write_atomic(&self.run_dir.join("final-eval.json"), &body)?;
+        write_atomic(&self.run_dir.join(FINAL_EVAL), &body)?;
         tracing::info!(
             dir = %dir.display(),
             model = %manifest.model_id(),
