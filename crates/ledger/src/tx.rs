@@ -2,82 +2,17 @@
 
 use crate::error::TxError;
 use agora_core::{codec, AccountId, Amount, Hash32, Keypair, Signature};
+pub use agora_wire::settle::{Fault, Verdict, Voucher, VERDICT_DOMAIN, VOUCHER_DOMAIN};
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 
 /// Domain of the sender's signature over a [`Tx`].
 pub const TX_DOMAIN: &[u8] = b"agora/ledger/tx/v1";
-/// Domain of the payer's signature over a [`Voucher`].
-pub const VOUCHER_DOMAIN: &[u8] = b"agora/ledger/voucher/v1";
-/// Domain of the confirming verifier's signature over a [`Verdict`].
-pub const VERDICT_DOMAIN: &[u8] = b"agora/ledger/verdict/v1";
 const TX_ID_DOMAIN: &[u8] = b"agora/ledger/txid/v1";
 const CHANNEL_ID_DOMAIN: &[u8] = b"agora/ledger/channel/v1";
 
 /// The longest Merkle proof a verdict may carry.
 pub const MAX_PROOF_LEN: usize = agora_core::merkle::MAX_DEPTH;
-
-/// A payer's promise: the provider of `channel` may take up to `cumulative` in total from it.
-/// One signature covers every request so far; a later voucher supersedes an earlier one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
-pub struct Voucher {
-    /// The chain.
-    pub chain_id: u64,
-    /// The channel.
-    pub channel: Hash32,
-    /// Total the provider may have claimed after this voucher.
-    pub cumulative: Amount,
-}
-
-impl Voucher {
-    /// The payer signs the voucher.
-    pub fn sign(&self, payer: &Keypair) -> Signature {
-        payer.sign(VOUCHER_DOMAIN, self)
-    }
-}
-
-/// What a confirmed audit failure found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Fault {
-    /// The receipt under the root failed its audit; the payer of `channel` is refunded.
-    Fraud {
-        /// The failed receipt's hash.
-        receipt: Hash32,
-        /// The Merkle path from the receipt to the root.
-        proof: Vec<Hash32>,
-        /// The channel the receipt was paid from; its payer is refunded.
-        channel: Hash32,
-        /// What the payer paid for the receipt and gets back (capped by what the slash yields).
-        refund: Amount,
-    },
-    /// The provider did not hand over the material behind the leaf, to either verifier: a
-    /// refused or lost audit counts as failed. Nothing is refunded (no receipt is known).
-    Withheld,
-}
-
-/// An audit verdict: leaf `index` of the root `provider` posted for `epoch` failed its audit.
-/// Signed by a second verifier that confirmed it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
-pub struct Verdict {
-    /// The chain.
-    pub chain_id: u64,
-    /// The provider that cheated.
-    pub provider: AccountId,
-    /// The epoch of the receipt root.
-    pub epoch: u64,
-    /// The leaf index under the root.
-    pub index: u64,
-    /// What was wrong.
-    pub fault: Fault,
-}
-
-impl Verdict {
-    /// A verifier signs the verdict as confirmer.
-    pub fn sign(&self, confirmer: &Keypair) -> Signature {
-        confirmer.sign(VERDICT_DOMAIN, self)
-    }
-}
 
 /// What a transaction does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]

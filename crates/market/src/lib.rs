@@ -34,8 +34,8 @@
 
 pub mod book;
 pub mod offer;
-pub mod price;
 
+pub use agora_wire::price::{self, cost_micros, micros_to_amount, MICROS_PER_UNIT};
 pub use book::{
     Bid, Candidate, ModelSummary, OfferBook, ProviderStats, DEFAULT_REPUTATION, FAILURE_ALPHA,
     LATENCY_ALPHA, LATENCY_SCALE_MS, LOAD_WEIGHT, MAX_FAILURE_RATE, MAX_LATENCY_MS,
@@ -46,4 +46,3 @@ pub use offer::{
     MAX_LABEL_BYTES, MAX_MODEL_NAME_BYTES, MAX_OFFER_BYTES, MAX_OFFER_TTL_MS, MAX_PEER_ID_BYTES,
     OFFER_DOMAIN, SIGNED_OFFER_DOMAIN,
 };
-pub use price::{cost_micros, micros_to_amount, MICROS_PER_UNIT};
