@@ -67,8 +67,47 @@ fn grow(old: Option<&Tensor>, like: &Tensor, len: usize, capacity: usize) -> Res
     let buf = Tensor::zeros((b, h, capacity, d), like.dtype(), like.device())?;
     if let Some(old) = old {
         if len > 0 {
-            buf.slice_set(&old.narrow(2, 0, len)?, 2, 0)?;
+            // A view of the first `len` of a larger buffer is strided; slice_set copies only
+            // contiguous sources.
+            buf.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
         }
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, IndexOp};
+
+    fn positions(from: usize, t: usize) -> Tensor {
+        // (1, 2 heads, t, 4): every entry names its position, so a misplaced copy shows.
+        let v: Vec<f32> = (0..2 * t * 4)
+            .map(|i| (from + (i / 4) % t) as f32)
+            .collect();
+        Tensor::from_vec(v, (1, 2, t, 4), &Device::Cpu).expect("tensor")
+    }
+
+    /// An audit prefills the prompt (a partly filled chunk), then appends the forced output
+    /// in one call that needs a bigger buffer: the held prefix is a strided view then.
+    #[test]
+    fn growing_a_partly_filled_cache_keeps_its_contents() {
+        let mut c = KvCache::new(1000);
+        c.append(&positions(0, 10), &positions(0, 10))
+            .expect("prefill");
+        let (k, v) = c
+            .append(&positions(10, 300), &positions(10, 300))
+            .expect("grow past the first chunk");
+        assert_eq!(k.dims(), &[1, 2, 310, 4]);
+        for (x, t) in [(&k, 0), (&k, 9), (&k, 10), (&v, 309)] {
+            let got: Vec<f32> = x.i((0, 1, t)).and_then(|r| r.to_vec1()).expect("row");
+            assert_eq!(got, vec![t as f32; 4], "position {t}");
+        }
+        // And past a second chunk and up to a limit that is not a multiple of the chunk.
+        let (k, _) = c
+            .append(&positions(310, 690), &positions(310, 690))
+            .expect("grow to the limit");
+        let got: Vec<f32> = k.i((0, 0, 999)).and_then(|r| r.to_vec1()).expect("row");
+        assert_eq!(got, vec![999.0; 4]);
+    }
 }

@@ -2,10 +2,12 @@
 //! output forced, then three checks: (a) the claimed fingerprints match the recomputed
 //! hidden states within calibrated thresholds, (b) every output token is what the seeded
 //! sampler picks from the recomputed logits, except where the draw sat within a stated margin
-//! of a boundary, (c) the token count is the one claimed.
+//! of a boundary (and, for an answer that claims to have ended at an end-of-sequence token,
+//! empty answers included, that the sampler picks one there), (c) the token count is the one
+//! claimed.
 
 use agora_model::sampler::{interval_of, sample, SamplingParams};
-use agora_model::{LoadedModel, Mode};
+use agora_model::{LoadedModel, Mode, ModelId};
 use candle_core::{IndexOp, Tensor};
 use serde::Serialize;
 
@@ -70,6 +72,8 @@ pub struct AuditReport {
 /// What is audited: everything a receipt commits to.
 #[derive(Debug, Clone)]
 pub struct Answer<'a> {
+    /// The model the receipt names; an auditor holding another model has no verdict.
+    pub model: ModelId,
     /// Prompt token ids (after the chat template).
     pub prompt: &'a [u32],
     /// Tokens resumed from an earlier provider.
@@ -82,17 +86,39 @@ pub struct Answer<'a> {
     pub sampling: SamplingParams,
     /// The fingerprint the receipt commits to.
     pub fingerprint: &'a Fingerprint,
+    /// The answer claims to have ended because the sampler chose an end-of-sequence token
+    /// after the output (which holds no such token). Implied by an empty output: nothing
+    /// else ends an honest answer before its first token.
+    pub ended_at_eos: bool,
 }
 
-/// Why an audit could not run at all (a malformed answer is a failed audit, not an error).
+/// No verdict: the auditor could not judge the answer (another model, its own model failing,
+/// material it cannot compute on). Never evidence against the provider: a caller declines,
+/// retries or hands the audit on, and never counts it as a failed audit. Everything the
+/// provider signed that no honest provider produces is a failed [`AuditReport`] instead.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    /// The model failed.
+    /// The receipt names a model this auditor does not hold.
+    #[error("the receipt names model {receipt}; this auditor holds {auditor}")]
+    WrongModel {
+        /// The model the receipt names.
+        receipt: ModelId,
+        /// The model the audit was asked to run.
+        auditor: ModelId,
+    },
+    /// The auditor's model failed.
     #[error(transparent)]
     Model(#[from] agora_model::ModelError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// The auditor's model computed NaN or infinite values: its weights or kernels are
+    /// broken, so nothing can be concluded from them.
+    #[error("the auditor's model computed non-finite values at output position {position}")]
+    NonFinite {
+        /// The output position (resumed tokens included).
+        position: usize,
+    },
 }
 
 fn fail(reasons: Vec<String>, tokens: usize) -> AuditReport {
@@ -108,16 +134,12 @@ fn fail(reasons: Vec<String>, tokens: usize) -> AuditReport {
     }
 }
 
-/// Audits `answer` against `model` with one prefill.
-pub fn audit(
-    model: &LoadedModel,
-    answer: &Answer<'_>,
-    t: &Thresholds,
-) -> Result<AuditReport, AuditError> {
+/// The faults visible without compute: counts, lengths, ids, settings and the fingerprint's
+/// format, each something the provider signed and no honest provider produces.
+fn shape_faults(model: &LoadedModel, answer: &Answer<'_>) -> Vec<String> {
     let n = answer.output.len();
     let (p, r) = (answer.prompt.len(), answer.resumed.len());
     let cfg = model.model.config();
-    // Shape checks first: nothing here may panic on a hostile answer.
     let mut shape = vec![];
     if n != answer.claimed_tokens {
         shape.push(format!(
@@ -125,13 +147,19 @@ pub fn audit(
             answer.claimed_tokens
         ));
     }
-    if n == 0 || p == 0 {
-        shape.push("an answer needs a prompt and at least one output token".into());
+    if p == 0 {
+        shape.push("an answer needs a prompt".into());
     }
-    if p + r + n > cfg.max_seq_len {
+    let total = p + r + n;
+    if total > cfg.max_seq_len {
         shape.push(format!(
-            "{} tokens exceed the model's context of {}",
-            p + r + n,
+            "{total} tokens exceed the model's context of {}",
+            cfg.max_seq_len
+        ));
+    } else if (answer.ended_at_eos || n == 0) && total >= cfg.max_seq_len {
+        // Generation stops at the context without sampling again.
+        shape.push(format!(
+            "an answer of {total} tokens fills the context of {} and cannot have ended at an end-of-sequence token",
             cfg.max_seq_len
         ));
     }
@@ -145,21 +173,99 @@ pub fn audit(
     {
         shape.push("a token id is outside the vocabulary".into());
     }
-    let ends: Vec<usize> = chunk_ends(n).collect();
-    if ends.len() != answer.fingerprint.chunks.len() {
+    if let Err(e) = answer.sampling.validate() {
         shape.push(format!(
-            "{} fingerprint chunks for {n} tokens; expected {}",
-            answer.fingerprint.chunks.len(),
-            ends.len()
+            "the sampler's settings are refused by every provider: {e}"
         ));
     }
+    if let Some(e) = answer.fingerprint.format_error(n, cfg.hidden_size) {
+        shape.push(e);
+    }
+    shape
+}
+
+/// How the replay judges a claimed choice at one step.
+enum Replay {
+    /// The replay picks what was claimed.
+    Same,
+    /// It picks another token, but the draw sat within the margin of a claimed one.
+    Near,
+    /// It picks `picked`; the draw is `distance` from the nearest claimed token.
+    Differs { picked: u32, distance: f64 },
+}
+
+/// Replays step `index` from `logits` against `claimed`: the token the answer holds, or the
+/// model's end-of-sequence tokens when it claims to have stopped there.
+fn replay(
+    logits: &[f32],
+    sampling: &SamplingParams,
+    index: u64,
+    claimed: &[u32],
+    t: &Thresholds,
+) -> Result<Replay, AuditError> {
+    let s = sample(logits, sampling, index)?;
+    if claimed.contains(&s.token) {
+        return Ok(Replay::Same);
+    }
+    // How far the draw is from a claimed token's interval in the replayed CDF: noise in the
+    // logits moves edges a little, never a token far from the draw.
+    let mut nearest = f64::INFINITY;
+    for &token in claimed {
+        let (close, distance) = if sampling.temperature == 0.0 {
+            let top = logits.get(s.token as usize).copied().unwrap_or(f32::NAN);
+            let got = logits
+                .get(token as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY);
+            (top - got <= t.greedy_logit_gap, f64::from(top - got))
+        } else {
+            match interval_of(logits, sampling, index, token)? {
+                Some((lo, hi, u)) => {
+                    let d = if u < lo { lo - u } else { (u - hi).max(0.0) };
+                    (d < t.sampler_margin, d)
+                }
+                None => (false, f64::INFINITY),
+            }
+        };
+        if close {
+            return Ok(Replay::Near);
+        }
+        if distance < nearest {
+            nearest = distance;
+        }
+    }
+    Ok(Replay::Differs {
+        picked: s.token,
+        distance: nearest,
+    })
+}
+
+/// Audits `answer` against `model` with one prefill. `Ok` is a verdict (a failed report is
+/// evidence against the provider); `Err` is no verdict ([`AuditError`]).
+pub fn audit(
+    model: &LoadedModel,
+    answer: &Answer<'_>,
+    t: &Thresholds,
+) -> Result<AuditReport, AuditError> {
+    if answer.model != model.id {
+        return Err(AuditError::WrongModel {
+            receipt: answer.model,
+            auditor: model.id,
+        });
+    }
+    let n = answer.output.len();
+    let (p, r) = (answer.prompt.len(), answer.resumed.len());
+    // Shape checks first: nothing here may panic on a hostile answer.
+    let shape = shape_faults(model, answer);
     if !shape.is_empty() {
         return Ok(fail(shape, n));
     }
+    let eos = answer.ended_at_eos || n == 0;
 
     // One prefill over everything, the output forced, computed as the provider did: the
     // prompt (and resumed tokens) as one prefill, then every output position with the
-    // decode kernels (Mode::Audit), all at once.
+    // decode kernels (Mode::Audit), all at once. Row j of `produced` is the state output
+    // token j was sampled from; with `eos`, row n is the one the stop was sampled from.
     let device = model.model.device();
     let mut cache = model.model.new_cache();
     let head: Vec<u32> = answer
@@ -173,10 +279,10 @@ pub fn audit(
         .model
         .forward_hidden(&input, Some(&mut cache), Mode::Serve)?
         .i(0)?;
-    // Output token j came from the hidden state at position p + r + j - 1.
     let mut produced = prefill.narrow(0, p + r - 1, 1)?;
-    if n > 1 {
-        let forced = Tensor::new(&answer.output[..n - 1], device)?.unsqueeze(0)?;
+    let forced_len = if eos { n } else { n - 1 };
+    if forced_len > 0 {
+        let forced = Tensor::new(&answer.output[..forced_len], device)?.unsqueeze(0)?;
         let rest = model
             .model
             .forward_hidden(&forced, Some(&mut cache), Mode::Audit)?
@@ -185,40 +291,37 @@ pub fn audit(
     }
     let logits: Vec<Vec<f32>> = model.model.logits_audit(&produced)?.to_vec2()?;
     let rows: Vec<Vec<f32>> = produced.to_vec2()?;
+    if let Some(j) = (0..rows.len()).find(|&j| {
+        let finite = |v: &Vec<f32>| v.iter().all(|x| x.is_finite());
+        !finite(&rows[j]) || logits.get(j).is_none_or(|l| !finite(l))
+    }) {
+        return Err(AuditError::NonFinite { position: r + j });
+    }
 
     let mut reasons = vec![];
-    // (b) Sampler replay.
+    // (b) Sampler replay, and the stop when one is claimed.
     let (mut mismatches, mut near) = (0, 0);
-    for (j, (&token, l)) in answer.output.iter().zip(&logits).enumerate() {
-        let s = sample(l, &answer.sampling, (r + j) as u64)?;
-        if s.token == token {
-            continue;
-        }
-        mismatches += 1;
-        // How far the draw is from the claimed token's interval in the replayed CDF: noise
-        // in the logits moves edges a little, never a token far from the draw.
-        let (close, distance) = if answer.sampling.temperature == 0.0 {
-            let best = l.get(s.token as usize).copied().unwrap_or(f32::NAN);
-            let got = l.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            let gap = f64::from(best - got);
-            (best - got <= t.greedy_logit_gap, gap)
-        } else {
-            match interval_of(l, &answer.sampling, (r + j) as u64, token)? {
-                Some((lo, hi, u)) => {
-                    let d = if u < lo { lo - u } else { (u - hi).max(0.0) };
-                    (d < t.sampler_margin, d)
-                }
-                None => (false, f64::INFINITY),
-            }
+    let stops = model.stop_token_ids();
+    for (j, l) in logits.iter().enumerate() {
+        let index = (r + j) as u64;
+        let (claimed, what) = match answer.output.get(j) {
+            Some(token) => (std::slice::from_ref(token), format!("is {token}")),
+            None => (stops.as_slice(), "ends the answer".to_string()),
         };
-        if close {
-            near += 1;
-        } else if reasons.len() < 8 {
-            reasons.push(format!(
-                "token {} is {token}; the seeded sampler picks {} (the draw is {distance:.2e} from the claimed token's interval)",
-                r + j,
-                s.token,
-            ));
+        match replay(l, &answer.sampling, index, claimed, t)? {
+            Replay::Same => {}
+            Replay::Near => {
+                mismatches += 1;
+                near += 1;
+            }
+            Replay::Differs { picked, distance } => {
+                mismatches += 1;
+                if reasons.len() < 8 {
+                    reasons.push(format!(
+                        "token {index} {what}; the seeded sampler picks {picked} (the draw is {distance:.2e} from the claimed interval)",
+                    ));
+                }
+            }
         }
     }
     let allowed = (n * t.max_near_misses_per_100 / 100).max(1);
@@ -233,8 +336,13 @@ pub fn audit(
         max_rel_err: 0.0,
         mean_rel_err: 0.0,
     };
-    for (c, &end) in answer.fingerprint.chunks.iter().zip(&ends) {
-        let cmp = compare(c, &rows[end]);
+    for (c, end) in answer.fingerprint.chunks.iter().zip(chunk_ends(n)) {
+        let Some(row) = rows.get(end) else {
+            return Err(AuditError::Model(agora_model::ModelError::InvalidRequest(
+                "the audit computed fewer hidden states than output tokens".into(),
+            )));
+        };
+        let cmp = compare(c, row);
         worst.overlap = worst.overlap.min(cmp.overlap);
         worst.max_rel_err = worst.max_rel_err.max(cmp.max_rel_err);
         worst.mean_rel_err = worst.mean_rel_err.max(cmp.mean_rel_err);

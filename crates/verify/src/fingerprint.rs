@@ -144,6 +144,61 @@ pub fn compare(claimed: &ChunkPrint, hidden: &[f32]) -> ChunkComparison {
 }
 
 impl Fingerprint {
+    /// Why this is not the one fingerprint format an honest provider produces for `n` output
+    /// tokens of a model whose last hidden state has `hidden` entries: one chunk per
+    /// [`chunk_ends`], each with exactly [`k_for`] distinct in-range indices in descending
+    /// order of magnitude and finite values. `None` when it is. Any other shape is the
+    /// provider's own signed fault (a repeated index would count as several matches, a short
+    /// chunk would need fewer entries right), so an audit fails it before any compute.
+    pub fn format_error(&self, n: usize, hidden: usize) -> Option<String> {
+        let chunks = chunk_ends(n).count();
+        if self.chunks.len() != chunks {
+            return Some(format!(
+                "{} fingerprint chunks for {n} tokens; expected {chunks}",
+                self.chunks.len()
+            ));
+        }
+        // chunk_print ranks the first 2^16 entries (u16 indices).
+        let range = hidden.min(u16::MAX as usize + 1);
+        let k = k_for(hidden).min(range);
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            if chunk.indices.len() != k || chunk.values.len() != k {
+                return Some(format!(
+                    "fingerprint chunk {c} has {} indices and {} values; the model fixes {k}",
+                    chunk.indices.len(),
+                    chunk.values.len()
+                ));
+            }
+            let mut seen = vec![false; range];
+            let mut last = f32::INFINITY;
+            for (&i, &v) in chunk.indices.iter().zip(&chunk.values) {
+                match seen.get_mut(i as usize) {
+                    None => {
+                        return Some(format!(
+                            "fingerprint chunk {c} names entry {i} of a hidden state of {hidden}"
+                        ))
+                    }
+                    Some(true) => {
+                        return Some(format!("fingerprint chunk {c} repeats entry {i}"));
+                    }
+                    Some(s) => *s = true,
+                }
+                // Rounding to bf16 keeps the order of magnitudes (ties may come in any order).
+                let m = bf16::from_bits(v).to_f32().abs();
+                if !m.is_finite() {
+                    return Some(format!("fingerprint chunk {c} holds a non-finite value"));
+                }
+                if m > last {
+                    return Some(format!(
+                        "fingerprint chunk {c} is not in descending order of magnitude"
+                    ));
+                }
+                last = m;
+            }
+        }
+        None
+    }
+
     /// Compact bytes (Borsh).
     pub fn to_bytes(&self) -> Vec<u8> {
         borsh::to_vec(self).unwrap_or_default()

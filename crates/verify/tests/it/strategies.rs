@@ -53,12 +53,14 @@ fn check(model: &LoadedModel, c: &Claim) -> AuditReport {
     audit(
         model,
         &Answer {
+            model: model.id,
             prompt: &c.prompt,
             resumed: &[],
             output: &c.output,
             claimed_tokens: c.claimed,
             sampling: c.sampling.clone(),
             fingerprint: &c.print,
+            ended_at_eos: false,
         },
         &Thresholds::default(),
     )
