@@ -83,6 +83,16 @@ struct Committed {
     evidence: Option<(Material, Vec<Hash32>)>,
 }
 
+/// What the checks on material proven under a root found.
+enum Judged {
+    Passed,
+    /// Evidence against the provider.
+    Failed(String),
+    /// No verdict (a model this verifier lacks, an audit that could not run): never counted
+    /// as a failure.
+    CannotJudge(String),
+}
+
 struct Shared {
     cfg: VerifierConfig,
     key: Keypair,
@@ -360,8 +370,11 @@ impl Shared {
             tracing::info!(%provider, epoch, leaves = mine.len(), of = plan.receipts, "auditing my assigned leaves");
         }
         for index in mine {
-            let (passed, reason, evidence) =
-                self.audit_leaf(provider, epoch, index, plan.root).await;
+            let Some((passed, reason, evidence)) =
+                self.audit_leaf(provider, epoch, index, plan.root).await
+            else {
+                continue;
+            };
             let salt = codec::hash(
                 SALT_DOMAIN,
                 &(self.cfg.account_seed, provider, epoch, index),
@@ -465,33 +478,38 @@ impl Shared {
         }
     }
 
-    /// Fetches and audits one leaf: (passed, reason, the evidence when there is some).
+    /// Fetches and audits one leaf: (passed, reason, the evidence when there is some), or
+    /// `None` when this verifier cannot judge it (nothing is committed then).
     async fn audit_leaf(
         &self,
         provider: AccountId,
         epoch: u64,
         index: u64,
         root: Hash32,
-    ) -> (bool, String, Option<(Material, Vec<Hash32>)>) {
+    ) -> Option<(bool, String, Option<(Material, Vec<Hash32>)>)> {
         #[cfg(feature = "adversary")]
         if self.cfg.lazy {
-            return (true, String::new(), None);
+            return Some((true, String::new(), None));
         }
         let (material, proof) = match self.fetch_with_retries(provider, epoch, index).await {
             Ok(x) => x,
-            Err(reason) => return (false, format!("no material: {reason}"), None),
+            Err(reason) => return Some((false, format!("no material: {reason}"), None)),
         };
         let leaf = material.receipt.hash();
         if !merkle::verify(&root, &leaf, index, &proof) {
-            return (
+            return Some((
                 false,
                 "the receipt is not under the posted root".into(),
                 None,
-            );
+            ));
         }
         match self.judge(&material) {
-            Ok(()) => (true, String::new(), None),
-            Err(reason) => (false, reason, Some((material, proof))),
+            Judged::Passed => Some((true, String::new(), None)),
+            Judged::Failed(reason) => Some((false, reason, Some((material, proof)))),
+            Judged::CannotJudge(reason) => {
+                tracing::warn!(%provider, epoch, index, "no verdict, nothing committed: {reason}");
+                None
+            }
         }
     }
 
@@ -517,25 +535,31 @@ impl Shared {
     }
 
     /// The checks on material already proven under a root.
-    fn judge(&self, material: &Material) -> Result<(), String> {
+    fn judge(&self, material: &Material) -> Judged {
         #[cfg(feature = "adversary")]
         if self.cfg.lazy {
-            return Ok(());
+            return Judged::Passed;
         }
         if material.receipt.verify().is_err() {
-            return Err("the receipt's signature is bad".into());
+            return Judged::Failed("the receipt's signature is bad".into());
         }
-        material.matches_receipt().map_err(str::to_string)?;
+        if let Err(e) = material.matches_receipt() {
+            return Judged::Failed(e.to_string());
+        }
         let r = &material.receipt.receipt;
-        let model = self
-            .models
-            .get(&r.model)
-            .ok_or_else(|| format!("model {} is not one this verifier audits", r.model))?;
-        let print = Fingerprint::from_bytes(&material.fingerprint, 1 << 16)
-            .ok_or("the fingerprint does not parse")?;
+        let Some(model) = self.models.get(&r.model) else {
+            return Judged::CannotJudge(format!(
+                "model {} is not one this verifier audits",
+                r.model
+            ));
+        };
+        let Some(print) = Fingerprint::from_bytes(&material.fingerprint, 1 << 16) else {
+            return Judged::Failed("the fingerprint does not parse".into());
+        };
         let report = audit(
             model,
             &Answer {
+                model: agora_model::ModelId(*r.model.as_bytes()),
                 prompt: &material.prompt,
                 resumed: &material.resumed,
                 output: &material.output,
@@ -547,14 +571,16 @@ impl Shared {
                     seed: r.sampling.seed,
                 },
                 fingerprint: &print,
+                // Receipts do not commit to why an answer ended; an empty one is checked.
+                ended_at_eos: false,
             },
             &self.cfg.thresholds,
-        )
-        .map_err(|e| format!("the audit could not run: {e}"))?;
-        if report.passed {
-            Ok(())
-        } else {
-            Err(report.reasons.join("; "))
+        );
+        match report {
+            Ok(report) if report.passed => Judged::Passed,
+            Ok(report) => Judged::Failed(report.reasons.join("; ")),
+            // "I cannot judge" is never a failure.
+            Err(e) => Judged::CannotJudge(format!("the audit could not run: {e}")),
         }
     }
 
@@ -740,8 +766,9 @@ impl Shared {
         };
         let me = self.clone();
         match tokio::task::spawn_blocking(move || me.judge(&material)).await {
-            Ok(Err(reason)) => Ok(reason),
-            Ok(Ok(())) => Err("the answer passes my audit".into()),
+            Ok(Judged::Failed(reason)) => Ok(reason),
+            Ok(Judged::Passed) => Err("the answer passes my audit".into()),
+            Ok(Judged::CannotJudge(reason)) => Err(format!("no verdict: {reason}")),
             Err(e) => Err(e.to_string()),
         }
     }
