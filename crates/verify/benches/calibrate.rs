@@ -8,6 +8,11 @@
 //! `AGORA_CALIBRATE_HONEST=10000 cargo bench -p agora-verify --bench calibrate` runs only
 //! honest answers instead (see `honest_run`), JSON in `target/honest.json`.
 //!
+//! `AGORA_SMOLLM2=PATH AGORA_CALIBRATE_SMOLLM2=N cargo bench -p agora-verify --bench calibrate`
+//! runs N honest audits on the real SmolLM2-135M-Instruct GGUF instead (see `smollm2_run`),
+//! prompt plus output spread from 64 to 2,048 tokens; `AGORA_CALIBRATE_SECONDS` stops starting
+//! new ones after that long. JSON in `target/smollm2-honest.json`, rewritten after each audit.
+//!
 //! Environment: `AGORA_CALIBRATE_N` (seeds, default 150: 200 took 13 minutes on the shared
 //! 2-core machine), `AGORA_CALIBRATE_OUT` (the JSON summary, default `target/calibrate.json`
 //! at the workspace root).
@@ -545,7 +550,128 @@ fn honest_run(n: usize, out_path: &Path) {
 /// Tokens per answer in the honest run.
 const HONEST_TOKENS: usize = 48;
 
+/// User messages for the SmolLM2 run, rendered with the model's chat template.
+const QUESTIONS: [&str; 8] = [
+    "Write a long story about a lighthouse keeper.",
+    "Explain how a bicycle works, in detail.",
+    "List the planets and describe each one.",
+    "What is the history of the printing press?",
+    "Give me a recipe for bread and explain every step.",
+    "Describe a walk through a forest in autumn.",
+    "How do computers store numbers?",
+    "Tell me about the oceans of the world.",
+];
+
+/// Longest prompt plus output in the SmolLM2 run.
+const SMOLLM2_LONGEST: usize = 2048;
+
+/// `AGORA_CALIBRATE_SMOLLM2=N`: N honest answers of the real SmolLM2-135M-Instruct (Q4_1
+/// GGUF at `AGORA_SMOLLM2`), prompt plus output spread evenly over 64 ..= 2,048 tokens (answer
+/// i has 64 + (i * 1,297 mod 1,985) positions), temperature 0, 0.7 or 1.0 (i mod 3), no stop
+/// at end of text (so every length is reached), each generated on one thread count and
+/// audited on the other. Stops starting new answers after `AGORA_CALIBRATE_SECONDS`.
+fn smollm2_run(path: &Path, n: usize, budget_s: f64, out_path: &Path) {
+    let model = load(path, None);
+    let pool = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool")
+    };
+    let pools = [pool(1), pool(2)];
+    let started = Instant::now();
+    let mut failures = vec![];
+    let mut lengths = vec![];
+    let (mut gen_s, mut audit_s, mut tokens) = (0.0, 0.0, 0usize);
+    for i in 0..n {
+        if started.elapsed().as_secs_f64() > budget_s {
+            eprintln!("  time budget spent after {i} audits");
+            break;
+        }
+        let mut rng = Rng(0x5e011_2000 + i as u64);
+        let messages = [agora_model::ChatMessage::new(
+            "user",
+            QUESTIONS[i % QUESTIONS.len()],
+        )];
+        let text = model.render_chat(&messages).expect("template");
+        let prompt = model.tokenizer.encode(&text).expect("encode");
+        let total = (64 + (i * 1297) % 1985).clamp(prompt.len() + 1, SMOLLM2_LONGEST);
+        let job = Job {
+            prompt,
+            sampling: SamplingParams {
+                temperature: TEMPERATURES[i % TEMPERATURES.len()],
+                top_k: 0,
+                top_p: 1.0,
+                seed: rng.next(),
+            },
+        };
+        let (gen_pool, audit_pool) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
+        let (claim, g, _) =
+            pools[gen_pool].install(|| generate_n(&model, &job, total - job.prompt.len()));
+        let (report, a) = pools[audit_pool].install(|| check(&model, &claim));
+        gen_s += g;
+        audit_s += a;
+        tokens += claim.output.len();
+        lengths.push(claim.prompt.len() + claim.output.len());
+        if !report.passed {
+            eprintln!(
+                "  FALSE POSITIVE #{i} ({total} tokens): {}",
+                report.reasons.join("; ")
+            );
+            failures.push(json!({"index": i, "tokens": total, "reasons": report.reasons}));
+        }
+        eprintln!(
+            "  smollm2 honest audit {}/{n}: {} + {} tokens, temperature {}, passed {}, generate {g:.1} s, audit {a:.1} s",
+            i + 1,
+            claim.prompt.len(),
+            claim.output.len(),
+            job.sampling.temperature,
+            report.passed
+        );
+        let summary = json!({
+            "model": path.display().to_string(),
+            "honest_audits": lengths.len(),
+            "asked": n,
+            "false_positives": failures.len(),
+            "positions_min": lengths.iter().min(),
+            "positions_max": lengths.iter().max(),
+            "positions_mean": lengths.iter().sum::<usize>() as f64 / lengths.len() as f64,
+            "output_tokens": tokens,
+            "generate_seconds": gen_s,
+            "audit_seconds": audit_s,
+            "seconds": started.elapsed().as_secs_f64(),
+            "failures": failures,
+        });
+        std::fs::write(
+            out_path,
+            serde_json::to_string_pretty(&summary).expect("json"),
+        )
+        .expect("write summary");
+    }
+    println!(
+        "smollm2 honest run: {} audits of {n} asked, {} false positives, generate {gen_s:.0} s, audit {audit_s:.0} s",
+        lengths.len(),
+        failures.len()
+    );
+}
+
 fn main() {
+    if let (Ok(path), Some(n)) = (
+        std::env::var("AGORA_SMOLLM2"),
+        std::env::var("AGORA_CALIBRATE_SMOLLM2")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok()),
+    ) {
+        let budget = std::env::var("AGORA_CALIBRATE_SECONDS")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::INFINITY);
+        let out = std::env::var("AGORA_CALIBRATE_OUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root().join("target/smollm2-honest.json"));
+        smollm2_run(Path::new(&path), n.max(1), budget, &out);
+        return;
+    }
     if let Some(n) = std::env::var("AGORA_CALIBRATE_HONEST")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())

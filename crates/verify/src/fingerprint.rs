@@ -248,4 +248,35 @@ mod tests {
         assert!(Fingerprint::from_bytes(&bytes, 2).is_none());
         assert!(Fingerprint::from_bytes(&[1, 2, 3], 10).is_none());
     }
+
+    #[test]
+    fn honest_prints_have_the_models_format_and_nothing_else_does() {
+        for hidden in [1, 2, 8, 64, 256, 576] {
+            for n in [0, 1, 31, 32, 33, 70] {
+                let mut b = FingerprintBuilder::new();
+                for i in 0..n {
+                    // Ties in magnitude, signs, and a spread of values.
+                    b.push(
+                        (0..hidden)
+                            .map(|j| ((i * 7 + j * 13) % 11) as f32 - 5.0)
+                            .collect(),
+                    );
+                }
+                let f = b.finish();
+                assert_eq!(f.format_error(n, hidden), None, "hidden {hidden}, n {n}");
+                assert!(f.format_error(n + 32, hidden).is_some());
+                if let Some(c) = f.chunks.first() {
+                    let mut bad = f.clone();
+                    bad.chunks[0].indices.push(c.indices[0]);
+                    bad.chunks[0].values.push(c.values[0]);
+                    assert!(bad.format_error(n, hidden).is_some(), "one entry too many");
+                    if c.indices.len() > 1 {
+                        let mut bad = f.clone();
+                        bad.chunks[0].indices[1] = c.indices[0];
+                        assert!(bad.format_error(n, hidden).is_some(), "a repeated index");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -49,3 +49,19 @@ fn an_auditor_model_computing_nan_is_no_verdict() {
         }
     }
 }
+
+/// The other side: sampler settings no provider accepts are the provider's signed fault (a
+/// failed audit before compute), not a replay that errors out into no verdict.
+#[test]
+fn sampler_settings_no_provider_accepts_fail() {
+    let m = synthetic();
+    let p = prompt(&m.f32, 5, 3);
+    let c = honest(&m.f32, &p, &sampling(2, 1.0), 10, false);
+    for (temperature, top_p) in [(-1.0, 1.0), (f64::NAN, 1.0), (1.0, 0.0), (1.0, 2.0)] {
+        let mut a = answer(&m.f32, &c);
+        a.sampling.temperature = temperature;
+        a.sampling.top_p = top_p;
+        let r = audit(&m.f32, &a, &Thresholds::default()).expect("a verdict");
+        assert!(!r.passed, "temperature {temperature}, top_p {top_p}: {r:?}");
+    }
+}
