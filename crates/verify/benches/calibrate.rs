@@ -588,7 +588,7 @@ fn smollm2_run(path: &Path, n: usize, budget_s: f64, out_path: &Path) {
             eprintln!("  time budget spent after {i} audits");
             break;
         }
-        let mut rng = Rng(0x5e011_2000 + i as u64);
+        let mut rng = Rng(0x5e01_1200 + i as u64);
         let messages = [agora_model::ChatMessage::new(
             "user",
             QUESTIONS[i % QUESTIONS.len()],
