@@ -2,13 +2,18 @@
 //! commit-then-reveal of each outcome (with its fee), and planted fake frauds that catch
 //! verifiers who approve without auditing.
 //!
-//! Timeline of a root posted in epoch `e`, with `w = audit_window_epochs`:
+//! Timeline of a root posted in epoch `e`, with `w = audit_window_epochs` and
+//! `x = escalation_epochs` (see [`Windows`]):
 //! - the beacon of epoch `e + 1` (unknown when the root was posted) selects leaves with the
 //!   root's probability and assigns each to one verifier;
 //! - the assigned verifier commits in epochs `e + 1 ..= e + 1 + w`;
-//! - it reveals in a later epoch, up to `e + 2 + w`, and is paid the audit fee;
-//! - from `e + 3 + w` the planter may open its plants: every reveal is in by then, so no
-//!   verifier can change its answer after learning which leaves were planted.
+//! - it reveals in a later epoch, up to `e + 2 + w`;
+//! - in epoch `e + 3 + w` a canary may open its plant: every reveal is in by then, so no
+//!   verifier can change its answer after learning which leaf was planted;
+//! - verdicts land in epochs `e + 4 + w ..= e + 3 + w + x`, after the plants are open.
+//!
+//! Stake unbonded in epoch `e` is released at `e + unbonding_epochs >= e + 4 + w + x`
+//! (checked at genesis), so it is still there for the last verdict.
 
 use crate::error::TxError;
 use crate::state::{leaf_key, Event, Journal, LeafAudit, State};
@@ -69,6 +74,49 @@ pub struct AuditPlan {
     pub leaves: Vec<(u64, AccountId)>,
 }
 
+/// The epochs in which each step of the audit of a root is open (inclusive ranges).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Windows {
+    /// Commitments (and material demands) by the assigned verifier: `e+1 ..= e+1+w`.
+    pub commit: (u64, u64),
+    /// The last epoch a reveal is accepted: `e+2+w`.
+    pub reveal_end: u64,
+    /// The one epoch a canary opens its plant: `e+3+w`.
+    pub plant: u64,
+    /// Verdicts: `e+4+w ..= e+3+w+x`.
+    pub verdict: (u64, u64),
+}
+
+impl Windows {
+    /// The windows of a root posted in `epoch` under `params`.
+    pub fn of(params: &crate::Params, epoch: u64) -> Result<Windows, TxError> {
+        let w = params.audit_window_epochs;
+        let x = params.escalation_epochs;
+        let at = |n: u64, extra: u64| {
+            epoch
+                .checked_add(n)
+                .and_then(|v| v.checked_add(extra))
+                .ok_or(TxError::Overflow {
+                    what: "audit window",
+                })
+        };
+        Ok(Windows {
+            commit: (at(1, 0)?, at(1, w)?),
+            reveal_end: at(2, w)?,
+            plant: at(3, w)?,
+            verdict: (
+                at(4, w)?,
+                at(
+                    3,
+                    w.checked_add(x).ok_or(TxError::Overflow {
+                        what: "audit window",
+                    })?,
+                )?,
+            ),
+        })
+    }
+}
+
 impl State {
     /// The verifiers that may audit `provider`: every registered one but itself, sorted.
     pub fn auditors_of(&self, provider: &AccountId) -> Vec<AccountId> {
@@ -109,7 +157,7 @@ impl State {
         })
     }
 
-    fn window(&self, what: &'static str, from: u64, to: u64) -> Result<(), TxError> {
+    pub(crate) fn window(&self, what: &'static str, from: u64, to: u64) -> Result<(), TxError> {
         if self.epoch < from || self.epoch > to {
             return Err(TxError::AuditWindow {
                 what,
@@ -136,12 +184,8 @@ impl State {
         index: u64,
         commitment: Hash32,
     ) -> Result<Vec<Event>, TxError> {
-        let w = self.params.audit_window_epochs;
-        self.window(
-            "the commitment",
-            Self::root_epoch_plus(epoch, 1)?,
-            Self::root_epoch_plus(epoch, 1 + w)?,
-        )?;
+        let win = Windows::of(&self.params, epoch)?;
+        self.window("the commitment", win.commit.0, win.commit.1)?;
         if self.leaf_assignee(&provider, epoch, index) != Some(from) {
             return Err(TxError::NotAssigned {
                 provider,
@@ -197,7 +241,7 @@ impl State {
         self.window(
             "the reveal",
             Self::root_epoch_plus(audit.committed_epoch, 1)?,
-            Self::root_epoch_plus(epoch, 2 + self.params.audit_window_epochs)?,
+            Windows::of(&self.params, epoch)?.reveal_end,
         )?;
         j.audits.push((key, Some(audit.clone())));
         self.audits.insert(
@@ -268,8 +312,8 @@ impl State {
         if planted_in > epoch {
             return Err(TxError::BadReveal);
         }
-        let opens = Self::root_epoch_plus(epoch, 3 + self.params.audit_window_epochs)?;
-        self.window("the plant reveal", opens, u64::MAX)?;
+        let at = Windows::of(&self.params, epoch)?.plant;
+        self.window("the plant reveal", at, at)?;
         j.plants.push((commitment, Some(planted_in)));
         self.plants.remove(&commitment);
         let lazy = self

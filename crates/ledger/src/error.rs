@@ -271,6 +271,23 @@ pub enum GenesisError {
         /// Its value.
         value: u32,
     },
+    /// Unbonding ends before the last verdict on a root posted in the unbonding epoch could land.
+    #[error("unbonding_epochs = {unbonding} is shorter than selection + commit + reveal + plant + escalation: needs at least {need}")]
+    UnbondingTooShort {
+        /// The given unbonding period.
+        unbonding: u64,
+        /// The least that outlives every verdict.
+        need: u64,
+    },
+    /// A window that must be at least one epoch is zero.
+    #[error("parameter {name} must be at least 1")]
+    ZeroWindow {
+        /// The parameter.
+        name: &'static str,
+    },
+    /// The windows add up past `u64`.
+    #[error("the audit windows overflow u64")]
+    WindowOverflow,
     /// A basis-point parameter above 10,000.
     #[error("parameter {name} = {value} bps exceeds 10000")]
     BadBps {

@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 
 /// Rule parameters fixed at genesis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[serde(default)]
 pub struct Params {
-    /// Epochs between unstaking and the stake returning to the balance.
+    /// Epochs between unstaking and the stake returning to the balance; at least
+    /// [`Params::min_unbonding_epochs`], so stake outlives every verdict that could take it.
     pub unbonding_epochs: u64,
     /// Share of a provider's bonded and unbonding stake slashed per confirmed fraud, in bps.
     pub slash_bps: u16,
@@ -31,6 +33,8 @@ pub struct Params {
     pub lazy_slash_bps: u16,
     /// Epochs a selected leaf stays open for its commitment, and then for its reveal.
     pub audit_window_epochs: u64,
+    /// Epochs in which a verdict on a revealed failure may land (at least 1).
+    pub escalation_epochs: u64,
     /// The account allowed to plant fake frauds (a canary provider), if any.
     pub planter: Option<AccountId>,
 }
@@ -38,7 +42,7 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         Params {
-            unbonding_epochs: 2,
+            unbonding_epochs: 8,
             slash_bps: 5_000,
             bounty_bps: 2_000,
             min_verifier_stake: Amount::new(100),
@@ -49,8 +53,20 @@ impl Default for Params {
             audit_fee: Amount::ZERO,
             lazy_slash_bps: 5_000,
             audit_window_epochs: 1,
+            escalation_epochs: 2,
             planter: None,
         }
+    }
+}
+
+impl Params {
+    /// The shortest unbonding that outlives every verdict: stake unbonded in the epoch a root
+    /// is posted (`e`) must still be there in the last epoch a verdict on it can land,
+    /// `e + 3 + w + x` (selection 1, commitments `w`, reveal 1, plant opening 1, escalation
+    /// `x`), so `unbonding_epochs >= 4 + w + x`. `None` if it overflows.
+    pub fn min_unbonding_epochs(&self) -> Option<u64> {
+        4u64.checked_add(self.audit_window_epochs)?
+            .checked_add(self.escalation_epochs)
     }
 }
 
@@ -100,6 +116,21 @@ impl Genesis {
             return Err(GenesisError::BadPpm {
                 name: "audit_floor_ppm",
                 value: self.params.audit_floor_ppm,
+            });
+        }
+        if self.params.escalation_epochs == 0 {
+            return Err(GenesisError::ZeroWindow {
+                name: "escalation_epochs",
+            });
+        }
+        let need = self
+            .params
+            .min_unbonding_epochs()
+            .ok_or(GenesisError::WindowOverflow)?;
+        if self.params.unbonding_epochs < need {
+            return Err(GenesisError::UnbondingTooShort {
+                unbonding: self.params.unbonding_epochs,
+                need,
             });
         }
         let mut seen = std::collections::BTreeSet::new();

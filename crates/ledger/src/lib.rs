@@ -45,7 +45,7 @@ pub mod state;
 pub mod store;
 pub mod tx;
 
-pub use audit::AuditPlan;
+pub use audit::{AuditPlan, Windows};
 pub use block::{Block, BlockHeader, Ledger};
 pub use error::{
     BlockError, ClientError, GenesisError, InvariantError, ServeError, StoreError, TxError,

@@ -998,6 +998,8 @@ impl State {
             }
             Fault::Withheld => (None, None),
         };
+        let win = crate::audit::Windows::of(&self.params, v.epoch)?;
+        self.window("the verdict", win.verdict.0, win.verdict.1)?;
         let key = leaf_key(&v.provider, v.epoch, v.index);
         if self.judged.contains(&key) {
             return Err(TxError::AlreadyJudged(key));

@@ -22,7 +22,7 @@ macro_rules! rejected {
 }
 
 /// Applies and asserts success and the invariants.
-fn ok_fn(l: &mut Ledger, t: &SignedTx) -> Vec<Event> {
+pub(crate) fn ok_fn(l: &mut Ledger, t: &SignedTx) -> Vec<Event> {
     let ctx = l.next_ctx();
     let ev = l
         .state
@@ -33,7 +33,7 @@ fn ok_fn(l: &mut Ledger, t: &SignedTx) -> Vec<Event> {
 }
 
 /// Applies, asserts the rejection and that nothing changed.
-fn rejected_fn(l: &mut Ledger, t: &SignedTx) -> TxError {
+pub(crate) fn rejected_fn(l: &mut Ledger, t: &SignedTx) -> TxError {
     let before = l.state.hash();
     let ctx = l.next_ctx();
     let e = l.state.apply(t, &ctx).expect_err("expected rejection");
@@ -41,16 +41,27 @@ fn rejected_fn(l: &mut Ledger, t: &SignedTx) -> TxError {
     e
 }
 
-fn balance(l: &Ledger, k: &Keypair) -> u128 {
+pub(crate) fn balance(l: &Ledger, k: &Keypair) -> u128 {
     l.state
         .account(&k.account())
         .map_or(0, |a| a.balance.units())
 }
 
-fn advance(l: &mut Ledger, seq: &Keypair, n: usize) {
+pub(crate) fn advance(l: &mut Ledger, seq: &Keypair, n: usize) {
     for _ in 0..n {
         let t = tx(l, seq, TxBody::AdvanceEpoch);
         ok_fn(l, &t);
+    }
+}
+
+/// Advances until the verdict window of the epoch-0 root opens.
+pub(crate) fn to_verdicts(l: &mut Ledger, seq: &Keypair) {
+    let open = agora_ledger::Windows::of(&l.state.params, 0)
+        .expect("windows")
+        .verdict
+        .0;
+    while l.state.epoch < open {
+        advance(l, seq, 1);
     }
 }
 
@@ -177,13 +188,13 @@ fn json_transactions_refuse_malformed_bodies() {
     }
 }
 
-struct Chan {
+pub(crate) struct Chan {
     payer: Keypair,
     provider: Keypair,
     id: Hash32,
 }
 
-fn open_channel(
+pub(crate) fn open_channel(
     l: &mut Ledger,
     payer: &Keypair,
     provider: &Keypair,
@@ -209,7 +220,7 @@ fn open_channel(
     }
 }
 
-fn claim(l: &Ledger, c: &Chan, cumulative: u128, signer: &Keypair) -> SignedTx {
+pub(crate) fn claim(l: &Ledger, c: &Chan, cumulative: u128, signer: &Keypair) -> SignedTx {
     let voucher = Voucher {
         chain_id: CHAIN,
         channel: c.id,
@@ -378,15 +389,16 @@ fn unstake_waits_the_unbonding_delay() {
         TxError::InsufficientStake { .. }
     ));
     let ev = ok!(l, &tx(&l, &k[1], TxBody::Unstake { amount: amt(100) }));
+    let u = l.state.params.unbonding_epochs;
     assert!(matches!(
         ev[0],
         Event::Unstaked {
-            release_epoch: 2,
+            release_epoch,
             ..
-        }
+        } if release_epoch == u
     ));
     assert_eq!(balance(&l, &k[1]), 700);
-    advance(&mut l, &k[0], 1);
+    advance(&mut l, &k[0], u as usize - 1);
     assert_eq!(balance(&l, &k[1]), 700);
     advance(&mut l, &k[0], 1);
     assert_eq!(balance(&l, &k[1]), 800);
@@ -414,11 +426,21 @@ fn beacon_is_hash_chained_over_epoch_and_parent() {
 
 /// Provider k[1] with a posted root of 4 receipts in epoch 0; verifiers k[2], k[3]; payer
 /// k[4]; the ledger is in epoch 1, so the root's selecting beacon exists.
-fn audit_world() -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
+pub(crate) fn audit_world() -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
     audit_world_with(agora_ledger::Params::default())
 }
 
-fn audit_world_with(params: agora_ledger::Params) -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
+pub(crate) fn audit_world_with(
+    params: agora_ledger::Params,
+) -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
+    audit_world_then(params, |_, _| {})
+}
+
+/// [`audit_world_with`], running `then` in the root's epoch, before the beacon that selects.
+pub(crate) fn audit_world_then(
+    params: agora_ledger::Params,
+    then: impl FnOnce(&mut Ledger, &[Keypair]),
+) -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
     let k = keys(5);
     let mut g = crate::common::genesis(&k, 10_000);
     g.params = params;
@@ -442,12 +464,13 @@ fn audit_world_with(params: agora_ledger::Params) -> (Ledger, Vec<Keypair>, Vec<
         )
     );
     let c = open_channel(&mut l, &k[4], &k[1], 500, 10);
+    then(&mut l, &k);
     advance(&mut l, &k[0], 1);
     (l, k, receipts, c.id)
 }
 
 /// The index in `k` of the verifier assigned to leaf `i` of k[1]'s epoch-0 root.
-fn assigned(l: &Ledger, k: &[Keypair], i: u64) -> usize {
+pub(crate) fn assigned(l: &Ledger, k: &[Keypair], i: u64) -> usize {
     let v = l
         .state
         .leaf_assignee(&k[1].account(), 0, i)
@@ -457,13 +480,13 @@ fn assigned(l: &Ledger, k: &[Keypair], i: u64) -> usize {
         .expect("a known key")
 }
 
-fn salt(i: u64) -> Hash32 {
+pub(crate) fn salt(i: u64) -> Hash32 {
     Hash32::of(&i.to_le_bytes())
 }
 
 /// The assigned verifiers of `leaves` commit to `passed`, the epoch advances, they reveal.
 /// Returns (assigned verifier, the other one) per leaf.
-fn audit_leaves(
+pub(crate) fn audit_leaves(
     l: &mut Ledger,
     k: &[Keypair],
     leaves: &[u64],
@@ -506,7 +529,7 @@ fn audit_leaves(
     who
 }
 
-fn verdict_tx(
+pub(crate) fn verdict_tx(
     l: &Ledger,
     k: &[Keypair],
     receipts: &[Hash32],
@@ -591,6 +614,13 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         rejected!(l, &t),
         TxError::InsufficientStake { .. }
     ));
+    // Verdicts wait until every plant of the root could be opened.
+    let (by1, other1) = who[0];
+    assert!(matches!(
+        rejected!(l, &verdict_tx(&l, &k, &receipts, 1, ch, by1, other1)),
+        TxError::AuditWindow { .. }
+    ));
+    to_verdicts(&mut l, &k[0]);
     assert!(matches!(
         rejected!(l, &verdict_tx(&l, &k, &receipts, 0, ch, 2, 2)),
         TxError::ConflictedVerdict { .. }
@@ -620,7 +650,6 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         TxError::UnrevealedVerdict
     ));
     // Only the verifier that revealed the failure may bring the verdict.
-    let (by1, other1) = who[0];
     assert!(matches!(
         rejected!(l, &verdict_tx(&l, &k, &receipts, 1, ch, other1, by1)),
         TxError::UnrevealedVerdict
@@ -675,6 +704,7 @@ fn unbonding_stake_is_still_slashable() {
     let (mut l, k, receipts, ch) = audit_world();
     ok!(l, &tx(&l, &k[1], TxBody::Unstake { amount: amt(800) }));
     let (by, other) = audit_leaves(&mut l, &k, &[0], false)[0];
+    to_verdicts(&mut l, &k[0]);
     let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 0, ch, by, other));
     assert!(matches!(&ev[0], Event::Slashed { amount, .. } if *amount == amt(500)));
     let a = l.state.account(&k[1].account()).expect("provider");
@@ -952,6 +982,7 @@ fn a_verifier_that_passes_a_planted_fraud_is_slashed() {
 fn a_withheld_leaf_is_slashed_without_a_receipt() {
     let (mut l, k, _receipts, _ch) = audit_world();
     let (by, other) = audit_leaves(&mut l, &k, &[2], false)[0];
+    to_verdicts(&mut l, &k[0]);
     let v = Verdict {
         chain_id: CHAIN,
         provider: k[1].account(),
