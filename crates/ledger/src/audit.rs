@@ -20,6 +20,7 @@ use crate::state::{leaf_key, Event, Journal, LeafAudit, State};
 use crate::tx::{audit_commitment, plant_commitment};
 use agora_core::{codec, AccountId, Amount, Hash32};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 const SELECT_DOMAIN: &[u8] = b"agora/ledger/audit-select/v1";
 const ASSIGN_DOMAIN: &[u8] = b"agora/ledger/audit-assign/v1";
@@ -118,13 +119,21 @@ impl Windows {
 }
 
 impl State {
-    /// The verifiers that may audit `provider`: every registered one but itself, sorted.
-    pub fn auditors_of(&self, provider: &AccountId) -> Vec<AccountId> {
-        self.verifiers
-            .iter()
-            .filter(|v| *v != provider)
-            .copied()
-            .collect()
+    /// The verifier set that assigns the audits of roots posted in `epoch`: the one in effect
+    /// in that epoch, frozen at its start (before the root, and an epoch before its beacon).
+    pub fn verifier_set_at(&self, epoch: u64) -> Option<&BTreeSet<AccountId>> {
+        self.verifier_sets
+            .range(..=epoch)
+            .next_back()
+            .map(|(_, s)| s)
+    }
+
+    /// The verifiers that may audit `provider`'s root of `epoch`: the frozen set of that epoch
+    /// but the provider itself, sorted.
+    pub fn auditors_for(&self, provider: &AccountId, epoch: u64) -> Vec<AccountId> {
+        self.verifier_set_at(epoch)
+            .map(|s| s.iter().filter(|v| *v != provider).copied().collect())
+            .unwrap_or_default()
     }
 
     /// The assigned verifier of a leaf, if the leaf is selected (and its beacon exists).
@@ -134,14 +143,20 @@ impl State {
         if index >= root.receipts || !selected(beacon, provider, epoch, index, root.audit_ppm) {
             return None;
         }
-        assignee(beacon, provider, epoch, index, &self.auditors_of(provider))
+        assignee(
+            beacon,
+            provider,
+            epoch,
+            index,
+            &self.auditors_for(provider, epoch),
+        )
     }
 
     /// The audit plan of a root, once its selecting beacon exists.
     pub fn audit_plan(&self, provider: &AccountId, epoch: u64) -> Option<AuditPlan> {
         let root = self.roots.get(&(*provider, epoch))?;
         let beacon = *self.beacons.get(&epoch.checked_add(1)?)?;
-        let auditors = self.auditors_of(provider);
+        let auditors = self.auditors_for(provider, epoch);
         let leaves = (0..root.receipts.min(MAX_PLANNED_LEAVES))
             .filter(|&i| selected(&beacon, provider, epoch, i, root.audit_ppm))
             .filter_map(|i| Some((i, assignee(&beacon, provider, epoch, i, &auditors)?)))

@@ -314,8 +314,13 @@ pub struct State {
     pub burned: Amount,
     /// Every epoch's beacon; a root posted in epoch e is sampled with the beacon of e + 1.
     pub beacons: BTreeMap<u64, Hash32>,
-    /// Registered verifiers (mirrors `Account::verifier`), for assigning audits.
+    /// Registered verifiers now (mirrors `Account::verifier`). Changes reach assignment only
+    /// through `verifier_sets`, at the next epoch boundary.
     pub verifiers: BTreeSet<AccountId>,
+    /// The verifier set in effect from each epoch on (recorded at `AdvanceEpoch` when it
+    /// changed): the roots of epoch `e` are assigned from the set in effect in `e`, frozen at
+    /// the end of `e - 1`, one epoch before the beacon of `e + 1` that selects is drawn.
+    pub verifier_sets: BTreeMap<u64, BTreeSet<AccountId>>,
     /// Fees set aside from claims to pay for audits.
     pub audit_pool: Amount,
     /// Audits of selected leaves, by `H(provider, epoch, index)`.
@@ -334,6 +339,7 @@ pub(crate) struct Journal {
     burned: Option<Amount>,
     epoch: Option<(u64, Hash32)>,
     beacons: Vec<u64>,
+    verifier_sets: Vec<u64>,
     verifiers: Vec<(AccountId, bool)>,
     audit_pool: Option<Amount>,
     pub(crate) audits: Vec<(Hash32, Option<LeafAudit>)>,
@@ -374,6 +380,7 @@ impl State {
             burned: Amount::ZERO,
             beacons: BTreeMap::from([(0, g.hash())]),
             verifiers: BTreeSet::new(),
+            verifier_sets: BTreeMap::from([(0, BTreeSet::new())]),
             audit_pool: Amount::ZERO,
             audits: BTreeMap::new(),
             plants: BTreeMap::new(),
@@ -450,6 +457,9 @@ impl State {
         }
         for e in j.beacons {
             self.beacons.remove(&e);
+        }
+        for e in j.verifier_sets {
+            self.verifier_sets.remove(&e);
         }
         for (id, was) in j.verifiers.into_iter().rev() {
             if was {
@@ -844,6 +854,12 @@ impl State {
                 self.epoch = epoch;
                 j.beacons.push(epoch);
                 self.beacons.insert(epoch, self.beacon);
+                // Registrations and departures of the epoch that ends reach assignment now.
+                let last = self.verifier_sets.values().next_back();
+                if last != Some(&self.verifiers) {
+                    j.verifier_sets.push(epoch);
+                    self.verifier_sets.insert(epoch, self.verifiers.clone());
+                }
                 let mut events = Vec::new();
                 let due: Vec<AccountId> = self
                     .accounts
@@ -957,10 +973,10 @@ impl State {
                 reason: "a provider cannot judge itself",
             });
         }
-        for who in [from, confirmer] {
-            if !self.verifiers.contains(&who) {
-                return Err(TxError::NotVerifier(who));
-            }
+        // The sender is the assigned verifier (checked below by its reveal), even if it left
+        // the set since; the confirmer must be registered now.
+        if !self.verifiers.contains(&confirmer) {
+            return Err(TxError::NotVerifier(confirmer));
         }
         let posted = self
             .roots

@@ -54,9 +54,13 @@ pub(crate) fn advance(l: &mut Ledger, seq: &Keypair, n: usize) {
     }
 }
 
-/// Advances until the verdict window of the epoch-0 root opens.
+/// The epoch of the audit world's root: verifiers register in epoch 0, so the set frozen at
+/// the start of epoch 1 holds them.
+pub(crate) const R: u64 = 1;
+
+/// Advances until the verdict window of the epoch-R root opens.
 pub(crate) fn to_verdicts(l: &mut Ledger, seq: &Keypair) {
-    let open = agora_ledger::Windows::of(&l.state.params, 0)
+    let open = agora_ledger::Windows::of(&l.state.params, R)
         .expect("windows")
         .verdict
         .0;
@@ -424,8 +428,8 @@ fn beacon_is_hash_chained_over_epoch_and_parent() {
     assert_ne!(c.state.beacon, a.state.beacon);
 }
 
-/// Provider k[1] with a posted root of 4 receipts in epoch 0; verifiers k[2], k[3]; payer
-/// k[4]; the ledger is in epoch 1, so the root's selecting beacon exists.
+/// Provider k[1] with a posted root of 4 receipts in epoch R; verifiers k[2], k[3] (registered
+/// in epoch 0); payer k[4]; the ledger is in epoch R + 1, so the root's selecting beacon exists.
 pub(crate) fn audit_world() -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
     audit_world_with(agora_ledger::Params::default())
 }
@@ -449,6 +453,7 @@ pub(crate) fn audit_world_then(
     for v in [&k[2], &k[3]] {
         ok!(l, &tx(&l, v, TxBody::RegisterVerifier { stake: amt(100) }));
     }
+    advance(&mut l, &k[0], 1);
     let receipts: Vec<Hash32> = (0..4u8).map(|i| Hash32::of(&[i])).collect();
     let root = merkle::root(&receipts);
     ok!(
@@ -457,7 +462,7 @@ pub(crate) fn audit_world_then(
             &l,
             &k[1],
             TxBody::PostReceiptRoot {
-                epoch: 0,
+                epoch: R,
                 root,
                 receipts: 4
             }
@@ -469,11 +474,11 @@ pub(crate) fn audit_world_then(
     (l, k, receipts, c.id)
 }
 
-/// The index in `k` of the verifier assigned to leaf `i` of k[1]'s epoch-0 root.
+/// The index in `k` of the verifier assigned to leaf `i` of k[1]'s epoch-R root.
 pub(crate) fn assigned(l: &Ledger, k: &[Keypair], i: u64) -> usize {
     let v = l
         .state
-        .leaf_assignee(&k[1].account(), 0, i)
+        .leaf_assignee(&k[1].account(), R, i)
         .expect("every leaf of a new provider is selected");
     k.iter()
         .position(|x| x.account() == v)
@@ -497,13 +502,13 @@ pub(crate) fn audit_leaves(
     for &i in leaves {
         let by = assigned(l, k, i);
         let commitment =
-            audit_commitment(CHAIN, &k[by].account(), &provider, 0, i, passed, &salt(i));
+            audit_commitment(CHAIN, &k[by].account(), &provider, R, i, passed, &salt(i));
         let t = tx(
             l,
             &k[by],
             TxBody::CommitAudit {
                 provider,
-                epoch: 0,
+                epoch: R,
                 index: i,
                 commitment,
             },
@@ -518,7 +523,7 @@ pub(crate) fn audit_leaves(
             &k[by],
             TxBody::RevealAudit {
                 provider,
-                epoch: 0,
+                epoch: R,
                 index: i,
                 passed,
                 salt: salt(i),
@@ -541,7 +546,7 @@ pub(crate) fn verdict_tx(
     let v = Verdict {
         chain_id: CHAIN,
         provider: k[1].account(),
-        epoch: 0,
+        epoch: R,
         index: i as u64,
         fault: Fault::Fraud {
             receipt: receipts[i],
@@ -572,7 +577,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         &l,
         &k[1],
         TxBody::PostReceiptRoot {
-            epoch: 2,
+            epoch: R + 2,
             root: Hash32::ZERO,
             receipts: 1,
         },
@@ -582,7 +587,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         &l,
         &k[1],
         TxBody::PostReceiptRoot {
-            epoch: 2,
+            epoch: R + 2,
             root: Hash32::ZERO,
             receipts: 1,
         },
@@ -595,7 +600,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         &l,
         &k[1],
         TxBody::PostReceiptRoot {
-            epoch: 3,
+            epoch: R + 3,
             root: Hash32::ZERO,
             receipts: 1,
         },
@@ -605,7 +610,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         &l,
         &k[4],
         TxBody::PostReceiptRoot {
-            epoch: 2,
+            epoch: R + 2,
             root: Hash32::ZERO,
             receipts: 1,
         },
@@ -626,7 +631,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         TxError::ConflictedVerdict { .. }
     ));
     assert!(matches!(
-        rejected!(l, &verdict_tx(&l, &k, &receipts, 0, ch, 4, 2)),
+        rejected!(l, &verdict_tx(&l, &k, &receipts, 0, ch, 2, 4)),
         TxError::NotVerifier(_)
     ));
     let mut bad_proof = verdict_tx(&l, &k, &receipts, 1, ch, 2, 3);
@@ -792,7 +797,7 @@ fn audits_are_assigned_committed_revealed_and_paid() {
     assert_eq!(l.state.audit_pool, amt(10));
 
     // The plan lists every leaf of a new provider, each with one of the two verifiers.
-    let plan = l.state.audit_plan(&provider, 0).expect("plan");
+    let plan = l.state.audit_plan(&provider, R).expect("plan");
     assert_eq!(plan.leaves.len(), 4);
     let by = assigned(&l, &k, 2);
     let other = 5 - by;
@@ -802,13 +807,13 @@ fn audits_are_assigned_committed_revealed_and_paid() {
             &k[who],
             TxBody::CommitAudit {
                 provider,
-                epoch: 0,
+                epoch: R,
                 index,
                 commitment: audit_commitment(
                     CHAIN,
                     &k[who].account(),
                     &provider,
-                    0,
+                    R,
                     index,
                     passed,
                     &salt(index),
@@ -835,7 +840,7 @@ fn audits_are_assigned_committed_revealed_and_paid() {
             &k[by],
             TxBody::RevealAudit {
                 provider,
-                epoch: 0,
+                epoch: R,
                 index: 2,
                 passed,
                 salt: salt(2),
@@ -886,6 +891,7 @@ fn a_verifier_that_passes_a_planted_fraud_is_slashed() {
     for v in [&k[2], &k[3]] {
         ok!(l, &tx(&l, v, TxBody::RegisterVerifier { stake: amt(200) }));
     }
+    advance(&mut l, &k[0], 1);
     let receipts: Vec<Hash32> = (0..4u8).map(|i| Hash32::of(&[i])).collect();
     ok!(
         l,
@@ -893,14 +899,14 @@ fn a_verifier_that_passes_a_planted_fraud_is_slashed() {
             &l,
             &k[1],
             TxBody::PostReceiptRoot {
-                epoch: 0,
+                epoch: R,
                 root: merkle::root(&receipts),
                 receipts: 4
             }
         )
     );
     // The canary plants leaves 0 and 1 in the root's own epoch; nobody else may plant.
-    let plant = |i: u64| plant_commitment(CHAIN, &provider, 0, i, &salt(100 + i));
+    let plant = |i: u64| plant_commitment(CHAIN, &provider, R, i, &salt(100 + i));
     assert!(matches!(
         rejected!(
             l,
@@ -936,18 +942,18 @@ fn a_verifier_that_passes_a_planted_fraud_is_slashed() {
             &k[1],
             TxBody::RevealPlant {
                 provider,
-                epoch: 0,
+                epoch: R,
                 index: i,
                 salt: salt(100 + i),
             },
         )
     };
-    // Plants open only once every reveal is in (epoch 0 + 3 + window 1 = 4).
+    // Plants open only once every reveal is in (epoch R + 3 + window 1).
     assert!(matches!(
         rejected!(l, &open(&l, 0)),
         TxError::AuditWindow { .. }
     ));
-    while l.state.epoch < 4 {
+    while l.state.epoch < R + 4 {
         advance(&mut l, &k[0], 1);
     }
     let lazy_stake = l.state.account(&k[lazy].account()).map(|a| a.stake);
@@ -986,7 +992,7 @@ fn a_withheld_leaf_is_slashed_without_a_receipt() {
     let v = Verdict {
         chain_id: CHAIN,
         provider: k[1].account(),
-        epoch: 0,
+        epoch: R,
         index: 2,
         fault: Fault::Withheld,
     };
