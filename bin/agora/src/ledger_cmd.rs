@@ -343,6 +343,7 @@ pub fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
                     audit_window_epochs: a.audit_window_epochs,
                     escalation_epochs: a.escalation_epochs,
                     planter: a.planter,
+                    ..Params::default()
                 },
                 allocations: a.allocations,
             };

@@ -16,9 +16,10 @@
 //! (checked at genesis), so it is still there for the last verdict.
 
 use crate::error::TxError;
-use crate::state::{leaf_key, Event, Journal, LeafAudit, State};
+use crate::state::{leaf_key, Alarm, Demand, Event, Journal, LeafAudit, State};
 use crate::tx::{audit_commitment, plant_commitment};
 use agora_core::{codec, AccountId, Amount, Hash32};
+use agora_wire::protocol::SignedReceipt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -266,17 +267,26 @@ impl State {
                 ..audit
             },
         );
-        if passed {
+        let fee = if passed {
             let p = Self::acct_mut(&mut self.accounts, j, provider);
             p.clean_audits = p.clean_audits.saturating_add(1);
-        }
-        let fee = self.params.audit_fee.min(self.audit_pool);
-        let pool = self
-            .audit_pool
-            .checked_sub(fee)
-            .map_err(|_| TxError::Overflow { what: "audit pool" })?;
-        self.set_audit_pool(j, pool);
-        self.credit(j, from, fee)?;
+            self.pay_fee(j, from)?
+        } else {
+            // A failure is paid only once a verdict or a plant confirms it; unconfirmed by the
+            // end of the verdict window, it costs the verifier (`expire_alarms`).
+            let due = Self::alarm_due(&self.params, epoch)?;
+            j.alarms.push(((due, key), None));
+            self.alarms.insert(
+                (due, key),
+                Alarm {
+                    verifier: from,
+                    provider,
+                    epoch,
+                    index,
+                },
+            );
+            Amount::ZERO
+        };
         Ok(vec![Event::AuditRevealed {
             verifier: from,
             provider,
@@ -285,6 +295,205 @@ impl State {
             passed,
             fee,
         }])
+    }
+
+    /// Pays the audit fee (as much of it as the pool holds) to `to`.
+    fn pay_fee(&mut self, j: &mut Journal, to: AccountId) -> Result<Amount, TxError> {
+        let fee = self.params.audit_fee.min(self.audit_pool);
+        let pool = self
+            .audit_pool
+            .checked_sub(fee)
+            .map_err(|_| TxError::Overflow { what: "audit pool" })?;
+        self.set_audit_pool(j, pool);
+        self.credit(j, to, fee)?;
+        Ok(fee)
+    }
+
+    /// The epoch at whose start an unconfirmed failure of a root of `epoch` costs its verifier:
+    /// the first after the verdict window.
+    fn alarm_due(params: &crate::Params, epoch: u64) -> Result<u64, TxError> {
+        Windows::of(params, epoch)?
+            .verdict
+            .1
+            .checked_add(1)
+            .ok_or(TxError::Overflow {
+                what: "audit window",
+            })
+    }
+
+    /// A failure revealed on the leaf is confirmed: its verifier is paid its fee.
+    pub(crate) fn confirm_alarm(
+        &mut self,
+        j: &mut Journal,
+        epoch: u64,
+        key: Hash32,
+    ) -> Result<Vec<Event>, TxError> {
+        let at = (Self::alarm_due(&self.params, epoch)?, key);
+        let Some(alarm) = self.alarms.remove(&at) else {
+            return Ok(Vec::new());
+        };
+        j.alarms.push((at, Some(alarm.clone())));
+        let fee = self.pay_fee(j, alarm.verifier)?;
+        Ok(vec![Event::AlarmConfirmed {
+            verifier: alarm.verifier,
+            fee,
+        }])
+    }
+
+    /// At the start of epoch `now`: every failure whose verdict window closed unconfirmed
+    /// burns `false_alarm_bps` of its verifier's stake.
+    pub(crate) fn expire_alarms(
+        &mut self,
+        j: &mut Journal,
+        now: u64,
+    ) -> Result<Vec<Event>, TxError> {
+        let due: Vec<((u64, Hash32), Alarm)> = self
+            .alarms
+            .range(..=(now, Hash32::from_bytes([0xff; 32])))
+            .map(|(k, a)| (*k, a.clone()))
+            .collect();
+        let mut events = Vec::with_capacity(due.len());
+        for (at, alarm) in due {
+            self.alarms.remove(&at);
+            j.alarms.push((at, Some(alarm.clone())));
+            let slashed = self.slash_stake(j, alarm.verifier, self.params.false_alarm_bps)?;
+            self.burn(j, slashed)?;
+            events.push(Event::FalseAlarm {
+                verifier: alarm.verifier,
+                provider: alarm.provider,
+                epoch: alarm.epoch,
+                index: alarm.index,
+                slashed,
+            });
+        }
+        Ok(events)
+    }
+
+    pub(crate) fn demand(
+        &mut self,
+        j: &mut Journal,
+        from: AccountId,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Vec<Event>, TxError> {
+        let win = Windows::of(&self.params, epoch)?;
+        self.window("the material demand", win.commit.0, win.commit.1)?;
+        if self.leaf_assignee(&provider, epoch, index) != Some(from) {
+            return Err(TxError::NotAssigned {
+                provider,
+                epoch,
+                index,
+                verifier: from,
+            });
+        }
+        let key = leaf_key(&provider, epoch, index);
+        if self.demands.contains_key(&key) {
+            return Err(TxError::Demand {
+                reason: "already demanded",
+            });
+        }
+        let due_epoch =
+            self.epoch
+                .checked_add(self.params.answer_epochs)
+                .ok_or(TxError::Overflow {
+                    what: "answer window",
+                })?;
+        j.demands.push((key, None));
+        self.demands.insert(
+            key,
+            Demand {
+                verifier: from,
+                due_epoch,
+                answered: None,
+            },
+        );
+        Ok(vec![Event::MaterialDemanded {
+            verifier: from,
+            provider,
+            epoch,
+            index,
+            due_epoch,
+        }])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn answer(
+        &mut self,
+        j: &mut Journal,
+        from: AccountId,
+        epoch: u64,
+        index: u64,
+        receipt: &SignedReceipt,
+        proof: &[Hash32],
+        material: Hash32,
+    ) -> Result<Vec<Event>, TxError> {
+        let key = leaf_key(&from, epoch, index);
+        let d = self.demands.get(&key).cloned().ok_or(TxError::Demand {
+            reason: "no demand was made for this leaf",
+        })?;
+        if d.answered.is_some() {
+            return Err(TxError::Demand {
+                reason: "already answered",
+            });
+        }
+        if self.epoch > d.due_epoch {
+            return Err(TxError::Demand {
+                reason: "past its deadline",
+            });
+        }
+        let leaf = self.leaf_receipt(&from, epoch, index, receipt, proof)?;
+        j.demands.push((key, Some(d.clone())));
+        self.demands.insert(
+            key,
+            Demand {
+                answered: Some(material),
+                ..d
+            },
+        );
+        Ok(vec![Event::MaterialAnswered {
+            provider: from,
+            epoch,
+            index,
+            receipt: leaf,
+            material,
+        }])
+    }
+
+    /// Checks that `receipt` (its signature checked with the transaction) is `provider`'s, on
+    /// this chain, and the leaf `index` of its root of `epoch`; returns its hash.
+    pub(crate) fn leaf_receipt(
+        &self,
+        provider: &AccountId,
+        epoch: u64,
+        index: u64,
+        receipt: &SignedReceipt,
+        proof: &[Hash32],
+    ) -> Result<Hash32, TxError> {
+        if receipt.receipt.provider != *provider {
+            return Err(TxError::ReceiptMismatch {
+                reason: "the receipt names another provider",
+            });
+        }
+        if receipt.receipt.chain_id != self.chain_id {
+            return Err(TxError::ReceiptMismatch {
+                reason: "the receipt names another chain",
+            });
+        }
+        let posted = self
+            .roots
+            .get(&(*provider, epoch))
+            .ok_or(TxError::UnknownReceiptRoot {
+                provider: *provider,
+                epoch,
+            })?;
+        let leaf = receipt.hash();
+        if index >= posted.receipts
+            || !agora_core::merkle::verify(&posted.root, &leaf, index, proof)
+        {
+            return Err(TxError::BadReceiptProof { receipt: leaf });
+        }
+        Ok(leaf)
     }
 
     fn check_planter(&self, from: AccountId) -> Result<(), TxError> {

@@ -125,6 +125,24 @@ pub enum TxError {
         /// The current epoch.
         epoch: u64,
     },
+    /// A receipt in the transaction is not signed by the provider it names.
+    #[error("forged receipt: not signed by provider {provider}")]
+    ForgedReceipt {
+        /// The provider the receipt names.
+        provider: AccountId,
+    },
+    /// A receipt in the transaction does not belong where it is used.
+    #[error("receipt does not fit: {reason}")]
+    ReceiptMismatch {
+        /// What does not match.
+        reason: &'static str,
+    },
+    /// No demand for material is open on that leaf, or it is not in the state needed.
+    #[error("material demand: {reason}")]
+    Demand {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The account is not a registered verifier.
     #[error("{0} is not a registered verifier")]
     NotVerifier(AccountId),
@@ -250,6 +268,9 @@ impl TxError {
             TxError::BadReveal => "bad_reveal",
             TxError::UnrevealedVerdict => "unrevealed_verdict",
             TxError::NotPlanter(_) => "not_planter",
+            TxError::ForgedReceipt { .. } => "forged_receipt",
+            TxError::ReceiptMismatch { .. } => "receipt_mismatch",
+            TxError::Demand { .. } => "demand",
         }
     }
 }
@@ -284,6 +305,14 @@ pub enum GenesisError {
     ZeroWindow {
         /// The parameter.
         name: &'static str,
+    },
+    /// The answer window does not end inside the verdict window.
+    #[error("answer_epochs = {answer} must be in 1..=escalation_epochs + 1 = {escalation} + 1")]
+    AnswerWindow {
+        /// answer_epochs.
+        answer: u64,
+        /// escalation_epochs.
+        escalation: u64,
     },
     /// The windows add up past `u64`.
     #[error("the audit windows overflow u64")]

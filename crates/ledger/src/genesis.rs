@@ -35,6 +35,12 @@ pub struct Params {
     pub audit_window_epochs: u64,
     /// Epochs in which a verdict on a revealed failure may land (at least 1).
     pub escalation_epochs: u64,
+    /// Epochs a provider has to answer a material demand, after the demand's epoch
+    /// (`1 ..= escalation_epochs + 1`, so an unanswered demand expires inside the verdict window).
+    pub answer_epochs: u64,
+    /// Share of a verifier's stake burned when it revealed a failed audit that neither a
+    /// verdict nor a plant confirmed by the end of the verdict window, in bps.
+    pub false_alarm_bps: u16,
     /// The account allowed to plant fake frauds (a canary provider), if any.
     pub planter: Option<AccountId>,
 }
@@ -54,6 +60,8 @@ impl Default for Params {
             lazy_slash_bps: 5_000,
             audit_window_epochs: 1,
             escalation_epochs: 2,
+            answer_epochs: 1,
+            false_alarm_bps: 100,
             planter: None,
         }
     }
@@ -107,6 +115,7 @@ impl Genesis {
             ("bounty_bps", self.params.bounty_bps),
             ("audit_fee_bps", self.params.audit_fee_bps),
             ("lazy_slash_bps", self.params.lazy_slash_bps),
+            ("false_alarm_bps", self.params.false_alarm_bps),
         ] {
             if value > 10_000 {
                 return Err(GenesisError::BadBps { name, value });
@@ -121,6 +130,14 @@ impl Genesis {
         if self.params.escalation_epochs == 0 {
             return Err(GenesisError::ZeroWindow {
                 name: "escalation_epochs",
+            });
+        }
+        if self.params.answer_epochs == 0
+            || self.params.answer_epochs > self.params.escalation_epochs.saturating_add(1)
+        {
+            return Err(GenesisError::AnswerWindow {
+                answer: self.params.answer_epochs,
+                escalation: self.params.escalation_epochs,
             });
         }
         let need = self

@@ -3,7 +3,7 @@
 use crate::error::{GenesisError, InvariantError, TxError};
 use crate::genesis::{Genesis, Params};
 use crate::tx::{channel_id, Fault, TxBody, Verdict, VerifiedTx};
-use agora_core::{codec, merkle, AccountId, Amount, Hash32};
+use agora_core::{codec, AccountId, Amount, Hash32};
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,6 +71,10 @@ pub struct Channel {
     pub expires_epoch: u64,
     /// Closed: the rest went back to the payer.
     pub closed: bool,
+    /// Refunded to the payer by fraud verdicts on receipts of this channel; never above
+    /// `claimed` (nobody gets back more than the provider was paid through the channel).
+    #[serde(default)]
+    pub refunded: Amount,
 }
 
 impl Channel {
@@ -108,6 +112,30 @@ pub struct LeafAudit {
     pub committed_epoch: u64,
     /// The revealed outcome: passed or not.
     pub revealed: Option<bool>,
+}
+
+/// A verifier's on-ledger demand for the material behind a leaf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Demand {
+    /// The assigned verifier that asked.
+    pub verifier: AccountId,
+    /// The last epoch the provider may answer in.
+    pub due_epoch: u64,
+    /// The hash of the material the provider committed to, once it answered.
+    pub answered: Option<Hash32>,
+}
+
+/// A revealed failed audit waiting for a verdict or a plant to confirm it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Alarm {
+    /// The verifier that revealed the failure.
+    pub verifier: AccountId,
+    /// The provider.
+    pub provider: AccountId,
+    /// The root's epoch.
+    pub epoch: u64,
+    /// The leaf.
+    pub index: u64,
 }
 
 /// What an accepted transaction did.
@@ -269,6 +297,52 @@ pub enum Event {
         /// Taken from its stake (burned).
         slashed: Amount,
     },
+    /// The assigned verifier demanded a leaf's material on the ledger.
+    MaterialDemanded {
+        /// Verifier.
+        verifier: AccountId,
+        /// Provider.
+        provider: AccountId,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// The last epoch the provider may answer in.
+        due_epoch: u64,
+    },
+    /// The provider answered a demand with the leaf's receipt and its material's hash.
+    MaterialAnswered {
+        /// Provider.
+        provider: AccountId,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// The receipt's hash (the leaf).
+        receipt: Hash32,
+        /// The material's hash.
+        material: Hash32,
+    },
+    /// A failed audit was confirmed (by a verdict or a plant) and its fee paid.
+    AlarmConfirmed {
+        /// Verifier.
+        verifier: AccountId,
+        /// The fee paid from the audit pool.
+        fee: Amount,
+    },
+    /// A revealed failure that nothing confirmed: the verifier lost part of its stake (burned).
+    FalseAlarm {
+        /// Verifier.
+        verifier: AccountId,
+        /// Provider.
+        provider: AccountId,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// Taken from its stake.
+        slashed: Amount,
+    },
     /// A new epoch began.
     EpochAdvanced {
         /// The new epoch.
@@ -327,6 +401,10 @@ pub struct State {
     pub audits: BTreeMap<Hash32, LeafAudit>,
     /// Open plant commitments and the epoch each was made in.
     pub plants: BTreeMap<Hash32, u64>,
+    /// Material demands, by leaf key.
+    pub demands: BTreeMap<Hash32, Demand>,
+    /// Revealed failures awaiting confirmation, by (the epoch they expire at, leaf key).
+    pub alarms: BTreeMap<(u64, Hash32), Alarm>,
 }
 
 /// Undo records of one transaction, so a rejection restores exactly what was there.
@@ -344,6 +422,8 @@ pub(crate) struct Journal {
     audit_pool: Option<Amount>,
     pub(crate) audits: Vec<(Hash32, Option<LeafAudit>)>,
     pub(crate) plants: Vec<(Hash32, Option<u64>)>,
+    pub(crate) demands: Vec<(Hash32, Option<Demand>)>,
+    pub(crate) alarms: Vec<((u64, Hash32), Option<Alarm>)>,
 }
 
 fn overdraft(account: AccountId, balance: Amount, need: Amount) -> TxError {
@@ -384,6 +464,8 @@ impl State {
             audit_pool: Amount::ZERO,
             audits: BTreeMap::new(),
             plants: BTreeMap::new(),
+            demands: BTreeMap::new(),
+            alarms: BTreeMap::new(),
         })
     }
 
@@ -483,6 +565,18 @@ impl State {
                 None => self.plants.remove(&k),
             };
         }
+        for (k, old) in j.demands.into_iter().rev() {
+            match old {
+                Some(d) => self.demands.insert(k, d),
+                None => self.demands.remove(&k),
+            };
+        }
+        for (k, old) in j.alarms.into_iter().rev() {
+            match old {
+                Some(a) => self.alarms.insert(k, a),
+                None => self.alarms.remove(&k),
+            };
+        }
     }
 
     /// Marks `id` a verifier or not, in the account and the set.
@@ -512,7 +606,7 @@ impl State {
         accounts.entry(id).or_default()
     }
 
-    fn chan_mut<'a>(
+    pub(crate) fn chan_mut<'a>(
         channels: &'a mut BTreeMap<Hash32, Channel>,
         j: &mut Journal,
         id: Hash32,
@@ -631,6 +725,7 @@ impl State {
                         claimed: Amount::ZERO,
                         expires_epoch,
                         closed: false,
+                        refunded: Amount::ZERO,
                     },
                 );
                 vec![Event::ChannelOpened {
@@ -841,6 +936,18 @@ impl State {
                 index,
                 salt,
             } => self.reveal_plant(j, from, *provider, *epoch, *index, salt)?,
+            TxBody::DemandMaterial {
+                provider,
+                epoch,
+                index,
+            } => self.demand(j, from, *provider, *epoch, *index)?,
+            TxBody::AnswerDemand {
+                epoch,
+                index,
+                receipt,
+                proof,
+                material,
+            } => self.answer(j, from, *epoch, *index, receipt, proof, *material)?,
             TxBody::AdvanceEpoch => {
                 if from != self.sequencer {
                     return Err(TxError::NotSequencer(from));
@@ -860,7 +967,8 @@ impl State {
                     j.verifier_sets.push(epoch);
                     self.verifier_sets.insert(epoch, self.verifiers.clone());
                 }
-                let mut events = Vec::new();
+                // Expired alarms first: stake is judged before matured unbonding leaves.
+                let mut events = self.expire_alarms(j, epoch)?;
                 let due: Vec<AccountId> = self
                     .accounts
                     .iter()
@@ -990,42 +1098,66 @@ impl State {
                 reason: "leaf index past the root's receipt count",
             });
         }
-        let (receipt, refund_to) = match &v.fault {
-            Fault::Fraud {
-                receipt,
-                proof,
-                channel,
-                refund,
-            } => {
-                if !merkle::verify(&posted.root, receipt, v.index, proof) {
-                    return Err(TxError::BadReceiptProof { receipt: *receipt });
-                }
-                let ch = self
-                    .channels
-                    .get(channel)
-                    .ok_or(TxError::UnknownChannel(*channel))?;
-                if ch.provider != v.provider {
-                    return Err(TxError::NotChannelProvider {
-                        channel: *channel,
-                        account: v.provider,
-                    });
-                }
-                (Some(*receipt), Some((ch.payer, *refund)))
-            }
-            Fault::Withheld => (None, None),
-        };
         let win = crate::audit::Windows::of(&self.params, v.epoch)?;
         self.window("the verdict", win.verdict.0, win.verdict.1)?;
         let key = leaf_key(&v.provider, v.epoch, v.index);
         if self.judged.contains(&key) {
             return Err(TxError::AlreadyJudged(key));
         }
+        let (receipt, refund_to) = match &v.fault {
+            Fault::Fraud { receipt, proof } => {
+                let r = &receipt.receipt;
+                let leaf = self.leaf_receipt(&v.provider, v.epoch, v.index, receipt, proof)?;
+                let ch = self
+                    .channels
+                    .get(&r.channel)
+                    .ok_or(TxError::UnknownChannel(r.channel))?;
+                if ch.provider != v.provider {
+                    return Err(TxError::NotChannelProvider {
+                        channel: r.channel,
+                        account: v.provider,
+                    });
+                }
+                // The receipt's own cost, never more than the channel paid the provider and
+                // has not yet refunded.
+                let left = ch.claimed.checked_sub(ch.refunded).unwrap_or(Amount::ZERO);
+                let cost = agora_wire::micros_to_amount(r.cost_micros).min(left);
+                (Some(leaf), Some((r.channel, ch.payer, cost)))
+            }
+            Fault::Withheld => {
+                // Only a demand the provider left unanswered past its deadline, brought by
+                // the verifier that made it.
+                match self.demands.get(&key) {
+                    Some(d) if d.verifier == from && d.answered.is_none() => {
+                        if self.epoch <= d.due_epoch {
+                            return Err(TxError::Demand {
+                                reason: "the provider may still answer",
+                            });
+                        }
+                    }
+                    Some(_) => {
+                        return Err(TxError::Demand {
+                            reason: "answered, or made by another verifier",
+                        })
+                    }
+                    None => {
+                        return Err(TxError::Demand {
+                            reason: "no demand was made for this leaf",
+                        })
+                    }
+                }
+                (None, None)
+            }
+        };
         // The commitment came first: only the verifier that revealed a failed audit of this
-        // leaf may bring the verdict.
-        match self.audits.get(&key) {
-            Some(a) if a.verifier == from && a.revealed == Some(false) => {}
-            _ => return Err(TxError::UnrevealedVerdict),
+        // leaf may bring a fraud verdict.
+        if matches!(v.fault, Fault::Fraud { .. }) {
+            match self.audits.get(&key) {
+                Some(a) if a.verifier == from && a.revealed == Some(false) => {}
+                _ => return Err(TxError::UnrevealedVerdict),
+            }
         }
+        let mut events = self.confirm_alarm(j, v.epoch, key)?;
 
         let slashed = self.slash_stake(j, v.provider, self.params.slash_bps)?;
         let p = Self::acct_mut(&mut self.accounts, j, v.provider);
@@ -1035,7 +1167,15 @@ impl State {
             .checked_sub(bounty)
             .map_err(|_| TxError::Overflow { what: "bounty" })?;
         let (payer, refund) = match refund_to {
-            Some((payer, refund)) => (Some(payer), refund.min(after_bounty)),
+            Some((channel, payer, cost)) => {
+                let refund = cost.min(after_bounty);
+                let c = Self::chan_mut(&mut self.channels, j, channel)?;
+                c.refunded = c
+                    .refunded
+                    .checked_add(refund)
+                    .map_err(|_| TxError::Overflow { what: "refunded" })?;
+                (Some(payer), refund)
+            }
             None => (None, Amount::ZERO),
         };
         let burned = after_bounty
@@ -1048,18 +1188,22 @@ impl State {
         self.burn(j, burned)?;
         j.judged.push(key);
         self.judged.insert(key);
-        Ok(vec![Event::Slashed {
-            provider: v.provider,
-            epoch: v.epoch,
-            index: v.index,
-            receipt,
-            amount: slashed,
-            verifier: from,
-            bounty,
-            payer: payer.unwrap_or(v.provider),
-            refund,
-            burned,
-        }])
+        events.insert(
+            0,
+            Event::Slashed {
+                provider: v.provider,
+                epoch: v.epoch,
+                index: v.index,
+                receipt,
+                amount: slashed,
+                verifier: from,
+                bounty,
+                payer: payer.unwrap_or(v.provider),
+                refund,
+                burned,
+            },
+        );
+        Ok(events)
     }
 
     pub(crate) fn burn(&mut self, j: &mut Journal, amount: Amount) -> Result<(), TxError> {

@@ -2,6 +2,7 @@
 
 use crate::error::TxError;
 use agora_core::{codec, AccountId, Amount, Hash32, Keypair, Signature};
+use agora_wire::protocol::{SignedReceipt, RECEIPT_DOMAIN};
 pub use agora_wire::settle::{Fault, Verdict, Voucher, VERDICT_DOMAIN, VOUCHER_DOMAIN};
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
@@ -132,6 +133,31 @@ pub enum TxBody {
         /// The salt of the commitment.
         salt: Hash32,
     },
+    /// The assigned verifier of a selected leaf, in its commit window, asks the provider on the
+    /// ledger for the leaf's material: the provider's fair chance to answer before a
+    /// `Withheld` verdict. Due `answer_epochs` after the demand.
+    DemandMaterial {
+        /// The audited provider.
+        provider: AccountId,
+        /// The epoch of its receipt root.
+        epoch: u64,
+        /// The leaf.
+        index: u64,
+    },
+    /// The provider answers a demand: the leaf's signed receipt, its path under the root, and
+    /// the hash of the material it serves for it. An answered leaf can never be `Withheld`.
+    AnswerDemand {
+        /// The epoch of the sender's receipt root.
+        epoch: u64,
+        /// The leaf.
+        index: u64,
+        /// The receipt at the leaf, signed by the sender.
+        receipt: SignedReceipt,
+        /// Its Merkle path to the root.
+        proof: Vec<Hash32>,
+        /// BLAKE3 of the material the provider hands the verifier.
+        material: Hash32,
+    },
     /// The sequencer ends the epoch: a new beacon, and matured unbonding is released.
     AdvanceEpoch,
 }
@@ -241,14 +267,20 @@ impl SignedTx {
                 verdict,
                 confirmer,
                 confirmer_sig,
-            } => items.push((
-                *confirmer,
-                codec::signing_bytes(VERDICT_DOMAIN, verdict),
-                *confirmer_sig,
-                TxError::BadSignature {
-                    account: *confirmer,
-                },
-            )),
+            } => {
+                items.push((
+                    *confirmer,
+                    codec::signing_bytes(VERDICT_DOMAIN, verdict),
+                    *confirmer_sig,
+                    TxError::BadSignature {
+                        account: *confirmer,
+                    },
+                ));
+                if let Fault::Fraud { receipt, .. } = &verdict.fault {
+                    items.push(receipt_item(receipt));
+                }
+            }
+            TxBody::AnswerDemand { receipt, .. } => items.push(receipt_item(receipt)),
             _ => {}
         }
         items
@@ -290,12 +322,28 @@ impl SignedTx {
                         ..
                     },
                 ..
-            } if proof.len() > MAX_PROOF_LEN => Err(TxError::Malformed {
-                reason: "merkle proof too long",
-            }),
+            }
+            | TxBody::AnswerDemand { proof, .. }
+                if proof.len() > MAX_PROOF_LEN =>
+            {
+                Err(TxError::Malformed {
+                    reason: "merkle proof too long",
+                })
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// The provider's signature over a receipt a transaction carries.
+fn receipt_item(r: &SignedReceipt) -> (AccountId, Vec<u8>, Signature, TxError) {
+    let provider = r.receipt.provider;
+    (
+        provider,
+        codec::signing_bytes(RECEIPT_DOMAIN, &r.receipt),
+        r.sig,
+        TxError::ForgedReceipt { provider },
+    )
 }
 
 /// A signed transaction whose signatures and shape were checked, with its id.

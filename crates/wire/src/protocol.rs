@@ -224,6 +224,10 @@ pub struct SignedReceipt {
     pub sig: Signature,
 }
 
+// Equality is reflexive on every receipt that can be encoded: the canonical encoding refuses
+// NaN, the one float value that is not equal to itself.
+impl Eq for SignedReceipt {}
+
 impl SignedReceipt {
     /// Checks the provider's signature.
     pub fn verify(&self) -> Result<(), ProtocolError> {

@@ -5,6 +5,7 @@ use agora_ledger::{
     audit_commitment, plant_commitment, Event, Fault, Ledger, SignedTx, Tx, TxBody, TxError,
     Verdict, Voucher,
 };
+use agora_wire::SignedReceipt;
 
 /// `ok!(ledger, &tx)`: the transaction is built before the ledger is borrowed mutably.
 macro_rules! ok {
@@ -430,13 +431,13 @@ fn beacon_is_hash_chained_over_epoch_and_parent() {
 
 /// Provider k[1] with a posted root of 4 receipts in epoch R; verifiers k[2], k[3] (registered
 /// in epoch 0); payer k[4]; the ledger is in epoch R + 1, so the root's selecting beacon exists.
-pub(crate) fn audit_world() -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
+pub(crate) fn audit_world() -> (Ledger, Vec<Keypair>, Vec<SignedReceipt>, Hash32) {
     audit_world_with(agora_ledger::Params::default())
 }
 
 pub(crate) fn audit_world_with(
     params: agora_ledger::Params,
-) -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
+) -> (Ledger, Vec<Keypair>, Vec<SignedReceipt>, Hash32) {
     audit_world_then(params, |_, _| {})
 }
 
@@ -444,7 +445,7 @@ pub(crate) fn audit_world_with(
 pub(crate) fn audit_world_then(
     params: agora_ledger::Params,
     then: impl FnOnce(&mut Ledger, &[Keypair]),
-) -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
+) -> (Ledger, Vec<Keypair>, Vec<SignedReceipt>, Hash32) {
     let k = keys(5);
     let mut g = crate::common::genesis(&k, 10_000);
     g.params = params;
@@ -454,8 +455,12 @@ pub(crate) fn audit_world_then(
         ok!(l, &tx(&l, v, TxBody::RegisterVerifier { stake: amt(100) }));
     }
     advance(&mut l, &k[0], 1);
-    let receipts: Vec<Hash32> = (0..4u8).map(|i| Hash32::of(&[i])).collect();
-    let root = merkle::root(&receipts);
+    let c = open_channel(&mut l, &k[4], &k[1], 500, 10);
+    // Four receipts of 50 units each, paid from k[4]'s channel.
+    let receipts: Vec<SignedReceipt> = (0..4u8)
+        .map(|i| crate::common::receipt(&k[1], &k[4], c.id, 50, i))
+        .collect();
+    let root = merkle::root(&hashes(&receipts));
     ok!(
         l,
         &tx(
@@ -468,7 +473,6 @@ pub(crate) fn audit_world_then(
             }
         )
     );
-    let c = open_channel(&mut l, &k[4], &k[1], 500, 10);
     then(&mut l, &k);
     advance(&mut l, &k[0], 1);
     (l, k, receipts, c.id)
@@ -534,12 +538,36 @@ pub(crate) fn audit_leaves(
     who
 }
 
+/// The leaf hashes of receipts.
+pub(crate) fn hashes(receipts: &[SignedReceipt]) -> Vec<Hash32> {
+    receipts.iter().map(|r| r.hash()).collect()
+}
+
+/// The provider k[1] claims `cumulative` from the payer k[4]'s channel `ch`.
+pub(crate) fn world_claim(l: &mut Ledger, k: &[Keypair], ch: Hash32, cumulative: u128) {
+    let voucher = Voucher {
+        chain_id: CHAIN,
+        channel: ch,
+        cumulative: amt(cumulative),
+    };
+    let t = tx(
+        l,
+        &k[1],
+        TxBody::ClaimVoucher {
+            payer_sig: voucher.sign(&k[4]),
+            voucher,
+            payer: k[4].account(),
+        },
+    );
+    ok_fn(l, &t);
+}
+
 pub(crate) fn verdict_tx(
     l: &Ledger,
     k: &[Keypair],
-    receipts: &[Hash32],
+    receipts: &[SignedReceipt],
     i: usize,
-    ch: Hash32,
+    _ch: Hash32,
     by: usize,
     conf: usize,
 ) -> SignedTx {
@@ -549,10 +577,8 @@ pub(crate) fn verdict_tx(
         epoch: R,
         index: i as u64,
         fault: Fault::Fraud {
-            receipt: receipts[i],
-            proof: merkle::proof(receipts, i).expect("proof"),
-            channel: ch,
-            refund: amt(50),
+            receipt: receipts[i].clone(),
+            proof: merkle::proof(&hashes(receipts), i).expect("proof"),
         },
     };
     tx(
@@ -661,15 +687,8 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
     ));
     // A confirmer signature over another verdict.
     let mut forged = verdict_tx(&l, &k, &receipts, 1, ch, by1, other1);
-    if let TxBody::AuditVerdict {
-        verdict: Verdict {
-            fault: Fault::Fraud { refund, .. },
-            ..
-        },
-        ..
-    } = &mut forged.tx.body
-    {
-        *refund = amt(10_000);
+    if let TxBody::AuditVerdict { verdict, .. } = &mut forged.tx.body {
+        verdict.index = 3;
     }
     let forged = forged.tx.sign(&k[by1]);
     assert!(matches!(
@@ -677,6 +696,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         TxError::BadSignature { .. }
     ));
 
+    world_claim(&mut l, &k, ch, 200);
     let verifier_before = balance(&l, &k[by1]);
     let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 1, ch, by1, other1));
     // 50% of 1000 slashed; 20% of that to the verifier; 50 refunded; the rest burned.
@@ -987,7 +1007,19 @@ fn a_verifier_that_passes_a_planted_fraud_is_slashed() {
 #[test]
 fn a_withheld_leaf_is_slashed_without_a_receipt() {
     let (mut l, k, _receipts, _ch) = audit_world();
-    let (by, other) = audit_leaves(&mut l, &k, &[2], false)[0];
+    // The assigned verifier gets no material and demands it on the ledger; no answer comes.
+    let by = assigned(&l, &k, 2);
+    let t = tx(
+        &l,
+        &k[by],
+        TxBody::DemandMaterial {
+            provider: k[1].account(),
+            epoch: R,
+            index: 2,
+        },
+    );
+    ok!(l, &t);
+    let other = 5 - by;
     to_verdicts(&mut l, &k[0]);
     let v = Verdict {
         chain_id: CHAIN,

@@ -1,9 +1,30 @@
 //! The trust protocol's attacks, each written as the attacker would play it.
 
-use crate::common::{amt, keys, tx};
-use crate::rules::{advance, audit_leaves, audit_world_then, ok_fn, to_verdicts, verdict_tx, R};
-use agora_core::Keypair;
-use agora_ledger::{Event, GenesisError, Ledger, Params, TxBody};
+use crate::common::{amt, keys, tx, CHAIN};
+use crate::rules::{
+    advance, assigned, audit_leaves, audit_world, audit_world_then, audit_world_with, hashes,
+    ok_fn, rejected_fn, to_verdicts, verdict_tx, world_claim, R,
+};
+use agora_core::{merkle, Hash32, Keypair};
+use agora_ledger::{
+    Event, Fault, GenesisError, Ledger, Params, SignedTx, TxBody, TxError, Verdict,
+};
+use agora_wire::SignedReceipt;
+
+/// The transaction is built before the ledger is borrowed mutably.
+macro_rules! ok {
+    ($l:expr, $t:expr $(,)?) => {{
+        let t = $t;
+        ok_fn(&mut $l, t)
+    }};
+}
+
+macro_rules! rejected {
+    ($l:expr, $t:expr $(,)?) => {{
+        let t = $t;
+        rejected_fn(&mut $l, t)
+    }};
+}
 
 /// A provider posts a root, unstakes everything in the same epoch, and waits for its stake:
 /// the genesis that would let it leave first is refused, and under a valid one its unbonding
@@ -48,7 +69,7 @@ fn unstake_in_the_epoch_of_the_root_does_not_escape_the_verdict() {
         "stake left early"
     );
     let t = verdict_tx(&l, &k, &receipts, 0, ch, by, other);
-    let ev = ok_fn(&mut l, &t);
+    let ev = ok!(l, &t);
     assert!(matches!(&ev[0], Event::Slashed { amount, .. } if *amount == amt(500)));
 }
 
@@ -91,4 +112,227 @@ fn sybil_verifiers_registered_in_the_roots_epoch_get_none_of_its_leaves() {
     }
     // They count from the next epoch's roots on: frozen before those roots' beacons too.
     assert_eq!(l.state.verifier_set_at(R + 1).map(|s| s.len()), Some(22));
+}
+
+fn bal(l: &Ledger, k: &Keypair) -> u128 {
+    l.state
+        .account(&k.account())
+        .map_or(0, |a| a.balance.units())
+}
+
+fn fraud(
+    l: &Ledger,
+    k: &[Keypair],
+    receipt: SignedReceipt,
+    proof: Vec<Hash32>,
+    index: u64,
+    by: usize,
+    conf: usize,
+) -> SignedTx {
+    let v = Verdict {
+        chain_id: CHAIN,
+        provider: k[1].account(),
+        epoch: R,
+        index,
+        fault: Fault::Fraud { receipt, proof },
+    };
+    tx(
+        l,
+        &k[by],
+        TxBody::AuditVerdict {
+            confirmer_sig: v.sign(&k[conf]),
+            verdict: v,
+            confirmer: k[conf].account(),
+        },
+    )
+}
+
+/// The verdict used to name the refunded channel and amount: a verifier could pay any payer
+/// of the provider any sum. Now the refund is the signed receipt's own cost, to the payer of
+/// the receipt's own channel, at most what that channel paid the provider.
+#[test]
+fn a_verdict_cannot_redirect_or_inflate_the_refund() {
+    let (mut l, k, receipts, ch) = audit_world();
+    // Another payer (the sequencer's key) also has a channel with the provider.
+    crate::rules::open_channel(&mut l, &k[0], &k[1], 500, 10);
+    let who = audit_leaves(&mut l, &k, &[0, 1], false);
+    to_verdicts(&mut l, &k[0]);
+    world_claim(&mut l, &k, ch, 70);
+    let proof = |i: usize| merkle::proof(&hashes(&receipts), i).expect("proof");
+    let (by, other) = who[0];
+
+    // The receipt's channel and cost changed after the provider signed: refused.
+    let mut redirected = receipts[0].clone();
+    redirected.receipt.channel = Hash32::of(b"the other channel");
+    redirected.receipt.cost_micros *= 100;
+    assert!(matches!(
+        rejected!(l, &fraud(&l, &k, redirected, proof(0), 0, by, other)),
+        TxError::ForgedReceipt { .. }
+    ));
+    // Re-signed by the provider for another channel: not the leaf under the root.
+    let mut resigned = receipts[0].receipt.clone();
+    resigned.cost_micros *= 100;
+    let resigned = resigned.sign(&k[1]);
+    assert!(matches!(
+        rejected!(l, &fraud(&l, &k, resigned, proof(0), 0, by, other)),
+        TxError::BadReceiptProof { .. }
+    ));
+    // Another provider's receipt.
+    let foreign = crate::common::receipt(&k[2], &k[4], ch, 50, 0);
+    assert!(matches!(
+        rejected!(l, &fraud(&l, &k, foreign, proof(0), 0, by, other)),
+        TxError::ReceiptMismatch { .. }
+    ));
+
+    // The real receipt: 50 back to k[4], the payer of the receipt's channel.
+    let (payer, other_payer) = (bal(&l, &k[4]), bal(&l, &k[0]));
+    let ev = ok!(
+        l,
+        &fraud(&l, &k, receipts[0].clone(), proof(0), 0, by, other),
+    );
+    assert!(
+        matches!(&ev[0], Event::Slashed { refund, payer, .. } if *refund == amt(50) && *payer == k[4].account())
+    );
+    assert_eq!(bal(&l, &k[4]), payer + 50);
+    assert_eq!(bal(&l, &k[0]), other_payer);
+    // The channel paid the provider 70: the second receipt's 50 is refunded only up to 20.
+    let (by, other) = who[1];
+    let ev = ok!(
+        l,
+        &fraud(&l, &k, receipts[1].clone(), proof(1), 1, by, other),
+    );
+    assert!(matches!(&ev[0], Event::Slashed { refund, .. } if *refund == amt(20)));
+    assert_eq!(bal(&l, &k[4]), payer + 70);
+    assert_eq!(l.state.channel(&ch).map(|c| c.refunded), Some(amt(70)));
+}
+
+/// A verifier that reveals "failed" is paid only when a verdict confirms it; a failure nothing
+/// confirms by the end of the verdict window costs it `false_alarm_bps` of its stake.
+#[test]
+fn unconfirmed_fraud_claims_cost_the_accuser() {
+    let params = Params {
+        audit_fee_bps: 1_000,
+        audit_fee: amt(7),
+        ..Params::default()
+    };
+    let (mut l, k, receipts, ch) = audit_world_with(params);
+    world_claim(&mut l, &k, ch, 200);
+    assert_eq!(l.state.audit_pool, amt(20));
+    let who = audit_leaves(&mut l, &k, &[0, 1], false);
+    // No fee at the reveal of a failure.
+    assert_eq!(l.state.audit_pool, amt(20));
+    assert_eq!(l.state.alarms.len(), 2);
+    to_verdicts(&mut l, &k[0]);
+    // Leaf 0 is confirmed: bounty and the withheld fee.
+    let (by, other) = who[0];
+    let before = bal(&l, &k[by]);
+    let proof = merkle::proof(&hashes(&receipts), 0).expect("proof");
+    let ev = ok!(l, &fraud(&l, &k, receipts[0].clone(), proof, 0, by, other),);
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::AlarmConfirmed { fee, .. } if *fee == amt(7))));
+    assert_eq!(bal(&l, &k[by]), before + 100 + 7);
+    // Leaf 1's failure is never confirmed: after the window its verifier loses 1% of its stake.
+    let (liar, _) = who[1];
+    let stake = l
+        .state
+        .account(&k[liar].account())
+        .map(|a| a.stake.units())
+        .unwrap_or(0);
+    let closes = agora_ledger::Windows::of(&l.state.params, R)
+        .expect("windows")
+        .verdict
+        .1;
+    while l.state.epoch <= closes {
+        advance(&mut l, &k[0], 1);
+    }
+    let after = l
+        .state
+        .account(&k[liar].account())
+        .map(|a| a.stake.units())
+        .unwrap_or(0);
+    assert_eq!(after, stake - stake / 100);
+    assert!(l.state.alarms.is_empty());
+}
+
+/// `Withheld` used to be confirmed whenever a provider was merely unreachable. Now it needs the
+/// assigned verifier's on-ledger demand, left unanswered past its deadline.
+#[test]
+fn withheld_needs_an_unanswered_demand() {
+    let (mut l, k, receipts, _ch) = audit_world();
+    let provider = k[1].account();
+    let withheld = |l: &Ledger, index: u64, by: usize, conf: usize| {
+        let v = Verdict {
+            chain_id: CHAIN,
+            provider,
+            epoch: R,
+            index,
+            fault: Fault::Withheld,
+        };
+        tx(
+            l,
+            &k[by],
+            TxBody::AuditVerdict {
+                confirmer_sig: v.sign(&k[conf]),
+                verdict: v,
+                confirmer: k[conf].account(),
+            },
+        )
+    };
+    let demand = |l: &Ledger, by: usize, index: u64| {
+        tx(
+            l,
+            &k[by],
+            TxBody::DemandMaterial {
+                provider,
+                epoch: R,
+                index,
+            },
+        )
+    };
+    let (b0, b1) = (assigned(&l, &k, 0), assigned(&l, &k, 1));
+    // Only the assigned verifier may demand.
+    assert!(matches!(
+        rejected!(l, &demand(&l, 5 - b0, 0)),
+        TxError::NotAssigned { .. }
+    ));
+    ok!(l, &demand(&l, b0, 0));
+    ok!(l, &demand(&l, b1, 1));
+    let answer = |l: &Ledger, index: usize, r: &SignedReceipt| {
+        tx(
+            l,
+            &k[1],
+            TxBody::AnswerDemand {
+                epoch: R,
+                index: index as u64,
+                receipt: r.clone(),
+                proof: merkle::proof(&hashes(&receipts), index).expect("proof"),
+                material: Hash32::of(b"material"),
+            },
+        )
+    };
+    // The answer must be the leaf's own receipt.
+    assert!(matches!(
+        rejected!(l, &answer(&l, 1, &receipts[2])),
+        TxError::BadReceiptProof { .. }
+    ));
+    ok!(l, &answer(&l, 1, &receipts[1]));
+    to_verdicts(&mut l, &k[0]);
+    // Too late to answer leaf 0 now.
+    assert!(matches!(
+        rejected!(l, &answer(&l, 0, &receipts[0])),
+        TxError::Demand { .. }
+    ));
+    // No demand on leaf 2; leaf 1 was answered: neither can be Withheld.
+    let b2 = assigned(&l, &k, 2);
+    assert!(matches!(
+        rejected!(l, &withheld(&l, 2, b2, 5 - b2)),
+        TxError::Demand { .. }
+    ));
+    assert!(matches!(
+        rejected!(l, &withheld(&l, 1, b1, 5 - b1)),
+        TxError::Demand { .. }
+    ));
+    let ev = ok!(l, &withheld(&l, 0, b0, 5 - b0));
+    assert!(matches!(&ev[0], Event::Slashed { receipt: None, .. }));
 }
