@@ -38,6 +38,9 @@ pub struct Params {
     /// Epochs a provider has to answer a material demand, after the demand's epoch
     /// (`1 ..= escalation_epochs + 1`, so an unanswered demand expires inside the verdict window).
     pub answer_epochs: u64,
+    /// What a payer escrows to challenge a receipt's inclusion; the provider gets it if it
+    /// proves the receipt is under its root, the payer gets it back otherwise.
+    pub challenge_bond: Amount,
     /// Share of a verifier's stake burned when it revealed a failed audit that neither a
     /// verdict nor a plant confirmed by the end of the verdict window, in bps.
     pub false_alarm_bps: u16,
@@ -61,6 +64,7 @@ impl Default for Params {
             audit_window_epochs: 1,
             escalation_epochs: 2,
             answer_epochs: 1,
+            challenge_bond: Amount::new(5),
             false_alarm_bps: 100,
             planter: None,
         }
@@ -68,13 +72,24 @@ impl Default for Params {
 }
 
 impl Params {
-    /// The shortest unbonding that outlives every verdict: stake unbonded in the epoch a root
-    /// is posted (`e`) must still be there in the last epoch a verdict on it can land,
-    /// `e + 3 + w + x` (selection 1, commitments `w`, reveal 1, plant opening 1, escalation
-    /// `x`), so `unbonding_epochs >= 4 + w + x`. `None` if it overflows.
+    /// The shortest unbonding that outlives every verdict, with `w = audit_window_epochs`,
+    /// `x = escalation_epochs`, `a = answer_epochs`:
+    /// - stake unbonded in the epoch a root is posted (`e`) must still be there in the last
+    ///   epoch a verdict on it can land, `e + 3 + w + x` (selection 1, commitments `w`,
+    ///   reveal 1, plant opening 1, escalation `x`): `4 + w + x`;
+    /// - stake unbonded in the epoch a receipt was served (`r`) must still be there when an
+    ///   unanswered non-inclusion challenge expires: filed by `r + 1 + x`, answered by
+    ///   `+ a`, slashed at the start of the next epoch: `2 + x + a`.
+    ///
+    /// `unbonding_epochs >= max(4 + w + x, 2 + x + a)`. `None` if it overflows.
     pub fn min_unbonding_epochs(&self) -> Option<u64> {
-        4u64.checked_add(self.audit_window_epochs)?
-            .checked_add(self.escalation_epochs)
+        let verdicts = 4u64
+            .checked_add(self.audit_window_epochs)?
+            .checked_add(self.escalation_epochs)?;
+        let challenges = 2u64
+            .checked_add(self.escalation_epochs)?
+            .checked_add(self.answer_epochs)?;
+        Some(verdicts.max(challenges))
     }
 }
 

@@ -125,6 +125,28 @@ pub struct Demand {
     pub answered: Option<Hash32>,
 }
 
+/// A payer's challenge that a receipt is missing from the provider's roots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Challenge {
+    /// The challenger: the payer of the receipt's channel.
+    pub payer: AccountId,
+    /// The provider that signed the receipt.
+    pub provider: AccountId,
+    /// The receipt's channel.
+    pub channel: Hash32,
+    /// The epoch the receipt names.
+    pub receipt_epoch: u64,
+    /// The receipt's cost in whole units (refunded if unanswered).
+    pub cost: Amount,
+    /// The challenger's escrowed bond.
+    pub bond: Amount,
+    /// The last epoch the provider may answer in.
+    pub due_epoch: u64,
+    /// Still open (neither answered nor expired). Closed ones stay, so a receipt is
+    /// challenged once.
+    pub open: bool,
+}
+
 /// A revealed failed audit waiting for a verdict or a plant to confirm it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct Alarm {
@@ -343,6 +365,42 @@ pub enum Event {
         /// Taken from its stake.
         slashed: Amount,
     },
+    /// A payer challenged a receipt's inclusion.
+    InclusionChallenged {
+        /// The receipt's hash.
+        receipt: Hash32,
+        /// Payer.
+        payer: AccountId,
+        /// Provider.
+        provider: AccountId,
+        /// The last epoch the provider may answer in.
+        due_epoch: u64,
+    },
+    /// The provider proved the receipt under its root and took the bond.
+    InclusionProven {
+        /// The receipt's hash.
+        receipt: Hash32,
+        /// Provider.
+        provider: AccountId,
+        /// The bond paid to it.
+        bond: Amount,
+    },
+    /// The provider left a challenged receipt out of its roots: slashed, the payer refunded
+    /// the receipt's cost (capped) and its bond, the rest burned.
+    OmissionSlashed {
+        /// The receipt's hash.
+        receipt: Hash32,
+        /// Provider.
+        provider: AccountId,
+        /// Payer.
+        payer: AccountId,
+        /// Taken from the provider's stake.
+        amount: Amount,
+        /// Refunded to the payer (besides its bond).
+        refund: Amount,
+        /// Burned rest.
+        burned: Amount,
+    },
     /// A new epoch began.
     EpochAdvanced {
         /// The new epoch.
@@ -405,6 +463,10 @@ pub struct State {
     pub demands: BTreeMap<Hash32, Demand>,
     /// Revealed failures awaiting confirmation, by (the epoch they expire at, leaf key).
     pub alarms: BTreeMap<(u64, Hash32), Alarm>,
+    /// Non-inclusion challenges, by receipt hash.
+    pub challenges: BTreeMap<Hash32, Challenge>,
+    /// Open challenges by (due epoch, receipt hash), for expiry.
+    pub challenge_queue: BTreeSet<(u64, Hash32)>,
 }
 
 /// Undo records of one transaction, so a rejection restores exactly what was there.
@@ -424,6 +486,8 @@ pub(crate) struct Journal {
     pub(crate) plants: Vec<(Hash32, Option<u64>)>,
     pub(crate) demands: Vec<(Hash32, Option<Demand>)>,
     pub(crate) alarms: Vec<((u64, Hash32), Option<Alarm>)>,
+    pub(crate) challenges: Vec<(Hash32, Option<Challenge>)>,
+    pub(crate) challenge_queue: Vec<((u64, Hash32), bool)>,
 }
 
 fn overdraft(account: AccountId, balance: Amount, need: Amount) -> TxError {
@@ -466,6 +530,8 @@ impl State {
             plants: BTreeMap::new(),
             demands: BTreeMap::new(),
             alarms: BTreeMap::new(),
+            challenges: BTreeMap::new(),
+            challenge_queue: BTreeSet::new(),
         })
     }
 
@@ -577,6 +643,19 @@ impl State {
                 None => self.alarms.remove(&k),
             };
         }
+        for (k, old) in j.challenges.into_iter().rev() {
+            match old {
+                Some(c) => self.challenges.insert(k, c),
+                None => self.challenges.remove(&k),
+            };
+        }
+        for (k, was) in j.challenge_queue.into_iter().rev() {
+            if was {
+                self.challenge_queue.insert(k);
+            } else {
+                self.challenge_queue.remove(&k);
+            }
+        }
     }
 
     /// Marks `id` a verifier or not, in the account and the set.
@@ -606,6 +685,15 @@ impl State {
         accounts.entry(id).or_default()
     }
 
+    /// A channel for writing, journaled.
+    pub(crate) fn chan_mut_pub(
+        &mut self,
+        j: &mut Journal,
+        id: Hash32,
+    ) -> Result<&mut Channel, TxError> {
+        Self::chan_mut(&mut self.channels, j, id)
+    }
+
     pub(crate) fn chan_mut<'a>(
         channels: &'a mut BTreeMap<Hash32, Channel>,
         j: &mut Journal,
@@ -619,7 +707,12 @@ impl State {
         channels.get_mut(&id).ok_or(TxError::UnknownChannel(id))
     }
 
-    fn debit(&mut self, j: &mut Journal, id: AccountId, amount: Amount) -> Result<(), TxError> {
+    pub(crate) fn debit(
+        &mut self,
+        j: &mut Journal,
+        id: AccountId,
+        amount: Amount,
+    ) -> Result<(), TxError> {
         let a = Self::acct_mut(&mut self.accounts, j, id);
         a.balance = a
             .balance
@@ -948,6 +1041,13 @@ impl State {
                 proof,
                 material,
             } => self.answer(j, from, *epoch, *index, receipt, proof, *material)?,
+            TxBody::ChallengeInclusion { receipt } => self.challenge(j, from, receipt)?,
+            TxBody::AnswerInclusion {
+                receipt,
+                epoch,
+                index,
+                proof,
+            } => self.answer_inclusion(j, from, *receipt, *epoch, *index, proof)?,
             TxBody::AdvanceEpoch => {
                 if from != self.sequencer {
                     return Err(TxError::NotSequencer(from));
@@ -969,6 +1069,7 @@ impl State {
                 }
                 // Expired alarms first: stake is judged before matured unbonding leaves.
                 let mut events = self.expire_alarms(j, epoch)?;
+                events.extend(self.expire_challenges(j, epoch)?);
                 let due: Vec<AccountId> = self
                     .accounts
                     .iter()
@@ -1271,6 +1372,9 @@ impl State {
                 a.unbonding_total()
                     .map_err(|_| InvariantError::SupplyOverflow)?,
             )?;
+        }
+        for c in self.challenges.values().filter(|c| c.open) {
+            total = add(total, c.bond)?;
         }
         for (id, c) in &self.channels {
             if c.claimed > c.deposit {

@@ -158,6 +158,26 @@ pub enum TxBody {
         /// BLAKE3 of the material the provider hands the verifier.
         material: Hash32,
     },
+    /// The payer of a receipt's channel says the provider left the receipt out of its roots:
+    /// accepted in epochs `receipt.epoch + 2 ..= receipt.epoch + 1 + escalation_epochs`,
+    /// escrowing `challenge_bond`. Unanswered by its deadline (`answer_epochs` later), the
+    /// provider is slashed and the receipt's cost refunded.
+    ChallengeInclusion {
+        /// The receipt, signed by the provider.
+        receipt: SignedReceipt,
+    },
+    /// The provider proves a challenged receipt is a leaf of its root for the receipt's epoch
+    /// or the next; it takes the challenger's bond.
+    AnswerInclusion {
+        /// The challenged receipt's hash.
+        receipt: Hash32,
+        /// The root's epoch: the receipt's, or one more.
+        epoch: u64,
+        /// The leaf.
+        index: u64,
+        /// Its Merkle path.
+        proof: Vec<Hash32>,
+    },
     /// The sequencer ends the epoch: a new beacon, and matured unbonding is released.
     AdvanceEpoch,
 }
@@ -280,7 +300,9 @@ impl SignedTx {
                     items.push(receipt_item(receipt));
                 }
             }
-            TxBody::AnswerDemand { receipt, .. } => items.push(receipt_item(receipt)),
+            TxBody::AnswerDemand { receipt, .. } | TxBody::ChallengeInclusion { receipt } => {
+                items.push(receipt_item(receipt))
+            }
             _ => {}
         }
         items
@@ -324,6 +346,7 @@ impl SignedTx {
                 ..
             }
             | TxBody::AnswerDemand { proof, .. }
+            | TxBody::AnswerInclusion { proof, .. }
                 if proof.len() > MAX_PROOF_LEN =>
             {
                 Err(TxError::Malformed {

@@ -171,6 +171,9 @@ pub enum Finish {
 pub struct Receipt {
     /// The chain.
     pub chain_id: u64,
+    /// The ledger epoch it was served in: the provider's receipt root for this epoch or the
+    /// next must hold it, or the payer's non-inclusion challenge slashes the provider.
+    pub epoch: u64,
     /// The request it answers.
     pub request_id: RequestId,
     /// The provider, who signs.
@@ -629,6 +632,7 @@ mod tests {
         let (prompt, output, print) = (vec![1, 2, 3], vec![7, 8], vec![9u8; 12]);
         let receipt = Receipt {
             chain_id: 1,
+            epoch: 0,
             request_id: [3; 16],
             provider: provider.account(),
             payer: payer.account(),

@@ -54,9 +54,22 @@ pub fn receipt(
     cost: u128,
     i: u8,
 ) -> agora_wire::SignedReceipt {
+    receipt_at(provider, payer, channel, cost, i, 0)
+}
+
+/// [`receipt`], served in ledger epoch `epoch`.
+pub fn receipt_at(
+    provider: &Keypair,
+    payer: &Keypair,
+    channel: agora_core::Hash32,
+    cost: u128,
+    i: u8,
+    epoch: u64,
+) -> agora_wire::SignedReceipt {
     use agora_core::Hash32;
     agora_wire::Receipt {
         chain_id: CHAIN,
+        epoch,
         request_id: [i; 16],
         provider: provider.account(),
         payer: payer.account(),

@@ -194,9 +194,9 @@ fn json_transactions_refuse_malformed_bodies() {
 }
 
 pub(crate) struct Chan {
-    payer: Keypair,
-    provider: Keypair,
-    id: Hash32,
+    pub(crate) payer: Keypair,
+    pub(crate) provider: Keypair,
+    pub(crate) id: Hash32,
 }
 
 pub(crate) fn open_channel(

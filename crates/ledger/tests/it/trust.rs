@@ -114,7 +114,7 @@ fn sybil_verifiers_registered_in_the_roots_epoch_get_none_of_its_leaves() {
     assert_eq!(l.state.verifier_set_at(R + 1).map(|s| s.len()), Some(22));
 }
 
-fn bal(l: &Ledger, k: &Keypair) -> u128 {
+pub(crate) fn bal(l: &Ledger, k: &Keypair) -> u128 {
     l.state
         .account(&k.account())
         .map_or(0, |a| a.balance.units())
@@ -335,4 +335,103 @@ fn withheld_needs_an_unanswered_demand() {
     ));
     let ev = ok!(l, &withheld(&l, 0, b0, 5 - b0));
     assert!(matches!(&ev[0], Event::Slashed { receipt: None, .. }));
+}
+
+/// Every paid answer is audit-eligible: a provider that leaves a receipt out of its roots is
+/// slashed when the payer challenges it; an honest provider answers with the Merkle path and
+/// takes the challenger's bond, so challenges are not free.
+#[test]
+fn a_receipt_left_out_of_the_roots_is_slashed_and_an_included_one_costs_the_challenger() {
+    let k = keys(5);
+    let mut l = crate::common::ledger(&k, 10_000);
+    ok!(l, &tx(&l, &k[1], TxBody::Stake { amount: amt(1000) }));
+    advance(&mut l, &k[0], 1);
+    let c = crate::rules::open_channel(&mut l, &k[4], &k[1], 500, 10);
+    let served = |i: u8| crate::common::receipt_at(&k[1], &k[4], c.id, 50, i, R);
+    let (kept, omitted) = (served(1), served(2));
+    // Root of epoch R: another receipt. Root of R + 1: the kept one (one epoch late is allowed).
+    let other = served(3);
+    let post = |l: &Ledger, epoch: u64, leaves: &[SignedReceipt]| {
+        tx(
+            l,
+            &k[1],
+            TxBody::PostReceiptRoot {
+                epoch,
+                root: merkle::root(&hashes(leaves)),
+                receipts: leaves.len() as u64,
+            },
+        )
+    };
+    ok!(l, &post(&l, R, &[other.clone()]));
+    advance(&mut l, &k[0], 1);
+    let late_root = [other.clone(), kept.clone()];
+    ok!(l, &post(&l, R + 1, &late_root));
+    world_claim(&mut l, &k, c.id, 200);
+    let challenge = |l: &Ledger, by: usize, r: &SignedReceipt| {
+        tx(l, &k[by], TxBody::ChallengeInclusion { receipt: r.clone() })
+    };
+    // Too early: the provider may still post the next root.
+    assert!(matches!(
+        rejected!(l, &challenge(&l, 4, &omitted)),
+        TxError::AuditWindow { .. }
+    ));
+    advance(&mut l, &k[0], 1);
+    // Only the channel's payer may challenge; a tampered receipt is refused.
+    assert!(matches!(
+        rejected!(l, &challenge(&l, 3, &omitted)),
+        TxError::NotChannelPayer { .. }
+    ));
+    let mut forged = omitted.clone();
+    forged.receipt.cost_micros *= 10;
+    assert!(matches!(
+        rejected!(l, &challenge(&l, 4, &forged)),
+        TxError::ForgedReceipt { .. }
+    ));
+    let payer0 = crate::trust::bal(&l, &k[4]);
+    ok!(l, &challenge(&l, 4, &kept));
+    ok!(l, &challenge(&l, 4, &omitted));
+    assert!(matches!(
+        rejected!(l, &challenge(&l, 4, &omitted)),
+        TxError::Malformed { .. }
+    ));
+    assert_eq!(crate::trust::bal(&l, &k[4]), payer0 - 10);
+    let answer = |l: &Ledger, r: &SignedReceipt, epoch: u64, leaves: &[SignedReceipt], i: usize| {
+        tx(
+            l,
+            &k[1],
+            TxBody::AnswerInclusion {
+                receipt: r.hash(),
+                epoch,
+                index: i as u64,
+                proof: merkle::proof(&hashes(leaves), i).expect("proof"),
+            },
+        )
+    };
+    // The omitted receipt cannot be proven under either root.
+    assert!(matches!(
+        rejected!(l, &answer(&l, &omitted, R + 1, &late_root, 1)),
+        TxError::BadReceiptProof { .. }
+    ));
+    let provider0 = crate::trust::bal(&l, &k[1]);
+    ok!(l, &answer(&l, &kept, R + 1, &late_root, 1));
+    assert_eq!(
+        crate::trust::bal(&l, &k[1]),
+        provider0 + 5,
+        "the bond pays the answer"
+    );
+    // The omitted one expires unanswered: half the stake, the cost back, the bond back.
+    advance(&mut l, &k[0], 1);
+    let ev = ok!(l, &tx(&l, &k[0], TxBody::AdvanceEpoch));
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, Event::OmissionSlashed { amount, refund, .. }
+            if *amount == amt(500) && *refund == amt(50))
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(crate::trust::bal(&l, &k[4]), payer0 - 5 + 50);
+    assert_eq!(
+        l.state.account(&k[1].account()).map(|a| a.stake),
+        Some(amt(500))
+    );
 }
