@@ -143,6 +143,14 @@ pub enum TxError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A channel's timeout does not outlast the provider's claim window.
+    #[error("channel timeout {timeout} must exceed the claim window of {claim_window} epochs")]
+    ChannelTimeout {
+        /// The timeout asked for.
+        timeout: u64,
+        /// The claim window.
+        claim_window: u64,
+    },
     /// The account is not a registered verifier.
     #[error("{0} is not a registered verifier")]
     NotVerifier(AccountId),
@@ -271,6 +279,7 @@ impl TxError {
             TxError::ForgedReceipt { .. } => "forged_receipt",
             TxError::ReceiptMismatch { .. } => "receipt_mismatch",
             TxError::Demand { .. } => "demand",
+            TxError::ChannelTimeout { .. } => "channel_timeout",
         }
     }
 }

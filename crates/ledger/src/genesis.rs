@@ -38,6 +38,9 @@ pub struct Params {
     /// Epochs a provider has to answer a material demand, after the demand's epoch
     /// (`1 ..= escalation_epochs + 1`, so an unanswered demand expires inside the verdict window).
     pub answer_epochs: u64,
+    /// Epochs a provider keeps to claim after the payer asks to close a channel; a channel's
+    /// timeout must be longer.
+    pub claim_window_epochs: u64,
     /// What a payer escrows to challenge a receipt's inclusion; the provider gets it if it
     /// proves the receipt is under its root, the payer gets it back otherwise.
     pub challenge_bond: Amount,
@@ -64,6 +67,7 @@ impl Default for Params {
             audit_window_epochs: 1,
             escalation_epochs: 2,
             answer_epochs: 1,
+            claim_window_epochs: 2,
             challenge_bond: Amount::new(5),
             false_alarm_bps: 100,
             planter: None,
@@ -145,6 +149,11 @@ impl Genesis {
         if self.params.escalation_epochs == 0 {
             return Err(GenesisError::ZeroWindow {
                 name: "escalation_epochs",
+            });
+        }
+        if self.params.claim_window_epochs == 0 {
+            return Err(GenesisError::ZeroWindow {
+                name: "claim_window_epochs",
             });
         }
         if self.params.answer_epochs == 0

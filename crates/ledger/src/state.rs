@@ -71,6 +71,10 @@ pub struct Channel {
     pub expires_epoch: u64,
     /// Closed: the rest went back to the payer.
     pub closed: bool,
+    /// Set when the payer asked to close: the epoch at whose start the rest goes back to
+    /// it. Until then the provider may still claim.
+    #[serde(default)]
+    pub closes_epoch: Option<u64>,
     /// Refunded to the payer by fraud verdicts on receipts of this channel; never above
     /// `claimed` (nobody gets back more than the provider was paid through the channel).
     #[serde(default)]
@@ -226,6 +230,13 @@ pub enum Event {
         amount: Amount,
         /// The voucher's cumulative amount.
         cumulative: Amount,
+    },
+    /// The payer asked to close a channel: claims stay open until `closes_epoch`.
+    ChannelClosing {
+        /// Channel id.
+        channel: Hash32,
+        /// The epoch at whose start the rest is refunded.
+        closes_epoch: u64,
     },
     /// A channel closed and refunded its rest.
     ChannelClosed {
@@ -467,6 +478,8 @@ pub struct State {
     pub challenges: BTreeMap<Hash32, Challenge>,
     /// Open challenges by (due epoch, receipt hash), for expiry.
     pub challenge_queue: BTreeSet<(u64, Hash32)>,
+    /// Closing channels by (the epoch they close at, channel id).
+    pub closing: BTreeSet<(u64, Hash32)>,
 }
 
 /// Undo records of one transaction, so a rejection restores exactly what was there.
@@ -488,6 +501,7 @@ pub(crate) struct Journal {
     pub(crate) alarms: Vec<((u64, Hash32), Option<Alarm>)>,
     pub(crate) challenges: Vec<(Hash32, Option<Challenge>)>,
     pub(crate) challenge_queue: Vec<((u64, Hash32), bool)>,
+    closing: Vec<((u64, Hash32), bool)>,
 }
 
 fn overdraft(account: AccountId, balance: Amount, need: Amount) -> TxError {
@@ -532,6 +546,7 @@ impl State {
             alarms: BTreeMap::new(),
             challenges: BTreeMap::new(),
             challenge_queue: BTreeSet::new(),
+            closing: BTreeSet::new(),
         })
     }
 
@@ -654,6 +669,13 @@ impl State {
                 self.challenge_queue.insert(k);
             } else {
                 self.challenge_queue.remove(&k);
+            }
+        }
+        for (k, was) in j.closing.into_iter().rev() {
+            if was {
+                self.closing.insert(k);
+            } else {
+                self.closing.remove(&k);
             }
         }
     }
@@ -793,6 +815,12 @@ impl State {
                 amount,
                 timeout_epochs,
             } => {
+                if *timeout_epochs <= self.params.claim_window_epochs {
+                    return Err(TxError::ChannelTimeout {
+                        timeout: *timeout_epochs,
+                        claim_window: self.params.claim_window_epochs,
+                    });
+                }
                 let expires_epoch =
                     self.epoch
                         .checked_add(*timeout_epochs)
@@ -819,6 +847,7 @@ impl State {
                         expires_epoch,
                         closed: false,
                         refunded: Amount::ZERO,
+                        closes_epoch: None,
                     },
                 );
                 vec![Event::ChannelOpened {
@@ -831,7 +860,7 @@ impl State {
             }
             TxBody::TopUpChannel { channel, amount } => {
                 let c = Self::chan_mut(&mut self.channels, j, *channel)?;
-                if c.closed {
+                if c.closed || c.closes_epoch.is_some() {
                     return Err(TxError::ChannelClosed(*channel));
                 }
                 if c.payer != from {
@@ -910,8 +939,13 @@ impl State {
             }
             TxBody::CloseChannel { channel } => {
                 let epoch = self.epoch;
+                let closes_epoch = epoch.checked_add(self.params.claim_window_epochs).ok_or(
+                    TxError::Overflow {
+                        what: "close epoch",
+                    },
+                )?;
                 let c = Self::chan_mut(&mut self.channels, j, *channel)?;
-                if c.closed {
+                if c.closed || c.closes_epoch.is_some() {
                     return Err(TxError::ChannelClosed(*channel));
                 }
                 if c.payer != from {
@@ -927,12 +961,13 @@ impl State {
                         epoch,
                     });
                 }
-                let refund = c.escrow();
-                c.closed = true;
-                self.credit(j, from, refund)?;
-                vec![Event::ChannelClosed {
+                // The provider keeps a whole claim window after the payer's request.
+                c.closes_epoch = Some(closes_epoch);
+                j.closing.push(((closes_epoch, *channel), false));
+                self.closing.insert((closes_epoch, *channel));
+                vec![Event::ChannelClosing {
                     channel: *channel,
-                    refund,
+                    closes_epoch,
                 }]
             }
             TxBody::RegisterVerifier { stake } => {
@@ -1070,6 +1105,7 @@ impl State {
                 // Expired alarms first: stake is judged before matured unbonding leaves.
                 let mut events = self.expire_alarms(j, epoch)?;
                 events.extend(self.expire_challenges(j, epoch)?);
+                events.extend(self.close_due_channels(j, epoch)?);
                 let due: Vec<AccountId> = self
                     .accounts
                     .iter()
@@ -1304,6 +1340,31 @@ impl State {
                 burned,
             },
         );
+        Ok(events)
+    }
+
+    /// At the start of epoch `now`: channels whose close period ended refund their rest.
+    fn close_due_channels(&mut self, j: &mut Journal, now: u64) -> Result<Vec<Event>, TxError> {
+        let due: Vec<(u64, Hash32)> = self
+            .closing
+            .iter()
+            .take_while(|(e, _)| *e <= now)
+            .copied()
+            .collect();
+        let mut events = Vec::with_capacity(due.len());
+        for (e, id) in due {
+            j.closing.push(((e, id), true));
+            self.closing.remove(&(e, id));
+            let c = Self::chan_mut(&mut self.channels, j, id)?;
+            let refund = c.escrow();
+            let payer = c.payer;
+            c.closed = true;
+            self.credit(j, payer, refund)?;
+            events.push(Event::ChannelClosed {
+                channel: id,
+                refund,
+            });
+        }
         Ok(events)
     }
 

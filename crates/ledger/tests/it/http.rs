@@ -136,7 +136,7 @@ fn round_trip_through_typed_client() {
         body: TxBody::OpenChannel {
             provider: k[2].account(),
             amount: amt(100),
-            timeout_epochs: 1,
+            timeout_epochs: 3,
         },
     }
     .sign(&k[1]);

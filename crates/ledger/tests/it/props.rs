@@ -91,7 +91,7 @@ fn plain_op() -> impl Strategy<Value = Op> {
         4 => (who(), who(), money()).prop_map(|(from, to, amount)| Op::Transfer { from, to, amount }),
         2 => (who(), money()).prop_map(|(who, amount)| Op::Stake { who, amount }),
         2 => (who(), money()).prop_map(|(who, amount)| Op::Unstake { who, amount }),
-        3 => (who(), who(), money(), prop_oneof![0..3u64, Just(u64::MAX)])
+        3 => (who(), who(), money(), prop_oneof![0..6u64, Just(u64::MAX)])
             .prop_map(|(payer, provider, amount, timeout)| Op::Open { payer, provider, amount, timeout }),
         1 => (who(), any::<usize>(), money()).prop_map(|(who, ch, amount)| Op::TopUp { who, ch, amount }),
         4 => (who(), any::<usize>(), 0..500u128, proptest::bool::weighted(0.2))

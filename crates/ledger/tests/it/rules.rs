@@ -247,7 +247,7 @@ pub(crate) fn claim(l: &Ledger, c: &Chan, cumulative: u128, signer: &Keypair) ->
 fn voucher_rules_double_over_forged_and_after_close() {
     let k = keys(4);
     let mut l = ledger(&k, 1000);
-    let c = open_channel(&mut l, &k[1], &k[2], 100, 2);
+    let c = open_channel(&mut l, &k[1], &k[2], 100, 3);
     assert_eq!(balance(&l, &k[1]), 900);
 
     let ev = ok!(l, &claim(&l, &c, 30, &c.payer));
@@ -347,14 +347,22 @@ fn voucher_rules_double_over_forged_and_after_close() {
         TxError::ChannelNotExpired { .. }
     ));
     let by_provider = tx(&l, &c.provider, TxBody::CloseChannel { channel: c.id });
-    advance(&mut l, &k[0], 2);
+    advance(&mut l, &k[0], 3);
     assert!(matches!(
         rejected!(l, &by_provider),
         TxError::NotChannelPayer { .. }
     ));
     let close = tx(&l, &c.payer, TxBody::CloseChannel { channel: c.id });
     let ev = ok!(l, &close);
-    assert!(matches!(ev[0], Event::ChannelClosed { refund, .. } if refund == amt(30)));
+    assert!(matches!(ev[0], Event::ChannelClosing { .. }));
+    let window = l.state.params.claim_window_epochs as usize;
+    advance(&mut l, &k[0], window - 1);
+    assert_eq!(balance(&l, &k[1]), 850);
+    let t = tx(&l, &k[0], TxBody::AdvanceEpoch);
+    let ev = ok!(l, &t);
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::ChannelClosed { refund, .. } if *refund == amt(30))));
     assert_eq!(balance(&l, &k[1]), 880);
 
     // After close: no claim, no top-up, no second close.

@@ -435,3 +435,47 @@ fn a_receipt_left_out_of_the_roots_is_slashed_and_an_included_one_costs_the_chal
         Some(amt(500))
     );
 }
+
+/// A payer used to close its channel as soon as it expired, right after being served, so the
+/// provider's next claim failed. Now a close only starts the claim window: the provider claims
+/// the last voucher during it, and a channel cannot be opened shorter than that window.
+#[test]
+fn a_payer_closing_right_after_being_served_still_pays() {
+    let k = keys(3);
+    let mut l = crate::common::ledger(&k, 1_000);
+    let w = l.state.params.claim_window_epochs;
+    let t = tx(
+        &l,
+        &k[1],
+        TxBody::OpenChannel {
+            provider: k[2].account(),
+            amount: amt(100),
+            timeout_epochs: w,
+        },
+    );
+    assert!(matches!(rejected!(l, &t), TxError::ChannelTimeout { .. }));
+    let c = crate::rules::open_channel(&mut l, &k[1], &k[2], 100, w + 1);
+    advance(&mut l, &k[0], (w + 1) as usize);
+    // Served; the payer signs the voucher and closes in the same epoch.
+    let claim = crate::rules::claim(&l, &c, 60, &k[1]);
+    ok!(l, &tx(&l, &k[1], TxBody::CloseChannel { channel: c.id }));
+    let top_up = tx(
+        &l,
+        &k[1],
+        TxBody::TopUpChannel {
+            channel: c.id,
+            amount: amt(1),
+        },
+    );
+    assert!(matches!(rejected!(l, &top_up), TxError::ChannelClosed(_)));
+    advance(&mut l, &k[0], (w - 1) as usize);
+    ok!(l, &claim);
+    assert_eq!(bal(&l, &k[2]), 1_060);
+    advance(&mut l, &k[0], 1);
+    assert_eq!(bal(&l, &k[1]), 1_000 - 60);
+    // After the window the channel is closed for good.
+    assert!(matches!(
+        rejected!(l, &crate::rules::claim(&l, &c, 100, &k[1])),
+        TxError::ChannelClosed(_)
+    ));
+}
