@@ -214,9 +214,6 @@ pub struct GenesisArgs {
     /// Epochs in which a verdict on a revealed failure may land.
     #[arg(long, default_value_t = Params::default().escalation_epochs)]
     escalation_epochs: u64,
-    /// The account that may plant fake frauds (a canary provider).
-    #[arg(long)]
-    planter: Option<AccountId>,
     /// Where to write the genesis JSON.
     #[arg(long, short)]
     out: PathBuf,
@@ -342,7 +339,6 @@ pub fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
                     lazy_slash_bps: a.lazy_slash_bps,
                     audit_window_epochs: a.audit_window_epochs,
                     escalation_epochs: a.escalation_epochs,
-                    planter: a.planter,
                     ..Params::default()
                 },
                 allocations: a.allocations,

@@ -16,7 +16,7 @@
 //! (checked at genesis), so it is still there for the last verdict.
 
 use crate::error::TxError;
-use crate::state::{leaf_key, Alarm, Demand, Event, Journal, LeafAudit, State};
+use crate::state::{leaf_key, Alarm, Demand, Event, Journal, LeafAudit, Plant, State};
 use crate::tx::{audit_commitment, plant_commitment};
 use agora_core::{codec, AccountId, Amount, Hash32};
 use agora_wire::protocol::SignedReceipt;
@@ -496,30 +496,32 @@ impl State {
         Ok(leaf)
     }
 
-    fn check_planter(&self, from: AccountId) -> Result<(), TxError> {
-        if self.params.planter != Some(from) {
-            return Err(TxError::NotPlanter(from));
-        }
-        Ok(())
-    }
-
     pub(crate) fn plant(
         &mut self,
         j: &mut Journal,
         from: AccountId,
         commitment: Hash32,
     ) -> Result<Vec<Event>, TxError> {
-        self.check_planter(from)?;
         if self.plants.contains_key(&commitment) {
             return Err(TxError::Malformed {
                 reason: "plant already committed",
             });
         }
+        let bond = self.params.plant_bond;
+        self.debit(j, from, bond)?;
         j.plants.push((commitment, None));
-        self.plants.insert(commitment, self.epoch);
+        self.plants.insert(
+            commitment,
+            Plant {
+                planter: from,
+                epoch: self.epoch,
+                bond,
+            },
+        );
         Ok(vec![Event::FraudPlanted { commitment }])
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn reveal_plant(
         &mut self,
         j: &mut Journal,
@@ -528,23 +530,74 @@ impl State {
         epoch: u64,
         index: u64,
         salt: &Hash32,
+        confirmer: Option<AccountId>,
     ) -> Result<Vec<Event>, TxError> {
-        self.check_planter(from)?;
-        let commitment = plant_commitment(self.chain_id, &provider, epoch, index, salt);
-        // Planted no later than the root's own epoch: before its beacon, before any reveal.
-        let planted_in = *self.plants.get(&commitment).ok_or(TxError::BadReveal)?;
-        if planted_in > epoch {
+        // Only the provider that posted the root opens a plant under it.
+        if from != provider {
             return Err(TxError::BadReveal);
         }
+        let commitment = plant_commitment(self.chain_id, &provider, epoch, index, salt);
+        let plant = self
+            .plants
+            .get(&commitment)
+            .cloned()
+            .ok_or(TxError::BadReveal)?;
+        // Committed no later than the root's epoch: before the beacon of `epoch + 1` that
+        // selected the leaf.
+        if plant.epoch > epoch {
+            return Err(TxError::BadReveal);
+        }
+        // One epoch, after every reveal and before any verdict: the root's epoch is past.
         let at = Windows::of(&self.params, epoch)?.plant;
         self.window("the plant reveal", at, at)?;
-        j.plants.push((commitment, Some(planted_in)));
+        if !self
+            .roots
+            .get(&(provider, epoch))
+            .is_some_and(|r| index < r.receipts)
+        {
+            return Err(TxError::BadReveal);
+        }
+        // One plant per root: a cheater cannot shield every leaf from verdicts.
+        if self.plant_epochs.contains(&(provider, epoch)) {
+            return Err(TxError::Malformed {
+                reason: "one plant per root",
+            });
+        }
+        j.plant_epochs.push((provider, epoch));
+        self.plant_epochs.insert((provider, epoch));
+        j.plants.push((commitment, Some(plant.clone())));
         self.plants.remove(&commitment);
-        let lazy = self
-            .audits
-            .get(&leaf_key(&provider, epoch, index))
+        let key = leaf_key(&provider, epoch, index);
+        if self.judged.contains(&key) {
+            return Err(TxError::AlreadyJudged(key));
+        }
+        // A caught plant never becomes a verdict against the canary.
+        self.mark_judged(j, key);
+        let audit = self.audits.get(&key).cloned();
+        let passed_by = audit
+            .as_ref()
             .filter(|a| a.revealed == Some(true))
             .map(|a| a.verifier);
+        let caught = audit
+            .as_ref()
+            .filter(|a| a.revealed == Some(false))
+            .map(|a| a.verifier);
+        // A pass is punished only when a second registered verifier re-audited the planted
+        // answer and signed that it fails: no single key takes a verifier's stake.
+        let lazy = match (passed_by, confirmer) {
+            (Some(v), Some(c)) => {
+                if c == v || c == provider {
+                    return Err(TxError::ConflictedVerdict {
+                        reason: "the plant's confirmer must be a third party",
+                    });
+                }
+                if !self.verifiers.contains(&c) {
+                    return Err(TxError::NotVerifier(c));
+                }
+                Some(v)
+            }
+            _ => None,
+        };
         let slashed = match lazy {
             Some(v) => {
                 let taken = self.slash_stake(j, v, self.params.lazy_slash_bps)?;
@@ -553,12 +606,25 @@ impl State {
             }
             None => Amount::ZERO,
         };
-        Ok(vec![Event::PlantRevealed {
-            provider,
-            epoch,
-            index,
-            lazy,
-            slashed,
-        }])
+        let mut events = Vec::new();
+        match caught {
+            Some(v) => {
+                events.extend(self.confirm_alarm(j, epoch, key)?);
+                self.credit(j, v, plant.bond)?;
+            }
+            None => self.credit(j, plant.planter, plant.bond)?,
+        }
+        events.insert(
+            0,
+            Event::PlantRevealed {
+                provider,
+                epoch,
+                index,
+                lazy,
+                slashed,
+                caught,
+            },
+        );
+        Ok(events)
     }
 }

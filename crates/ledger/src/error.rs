@@ -233,9 +233,6 @@ pub enum TxError {
     /// A verdict needs a revealed failed audit of the leaf by its sender.
     #[error("a verdict needs the sender's revealed failed audit of the leaf")]
     UnrevealedVerdict,
-    /// Only the planter may plant or reveal plants.
-    #[error("{0} is not the planter")]
-    NotPlanter(AccountId),
     /// Only the sequencer may advance the epoch.
     #[error("{0} is not the sequencer")]
     NotSequencer(AccountId),
@@ -275,7 +272,6 @@ impl TxError {
             TxError::AlreadyCommitted { .. } => "already_committed",
             TxError::BadReveal => "bad_reveal",
             TxError::UnrevealedVerdict => "unrevealed_verdict",
-            TxError::NotPlanter(_) => "not_planter",
             TxError::ForgedReceipt { .. } => "forged_receipt",
             TxError::ReceiptMismatch { .. } => "receipt_mismatch",
             TxError::Demand { .. } => "demand",

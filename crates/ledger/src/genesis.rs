@@ -47,8 +47,10 @@ pub struct Params {
     /// Share of a verifier's stake burned when it revealed a failed audit that neither a
     /// verdict nor a plant confirmed by the end of the verdict window, in bps.
     pub false_alarm_bps: u16,
-    /// The account allowed to plant fake frauds (a canary provider), if any.
-    pub planter: Option<AccountId>,
+    /// What a provider escrows with each plant: paid to the verifier that catches the plant
+    /// (revealed "failed"), returned otherwise when the plant is opened, kept if never opened.
+    /// It is also the price of shielding one leaf per root from a verdict.
+    pub plant_bond: Amount,
 }
 
 impl Default for Params {
@@ -70,7 +72,7 @@ impl Default for Params {
             claim_window_epochs: 2,
             challenge_bond: Amount::new(5),
             false_alarm_bps: 100,
-            planter: None,
+            plant_bond: Amount::new(50),
         }
     }
 }

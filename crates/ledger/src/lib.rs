@@ -53,9 +53,10 @@ pub use error::{
 };
 pub use genesis::{Allocation, Genesis, Params};
 pub use state::{
-    leaf_key, Account, Alarm, BlockCtx, Challenge, Channel, Demand, Event, LeafAudit, State,
+    leaf_key, Account, Alarm, BlockCtx, Challenge, Channel, Demand, Event, LeafAudit, Plant, State,
 };
 pub use store::{BlockEvents, Store, TxEvents};
 pub use tx::{
-    audit_commitment, plant_commitment, Fault, SignedTx, Tx, TxBody, Verdict, VerifiedTx, Voucher,
+    audit_commitment, plant_commitment, plant_confirmation, sign_plant_confirmation, Fault,
+    SignedTx, Tx, TxBody, Verdict, VerifiedTx, Voucher,
 };

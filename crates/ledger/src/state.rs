@@ -118,6 +118,18 @@ pub struct LeafAudit {
     pub revealed: Option<bool>,
 }
 
+/// A commitment to a planted fake fraud (the canary provider is hidden inside it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Plant {
+    /// The account that committed it and escrowed the bond (any key, not necessarily the
+    /// canary's).
+    pub planter: AccountId,
+    /// The epoch it was made in: no later than the root's.
+    pub epoch: u64,
+    /// Its escrowed bond.
+    pub bond: Amount,
+}
+
 /// A verifier's on-ledger demand for the material behind a leaf.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct Demand {
@@ -312,12 +324,13 @@ pub enum Event {
         /// The fee paid from the audit pool.
         fee: Amount,
     },
-    /// The planter planted a fake fraud (only its commitment is public).
+    /// A fake fraud was planted (only the commitment and the committing account are public).
     FraudPlanted {
         /// The commitment.
         commitment: Hash32,
     },
-    /// A plant was opened; a verifier that passed it was slashed.
+    /// A plant was opened: the leaf can no longer be judged; a verifier that passed it was
+    /// slashed, one that failed it took the bond.
     PlantRevealed {
         /// The canary provider.
         provider: AccountId,
@@ -329,6 +342,8 @@ pub enum Event {
         lazy: Option<AccountId>,
         /// Taken from its stake (burned).
         slashed: Amount,
+        /// The verifier that caught the plant and took its bond, if one did.
+        caught: Option<AccountId>,
     },
     /// The assigned verifier demanded a leaf's material on the ledger.
     MaterialDemanded {
@@ -468,8 +483,10 @@ pub struct State {
     pub audit_pool: Amount,
     /// Audits of selected leaves, by `H(provider, epoch, index)`.
     pub audits: BTreeMap<Hash32, LeafAudit>,
-    /// Open plant commitments and the epoch each was made in.
-    pub plants: BTreeMap<Hash32, u64>,
+    /// Open plant commitments.
+    pub plants: BTreeMap<Hash32, Plant>,
+    /// (provider, root epoch) of every plant opened: one per root.
+    pub plant_epochs: BTreeSet<(AccountId, u64)>,
     /// Material demands, by leaf key.
     pub demands: BTreeMap<Hash32, Demand>,
     /// Revealed failures awaiting confirmation, by (the epoch they expire at, leaf key).
@@ -496,7 +513,8 @@ pub(crate) struct Journal {
     verifiers: Vec<(AccountId, bool)>,
     audit_pool: Option<Amount>,
     pub(crate) audits: Vec<(Hash32, Option<LeafAudit>)>,
-    pub(crate) plants: Vec<(Hash32, Option<u64>)>,
+    pub(crate) plants: Vec<(Hash32, Option<Plant>)>,
+    pub(crate) plant_epochs: Vec<(AccountId, u64)>,
     pub(crate) demands: Vec<(Hash32, Option<Demand>)>,
     pub(crate) alarms: Vec<((u64, Hash32), Option<Alarm>)>,
     pub(crate) challenges: Vec<(Hash32, Option<Challenge>)>,
@@ -542,6 +560,7 @@ impl State {
             audit_pool: Amount::ZERO,
             audits: BTreeMap::new(),
             plants: BTreeMap::new(),
+            plant_epochs: BTreeSet::new(),
             demands: BTreeMap::new(),
             alarms: BTreeMap::new(),
             challenges: BTreeMap::new(),
@@ -645,6 +664,9 @@ impl State {
                 Some(e) => self.plants.insert(k, e),
                 None => self.plants.remove(&k),
             };
+        }
+        for k in j.plant_epochs {
+            self.plant_epochs.remove(&k);
         }
         for (k, old) in j.demands.into_iter().rev() {
             match old {
@@ -1063,7 +1085,16 @@ impl State {
                 epoch,
                 index,
                 salt,
-            } => self.reveal_plant(j, from, *provider, *epoch, *index, salt)?,
+                confirmation,
+            } => self.reveal_plant(
+                j,
+                from,
+                *provider,
+                *epoch,
+                *index,
+                salt,
+                confirmation.map(|(a, _)| a),
+            )?,
             TxBody::DemandMaterial {
                 provider,
                 epoch,
@@ -1368,6 +1399,12 @@ impl State {
         Ok(events)
     }
 
+    /// Records a leaf as judged.
+    pub(crate) fn mark_judged(&mut self, j: &mut Journal, key: Hash32) {
+        j.judged.push(key);
+        self.judged.insert(key);
+    }
+
     pub(crate) fn burn(&mut self, j: &mut Journal, amount: Amount) -> Result<(), TxError> {
         j.burned.get_or_insert(self.burned);
         self.burned = self
@@ -1436,6 +1473,9 @@ impl State {
         }
         for c in self.challenges.values().filter(|c| c.open) {
             total = add(total, c.bond)?;
+        }
+        for p in self.plants.values() {
+            total = add(total, p.bond)?;
         }
         for (id, c) in &self.channels {
             if c.claimed > c.deposit {

@@ -115,16 +115,20 @@ pub enum TxBody {
         /// The salt of the commitment.
         salt: Hash32,
     },
-    /// The planter commits to a planted fake fraud, as [`plant_commitment`], no later than
-    /// the epoch of the root that holds it.
+    /// Any account commits to a planted fake fraud, as [`plant_commitment`] (which names the
+    /// canary provider, hidden until opened), escrowing `plant_bond`. It must be made no later
+    /// than the epoch of the root that holds the plant: before the beacon that selects.
     PlantFraud {
         /// The commitment.
         commitment: Hash32,
     },
-    /// After every reveal is in, the planter opens a plant: a verifier that passed it loses
-    /// part of its stake.
+    /// In the one plant epoch of the root (after every reveal, before any verdict), the
+    /// provider that posted it opens one plant under it: the leaf can no longer be judged; a
+    /// verifier that revealed "failed" takes the bond and its fee; one that revealed "passed"
+    /// loses `lazy_slash_bps` of its stake, only if a second verifier (`confirmation`) signed
+    /// [`plant_confirmation`] after re-auditing the planted answer itself.
     RevealPlant {
-        /// The canary provider that served the planted receipt.
+        /// The canary provider that served the planted receipt (the sender).
         provider: AccountId,
         /// The epoch of its root.
         epoch: u64,
@@ -132,6 +136,10 @@ pub enum TxBody {
         index: u64,
         /// The salt of the commitment.
         salt: Hash32,
+        /// A registered verifier's signature over [`plant_confirmation`]: the planted answer
+        /// fails its audit. Without it nobody is slashed.
+        #[serde(default)]
+        confirmation: Option<(AccountId, Signature)>,
     },
     /// The assigned verifier of a selected leaf, in its commit window, asks the provider on the
     /// ledger for the leaf's material: the provider's fair chance to answer before a
@@ -214,6 +222,24 @@ pub struct SignedTx {
 
 const AUDIT_COMMIT_DOMAIN: &[u8] = b"agora/ledger/audit-commit/v1";
 const PLANT_DOMAIN: &[u8] = b"agora/ledger/plant/v1";
+/// Domain of a second verifier's signature that a planted answer fails its audit.
+pub const PLANT_CONFIRM_DOMAIN: &[u8] = b"agora/ledger/plant-confirm/v1";
+
+/// A verifier signs that the planted leaf fails its audit (see [`plant_confirmation`]).
+pub fn sign_plant_confirmation(
+    key: &Keypair,
+    chain_id: u64,
+    provider: &AccountId,
+    epoch: u64,
+    index: u64,
+) -> Signature {
+    key.sign(PLANT_CONFIRM_DOMAIN, &(chain_id, provider, epoch, index))
+}
+
+/// What a confirming verifier signs to say the planted leaf fails its audit.
+pub fn plant_confirmation(chain_id: u64, provider: &AccountId, epoch: u64, index: u64) -> Vec<u8> {
+    codec::signing_bytes(PLANT_CONFIRM_DOMAIN, &(chain_id, provider, epoch, index))
+}
 
 /// What a verifier commits to before it reveals an audit outcome.
 pub fn audit_commitment(
@@ -300,6 +326,20 @@ impl SignedTx {
                     items.push(receipt_item(receipt));
                 }
             }
+            TxBody::RevealPlant {
+                provider,
+                epoch,
+                index,
+                confirmation: Some((confirmer, sig)),
+                ..
+            } => items.push((
+                *confirmer,
+                plant_confirmation(self.tx.chain_id, provider, *epoch, *index),
+                *sig,
+                TxError::BadSignature {
+                    account: *confirmer,
+                },
+            )),
             TxBody::AnswerDemand { receipt, .. } | TxBody::ChallengeInclusion { receipt } => {
                 items.push(receipt_item(receipt))
             }

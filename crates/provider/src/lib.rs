@@ -378,6 +378,9 @@ impl Provider {
                         epoch,
                         index,
                         salt: canary.salt(epoch, index),
+                        // Slashing a verifier that passed the plant needs a second
+                        // verifier's signed re-audit; without one the plant only pays.
+                        confirmation: None,
                     },
                 }
                 .sign(&service.key);

@@ -2,8 +2,7 @@ use crate::common::{amt, keys, ledger, tx, CHAIN};
 use agora_core::{merkle, Hash32, Keypair};
 use agora_ledger::tx::channel_id;
 use agora_ledger::{
-    audit_commitment, plant_commitment, Event, Fault, Ledger, SignedTx, Tx, TxBody, TxError,
-    Verdict, Voucher,
+    audit_commitment, Event, Fault, Ledger, SignedTx, Tx, TxBody, TxError, Verdict, Voucher,
 };
 use agora_wire::SignedReceipt;
 
@@ -902,114 +901,6 @@ fn audits_are_assigned_committed_revealed_and_paid() {
         rejected!(l, &commit(&l, late, 0, true)),
         TxError::AuditWindow { .. }
     ));
-}
-
-#[test]
-fn a_verifier_that_passes_a_planted_fraud_is_slashed() {
-    let k = keys(5);
-    let params = agora_ledger::Params {
-        planter: Some(k[1].account()),
-        ..agora_ledger::Params::default()
-    };
-    let mut g = crate::common::genesis(&k, 10_000);
-    g.params = params;
-    let mut l = Ledger::from_genesis(&g).expect("genesis");
-    let provider = k[1].account();
-    ok!(l, &tx(&l, &k[1], TxBody::Stake { amount: amt(1000) }));
-    for v in [&k[2], &k[3]] {
-        ok!(l, &tx(&l, v, TxBody::RegisterVerifier { stake: amt(200) }));
-    }
-    advance(&mut l, &k[0], 1);
-    let receipts: Vec<Hash32> = (0..4u8).map(|i| Hash32::of(&[i])).collect();
-    ok!(
-        l,
-        &tx(
-            &l,
-            &k[1],
-            TxBody::PostReceiptRoot {
-                epoch: R,
-                root: merkle::root(&receipts),
-                receipts: 4
-            }
-        )
-    );
-    // The canary plants leaves 0 and 1 in the root's own epoch; nobody else may plant.
-    let plant = |i: u64| plant_commitment(CHAIN, &provider, R, i, &salt(100 + i));
-    assert!(matches!(
-        rejected!(
-            l,
-            &tx(
-                &l,
-                &k[2],
-                TxBody::PlantFraud {
-                    commitment: plant(0)
-                }
-            )
-        ),
-        TxError::NotPlanter(_)
-    ));
-    for i in [0, 1] {
-        ok!(
-            l,
-            &tx(
-                &l,
-                &k[1],
-                TxBody::PlantFraud {
-                    commitment: plant(i)
-                }
-            )
-        );
-    }
-    advance(&mut l, &k[0], 1);
-    // Leaf 0's verifier passes it without looking; leaf 1's fails it.
-    let lazy = audit_leaves(&mut l, &k, &[0], true)[0].0;
-    let diligent = audit_leaves(&mut l, &k, &[1], false)[0].0;
-    let open = |l: &Ledger, i: u64| {
-        tx(
-            l,
-            &k[1],
-            TxBody::RevealPlant {
-                provider,
-                epoch: R,
-                index: i,
-                salt: salt(100 + i),
-            },
-        )
-    };
-    // Plants open only once every reveal is in (epoch R + 3 + window 1).
-    assert!(matches!(
-        rejected!(l, &open(&l, 0)),
-        TxError::AuditWindow { .. }
-    ));
-    while l.state.epoch < R + 4 {
-        advance(&mut l, &k[0], 1);
-    }
-    let lazy_stake = l.state.account(&k[lazy].account()).map(|a| a.stake);
-    assert_eq!(lazy_stake, Some(amt(200)));
-    let burned = l.state.burned;
-    let ev = ok!(l, &open(&l, 0));
-    assert!(
-        matches!(&ev[0], Event::PlantRevealed { lazy: Some(v), slashed, .. }
-            if *v == k[lazy].account() && *slashed == amt(100)),
-        "{ev:?}"
-    );
-    assert_eq!(
-        l.state.account(&k[lazy].account()).map(|a| a.stake),
-        Some(amt(100))
-    );
-    // Under the minimum stake of 100? No: exactly 100 stays a verifier.
-    assert_eq!(l.state.burned.units(), burned.units() + 100);
-    // The verifier that failed its plant keeps its stake.
-    let stake = l.state.account(&k[diligent].account()).map(|a| a.stake);
-    let ev = ok!(l, &open(&l, 1));
-    assert!(matches!(&ev[0], Event::PlantRevealed { lazy: None, .. }));
-    assert_eq!(
-        l.state.account(&k[diligent].account()).map(|a| a.stake),
-        stake
-    );
-    // A plant opens once; a leaf never planted does not open.
-    assert!(matches!(rejected!(l, &open(&l, 0)), TxError::BadReveal));
-    assert!(matches!(rejected!(l, &open(&l, 2)), TxError::BadReveal));
 }
 
 #[test]

@@ -7,7 +7,8 @@ use crate::rules::{
 };
 use agora_core::{merkle, Hash32, Keypair};
 use agora_ledger::{
-    Event, Fault, GenesisError, Ledger, Params, SignedTx, TxBody, TxError, Verdict,
+    plant_commitment, sign_plant_confirmation, Event, Fault, GenesisError, Ledger, Params,
+    SignedTx, TxBody, TxError, Verdict,
 };
 use agora_wire::SignedReceipt;
 
@@ -477,5 +478,166 @@ fn a_payer_closing_right_after_being_served_still_pays() {
     assert!(matches!(
         rejected!(l, &crate::rules::claim(&l, &c, 100, &k[1])),
         TxError::ChannelClosed(_)
+    ));
+}
+
+/// The canary world: the audit world's provider k[1] commits, in its root's epoch R, a plant at
+/// leaf `leaf` (from `committer`, any key). Returns the salt.
+fn plant_world(leaf: u64, committer: usize) -> (Ledger, Vec<Keypair>, Vec<SignedReceipt>, Hash32) {
+    audit_world_then(Params::default(), move |l, k| {
+        let c = plant_commitment(CHAIN, &k[1].account(), R, leaf, &Hash32::of(b"plant salt"));
+        let t = tx(l, &k[committer], TxBody::PlantFraud { commitment: c });
+        ok_fn(l, &t);
+        // A second plant under the same root, at leaf 3 (it will not open).
+        let c = plant_commitment(CHAIN, &k[1].account(), R, 3, &Hash32::of(b"plant salt"));
+        let t = tx(l, &k[committer], TxBody::PlantFraud { commitment: c });
+        ok_fn(l, &t);
+    })
+}
+
+fn open_plant(
+    l: &Ledger,
+    k: &[Keypair],
+    from: usize,
+    leaf: u64,
+    confirmer: Option<usize>,
+) -> SignedTx {
+    tx(
+        l,
+        &k[from],
+        TxBody::RevealPlant {
+            provider: k[1].account(),
+            epoch: R,
+            index: leaf,
+            salt: Hash32::of(b"plant salt"),
+            confirmation: confirmer.map(|c| {
+                (
+                    k[c].account(),
+                    sign_plant_confirmation(&k[c], CHAIN, &k[1].account(), R, leaf),
+                )
+            }),
+        },
+    )
+}
+
+fn to_plant_epoch(l: &mut Ledger, k: &[Keypair]) {
+    let at = agora_ledger::Windows::of(&l.state.params, R)
+        .expect("windows")
+        .plant;
+    while l.state.epoch < at {
+        advance(l, &k[0], 1);
+    }
+}
+
+/// The old planter key could open "plants" for any provider and for future epochs, and so
+/// slash any verifier. Now only the provider that posted the root opens a plant under it, the
+/// plant was committed before the selecting beacon, and it opens in one past epoch only.
+#[test]
+fn reveal_plant_for_another_provider_or_a_late_commitment_is_refused() {
+    // Committed by a key that is not the canary's (k[4], the payer): the canary stays hidden.
+    let (mut l, k, _receipts, _ch) = plant_world(0, 4);
+    audit_leaves(&mut l, &k, &[0], true);
+    // A plant committed after the root's epoch (now R + 2) cannot open under it.
+    let late = plant_commitment(CHAIN, &k[1].account(), R, 1, &Hash32::of(b"plant salt"));
+    ok!(l, &tx(&l, &k[1], TxBody::PlantFraud { commitment: late }));
+    // Too early: reveals may still come.
+    assert!(matches!(
+        rejected!(l, &open_plant(&l, &k, 1, 0, None)),
+        TxError::AuditWindow { .. }
+    ));
+    to_plant_epoch(&mut l, &k);
+    // Another key, even the one that committed it, cannot open the provider's plant.
+    assert!(matches!(
+        rejected!(l, &open_plant(&l, &k, 4, 0, None)),
+        TxError::BadReveal
+    ));
+    assert!(matches!(
+        rejected!(l, &open_plant(&l, &k, 1, 1, None)),
+        TxError::BadReveal
+    ));
+    // A plant never committed.
+    assert!(matches!(
+        rejected!(l, &open_plant(&l, &k, 1, 2, None)),
+        TxError::BadReveal
+    ));
+    ok!(l, &open_plant(&l, &k, 1, 0, None));
+    // Past its one epoch.
+    advance(&mut l, &k[0], 1);
+    let t = tx(
+        &l,
+        &k[1],
+        TxBody::PlantFraud {
+            commitment: Hash32::of(b"x"),
+        },
+    );
+    ok!(l, &t);
+}
+
+/// A verifier that fails a plant is doing its job: it is paid the bond and its fee, never
+/// charged for a false alarm, and the canary is never slashed for the plant.
+#[test]
+fn an_honest_verifier_that_fails_a_plant_is_paid_and_the_canary_is_not_slashed() {
+    let (mut l, k, receipts, _ch) = plant_world(2, 1);
+    let (by, other) = audit_leaves(&mut l, &k, &[2], false)[0];
+    to_plant_epoch(&mut l, &k);
+    let (stake, bal0) = (
+        l.state.account(&k[by].account()).map(|a| a.stake),
+        bal(&l, &k[by]),
+    );
+    let ev = ok!(l, &open_plant(&l, &k, 1, 2, None));
+    assert!(
+        matches!(&ev[0], Event::PlantRevealed { caught: Some(v), lazy: None, .. } if *v == k[by].account())
+    );
+    assert_eq!(bal(&l, &k[by]), bal0 + 50, "the plant's bond");
+    // The failure cannot become a verdict against the canary.
+    to_verdicts(&mut l, &k[0]);
+    assert!(matches!(
+        rejected!(
+            l,
+            &verdict_tx(&l, &k, &receipts, 2, Hash32::ZERO, by, other)
+        ),
+        TxError::AlreadyJudged(_)
+    ));
+    let closes = agora_ledger::Windows::of(&l.state.params, R)
+        .expect("windows")
+        .verdict
+        .1;
+    while l.state.epoch <= closes {
+        advance(&mut l, &k[0], 1);
+    }
+    assert_eq!(l.state.account(&k[by].account()).map(|a| a.stake), stake);
+    assert_eq!(
+        l.state.account(&k[1].account()).map(|a| a.stake),
+        Some(amt(1000))
+    );
+}
+
+/// A verifier that passed a plant loses stake only when a second registered verifier signed
+/// that the planted answer fails: the canary's key alone takes nobody's stake.
+#[test]
+fn a_passed_plant_slashes_only_with_a_second_verifiers_confirmation() {
+    let (mut l, k, _receipts, _ch) = plant_world(0, 1);
+    let (lazy, other) = audit_leaves(&mut l, &k, &[0], true)[0];
+    to_plant_epoch(&mut l, &k);
+    let mut alone = l.clone();
+    let ev = ok!(alone, &open_plant(&alone, &k, 1, 0, None));
+    assert!(
+        matches!(&ev[0], Event::PlantRevealed { lazy: None, slashed, .. } if slashed.is_zero())
+    );
+    // The lazy verifier cannot confirm its own slash's plant, nor the canary.
+    assert!(matches!(
+        rejected!(l, &open_plant(&l, &k, 1, 0, Some(lazy))),
+        TxError::ConflictedVerdict { .. }
+    ));
+    let ev = ok!(l, &open_plant(&l, &k, 1, 0, Some(other)));
+    assert!(
+        matches!(&ev[0], Event::PlantRevealed { lazy: Some(v), slashed, .. }
+            if *v == k[lazy].account() && *slashed == amt(50)),
+        "{ev:?}"
+    );
+    // One plant per root: the second cannot shield leaf 3 from a verdict.
+    assert!(matches!(
+        rejected!(l, &open_plant(&l, &k, 1, 3, None)),
+        TxError::Malformed { .. }
     ));
 }
