@@ -54,7 +54,7 @@ pub fn assignee(
     verifiers.get(usize::try_from(at).ok()?).copied()
 }
 
-/// The most leaves of one root that [`State::audit_plan`] lists.
+/// The most receipts one root may hold: every leaf of every root is considered for audit.
 pub const MAX_PLANNED_LEAVES: u64 = 1 << 20;
 
 /// Which leaves of a root are audited, and by whom.
@@ -74,6 +74,37 @@ pub struct AuditPlan {
     pub audit_ppm: u32,
     /// The selected leaves and their assigned verifiers.
     pub leaves: Vec<(u64, AccountId)>,
+}
+
+/// The inputs of an audit plan, copied out of the state.
+#[derive(Debug, Clone)]
+pub struct PlanParts {
+    provider: AccountId,
+    epoch: u64,
+    root: crate::state::ReceiptRoot,
+    beacon: Hash32,
+    auditors: Vec<AccountId>,
+}
+
+impl PlanParts {
+    /// The selected leaves and their verifiers. Roots hold at most [`MAX_PLANNED_LEAVES`]
+    /// receipts, so every leaf is considered.
+    pub fn plan(&self) -> AuditPlan {
+        let (provider, epoch, beacon) = (&self.provider, self.epoch, &self.beacon);
+        let leaves = (0..self.root.receipts.min(MAX_PLANNED_LEAVES))
+            .filter(|&i| selected(beacon, provider, epoch, i, self.root.audit_ppm))
+            .filter_map(|i| Some((i, assignee(beacon, provider, epoch, i, &self.auditors)?)))
+            .collect();
+        AuditPlan {
+            provider: *provider,
+            epoch,
+            root: self.root.root,
+            receipts: self.root.receipts,
+            beacon: *beacon,
+            audit_ppm: self.root.audit_ppm,
+            leaves,
+        }
+    }
 }
 
 /// The epochs in which each step of the audit of a root is open (inclusive ranges).
@@ -155,21 +186,20 @@ impl State {
 
     /// The audit plan of a root, once its selecting beacon exists.
     pub fn audit_plan(&self, provider: &AccountId, epoch: u64) -> Option<AuditPlan> {
+        self.audit_plan_parts(provider, epoch).map(|p| p.plan())
+    }
+
+    /// What [`State::audit_plan`] reads from the state, so the selection (up to
+    /// [`MAX_PLANNED_LEAVES`] hashes) can run without holding the state.
+    pub fn audit_plan_parts(&self, provider: &AccountId, epoch: u64) -> Option<PlanParts> {
         let root = self.roots.get(&(*provider, epoch))?;
         let beacon = *self.beacons.get(&epoch.checked_add(1)?)?;
-        let auditors = self.auditors_for(provider, epoch);
-        let leaves = (0..root.receipts.min(MAX_PLANNED_LEAVES))
-            .filter(|&i| selected(&beacon, provider, epoch, i, root.audit_ppm))
-            .filter_map(|i| Some((i, assignee(&beacon, provider, epoch, i, &auditors)?)))
-            .collect();
-        Some(AuditPlan {
+        Some(PlanParts {
             provider: *provider,
             epoch,
-            root: root.root,
-            receipts: root.receipts,
+            root: root.clone(),
             beacon,
-            audit_ppm: root.audit_ppm,
-            leaves,
+            auditors: self.auditors_for(provider, epoch),
         })
     }
 

@@ -370,11 +370,12 @@ impl SignedTx {
                     reason: "channel to self",
                 })
             }
+            // A root may not claim leaves no plan would select from.
             TxBody::PostReceiptRoot { receipts, .. }
-                if *receipts == 0 || *receipts > 1u64 << MAX_PROOF_LEN =>
+                if *receipts == 0 || *receipts > crate::audit::MAX_PLANNED_LEAVES =>
             {
                 Err(TxError::Malformed {
-                    reason: "receipt count must be in 1..=2^32",
+                    reason: "receipt count must be in 1..=2^20",
                 })
             }
             TxBody::AuditVerdict {

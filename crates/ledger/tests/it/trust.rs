@@ -641,3 +641,27 @@ fn a_passed_plant_slashes_only_with_a_second_verifiers_confirmation() {
         TxError::Malformed { .. }
     ));
 }
+
+/// Roots could claim 2^32 leaves while plans stopped at 2^20, so the rest were never audited.
+/// Now a root holds at most as many leaves as a plan considers.
+#[test]
+fn a_root_cannot_claim_leaves_no_plan_selects() {
+    let (mut l, k, _receipts, _ch) = audit_world();
+    let post = |l: &Ledger, receipts: u64| {
+        tx(
+            l,
+            &k[1],
+            TxBody::PostReceiptRoot {
+                epoch: l.state.epoch,
+                root: Hash32::ZERO,
+                receipts,
+            },
+        )
+    };
+    let too_many = agora_ledger::audit::MAX_PLANNED_LEAVES + 1;
+    assert!(matches!(
+        rejected!(l, &post(&l, too_many)),
+        TxError::Malformed { .. }
+    ));
+    ok!(l, &post(&l, agora_ledger::audit::MAX_PLANNED_LEAVES));
+}
