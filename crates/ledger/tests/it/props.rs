@@ -57,8 +57,6 @@ enum Op {
         conf: usize,
         root: usize,
         leaf: usize,
-        ch: usize,
-        refund: u128,
     },
     /// The assigned verifier (or `who` when there is none) commits to, or reveals, the audit
     /// of a leaf.
@@ -71,6 +69,33 @@ enum Op {
     },
     Advance {
         who: usize,
+    },
+    /// The payer `who` challenges a leaf's receipt (or, `omitted`, a receipt of the same epoch
+    /// that is under no root).
+    Challenge {
+        who: usize,
+        root: usize,
+        leaf: usize,
+        omitted: bool,
+    },
+    /// The provider proves a leaf's inclusion.
+    AnswerInclusion {
+        root: usize,
+        leaf: usize,
+    },
+    /// The assigned verifier (or `who`) demands a leaf's material; or the provider answers.
+    Demand {
+        who: usize,
+        root: usize,
+        leaf: usize,
+        answer: bool,
+    },
+    /// `who` commits a plant at a leaf; or the provider opens it (confirmed by `who`).
+    Plant {
+        who: usize,
+        root: usize,
+        leaf: usize,
+        open: bool,
     },
     /// 0: wrong chain, 1: future nonce, 2: stale nonce, 3: signed by another key.
     Corrupt {
@@ -93,7 +118,7 @@ fn plain_op() -> impl Strategy<Value = Op> {
         4 => (who(), who(), money()).prop_map(|(from, to, amount)| Op::Transfer { from, to, amount }),
         2 => (who(), money()).prop_map(|(who, amount)| Op::Stake { who, amount }),
         2 => (who(), money()).prop_map(|(who, amount)| Op::Unstake { who, amount }),
-        3 => (who(), who(), money(), prop_oneof![0..3u64, Just(u64::MAX)])
+        3 => (who(), who(), money(), prop_oneof![0..6u64, Just(u64::MAX)])
             .prop_map(|(payer, provider, amount, timeout)| Op::Open { payer, provider, amount, timeout }),
         1 => (who(), any::<usize>(), money()).prop_map(|(who, ch, amount)| Op::TopUp { who, ch, amount }),
         4 => (who(), any::<usize>(), 0..500u128, proptest::bool::weighted(0.2))
@@ -101,11 +126,18 @@ fn plain_op() -> impl Strategy<Value = Op> {
         2 => (who(), any::<usize>()).prop_map(|(who, ch)| Op::Close { who, ch }),
         1 => (who(), 0..200u128).prop_map(|(who, amount)| Op::Register { who, amount }),
         2 => (who(), 1..6u64, 0..2u64).prop_map(|(who, receipts, epoch_delta)| Op::PostRoot { who, receipts, epoch_delta }),
-        2 => (who(), who(), any::<usize>(), any::<usize>(), any::<usize>(), 0..300u128)
-            .prop_map(|(by, conf, root, leaf, ch, refund)| Op::Verdict { by, conf, root, leaf, ch, refund }),
+        2 => (who(), who(), any::<usize>(), any::<usize>())
+            .prop_map(|(by, conf, root, leaf)| Op::Verdict { by, conf, root, leaf }),
         3 => (who(), any::<usize>(), any::<usize>(), any::<bool>(), any::<bool>())
             .prop_map(|(who, root, leaf, reveal, passed)| Op::Audit { who, root, leaf, reveal, passed }),
         2 => prop_oneof![4 => Just(0usize), 1 => who()].prop_map(|who| Op::Advance { who }),
+        2 => (who(), any::<usize>(), any::<usize>(), any::<bool>())
+            .prop_map(|(who, root, leaf, omitted)| Op::Challenge { who, root, leaf, omitted }),
+        1 => (any::<usize>(), any::<usize>()).prop_map(|(root, leaf)| Op::AnswerInclusion { root, leaf }),
+        2 => (who(), any::<usize>(), any::<usize>(), any::<bool>())
+            .prop_map(|(who, root, leaf, answer)| Op::Demand { who, root, leaf, answer }),
+        2 => (who(), any::<usize>(), any::<usize>(), any::<bool>())
+            .prop_map(|(who, root, leaf, open)| Op::Plant { who, root, leaf, open }),
         2 => Just(Op::Seal),
     ]
 }
@@ -118,12 +150,53 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// Receipt roots posted so far: (provider index, epoch, leaves).
-type Roots = Vec<(usize, u64, Vec<Hash32>)>;
+type Roots = Vec<(usize, u64, Vec<agora_wire::SignedReceipt>)>;
 
-fn leaves(who: usize, epoch: u64, n: u64) -> Vec<Hash32> {
+/// `n` receipts of `k[who]` for `epoch`, on its first channel (a made-up one if none).
+fn leaves(
+    l: &Ledger,
+    k: &[Keypair],
+    who: usize,
+    epoch: u64,
+    n: u64,
+) -> Vec<agora_wire::SignedReceipt> {
+    let provider = k[who].account();
+    let channel = l
+        .state
+        .channels
+        .iter()
+        .find(|(_, c)| c.provider == provider)
+        .map_or(Hash32::of(b"no channel"), |(id, _)| *id);
     (0..n)
-        .map(|i| codec::hash(b"test/receipt", &(who as u64, epoch, i)))
+        .map(|i| {
+            let tag = codec::hash(b"test/receipt", &(who as u64, epoch, i));
+            crate::common::receipt(
+                &k[who],
+                &k[0],
+                channel,
+                u128::from(i % 7),
+                tag.as_bytes()[0],
+            )
+        })
         .collect()
+}
+
+/// A posted root (or a made-up one when none is): (provider index, epoch, receipts).
+fn pick_root(
+    l: &Ledger,
+    k: &[Keypair],
+    roots: &Roots,
+    root: usize,
+) -> (usize, u64, Vec<agora_wire::SignedReceipt>) {
+    if roots.is_empty() {
+        (1, 0, leaves(l, k, 1, 0, 1))
+    } else {
+        roots[root % roots.len()].clone()
+    }
+}
+
+fn hashes(r: &[agora_wire::SignedReceipt]) -> Vec<Hash32> {
+    r.iter().map(|r| r.hash()).collect()
 }
 
 fn pick_channel(l: &Ledger, ch: usize) -> Hash32 {
@@ -241,7 +314,7 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
             epoch_delta,
         } => {
             let epoch = l.state.epoch.saturating_sub(*epoch_delta);
-            let root = merkle::root(&leaves(*who, epoch, *receipts));
+            let root = merkle::root(&hashes(&leaves(l, k, *who, epoch, *receipts)));
             sign(
                 *who,
                 TxBody::PostReceiptRoot {
@@ -256,11 +329,9 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
             conf,
             root,
             leaf,
-            ch,
-            refund,
         } => {
             let (provider, epoch, ls) = if roots.is_empty() {
-                (1, 0, leaves(1, 0, 1))
+                (1, 0, leaves(l, k, 1, 0, 1))
             } else {
                 roots[root % roots.len()].clone()
             };
@@ -271,10 +342,8 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
                 epoch,
                 index: index as u64,
                 fault: Fault::Fraud {
-                    receipt: ls[index],
-                    proof: merkle::proof(&ls, index).unwrap_or_default(),
-                    channel: pick_channel(l, *ch),
-                    refund: amt(*refund),
+                    receipt: ls[index].clone(),
+                    proof: merkle::proof(&hashes(&ls), index).unwrap_or_default(),
                 },
             };
             sign(
@@ -294,7 +363,7 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
             passed,
         } => {
             let (provider, epoch, ls) = if roots.is_empty() {
-                (1, 0, leaves(1, 0, 1))
+                (1, 0, leaves(l, k, 1, 0, 1))
             } else {
                 roots[root % roots.len()].clone()
             };
@@ -333,6 +402,106 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
             sign(by, body)
         }
         Op::Advance { who } => sign(*who, TxBody::AdvanceEpoch),
+        Op::Challenge {
+            who,
+            root,
+            leaf,
+            omitted,
+        } => {
+            let (provider, epoch, ls) = pick_root(l, k, roots, *root);
+            let index = leaf % ls.len();
+            let receipt = if *omitted {
+                let channel = ls[index].receipt.channel;
+                crate::common::receipt_at(&k[provider], &k[0], channel, 3, 200, epoch)
+            } else {
+                ls[index].clone()
+            };
+            sign(*who, TxBody::ChallengeInclusion { receipt })
+        }
+        Op::AnswerInclusion { root, leaf } => {
+            let (provider, epoch, ls) = pick_root(l, k, roots, *root);
+            let index = leaf % ls.len();
+            sign(
+                provider,
+                TxBody::AnswerInclusion {
+                    receipt: ls[index].hash(),
+                    epoch,
+                    index: index as u64,
+                    proof: merkle::proof(&hashes(&ls), index).unwrap_or_default(),
+                },
+            )
+        }
+        Op::Demand {
+            who,
+            root,
+            leaf,
+            answer,
+        } => {
+            let (provider, epoch, ls) = pick_root(l, k, roots, *root);
+            let index = leaf % ls.len();
+            if *answer {
+                sign(
+                    provider,
+                    TxBody::AnswerDemand {
+                        epoch,
+                        index: index as u64,
+                        receipt: ls[index].clone(),
+                        proof: merkle::proof(&hashes(&ls), index).unwrap_or_default(),
+                        material: Hash32::of(b"material"),
+                    },
+                )
+            } else {
+                let p = k[provider].account();
+                let by = l
+                    .state
+                    .leaf_assignee(&p, epoch, index as u64)
+                    .and_then(|v| k.iter().position(|key| key.account() == v))
+                    .unwrap_or(*who);
+                sign(
+                    by,
+                    TxBody::DemandMaterial {
+                        provider: p,
+                        epoch,
+                        index: index as u64,
+                    },
+                )
+            }
+        }
+        Op::Plant {
+            who,
+            root,
+            leaf,
+            open,
+        } => {
+            let (provider, epoch, ls) = pick_root(l, k, roots, *root);
+            let index = (leaf % ls.len()) as u64;
+            let p = k[provider].account();
+            let salt = Hash32::of(b"props plant");
+            if *open {
+                sign(
+                    provider,
+                    TxBody::RevealPlant {
+                        provider: p,
+                        epoch,
+                        index,
+                        salt,
+                        confirmation: Some((
+                            k[*who].account(),
+                            agora_ledger::sign_plant_confirmation(
+                                &k[*who], CHAIN, &p, epoch, index,
+                            ),
+                        )),
+                    },
+                )
+            } else {
+                sign(
+                    *who,
+                    TxBody::PlantFraud {
+                        commitment: agora_ledger::plant_commitment(CHAIN, &p, epoch, index, &salt),
+                    },
+                )
+            }
+        }
         Op::Corrupt { how, op } => {
             let t = build(l, k, roots, op)?;
             let from = k
@@ -417,8 +586,11 @@ impl Run {
             Ok(_) => {
                 if let Op::PostRoot { who, receipts, .. } = op {
                     if let TxBody::PostReceiptRoot { epoch, .. } = t.tx.body {
-                        self.roots
-                            .push((*who, epoch, leaves(*who, epoch, *receipts)));
+                        self.roots.push((
+                            *who,
+                            epoch,
+                            leaves(&self.probe, &self.keys, *who, epoch, *receipts),
+                        ));
                     }
                 }
                 true
