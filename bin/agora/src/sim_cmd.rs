@@ -125,16 +125,17 @@ fn econ_table(seeds: &[u64], threads: usize, json: bool) -> anyhow::Result<()> {
         "A provider past probation serving a cheaper model vs honest (default ledger parameters)."
     );
     println!(
-        "{:>10} {:>10} {:>12} {:>12} {:>10} {:>14}",
-        "saving C", "cheat p", "saving/run", "gain/run", "margin", "agora econ"
+        "{:>10} {:>10} {:>12} {:>12} {:>12} {:>10} {:>14}",
+        "saving C", "cheat p", "saving/run", "gain/run", "runs caught", "margin", "agora econ"
     );
     for r in &rows {
         println!(
-            "{:>9.0}% {:>9.0}% {:>12.1} {:>12.1} {:>9.1}x {:>13.1}x",
+            "{:>9.0}% {:>9.0}% {:>12.1} {:>12.1} {:>12} {:>9.1}x {:>13.1}x",
             f64::from(r.saving_ppm) / 1e4,
             f64::from(r.cheat_ppm) / 1e4,
             r.mean_saving,
             r.mean_gain,
+            format!("{}/{}", r.runs_caught, r.runs),
             r.margin,
             r.formula_margin
         );

@@ -19,6 +19,10 @@ pub struct EconRow {
     pub mean_gain: f64,
     /// Mean penalty / mean saving; at least 2 means cheating is deterred with a 2x margin.
     pub margin: f64,
+    /// Runs in which the cheat was caught at least once.
+    pub runs_caught: u64,
+    /// Runs.
+    pub runs: u64,
     /// What `agora econ`'s formula predicts for the margin: p (R + S) / C per cheated answer,
     /// with p the audit floor, S the slash of the bonded stake and R one answer's price.
     pub formula_margin: f64,
@@ -28,16 +32,19 @@ pub struct EconRow {
 pub fn table(seeds: &[u64], threads: usize) -> Vec<EconRow> {
     let mut rows = Vec::new();
     for saving_ppm in [100_000u32, 500_000, 1_000_000] {
-        for cheat_ppm in [100_000u32, 1_000_000] {
+        for cheat_ppm in [500_000u32, 1_000_000] {
+            // One provider takes all the traffic, so a run holds enough cheats for the 2%
+            // audit floor to bite; past probation, as a provider deciding to cheat would be.
             let mut s = Setup {
                 warm_start: true,
+                providers: vec![(ProviderKind::CheapModel, cheat_ppm)],
                 ..Setup::default()
             };
             s.knobs.cheat_saving_ppm = saving_ppm;
-            s.providers[0] = (ProviderKind::CheapModel, cheat_ppm);
             let runs = par(&s, seeds, threads);
             let n = runs.len().max(1) as f64;
             let saving: f64 = runs.iter().map(|r| r.1 as f64).sum::<f64>() / n;
+            let runs_caught = runs.iter().filter(|r| r.2).count() as u64;
             let gain: f64 = runs.iter().map(|r| r.0 as f64).sum::<f64>() / n;
             let penalty = saving - gain;
             let margin = if saving > 0.0 {
@@ -57,6 +64,8 @@ pub fn table(seeds: &[u64], threads: usize) -> Vec<EconRow> {
                 mean_saving: saving,
                 mean_gain: gain,
                 margin,
+                runs_caught,
+                runs: runs.len() as u64,
                 formula_margin: p * (price + slash) / c,
             });
         }
@@ -64,8 +73,8 @@ pub fn table(seeds: &[u64], threads: usize) -> Vec<EconRow> {
     rows
 }
 
-/// (gain of the cheating provider over honest, its saving) per seed.
-fn par(s: &Setup, seeds: &[u64], threads: usize) -> Vec<(i128, i128)> {
+/// (gain of the cheating provider over honest, its saving, caught) per seed.
+fn par(s: &Setup, seeds: &[u64], threads: usize) -> Vec<(i128, i128, bool)> {
     let threads = threads.clamp(1, seeds.len().max(1));
     let chunk = seeds.len().div_ceil(threads).max(1);
     std::thread::scope(|sc| {
@@ -76,8 +85,7 @@ fn par(s: &Setup, seeds: &[u64], threads: usize) -> Vec<(i128, i128)> {
                     c.iter()
                         .map(|&seed| {
                             let r = World::new(s, seed).run();
-                            let gain = r.attacker_gain;
-                            (gain, r.saving)
+                            (r.attacker_gain, r.saving, r.slashes > 0)
                         })
                         .collect::<Vec<_>>()
                 })
