@@ -4,7 +4,8 @@
 use crate::net::{Network, NodeId};
 use crate::rng::Rng;
 use agora_core::{AccountId, Hash32, Keypair, Signature};
-use agora_ledger::block::{tx_root, verify_all};
+use agora_ledger::block::tx_root;
+use agora_ledger::tx::verify_batch;
 use agora_ledger::{BlockHeader, Event, Ledger, Tx, TxBody, TxError};
 use agora_wire::protocol::{Material, SignedReceipt};
 use agora_wire::settle::Verdict;
@@ -295,7 +296,7 @@ impl Runtime {
     pub fn build_block(&mut self) -> Vec<Event> {
         let ctx = self.ledger.next_ctx();
         let mut txs = std::mem::take(&mut self.mempool);
-        if ctx.height % EPOCH_BLOCKS == 0 {
+        if ctx.height.is_multiple_of(EPOCH_BLOCKS) {
             txs.insert(0, (0, TxBody::AdvanceEpoch));
         }
         let chain_id = self.ledger.state.chain_id;
@@ -327,7 +328,7 @@ impl Runtime {
         }
         for (node, checked) in senders
             .into_iter()
-            .zip(verify_all(signed.clone()).into_iter().zip(signed))
+            .zip(verify_batch(signed.clone()).into_iter().zip(signed))
         {
             let (checked, stx) = checked;
             let mut applied =

@@ -66,23 +66,26 @@ fn sybil(_: &mut Rng) -> Setup {
     s
 }
 fn canary_abuse(_: &mut Rng) -> Setup {
-    let mut s = Setup::default();
-    s.planter_abuse = true;
-    s
+    Setup {
+        planter_abuse: true,
+        ..Setup::default()
+    }
 }
 fn nonpaying(_: &mut Rng) -> Setup {
-    let mut s = Setup::default();
-    s.payers = vec![
-        PayerKind::NonPaying,
-        PayerKind::CloseEarly,
-        PayerKind::Honest,
-    ];
-    s
+    Setup {
+        payers: vec![
+            PayerKind::NonPaying,
+            PayerKind::CloseEarly,
+            PayerKind::Honest,
+        ],
+        ..Setup::default()
+    }
 }
 fn spam(_: &mut Rng) -> Setup {
-    let mut s = Setup::default();
-    s.spam = true;
-    s
+    Setup {
+        spam: true,
+        ..Setup::default()
+    }
 }
 
 /// The randomized adversary: every seed draws which providers, verifiers and payers cheat,

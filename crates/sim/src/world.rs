@@ -503,7 +503,7 @@ impl World {
         match ev {
             Ev::Block => {
                 let height = self.rt.ledger.height + 1;
-                if height % crate::runtime::EPOCH_BLOCKS == 0 {
+                if height.is_multiple_of(crate::runtime::EPOCH_BLOCKS) {
                     // The set as it stood before the next beacon was known.
                     let e = self.rt.ledger.state.epoch;
                     let set = self.rt.ledger.state.verifiers.iter().copied().collect();
