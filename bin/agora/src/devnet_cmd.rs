@@ -257,12 +257,10 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
         providers.push((key, path, price_in, price_out));
     }
     let half = |a: Amount| Amount::new((a.units() / 2).max(1));
-    let mut planter = None;
     if args.canary.is_some() {
         let key = Keypair::generate()?;
         let path = dir.join("canary.json");
         crate::keys_cmd::write_key(&path, &key)?;
-        planter = Some(key.account());
         providers.push((key, path, half(args.price_in), half(args.price_out)));
     }
     if args.cheater.is_some() {
@@ -298,7 +296,6 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
         params: Params {
             audit_fee_bps: args.audit_fee_bps,
             audit_fee: args.audit_fee,
-            planter,
             ..Params::default()
         },
         allocations,

@@ -211,9 +211,9 @@ pub struct GenesisArgs {
     /// Epochs for committing audits of a root, and again for revealing them.
     #[arg(long, default_value_t = 1)]
     audit_window_epochs: u64,
-    /// The account that may plant fake frauds (a canary provider).
-    #[arg(long)]
-    planter: Option<AccountId>,
+    /// Epochs in which a verdict on a revealed failure may land.
+    #[arg(long, default_value_t = Params::default().escalation_epochs)]
+    escalation_epochs: u64,
     /// Where to write the genesis JSON.
     #[arg(long, short)]
     out: PathBuf,
@@ -338,7 +338,8 @@ pub fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
                     audit_fee: a.audit_fee,
                     lazy_slash_bps: a.lazy_slash_bps,
                     audit_window_epochs: a.audit_window_epochs,
-                    planter: a.planter,
+                    escalation_epochs: a.escalation_epochs,
+                    ..Params::default()
                 },
                 allocations: a.allocations,
             };

@@ -125,6 +125,32 @@ pub enum TxError {
         /// The current epoch.
         epoch: u64,
     },
+    /// A receipt in the transaction is not signed by the provider it names.
+    #[error("forged receipt: not signed by provider {provider}")]
+    ForgedReceipt {
+        /// The provider the receipt names.
+        provider: AccountId,
+    },
+    /// A receipt in the transaction does not belong where it is used.
+    #[error("receipt does not fit: {reason}")]
+    ReceiptMismatch {
+        /// What does not match.
+        reason: &'static str,
+    },
+    /// No demand for material is open on that leaf, or it is not in the state needed.
+    #[error("material demand: {reason}")]
+    Demand {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A channel's timeout does not outlast the provider's claim window.
+    #[error("channel timeout {timeout} must exceed the claim window of {claim_window} epochs")]
+    ChannelTimeout {
+        /// The timeout asked for.
+        timeout: u64,
+        /// The claim window.
+        claim_window: u64,
+    },
     /// The account is not a registered verifier.
     #[error("{0} is not a registered verifier")]
     NotVerifier(AccountId),
@@ -207,9 +233,6 @@ pub enum TxError {
     /// A verdict needs a revealed failed audit of the leaf by its sender.
     #[error("a verdict needs the sender's revealed failed audit of the leaf")]
     UnrevealedVerdict,
-    /// Only the planter may plant or reveal plants.
-    #[error("{0} is not the planter")]
-    NotPlanter(AccountId),
     /// Only the sequencer may advance the epoch.
     #[error("{0} is not the sequencer")]
     NotSequencer(AccountId),
@@ -249,7 +272,10 @@ impl TxError {
             TxError::AlreadyCommitted { .. } => "already_committed",
             TxError::BadReveal => "bad_reveal",
             TxError::UnrevealedVerdict => "unrevealed_verdict",
-            TxError::NotPlanter(_) => "not_planter",
+            TxError::ForgedReceipt { .. } => "forged_receipt",
+            TxError::ReceiptMismatch { .. } => "receipt_mismatch",
+            TxError::Demand { .. } => "demand",
+            TxError::ChannelTimeout { .. } => "channel_timeout",
         }
     }
 }
@@ -271,6 +297,31 @@ pub enum GenesisError {
         /// Its value.
         value: u32,
     },
+    /// Unbonding ends before the last verdict on a root posted in the unbonding epoch could land.
+    #[error("unbonding_epochs = {unbonding} is shorter than selection + commit + reveal + plant + escalation: needs at least {need}")]
+    UnbondingTooShort {
+        /// The given unbonding period.
+        unbonding: u64,
+        /// The least that outlives every verdict.
+        need: u64,
+    },
+    /// A window that must be at least one epoch is zero.
+    #[error("parameter {name} must be at least 1")]
+    ZeroWindow {
+        /// The parameter.
+        name: &'static str,
+    },
+    /// The answer window does not end inside the verdict window.
+    #[error("answer_epochs = {answer} must be in 1..=escalation_epochs + 1 = {escalation} + 1")]
+    AnswerWindow {
+        /// answer_epochs.
+        answer: u64,
+        /// escalation_epochs.
+        escalation: u64,
+    },
+    /// The windows add up past `u64`.
+    #[error("the audit windows overflow u64")]
+    WindowOverflow,
     /// A basis-point parameter above 10,000.
     #[error("parameter {name} = {value} bps exceeds 10000")]
     BadBps {

@@ -40,19 +40,23 @@ pub mod block;
 pub mod client;
 pub mod error;
 pub mod genesis;
+mod inclusion;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod tx;
 
-pub use audit::AuditPlan;
+pub use audit::{AuditPlan, Windows};
 pub use block::{Block, BlockHeader, Ledger};
 pub use error::{
     BlockError, ClientError, GenesisError, InvariantError, ServeError, StoreError, TxError,
 };
 pub use genesis::{Allocation, Genesis, Params};
-pub use state::{leaf_key, Account, BlockCtx, Channel, Event, LeafAudit, State};
+pub use state::{
+    leaf_key, Account, Alarm, BlockCtx, Challenge, Channel, Demand, Event, LeafAudit, Plant, State,
+};
 pub use store::{BlockEvents, Store, TxEvents};
 pub use tx::{
-    audit_commitment, plant_commitment, Fault, SignedTx, Tx, TxBody, Verdict, VerifiedTx, Voucher,
+    audit_commitment, plant_commitment, plant_confirmation, sign_plant_confirmation, Fault,
+    SignedTx, Tx, TxBody, Verdict, VerifiedTx, Voucher,
 };

@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +90,10 @@ struct Submission {
 
 struct Shared {
     ledger: RwLock<Ledger>,
+    /// The status as of the last block: the state is hashed once per block, not per request.
+    status: RwLock<StatusView>,
+    /// Audit plans already computed: a plan never changes once its beacon exists.
+    plans: std::sync::Mutex<PlanCache>,
     store: Store,
     height: watch::Sender<u64>,
     queue: SyncSender<Submission>,
@@ -118,9 +123,12 @@ impl Node {
     ) -> Result<Node, StoreError> {
         let (store, ledger) = Store::open(path, genesis)?;
         let (height, _) = watch::channel(ledger.height);
+        let status = RwLock::new(status_of(&ledger, ledger.state.hash()));
         let (queue, rx) = std::sync::mpsc::sync_channel(cfg.queue.max(1));
         let shared = Arc::new(Shared {
             ledger: RwLock::new(ledger),
+            status,
+            plans: std::sync::Mutex::new(HashMap::new()),
             store,
             height,
             queue,
@@ -339,7 +347,9 @@ fn seal(
         })
         .collect();
     shared.store.commit(&block, &events, &ledger)?;
+    let view = status_of(&ledger, block.header.state_hash);
     drop(ledger);
+    *shared.status.write().unwrap_or_else(|p| p.into_inner()) = view;
     let height = block.header.height;
     let block_hash = block.header.hash();
     tracing::debug!(height, txs = block.txs.len(), "block committed");
@@ -378,6 +388,15 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code,
             message: message.to_string(),
+        }
+    }
+    /// Logged with its detail, answered as "internal error".
+    fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "internal error".into(),
         }
     }
 }
@@ -435,20 +454,40 @@ async fn submit_tx(State(node): State<Node>, body: Bytes) -> ApiResult<SubmitRec
     Ok(Json(node.submit(tx).await?))
 }
 
-async fn status(State(node): State<Node>) -> ApiResult<StatusView> {
-    Ok(Json(node.with_ledger(|l| StatusView {
+fn status_of(l: &Ledger, state_hash: Hash32) -> StatusView {
+    StatusView {
         chain_id: l.state.chain_id,
         genesis_hash: l.genesis_hash,
         height: l.height,
         tip: l.tip,
-        state_hash: l.state.hash(),
+        state_hash,
         epoch: l.state.epoch,
         beacon: l.state.beacon,
         sequencer: l.state.sequencer,
         supply: l.state.supply,
         burned: l.state.burned,
-    })))
+    }
 }
+
+async fn status(State(node): State<Node>) -> ApiResult<StatusView> {
+    let view = node
+        .shared
+        .status
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(Json(view))
+}
+
+type PlanCache = HashMap<(AccountId, u64), Arc<crate::audit::AuditPlan>>;
+
+/// The plan cache; a poisoned cache is only a cache.
+fn plan_cache(shared: &Shared) -> std::sync::MutexGuard<'_, PlanCache> {
+    shared.plans.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The most plans kept; past it the cache starts over (each costs at most one recomputation).
+const PLAN_CACHE: usize = 4096;
 
 async fn account(State(node): State<Node>, Path(id): Path<String>) -> ApiResult<AccountView> {
     let id: AccountId = id.parse().map_err(ApiError::bad)?;
@@ -473,14 +512,27 @@ async fn audit_plan(
     Path((provider, epoch)): Path<(String, u64)>,
 ) -> ApiResult<crate::audit::AuditPlan> {
     let provider: AccountId = provider.parse().map_err(ApiError::bad)?;
-    node.with_ledger(|l| l.state.audit_plan(&provider, epoch))
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "no_audit_plan",
-                TxError::UnknownReceiptRoot { provider, epoch },
-            )
-        })
+    if let Some(p) = plan_cache(&node.shared).get(&(provider, epoch)) {
+        return Ok(Json((**p).clone()));
+    }
+    // Copy the inputs under the read lock; select the leaves outside it.
+    let parts = node.with_ledger(|l| l.state.audit_plan_parts(&provider, epoch));
+    let plan = tokio::task::spawn_blocking(move || parts.map(|p| p.plan()))
+        .await
+        .map_err(|e| ApiError::internal(format!("plan task: {e}")))?;
+    if let Some(p) = &plan {
+        let mut cache = plan_cache(&node.shared);
+        if cache.len() >= PLAN_CACHE {
+            cache.clear();
+        }
+        cache.insert((provider, epoch), Arc::new(p.clone()));
+    }
+    plan.map(Json).ok_or_else(|| {
+        ApiError::not_found(
+            "no_audit_plan",
+            TxError::UnknownReceiptRoot { provider, epoch },
+        )
+    })
 }
 
 async fn channel(

@@ -3,7 +3,7 @@
 use crate::error::{GenesisError, InvariantError, TxError};
 use crate::genesis::{Genesis, Params};
 use crate::tx::{channel_id, Fault, TxBody, Verdict, VerifiedTx};
-use agora_core::{codec, merkle, AccountId, Amount, Hash32};
+use agora_core::{codec, AccountId, Amount, Hash32};
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,6 +71,14 @@ pub struct Channel {
     pub expires_epoch: u64,
     /// Closed: the rest went back to the payer.
     pub closed: bool,
+    /// Set when the payer asked to close: the epoch at whose start the rest goes back to
+    /// it. Until then the provider may still claim.
+    #[serde(default)]
+    pub closes_epoch: Option<u64>,
+    /// Refunded to the payer by fraud verdicts on receipts of this channel; never above
+    /// `claimed` (nobody gets back more than the provider was paid through the channel).
+    #[serde(default)]
+    pub refunded: Amount,
 }
 
 impl Channel {
@@ -108,6 +116,64 @@ pub struct LeafAudit {
     pub committed_epoch: u64,
     /// The revealed outcome: passed or not.
     pub revealed: Option<bool>,
+}
+
+/// A commitment to a planted fake fraud (the canary provider is hidden inside it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Plant {
+    /// The account that committed it and escrowed the bond (any key, not necessarily the
+    /// canary's).
+    pub planter: AccountId,
+    /// The epoch it was made in: no later than the root's.
+    pub epoch: u64,
+    /// Its escrowed bond.
+    pub bond: Amount,
+}
+
+/// A verifier's on-ledger demand for the material behind a leaf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Demand {
+    /// The assigned verifier that asked.
+    pub verifier: AccountId,
+    /// The last epoch the provider may answer in.
+    pub due_epoch: u64,
+    /// The hash of the material the provider committed to, once it answered.
+    pub answered: Option<Hash32>,
+}
+
+/// A payer's challenge that a receipt is missing from the provider's roots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Challenge {
+    /// The challenger: the payer of the receipt's channel.
+    pub payer: AccountId,
+    /// The provider that signed the receipt.
+    pub provider: AccountId,
+    /// The receipt's channel.
+    pub channel: Hash32,
+    /// The epoch the receipt names.
+    pub receipt_epoch: u64,
+    /// The receipt's cost in whole units (refunded if unanswered).
+    pub cost: Amount,
+    /// The challenger's escrowed bond.
+    pub bond: Amount,
+    /// The last epoch the provider may answer in.
+    pub due_epoch: u64,
+    /// Still open (neither answered nor expired). Closed ones stay, so a receipt is
+    /// challenged once.
+    pub open: bool,
+}
+
+/// A revealed failed audit waiting for a verdict or a plant to confirm it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Alarm {
+    /// The verifier that revealed the failure.
+    pub verifier: AccountId,
+    /// The provider.
+    pub provider: AccountId,
+    /// The root's epoch.
+    pub epoch: u64,
+    /// The leaf.
+    pub index: u64,
 }
 
 /// What an accepted transaction did.
@@ -176,6 +242,13 @@ pub enum Event {
         amount: Amount,
         /// The voucher's cumulative amount.
         cumulative: Amount,
+    },
+    /// The payer asked to close a channel: claims stay open until `closes_epoch`.
+    ChannelClosing {
+        /// Channel id.
+        channel: Hash32,
+        /// The epoch at whose start the rest is refunded.
+        closes_epoch: u64,
     },
     /// A channel closed and refunded its rest.
     ChannelClosed {
@@ -251,12 +324,13 @@ pub enum Event {
         /// The fee paid from the audit pool.
         fee: Amount,
     },
-    /// The planter planted a fake fraud (only its commitment is public).
+    /// A fake fraud was planted (only the commitment and the committing account are public).
     FraudPlanted {
         /// The commitment.
         commitment: Hash32,
     },
-    /// A plant was opened; a verifier that passed it was slashed.
+    /// A plant was opened: the leaf can no longer be judged; a verifier that passed it was
+    /// slashed, one that failed it took the bond.
     PlantRevealed {
         /// The canary provider.
         provider: AccountId,
@@ -268,6 +342,90 @@ pub enum Event {
         lazy: Option<AccountId>,
         /// Taken from its stake (burned).
         slashed: Amount,
+        /// The verifier that caught the plant and took its bond, if one did.
+        caught: Option<AccountId>,
+    },
+    /// The assigned verifier demanded a leaf's material on the ledger.
+    MaterialDemanded {
+        /// Verifier.
+        verifier: AccountId,
+        /// Provider.
+        provider: AccountId,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// The last epoch the provider may answer in.
+        due_epoch: u64,
+    },
+    /// The provider answered a demand with the leaf's receipt and its material's hash.
+    MaterialAnswered {
+        /// Provider.
+        provider: AccountId,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// The receipt's hash (the leaf).
+        receipt: Hash32,
+        /// The material's hash.
+        material: Hash32,
+    },
+    /// A failed audit was confirmed (by a verdict or a plant) and its fee paid.
+    AlarmConfirmed {
+        /// Verifier.
+        verifier: AccountId,
+        /// The fee paid from the audit pool.
+        fee: Amount,
+    },
+    /// A revealed failure that nothing confirmed: the verifier lost part of its stake (burned).
+    FalseAlarm {
+        /// Verifier.
+        verifier: AccountId,
+        /// Provider.
+        provider: AccountId,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// Taken from its stake.
+        slashed: Amount,
+    },
+    /// A payer challenged a receipt's inclusion.
+    InclusionChallenged {
+        /// The receipt's hash.
+        receipt: Hash32,
+        /// Payer.
+        payer: AccountId,
+        /// Provider.
+        provider: AccountId,
+        /// The last epoch the provider may answer in.
+        due_epoch: u64,
+    },
+    /// The provider proved the receipt under its root and took the bond.
+    InclusionProven {
+        /// The receipt's hash.
+        receipt: Hash32,
+        /// Provider.
+        provider: AccountId,
+        /// The bond paid to it.
+        bond: Amount,
+    },
+    /// The provider left a challenged receipt out of its roots: slashed, the payer refunded
+    /// the receipt's cost (capped) and its bond, the rest burned.
+    OmissionSlashed {
+        /// The receipt's hash.
+        receipt: Hash32,
+        /// Provider.
+        provider: AccountId,
+        /// Payer.
+        payer: AccountId,
+        /// Taken from the provider's stake.
+        amount: Amount,
+        /// Refunded to the payer (besides its bond).
+        refund: Amount,
+        /// Burned rest.
+        burned: Amount,
     },
     /// A new epoch began.
     EpochAdvanced {
@@ -314,14 +472,31 @@ pub struct State {
     pub burned: Amount,
     /// Every epoch's beacon; a root posted in epoch e is sampled with the beacon of e + 1.
     pub beacons: BTreeMap<u64, Hash32>,
-    /// Registered verifiers (mirrors `Account::verifier`), for assigning audits.
+    /// Registered verifiers now (mirrors `Account::verifier`). Changes reach assignment only
+    /// through `verifier_sets`, at the next epoch boundary.
     pub verifiers: BTreeSet<AccountId>,
+    /// The verifier set in effect from each epoch on (recorded at `AdvanceEpoch` when it
+    /// changed): the roots of epoch `e` are assigned from the set in effect in `e`, frozen at
+    /// the end of `e - 1`, one epoch before the beacon of `e + 1` that selects is drawn.
+    pub verifier_sets: BTreeMap<u64, BTreeSet<AccountId>>,
     /// Fees set aside from claims to pay for audits.
     pub audit_pool: Amount,
     /// Audits of selected leaves, by `H(provider, epoch, index)`.
     pub audits: BTreeMap<Hash32, LeafAudit>,
-    /// Open plant commitments and the epoch each was made in.
-    pub plants: BTreeMap<Hash32, u64>,
+    /// Open plant commitments.
+    pub plants: BTreeMap<Hash32, Plant>,
+    /// (provider, root epoch) of every plant opened: one per root.
+    pub plant_epochs: BTreeSet<(AccountId, u64)>,
+    /// Material demands, by leaf key.
+    pub demands: BTreeMap<Hash32, Demand>,
+    /// Revealed failures awaiting confirmation, by (the epoch they expire at, leaf key).
+    pub alarms: BTreeMap<(u64, Hash32), Alarm>,
+    /// Non-inclusion challenges, by receipt hash.
+    pub challenges: BTreeMap<Hash32, Challenge>,
+    /// Open challenges by (due epoch, receipt hash), for expiry.
+    pub challenge_queue: BTreeSet<(u64, Hash32)>,
+    /// Closing channels by (the epoch they close at, channel id).
+    pub closing: BTreeSet<(u64, Hash32)>,
 }
 
 /// Undo records of one transaction, so a rejection restores exactly what was there.
@@ -334,10 +509,17 @@ pub(crate) struct Journal {
     burned: Option<Amount>,
     epoch: Option<(u64, Hash32)>,
     beacons: Vec<u64>,
+    verifier_sets: Vec<u64>,
     verifiers: Vec<(AccountId, bool)>,
     audit_pool: Option<Amount>,
     pub(crate) audits: Vec<(Hash32, Option<LeafAudit>)>,
-    pub(crate) plants: Vec<(Hash32, Option<u64>)>,
+    pub(crate) plants: Vec<(Hash32, Option<Plant>)>,
+    pub(crate) plant_epochs: Vec<(AccountId, u64)>,
+    pub(crate) demands: Vec<(Hash32, Option<Demand>)>,
+    pub(crate) alarms: Vec<((u64, Hash32), Option<Alarm>)>,
+    pub(crate) challenges: Vec<(Hash32, Option<Challenge>)>,
+    pub(crate) challenge_queue: Vec<((u64, Hash32), bool)>,
+    closing: Vec<((u64, Hash32), bool)>,
 }
 
 fn overdraft(account: AccountId, balance: Amount, need: Amount) -> TxError {
@@ -374,9 +556,16 @@ impl State {
             burned: Amount::ZERO,
             beacons: BTreeMap::from([(0, g.hash())]),
             verifiers: BTreeSet::new(),
+            verifier_sets: BTreeMap::from([(0, BTreeSet::new())]),
             audit_pool: Amount::ZERO,
             audits: BTreeMap::new(),
             plants: BTreeMap::new(),
+            plant_epochs: BTreeSet::new(),
+            demands: BTreeMap::new(),
+            alarms: BTreeMap::new(),
+            challenges: BTreeMap::new(),
+            challenge_queue: BTreeSet::new(),
+            closing: BTreeSet::new(),
         })
     }
 
@@ -451,6 +640,9 @@ impl State {
         for e in j.beacons {
             self.beacons.remove(&e);
         }
+        for e in j.verifier_sets {
+            self.verifier_sets.remove(&e);
+        }
         for (id, was) in j.verifiers.into_iter().rev() {
             if was {
                 self.verifiers.insert(id);
@@ -472,6 +664,41 @@ impl State {
                 Some(e) => self.plants.insert(k, e),
                 None => self.plants.remove(&k),
             };
+        }
+        for k in j.plant_epochs {
+            self.plant_epochs.remove(&k);
+        }
+        for (k, old) in j.demands.into_iter().rev() {
+            match old {
+                Some(d) => self.demands.insert(k, d),
+                None => self.demands.remove(&k),
+            };
+        }
+        for (k, old) in j.alarms.into_iter().rev() {
+            match old {
+                Some(a) => self.alarms.insert(k, a),
+                None => self.alarms.remove(&k),
+            };
+        }
+        for (k, old) in j.challenges.into_iter().rev() {
+            match old {
+                Some(c) => self.challenges.insert(k, c),
+                None => self.challenges.remove(&k),
+            };
+        }
+        for (k, was) in j.challenge_queue.into_iter().rev() {
+            if was {
+                self.challenge_queue.insert(k);
+            } else {
+                self.challenge_queue.remove(&k);
+            }
+        }
+        for (k, was) in j.closing.into_iter().rev() {
+            if was {
+                self.closing.insert(k);
+            } else {
+                self.closing.remove(&k);
+            }
         }
     }
 
@@ -502,7 +729,16 @@ impl State {
         accounts.entry(id).or_default()
     }
 
-    fn chan_mut<'a>(
+    /// A channel for writing, journaled.
+    pub(crate) fn chan_mut_pub(
+        &mut self,
+        j: &mut Journal,
+        id: Hash32,
+    ) -> Result<&mut Channel, TxError> {
+        Self::chan_mut(&mut self.channels, j, id)
+    }
+
+    pub(crate) fn chan_mut<'a>(
         channels: &'a mut BTreeMap<Hash32, Channel>,
         j: &mut Journal,
         id: Hash32,
@@ -515,7 +751,12 @@ impl State {
         channels.get_mut(&id).ok_or(TxError::UnknownChannel(id))
     }
 
-    fn debit(&mut self, j: &mut Journal, id: AccountId, amount: Amount) -> Result<(), TxError> {
+    pub(crate) fn debit(
+        &mut self,
+        j: &mut Journal,
+        id: AccountId,
+        amount: Amount,
+    ) -> Result<(), TxError> {
         let a = Self::acct_mut(&mut self.accounts, j, id);
         a.balance = a
             .balance
@@ -596,6 +837,12 @@ impl State {
                 amount,
                 timeout_epochs,
             } => {
+                if *timeout_epochs <= self.params.claim_window_epochs {
+                    return Err(TxError::ChannelTimeout {
+                        timeout: *timeout_epochs,
+                        claim_window: self.params.claim_window_epochs,
+                    });
+                }
                 let expires_epoch =
                     self.epoch
                         .checked_add(*timeout_epochs)
@@ -621,6 +868,8 @@ impl State {
                         claimed: Amount::ZERO,
                         expires_epoch,
                         closed: false,
+                        refunded: Amount::ZERO,
+                        closes_epoch: None,
                     },
                 );
                 vec![Event::ChannelOpened {
@@ -633,7 +882,7 @@ impl State {
             }
             TxBody::TopUpChannel { channel, amount } => {
                 let c = Self::chan_mut(&mut self.channels, j, *channel)?;
-                if c.closed {
+                if c.closed || c.closes_epoch.is_some() {
                     return Err(TxError::ChannelClosed(*channel));
                 }
                 if c.payer != from {
@@ -712,8 +961,13 @@ impl State {
             }
             TxBody::CloseChannel { channel } => {
                 let epoch = self.epoch;
+                let closes_epoch = epoch.checked_add(self.params.claim_window_epochs).ok_or(
+                    TxError::Overflow {
+                        what: "close epoch",
+                    },
+                )?;
                 let c = Self::chan_mut(&mut self.channels, j, *channel)?;
-                if c.closed {
+                if c.closed || c.closes_epoch.is_some() {
                     return Err(TxError::ChannelClosed(*channel));
                 }
                 if c.payer != from {
@@ -729,12 +983,13 @@ impl State {
                         epoch,
                     });
                 }
-                let refund = c.escrow();
-                c.closed = true;
-                self.credit(j, from, refund)?;
-                vec![Event::ChannelClosed {
+                // The provider keeps a whole claim window after the payer's request.
+                c.closes_epoch = Some(closes_epoch);
+                j.closing.push(((closes_epoch, *channel), false));
+                self.closing.insert((closes_epoch, *channel));
+                vec![Event::ChannelClosing {
                     channel: *channel,
-                    refund,
+                    closes_epoch,
                 }]
             }
             TxBody::RegisterVerifier { stake } => {
@@ -830,7 +1085,35 @@ impl State {
                 epoch,
                 index,
                 salt,
-            } => self.reveal_plant(j, from, *provider, *epoch, *index, salt)?,
+                confirmation,
+            } => self.reveal_plant(
+                j,
+                from,
+                *provider,
+                *epoch,
+                *index,
+                salt,
+                confirmation.map(|(a, _)| a),
+            )?,
+            TxBody::DemandMaterial {
+                provider,
+                epoch,
+                index,
+            } => self.demand(j, from, *provider, *epoch, *index)?,
+            TxBody::AnswerDemand {
+                epoch,
+                index,
+                receipt,
+                proof,
+                material,
+            } => self.answer(j, from, *epoch, *index, receipt, proof, *material)?,
+            TxBody::ChallengeInclusion { receipt } => self.challenge(j, from, receipt)?,
+            TxBody::AnswerInclusion {
+                receipt,
+                epoch,
+                index,
+                proof,
+            } => self.answer_inclusion(j, from, *receipt, *epoch, *index, proof)?,
             TxBody::AdvanceEpoch => {
                 if from != self.sequencer {
                     return Err(TxError::NotSequencer(from));
@@ -844,7 +1127,16 @@ impl State {
                 self.epoch = epoch;
                 j.beacons.push(epoch);
                 self.beacons.insert(epoch, self.beacon);
-                let mut events = Vec::new();
+                // Registrations and departures of the epoch that ends reach assignment now.
+                let last = self.verifier_sets.values().next_back();
+                if last != Some(&self.verifiers) {
+                    j.verifier_sets.push(epoch);
+                    self.verifier_sets.insert(epoch, self.verifiers.clone());
+                }
+                // Expired alarms first: stake is judged before matured unbonding leaves.
+                let mut events = self.expire_alarms(j, epoch)?;
+                events.extend(self.expire_challenges(j, epoch)?);
+                events.extend(self.close_due_channels(j, epoch)?);
                 let due: Vec<AccountId> = self
                     .accounts
                     .iter()
@@ -957,10 +1249,10 @@ impl State {
                 reason: "a provider cannot judge itself",
             });
         }
-        for who in [from, confirmer] {
-            if !self.verifiers.contains(&who) {
-                return Err(TxError::NotVerifier(who));
-            }
+        // The sender is the assigned verifier (checked below by its reveal), even if it left
+        // the set since; the confirmer must be registered now.
+        if !self.verifiers.contains(&confirmer) {
+            return Err(TxError::NotVerifier(confirmer));
         }
         let posted = self
             .roots
@@ -974,40 +1266,66 @@ impl State {
                 reason: "leaf index past the root's receipt count",
             });
         }
-        let (receipt, refund_to) = match &v.fault {
-            Fault::Fraud {
-                receipt,
-                proof,
-                channel,
-                refund,
-            } => {
-                if !merkle::verify(&posted.root, receipt, v.index, proof) {
-                    return Err(TxError::BadReceiptProof { receipt: *receipt });
-                }
-                let ch = self
-                    .channels
-                    .get(channel)
-                    .ok_or(TxError::UnknownChannel(*channel))?;
-                if ch.provider != v.provider {
-                    return Err(TxError::NotChannelProvider {
-                        channel: *channel,
-                        account: v.provider,
-                    });
-                }
-                (Some(*receipt), Some((ch.payer, *refund)))
-            }
-            Fault::Withheld => (None, None),
-        };
+        let win = crate::audit::Windows::of(&self.params, v.epoch)?;
+        self.window("the verdict", win.verdict.0, win.verdict.1)?;
         let key = leaf_key(&v.provider, v.epoch, v.index);
         if self.judged.contains(&key) {
             return Err(TxError::AlreadyJudged(key));
         }
+        let (receipt, refund_to) = match &v.fault {
+            Fault::Fraud { receipt, proof } => {
+                let r = &receipt.receipt;
+                let leaf = self.leaf_receipt(&v.provider, v.epoch, v.index, receipt, proof)?;
+                let ch = self
+                    .channels
+                    .get(&r.channel)
+                    .ok_or(TxError::UnknownChannel(r.channel))?;
+                if ch.provider != v.provider {
+                    return Err(TxError::NotChannelProvider {
+                        channel: r.channel,
+                        account: v.provider,
+                    });
+                }
+                // The receipt's own cost, never more than the channel paid the provider and
+                // has not yet refunded.
+                let left = ch.claimed.checked_sub(ch.refunded).unwrap_or(Amount::ZERO);
+                let cost = agora_wire::micros_to_amount(r.cost_micros).min(left);
+                (Some(leaf), Some((r.channel, ch.payer, cost)))
+            }
+            Fault::Withheld => {
+                // Only a demand the provider left unanswered past its deadline, brought by
+                // the verifier that made it.
+                match self.demands.get(&key) {
+                    Some(d) if d.verifier == from && d.answered.is_none() => {
+                        if self.epoch <= d.due_epoch {
+                            return Err(TxError::Demand {
+                                reason: "the provider may still answer",
+                            });
+                        }
+                    }
+                    Some(_) => {
+                        return Err(TxError::Demand {
+                            reason: "answered, or made by another verifier",
+                        })
+                    }
+                    None => {
+                        return Err(TxError::Demand {
+                            reason: "no demand was made for this leaf",
+                        })
+                    }
+                }
+                (None, None)
+            }
+        };
         // The commitment came first: only the verifier that revealed a failed audit of this
-        // leaf may bring the verdict.
-        match self.audits.get(&key) {
-            Some(a) if a.verifier == from && a.revealed == Some(false) => {}
-            _ => return Err(TxError::UnrevealedVerdict),
+        // leaf may bring a fraud verdict.
+        if matches!(v.fault, Fault::Fraud { .. }) {
+            match self.audits.get(&key) {
+                Some(a) if a.verifier == from && a.revealed == Some(false) => {}
+                _ => return Err(TxError::UnrevealedVerdict),
+            }
         }
+        let mut events = self.confirm_alarm(j, v.epoch, key)?;
 
         let slashed = self.slash_stake(j, v.provider, self.params.slash_bps)?;
         let p = Self::acct_mut(&mut self.accounts, j, v.provider);
@@ -1017,7 +1335,15 @@ impl State {
             .checked_sub(bounty)
             .map_err(|_| TxError::Overflow { what: "bounty" })?;
         let (payer, refund) = match refund_to {
-            Some((payer, refund)) => (Some(payer), refund.min(after_bounty)),
+            Some((channel, payer, cost)) => {
+                let refund = cost.min(after_bounty);
+                let c = Self::chan_mut(&mut self.channels, j, channel)?;
+                c.refunded = c
+                    .refunded
+                    .checked_add(refund)
+                    .map_err(|_| TxError::Overflow { what: "refunded" })?;
+                (Some(payer), refund)
+            }
             None => (None, Amount::ZERO),
         };
         let burned = after_bounty
@@ -1030,18 +1356,53 @@ impl State {
         self.burn(j, burned)?;
         j.judged.push(key);
         self.judged.insert(key);
-        Ok(vec![Event::Slashed {
-            provider: v.provider,
-            epoch: v.epoch,
-            index: v.index,
-            receipt,
-            amount: slashed,
-            verifier: from,
-            bounty,
-            payer: payer.unwrap_or(v.provider),
-            refund,
-            burned,
-        }])
+        events.insert(
+            0,
+            Event::Slashed {
+                provider: v.provider,
+                epoch: v.epoch,
+                index: v.index,
+                receipt,
+                amount: slashed,
+                verifier: from,
+                bounty,
+                payer: payer.unwrap_or(v.provider),
+                refund,
+                burned,
+            },
+        );
+        Ok(events)
+    }
+
+    /// At the start of epoch `now`: channels whose close period ended refund their rest.
+    fn close_due_channels(&mut self, j: &mut Journal, now: u64) -> Result<Vec<Event>, TxError> {
+        let due: Vec<(u64, Hash32)> = self
+            .closing
+            .iter()
+            .take_while(|(e, _)| *e <= now)
+            .copied()
+            .collect();
+        let mut events = Vec::with_capacity(due.len());
+        for (e, id) in due {
+            j.closing.push(((e, id), true));
+            self.closing.remove(&(e, id));
+            let c = Self::chan_mut(&mut self.channels, j, id)?;
+            let refund = c.escrow();
+            let payer = c.payer;
+            c.closed = true;
+            self.credit(j, payer, refund)?;
+            events.push(Event::ChannelClosed {
+                channel: id,
+                refund,
+            });
+        }
+        Ok(events)
+    }
+
+    /// Records a leaf as judged.
+    pub(crate) fn mark_judged(&mut self, j: &mut Journal, key: Hash32) {
+        j.judged.push(key);
+        self.judged.insert(key);
     }
 
     pub(crate) fn burn(&mut self, j: &mut Journal, amount: Amount) -> Result<(), TxError> {
@@ -1109,6 +1470,12 @@ impl State {
                 a.unbonding_total()
                     .map_err(|_| InvariantError::SupplyOverflow)?,
             )?;
+        }
+        for c in self.challenges.values().filter(|c| c.open) {
+            total = add(total, c.bond)?;
+        }
+        for p in self.plants.values() {
+            total = add(total, p.bond)?;
         }
         for (id, c) in &self.channels {
             if c.claimed > c.deposit {

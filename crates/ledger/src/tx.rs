@@ -2,6 +2,7 @@
 
 use crate::error::TxError;
 use agora_core::{codec, AccountId, Amount, Hash32, Keypair, Signature};
+use agora_wire::protocol::{SignedReceipt, RECEIPT_DOMAIN};
 pub use agora_wire::settle::{Fault, Verdict, Voucher, VERDICT_DOMAIN, VOUCHER_DOMAIN};
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
@@ -114,16 +115,20 @@ pub enum TxBody {
         /// The salt of the commitment.
         salt: Hash32,
     },
-    /// The planter commits to a planted fake fraud, as [`plant_commitment`], no later than
-    /// the epoch of the root that holds it.
+    /// Any account commits to a planted fake fraud, as [`plant_commitment`] (which names the
+    /// canary provider, hidden until opened), escrowing `plant_bond`. It must be made no later
+    /// than the epoch of the root that holds the plant: before the beacon that selects.
     PlantFraud {
         /// The commitment.
         commitment: Hash32,
     },
-    /// After every reveal is in, the planter opens a plant: a verifier that passed it loses
-    /// part of its stake.
+    /// In the one plant epoch of the root (after every reveal, before any verdict), the
+    /// provider that posted it opens one plant under it: the leaf can no longer be judged; a
+    /// verifier that revealed "failed" takes the bond and its fee; one that revealed "passed"
+    /// loses `lazy_slash_bps` of its stake, only if a second verifier (`confirmation`) signed
+    /// [`plant_confirmation`] after re-auditing the planted answer itself.
     RevealPlant {
-        /// The canary provider that served the planted receipt.
+        /// The canary provider that served the planted receipt (the sender).
         provider: AccountId,
         /// The epoch of its root.
         epoch: u64,
@@ -131,6 +136,55 @@ pub enum TxBody {
         index: u64,
         /// The salt of the commitment.
         salt: Hash32,
+        /// A registered verifier's signature over [`plant_confirmation`]: the planted answer
+        /// fails its audit. Without it nobody is slashed.
+        #[serde(default)]
+        confirmation: Option<(AccountId, Signature)>,
+    },
+    /// The assigned verifier of a selected leaf, in its commit window, asks the provider on the
+    /// ledger for the leaf's material: the provider's fair chance to answer before a
+    /// `Withheld` verdict. Due `answer_epochs` after the demand.
+    DemandMaterial {
+        /// The audited provider.
+        provider: AccountId,
+        /// The epoch of its receipt root.
+        epoch: u64,
+        /// The leaf.
+        index: u64,
+    },
+    /// The provider answers a demand: the leaf's signed receipt, its path under the root, and
+    /// the hash of the material it serves for it. An answered leaf can never be `Withheld`.
+    AnswerDemand {
+        /// The epoch of the sender's receipt root.
+        epoch: u64,
+        /// The leaf.
+        index: u64,
+        /// The receipt at the leaf, signed by the sender.
+        receipt: SignedReceipt,
+        /// Its Merkle path to the root.
+        proof: Vec<Hash32>,
+        /// BLAKE3 of the material the provider hands the verifier.
+        material: Hash32,
+    },
+    /// The payer of a receipt's channel says the provider left the receipt out of its roots:
+    /// accepted in epochs `receipt.epoch + 2 ..= receipt.epoch + 1 + escalation_epochs`,
+    /// escrowing `challenge_bond`. Unanswered by its deadline (`answer_epochs` later), the
+    /// provider is slashed and the receipt's cost refunded.
+    ChallengeInclusion {
+        /// The receipt, signed by the provider.
+        receipt: SignedReceipt,
+    },
+    /// The provider proves a challenged receipt is a leaf of its root for the receipt's epoch
+    /// or the next; it takes the challenger's bond.
+    AnswerInclusion {
+        /// The challenged receipt's hash.
+        receipt: Hash32,
+        /// The root's epoch: the receipt's, or one more.
+        epoch: u64,
+        /// The leaf.
+        index: u64,
+        /// Its Merkle path.
+        proof: Vec<Hash32>,
     },
     /// The sequencer ends the epoch: a new beacon, and matured unbonding is released.
     AdvanceEpoch,
@@ -168,6 +222,24 @@ pub struct SignedTx {
 
 const AUDIT_COMMIT_DOMAIN: &[u8] = b"agora/ledger/audit-commit/v1";
 const PLANT_DOMAIN: &[u8] = b"agora/ledger/plant/v1";
+/// Domain of a second verifier's signature that a planted answer fails its audit.
+pub const PLANT_CONFIRM_DOMAIN: &[u8] = b"agora/ledger/plant-confirm/v1";
+
+/// A verifier signs that the planted leaf fails its audit (see [`plant_confirmation`]).
+pub fn sign_plant_confirmation(
+    key: &Keypair,
+    chain_id: u64,
+    provider: &AccountId,
+    epoch: u64,
+    index: u64,
+) -> Signature {
+    key.sign(PLANT_CONFIRM_DOMAIN, &(chain_id, provider, epoch, index))
+}
+
+/// What a confirming verifier signs to say the planted leaf fails its audit.
+pub fn plant_confirmation(chain_id: u64, provider: &AccountId, epoch: u64, index: u64) -> Vec<u8> {
+    codec::signing_bytes(PLANT_CONFIRM_DOMAIN, &(chain_id, provider, epoch, index))
+}
 
 /// What a verifier commits to before it reveals an audit outcome.
 pub fn audit_commitment(
@@ -241,14 +313,36 @@ impl SignedTx {
                 verdict,
                 confirmer,
                 confirmer_sig,
+            } => {
+                items.push((
+                    *confirmer,
+                    codec::signing_bytes(VERDICT_DOMAIN, verdict),
+                    *confirmer_sig,
+                    TxError::BadSignature {
+                        account: *confirmer,
+                    },
+                ));
+                if let Fault::Fraud { receipt, .. } = &verdict.fault {
+                    items.push(receipt_item(receipt));
+                }
+            }
+            TxBody::RevealPlant {
+                provider,
+                epoch,
+                index,
+                confirmation: Some((confirmer, sig)),
+                ..
             } => items.push((
                 *confirmer,
-                codec::signing_bytes(VERDICT_DOMAIN, verdict),
-                *confirmer_sig,
+                plant_confirmation(self.tx.chain_id, provider, *epoch, *index),
+                *sig,
                 TxError::BadSignature {
                     account: *confirmer,
                 },
             )),
+            TxBody::AnswerDemand { receipt, .. } | TxBody::ChallengeInclusion { receipt } => {
+                items.push(receipt_item(receipt))
+            }
             _ => {}
         }
         items
@@ -276,11 +370,12 @@ impl SignedTx {
                     reason: "channel to self",
                 })
             }
+            // A root may not claim leaves no plan would select from.
             TxBody::PostReceiptRoot { receipts, .. }
-                if *receipts == 0 || *receipts > 1u64 << MAX_PROOF_LEN =>
+                if *receipts == 0 || *receipts > crate::audit::MAX_PLANNED_LEAVES =>
             {
                 Err(TxError::Malformed {
-                    reason: "receipt count must be in 1..=2^32",
+                    reason: "receipt count must be in 1..=2^20",
                 })
             }
             TxBody::AuditVerdict {
@@ -290,12 +385,29 @@ impl SignedTx {
                         ..
                     },
                 ..
-            } if proof.len() > MAX_PROOF_LEN => Err(TxError::Malformed {
-                reason: "merkle proof too long",
-            }),
+            }
+            | TxBody::AnswerDemand { proof, .. }
+            | TxBody::AnswerInclusion { proof, .. }
+                if proof.len() > MAX_PROOF_LEN =>
+            {
+                Err(TxError::Malformed {
+                    reason: "merkle proof too long",
+                })
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// The provider's signature over a receipt a transaction carries.
+fn receipt_item(r: &SignedReceipt) -> (AccountId, Vec<u8>, Signature, TxError) {
+    let provider = r.receipt.provider;
+    (
+        provider,
+        codec::signing_bytes(RECEIPT_DOMAIN, &r.receipt),
+        r.sig,
+        TxError::ForgedReceipt { provider },
+    )
 }
 
 /// A signed transaction whose signatures and shape were checked, with its id.

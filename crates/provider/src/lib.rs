@@ -121,6 +121,7 @@ impl Provider {
             worker,
             payments: Payments::new(cfg.chain_id, key.account(), ledger),
             seen: Mutex::new(HashMap::new()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
             receipts,
             canary: cfg
                 .plant_one_in
@@ -262,6 +263,11 @@ impl Provider {
         let result = tokio::task::spawn_blocking(move || -> Result<Option<u64>, String> {
             let ledger = service.payments.ledger();
             let epoch = ledger.status().map_err(|e| e.to_string())?.epoch;
+            // Receipts name the epoch they were served in; the root that holds them must be
+            // for that epoch or the next (the ledger's non-inclusion challenge).
+            service
+                .epoch
+                .store(epoch, std::sync::atomic::Ordering::Relaxed);
             if done.is_some_and(|d| d >= epoch) {
                 return Ok(None);
             }
@@ -372,6 +378,9 @@ impl Provider {
                         epoch,
                         index,
                         salt: canary.salt(epoch, index),
+                        // Slashing a verifier that passed the plant needs a second
+                        // verifier's signed re-audit; without one the plant only pays.
+                        confirmation: None,
                     },
                 }
                 .sign(&service.key);

@@ -42,6 +42,8 @@ pub struct Service {
     pub payments: Payments,
     /// Request ids seen recently (replay protection), with when they were seen.
     pub seen: Mutex<HashMap<RequestId, u64>>,
+    /// The ledger epoch last read by the root-posting loop; receipts name it.
+    pub epoch: std::sync::atomic::AtomicU64,
     /// Every answer's audit material.
     pub receipts: crate::receipts::ReceiptLog,
     /// Set when this provider is the ledger's planter.
@@ -293,6 +295,7 @@ impl Service {
         let fingerprint = planted.unwrap_or(fingerprint);
         let receipt = Receipt {
             chain_id: self.chain_id,
+            epoch: self.epoch.load(std::sync::atomic::Ordering::Relaxed),
             request_id: r.request_id,
             provider: self.key.account(),
             payer: r.payer,

@@ -609,18 +609,13 @@ impl Shared {
         evidence: Option<(Material, Vec<Hash32>)>,
     ) {
         let (fault, material) = match evidence {
-            Some((material, proof)) => {
-                let r = &material.receipt.receipt;
-                (
-                    Fault::Fraud {
-                        receipt: material.receipt.hash(),
-                        proof,
-                        channel: r.channel,
-                        refund: agora_market::micros_to_amount(r.cost_micros),
-                    },
-                    Some(Box::new(material)),
-                )
-            }
+            Some((material, proof)) => (
+                Fault::Fraud {
+                    receipt: material.receipt.clone(),
+                    proof,
+                },
+                Some(Box::new(material)),
+            ),
             None => (Fault::Withheld, None),
         };
         let verdict = Verdict {
@@ -714,9 +709,9 @@ impl Shared {
             return Err("not a verdict this verifier can judge".into());
         }
         let material = match (&v.fault, &c.material) {
-            (Fault::Fraud { receipt, proof, .. }, Some(m)) => {
-                if *receipt != m.receipt.hash()
-                    || !merkle::verify(&c.root, receipt, v.index, proof)
+            (Fault::Fraud { receipt, proof }, Some(m)) => {
+                if *receipt != m.receipt
+                    || !merkle::verify(&c.root, &receipt.hash(), v.index, proof)
                     || m.receipt.receipt.provider != v.provider
                 {
                     return Err("the evidence does not hold together".into());

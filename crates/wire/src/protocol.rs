@@ -171,6 +171,9 @@ pub enum Finish {
 pub struct Receipt {
     /// The chain.
     pub chain_id: u64,
+    /// The ledger epoch it was served in: the provider's receipt root for this epoch or the
+    /// next must hold it, or the payer's non-inclusion challenge slashes the provider.
+    pub epoch: u64,
     /// The request it answers.
     pub request_id: RequestId,
     /// The provider, who signs.
@@ -223,6 +226,10 @@ pub struct SignedReceipt {
     /// The provider's signature.
     pub sig: Signature,
 }
+
+// Equality is reflexive on every receipt that can be encoded: the canonical encoding refuses
+// NaN, the one float value that is not equal to itself.
+impl Eq for SignedReceipt {}
 
 impl SignedReceipt {
     /// Checks the provider's signature.
@@ -625,6 +632,7 @@ mod tests {
         let (prompt, output, print) = (vec![1, 2, 3], vec![7, 8], vec![9u8; 12]);
         let receipt = Receipt {
             chain_id: 1,
+            epoch: 0,
             request_id: [3; 16],
             provider: provider.account(),
             payer: payer.account(),

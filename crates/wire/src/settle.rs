@@ -1,6 +1,7 @@
 //! What the settlement layer and the network both read: the payer's cumulative voucher and
 //! a confirmed audit verdict, with the signing domains they are checked under.
 
+use crate::protocol::SignedReceipt;
 use agora_core::{AccountId, Amount, Hash32, Keypair, Signature};
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
@@ -32,20 +33,20 @@ impl Voucher {
 /// What a confirmed audit failure found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
 pub enum Fault {
-    /// The receipt under the root failed its audit; the payer of `channel` is refunded.
+    /// The receipt under the root failed its audit. The ledger checks the provider's signature,
+    /// the chain, and that the receipt's hash is the leaf (by `proof`), then refunds the
+    /// receipt's own cost to the payer of the receipt's own channel: nothing in the verdict
+    /// names a payee or an amount.
     Fraud {
-        /// The failed receipt's hash.
-        receipt: Hash32,
-        /// The Merkle path from the receipt to the root.
+        /// The failed receipt, as the provider signed it.
+        receipt: SignedReceipt,
+        /// The Merkle path from the receipt's hash to the root.
         proof: Vec<Hash32>,
-        /// The channel the receipt was paid from; its payer is refunded.
-        channel: Hash32,
-        /// What the payer paid for the receipt and gets back (capped by what the slash yields).
-        refund: Amount,
     },
-    /// The provider did not hand over the material behind the leaf, to either verifier: a
-    /// refused or lost audit counts as failed. Nothing is refunded (no receipt is known).
+    /// The provider left the assigned verifier's on-ledger demand for the leaf's material
+    /// unanswered past its deadline. Nothing is refunded (no receipt is known).
     Withheld,
 }
 

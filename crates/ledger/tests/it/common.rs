@@ -44,3 +44,53 @@ pub fn tx(l: &Ledger, key: &Keypair, body: TxBody) -> SignedTx {
 pub fn amt(n: u128) -> Amount {
     Amount::new(n)
 }
+
+/// A receipt of `provider` on `channel` (paid by `payer`) costing `cost` whole units;
+/// `i` makes it unique.
+pub fn receipt(
+    provider: &Keypair,
+    payer: &Keypair,
+    channel: agora_core::Hash32,
+    cost: u128,
+    i: u8,
+) -> agora_wire::SignedReceipt {
+    receipt_at(provider, payer, channel, cost, i, 0)
+}
+
+/// [`receipt`], served in ledger epoch `epoch`.
+pub fn receipt_at(
+    provider: &Keypair,
+    payer: &Keypair,
+    channel: agora_core::Hash32,
+    cost: u128,
+    i: u8,
+    epoch: u64,
+) -> agora_wire::SignedReceipt {
+    use agora_core::Hash32;
+    agora_wire::Receipt {
+        chain_id: CHAIN,
+        epoch,
+        request_id: [i; 16],
+        provider: provider.account(),
+        payer: payer.account(),
+        channel,
+        model: Hash32::of(b"model"),
+        prompt_hash: Hash32::of(&[i, 1]),
+        output_hash: Hash32::of(&[i, 2]),
+        prompt_tokens: 3,
+        resumed_tokens: 0,
+        output_tokens: 2,
+        sampling: agora_wire::Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: u64::from(i),
+        },
+        fingerprint_hash: Hash32::of(&[i, 3]),
+        price_in: Amount::new(1),
+        price_out: Amount::new(2),
+        cost_micros: cost * agora_wire::MICROS_PER_UNIT,
+        started_ms: 1,
+        finished_ms: 2,
+    }
+    .sign(provider)
+}

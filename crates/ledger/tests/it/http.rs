@@ -136,7 +136,7 @@ fn round_trip_through_typed_client() {
         body: TxBody::OpenChannel {
             provider: k[2].account(),
             amount: amt(100),
-            timeout_epochs: 1,
+            timeout_epochs: 3,
         },
     }
     .sign(&k[1]);
@@ -193,6 +193,13 @@ fn round_trip_through_typed_client() {
     let got = poller.join().expect("poller").expect("events");
     assert_eq!(got.len(), 1);
     assert!(matches!(got[0].txs[0].events[0], Event::Staked { .. }));
+    // The status is the last block's, cached when it was sealed (not rehashed per request).
+    let st = c.status().expect("status");
+    let tip = c.block(st.height).expect("block").expect("the tip block");
+    assert_eq!(
+        (st.state_hash, st.tip),
+        (tip.header.state_hash, tip.header.hash())
+    );
 
     // Malformed and oversized bodies are refused before the sequencer.
     let bad = raw(

@@ -12,3 +12,5 @@ mod props;
 mod rules;
 /// The durable store: atomic commits, recovery, rebuild from the log.
 mod store;
+/// The trust protocol's attacks (issue 13), each failing against the rules.
+mod trust;

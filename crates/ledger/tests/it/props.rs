@@ -57,8 +57,6 @@ enum Op {
         conf: usize,
         root: usize,
         leaf: usize,
-        ch: usize,
-        refund: u128,
     },
     /// The assigned verifier (or `who` when there is none) commits to, or reveals, the audit
     /// of a leaf.
@@ -93,7 +91,7 @@ fn plain_op() -> impl Strategy<Value = Op> {
         4 => (who(), who(), money()).prop_map(|(from, to, amount)| Op::Transfer { from, to, amount }),
         2 => (who(), money()).prop_map(|(who, amount)| Op::Stake { who, amount }),
         2 => (who(), money()).prop_map(|(who, amount)| Op::Unstake { who, amount }),
-        3 => (who(), who(), money(), prop_oneof![0..3u64, Just(u64::MAX)])
+        3 => (who(), who(), money(), prop_oneof![0..6u64, Just(u64::MAX)])
             .prop_map(|(payer, provider, amount, timeout)| Op::Open { payer, provider, amount, timeout }),
         1 => (who(), any::<usize>(), money()).prop_map(|(who, ch, amount)| Op::TopUp { who, ch, amount }),
         4 => (who(), any::<usize>(), 0..500u128, proptest::bool::weighted(0.2))
@@ -101,8 +99,8 @@ fn plain_op() -> impl Strategy<Value = Op> {
         2 => (who(), any::<usize>()).prop_map(|(who, ch)| Op::Close { who, ch }),
         1 => (who(), 0..200u128).prop_map(|(who, amount)| Op::Register { who, amount }),
         2 => (who(), 1..6u64, 0..2u64).prop_map(|(who, receipts, epoch_delta)| Op::PostRoot { who, receipts, epoch_delta }),
-        2 => (who(), who(), any::<usize>(), any::<usize>(), any::<usize>(), 0..300u128)
-            .prop_map(|(by, conf, root, leaf, ch, refund)| Op::Verdict { by, conf, root, leaf, ch, refund }),
+        2 => (who(), who(), any::<usize>(), any::<usize>())
+            .prop_map(|(by, conf, root, leaf)| Op::Verdict { by, conf, root, leaf }),
         3 => (who(), any::<usize>(), any::<usize>(), any::<bool>(), any::<bool>())
             .prop_map(|(who, root, leaf, reveal, passed)| Op::Audit { who, root, leaf, reveal, passed }),
         2 => prop_oneof![4 => Just(0usize), 1 => who()].prop_map(|who| Op::Advance { who }),
@@ -118,12 +116,39 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// Receipt roots posted so far: (provider index, epoch, leaves).
-type Roots = Vec<(usize, u64, Vec<Hash32>)>;
+type Roots = Vec<(usize, u64, Vec<agora_wire::SignedReceipt>)>;
 
-fn leaves(who: usize, epoch: u64, n: u64) -> Vec<Hash32> {
+/// `n` receipts of `k[who]` for `epoch`, on its first channel (a made-up one if none).
+fn leaves(
+    l: &Ledger,
+    k: &[Keypair],
+    who: usize,
+    epoch: u64,
+    n: u64,
+) -> Vec<agora_wire::SignedReceipt> {
+    let provider = k[who].account();
+    let channel = l
+        .state
+        .channels
+        .iter()
+        .find(|(_, c)| c.provider == provider)
+        .map_or(Hash32::of(b"no channel"), |(id, _)| *id);
     (0..n)
-        .map(|i| codec::hash(b"test/receipt", &(who as u64, epoch, i)))
+        .map(|i| {
+            let tag = codec::hash(b"test/receipt", &(who as u64, epoch, i));
+            crate::common::receipt(
+                &k[who],
+                &k[0],
+                channel,
+                u128::from(i % 7),
+                tag.as_bytes()[0],
+            )
+        })
         .collect()
+}
+
+fn hashes(r: &[agora_wire::SignedReceipt]) -> Vec<Hash32> {
+    r.iter().map(|r| r.hash()).collect()
 }
 
 fn pick_channel(l: &Ledger, ch: usize) -> Hash32 {
@@ -241,7 +266,7 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
             epoch_delta,
         } => {
             let epoch = l.state.epoch.saturating_sub(*epoch_delta);
-            let root = merkle::root(&leaves(*who, epoch, *receipts));
+            let root = merkle::root(&hashes(&leaves(l, k, *who, epoch, *receipts)));
             sign(
                 *who,
                 TxBody::PostReceiptRoot {
@@ -256,11 +281,9 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
             conf,
             root,
             leaf,
-            ch,
-            refund,
         } => {
             let (provider, epoch, ls) = if roots.is_empty() {
-                (1, 0, leaves(1, 0, 1))
+                (1, 0, leaves(l, k, 1, 0, 1))
             } else {
                 roots[root % roots.len()].clone()
             };
@@ -271,10 +294,8 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
                 epoch,
                 index: index as u64,
                 fault: Fault::Fraud {
-                    receipt: ls[index],
-                    proof: merkle::proof(&ls, index).unwrap_or_default(),
-                    channel: pick_channel(l, *ch),
-                    refund: amt(*refund),
+                    receipt: ls[index].clone(),
+                    proof: merkle::proof(&hashes(&ls), index).unwrap_or_default(),
                 },
             };
             sign(
@@ -294,7 +315,7 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
             passed,
         } => {
             let (provider, epoch, ls) = if roots.is_empty() {
-                (1, 0, leaves(1, 0, 1))
+                (1, 0, leaves(l, k, 1, 0, 1))
             } else {
                 roots[root % roots.len()].clone()
             };
@@ -417,8 +438,11 @@ impl Run {
             Ok(_) => {
                 if let Op::PostRoot { who, receipts, .. } = op {
                     if let TxBody::PostReceiptRoot { epoch, .. } = t.tx.body {
-                        self.roots
-                            .push((*who, epoch, leaves(*who, epoch, *receipts)));
+                        self.roots.push((
+                            *who,
+                            epoch,
+                            leaves(&self.probe, &self.keys, *who, epoch, *receipts),
+                        ));
                     }
                 }
                 true

@@ -2,9 +2,9 @@ use crate::common::{amt, keys, ledger, tx, CHAIN};
 use agora_core::{merkle, Hash32, Keypair};
 use agora_ledger::tx::channel_id;
 use agora_ledger::{
-    audit_commitment, plant_commitment, Event, Fault, Ledger, SignedTx, Tx, TxBody, TxError,
-    Verdict, Voucher,
+    audit_commitment, Event, Fault, Ledger, SignedTx, Tx, TxBody, TxError, Verdict, Voucher,
 };
+use agora_wire::SignedReceipt;
 
 /// `ok!(ledger, &tx)`: the transaction is built before the ledger is borrowed mutably.
 macro_rules! ok {
@@ -22,7 +22,7 @@ macro_rules! rejected {
 }
 
 /// Applies and asserts success and the invariants.
-fn ok_fn(l: &mut Ledger, t: &SignedTx) -> Vec<Event> {
+pub(crate) fn ok_fn(l: &mut Ledger, t: &SignedTx) -> Vec<Event> {
     let ctx = l.next_ctx();
     let ev = l
         .state
@@ -33,7 +33,7 @@ fn ok_fn(l: &mut Ledger, t: &SignedTx) -> Vec<Event> {
 }
 
 /// Applies, asserts the rejection and that nothing changed.
-fn rejected_fn(l: &mut Ledger, t: &SignedTx) -> TxError {
+pub(crate) fn rejected_fn(l: &mut Ledger, t: &SignedTx) -> TxError {
     let before = l.state.hash();
     let ctx = l.next_ctx();
     let e = l.state.apply(t, &ctx).expect_err("expected rejection");
@@ -41,16 +41,31 @@ fn rejected_fn(l: &mut Ledger, t: &SignedTx) -> TxError {
     e
 }
 
-fn balance(l: &Ledger, k: &Keypair) -> u128 {
+pub(crate) fn balance(l: &Ledger, k: &Keypair) -> u128 {
     l.state
         .account(&k.account())
         .map_or(0, |a| a.balance.units())
 }
 
-fn advance(l: &mut Ledger, seq: &Keypair, n: usize) {
+pub(crate) fn advance(l: &mut Ledger, seq: &Keypair, n: usize) {
     for _ in 0..n {
         let t = tx(l, seq, TxBody::AdvanceEpoch);
         ok_fn(l, &t);
+    }
+}
+
+/// The epoch of the audit world's root: verifiers register in epoch 0, so the set frozen at
+/// the start of epoch 1 holds them.
+pub(crate) const R: u64 = 1;
+
+/// Advances until the verdict window of the epoch-R root opens.
+pub(crate) fn to_verdicts(l: &mut Ledger, seq: &Keypair) {
+    let open = agora_ledger::Windows::of(&l.state.params, R)
+        .expect("windows")
+        .verdict
+        .0;
+    while l.state.epoch < open {
+        advance(l, seq, 1);
     }
 }
 
@@ -177,13 +192,13 @@ fn json_transactions_refuse_malformed_bodies() {
     }
 }
 
-struct Chan {
-    payer: Keypair,
-    provider: Keypair,
-    id: Hash32,
+pub(crate) struct Chan {
+    pub(crate) payer: Keypair,
+    pub(crate) provider: Keypair,
+    pub(crate) id: Hash32,
 }
 
-fn open_channel(
+pub(crate) fn open_channel(
     l: &mut Ledger,
     payer: &Keypair,
     provider: &Keypair,
@@ -209,7 +224,7 @@ fn open_channel(
     }
 }
 
-fn claim(l: &Ledger, c: &Chan, cumulative: u128, signer: &Keypair) -> SignedTx {
+pub(crate) fn claim(l: &Ledger, c: &Chan, cumulative: u128, signer: &Keypair) -> SignedTx {
     let voucher = Voucher {
         chain_id: CHAIN,
         channel: c.id,
@@ -231,7 +246,7 @@ fn claim(l: &Ledger, c: &Chan, cumulative: u128, signer: &Keypair) -> SignedTx {
 fn voucher_rules_double_over_forged_and_after_close() {
     let k = keys(4);
     let mut l = ledger(&k, 1000);
-    let c = open_channel(&mut l, &k[1], &k[2], 100, 2);
+    let c = open_channel(&mut l, &k[1], &k[2], 100, 3);
     assert_eq!(balance(&l, &k[1]), 900);
 
     let ev = ok!(l, &claim(&l, &c, 30, &c.payer));
@@ -331,14 +346,22 @@ fn voucher_rules_double_over_forged_and_after_close() {
         TxError::ChannelNotExpired { .. }
     ));
     let by_provider = tx(&l, &c.provider, TxBody::CloseChannel { channel: c.id });
-    advance(&mut l, &k[0], 2);
+    advance(&mut l, &k[0], 3);
     assert!(matches!(
         rejected!(l, &by_provider),
         TxError::NotChannelPayer { .. }
     ));
     let close = tx(&l, &c.payer, TxBody::CloseChannel { channel: c.id });
     let ev = ok!(l, &close);
-    assert!(matches!(ev[0], Event::ChannelClosed { refund, .. } if refund == amt(30)));
+    assert!(matches!(ev[0], Event::ChannelClosing { .. }));
+    let window = l.state.params.claim_window_epochs as usize;
+    advance(&mut l, &k[0], window - 1);
+    assert_eq!(balance(&l, &k[1]), 850);
+    let t = tx(&l, &k[0], TxBody::AdvanceEpoch);
+    let ev = ok!(l, &t);
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::ChannelClosed { refund, .. } if *refund == amt(30))));
     assert_eq!(balance(&l, &k[1]), 880);
 
     // After close: no claim, no top-up, no second close.
@@ -378,15 +401,16 @@ fn unstake_waits_the_unbonding_delay() {
         TxError::InsufficientStake { .. }
     ));
     let ev = ok!(l, &tx(&l, &k[1], TxBody::Unstake { amount: amt(100) }));
+    let u = l.state.params.unbonding_epochs;
     assert!(matches!(
         ev[0],
         Event::Unstaked {
-            release_epoch: 2,
+            release_epoch,
             ..
-        }
+        } if release_epoch == u
     ));
     assert_eq!(balance(&l, &k[1]), 700);
-    advance(&mut l, &k[0], 1);
+    advance(&mut l, &k[0], u as usize - 1);
     assert_eq!(balance(&l, &k[1]), 700);
     advance(&mut l, &k[0], 1);
     assert_eq!(balance(&l, &k[1]), 800);
@@ -412,13 +436,23 @@ fn beacon_is_hash_chained_over_epoch_and_parent() {
     assert_ne!(c.state.beacon, a.state.beacon);
 }
 
-/// Provider k[1] with a posted root of 4 receipts in epoch 0; verifiers k[2], k[3]; payer
-/// k[4]; the ledger is in epoch 1, so the root's selecting beacon exists.
-fn audit_world() -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
+/// Provider k[1] with a posted root of 4 receipts in epoch R; verifiers k[2], k[3] (registered
+/// in epoch 0); payer k[4]; the ledger is in epoch R + 1, so the root's selecting beacon exists.
+pub(crate) fn audit_world() -> (Ledger, Vec<Keypair>, Vec<SignedReceipt>, Hash32) {
     audit_world_with(agora_ledger::Params::default())
 }
 
-fn audit_world_with(params: agora_ledger::Params) -> (Ledger, Vec<Keypair>, Vec<Hash32>, Hash32) {
+pub(crate) fn audit_world_with(
+    params: agora_ledger::Params,
+) -> (Ledger, Vec<Keypair>, Vec<SignedReceipt>, Hash32) {
+    audit_world_then(params, |_, _| {})
+}
+
+/// [`audit_world_with`], running `then` in the root's epoch, before the beacon that selects.
+pub(crate) fn audit_world_then(
+    params: agora_ledger::Params,
+    then: impl FnOnce(&mut Ledger, &[Keypair]),
+) -> (Ledger, Vec<Keypair>, Vec<SignedReceipt>, Hash32) {
     let k = keys(5);
     let mut g = crate::common::genesis(&k, 10_000);
     g.params = params;
@@ -427,43 +461,48 @@ fn audit_world_with(params: agora_ledger::Params) -> (Ledger, Vec<Keypair>, Vec<
     for v in [&k[2], &k[3]] {
         ok!(l, &tx(&l, v, TxBody::RegisterVerifier { stake: amt(100) }));
     }
-    let receipts: Vec<Hash32> = (0..4u8).map(|i| Hash32::of(&[i])).collect();
-    let root = merkle::root(&receipts);
+    advance(&mut l, &k[0], 1);
+    let c = open_channel(&mut l, &k[4], &k[1], 500, 10);
+    // Four receipts of 50 units each, paid from k[4]'s channel.
+    let receipts: Vec<SignedReceipt> = (0..4u8)
+        .map(|i| crate::common::receipt(&k[1], &k[4], c.id, 50, i))
+        .collect();
+    let root = merkle::root(&hashes(&receipts));
     ok!(
         l,
         &tx(
             &l,
             &k[1],
             TxBody::PostReceiptRoot {
-                epoch: 0,
+                epoch: R,
                 root,
                 receipts: 4
             }
         )
     );
-    let c = open_channel(&mut l, &k[4], &k[1], 500, 10);
+    then(&mut l, &k);
     advance(&mut l, &k[0], 1);
     (l, k, receipts, c.id)
 }
 
-/// The index in `k` of the verifier assigned to leaf `i` of k[1]'s epoch-0 root.
-fn assigned(l: &Ledger, k: &[Keypair], i: u64) -> usize {
+/// The index in `k` of the verifier assigned to leaf `i` of k[1]'s epoch-R root.
+pub(crate) fn assigned(l: &Ledger, k: &[Keypair], i: u64) -> usize {
     let v = l
         .state
-        .leaf_assignee(&k[1].account(), 0, i)
+        .leaf_assignee(&k[1].account(), R, i)
         .expect("every leaf of a new provider is selected");
     k.iter()
         .position(|x| x.account() == v)
         .expect("a known key")
 }
 
-fn salt(i: u64) -> Hash32 {
+pub(crate) fn salt(i: u64) -> Hash32 {
     Hash32::of(&i.to_le_bytes())
 }
 
 /// The assigned verifiers of `leaves` commit to `passed`, the epoch advances, they reveal.
 /// Returns (assigned verifier, the other one) per leaf.
-fn audit_leaves(
+pub(crate) fn audit_leaves(
     l: &mut Ledger,
     k: &[Keypair],
     leaves: &[u64],
@@ -474,13 +513,13 @@ fn audit_leaves(
     for &i in leaves {
         let by = assigned(l, k, i);
         let commitment =
-            audit_commitment(CHAIN, &k[by].account(), &provider, 0, i, passed, &salt(i));
+            audit_commitment(CHAIN, &k[by].account(), &provider, R, i, passed, &salt(i));
         let t = tx(
             l,
             &k[by],
             TxBody::CommitAudit {
                 provider,
-                epoch: 0,
+                epoch: R,
                 index: i,
                 commitment,
             },
@@ -495,7 +534,7 @@ fn audit_leaves(
             &k[by],
             TxBody::RevealAudit {
                 provider,
-                epoch: 0,
+                epoch: R,
                 index: i,
                 passed,
                 salt: salt(i),
@@ -506,25 +545,47 @@ fn audit_leaves(
     who
 }
 
-fn verdict_tx(
+/// The leaf hashes of receipts.
+pub(crate) fn hashes(receipts: &[SignedReceipt]) -> Vec<Hash32> {
+    receipts.iter().map(|r| r.hash()).collect()
+}
+
+/// The provider k[1] claims `cumulative` from the payer k[4]'s channel `ch`.
+pub(crate) fn world_claim(l: &mut Ledger, k: &[Keypair], ch: Hash32, cumulative: u128) {
+    let voucher = Voucher {
+        chain_id: CHAIN,
+        channel: ch,
+        cumulative: amt(cumulative),
+    };
+    let t = tx(
+        l,
+        &k[1],
+        TxBody::ClaimVoucher {
+            payer_sig: voucher.sign(&k[4]),
+            voucher,
+            payer: k[4].account(),
+        },
+    );
+    ok_fn(l, &t);
+}
+
+pub(crate) fn verdict_tx(
     l: &Ledger,
     k: &[Keypair],
-    receipts: &[Hash32],
+    receipts: &[SignedReceipt],
     i: usize,
-    ch: Hash32,
+    _ch: Hash32,
     by: usize,
     conf: usize,
 ) -> SignedTx {
     let v = Verdict {
         chain_id: CHAIN,
         provider: k[1].account(),
-        epoch: 0,
+        epoch: R,
         index: i as u64,
         fault: Fault::Fraud {
-            receipt: receipts[i],
-            proof: merkle::proof(receipts, i).expect("proof"),
-            channel: ch,
-            refund: amt(50),
+            receipt: receipts[i].clone(),
+            proof: merkle::proof(&hashes(receipts), i).expect("proof"),
         },
     };
     tx(
@@ -549,7 +610,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         &l,
         &k[1],
         TxBody::PostReceiptRoot {
-            epoch: 2,
+            epoch: R + 2,
             root: Hash32::ZERO,
             receipts: 1,
         },
@@ -559,7 +620,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         &l,
         &k[1],
         TxBody::PostReceiptRoot {
-            epoch: 2,
+            epoch: R + 2,
             root: Hash32::ZERO,
             receipts: 1,
         },
@@ -572,7 +633,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         &l,
         &k[1],
         TxBody::PostReceiptRoot {
-            epoch: 3,
+            epoch: R + 3,
             root: Hash32::ZERO,
             receipts: 1,
         },
@@ -582,7 +643,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         &l,
         &k[4],
         TxBody::PostReceiptRoot {
-            epoch: 2,
+            epoch: R + 2,
             root: Hash32::ZERO,
             receipts: 1,
         },
@@ -591,12 +652,19 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         rejected!(l, &t),
         TxError::InsufficientStake { .. }
     ));
+    // Verdicts wait until every plant of the root could be opened.
+    let (by1, other1) = who[0];
+    assert!(matches!(
+        rejected!(l, &verdict_tx(&l, &k, &receipts, 1, ch, by1, other1)),
+        TxError::AuditWindow { .. }
+    ));
+    to_verdicts(&mut l, &k[0]);
     assert!(matches!(
         rejected!(l, &verdict_tx(&l, &k, &receipts, 0, ch, 2, 2)),
         TxError::ConflictedVerdict { .. }
     ));
     assert!(matches!(
-        rejected!(l, &verdict_tx(&l, &k, &receipts, 0, ch, 4, 2)),
+        rejected!(l, &verdict_tx(&l, &k, &receipts, 0, ch, 2, 4)),
         TxError::NotVerifier(_)
     ));
     let mut bad_proof = verdict_tx(&l, &k, &receipts, 1, ch, 2, 3);
@@ -620,22 +688,14 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         TxError::UnrevealedVerdict
     ));
     // Only the verifier that revealed the failure may bring the verdict.
-    let (by1, other1) = who[0];
     assert!(matches!(
         rejected!(l, &verdict_tx(&l, &k, &receipts, 1, ch, other1, by1)),
         TxError::UnrevealedVerdict
     ));
     // A confirmer signature over another verdict.
     let mut forged = verdict_tx(&l, &k, &receipts, 1, ch, by1, other1);
-    if let TxBody::AuditVerdict {
-        verdict: Verdict {
-            fault: Fault::Fraud { refund, .. },
-            ..
-        },
-        ..
-    } = &mut forged.tx.body
-    {
-        *refund = amt(10_000);
+    if let TxBody::AuditVerdict { verdict, .. } = &mut forged.tx.body {
+        verdict.index = 3;
     }
     let forged = forged.tx.sign(&k[by1]);
     assert!(matches!(
@@ -643,6 +703,7 @@ fn audit_verdict_slashes_pays_bounty_and_refunds_once() {
         TxError::BadSignature { .. }
     ));
 
+    world_claim(&mut l, &k, ch, 200);
     let verifier_before = balance(&l, &k[by1]);
     let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 1, ch, by1, other1));
     // 50% of 1000 slashed; 20% of that to the verifier; 50 refunded; the rest burned.
@@ -675,6 +736,7 @@ fn unbonding_stake_is_still_slashable() {
     let (mut l, k, receipts, ch) = audit_world();
     ok!(l, &tx(&l, &k[1], TxBody::Unstake { amount: amt(800) }));
     let (by, other) = audit_leaves(&mut l, &k, &[0], false)[0];
+    to_verdicts(&mut l, &k[0]);
     let ev = ok!(l, &verdict_tx(&l, &k, &receipts, 0, ch, by, other));
     assert!(matches!(&ev[0], Event::Slashed { amount, .. } if *amount == amt(500)));
     let a = l.state.account(&k[1].account()).expect("provider");
@@ -762,7 +824,7 @@ fn audits_are_assigned_committed_revealed_and_paid() {
     assert_eq!(l.state.audit_pool, amt(10));
 
     // The plan lists every leaf of a new provider, each with one of the two verifiers.
-    let plan = l.state.audit_plan(&provider, 0).expect("plan");
+    let plan = l.state.audit_plan(&provider, R).expect("plan");
     assert_eq!(plan.leaves.len(), 4);
     let by = assigned(&l, &k, 2);
     let other = 5 - by;
@@ -772,13 +834,13 @@ fn audits_are_assigned_committed_revealed_and_paid() {
             &k[who],
             TxBody::CommitAudit {
                 provider,
-                epoch: 0,
+                epoch: R,
                 index,
                 commitment: audit_commitment(
                     CHAIN,
                     &k[who].account(),
                     &provider,
-                    0,
+                    R,
                     index,
                     passed,
                     &salt(index),
@@ -805,7 +867,7 @@ fn audits_are_assigned_committed_revealed_and_paid() {
             &k[by],
             TxBody::RevealAudit {
                 provider,
-                epoch: 0,
+                epoch: R,
                 index: 2,
                 passed,
                 salt: salt(2),
@@ -842,120 +904,26 @@ fn audits_are_assigned_committed_revealed_and_paid() {
 }
 
 #[test]
-fn a_verifier_that_passes_a_planted_fraud_is_slashed() {
-    let k = keys(5);
-    let params = agora_ledger::Params {
-        planter: Some(k[1].account()),
-        ..agora_ledger::Params::default()
-    };
-    let mut g = crate::common::genesis(&k, 10_000);
-    g.params = params;
-    let mut l = Ledger::from_genesis(&g).expect("genesis");
-    let provider = k[1].account();
-    ok!(l, &tx(&l, &k[1], TxBody::Stake { amount: amt(1000) }));
-    for v in [&k[2], &k[3]] {
-        ok!(l, &tx(&l, v, TxBody::RegisterVerifier { stake: amt(200) }));
-    }
-    let receipts: Vec<Hash32> = (0..4u8).map(|i| Hash32::of(&[i])).collect();
-    ok!(
-        l,
-        &tx(
-            &l,
-            &k[1],
-            TxBody::PostReceiptRoot {
-                epoch: 0,
-                root: merkle::root(&receipts),
-                receipts: 4
-            }
-        )
-    );
-    // The canary plants leaves 0 and 1 in the root's own epoch; nobody else may plant.
-    let plant = |i: u64| plant_commitment(CHAIN, &provider, 0, i, &salt(100 + i));
-    assert!(matches!(
-        rejected!(
-            l,
-            &tx(
-                &l,
-                &k[2],
-                TxBody::PlantFraud {
-                    commitment: plant(0)
-                }
-            )
-        ),
-        TxError::NotPlanter(_)
-    ));
-    for i in [0, 1] {
-        ok!(
-            l,
-            &tx(
-                &l,
-                &k[1],
-                TxBody::PlantFraud {
-                    commitment: plant(i)
-                }
-            )
-        );
-    }
-    advance(&mut l, &k[0], 1);
-    // Leaf 0's verifier passes it without looking; leaf 1's fails it.
-    let lazy = audit_leaves(&mut l, &k, &[0], true)[0].0;
-    let diligent = audit_leaves(&mut l, &k, &[1], false)[0].0;
-    let open = |l: &Ledger, i: u64| {
-        tx(
-            l,
-            &k[1],
-            TxBody::RevealPlant {
-                provider,
-                epoch: 0,
-                index: i,
-                salt: salt(100 + i),
-            },
-        )
-    };
-    // Plants open only once every reveal is in (epoch 0 + 3 + window 1 = 4).
-    assert!(matches!(
-        rejected!(l, &open(&l, 0)),
-        TxError::AuditWindow { .. }
-    ));
-    while l.state.epoch < 4 {
-        advance(&mut l, &k[0], 1);
-    }
-    let lazy_stake = l.state.account(&k[lazy].account()).map(|a| a.stake);
-    assert_eq!(lazy_stake, Some(amt(200)));
-    let burned = l.state.burned;
-    let ev = ok!(l, &open(&l, 0));
-    assert!(
-        matches!(&ev[0], Event::PlantRevealed { lazy: Some(v), slashed, .. }
-            if *v == k[lazy].account() && *slashed == amt(100)),
-        "{ev:?}"
-    );
-    assert_eq!(
-        l.state.account(&k[lazy].account()).map(|a| a.stake),
-        Some(amt(100))
-    );
-    // Under the minimum stake of 100? No: exactly 100 stays a verifier.
-    assert_eq!(l.state.burned.units(), burned.units() + 100);
-    // The verifier that failed its plant keeps its stake.
-    let stake = l.state.account(&k[diligent].account()).map(|a| a.stake);
-    let ev = ok!(l, &open(&l, 1));
-    assert!(matches!(&ev[0], Event::PlantRevealed { lazy: None, .. }));
-    assert_eq!(
-        l.state.account(&k[diligent].account()).map(|a| a.stake),
-        stake
-    );
-    // A plant opens once; a leaf never planted does not open.
-    assert!(matches!(rejected!(l, &open(&l, 0)), TxError::BadReveal));
-    assert!(matches!(rejected!(l, &open(&l, 2)), TxError::BadReveal));
-}
-
-#[test]
 fn a_withheld_leaf_is_slashed_without_a_receipt() {
     let (mut l, k, _receipts, _ch) = audit_world();
-    let (by, other) = audit_leaves(&mut l, &k, &[2], false)[0];
+    // The assigned verifier gets no material and demands it on the ledger; no answer comes.
+    let by = assigned(&l, &k, 2);
+    let t = tx(
+        &l,
+        &k[by],
+        TxBody::DemandMaterial {
+            provider: k[1].account(),
+            epoch: R,
+            index: 2,
+        },
+    );
+    ok!(l, &t);
+    let other = 5 - by;
+    to_verdicts(&mut l, &k[0]);
     let v = Verdict {
         chain_id: CHAIN,
         provider: k[1].account(),
-        epoch: 0,
+        epoch: R,
         index: 2,
         fault: Fault::Withheld,
     };
