@@ -14,6 +14,7 @@ mod model_cmd;
 mod net_args;
 mod provider_cmd;
 mod shutdown;
+mod sim_cmd;
 mod train_cmd;
 mod verifier_cmd;
 
@@ -43,6 +44,8 @@ enum Command {
     Verifier(verifier_cmd::VerifierArgs),
     /// Check that audits, slashing and escrow make cheating lose money.
     Econ(econ_cmd::EconArgs),
+    /// The deterministic simulation of the trust protocol: attacks over many seeds.
+    Sim(sim_cmd::SimArgs),
     /// The OpenAI-compatible API in front of the network (`gateway keys ...` manages API keys).
     Gateway(gateway_cmd::GatewayArgs),
     /// Generate text with a model, streamed, with prompt and decode speed at the end.
@@ -85,6 +88,7 @@ fn main() {
         Command::Gateway(args) => gateway_cmd::run(args),
         Command::Verifier(args) => verifier_cmd::run(args),
         Command::Econ(args) => econ_cmd::run(args),
+        Command::Sim(args) => sim_cmd::run(args, threads),
         Command::Generate(args) => generate_cmd::run(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Model(cmd) => model_cmd::run(cmd),

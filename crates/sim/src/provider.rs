@@ -1,0 +1,414 @@
+//! Providers: the honest one, and its byzantine variants (overcharging, omitting receipts from
+//! the root, unstaking right after posting, withholding audit material, serving a cheaper
+//! model), plus the canary that plants fake frauds to catch lazy verifiers.
+
+use crate::model::{self, Audit};
+use crate::net::NodeId;
+use crate::rng::Rng;
+use crate::runtime::{Msg, Req, Runtime, Timer, EPOCH_MS};
+use crate::world::Knobs;
+use agora_core::{merkle, AccountId, Amount, Hash32, Signature};
+use agora_ledger::{plant_commitment, TxBody};
+use agora_wire::price::{cost_micros, micros_to_amount};
+use agora_wire::protocol::{fingerprint_hash, tokens_hash, Material, Receipt, Sampling};
+use agora_wire::settle::Voucher;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How a provider behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// Serves the model asked for, charges what it served, posts every receipt.
+    Honest,
+    /// Claims four times the prompt tokens it was sent.
+    Overcharge,
+    /// Serves a cheaper model with probability `cheat_ppm` and leaves those receipts out of
+    /// its root.
+    OmitReceipt,
+    /// Serves a cheaper model with probability `cheat_ppm`, posts, then unstakes everything.
+    UnstakeEarly,
+    /// Serves a cheaper model with probability `cheat_ppm` and never hands over the material
+    /// of those answers.
+    Withhold,
+    /// Serves a cheaper model with probability `cheat_ppm` and answers audits honestly.
+    CheapModel,
+    /// An honest provider that holds the planter key and plants fake frauds (cheap answers it
+    /// commits to on the ledger) to catch verifiers that pass without auditing.
+    Canary,
+}
+
+impl ProviderKind {
+    /// Whether this kind ever departs from the protocol.
+    pub fn byzantine(self) -> bool {
+        !matches!(self, ProviderKind::Honest | ProviderKind::Canary)
+    }
+}
+
+/// One served answer, kept for its root and its audits.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    /// The signed receipt and everything behind it.
+    pub material: Material,
+    /// Its hash (the Merkle leaf).
+    pub hash: Hash32,
+    /// Served by the cheaper model (or planted).
+    pub cheated: bool,
+}
+
+/// A provider node.
+pub struct Provider {
+    /// Its node.
+    pub node: NodeId,
+    /// Its behaviour.
+    pub kind: ProviderKind,
+    /// Probability of serving the cheaper model, ppm.
+    pub cheat_ppm: u32,
+    rng: Rng,
+    seen: BTreeSet<[u8; 16]>,
+    pending: Vec<Leaf>,
+    /// Leaves under each posted root, by epoch.
+    pub posted: BTreeMap<u64, Vec<Leaf>>,
+    /// Every receipt it served (posted or not), for the eligibility check.
+    pub served: Vec<Hash32>,
+    vouchers: BTreeMap<Hash32, (Amount, Signature, AccountId)>,
+    /// Honest cost of what it served per channel, micro-units: what it is owed.
+    pub owed_micros: BTreeMap<Hash32, u128>,
+    /// What cheating saved it, micro-units.
+    pub saved_micros: u128,
+    /// Answers served from the cheaper model.
+    pub cheats: u64,
+    /// Requests served twice (replays accepted): must stay 0.
+    pub replays_served: u64,
+    plants: Vec<(u64, u64, Hash32)>,
+    unstaked: bool,
+}
+
+impl Provider {
+    /// A provider at `node`.
+    pub fn new(node: NodeId, kind: ProviderKind, cheat_ppm: u32, seed: u64) -> Provider {
+        Provider {
+            node,
+            kind,
+            cheat_ppm,
+            rng: Rng::new(seed, &format!("provider/{node}")),
+            seen: BTreeSet::new(),
+            pending: Vec::new(),
+            posted: BTreeMap::new(),
+            served: Vec::new(),
+            vouchers: BTreeMap::new(),
+            owed_micros: BTreeMap::new(),
+            saved_micros: 0,
+            cheats: 0,
+            replays_served: 0,
+            plants: Vec::new(),
+            unstaked: false,
+        }
+    }
+
+    fn me(&self, rt: &Runtime) -> AccountId {
+        rt.accounts[self.node]
+    }
+
+    /// Schedules the first close of each epoch (root and claims).
+    pub fn start(&self, rt: &mut Runtime, k: &Knobs) {
+        rt.submit(
+            self.node,
+            TxBody::Stake {
+                amount: Amount::new(k.provider_stake),
+            },
+        );
+        rt.timer(self.node, EPOCH_MS - 900, Timer::CloseEpoch);
+    }
+
+    fn take_voucher(&mut self, rt: &Runtime, from: NodeId, v: (Hash32, Amount, Signature)) {
+        let (channel, cumulative, sig) = v;
+        let payer = rt.accounts[from];
+        let better = self
+            .vouchers
+            .get(&channel)
+            .is_none_or(|(c, _, _)| cumulative > *c);
+        if !better {
+            return;
+        }
+        let voucher = Voucher {
+            chain_id: rt.ledger.state.chain_id,
+            channel,
+            cumulative,
+        };
+        if payer
+            .verify(agora_wire::settle::VOUCHER_DOMAIN, &voucher, &sig)
+            .is_err()
+        {
+            return;
+        }
+        self.vouchers.insert(channel, (cumulative, sig, payer));
+    }
+
+    /// A message arrived.
+    pub fn on_msg(&mut self, rt: &mut Runtime, k: &Knobs, from: NodeId, msg: Msg) {
+        match msg {
+            Msg::Request(req) => self.serve(rt, k, from, req),
+            Msg::Voucher {
+                channel,
+                cumulative,
+                sig,
+            } => self.take_voucher(rt, from, (channel, cumulative, sig)),
+            Msg::AuditReq { epoch, index } => {
+                let Some(leaf) = self
+                    .posted
+                    .get(&epoch)
+                    .and_then(|l| l.get(usize::try_from(index).ok()?))
+                else {
+                    return;
+                };
+                if self.kind == ProviderKind::Withhold && leaf.cheated {
+                    return;
+                }
+                let hashes: Vec<Hash32> = self.posted[&epoch].iter().map(|l| l.hash).collect();
+                let Some(proof) = usize::try_from(index)
+                    .ok()
+                    .and_then(|i| merkle::proof(&hashes, i))
+                else {
+                    return;
+                };
+                let material = Box::new(leaf.material.clone());
+                rt.send(
+                    self.node,
+                    from,
+                    Msg::Material {
+                        epoch,
+                        index,
+                        material,
+                        proof,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// The checks an honest provider makes before serving (the rules of issue 13 item 4 as
+    /// the simulated provider keeps them): a channel of this payer to it, open well past the
+    /// claim window, escrow for the reservation, and no more than this one request's credit
+    /// outstanding beyond the vouchers it holds.
+    fn admit(&self, rt: &Runtime, k: &Knobs, from: NodeId, req: &Req) -> bool {
+        let st = &rt.ledger.state;
+        let Some(ch) = st.channel(&req.channel) else {
+            return false;
+        };
+        if ch.closed || ch.provider != self.me(rt) || ch.payer != rt.accounts[from] {
+            return false;
+        }
+        if ch.expires_epoch < st.epoch + k.claim_margin_epochs {
+            return false;
+        }
+        let vouched = self
+            .vouchers
+            .get(&req.channel)
+            .map_or(Amount::ZERO, |v| v.0);
+        let owed = micros_to_amount(self.owed_micros.get(&req.channel).copied().unwrap_or(0));
+        if owed > vouched {
+            return false;
+        }
+        let reservation = micros_to_amount(k.reservation_micros(req.prompt.len()));
+        ch.deposit
+            .checked_sub(vouched)
+            .is_ok_and(|left| left >= reservation)
+    }
+
+    fn serve(&mut self, rt: &mut Runtime, k: &Knobs, from: NodeId, req: Req) {
+        if let Some(v) = req.voucher {
+            self.take_voucher(rt, from, (req.channel, v.0, v.1));
+        }
+        if !self.seen.insert(req.id) {
+            return;
+        }
+        if !self.admit(rt, k, from, &req) {
+            rt.send(self.node, from, Msg::Refused { id: req.id });
+            return;
+        }
+        let planted = self.kind == ProviderKind::Canary && self.rng.chance_ppm(k.plant_ppm);
+        let cheat = planted || (self.kind.byzantine() && self.rng.chance_ppm(self.cheat_ppm));
+        let model = if cheat {
+            model::cheap_model()
+        } else {
+            model::real_model()
+        };
+        let n = model::answer_len(&req.prompt, req.seed, req.max_tokens);
+        let output = model::generate(&model, &req.prompt, req.seed, n);
+        let fp = model::fingerprint(&model, &req.prompt, &output);
+        let honest_prompt = u32::try_from(req.prompt.len()).unwrap_or(u32::MAX);
+        let prompt_tokens = if self.kind == ProviderKind::Overcharge {
+            honest_prompt.saturating_mul(4)
+        } else {
+            honest_prompt
+        };
+        let price = Amount::new(k.price_per_mtok);
+        let honest_cost =
+            cost_micros(price, price, u64::from(honest_prompt), u64::from(n)).unwrap_or(u128::MAX);
+        let cost =
+            cost_micros(price, price, u64::from(prompt_tokens), u64::from(n)).unwrap_or(u128::MAX);
+        if cheat && !planted {
+            self.cheats += 1;
+            self.saved_micros += honest_cost * u128::from(k.cheat_saving_ppm) / 1_000_000;
+        }
+        *self.owed_micros.entry(req.channel).or_insert(0) += honest_cost;
+        let receipt = Receipt {
+            chain_id: rt.ledger.state.chain_id,
+            request_id: req.id,
+            provider: self.me(rt),
+            payer: rt.accounts[from],
+            channel: req.channel,
+            model: model::real_model(),
+            prompt_hash: tokens_hash(&req.prompt),
+            output_hash: tokens_hash(&output),
+            prompt_tokens,
+            resumed_tokens: 0,
+            output_tokens: n,
+            sampling: Sampling {
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: req.seed,
+            },
+            fingerprint_hash: fingerprint_hash(&fp),
+            price_in: price,
+            price_out: price,
+            cost_micros: cost,
+            started_ms: rt.now,
+            finished_ms: rt.now,
+        }
+        .sign(&rt.keys[self.node]);
+        let material = Material {
+            receipt: receipt.clone(),
+            prompt: req.prompt.clone(),
+            resumed: Vec::new(),
+            output: output.clone(),
+            fingerprint: fp,
+        };
+        debug_assert!(cheat || model::audit(&material, req.max_tokens) != Audit::Fail);
+        let hash = receipt.hash();
+        self.served.push(hash);
+        self.pending.push(Leaf {
+            material,
+            hash,
+            cheated: cheat,
+        });
+        rt.send(
+            self.node,
+            from,
+            Msg::Answer {
+                id: req.id,
+                output,
+                receipt: Box::new(receipt),
+            },
+        );
+    }
+
+    /// Near the end of each epoch: post the root of this epoch's receipts, claim vouchers, and
+    /// (the canary) commit and open plants.
+    pub fn close_epoch(&mut self, rt: &mut Runtime) {
+        rt.timer(self.node, EPOCH_MS, Timer::CloseEpoch);
+        let epoch = rt.ledger.state.epoch;
+        let me = self.me(rt);
+        let staked = rt
+            .ledger
+            .state
+            .account(&me)
+            .is_some_and(|a| a.stake >= rt.ledger.state.params.min_provider_stake);
+        let leaves: Vec<Leaf> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(|l| !(self.kind == ProviderKind::OmitReceipt && l.cheated))
+            .collect();
+        if !leaves.is_empty() && staked && !self.posted.contains_key(&epoch) {
+            let hashes: Vec<Hash32> = leaves.iter().map(|l| l.hash).collect();
+            rt.submit(
+                self.node,
+                TxBody::PostReceiptRoot {
+                    epoch,
+                    root: merkle::root(&hashes),
+                    receipts: hashes.len() as u64,
+                },
+            );
+            if self.kind == ProviderKind::Canary {
+                for (i, l) in leaves.iter().enumerate() {
+                    if l.cheated {
+                        let salt = Hash32::of(&self.rng.bytes32());
+                        let commitment =
+                            plant_commitment(rt.ledger.state.chain_id, &me, epoch, i as u64, &salt);
+                        rt.submit(self.node, TxBody::PlantFraud { commitment });
+                        self.plants.push((epoch, i as u64, salt));
+                    }
+                }
+            }
+            let any_cheat = leaves.iter().any(|l| l.cheated);
+            self.posted.insert(epoch, leaves);
+            if self.kind == ProviderKind::UnstakeEarly && any_cheat && !self.unstaked {
+                self.unstaked = true;
+                let stake = rt
+                    .ledger
+                    .state
+                    .account(&me)
+                    .map_or(Amount::ZERO, |a| a.stake);
+                if !stake.is_zero() {
+                    rt.submit(self.node, TxBody::Unstake { amount: stake });
+                }
+            }
+        } else if !leaves.is_empty() {
+            // Not staked: these receipts can never be posted.
+            self.pending = leaves;
+        }
+        let w = rt.ledger.state.params.audit_window_epochs;
+        let due: Vec<(u64, u64, Hash32)> = self
+            .plants
+            .iter()
+            .filter(|(e, _, _)| epoch >= e + 3 + w)
+            .copied()
+            .collect();
+        self.plants.retain(|(e, _, _)| epoch < e + 3 + w);
+        for (e, index, salt) in due {
+            rt.submit(
+                self.node,
+                TxBody::RevealPlant {
+                    provider: me,
+                    epoch: e,
+                    index,
+                    salt,
+                },
+            );
+        }
+        for (channel, (cumulative, sig, payer)) in &self.vouchers {
+            let claimed = rt
+                .ledger
+                .state
+                .channel(channel)
+                .map_or(Amount::MAX, |c| c.claimed);
+            if *cumulative > claimed {
+                rt.submit(
+                    self.node,
+                    TxBody::ClaimVoucher {
+                        voucher: Voucher {
+                            chain_id: rt.ledger.state.chain_id,
+                            channel: *channel,
+                            cumulative: *cumulative,
+                        },
+                        payer: *payer,
+                        payer_sig: *sig,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The honest cost of everything served, whole units per channel: what it is owed.
+    pub fn owed(&self) -> u128 {
+        self.owed_micros
+            .values()
+            .map(|m| micros_to_amount(*m).units())
+            .sum()
+    }
+}
+
+/// Whether a provider-signed receipt hash is under one of its posted roots.
+pub fn eligible(p: &Provider, receipt: &Hash32) -> bool {
+    p.posted.values().flatten().any(|l| l.hash == *receipt)
+}

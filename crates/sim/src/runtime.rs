@@ -1,0 +1,381 @@
+//! The seeded single-threaded runtime: a virtual clock in ms, one event queue, the simulated
+//! network, and the real ledger with the simulation as its sequencer.
+
+use crate::net::{Network, NodeId};
+use crate::rng::Rng;
+use agora_core::{AccountId, Hash32, Keypair, Signature};
+use agora_ledger::block::tx_root;
+use agora_ledger::tx::verify_batch;
+use agora_ledger::{BlockHeader, Event, Ledger, Tx, TxBody, TxError};
+use agora_wire::protocol::{Material, SignedReceipt};
+use agora_wire::settle::Verdict;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// Virtual ms between blocks.
+pub const BLOCK_MS: u64 = 500;
+/// Blocks per epoch (the sequencer advances the epoch in the first block of each).
+pub const EPOCH_BLOCKS: u64 = 10;
+/// Virtual ms per epoch.
+pub const EPOCH_MS: u64 = BLOCK_MS * EPOCH_BLOCKS;
+
+/// A request from a payer (modelling the gateway and its broker) to a provider.
+#[derive(Debug, Clone)]
+pub struct Req {
+    /// Request id.
+    pub id: [u8; 16],
+    /// The paying channel.
+    pub channel: Hash32,
+    /// Prompt token ids (the gateway counts them itself).
+    pub prompt: Vec<u32>,
+    /// Most output tokens.
+    pub max_tokens: u32,
+    /// Sampling seed.
+    pub seed: u64,
+    /// The payer's latest voucher on this channel, so a lost one is made good.
+    pub voucher: Option<(agora_core::Amount, Signature)>,
+}
+
+/// What a failed audit claims, when it asks a second verifier to confirm.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The answer failed its audit.
+    Fraud,
+    /// The provider did not hand over the material.
+    Withheld,
+}
+
+/// A message on a simulated link.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// Payer to provider.
+    Request(Req),
+    /// Provider to payer: the tokens and the signed receipt.
+    Answer {
+        /// The request.
+        id: [u8; 16],
+        /// Output token ids.
+        output: Vec<u32>,
+        /// The receipt.
+        receipt: Box<SignedReceipt>,
+    },
+    /// Provider to payer: not served.
+    Refused {
+        /// The request.
+        id: [u8; 16],
+    },
+    /// Payer to provider: a cumulative voucher and the payer's signature.
+    Voucher {
+        /// The channel.
+        channel: Hash32,
+        /// Cumulative amount.
+        cumulative: agora_core::Amount,
+        /// Signature.
+        sig: Signature,
+    },
+    /// Verifier to provider: the material behind a leaf, please.
+    AuditReq {
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+    },
+    /// Provider to verifier.
+    Material {
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// The material.
+        material: Box<Material>,
+        /// Merkle path to the posted root.
+        proof: Vec<Hash32>,
+    },
+    /// Verifier to verifier: confirm this failed leaf.
+    ConfirmReq {
+        /// Audited provider.
+        provider: AccountId,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// What is claimed.
+        claim: Claim,
+    },
+    /// Confirmer to requester: the co-signed verdict.
+    Confirmed {
+        /// The verdict.
+        verdict: Box<Verdict>,
+        /// The confirmer's signature.
+        sig: Signature,
+    },
+    /// Gossip of an audit outcome (anyone can send one; only the ledger's count).
+    Gossip {
+        /// Provider the outcome is about.
+        provider: AccountId,
+        /// Claimed outcome.
+        passed: bool,
+    },
+}
+
+/// A timer an actor set.
+#[derive(Debug, Clone)]
+pub enum Timer {
+    /// A payer's next request.
+    NextRequest,
+    /// A provider posts its root and claims its vouchers.
+    CloseEpoch,
+    /// A verifier's audit fetch timed out.
+    AuditTimeout {
+        /// Provider.
+        provider: AccountId,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// Attempt number.
+        attempt: u32,
+        /// For a confirmation (true) or an audit (false).
+        confirm: bool,
+    },
+    /// Restart after a crash.
+    Restart,
+    /// Heal a partition between the node and another.
+    Heal(NodeId),
+    /// A scheduled adversary step.
+    Adversary(u32),
+}
+
+/// What happens next.
+#[derive(Debug, Clone)]
+pub enum Ev {
+    /// A message arrives.
+    Deliver {
+        /// Sender.
+        from: NodeId,
+        /// Receiver.
+        to: NodeId,
+        /// Message.
+        msg: Msg,
+    },
+    /// A transaction reaches the sequencer's mempool.
+    TxArrive {
+        /// Sender node.
+        from: NodeId,
+        /// Body (signed with the sender's next nonce when the block is built, as a client that
+        /// re-signs on a nonce conflict would).
+        body: TxBody,
+    },
+    /// A timer fires.
+    Timer {
+        /// Node.
+        node: NodeId,
+        /// Which.
+        timer: Timer,
+    },
+    /// The sequencer builds a block.
+    Block,
+}
+
+struct Item {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Item {
+    // Reversed: BinaryHeap is a max-heap and the earliest event must come first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// The runtime every actor acts through.
+pub struct Runtime {
+    /// Virtual now, ms.
+    pub now: u64,
+    seq: u64,
+    queue: BinaryHeap<Item>,
+    /// The network.
+    pub net: Network,
+    /// The real ledger.
+    pub ledger: Ledger,
+    /// Every node's key (node 0 is the sequencer).
+    pub keys: Vec<Keypair>,
+    /// Account of each node.
+    pub accounts: Vec<AccountId>,
+    mempool: Vec<(NodeId, TxBody)>,
+    /// Transactions the ledger refused, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Ledger invariant failures (conservation), with the block height.
+    pub invariant_failures: Vec<String>,
+    /// Events of every block so far, in order.
+    pub events: Vec<Event>,
+}
+
+impl Runtime {
+    /// A runtime over `ledger` with `keys` (node i has `keys[i]`).
+    pub fn new(ledger: Ledger, keys: Vec<Keypair>, net: Network) -> Runtime {
+        let accounts = keys.iter().map(Keypair::account).collect();
+        Runtime {
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            net,
+            ledger,
+            keys,
+            accounts,
+            mempool: Vec::new(),
+            rejected: BTreeMap::new(),
+            invariant_failures: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Schedules `ev` at virtual time `at`.
+    pub fn at(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Item {
+            at,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    /// Sets a timer `after` ms from now.
+    pub fn timer(&mut self, node: NodeId, after: u64, timer: Timer) {
+        self.at(self.now + after, Ev::Timer { node, timer });
+    }
+
+    /// Sends a message over the simulated link (it may be lost).
+    pub fn send(&mut self, from: NodeId, to: NodeId, msg: Msg) {
+        if let Some(d) = self.net.transit(from, to) {
+            self.at(self.now + d, Ev::Deliver { from, to, msg });
+        }
+    }
+
+    /// Submits a transaction to the sequencer. Clients retry until it arrives, so only the
+    /// latency is simulated; a crashed node submits nothing.
+    pub fn submit(&mut self, from: NodeId, body: TxBody) {
+        if !self.net.is_up(from) {
+            return;
+        }
+        let d = self.net.spec.max_latency_ms;
+        self.at(self.now + d, Ev::TxArrive { from, body });
+    }
+
+    /// The next event, advancing the clock; `None` past `end`.
+    pub fn pop(&mut self, end: u64) -> Option<Ev> {
+        let top = self.queue.peek()?;
+        if top.at > end {
+            return None;
+        }
+        let item = self.queue.pop()?;
+        self.now = item.at;
+        Some(item.ev)
+    }
+
+    pub(crate) fn arrive(&mut self, from: NodeId, body: TxBody) {
+        self.mempool.push((from, body));
+    }
+
+    /// The sequencer's step: signs each pending transaction with its sender's key and next
+    /// nonce, applies it through the real state machine, seals the block, and checks the
+    /// ledger's conservation invariant. Returns the block's events.
+    pub fn build_block(&mut self) -> Vec<Event> {
+        let ctx = self.ledger.next_ctx();
+        let mut txs = std::mem::take(&mut self.mempool);
+        if ctx.height.is_multiple_of(EPOCH_BLOCKS) {
+            txs.insert(0, (0, TxBody::AdvanceEpoch));
+        }
+        let chain_id = self.ledger.state.chain_id;
+        let mut ids = Vec::with_capacity(txs.len());
+        let mut events = Vec::new();
+        // Sign with the nonces the senders expect, check every signature in one batch.
+        let mut next: BTreeMap<AccountId, u64> = BTreeMap::new();
+        let mut signed = Vec::with_capacity(txs.len());
+        let mut senders = Vec::with_capacity(txs.len());
+        for (node, body) in txs {
+            let Some(key) = self.keys.get(node) else {
+                continue;
+            };
+            let from = key.account();
+            let nonce = next
+                .entry(from)
+                .or_insert_with(|| self.ledger.state.account(&from).map_or(0, |a| a.nonce));
+            signed.push(
+                Tx {
+                    chain_id,
+                    from,
+                    nonce: *nonce,
+                    body,
+                }
+                .sign(key),
+            );
+            *nonce += 1;
+            senders.push(node);
+        }
+        for (node, checked) in senders
+            .into_iter()
+            .zip(verify_batch(signed.clone()).into_iter().zip(signed))
+        {
+            let (checked, stx) = checked;
+            let mut applied =
+                checked.and_then(|v| Ok((v.id(), self.ledger.state.apply_verified(&v, &ctx)?)));
+            if let Err(TxError::FutureNonce { expected, .. }) = applied {
+                // An earlier transaction of this sender was refused: re-sign, as its client would.
+                let stx = Tx {
+                    nonce: expected,
+                    ..stx.tx
+                }
+                .sign(&self.keys[node]);
+                applied = stx
+                    .verify()
+                    .and_then(|v| Ok((v.id(), self.ledger.state.apply_verified(&v, &ctx)?)));
+            }
+            match applied {
+                Ok((id, ev)) => {
+                    ids.push(id);
+                    events.extend(ev);
+                }
+                Err(e) => {
+                    let name = format!("{e:?}");
+                    let kind = name.split([' ', '{', '(']).next().unwrap_or("").to_string();
+                    *self.rejected.entry(kind).or_insert(0) += 1;
+                }
+            }
+        }
+        let header = BlockHeader {
+            chain_id,
+            height: ctx.height,
+            parent: ctx.parent,
+            tx_root: tx_root(&ids),
+            state_hash: self.ledger.state.hash(),
+            timestamp_ms: self.now,
+        };
+        self.ledger.height = ctx.height;
+        self.ledger.tip = header.hash();
+        if let Err(e) = self.ledger.state.check_invariants() {
+            self.invariant_failures
+                .push(format!("block {}: {e}", ctx.height));
+        }
+        self.events.extend(events.iter().cloned());
+        events
+    }
+
+    /// A per-run stream of randomness for one purpose.
+    pub fn rng(seed: u64, name: &str) -> Rng {
+        Rng::new(seed, name)
+    }
+}
