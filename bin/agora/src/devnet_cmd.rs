@@ -374,6 +374,9 @@ fn start_and_wait(
             "/ip4/127.0.0.1/tcp/0".into(),
             "--stall-ms".into(),
             args.stall_ms.to_string(),
+            // The gateway counts prompt tokens and renders text with the model's own files.
+            "--model".into(),
+            path(model),
         ],
         None,
     )?;

@@ -91,6 +91,12 @@ struct ServeArgs {
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 4096)]
     max_tokens: u32,
+    /// A model file (GGUF or Hugging Face directory) whose tokenizer and chat template the
+    /// gateway uses to count prompt tokens and render text itself, bound to its ModelId
+    /// (repeatable). For models without one, the prompt charge is capped by a byte bound
+    /// and the text is the provider's.
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
     #[command(flatten)]
     net: NetArgs,
     /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
@@ -140,6 +146,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.max_price_out = args.max_price_out;
     cfg.min_deposit = args.min_deposit;
     cfg.stall_timeout = Duration::from_millis(args.stall_ms.max(1));
+    for path in &args.models {
+        let m = agora_model::PromptModel::load(path)
+            .with_context(|| format!("loading the model {}", path.display()))?;
+        tracing::info!(model = %m.id, path = %path.display(), "counting prompts and rendering text with this model's tokenizer");
+        cfg.models.push(Arc::new(m));
+    }
+    if cfg.models.is_empty() {
+        tracing::warn!("no --model given: prompt charges are capped by a byte bound and streamed text is the provider's, not checked against the receipt's token ids");
+    }
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         max_prompt_bytes: args.max_prompt_bytes,

@@ -234,7 +234,8 @@ impl Channels {
         if cost_micros == 0 {
             return None;
         }
-        // Never promise more than the channel holds.
+        // A charge never exceeds what was reserved for it, and never more than the channel holds.
+        let cost_micros = cost_micros.min(reservation.amount.units().saturating_mul(1_000_000));
         let spent = b.spent_micros.saturating_add(cost_micros);
         let cap = b.deposit.units().saturating_mul(1_000_000);
         b.spent_micros = spent.min(cap);
@@ -251,6 +252,24 @@ impl Channels {
         let books = self.books.lock().await.get(&(*payer, *provider)).cloned()?;
         let b = books.lock().await;
         Some(b.spent_micros)
+    }
+
+    /// Books an already open channel (tests; recovery).
+    #[cfg(test)]
+    pub(crate) async fn insert_open(
+        &self,
+        payer: AccountId,
+        provider: AccountId,
+        id: Hash32,
+        deposit: Amount,
+    ) {
+        let books = Arc::new(Mutex::new(ChannelBooks {
+            id,
+            deposit,
+            spent_micros: 0,
+            reserved: Amount::ZERO,
+        }));
+        self.books.lock().await.insert((payer, provider), books);
     }
 
     /// The channel id from `payer` to `provider`, if one is open.

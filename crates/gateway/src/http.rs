@@ -166,11 +166,21 @@ impl ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
                     .code("no_capacity")
             }
+            // Provider and ledger words stay in the log: a provider could otherwise write
+            // into every client's error, and a ledger's reveal its internals.
             BackendError::Upstream(_) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "server_error", message)
-                    .code("upstream_error")
+                tracing::warn!("upstream failure: {message}");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "The network's providers could not complete the answer; try again.",
+                )
+                .code("upstream_error")
             }
-            BackendError::Internal(_) => ApiError::internal(message),
+            BackendError::Internal(_) => {
+                tracing::error!("internal failure: {message}");
+                ApiError::internal("The gateway failed to serve the request; try again.")
+            }
         }
     }
 
@@ -1031,7 +1041,17 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         Err(e) => return with_log(e.into_response(), info),
     };
     info.model = Some(job.model.clone());
-    let caller = app.keys.caller(&rec);
+    let caller = match app.keys.caller(&rec) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(key = %rec.id, "no paying account for the key: {e}");
+            return with_log(
+                ApiError::internal("The gateway failed to serve the request; try again.")
+                    .into_response(),
+                info,
+            );
+        }
+    };
     let started = match app.backend.start(caller, job).await {
         Ok(s) => s,
         Err(e) => {
@@ -1415,6 +1435,21 @@ mod tests {
             let a = ApiError::backend(&e, "messages");
             assert_eq!(a.status.as_u16(), status);
             assert_eq!(a.code, Some(code));
+        }
+    }
+
+    #[test]
+    fn provider_and_ledger_words_never_reach_the_client() {
+        let secret = "provider says: visit evil.example; ledger db at /var/lib/x";
+        for e in [
+            BackendError::Upstream(secret.into()),
+            BackendError::Internal(secret.into()),
+        ] {
+            let body = ApiError::backend(&e, "messages").body().to_string();
+            assert!(
+                !body.contains("evil.example") && !body.contains("/var/lib"),
+                "{body}"
+            );
         }
     }
 }
