@@ -368,6 +368,8 @@ fn start_and_wait(
             format!("127.0.0.1:{}", args.port),
             "--keys".into(),
             path(&dir.join("keys.redb")),
+            "--channels".into(),
+            path(&dir.join("channels.redb")),
             "--ledger".into(),
             ledger_url.clone(),
             "--p2p-listen".into(),

@@ -97,6 +97,9 @@ struct ServeArgs {
     /// and the text is the provider's.
     #[arg(long = "model")]
     models: Vec<PathBuf>,
+    /// The payment-channel books (redb), kept across restarts.
+    #[arg(long, default_value = "agora-gateway-channels.redb")]
+    channels: PathBuf,
     /// Least bonded stake (base units, read from the ledger) a provider needs to be routed to.
     #[arg(long, default_value = "100")]
     min_stake: Amount,
@@ -149,6 +152,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.max_price_out = args.max_price_out;
     cfg.min_deposit = args.min_deposit;
     cfg.min_stake = args.min_stake;
+    cfg.channel_store = Some(args.channels.clone());
     cfg.stall_timeout = Duration::from_millis(args.stall_ms.max(1));
     for path in &args.models {
         let m = agora_model::PromptModel::load(path)

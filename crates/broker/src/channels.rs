@@ -1,6 +1,13 @@
 //! The payer's side of payment channels: one channel per (payer, provider), opened and topped
 //! up on the ledger as needed, with escrow reserved for answers in flight so a voucher never
 //! promises more than the channel holds.
+//!
+//! With a [`ChannelStore`] the books are durable (redb): a channel's id, deposit and what it
+//! has been charged are written before the voucher that depends on them leaves, and a
+//! channel about to be opened is written (by its nonce) before the ledger sees it. After a
+//! restart the gateway reuses its channels and signs vouchers that continue the cumulative
+//! totals: no escrow is orphaned and nothing is paid twice. Reservations of answers in
+//! flight die with the process (their providers were not paid; see `docs/network.md`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +17,14 @@ use agora_ledger::client::Client;
 use agora_ledger::tx::channel_id;
 use agora_ledger::{Tx, TxBody, Voucher};
 use agora_net::protocol::SignedVoucher;
+use borsh::{BorshDeserialize, BorshSerialize};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::Mutex;
+
+/// (payer, provider) -> borsh [`StoredBooks`].
+const BOOKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("channel_books");
+/// (payer, provider) -> the nonce of an `OpenChannel` submitted but not yet booked.
+const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending_opens");
 
 /// Why a channel could not be funded.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +43,104 @@ pub enum ChannelError {
     /// The ledger refused or was unreachable.
     #[error("ledger: {0}")]
     Ledger(String),
+    /// The durable books failed; nothing is promised that was not written.
+    #[error("channel store: {0}")]
+    Store(String),
+}
+
+fn store_err(e: impl std::fmt::Display) -> ChannelError {
+    ChannelError::Store(e.to_string())
+}
+
+/// What is kept of a channel across restarts.
+#[derive(Debug, Clone, PartialEq, BorshSerialize, BorshDeserialize)]
+struct StoredBooks {
+    id: Hash32,
+    deposit: Amount,
+    spent_micros: u128,
+}
+
+fn key_of(payer: &AccountId, provider: &AccountId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(64);
+    k.extend_from_slice(payer.as_bytes());
+    k.extend_from_slice(provider.as_bytes());
+    k
+}
+
+/// The durable channel books (redb, crash-safe: each write is one committed transaction).
+pub struct ChannelStore {
+    db: Database,
+}
+
+impl ChannelStore {
+    /// Opens or creates the store at `path`.
+    pub fn open(path: &std::path::Path) -> Result<ChannelStore, ChannelError> {
+        let db = Database::create(path).map_err(store_err)?;
+        let w = db.begin_write().map_err(store_err)?;
+        w.open_table(BOOKS).map_err(store_err)?;
+        w.open_table(PENDING).map_err(store_err)?;
+        w.commit().map_err(store_err)?;
+        Ok(ChannelStore { db })
+    }
+
+    fn put(&self, key: &[u8], b: &StoredBooks) -> Result<(), ChannelError> {
+        let bytes = borsh::to_vec(b).map_err(store_err)?;
+        let w = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut t = w.open_table(BOOKS).map_err(store_err)?;
+            t.insert(key, bytes.as_slice()).map_err(store_err)?;
+            let mut p = w.open_table(PENDING).map_err(store_err)?;
+            p.remove(key).map_err(store_err)?;
+        }
+        w.commit().map_err(store_err)
+    }
+
+    fn set_pending(&self, key: &[u8], nonce: u64) -> Result<(), ChannelError> {
+        let w = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut p = w.open_table(PENDING).map_err(store_err)?;
+            p.insert(key, nonce).map_err(store_err)?;
+        }
+        w.commit().map_err(store_err)
+    }
+
+    fn pending(&self, key: &[u8]) -> Result<Option<u64>, ChannelError> {
+        let r = self.db.begin_read().map_err(store_err)?;
+        let p = r.open_table(PENDING).map_err(store_err)?;
+        Ok(p.get(key).map_err(store_err)?.map(|v| v.value()))
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<(), ChannelError> {
+        let w = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut t = w.open_table(BOOKS).map_err(store_err)?;
+            t.remove(key).map_err(store_err)?;
+            let mut p = w.open_table(PENDING).map_err(store_err)?;
+            p.remove(key).map_err(store_err)?;
+        }
+        w.commit().map_err(store_err)
+    }
+
+    /// Every booked channel.
+    fn load(&self) -> Result<Vec<((AccountId, AccountId), StoredBooks)>, ChannelError> {
+        let r = self.db.begin_read().map_err(store_err)?;
+        let t = r.open_table(BOOKS).map_err(store_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(store_err)? {
+            let (k, v) = row.map_err(store_err)?;
+            let k = k.value();
+            if k.len() != 64 {
+                return Err(ChannelError::Store(
+                    "a stored key is not two accounts".into(),
+                ));
+            }
+            let payer = AccountId::from_slice(&k[..32]).map_err(store_err)?;
+            let provider = AccountId::from_slice(&k[32..]).map_err(store_err)?;
+            let b = StoredBooks::try_from_slice(v.value()).map_err(store_err)?;
+            out.push(((payer, provider), b));
+        }
+        Ok(out)
+    }
 }
 
 /// One channel's books, kept by the payer.
@@ -78,6 +190,8 @@ pub struct Channels {
     books: Arc<Mutex<Books>>,
     /// One lock per payer so its ledger nonces are used in order.
     payers: Arc<Mutex<HashMap<AccountId, Arc<Mutex<()>>>>>,
+    /// Where the books are kept across restarts (none: memory only).
+    store: Option<Arc<ChannelStore>>,
 }
 
 impl Channels {
@@ -89,7 +203,91 @@ impl Channels {
             min_deposit,
             books: Arc::default(),
             payers: Arc::default(),
+            store: None,
         }
+    }
+
+    /// Channels whose books live in `store`: the ones it holds are recovered now.
+    pub fn durable(
+        chain_id: u64,
+        ledger: Client,
+        min_deposit: Amount,
+        store: ChannelStore,
+    ) -> Result<Channels, ChannelError> {
+        let mut books = Books::new();
+        for (key, b) in store.load()? {
+            books.insert(
+                key,
+                Arc::new(Mutex::new(ChannelBooks {
+                    id: b.id,
+                    deposit: b.deposit,
+                    spent_micros: b.spent_micros,
+                    reserved: Amount::ZERO,
+                })),
+            );
+        }
+        if !books.is_empty() {
+            tracing::info!(channels = books.len(), "recovered channel books");
+        }
+        Ok(Channels {
+            chain_id,
+            ledger,
+            min_deposit,
+            books: Arc::new(Mutex::new(books)),
+            payers: Arc::default(),
+            store: Some(Arc::new(store)),
+        })
+    }
+
+    /// Writes a channel's books before anything depending on them leaves.
+    fn persist(&self, key: &(AccountId, AccountId), b: &ChannelBooks) -> Result<(), ChannelError> {
+        match &self.store {
+            Some(s) => s.put(
+                &key_of(&key.0, &key.1),
+                &StoredBooks {
+                    id: b.id,
+                    deposit: b.deposit,
+                    spent_micros: b.spent_micros,
+                },
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// A channel opened before a crash that left it unbooked: adopt it from the ledger.
+    async fn adopt_pending(&self, key: &(AccountId, AccountId)) -> Result<(), ChannelError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let Some(nonce) = store.pending(&key_of(&key.0, &key.1))? else {
+            return Ok(());
+        };
+        let id = channel_id(self.chain_id, &key.0, nonce);
+        let ledger = self.ledger.clone();
+        let found = tokio::task::spawn_blocking(move || ledger.channel(&id))
+            .await
+            .map_err(|e| ChannelError::Ledger(e.to_string()))?
+            .map_err(|e| ChannelError::Ledger(e.to_string()))?;
+        match found {
+            Some(c) if !c.closed && c.payer == key.0 && c.provider == key.1 => {
+                // What was vouched before the crash is unknown beyond what was claimed;
+                // the claimed amount is a floor the next voucher must not fall under.
+                let b = ChannelBooks {
+                    id,
+                    deposit: c.deposit,
+                    spent_micros: c.claimed.units().saturating_mul(1_000_000),
+                    reserved: Amount::ZERO,
+                };
+                self.persist(key, &b)?;
+                tracing::info!(channel = %id, "adopted a channel opened before a restart");
+                self.books
+                    .lock()
+                    .await
+                    .insert(*key, Arc::new(Mutex::new(b)));
+            }
+            _ => store.remove(&key_of(&key.0, &key.1))?,
+        }
+        Ok(())
     }
 
     async fn payer_lock(&self, payer: AccountId) -> Arc<Mutex<()>> {
@@ -119,6 +317,9 @@ impl Channels {
         // Fund on the ledger under the payer's lock, then reserve.
         let lock = self.payer_lock(payer.account()).await;
         let _guard = lock.lock().await;
+        if existing.is_none() {
+            self.adopt_pending(&key).await?;
+        }
         let existing = self.books.lock().await.get(&key).cloned();
         let books = match existing {
             Some(books) => {
@@ -138,6 +339,7 @@ impl Channels {
                     .await?;
                     let mut b = books.lock().await;
                     b.deposit = b.deposit.checked_add(add).unwrap_or(Amount::MAX);
+                    self.persist(&key, &b)?;
                     tracing::info!(channel = %id, deposit = %b.deposit, "topped up channel");
                 }
                 books
@@ -145,23 +347,29 @@ impl Channels {
             None => {
                 let amount = need.max(self.min_deposit);
                 let nonce = self
-                    .submit(
+                    .submit_with(
                         payer,
                         TxBody::OpenChannel {
                             provider,
                             amount,
                             timeout_epochs: 10,
                         },
+                        |nonce| match &self.store {
+                            Some(s) => s.set_pending(&key_of(&key.0, &key.1), nonce),
+                            None => Ok(()),
+                        },
                     )
                     .await?;
                 let id = channel_id(self.chain_id, &payer.account(), nonce);
                 tracing::info!(channel = %id, %provider, deposit = %amount, "opened channel");
-                let books = Arc::new(Mutex::new(ChannelBooks {
+                let b = ChannelBooks {
                     id,
                     deposit: amount,
                     spent_micros: 0,
                     reserved: Amount::ZERO,
-                }));
+                };
+                self.persist(&key, &b)?;
+                let books = Arc::new(Mutex::new(b));
                 self.books.lock().await.insert(key, books.clone());
                 books
             }
@@ -176,6 +384,30 @@ impl Channels {
 
     /// Submits a transaction from `payer`; returns the nonce it used.
     async fn submit(&self, payer: &Keypair, body: TxBody) -> Result<u64, ChannelError> {
+        self.submit_with(payer, body, |_| Ok(())).await
+    }
+
+    /// Submits a transaction from `payer`, running `before(nonce)` first (to record it);
+    /// returns the nonce it used.
+    async fn submit_with(
+        &self,
+        payer: &Keypair,
+        body: TxBody,
+        before: impl FnOnce(u64) -> Result<(), ChannelError>,
+    ) -> Result<u64, ChannelError> {
+        let me = payer.account();
+        let l = self.ledger.clone();
+        let nonce = tokio::task::spawn_blocking(move || l.account(&me))
+            .await
+            .map_err(|e| ChannelError::Ledger(e.to_string()))?
+            .map_err(|e| ChannelError::Ledger(e.to_string()))?
+            .ok_or(ChannelError::NoAccount(me))?
+            .nonce;
+        before(nonce)?;
+        self.submit_raw(payer, body).await
+    }
+
+    async fn submit_raw(&self, payer: &Keypair, body: TxBody) -> Result<u64, ChannelError> {
         let ledger = self.ledger.clone();
         let key = payer.clone();
         let chain_id = self.chain_id;
@@ -239,6 +471,11 @@ impl Channels {
         let spent = b.spent_micros.saturating_add(cost_micros);
         let cap = b.deposit.units().saturating_mul(1_000_000);
         b.spent_micros = spent.min(cap);
+        // Written before the voucher leaves: a restart continues from here, never below.
+        if let Err(e) = self.persist(&(payer.account(), provider), &b) {
+            tracing::error!(channel = %b.id, "voucher withheld, books not written: {e}");
+            return None;
+        }
         let voucher = Voucher {
             chain_id: self.chain_id,
             channel: b.id,
@@ -263,13 +500,17 @@ impl Channels {
         id: Hash32,
         deposit: Amount,
     ) {
-        let books = Arc::new(Mutex::new(ChannelBooks {
+        let b = ChannelBooks {
             id,
             deposit,
             spent_micros: 0,
             reserved: Amount::ZERO,
-        }));
-        self.books.lock().await.insert((payer, provider), books);
+        };
+        self.persist(&(payer, provider), &b).expect("persist");
+        self.books
+            .lock()
+            .await
+            .insert((payer, provider), Arc::new(Mutex::new(b)));
     }
 
     /// The channel id from `payer` to `provider`, if one is open.

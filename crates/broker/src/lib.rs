@@ -62,6 +62,8 @@ pub struct BrokerConfig {
     /// The least bonded stake (on the ledger) a provider needs to be routed to or to have
     /// its offers kept.
     pub min_stake: Amount,
+    /// Where the channel books are kept across restarts (redb); `None`: memory only.
+    pub channel_store: Option<std::path::PathBuf>,
 }
 
 impl BrokerConfig {
@@ -80,6 +82,7 @@ impl BrokerConfig {
             max_price_out: None,
             models: Vec::new(),
             min_stake: Amount::new(100),
+            channel_store: None,
         }
     }
 }
@@ -129,7 +132,15 @@ impl Broker {
             stakes.clone(),
         ));
         tokio::spawn(follow_ledger(ledger.clone(), book.clone(), banned.clone()));
-        let channels = Channels::new(cfg.chain_id, ledger, cfg.min_deposit);
+        let channels = match &cfg.channel_store {
+            Some(path) => {
+                let store = channels::ChannelStore::open(path)
+                    .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
+                Channels::durable(cfg.chain_id, ledger, cfg.min_deposit, store)
+                    .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?
+            }
+            None => Channels::new(cfg.chain_id, ledger, cfg.min_deposit),
+        };
         let mut models = std::collections::HashMap::new();
         for m in &cfg.models {
             let id = Hash32::from_slice(&m.id.0).map_err(|e| BrokerError::Config(e.to_string()))?;

@@ -381,3 +381,30 @@ async fn settle_never_charges_more_than_the_reservation() {
         .expect("voucher");
     assert_eq!(v.voucher.cumulative, Amount::new(10));
 }
+
+#[tokio::test]
+async fn restart_continues_vouchers_from_the_durable_books() {
+    // A gateway restart used to forget every channel: escrow orphaned, totals restarted.
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("channels.redb");
+    let ledger = Client::new("http://127.0.0.1:9").expect("client");
+    let (p, q) = (payer(), provider().account());
+    let id = Hash32::of(b"chan");
+    let r = channels::Reservation {
+        channel: id,
+        amount: Amount::new(100),
+    };
+    {
+        let store = channels::ChannelStore::open(&path).expect("store");
+        let ch = Channels::durable(9, ledger.clone(), Amount::new(1), store).expect("open");
+        ch.insert_open(p.account(), q, id, Amount::new(1_000)).await;
+        let v = ch.settle(&p, q, r, 7_500_000).await.expect("voucher");
+        assert_eq!(v.voucher.cumulative, Amount::new(7));
+    }
+    let store = channels::ChannelStore::open(&path).expect("store");
+    let ch = Channels::durable(9, ledger, Amount::new(1), store).expect("reopen");
+    assert_eq!(ch.channel_of(&p.account(), &q).await, Some(id));
+    assert_eq!(ch.spent_micros(&p.account(), &q).await, Some(7_500_000));
+    let v = ch.settle(&p, q, r, 2_500_000).await.expect("voucher");
+    assert_eq!(v.voucher.cumulative, Amount::new(10));
+}
