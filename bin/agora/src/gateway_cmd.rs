@@ -97,6 +97,15 @@ struct ServeArgs {
     /// and the text is the provider's.
     #[arg(long = "model")]
     models: Vec<PathBuf>,
+    /// Requests per second one API key may make, sustained (429 above).
+    #[arg(long, default_value_t = 20)]
+    key_rate: u32,
+    /// Requests one API key may make at once above its sustained rate.
+    #[arg(long, default_value_t = 100)]
+    key_burst: u32,
+    /// Answers one API key may have in flight at once.
+    #[arg(long, default_value_t = 64)]
+    key_concurrency: u32,
     /// The payment-channel books (redb), kept across restarts.
     #[arg(long, default_value = "agora-gateway-channels.redb")]
     channels: PathBuf,
@@ -167,6 +176,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         max_prompt_bytes: args.max_prompt_bytes,
         max_tokens: args.max_tokens,
+        per_key: agora_gateway::KeyLimits {
+            per_second: args.key_rate,
+            burst: args.key_burst,
+            concurrent: args.key_concurrency,
+        },
         ..Limits::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
