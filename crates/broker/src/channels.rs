@@ -60,6 +60,21 @@ struct StoredBooks {
     spent_micros: u128,
 }
 
+/// Whether the payer may close `c` at `epoch` without taking back what it vouched.
+fn closable(c: &agora_ledger::Channel, epoch: u64, vouched: Amount) -> bool {
+    may_close(c.closed, c.expires_epoch, c.claimed, epoch, vouched)
+}
+
+fn may_close(
+    closed: bool,
+    expires_epoch: u64,
+    claimed: Amount,
+    epoch: u64,
+    vouched: Amount,
+) -> bool {
+    !closed && epoch >= expires_epoch && claimed >= vouched
+}
+
 fn key_of(payer: &AccountId, provider: &AccountId) -> Vec<u8> {
     let mut k = Vec::with_capacity(64);
     k.extend_from_slice(payer.as_bytes());
@@ -152,6 +167,10 @@ struct ChannelBooks {
     spent_micros: u128,
     /// Escrow held back for answers in flight, in base units.
     reserved: Amount,
+    /// When an answer last reserved on it.
+    last_used: std::time::Instant,
+    /// The payer's key, once a request of this process has used the channel (to close it).
+    payer_key: Option<Keypair>,
 }
 
 impl ChannelBooks {
@@ -223,6 +242,8 @@ impl Channels {
                     deposit: b.deposit,
                     spent_micros: b.spent_micros,
                     reserved: Amount::ZERO,
+                    last_used: std::time::Instant::now(),
+                    payer_key: None,
                 })),
             );
         }
@@ -277,6 +298,8 @@ impl Channels {
                     deposit: c.deposit,
                     spent_micros: c.claimed.units().saturating_mul(1_000_000),
                     reserved: Amount::ZERO,
+                    last_used: std::time::Instant::now(),
+                    payer_key: None,
                 };
                 self.persist(key, &b)?;
                 tracing::info!(channel = %id, "adopted a channel opened before a restart");
@@ -308,6 +331,8 @@ impl Channels {
             let mut b = books.lock().await;
             if b.free() >= need {
                 b.reserved = b.reserved.checked_add(need).unwrap_or(Amount::MAX);
+                b.last_used = std::time::Instant::now();
+                b.payer_key = Some(payer.clone());
                 return Ok(Reservation {
                     channel: b.id,
                     amount: need,
@@ -367,6 +392,8 @@ impl Channels {
                     deposit: amount,
                     spent_micros: 0,
                     reserved: Amount::ZERO,
+                    last_used: std::time::Instant::now(),
+                    payer_key: None,
                 };
                 self.persist(&key, &b)?;
                 let books = Arc::new(Mutex::new(b));
@@ -376,6 +403,8 @@ impl Channels {
         };
         let mut b = books.lock().await;
         b.reserved = b.reserved.checked_add(need).unwrap_or(Amount::MAX);
+        b.last_used = std::time::Instant::now();
+        b.payer_key = Some(payer.clone());
         Ok(Reservation {
             channel: b.id,
             amount: need,
@@ -484,6 +513,80 @@ impl Channels {
         Some(SignedVoucher::new(voucher, payer))
     }
 
+    /// Closes channels no answer has used for `idle`, returning their escrow to the payer:
+    /// only once the ledger lets the payer close them and the provider has claimed every
+    /// voucher it was given (closing earlier would take back what it earned). Returns how
+    /// many it closed.
+    pub async fn close_idle(&self, idle: std::time::Duration) -> usize {
+        let all: Vec<_> = self
+            .books
+            .lock()
+            .await
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let ledger = self.ledger.clone();
+        let Ok(Ok(status)) = tokio::task::spawn_blocking(move || ledger.status()).await else {
+            return 0;
+        };
+        let mut closed = 0;
+        for (key, books) in all {
+            let (id, payer, vouched) = {
+                let b = books.lock().await;
+                let Some(payer) = b.payer_key.clone() else {
+                    continue;
+                };
+                if !b.reserved.is_zero() || b.last_used.elapsed() < idle {
+                    continue;
+                }
+                (b.id, payer, b.vouched())
+            };
+            let ledger = self.ledger.clone();
+            let Ok(Ok(chan)) = tokio::task::spawn_blocking(move || ledger.channel(&id)).await
+            else {
+                continue;
+            };
+            let forget = match chan {
+                None => false,
+                Some(c) if c.closed => true,
+                Some(c) => {
+                    if !closable(&c, status.epoch, vouched) {
+                        continue;
+                    }
+                    let lock = self.payer_lock(payer.account()).await;
+                    let _guard = lock.lock().await;
+                    // Still idle after waiting for the payer's lock?
+                    if !books.lock().await.reserved.is_zero() {
+                        continue;
+                    }
+                    match self
+                        .submit(&payer, TxBody::CloseChannel { channel: id })
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(channel = %id, refund = %c.escrow(), "closed idle channel");
+                            closed += 1;
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(channel = %id, "closing idle channel: {e}");
+                            false
+                        }
+                    }
+                }
+            };
+            if forget {
+                self.books.lock().await.remove(&key);
+                if let Some(s) = &self.store {
+                    if let Err(e) = s.remove(&key_of(&key.0, &key.1)) {
+                        tracing::warn!(channel = %id, "forgetting a closed channel: {e}");
+                    }
+                }
+            }
+        }
+        closed
+    }
+
     /// What the channel from `payer` to `provider` has been charged, in micro-units.
     pub async fn spent_micros(&self, payer: &AccountId, provider: &AccountId) -> Option<u128> {
         let books = self.books.lock().await.get(&(*payer, *provider)).cloned()?;
@@ -505,6 +608,8 @@ impl Channels {
             deposit,
             spent_micros: 0,
             reserved: Amount::ZERO,
+            last_used: std::time::Instant::now(),
+            payer_key: None,
         };
         self.persist(&(payer, provider), &b).expect("persist");
         self.books
@@ -518,5 +623,22 @@ impl Channels {
         let books = self.books.lock().await.get(&(*payer, *provider)).cloned()?;
         let id = books.lock().await.id;
         Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_channel_closes_only_when_expired_and_fully_claimed() {
+        let a = Amount::new;
+        assert!(!may_close(false, 10, a(40), 9, a(40)), "before expiry");
+        assert!(
+            !may_close(false, 10, a(40), 10, a(41)),
+            "a voucher not yet claimed"
+        );
+        assert!(may_close(false, 10, a(40), 10, a(40)));
+        assert!(!may_close(true, 10, a(40), 10, a(0)), "already closed");
     }
 }

@@ -64,6 +64,9 @@ pub struct BrokerConfig {
     pub min_stake: Amount,
     /// Where the channel books are kept across restarts (redb); `None`: memory only.
     pub channel_store: Option<std::path::PathBuf>,
+    /// A channel no answer used for this long is closed (once the ledger allows and its
+    /// provider has claimed what it was vouched) and its escrow returned.
+    pub idle_channel: Duration,
 }
 
 impl BrokerConfig {
@@ -83,6 +86,7 @@ impl BrokerConfig {
             models: Vec::new(),
             min_stake: Amount::new(100),
             channel_store: None,
+            idle_channel: Duration::from_secs(600),
         }
     }
 }
@@ -141,6 +145,14 @@ impl Broker {
             }
             None => Channels::new(cfg.chain_id, ledger, cfg.min_deposit),
         };
+        let sweeper = channels.clone();
+        let idle = cfg.idle_channel;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                sweeper.close_idle(idle).await;
+            }
+        });
         let mut models = std::collections::HashMap::new();
         for m in &cfg.models {
             let id = Hash32::from_slice(&m.id.0).map_err(|e| BrokerError::Config(e.to_string()))?;
