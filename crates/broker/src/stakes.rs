@@ -10,6 +10,8 @@ use agora_core::{AccountId, Amount};
 
 /// How long a stake reading is trusted.
 pub const STAKE_TTL: Duration = Duration::from_secs(30);
+/// How long a "not enough" reading is kept (a provider that just bonded is heard soon).
+pub const UNSTAKED_TTL: Duration = Duration::from_secs(5);
 /// Most stake readings kept.
 pub const MAX_CACHED: usize = 16_384;
 /// Most ledger look-ups in flight for offers heard on gossip.
@@ -56,7 +58,7 @@ impl Stakes {
         let cache = lock(&self.cache);
         cache
             .get(provider)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .filter(|(ok, at)| at.elapsed() < if *ok { self.ttl } else { UNSTAKED_TTL })
             .map(|(ok, _)| *ok)
     }
 
