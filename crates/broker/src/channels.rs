@@ -52,6 +52,9 @@ fn store_err(e: impl std::fmt::Display) -> ChannelError {
     ChannelError::Store(e.to_string())
 }
 
+/// (payer, provider).
+type BookKey = (AccountId, AccountId);
+
 /// What is kept of a channel across restarts.
 #[derive(Debug, Clone, PartialEq, BorshSerialize, BorshDeserialize)]
 struct StoredBooks {
@@ -137,7 +140,7 @@ impl ChannelStore {
     }
 
     /// Every booked channel.
-    fn load(&self) -> Result<Vec<((AccountId, AccountId), StoredBooks)>, ChannelError> {
+    fn load(&self) -> Result<Vec<(BookKey, StoredBooks)>, ChannelError> {
         let r = self.db.begin_read().map_err(store_err)?;
         let t = r.open_table(BOOKS).map_err(store_err)?;
         let mut out = Vec::new();
