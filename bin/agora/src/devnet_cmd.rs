@@ -365,12 +365,17 @@ fn start_and_wait(
             format!("127.0.0.1:{}", args.port),
             "--keys".into(),
             path(&dir.join("keys.redb")),
+            "--channels".into(),
+            path(&dir.join("channels.redb")),
             "--ledger".into(),
             ledger_url.clone(),
             "--p2p-listen".into(),
             "/ip4/127.0.0.1/tcp/0".into(),
             "--stall-ms".into(),
             args.stall_ms.to_string(),
+            // The gateway counts prompt tokens and renders text with the model's own files.
+            "--model".into(),
+            path(model),
         ],
         None,
     )?;

@@ -91,6 +91,27 @@ struct ServeArgs {
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 4096)]
     max_tokens: u32,
+    /// A model file (GGUF or Hugging Face directory) whose tokenizer and chat template the
+    /// gateway uses to count prompt tokens and render text itself, bound to its ModelId
+    /// (repeatable). For models without one, the prompt charge is capped by a byte bound
+    /// and the text is the provider's.
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
+    /// Requests per second one API key may make, sustained (429 above).
+    #[arg(long, default_value_t = 20)]
+    key_rate: u32,
+    /// Requests one API key may make at once above its sustained rate.
+    #[arg(long, default_value_t = 100)]
+    key_burst: u32,
+    /// Answers one API key may have in flight at once.
+    #[arg(long, default_value_t = 64)]
+    key_concurrency: u32,
+    /// The payment-channel books (redb), kept across restarts.
+    #[arg(long, default_value = "agora-gateway-channels.redb")]
+    channels: PathBuf,
+    /// Least bonded stake (base units, read from the ledger) a provider needs to be routed to.
+    #[arg(long, default_value = "100")]
+    min_stake: Amount,
     #[command(flatten)]
     net: NetArgs,
     /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
@@ -139,11 +160,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.max_price_in = args.max_price_in;
     cfg.max_price_out = args.max_price_out;
     cfg.min_deposit = args.min_deposit;
+    cfg.min_stake = args.min_stake;
+    cfg.channel_store = Some(args.channels.clone());
     cfg.stall_timeout = Duration::from_millis(args.stall_ms.max(1));
+    for path in &args.models {
+        let m = agora_model::PromptModel::load(path)
+            .with_context(|| format!("loading the model {}", path.display()))?;
+        tracing::info!(model = %m.id, path = %path.display(), "counting prompts and rendering text with this model's tokenizer");
+        cfg.models.push(Arc::new(m));
+    }
+    if cfg.models.is_empty() {
+        tracing::warn!("no --model given: prompt charges are capped by a byte bound and streamed text is the provider's, not checked against the receipt's token ids");
+    }
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         max_prompt_bytes: args.max_prompt_bytes,
         max_tokens: args.max_tokens,
+        per_key: agora_gateway::KeyLimits {
+            per_second: args.key_rate,
+            burst: args.key_burst,
+            concurrent: args.key_concurrency,
+        },
         ..Limits::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,6 +1,13 @@
 //! The payer's side of payment channels: one channel per (payer, provider), opened and topped
 //! up on the ledger as needed, with escrow reserved for answers in flight so a voucher never
 //! promises more than the channel holds.
+//!
+//! With a [`ChannelStore`] the books are durable (redb): a channel's id, deposit and what it
+//! has been charged are written before the voucher that depends on them leaves, and a
+//! channel about to be opened is written (by its nonce) before the ledger sees it. After a
+//! restart the gateway reuses its channels and signs vouchers that continue the cumulative
+//! totals: no escrow is orphaned and nothing is paid twice. Reservations of answers in
+//! flight die with the process (their providers were not paid; see `docs/network.md`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +17,14 @@ use agora_ledger::client::Client;
 use agora_ledger::tx::channel_id;
 use agora_ledger::{Tx, TxBody, Voucher};
 use agora_net::protocol::SignedVoucher;
+use borsh::{BorshDeserialize, BorshSerialize};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::Mutex;
+
+/// (payer, provider) -> borsh [`StoredBooks`].
+const BOOKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("channel_books");
+/// (payer, provider) -> the nonce of an `OpenChannel` submitted but not yet booked.
+const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending_opens");
 
 /// Why a channel could not be funded.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +43,122 @@ pub enum ChannelError {
     /// The ledger refused or was unreachable.
     #[error("ledger: {0}")]
     Ledger(String),
+    /// The durable books failed; nothing is promised that was not written.
+    #[error("channel store: {0}")]
+    Store(String),
+}
+
+fn store_err(e: impl std::fmt::Display) -> ChannelError {
+    ChannelError::Store(e.to_string())
+}
+
+/// (payer, provider).
+type BookKey = (AccountId, AccountId);
+
+/// What is kept of a channel across restarts.
+#[derive(Debug, Clone, PartialEq, BorshSerialize, BorshDeserialize)]
+struct StoredBooks {
+    id: Hash32,
+    deposit: Amount,
+    spent_micros: u128,
+}
+
+/// Whether the payer may close `c` at `epoch` without taking back what it vouched.
+fn closable(c: &agora_ledger::Channel, epoch: u64, vouched: Amount) -> bool {
+    may_close(c.closed, c.expires_epoch, c.claimed, epoch, vouched)
+}
+
+fn may_close(
+    closed: bool,
+    expires_epoch: u64,
+    claimed: Amount,
+    epoch: u64,
+    vouched: Amount,
+) -> bool {
+    !closed && epoch >= expires_epoch && claimed >= vouched
+}
+
+fn key_of(payer: &AccountId, provider: &AccountId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(64);
+    k.extend_from_slice(payer.as_bytes());
+    k.extend_from_slice(provider.as_bytes());
+    k
+}
+
+/// The durable channel books (redb, crash-safe: each write is one committed transaction).
+pub struct ChannelStore {
+    db: Database,
+}
+
+impl ChannelStore {
+    /// Opens or creates the store at `path`.
+    pub fn open(path: &std::path::Path) -> Result<ChannelStore, ChannelError> {
+        let db = Database::create(path).map_err(store_err)?;
+        let w = db.begin_write().map_err(store_err)?;
+        w.open_table(BOOKS).map_err(store_err)?;
+        w.open_table(PENDING).map_err(store_err)?;
+        w.commit().map_err(store_err)?;
+        Ok(ChannelStore { db })
+    }
+
+    fn put(&self, key: &[u8], b: &StoredBooks) -> Result<(), ChannelError> {
+        let bytes = borsh::to_vec(b).map_err(store_err)?;
+        let w = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut t = w.open_table(BOOKS).map_err(store_err)?;
+            t.insert(key, bytes.as_slice()).map_err(store_err)?;
+            let mut p = w.open_table(PENDING).map_err(store_err)?;
+            p.remove(key).map_err(store_err)?;
+        }
+        w.commit().map_err(store_err)
+    }
+
+    fn set_pending(&self, key: &[u8], nonce: u64) -> Result<(), ChannelError> {
+        let w = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut p = w.open_table(PENDING).map_err(store_err)?;
+            p.insert(key, nonce).map_err(store_err)?;
+        }
+        w.commit().map_err(store_err)
+    }
+
+    fn pending(&self, key: &[u8]) -> Result<Option<u64>, ChannelError> {
+        let r = self.db.begin_read().map_err(store_err)?;
+        let p = r.open_table(PENDING).map_err(store_err)?;
+        Ok(p.get(key).map_err(store_err)?.map(|v| v.value()))
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<(), ChannelError> {
+        let w = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut t = w.open_table(BOOKS).map_err(store_err)?;
+            t.remove(key).map_err(store_err)?;
+            let mut p = w.open_table(PENDING).map_err(store_err)?;
+            p.remove(key).map_err(store_err)?;
+        }
+        w.commit().map_err(store_err)
+    }
+
+    /// Every booked channel.
+    fn load(&self) -> Result<Vec<(BookKey, StoredBooks)>, ChannelError> {
+        let r = self.db.begin_read().map_err(store_err)?;
+        let t = r.open_table(BOOKS).map_err(store_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(store_err)? {
+            let (k, v) = row.map_err(store_err)?;
+            let k = k.value();
+            if k.len() != 64 {
+                return Err(ChannelError::Store(
+                    "a stored key is not two accounts".into(),
+                ));
+            }
+            let payer = AccountId::from_slice(&k[..32]).map_err(store_err)?;
+            let provider = AccountId::from_slice(&k[32..]).map_err(store_err)?;
+            let b = StoredBooks::try_from_slice(v.value()).map_err(store_err)?;
+            out.push(((payer, provider), b));
+        }
+        Ok(out)
+    }
 }
 
 /// One channel's books, kept by the payer.
@@ -40,6 +170,10 @@ struct ChannelBooks {
     spent_micros: u128,
     /// Escrow held back for answers in flight, in base units.
     reserved: Amount,
+    /// When an answer last reserved on it.
+    last_used: std::time::Instant,
+    /// The payer's key, once a request of this process has used the channel (to close it).
+    payer_key: Option<Keypair>,
 }
 
 impl ChannelBooks {
@@ -78,6 +212,8 @@ pub struct Channels {
     books: Arc<Mutex<Books>>,
     /// One lock per payer so its ledger nonces are used in order.
     payers: Arc<Mutex<HashMap<AccountId, Arc<Mutex<()>>>>>,
+    /// Where the books are kept across restarts (none: memory only).
+    store: Option<Arc<ChannelStore>>,
 }
 
 impl Channels {
@@ -89,7 +225,95 @@ impl Channels {
             min_deposit,
             books: Arc::default(),
             payers: Arc::default(),
+            store: None,
         }
+    }
+
+    /// Channels whose books live in `store`: the ones it holds are recovered now.
+    pub fn durable(
+        chain_id: u64,
+        ledger: Client,
+        min_deposit: Amount,
+        store: ChannelStore,
+    ) -> Result<Channels, ChannelError> {
+        let mut books = Books::new();
+        for (key, b) in store.load()? {
+            books.insert(
+                key,
+                Arc::new(Mutex::new(ChannelBooks {
+                    id: b.id,
+                    deposit: b.deposit,
+                    spent_micros: b.spent_micros,
+                    reserved: Amount::ZERO,
+                    last_used: std::time::Instant::now(),
+                    payer_key: None,
+                })),
+            );
+        }
+        if !books.is_empty() {
+            tracing::info!(channels = books.len(), "recovered channel books");
+        }
+        Ok(Channels {
+            chain_id,
+            ledger,
+            min_deposit,
+            books: Arc::new(Mutex::new(books)),
+            payers: Arc::default(),
+            store: Some(Arc::new(store)),
+        })
+    }
+
+    /// Writes a channel's books before anything depending on them leaves.
+    fn persist(&self, key: &(AccountId, AccountId), b: &ChannelBooks) -> Result<(), ChannelError> {
+        match &self.store {
+            Some(s) => s.put(
+                &key_of(&key.0, &key.1),
+                &StoredBooks {
+                    id: b.id,
+                    deposit: b.deposit,
+                    spent_micros: b.spent_micros,
+                },
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// A channel opened before a crash that left it unbooked: adopt it from the ledger.
+    async fn adopt_pending(&self, key: &(AccountId, AccountId)) -> Result<(), ChannelError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let Some(nonce) = store.pending(&key_of(&key.0, &key.1))? else {
+            return Ok(());
+        };
+        let id = channel_id(self.chain_id, &key.0, nonce);
+        let ledger = self.ledger.clone();
+        let found = tokio::task::spawn_blocking(move || ledger.channel(&id))
+            .await
+            .map_err(|e| ChannelError::Ledger(e.to_string()))?
+            .map_err(|e| ChannelError::Ledger(e.to_string()))?;
+        match found {
+            Some(c) if !c.closed && c.payer == key.0 && c.provider == key.1 => {
+                // What was vouched before the crash is unknown beyond what was claimed;
+                // the claimed amount is a floor the next voucher must not fall under.
+                let b = ChannelBooks {
+                    id,
+                    deposit: c.deposit,
+                    spent_micros: c.claimed.units().saturating_mul(1_000_000),
+                    reserved: Amount::ZERO,
+                    last_used: std::time::Instant::now(),
+                    payer_key: None,
+                };
+                self.persist(key, &b)?;
+                tracing::info!(channel = %id, "adopted a channel opened before a restart");
+                self.books
+                    .lock()
+                    .await
+                    .insert(*key, Arc::new(Mutex::new(b)));
+            }
+            _ => store.remove(&key_of(&key.0, &key.1))?,
+        }
+        Ok(())
     }
 
     async fn payer_lock(&self, payer: AccountId) -> Arc<Mutex<()>> {
@@ -110,6 +334,8 @@ impl Channels {
             let mut b = books.lock().await;
             if b.free() >= need {
                 b.reserved = b.reserved.checked_add(need).unwrap_or(Amount::MAX);
+                b.last_used = std::time::Instant::now();
+                b.payer_key = Some(payer.clone());
                 return Ok(Reservation {
                     channel: b.id,
                     amount: need,
@@ -119,6 +345,9 @@ impl Channels {
         // Fund on the ledger under the payer's lock, then reserve.
         let lock = self.payer_lock(payer.account()).await;
         let _guard = lock.lock().await;
+        if existing.is_none() {
+            self.adopt_pending(&key).await?;
+        }
         let existing = self.books.lock().await.get(&key).cloned();
         let books = match existing {
             Some(books) => {
@@ -138,6 +367,7 @@ impl Channels {
                     .await?;
                     let mut b = books.lock().await;
                     b.deposit = b.deposit.checked_add(add).unwrap_or(Amount::MAX);
+                    self.persist(&key, &b)?;
                     tracing::info!(channel = %id, deposit = %b.deposit, "topped up channel");
                 }
                 books
@@ -145,29 +375,39 @@ impl Channels {
             None => {
                 let amount = need.max(self.min_deposit);
                 let nonce = self
-                    .submit(
+                    .submit_with(
                         payer,
                         TxBody::OpenChannel {
                             provider,
                             amount,
                             timeout_epochs: 10,
                         },
+                        |nonce| match &self.store {
+                            Some(s) => s.set_pending(&key_of(&key.0, &key.1), nonce),
+                            None => Ok(()),
+                        },
                     )
                     .await?;
                 let id = channel_id(self.chain_id, &payer.account(), nonce);
                 tracing::info!(channel = %id, %provider, deposit = %amount, "opened channel");
-                let books = Arc::new(Mutex::new(ChannelBooks {
+                let b = ChannelBooks {
                     id,
                     deposit: amount,
                     spent_micros: 0,
                     reserved: Amount::ZERO,
-                }));
+                    last_used: std::time::Instant::now(),
+                    payer_key: None,
+                };
+                self.persist(&key, &b)?;
+                let books = Arc::new(Mutex::new(b));
                 self.books.lock().await.insert(key, books.clone());
                 books
             }
         };
         let mut b = books.lock().await;
         b.reserved = b.reserved.checked_add(need).unwrap_or(Amount::MAX);
+        b.last_used = std::time::Instant::now();
+        b.payer_key = Some(payer.clone());
         Ok(Reservation {
             channel: b.id,
             amount: need,
@@ -176,6 +416,30 @@ impl Channels {
 
     /// Submits a transaction from `payer`; returns the nonce it used.
     async fn submit(&self, payer: &Keypair, body: TxBody) -> Result<u64, ChannelError> {
+        self.submit_with(payer, body, |_| Ok(())).await
+    }
+
+    /// Submits a transaction from `payer`, running `before(nonce)` first (to record it);
+    /// returns the nonce it used.
+    async fn submit_with(
+        &self,
+        payer: &Keypair,
+        body: TxBody,
+        before: impl FnOnce(u64) -> Result<(), ChannelError>,
+    ) -> Result<u64, ChannelError> {
+        let me = payer.account();
+        let l = self.ledger.clone();
+        let nonce = tokio::task::spawn_blocking(move || l.account(&me))
+            .await
+            .map_err(|e| ChannelError::Ledger(e.to_string()))?
+            .map_err(|e| ChannelError::Ledger(e.to_string()))?
+            .ok_or(ChannelError::NoAccount(me))?
+            .nonce;
+        before(nonce)?;
+        self.submit_raw(payer, body).await
+    }
+
+    async fn submit_raw(&self, payer: &Keypair, body: TxBody) -> Result<u64, ChannelError> {
         let ledger = self.ledger.clone();
         let key = payer.clone();
         let chain_id = self.chain_id;
@@ -234,16 +498,96 @@ impl Channels {
         if cost_micros == 0 {
             return None;
         }
-        // Never promise more than the channel holds.
+        // A charge never exceeds what was reserved for it, and never more than the channel holds.
+        let cost_micros = cost_micros.min(reservation.amount.units().saturating_mul(1_000_000));
         let spent = b.spent_micros.saturating_add(cost_micros);
         let cap = b.deposit.units().saturating_mul(1_000_000);
         b.spent_micros = spent.min(cap);
+        // Written before the voucher leaves: a restart continues from here, never below.
+        if let Err(e) = self.persist(&(payer.account(), provider), &b) {
+            tracing::error!(channel = %b.id, "voucher withheld, books not written: {e}");
+            return None;
+        }
         let voucher = Voucher {
             chain_id: self.chain_id,
             channel: b.id,
             cumulative: b.vouched(),
         };
         Some(SignedVoucher::new(voucher, payer))
+    }
+
+    /// Closes channels no answer has used for `idle`, returning their escrow to the payer:
+    /// only once the ledger lets the payer close them and the provider has claimed every
+    /// voucher it was given (closing earlier would take back what it earned). Returns how
+    /// many it closed.
+    pub async fn close_idle(&self, idle: std::time::Duration) -> usize {
+        let all: Vec<_> = self
+            .books
+            .lock()
+            .await
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let ledger = self.ledger.clone();
+        let Ok(Ok(status)) = tokio::task::spawn_blocking(move || ledger.status()).await else {
+            return 0;
+        };
+        let mut closed = 0;
+        for (key, books) in all {
+            let (id, payer, vouched) = {
+                let b = books.lock().await;
+                let Some(payer) = b.payer_key.clone() else {
+                    continue;
+                };
+                if !b.reserved.is_zero() || b.last_used.elapsed() < idle {
+                    continue;
+                }
+                (b.id, payer, b.vouched())
+            };
+            let ledger = self.ledger.clone();
+            let Ok(Ok(chan)) = tokio::task::spawn_blocking(move || ledger.channel(&id)).await
+            else {
+                continue;
+            };
+            let forget = match chan {
+                None => false,
+                Some(c) if c.closed => true,
+                Some(c) => {
+                    if !closable(&c, status.epoch, vouched) {
+                        continue;
+                    }
+                    let lock = self.payer_lock(payer.account()).await;
+                    let _guard = lock.lock().await;
+                    // Still idle after waiting for the payer's lock?
+                    if !books.lock().await.reserved.is_zero() {
+                        continue;
+                    }
+                    match self
+                        .submit(&payer, TxBody::CloseChannel { channel: id })
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(channel = %id, refund = %c.escrow(), "closed idle channel");
+                            closed += 1;
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(channel = %id, "closing idle channel: {e}");
+                            false
+                        }
+                    }
+                }
+            };
+            if forget {
+                self.books.lock().await.remove(&key);
+                if let Some(s) = &self.store {
+                    if let Err(e) = s.remove(&key_of(&key.0, &key.1)) {
+                        tracing::warn!(channel = %id, "forgetting a closed channel: {e}");
+                    }
+                }
+            }
+        }
+        closed
     }
 
     /// What the channel from `payer` to `provider` has been charged, in micro-units.
@@ -253,10 +597,51 @@ impl Channels {
         Some(b.spent_micros)
     }
 
+    /// Books an already open channel (tests; recovery).
+    #[cfg(test)]
+    pub(crate) async fn insert_open(
+        &self,
+        payer: AccountId,
+        provider: AccountId,
+        id: Hash32,
+        deposit: Amount,
+    ) {
+        let b = ChannelBooks {
+            id,
+            deposit,
+            spent_micros: 0,
+            reserved: Amount::ZERO,
+            last_used: std::time::Instant::now(),
+            payer_key: None,
+        };
+        self.persist(&(payer, provider), &b).expect("persist");
+        self.books
+            .lock()
+            .await
+            .insert((payer, provider), Arc::new(Mutex::new(b)));
+    }
+
     /// The channel id from `payer` to `provider`, if one is open.
     pub async fn channel_of(&self, payer: &AccountId, provider: &AccountId) -> Option<Hash32> {
         let books = self.books.lock().await.get(&(*payer, *provider)).cloned()?;
         let id = books.lock().await.id;
         Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_channel_closes_only_when_expired_and_fully_claimed() {
+        let a = Amount::new;
+        assert!(!may_close(false, 10, a(40), 9, a(40)), "before expiry");
+        assert!(
+            !may_close(false, 10, a(40), 10, a(41)),
+            "a voucher not yet claimed"
+        );
+        assert!(may_close(false, 10, a(40), 10, a(40)));
+        assert!(!may_close(true, 10, a(40), 10, a(0)), "already closed");
     }
 }

@@ -5,6 +5,7 @@
 //! channel. It implements the gateway's [`Backend`].
 
 pub mod channels;
+pub mod stakes;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,9 +17,10 @@ use agora_gateway::{
 };
 use agora_ledger::client::Client;
 use agora_market::{Bid, Candidate, OfferBook, SignedOffer};
+use agora_model::{PromptModel, TextRenderer};
 use agora_net::protocol::{
-    new_request_id, now_ms, read_frame, tokens_hash, write_frame, AuditGossip, ErrorCode, Finish,
-    Frame, InferenceRequest, PromptSpec, RequestId, Sampling, SignedReceipt,
+    new_request_id, now_ms, read_frame, tokens_hash, write_frame, ErrorCode, Finish, Frame,
+    InferenceRequest, PromptSpec, RequestId, Sampling, SignedReceipt,
 };
 use agora_net::{
     inference_protocol, offers_topic, GossipMessage, Multiaddr, NetConfig, Node, PeerId, Stream,
@@ -27,6 +29,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 pub use channels::{ChannelError, Channels};
+pub use stakes::Stakes;
 
 /// How the broker behaves.
 #[derive(Debug, Clone)]
@@ -51,6 +54,19 @@ pub struct BrokerConfig {
     pub max_price_in: Option<Amount>,
     /// Highest price per million output tokens (None: any).
     pub max_price_out: Option<Amount>,
+    /// Models whose tokenizer and chat template the gateway holds (loaded from their files,
+    /// so bound to their ModelId): for these it counts prompt tokens and renders text itself.
+    /// For any other model the prompt charge is capped by [`prompt_bound`] and the text is
+    /// the provider's.
+    pub models: Vec<Arc<PromptModel>>,
+    /// The least bonded stake (on the ledger) a provider needs to be routed to or to have
+    /// its offers kept.
+    pub min_stake: Amount,
+    /// Where the channel books are kept across restarts (redb); `None`: memory only.
+    pub channel_store: Option<std::path::PathBuf>,
+    /// A channel no answer used for this long is closed (once the ledger allows and its
+    /// provider has claimed what it was vouched) and its escrow returned.
+    pub idle_channel: Duration,
 }
 
 impl BrokerConfig {
@@ -67,6 +83,10 @@ impl BrokerConfig {
             busy_wait: Duration::from_secs(120),
             max_price_in: None,
             max_price_out: None,
+            models: Vec::new(),
+            min_stake: Amount::new(100),
+            channel_store: None,
+            idle_channel: Duration::from_secs(600),
         }
     }
 }
@@ -85,9 +105,12 @@ pub enum BrokerError {
 /// The running broker; clone the `Arc` freely.
 pub struct Broker {
     cfg: BrokerConfig,
+    /// Tokenizer and template by ModelId.
+    models: std::collections::HashMap<Hash32, Arc<PromptModel>>,
     node: Node,
     book: Arc<Mutex<OfferBook>>,
     channels: Channels,
+    stakes: Stakes,
 }
 
 impl Broker {
@@ -97,24 +120,51 @@ impl Broker {
             Client::new(&cfg.ledger_url).map_err(|e| BrokerError::Config(e.to_string()))?;
         let mut net = cfg.net.clone();
         net.topics.push(offers_topic(cfg.chain_id));
-        net.topics.push(agora_net::audits_topic(cfg.chain_id));
         let (node, gossip) = Node::start(net).await?;
         let book = Arc::new(Mutex::new(OfferBook::new().with_chain(cfg.chain_id)));
         let banned = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let reader = ledger.clone();
+        let stakes = Stakes::new(
+            Arc::new(move |a: &AccountId| reader.account(a).ok().flatten().map(|v| v.stake)),
+            cfg.min_stake,
+        );
         tokio::spawn(ingest_gossip(
             gossip,
             book.clone(),
             node.clone(),
             banned.clone(),
-            cfg.chain_id,
+            stakes.clone(),
         ));
-        tokio::spawn(follow_slashes(ledger.clone(), book.clone(), banned.clone()));
-        let channels = Channels::new(cfg.chain_id, ledger, cfg.min_deposit);
+        tokio::spawn(follow_ledger(ledger.clone(), book.clone(), banned.clone()));
+        let channels = match &cfg.channel_store {
+            Some(path) => {
+                let store = channels::ChannelStore::open(path)
+                    .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
+                Channels::durable(cfg.chain_id, ledger, cfg.min_deposit, store)
+                    .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?
+            }
+            None => Channels::new(cfg.chain_id, ledger, cfg.min_deposit),
+        };
+        let sweeper = channels.clone();
+        let idle = cfg.idle_channel;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                sweeper.close_idle(idle).await;
+            }
+        });
+        let mut models = std::collections::HashMap::new();
+        for m in &cfg.models {
+            let id = Hash32::from_slice(&m.id.0).map_err(|e| BrokerError::Config(e.to_string()))?;
+            models.insert(id, m.clone());
+        }
         Ok(Arc::new(Broker {
+            models,
             cfg,
             node,
             book,
             channels,
+            stakes,
         }))
     }
 
@@ -175,12 +225,22 @@ impl Broker {
                     .collect(),
             ),
         };
+        let known = self.models.get(&model).cloned();
+        let counted = match count_prompt(known.as_deref(), &prompt) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = first.send(Err(e));
+                return;
+            }
+        };
         let (events_tx, events_rx) = mpsc::channel(64);
         let mut answer = Answer {
             first: Some((first, events_rx)),
             events: events_tx,
             delivered: Vec::new(),
-            prompt_tokens: 0,
+            prompt: counted,
+            render: known.map(|m| (m, TextRenderer::new(&job.stop))),
+            max_tokens: job.max_tokens,
             client_gone: false,
         };
         let mut receipts = Vec::new();
@@ -192,11 +252,18 @@ impl Broker {
         let busy_deadline = Instant::now() + self.cfg.busy_wait;
         while failed.len() < self.cfg.max_attempts {
             let exclude: Vec<AccountId> = failed.iter().chain(&busy).copied().collect();
-            let Some(cand) = self
-                .candidates(model, &exclude, job.max_tokens)
-                .into_iter()
-                .next()
-            else {
+            let mut cand = None;
+            for c in self.candidates(model, &exclude, job.max_tokens) {
+                let p = c.provider();
+                if self.stakes.check(p).await {
+                    cand = Some(c);
+                    break;
+                }
+                // Its stake is gone (unbonded, slashed): no work, no room in the book.
+                tracing::info!(provider = %p, "bonded stake under the minimum; dropped from the book");
+                self.with_book(|b| b.remove_provider(&p));
+            }
+            let Some(cand) = cand else {
                 let now = now_ms();
                 let others_live = self.with_book(|b| {
                     b.offers_for(&model)
@@ -234,31 +301,28 @@ impl Broker {
             let outcome = self.attempt(&payer, &cand.offer, req, &mut answer).await;
             self.with_book(|b| b.end_request(&provider));
             match outcome {
-                Outcome::Done { finish, receipt } => {
+                Outcome::Done {
+                    finish,
+                    receipt,
+                    paid_micros,
+                } => {
                     self.with_book(|b| b.record_success(&provider));
                     receipts.push(ReceiptRef {
                         provider: provider.to_string(),
                         receipt: receipt.hash().to_string(),
                         completion_tokens: receipt.receipt.output_tokens,
-                        charged: agora_market::micros_to_amount(receipt.receipt.cost_micros)
-                            .to_string(),
+                        charged: agora_market::micros_to_amount(paid_micros).to_string(),
                     });
-                    let completion = answer.delivered.len() as u32;
-                    let prompt_tokens = answer.prompt_tokens;
-                    answer
-                        .emit(StreamEvent::Finished {
-                            finish_reason: match finish {
-                                Finish::Stop => FinishReason::Stop,
-                                Finish::Length => FinishReason::Length,
-                            },
-                            usage: Usage {
-                                prompt_tokens,
-                                completion_tokens: completion,
-                                total_tokens: prompt_tokens + completion,
-                            },
-                            receipts,
-                        })
-                        .await;
+                    answer.finished(finish, receipts).await;
+                    return;
+                }
+                Outcome::Cut(error) => {
+                    // The provider streamed past max_tokens or a stop sequence: the client
+                    // has its whole answer; the provider, without a receipt for it, is
+                    // not paid.
+                    self.with_book(|b| b.record_failure(&provider));
+                    tracing::warn!(%provider, "stream cut: {error}");
+                    answer.finished(Finish::Length, receipts).await;
                     return;
                 }
                 Outcome::Fatal(e) => {
@@ -316,12 +380,10 @@ impl Broker {
                 "offer has an unreadable peer id".into(),
             ));
         };
-        // The most this answer could cost, reserved in escrow before asking.
-        let new_tokens = u64::from(req.max_tokens).saturating_sub(req.resume.len() as u64);
-        let prompt_bound = u64::from(offer.offer.context_len);
-        let Some(most) =
-            agora_market::cost_micros(req.price_in, req.price_out, prompt_bound, new_tokens)
-        else {
+        // The most this answer could cost, reserved in escrow before asking: the prompt as
+        // the gateway counted (or bounded) it, resumed tokens prefilled at the prompt price,
+        // and every token max_tokens leaves.
+        let Some(most) = most_micros(&req, answer.prompt) else {
             return Outcome::Fatal(BackendError::InvalidRequest {
                 message: "the request's cost overflows".into(),
                 param: Some("max_tokens".into()),
@@ -351,7 +413,7 @@ impl Broker {
         let request_id = hex::encode(req.request_id);
         let result = self.stream_answer(payer, peer, &req, answer).await;
         let cost = match &result {
-            Ok((_, receipt, _)) => receipt.receipt.cost_micros,
+            Ok((_, _, paid, _)) => *paid,
             Err(_) => 0,
         };
         // A provider that did not finish is not paid: without its receipt nothing proves
@@ -360,7 +422,7 @@ impl Broker {
             .channels
             .settle(payer, provider, reservation, cost)
             .await;
-        let (finish, receipt, mut stream) = match result {
+        let (finish, receipt, paid_micros, mut stream) = match result {
             Ok(done) => done,
             Err(outcome) => return outcome,
         };
@@ -374,12 +436,13 @@ impl Broker {
             request = %request_id,
             %provider,
             tokens = receipt.receipt.output_tokens,
-            cost_micros = cost,
+            cost_micros = paid_micros,
             "answer complete"
         );
         Outcome::Done {
             finish,
             receipt: Box::new(receipt),
+            paid_micros,
         }
     }
 
@@ -390,9 +453,8 @@ impl Broker {
         peer: PeerId,
         req: &InferenceRequest,
         answer: &mut Answer,
-    ) -> Result<(Finish, SignedReceipt, Stream), Outcome> {
+    ) -> Result<(Finish, SignedReceipt, u128, Stream), Outcome> {
         let provider = req.provider;
-        let failed = |m: String| Outcome::Failed(BackendError::Upstream(m));
         let started = Instant::now();
         let mut control = self.node.control();
         let open = tokio::time::timeout(
@@ -407,88 +469,173 @@ impl Broker {
                     "cannot reach provider {provider}: {e}"
                 ))))
             }
-            Err(_) => return Err(failed(format!("provider {provider} did not answer"))),
+            Err(_) => {
+                return Err(Outcome::Failed(BackendError::Upstream(format!(
+                    "provider {provider} did not answer"
+                ))))
+            }
         };
-        // A stream dropped before the provider accepted is a full inbound queue on its side
-        // (a burst of streams), not a dead provider: ask again shortly.
-        let dropped = |m: String| Outcome::Busy(BackendError::NoCapacity(m));
-        let signed = req.clone().sign(payer);
-        if let Err(e) = write_frame(&mut stream, &signed).await {
-            return Err(dropped(format!("sending to provider {provider}: {e}")));
-        }
-        let resumed = req.resume.len();
-        let mut accepted = false;
-        loop {
-            let wait = if accepted {
-                self.cfg.stall_timeout
-            } else {
-                self.cfg.accept_timeout
-            };
-            let frame: Frame = match tokio::time::timeout(wait, read_frame(&mut stream)).await {
-                Err(_) => return Err(failed(format!("provider {provider} stalled"))),
-                Ok(Ok(Some(f))) => f,
-                Ok(Ok(None)) if !accepted => {
-                    return Err(dropped(format!("provider {provider} dropped the stream")))
+        let timeouts = Timeouts {
+            accept: self.cfg.accept_timeout,
+            stall: self.cfg.stall_timeout,
+        };
+        let (finish, receipt, paid) = relay(&mut stream, payer, req, answer, timeouts, || {
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            self.with_book(|b| b.record_latency(&provider, ms));
+        })
+        .await?;
+        Ok((finish, receipt, paid, stream))
+    }
+}
+
+/// How long the relay waits for a provider.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// For the acceptance.
+    accept: Duration,
+    /// Between frames once accepted.
+    stall: Duration,
+}
+
+/// The most an answer to `req` may cost, in micro-units: prompt (counted or bounded) and
+/// resumed tokens at the prompt price, the tokens `max_tokens` leaves at the output price.
+fn most_micros(req: &InferenceRequest, prompt: PromptCount) -> Option<u128> {
+    let resumed = req.resume.len() as u64;
+    let new_tokens = u64::from(req.max_tokens).saturating_sub(resumed);
+    agora_market::cost_micros(
+        req.price_in,
+        req.price_out,
+        u64::from(prompt.most()).checked_add(resumed)?,
+        new_tokens,
+    )
+}
+
+/// Sends the signed request on `stream` and relays the provider's frames into `answer` until
+/// its receipt; returns how it finished, the receipt and what to pay for it (micro-units).
+/// Every number that costs money is the gateway's own: the prompt count, the tokens it
+/// received (never past `max_tokens` or a stop sequence), and the text it renders from them.
+async fn relay<S>(
+    stream: &mut S,
+    payer: &Keypair,
+    req: &InferenceRequest,
+    answer: &mut Answer,
+    timeouts: Timeouts,
+    mut first_token: impl FnMut(),
+) -> Result<(Finish, SignedReceipt, u128), Outcome>
+where
+    S: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    let provider = req.provider;
+    let failed = |m: String| Outcome::Failed(BackendError::Upstream(m));
+    // A stream dropped before the provider accepted is a full inbound queue on its side
+    // (a burst of streams), not a dead provider: ask again shortly.
+    let dropped = |m: String| Outcome::Busy(BackendError::NoCapacity(m));
+    let signed = req.clone().sign(payer);
+    if let Err(e) = write_frame(stream, &signed).await {
+        return Err(dropped(format!("sending to provider {provider}: {e}")));
+    }
+    let resumed = req.resume.len();
+    let mut accepted = false;
+    loop {
+        let wait = if accepted {
+            timeouts.stall
+        } else {
+            timeouts.accept
+        };
+        let frame: Frame = match tokio::time::timeout(wait, read_frame(stream)).await {
+            Err(_) => return Err(failed(format!("provider {provider} stalled"))),
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) if !accepted => {
+                return Err(dropped(format!("provider {provider} dropped the stream")))
+            }
+            Ok(Err(e)) if !accepted => return Err(dropped(format!("provider {provider}: {e}"))),
+            Ok(Ok(None)) => return Err(failed(format!("provider {provider} closed the stream"))),
+            Ok(Err(e)) => return Err(failed(format!("provider {provider}: {e}"))),
+        };
+        match frame {
+            Frame::Accepted { prompt_tokens } => {
+                if accepted {
+                    return Err(failed(format!("provider {provider} accepted twice")));
                 }
-                Ok(Err(e)) if !accepted => {
-                    return Err(dropped(format!("provider {provider}: {e}")))
+                if !answer.prompt.admits(prompt_tokens) {
+                    return Err(failed(format!(
+                        "provider {provider} claims {prompt_tokens} prompt tokens; the gateway counted {:?}",
+                        answer.prompt
+                    )));
                 }
-                Ok(Ok(None)) => {
-                    return Err(failed(format!("provider {provider} closed the stream")))
+                accepted = true;
+                answer.accepted(&req.request_id);
+            }
+            Frame::Token { index, token, text } => {
+                if !accepted || index as usize != answer.delivered.len() {
+                    return Err(failed(format!(
+                        "provider {provider} sent token {index} out of order"
+                    )));
                 }
-                Ok(Err(e)) => return Err(failed(format!("provider {provider}: {e}"))),
-            };
-            match frame {
-                Frame::Accepted { prompt_tokens } => {
-                    if accepted {
-                        return Err(failed(format!("provider {provider} accepted twice")));
-                    }
-                    accepted = true;
-                    answer.accepted(prompt_tokens, &req.request_id);
+                if answer.delivered.len() >= answer.max_tokens as usize || answer.stopped() {
+                    return Err(Outcome::Cut(BackendError::Upstream(format!(
+                        "provider {provider} streamed past max_tokens or a stop sequence"
+                    ))));
                 }
-                Frame::Token { index, token, text } => {
-                    if !accepted || index as usize != answer.delivered.len() {
-                        return Err(failed(format!(
-                            "provider {provider} sent token {index} out of order"
-                        )));
-                    }
-                    if answer.delivered.len() == resumed {
-                        let ms = started.elapsed().as_secs_f64() * 1e3;
-                        self.with_book(|b| b.record_latency(&provider, ms));
-                    }
-                    answer.delivered.push(token);
-                    answer.emit(StreamEvent::Text(text)).await;
+                if answer.delivered.len() == resumed {
+                    first_token();
                 }
-                Frame::Done {
-                    finish,
-                    tail,
-                    receipt,
-                } => {
-                    if let Err(m) =
-                        check_receipt(&receipt, req, &answer.delivered, answer.prompt_tokens)
-                    {
+                answer.delivered.push(token);
+                let text = match &mut answer.render {
+                    Some((model, r)) => match r.push(&model.tokenizer, token) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            return Err(failed(format!(
+                                "provider {provider} sent token {token} the tokenizer cannot render: {e}"
+                            )))
+                        }
+                    },
+                    None => text,
+                };
+                answer.emit(StreamEvent::Text(text)).await;
+            }
+            Frame::Done {
+                finish,
+                tail,
+                receipt,
+            } => {
+                if !accepted {
+                    return Err(failed(format!("provider {provider} finished unasked")));
+                }
+                let paid = match check_receipt(&receipt, req, &answer.delivered, answer.prompt) {
+                    Ok(p) => p,
+                    Err(m) => {
                         return Err(failed(format!(
                             "provider {provider} sent a bad receipt: {m}"
-                        )));
+                        )))
                     }
-                    answer.emit(StreamEvent::Text(tail)).await;
-                    return Ok((finish, *receipt, stream));
-                }
-                Frame::Error { code, message } => {
-                    return Err(match code {
-                        ErrorCode::ContextLength => {
-                            Outcome::Fatal(BackendError::ContextLengthExceeded(message))
-                        }
-                        ErrorCode::BadRequest if !accepted && answer.first.is_some() => {
-                            Outcome::Fatal(BackendError::InvalidRequest {
-                                message,
-                                param: None,
-                            })
-                        }
-                        ErrorCode::Busy => Outcome::Busy(BackendError::NoCapacity(message)),
-                        _ => failed(format!("provider {provider} refused: {message} ({code:?})")),
-                    })
-                }
+                };
+                let tail = match &mut answer.render {
+                    Some((_, r)) => r.finish(),
+                    None => tail,
+                };
+                answer.emit(StreamEvent::Text(tail)).await;
+                return Ok((finish, *receipt, paid));
+            }
+            Frame::Error { code, message } => {
+                // A provider's words never reach the API client: logged, answered generically.
+                tracing::info!(%provider, ?code, "provider refused: {message}");
+                return Err(match code {
+                    ErrorCode::ContextLength => {
+                        Outcome::Fatal(BackendError::ContextLengthExceeded(
+                            "The prompt and max_tokens do not fit this model's context length."
+                                .into(),
+                        ))
+                    }
+                    ErrorCode::BadRequest if !accepted && answer.first.is_some() => {
+                        Outcome::Fatal(BackendError::InvalidRequest {
+                            message: "The provider refused the request as invalid.".into(),
+                            param: None,
+                        })
+                    }
+                    ErrorCode::Busy => Outcome::Busy(BackendError::NoCapacity(message)),
+                    _ => failed(format!("provider {provider} refused: {message} ({code:?})")),
+                });
             }
         }
     }
@@ -507,23 +654,32 @@ struct Answer {
     events: mpsc::Sender<Event>,
     /// Output tokens the client has been sent.
     delivered: Vec<u32>,
-    prompt_tokens: u32,
+    /// The prompt as the gateway counted it.
+    prompt: PromptCount,
+    /// The model's tokenizer and the text rendered so far, when the gateway holds the model.
+    render: Option<(Arc<PromptModel>, TextRenderer)>,
+    /// The most output tokens, resumed ones included.
+    max_tokens: u32,
     /// The client went away; the answer still runs to its receipt so the provider is paid
     /// for what it served.
     client_gone: bool,
 }
 
 impl Answer {
-    fn accepted(&mut self, prompt_tokens: u32, request_id: &RequestId) {
+    fn accepted(&mut self, request_id: &RequestId) {
         if let Some((tx, rx)) = self.first.take() {
-            self.prompt_tokens = prompt_tokens;
             let _ = tx.send(Ok(Started {
                 request_id: hex::encode(request_id),
                 model: String::new(),
-                prompt_tokens,
+                prompt_tokens: self.prompt.most(),
                 events: rx,
             }));
         }
+    }
+
+    /// A stop sequence ended the rendered text.
+    fn stopped(&self) -> bool {
+        self.render.as_ref().is_some_and(|(_, r)| r.stopped())
     }
 
     async fn emit(&mut self, event: StreamEvent) {
@@ -534,15 +690,43 @@ impl Answer {
             self.client_gone = true;
         }
     }
+
+    /// Ends the answer with its usage and receipts.
+    async fn finished(&mut self, finish: Finish, receipts: Vec<ReceiptRef>) {
+        let finish_reason = if self.stopped() {
+            FinishReason::Stop
+        } else {
+            match finish {
+                Finish::Stop => FinishReason::Stop,
+                Finish::Length => FinishReason::Length,
+            }
+        };
+        let completion = self.delivered.len() as u32;
+        let prompt_tokens = self.prompt.most();
+        self.emit(StreamEvent::Finished {
+            finish_reason,
+            usage: Usage {
+                prompt_tokens,
+                completion_tokens: completion,
+                total_tokens: prompt_tokens.saturating_add(completion),
+            },
+            receipts,
+        })
+        .await;
+    }
 }
 
 /// How one provider's part of an answer ended.
 enum Outcome {
-    /// Complete, with a valid receipt; paid.
+    /// Complete, with a valid receipt; paid `paid_micros`.
     Done {
         finish: Finish,
         receipt: Box<SignedReceipt>,
+        paid_micros: u128,
     },
+    /// The provider streamed past the answer's end (max_tokens or a stop sequence): the
+    /// client's answer is complete; the provider is not paid.
+    Cut(BackendError),
     /// The request itself is at fault; no other provider will do better.
     Fatal(BackendError),
     /// The provider is busy; ask another or wait.
@@ -553,16 +737,114 @@ enum Outcome {
     Unreachable(BackendError),
 }
 
-/// Checks a provider's receipt against what was asked and what arrived.
+/// What the gateway knows of a prompt's tokens before any provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PromptCount {
+    /// Counted with the model's own tokenizer and template: a provider must claim exactly
+    /// this many and commit to the same ids.
+    Exact {
+        /// Prompt tokens.
+        tokens: u32,
+        /// `tokens_hash` of the ids.
+        hash: Hash32,
+    },
+    /// The gateway lacks the model's file: a provider may claim at most this many.
+    Bound(u32),
+}
+
+impl PromptCount {
+    /// The most prompt tokens a provider may charge.
+    fn most(self) -> u32 {
+        match self {
+            PromptCount::Exact { tokens, .. } => tokens,
+            PromptCount::Bound(b) => b,
+        }
+    }
+
+    /// Whether a provider's claimed count is acceptable.
+    fn admits(self, claimed: u32) -> bool {
+        match self {
+            PromptCount::Exact { tokens, .. } => claimed == tokens,
+            PromptCount::Bound(b) => claimed <= b,
+        }
+    }
+}
+
+/// Template tokens allowed per chat message when the gateway cannot render the template.
+pub const BOUND_TOKENS_PER_MESSAGE: u32 = 32;
+/// Template tokens allowed per prompt (a default system turn) beside those per message.
+pub const BOUND_TOKENS_PER_PROMPT: u32 = 64;
+
+/// The most prompt tokens a provider may charge for a model whose tokenizer the gateway
+/// does not hold: one token per byte of text (what a byte-level or byte-fallback tokenizer
+/// makes at most) plus [`BOUND_TOKENS_PER_MESSAGE`] per message and
+/// [`BOUND_TOKENS_PER_PROMPT`] for the template.
+pub fn prompt_bound(prompt: &PromptSpec) -> u32 {
+    let (bytes, messages) = match prompt {
+        PromptSpec::Text(t) => (t.len(), 0usize),
+        PromptSpec::Chat(m) => (prompt.byte_len(), m.len()),
+    };
+    let total = (bytes as u64)
+        .saturating_add((messages as u64).saturating_mul(u64::from(BOUND_TOKENS_PER_MESSAGE)))
+        .saturating_add(u64::from(BOUND_TOKENS_PER_PROMPT));
+    u32::try_from(total).unwrap_or(u32::MAX)
+}
+
+/// Counts a prompt with the model's tokenizer and template when the gateway holds them;
+/// bounds it otherwise.
+fn count_prompt(
+    model: Option<&PromptModel>,
+    prompt: &PromptSpec,
+) -> Result<PromptCount, BackendError> {
+    let Some(model) = model else {
+        return Ok(PromptCount::Bound(prompt_bound(prompt)));
+    };
+    let (ids, param) = match prompt {
+        PromptSpec::Text(t) => (model.text_ids(t), "prompt"),
+        PromptSpec::Chat(m) => {
+            let messages: Vec<agora_model::ChatMessage> = m
+                .iter()
+                .map(|(role, content)| agora_model::ChatMessage::new(role, content))
+                .collect();
+            (model.chat_ids(&messages), "messages")
+        }
+    };
+    let ids = ids.map_err(|e| BackendError::InvalidRequest {
+        message: format!("The prompt cannot be tokenized for this model: {e}"),
+        param: Some(param.into()),
+    })?;
+    if ids.is_empty() {
+        return Err(BackendError::InvalidRequest {
+            message: "The prompt is empty.".into(),
+            param: Some(param.into()),
+        });
+    }
+    if ids.len() >= model.context_len {
+        return Err(BackendError::ContextLengthExceeded(format!(
+            "This model's maximum context length is {} tokens; the prompt has {}.",
+            model.context_len,
+            ids.len()
+        )));
+    }
+    Ok(PromptCount::Exact {
+        tokens: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+        hash: tokens_hash(&ids),
+    })
+}
+
+/// Checks a provider's receipt against what was asked, what arrived and the gateway's own
+/// prompt count; returns what to pay, in micro-units: the receipt's cost, which may not
+/// exceed (prompt + resumed) x price_in + output x price_out by the gateway's counts.
 fn check_receipt(
     receipt: &SignedReceipt,
     req: &InferenceRequest,
     delivered: &[u32],
-    prompt_tokens: u32,
-) -> Result<(), &'static str> {
+    prompt: PromptCount,
+) -> Result<u128, &'static str> {
     receipt.verify().map_err(|_| "signature")?;
     let r = &receipt.receipt;
-    if r.provider != req.provider
+    if r.chain_id != req.chain_id
+        || r.provider != req.provider
         || r.payer != req.payer
         || r.request_id != req.request_id
         || r.channel != req.channel
@@ -575,6 +857,9 @@ fn check_receipt(
     if r.price_in != req.price_in || r.price_out != req.price_out {
         return Err("prices differ");
     }
+    if delivered.len() > req.max_tokens as usize {
+        return Err("more tokens than max_tokens");
+    }
     let new = delivered.len().saturating_sub(req.resume.len());
     if r.resumed_tokens as usize != req.resume.len() || r.output_tokens as usize != new {
         return Err("token counts differ from the tokens streamed");
@@ -582,19 +867,29 @@ fn check_receipt(
     if r.output_hash != tokens_hash(delivered) {
         return Err("output hash differs from the tokens streamed");
     }
-    if req.resume.is_empty() && r.prompt_tokens != prompt_tokens {
-        return Err("prompt token count differs");
+    match prompt {
+        PromptCount::Exact { tokens, hash } => {
+            if r.prompt_tokens != tokens || r.prompt_hash != hash {
+                return Err("prompt differs from the gateway's count");
+            }
+        }
+        PromptCount::Bound(b) => {
+            if r.prompt_tokens > b {
+                return Err("prompt token count above the gateway's bound");
+            }
+        }
     }
-    let expected = agora_market::cost_micros(
+    let most = agora_market::cost_micros(
         r.price_in,
         r.price_out,
-        u64::from(r.prompt_tokens),
+        u64::from(r.prompt_tokens) + u64::from(r.resumed_tokens),
         u64::from(r.output_tokens),
-    );
-    if expected != Some(r.cost_micros) {
-        return Err("cost differs from tokens times prices");
+    )
+    .ok_or("cost overflows")?;
+    if r.cost_micros > most {
+        return Err("cost above tokens times prices");
     }
-    Ok(())
+    Ok(r.cost_micros)
 }
 
 /// A seed for a request that gave none: a hash of the request id.
@@ -605,35 +900,18 @@ fn seed_for(request_id: &RequestId) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Offers into the book (unless their provider was slashed); audit outcomes into reputation:
-/// (clean + 1) / (audited + 2), so an unaudited provider sits at the market's middle.
+/// Offers into the book, unless their provider was slashed or its bonded stake on the
+/// ledger is under the minimum (checked before an unknown key's offer takes any room).
+/// Reputation does not come from gossip: see [`follow_ledger`].
 async fn ingest_gossip(
     mut gossip: mpsc::Receiver<GossipMessage>,
     book: Arc<Mutex<OfferBook>>,
     node: Node,
     banned: Arc<Mutex<std::collections::HashSet<AccountId>>>,
-    chain_id: u64,
+    stakes: Stakes,
 ) {
     let mut last_prune = Instant::now();
-    let mut audits: std::collections::HashMap<AccountId, (u64, u64)> = Default::default();
     while let Some(msg) = gossip.recv().await {
-        if msg.topic == agora_net::audits_topic(chain_id) {
-            let Ok(AuditGossip::Outcome(o)) = borsh::from_slice::<AuditGossip>(&msg.data) else {
-                continue;
-            };
-            if o.verify().is_err() || o.value.chain_id != chain_id {
-                continue;
-            }
-            let e = audits.entry(o.value.provider).or_default();
-            e.0 += 1;
-            if o.value.passed {
-                e.1 += 1;
-            }
-            let rep = (e.1 + 1) as f64 / (e.0 + 2) as f64;
-            lock_book(&book).set_reputation(&o.value.provider, rep);
-            tracing::info!(provider = %o.value.provider, passed = o.value.passed, reputation = rep, "audit outcome");
-            continue;
-        }
         let offer = match SignedOffer::from_bytes(&msg.data) {
             Ok(o) => o,
             Err(e) => {
@@ -649,33 +927,47 @@ async fn ingest_gossip(
         {
             continue;
         }
-        let now = now_ms();
-        let peer = PeerId::from_bytes(&offer.offer.peer_id).ok();
-        let addrs: Vec<Multiaddr> = offer
-            .offer
-            .addrs
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .collect();
-        let result = {
-            let mut b = lock_book(&book);
-            if last_prune.elapsed() > Duration::from_secs(5) {
-                b.prune(now);
-                last_prune = Instant::now();
-            }
-            b.insert(offer, now)
-        };
-        match result {
-            Ok(()) => {
-                if let Some(peer) = peer {
-                    for a in addrs {
-                        let _ = node.add_address(peer, a).await;
-                    }
-                }
-                tracing::debug!(%provider, "offer");
-            }
-            Err(e) => tracing::debug!(%provider, "offer refused: {e}"),
+        if last_prune.elapsed() > Duration::from_secs(5) {
+            lock_book(&book).prune(now_ms());
+            last_prune = Instant::now();
         }
+        match stakes.cached(&provider) {
+            Some(true) => insert_offer(&book, &node, offer).await,
+            Some(false) => tracing::debug!(%provider, "offer from an unstaked key ignored"),
+            None => {
+                // The signature first, so a forged provider costs no ledger read.
+                if offer.verify().is_err() {
+                    continue;
+                }
+                let (book, node) = (book.clone(), node.clone());
+                stakes.check_then(provider, move || {
+                    tokio::spawn(async move { insert_offer(&book, &node, offer).await });
+                });
+            }
+        }
+    }
+}
+
+async fn insert_offer(book: &Mutex<OfferBook>, node: &Node, offer: SignedOffer) {
+    let provider = offer.offer.provider;
+    let peer = PeerId::from_bytes(&offer.offer.peer_id).ok();
+    let addrs: Vec<Multiaddr> = offer
+        .offer
+        .addrs
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let result = lock_book(book).insert(offer, now_ms());
+    match result {
+        Ok(()) => {
+            if let Some(peer) = peer {
+                for a in addrs {
+                    let _ = node.add_address(peer, a).await;
+                }
+            }
+            tracing::debug!(%provider, "offer");
+        }
+        Err(e) => tracing::debug!(%provider, "offer refused: {e}"),
     }
 }
 
@@ -683,13 +975,16 @@ fn lock_book(book: &Mutex<OfferBook>) -> std::sync::MutexGuard<'_, OfferBook> {
     book.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Watches the ledger for slashes: a slashed provider leaves the market for good.
-async fn follow_slashes(
+/// Watches the ledger: a slashed provider leaves the market for good; audit outcomes the
+/// ledger records as revealed become reputation, (clean + 1) / (audited + 2), so an
+/// unaudited provider sits at the market's middle. Nothing gossiped moves reputation.
+async fn follow_ledger(
     ledger: Client,
     book: Arc<Mutex<OfferBook>>,
     banned: Arc<Mutex<std::collections::HashSet<AccountId>>>,
 ) {
     let mut from = 0u64;
+    let mut audits: std::collections::HashMap<AccountId, (u64, u64)> = Default::default();
     loop {
         let l = ledger.clone();
         let got = tokio::task::spawn_blocking(move || l.events(from, Duration::from_secs(5))).await;
@@ -704,6 +999,18 @@ async fn follow_slashes(
             from = from.max(block.height + 1);
             for tx in &block.txs {
                 for ev in &tx.events {
+                    if let agora_ledger::Event::AuditRevealed {
+                        provider, passed, ..
+                    } = ev
+                    {
+                        let e = audits.entry(*provider).or_default();
+                        e.0 += 1;
+                        if *passed {
+                            e.1 += 1;
+                        }
+                        let rep = (e.1 + 1) as f64 / (e.0 + 2) as f64;
+                        lock_book(&book).set_reputation(provider, rep);
+                    }
                     if let agora_ledger::Event::Slashed {
                         provider, amount, ..
                     } = ev
@@ -763,3 +1070,6 @@ impl Backend for BrokerBackend {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

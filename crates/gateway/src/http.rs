@@ -36,6 +36,8 @@ pub struct Limits {
     pub max_tokens: u32,
     /// `max_tokens` for chat when the client gives none (`/v1/completions` uses 16, like OpenAI).
     pub default_max_tokens: u32,
+    /// Per-key request rate and concurrency (429 `rate_limit_exceeded` above).
+    pub per_key: crate::limit::KeyLimits,
 }
 
 impl Default for Limits {
@@ -45,6 +47,7 @@ impl Default for Limits {
             max_prompt_bytes: 64 * 1024,
             max_tokens: 4096,
             default_max_tokens: 256,
+            per_key: crate::limit::KeyLimits::default(),
         }
     }
 }
@@ -56,6 +59,7 @@ struct App {
     backend: Arc<dyn Backend>,
     keys: Arc<KeyStore>,
     limits: Limits,
+    limiter: crate::limit::Limiter,
 }
 
 type AppState = State<Arc<App>>;
@@ -65,6 +69,7 @@ pub fn router(backend: Arc<dyn Backend>, keys: Arc<KeyStore>, limits: Limits) ->
     let app = Arc::new(App {
         backend,
         keys,
+        limiter: crate::limit::Limiter::new(limits.per_key),
         limits,
     });
     Router::new()
@@ -108,6 +113,8 @@ struct ApiError {
     kind: &'static str,
     param: Option<String>,
     code: Option<&'static str>,
+    /// Seconds for `Retry-After` (429 rate limits).
+    retry_after: Option<u64>,
 }
 
 const INVALID: &str = "invalid_request_error";
@@ -120,6 +127,21 @@ impl ApiError {
             kind,
             param: None,
             code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 429 `rate_limit_exceeded` with `Retry-After`.
+    fn rate_limited(l: crate::limit::Limited) -> ApiError {
+        let message = if l.concurrency {
+            "Too many concurrent requests for this API key; retry when one finishes."
+        } else {
+            "Rate limit reached for requests with this API key; retry after the given delay."
+        };
+        ApiError {
+            retry_after: Some(l.retry_after_s.max(1)),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "requests", message)
+                .code("rate_limit_exceeded")
         }
     }
 
@@ -166,11 +188,21 @@ impl ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
                     .code("no_capacity")
             }
+            // Provider and ledger words stay in the log: a provider could otherwise write
+            // into every client's error, and a ledger's reveal its internals.
             BackendError::Upstream(_) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "server_error", message)
-                    .code("upstream_error")
+                tracing::warn!("upstream failure: {message}");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "The network's providers could not complete the answer; try again.",
+                )
+                .code("upstream_error")
             }
-            BackendError::Internal(_) => ApiError::internal(message),
+            BackendError::Internal(_) => {
+                tracing::error!("internal failure: {message}");
+                ApiError::internal("The gateway failed to serve the request; try again.")
+            }
         }
     }
 
@@ -197,6 +229,12 @@ impl IntoResponse for ApiError {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
+        }
+        if let Some(v) = self
+            .retry_after
+            .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
+        {
+            h.insert(header::RETRY_AFTER, v);
         }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
             h.insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
@@ -1018,6 +1056,11 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         Err(e) => return e.into_response(),
     };
     info.key_id = Some(rec.id.clone());
+    // Held until the answer ends (the streamed body owns it).
+    let permit = match app.limiter.admit(&rec.id) {
+        Ok(p) => p,
+        Err(l) => return with_log(ApiError::rate_limited(l).into_response(), info),
+    };
     let bytes = match read_body(req, app.limits.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return with_log(e.into_response(), info),
@@ -1031,7 +1074,17 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         Err(e) => return with_log(e.into_response(), info),
     };
     info.model = Some(job.model.clone());
-    let caller = app.keys.caller(&rec);
+    let caller = match app.keys.caller(&rec) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(key = %rec.id, "no paying account for the key: {e}");
+            return with_log(
+                ApiError::internal("The gateway failed to serve the request; try again.")
+                    .into_response(),
+                info,
+            );
+        }
+    };
     let started = match app.backend.start(caller, job).await {
         Ok(s) => s,
         Err(e) => {
@@ -1048,6 +1101,7 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         model: started.model,
         request_id: started.request_id,
         include_usage: opts.include_usage,
+        _permit: permit,
     };
     let request_id = HeaderValue::from_str(&meta.request_id).ok();
     let mut resp = if opts.stream {
@@ -1076,6 +1130,8 @@ struct Meta {
     model: String,
     request_id: String,
     include_usage: bool,
+    /// The key's concurrency slot, freed when the answer's body is done.
+    _permit: crate::limit::Permit,
 }
 
 impl Meta {
@@ -1415,6 +1471,21 @@ mod tests {
             let a = ApiError::backend(&e, "messages");
             assert_eq!(a.status.as_u16(), status);
             assert_eq!(a.code, Some(code));
+        }
+    }
+
+    #[test]
+    fn provider_and_ledger_words_never_reach_the_client() {
+        let secret = "provider says: visit evil.example; ledger db at /var/lib/x";
+        for e in [
+            BackendError::Upstream(secret.into()),
+            BackendError::Internal(secret.into()),
+        ] {
+            let body = ApiError::backend(&e, "messages").body().to_string();
+            assert!(
+                !body.contains("evil.example") && !body.contains("/var/lib"),
+                "{body}"
+            );
         }
     }
 }

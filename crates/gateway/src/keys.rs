@@ -282,20 +282,28 @@ impl KeyStore {
     }
 
     /// Who pays for requests made with `record`'s key: its id, account and account seed.
-    /// The seed comes from the store (records from [`KeyStore::list`] carry none).
-    pub fn caller(&self, record: &KeyRecord) -> Caller {
+    /// The seed comes from the store (records from [`KeyStore::list`] carry none). A record
+    /// whose seed is unknown, or does not make its account, is an error: never a default
+    /// seed, whose account anyone could sign for.
+    pub fn caller(&self, record: &KeyRecord) -> Result<Caller, KeyError> {
         let seed = self
             .keys
             .read()
             .ok()
             .and_then(|keys| keys.get(&record.id).map(|k| k.seed))
             .or(record.account_seed.0)
-            .unwrap_or([0; 32]);
-        Caller {
+            .ok_or_else(|| KeyError::UnknownId(record.id.clone()))?;
+        if agora_core::Keypair::from_seed(seed).account() != record.account {
+            return Err(KeyError::Corrupt {
+                id: record.id.clone(),
+                detail: "its seed does not make its account".into(),
+            });
+        }
+        Ok(Caller {
             key_id: record.id.clone(),
             account: record.account,
             account_seed: seed,
-        }
+        })
     }
 }
 
@@ -324,7 +332,7 @@ mod tests {
         assert_eq!(rec.id.len(), 4 + 12);
         let got = store.authenticate(&secret).unwrap();
         assert_eq!(got, rec);
-        let caller = store.caller(&got);
+        let caller = store.caller(&got).unwrap();
         assert_eq!(
             Keypair::from_seed(caller.account_seed).account(),
             rec.account
@@ -341,8 +349,22 @@ mod tests {
         assert!(matches!(store.revoke("key_x"), Err(KeyError::UnknownId(_))));
         // A listed record has no seed, but the store still knows who pays.
         let listed = store.list().unwrap();
-        let c = store.caller(&listed[0]);
+        let c = store.caller(&listed[0]).unwrap();
         assert_eq!(Keypair::from_seed(c.account_seed).account(), rec.account);
         assert!(!format!("{listed:?}").contains(&hex::encode(c.account_seed)));
+    }
+
+    #[test]
+    fn unknown_key_never_pays_with_the_zero_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(&dir.path().join("keys.redb")).unwrap();
+        let (_, rec) = store.create("alice").unwrap();
+        let mut stranger = store.list().unwrap().remove(0);
+        stranger.id = "key_notinstore".into();
+        assert!(matches!(
+            store.caller(&stranger),
+            Err(KeyError::UnknownId(_))
+        ));
+        assert_eq!(store.caller(&rec).unwrap().account, rec.account);
     }
 }

@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod http;
 pub mod keys;
+pub mod limit;
 
 pub use backend::{
     Backend, BackendError, Caller, ChatMessage, FinishReason, Job, ModelInfo, Prompt, ReceiptRef,
@@ -21,3 +22,4 @@ pub use backend::{
 };
 pub use http::{router, serve, Limits};
 pub use keys::{KeyError, KeyRecord, KeyStore, SECRET_PREFIX};
+pub use limit::{KeyLimits, Limiter};

@@ -33,6 +33,9 @@ pub const FAILURE_ALPHA: f64 = 0.2;
 pub const MAX_FAILURE_RATE: f64 = 0.95;
 /// The most models one provider may have offers (or unexpired replay marks) for at once.
 pub const MAX_MODELS_PER_PROVIDER: usize = 256;
+/// Most providers a book remembers unless [`OfferBook::with_max_providers`] says otherwise:
+/// gossip from fresh keys cannot grow it without end.
+pub const DEFAULT_MAX_PROVIDERS: usize = 4096;
 
 /// Up to this `k`, the auction keeps its top k in a sorted buffer; above it, it selects.
 const SMALL_K: usize = 32;
@@ -404,6 +407,8 @@ pub struct OfferBook {
     live: Vec<Live>,
     free: Vec<u32>,
     len: usize,
+    /// Most providers remembered (0: [`DEFAULT_MAX_PROVIDERS`]).
+    max_providers: usize,
 }
 
 impl OfferBook {
@@ -415,6 +420,12 @@ impl OfferBook {
     /// This book, accepting only offers for `chain_id`.
     pub fn with_chain(mut self, chain_id: u64) -> OfferBook {
         self.chain = Some(chain_id);
+        self
+    }
+
+    /// This book, remembering at most `max` providers.
+    pub fn with_max_providers(mut self, max: usize) -> OfferBook {
+        self.max_providers = max;
         self
     }
 
@@ -461,6 +472,14 @@ impl OfferBook {
                     })
                 }
                 _ => {}
+            }
+        } else {
+            let max = match self.max_providers {
+                0 => DEFAULT_MAX_PROVIDERS,
+                m => m,
+            };
+            if self.index.len() >= max {
+                return Err(OfferError::BookFull { max });
             }
         }
         offer.verify()?;
@@ -1227,6 +1246,42 @@ mod tests {
         assert_eq!(book.slots.len(), 1);
         assert_eq!(book.stats(&k.account()).load, 0);
         assert_eq!(book.stats(&k2.account()).load, 1);
+        book.check_invariants();
+    }
+
+    #[test]
+    fn fresh_keys_cannot_grow_the_book_past_its_bound() {
+        let mut book = OfferBook::new().with_max_providers(2);
+        let offer = |k: &Keypair, seq: u64| {
+            Offer {
+                chain_id: 1,
+                provider: k.account(),
+                peer_id: vec![],
+                addrs: vec![],
+                model: Hash32::of(b"m"),
+                model_name: "m".into(),
+                context_len: 1,
+                price_in: Amount::new(1),
+                price_out: Amount::new(1),
+                hardware: "cpu".into(),
+                region: "eu".into(),
+                capacity: 1,
+                seq,
+                issued_ms: 0,
+                expires_ms: 1_000,
+            }
+            .sign(k)
+        };
+        let keys: Vec<Keypair> = (1..=3u8).map(|i| Keypair::from_seed([i; 32])).collect();
+        book.insert(offer(&keys[0], 1), 0).unwrap();
+        book.insert(offer(&keys[1], 1), 0).unwrap();
+        assert_eq!(
+            book.insert(offer(&keys[2], 1), 0),
+            Err(OfferError::BookFull { max: 2 })
+        );
+        // A provider already known still renews.
+        book.insert(offer(&keys[0], 2), 0).unwrap();
+        assert_eq!(book.len(), 2);
         book.check_invariants();
     }
 }

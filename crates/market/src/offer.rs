@@ -186,6 +186,12 @@ pub enum OfferError {
         /// The limit ([`crate::MAX_MODELS_PER_PROVIDER`]).
         max: usize,
     },
+    /// The book remembers as many providers as it may; a new one waits for room.
+    #[error("the offer book already holds {max} providers")]
+    BookFull {
+        /// The limit ([`crate::book::DEFAULT_MAX_PROVIDERS`] unless set).
+        max: usize,
+    },
 }
 
 impl Offer {

@@ -24,6 +24,10 @@ impl ChatMessage {
     }
 }
 
+/// Template instructions one render may run: a chat of the most messages a request may carry
+/// renders in a few thousand; a template that loops without end stops here.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -49,6 +53,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         Ok(Self {
@@ -120,6 +125,17 @@ mod tests {
             .render(&[ChatMessage::new("assistant", "x")], false)
             .unwrap_err();
         assert!(err.to_string().contains("first message"), "{err}");
+    }
+
+    #[test]
+    fn endless_template_runs_out_of_fuel() {
+        // A hostile model file's template must not hang whoever renders it.
+        let src = "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").expect("compile");
+        let err = t
+            .render(&[ChatMessage::new("user", "hi")], true)
+            .unwrap_err();
+        assert!(matches!(err, ModelError::ChatTemplate(_)), "{err}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod init;
 pub mod int8;
 pub mod llama;
 pub mod model_id;
+pub mod prompt;
 pub mod safetensors_io;
 pub mod sampler;
 pub mod tokenizer;
@@ -34,6 +35,7 @@ pub use config::{LlamaConfig, RopeStyle};
 pub use error::{ModelError, Result};
 pub use llama::{Cache, Llama, Mode};
 pub use model_id::{Manifest, ModelId};
+pub use prompt::{chat_prompt_ids, PromptModel, TextRenderer};
 pub use sampler::SamplingParams;
 pub use tokenizer::TextTokenizer;
 

@@ -19,6 +19,9 @@ pub const IM_END: &str = "<|im_end|>";
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// The same tokenizer with special-token parsing off: text typed by a user that spells a
+    /// control token (`<|im_end|>`) stays text. Built on first use.
+    plain: std::sync::OnceLock<Tokenizer>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -33,7 +36,14 @@ fn tok_err(e: impl std::fmt::Display) -> ModelError {
 
 impl TextTokenizer {
     pub fn from_tokenizer(inner: Tokenizer) -> Self {
-        Self { inner }
+        Self::wrap(inner)
+    }
+
+    fn wrap(inner: Tokenizer) -> Self {
+        Self {
+            inner,
+            plain: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -43,9 +53,7 @@ impl TextTokenizer {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        Ok(Self {
-            inner: Tokenizer::from_bytes(bytes).map_err(tok_err)?,
-        })
+        Ok(Self::wrap(Tokenizer::from_bytes(bytes).map_err(tok_err)?))
     }
 
     /// The `tokenizer.json` form.
@@ -75,6 +83,31 @@ impl TextTokenizer {
             .map_err(tok_err)?
             .get_ids()
             .to_vec())
+    }
+
+    /// Encode text that must stay text: special tokens written in it are split into ordinary
+    /// tokens, never parsed as control tokens (chat content; see `prompt::chat_prompt_ids`).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let plain = self.plain.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        Ok(plain
+            .encode(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// The text of every special (control) token, e.g. `<|im_end|>`.
+    pub fn special_tokens(&self) -> Vec<String> {
+        self.inner
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special)
+            .map(|t| t.content.clone())
+            .collect()
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -110,7 +143,7 @@ impl TextTokenizer {
         tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         tokenizer.with_decoder(Some(ByteLevel::default()));
         tokenizer.train(&mut trainer, texts).map_err(tok_err)?;
-        Ok(Self { inner: tokenizer })
+        Ok(Self::wrap(tokenizer))
     }
 
     /// Vocabulary in id order, with each token's GGUF type (1 normal, 3 control).
@@ -205,7 +238,7 @@ impl TextTokenizer {
             .map(|(t, &ty)| AddedToken::from(t.clone(), ty == 3))
             .collect();
         tokenizer.add_special_tokens(specials).map_err(tok_err)?;
-        Ok(Self { inner: tokenizer })
+        Ok(Self::wrap(tokenizer))
     }
 }
 

@@ -211,10 +211,14 @@ impl Service {
             return Err(bad("resumed token outside the vocabulary"));
         }
         let new_tokens = u64::from(r.max_tokens).saturating_sub(r.resume.len() as u64);
-        let need =
-            agora_market::cost_micros(r.price_in, r.price_out, prompt.len() as u64, new_tokens)
-                .map(|m| agora_market::micros_to_amount(m.saturating_add(999_999)))
-                .ok_or_else(|| bad("cost overflows"))?;
+        let need = agora_market::cost_micros(
+            r.price_in,
+            r.price_out,
+            (prompt.len() + r.resume.len()) as u64,
+            new_tokens,
+        )
+        .map(|m| agora_market::micros_to_amount(m.saturating_add(999_999)))
+        .ok_or_else(|| bad("cost overflows"))?;
         self.payments
             .check(r.channel, r.payer, need)
             .await
@@ -235,23 +239,19 @@ impl Service {
     }
 
     fn tokenize(&self, prompt: &PromptSpec) -> Result<Vec<u32>, Refusal> {
-        let text = match prompt {
-            PromptSpec::Text(t) => t.clone(),
+        // The same function the gateway counts with (`agora_model::prompt`): message content
+        // stays text, so typed control tokens cannot open a new turn.
+        let ids = match prompt {
+            PromptSpec::Text(t) => self.model.tokenizer.encode(t),
             PromptSpec::Chat(messages) => {
                 let messages: Vec<ChatMessage> = messages
                     .iter()
                     .map(|(role, content)| ChatMessage::new(role, content))
                     .collect();
-                self.model
-                    .render_chat(&messages)
-                    .map_err(|e| Refusal(ErrorCode::BadRequest, e.to_string()))?
+                self.model.chat_prompt_ids(&messages)
             }
-        };
-        let ids = self
-            .model
-            .tokenizer
-            .encode(&text)
-            .map_err(|e| Refusal(ErrorCode::BadRequest, e.to_string()))?;
+        }
+        .map_err(|e| Refusal(ErrorCode::BadRequest, e.to_string()))?;
         if ids.is_empty() {
             return Err(Refusal(ErrorCode::BadRequest, "the prompt is empty".into()));
         }
@@ -276,11 +276,11 @@ impl Service {
             finish,
             fingerprint,
         } = answer;
-        // A resumed answer charges the prompt, not the resumed tokens it had to prefill.
+        // Resumed tokens are prefilled like the prompt and priced like it.
         let cost_micros = agora_market::cost_micros(
             r.price_in,
             r.price_out,
-            prompt.len() as u64,
+            (prompt.len() + r.resume.len()) as u64,
             tokens.len() as u64,
         )
         .unwrap_or(u128::MAX);

@@ -340,9 +340,13 @@ fn devnet_serves_pays_exactly_and_fails_over_mid_stream() {
         resumed_part < c,
         "the second provider resumed after delivered tokens"
     );
-    // The pricier provider charges twice: 2 per prompt token and 4 per new output token.
+    // The pricier provider charges twice: 2 per prompt token and per resumed token it had to
+    // prefill (priced like a prompt), and 4 per new output token.
     let pricey_earned = charged(receipts, &pricey_id);
-    assert_eq!(pricey_earned, 2 * p + 4 * resumed_part);
+    assert_eq!(
+        pricey_earned,
+        2 * (p + (c - resumed_part)) + 4 * resumed_part
+    );
 
     // The same request again (only the pricier provider is left) reads exactly the same:
     // the client saw one uninterrupted answer.

@@ -436,3 +436,22 @@ fn unknown_routes_and_methods_use_the_json_shape() {
     )
     .error(405);
 }
+
+#[test]
+fn one_key_over_its_rate_gets_429_with_retry_after() {
+    let s = Server::with_limits(agora_gateway::Limits {
+        per_key: agora_gateway::KeyLimits {
+            per_second: 1,
+            burst: 2,
+            concurrent: 8,
+        },
+        ..agora_gateway::Limits::default()
+    });
+    let body = json!({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(s.post("/v1/chat/completions", &body).status, 200);
+    assert_eq!(s.post("/v1/chat/completions", &body).status, 200);
+    let r = s.post("/v1/chat/completions", &body);
+    let e = r.error(429);
+    assert_eq!(e["code"], "rate_limit_exceeded");
+    assert!(r.header("retry-after").is_some());
+}

@@ -9,7 +9,7 @@ fn keys_persist_across_reopen_and_secrets_are_not_stored() {
         let store = KeyStore::open(&path).unwrap();
         (s1, r1) = store.create("alice").unwrap();
         (s2, r2) = store.create("bob").unwrap();
-        seed1 = store.caller(&r1).account_seed;
+        seed1 = store.caller(&r1).unwrap().account_seed;
         assert_ne!(r1.account, r2.account);
         assert_ne!(s1, s2);
         store.revoke(&r2.id).unwrap();
@@ -20,7 +20,7 @@ fn keys_persist_across_reopen_and_secrets_are_not_stored() {
     let a = store.authenticate(&s1).unwrap();
     assert_eq!(a.id, r1.id);
     assert_eq!(a.account, r1.account);
-    assert_eq!(store.caller(&a).account_seed, seed1);
+    assert_eq!(store.caller(&a).unwrap().account_seed, seed1);
     assert!(matches!(store.authenticate(&s2), Err(KeyError::Revoked(_))));
     let list = store.list().unwrap();
     assert_eq!(list.len(), 2);
@@ -62,7 +62,7 @@ fn list_never_shows_seeds_and_is_ordered() {
     let json = serde_json::to_string(&list).unwrap();
     let debug = format!("{list:?}");
     for r in &made {
-        let seed = hex::encode(store.caller(r).account_seed);
+        let seed = hex::encode(store.caller(r).unwrap().account_seed);
         assert!(!json.contains(&seed));
         assert!(!debug.contains(&seed));
         // Not even the record fresh from create() serializes its seed.

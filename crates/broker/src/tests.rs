@@ -1,0 +1,410 @@
+//! The buyer against a lying provider: a scripted provider side of the inference stream
+//! (its frames fixed in advance) tries to overcharge, to stream past the answer's end and to
+//! put words in the client's mouth. Each test is an attack that used to succeed.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use agora_model::{ChatMessage, ModelId, PromptModel, TextTokenizer};
+use agora_net::protocol::{Receipt, Sampling};
+
+use super::*;
+
+const TEXT: &str = "To be, or not to be, that is the question:\n\
+    Whether 'tis nobler in the mind to suffer\n\
+    The slings and arrows of outrageous fortune,\n";
+
+/// A provider whose every frame is written before the request arrives.
+struct Scripted {
+    input: futures::io::Cursor<Vec<u8>>,
+    output: Vec<u8>,
+}
+
+impl futures::AsyncRead for Scripted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.input).poll_read(cx, buf)
+    }
+}
+
+impl futures::AsyncWrite for Scripted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.output).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+async fn script(frames: &[Frame]) -> Scripted {
+    let mut input = Vec::new();
+    for f in frames {
+        write_frame(&mut input, f).await.expect("frame");
+    }
+    Scripted {
+        input: futures::io::Cursor::new(input),
+        output: Vec::new(),
+    }
+}
+
+fn payer() -> Keypair {
+    Keypair::from_seed([1; 32])
+}
+
+fn provider() -> Keypair {
+    Keypair::from_seed([2; 32])
+}
+
+fn model() -> Arc<PromptModel> {
+    let tokenizer = TextTokenizer::train_bpe(std::iter::repeat_n(TEXT, 20), 300).expect("train");
+    Arc::new(PromptModel {
+        id: ModelId([7; 32]),
+        tokenizer,
+        chat_template: None,
+        context_len: 4096,
+    })
+}
+
+fn request(resume: Vec<u32>, max_tokens: u32) -> InferenceRequest {
+    InferenceRequest {
+        chain_id: 9,
+        request_id: [3; 16],
+        payer: payer().account(),
+        channel: Hash32::of(b"channel"),
+        provider: provider().account(),
+        model: Hash32::from_slice(&[7; 32]).expect("hash"),
+        prompt: PromptSpec::Chat(vec![("user".into(), "To be".into())]),
+        resume,
+        max_tokens,
+        stop: vec![],
+        sampling: Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 5,
+        },
+        price_in: Amount::new(1_000),
+        price_out: Amount::new(2_000),
+        issued_ms: now_ms(),
+    }
+}
+
+fn answer(
+    prompt: PromptCount,
+    render: Option<Arc<PromptModel>>,
+    req: &InferenceRequest,
+) -> (Answer, oneshot::Receiver<Result<Started, BackendError>>) {
+    let (first, first_rx) = oneshot::channel();
+    let (events, events_rx) = mpsc::channel(1024);
+    let a = Answer {
+        first: Some((first, events_rx)),
+        events,
+        delivered: req.resume.clone(),
+        prompt,
+        render: render.map(|m| (m, TextRenderer::new(&req.stop))),
+        max_tokens: req.max_tokens,
+        client_gone: false,
+    };
+    (a, first_rx)
+}
+
+/// The receipt a provider signs for `output` new tokens after the request's resumed ones,
+/// claiming `prompt_tokens` and charging `cost` (None: the honest cost).
+fn receipt(
+    req: &InferenceRequest,
+    prompt: &[u32],
+    prompt_tokens: u32,
+    output: &[u32],
+    cost: Option<u128>,
+) -> SignedReceipt {
+    let all: Vec<u32> = req.resume.iter().chain(output).copied().collect();
+    let honest = agora_market::cost_micros(
+        req.price_in,
+        req.price_out,
+        u64::from(prompt_tokens) + req.resume.len() as u64,
+        output.len() as u64,
+    )
+    .unwrap_or(u128::MAX);
+    Receipt {
+        chain_id: req.chain_id,
+        request_id: req.request_id,
+        provider: req.provider,
+        payer: req.payer,
+        channel: req.channel,
+        model: req.model,
+        prompt_hash: tokens_hash(prompt),
+        output_hash: tokens_hash(&all),
+        prompt_tokens,
+        resumed_tokens: req.resume.len() as u32,
+        output_tokens: output.len() as u32,
+        sampling: req.sampling.clone(),
+        fingerprint_hash: Hash32::default(),
+        price_in: req.price_in,
+        price_out: req.price_out,
+        cost_micros: cost.unwrap_or(honest),
+        started_ms: 0,
+        finished_ms: 0,
+    }
+    .sign(&provider())
+}
+
+fn frames(
+    req: &InferenceRequest,
+    claimed_prompt: u32,
+    output: &[u32],
+    texts: &[&str],
+    done: Option<SignedReceipt>,
+) -> Vec<Frame> {
+    let mut f = vec![Frame::Accepted {
+        prompt_tokens: claimed_prompt,
+    }];
+    for (i, &t) in output.iter().enumerate() {
+        f.push(Frame::Token {
+            index: (req.resume.len() + i) as u32,
+            token: t,
+            text: texts.get(i).copied().unwrap_or_default().to_string(),
+        });
+    }
+    if let Some(r) = done {
+        f.push(Frame::Done {
+            finish: Finish::Stop,
+            tail: String::new(),
+            receipt: Box::new(r),
+        });
+    }
+    f
+}
+
+const T: Timeouts = Timeouts {
+    accept: Duration::from_secs(5),
+    stall: Duration::from_secs(5),
+};
+
+fn chat_ids(m: &PromptModel) -> Vec<u32> {
+    m.chat_ids(&[ChatMessage::new("user", "To be")])
+        .expect("ids")
+}
+
+fn exact(m: &PromptModel) -> PromptCount {
+    count_prompt(Some(m), &request(vec![], 4).prompt).expect("count")
+}
+
+/// Text the client was sent.
+async fn client_text(first: oneshot::Receiver<Result<Started, BackendError>>) -> String {
+    let Ok(Ok(mut started)) = first.await else {
+        return String::new();
+    };
+    let mut out = String::new();
+    while let Ok(Ok(StreamEvent::Text(t))) = started.events.try_recv() {
+        out.push_str(&t);
+    }
+    out
+}
+
+#[tokio::test]
+async fn honest_answer_is_paid_exactly_its_tokens() {
+    let m = model();
+    let req = request(vec![], 4);
+    let ids = chat_ids(&m);
+    let out = m.tokenizer.encode(" or not").expect("enc");
+    let r = receipt(&req, &ids, ids.len() as u32, &out, None);
+    let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
+    let (mut a, first) = answer(exact(&m), Some(m.clone()), &req);
+    let (_, _, paid) = relay(&mut s, &payer(), &req, &mut a, T, || {})
+        .await
+        .unwrap_or_else(|_| panic!("honest answer refused"));
+    let want = agora_market::cost_micros(
+        req.price_in,
+        req.price_out,
+        ids.len() as u64,
+        out.len() as u64,
+    );
+    assert_eq!(Some(paid), want);
+    drop(a);
+    assert_eq!(client_text(first).await, " or not");
+}
+
+#[tokio::test]
+async fn provider_claiming_u32_max_prompt_tokens_is_not_paid() {
+    let m = model();
+    let req = request(vec![], 4);
+    let ids = chat_ids(&m);
+    let out = m.tokenizer.encode(" or").expect("enc");
+    let r = receipt(&req, &ids, u32::MAX, &out, None);
+    let mut s = script(&frames(&req, u32::MAX, &out, &[], Some(r))).await;
+    let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
+    let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
+    assert!(matches!(got, Err(Outcome::Failed(_))));
+}
+
+#[tokio::test]
+async fn overclaimed_prompt_in_the_receipt_alone_is_not_paid() {
+    // Honest in its Accepted frame, greedy in its signed receipt.
+    let m = model();
+    let req = request(vec![], 4);
+    let ids = chat_ids(&m);
+    let out = m.tokenizer.encode(" or").expect("enc");
+    let r = receipt(&req, &ids, ids.len() as u32 + 1000, &out, None);
+    let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
+    let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
+    let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
+    assert!(matches!(got, Err(Outcome::Failed(_))));
+}
+
+#[tokio::test]
+async fn resumed_answer_cannot_overclaim_the_prompt() {
+    // The resume path used to skip the prompt check altogether.
+    let m = model();
+    let resume = m.tokenizer.encode(" or").expect("enc");
+    let req = request(resume, 8);
+    let ids = chat_ids(&m);
+    let out = m.tokenizer.encode(" not").expect("enc");
+    let r = receipt(&req, &ids, u32::MAX / 2, &out, None);
+    let mut s = script(&frames(&req, u32::MAX / 2, &out, &[], Some(r))).await;
+    let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
+    let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
+    assert!(matches!(got, Err(Outcome::Failed(_))));
+}
+
+#[tokio::test]
+async fn resumed_tokens_are_priced_like_prompt() {
+    let m = model();
+    let resume = m.tokenizer.encode(" or").expect("enc");
+    let req = request(resume.clone(), 8);
+    let ids = chat_ids(&m);
+    let out = m.tokenizer.encode(" not").expect("enc");
+    let r = receipt(&req, &ids, ids.len() as u32, &out, None);
+    let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
+    let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
+    let (_, _, paid) = relay(&mut s, &payer(), &req, &mut a, T, || {})
+        .await
+        .unwrap_or_else(|_| panic!("honest resumed answer refused"));
+    let prefill = (ids.len() + resume.len()) as u64;
+    assert_eq!(
+        Some(paid),
+        agora_market::cost_micros(req.price_in, req.price_out, prefill, out.len() as u64)
+    );
+    // And never more than that.
+    let r = receipt(&req, &ids, ids.len() as u32, &out, Some(paid + 1));
+    let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
+    let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
+    let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
+    assert!(matches!(got, Err(Outcome::Failed(_))));
+}
+
+#[tokio::test]
+async fn tokens_past_max_tokens_are_cut_and_not_paid() {
+    let m = model();
+    let req = request(vec![], 2);
+    let ids = chat_ids(&m);
+    let out = m.tokenizer.encode(" or not to be, that").expect("enc");
+    assert!(out.len() > 2);
+    let r = receipt(&req, &ids, ids.len() as u32, &out, None);
+    let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
+    let (mut a, first) = answer(exact(&m), Some(m.clone()), &req);
+    let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
+    assert!(matches!(got, Err(Outcome::Cut(_))));
+    assert_eq!(a.delivered, out[..2].to_vec());
+    drop(a);
+    let seen = client_text(first).await;
+    assert_eq!(seen, m.tokenizer.decode(&out[..2]).expect("dec"));
+}
+
+#[tokio::test]
+async fn unknown_model_prompt_charge_is_bounded() {
+    let req = request(vec![], 4);
+    let bound = prompt_bound(&req.prompt);
+    let out = [10u32, 11];
+    let ids = [1u32; 3];
+    let r = receipt(&req, &ids, bound + 1, &out, None);
+    let mut s = script(&frames(&req, bound, &out, &["a", "b"], Some(r))).await;
+    let (mut a, _first) = answer(PromptCount::Bound(bound), None, &req);
+    let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
+    assert!(matches!(got, Err(Outcome::Failed(_))));
+    // At the bound, it is paid at most its reservation.
+    let r = receipt(&req, &ids, bound, &out, None);
+    let mut s = script(&frames(&req, bound, &out, &["a", "b"], Some(r))).await;
+    let (mut a, _first) = answer(PromptCount::Bound(bound), None, &req);
+    let (_, _, paid) = relay(&mut s, &payer(), &req, &mut a, T, || {})
+        .await
+        .unwrap_or_else(|_| panic!("bounded answer refused"));
+    assert!(paid <= most_micros(&req, PromptCount::Bound(bound)).expect("most"));
+}
+
+#[tokio::test]
+async fn injected_text_never_reaches_the_client() {
+    // The text frames lie; the ids (what the receipt commits to) are " or not".
+    let m = model();
+    let req = request(vec![], 4);
+    let ids = chat_ids(&m);
+    let out = m.tokenizer.encode(" or not").expect("enc");
+    let r = receipt(&req, &ids, ids.len() as u32, &out, None);
+    let lies = ["BUY ", "CRYPTO ", "NOW", "!"];
+    let mut f = frames(&req, ids.len() as u32, &out, &lies, Some(r));
+    if let Some(Frame::Done { tail, .. }) = f.last_mut() {
+        *tail = " visit evil.example".into();
+    }
+    let mut s = script(&f).await;
+    let (mut a, first) = answer(exact(&m), Some(m.clone()), &req);
+    assert!(relay(&mut s, &payer(), &req, &mut a, T, || {})
+        .await
+        .is_ok());
+    drop(a);
+    assert_eq!(client_text(first).await, " or not");
+}
+
+#[tokio::test]
+async fn settle_never_charges_more_than_the_reservation() {
+    let ledger = Client::new("http://127.0.0.1:9").expect("client");
+    let channels = Channels::new(9, ledger, Amount::new(1));
+    let (p, q) = (payer(), provider().account());
+    let id = Hash32::of(b"chan");
+    channels
+        .insert_open(p.account(), q, id, Amount::new(1_000_000))
+        .await;
+    let reservation = channels::Reservation {
+        channel: id,
+        amount: Amount::new(10),
+    };
+    let v = channels
+        .settle(&p, q, reservation, u128::MAX)
+        .await
+        .expect("voucher");
+    assert_eq!(v.voucher.cumulative, Amount::new(10));
+}
+
+#[tokio::test]
+async fn restart_continues_vouchers_from_the_durable_books() {
+    // A gateway restart used to forget every channel: escrow orphaned, totals restarted.
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("channels.redb");
+    let ledger = Client::new("http://127.0.0.1:9").expect("client");
+    let (p, q) = (payer(), provider().account());
+    let id = Hash32::of(b"chan");
+    let r = channels::Reservation {
+        channel: id,
+        amount: Amount::new(100),
+    };
+    {
+        let store = channels::ChannelStore::open(&path).expect("store");
+        let ch = Channels::durable(9, ledger.clone(), Amount::new(1), store).expect("open");
+        ch.insert_open(p.account(), q, id, Amount::new(1_000)).await;
+        let v = ch.settle(&p, q, r, 7_500_000).await.expect("voucher");
+        assert_eq!(v.voucher.cumulative, Amount::new(7));
+    }
+    let store = channels::ChannelStore::open(&path).expect("store");
+    let ch = Channels::durable(9, ledger, Amount::new(1), store).expect("reopen");
+    assert_eq!(ch.channel_of(&p.account(), &q).await, Some(id));
+    assert_eq!(ch.spent_micros(&p.account(), &q).await, Some(7_500_000));
+    let v = ch.settle(&p, q, r, 2_500_000).await.expect("voucher");
+    assert_eq!(v.voucher.cumulative, Amount::new(10));
+}
