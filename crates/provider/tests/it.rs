@@ -328,4 +328,65 @@ async fn provider_refuses_bad_messages_and_serves_a_paid_request() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    strangers_are_denied_audit_material(&ledger, &client, peer, &provider_key).await;
+}
+
+/// Anyone used to read every user's prompt and answer: an audit request signed by any key
+/// got the material. Now a key that is neither the leaf's assigned verifier nor a
+/// registered confirmer with a failed reveal on the ledger is denied.
+async fn strangers_are_denied_audit_material(
+    ledger: &Client,
+    client: &Node,
+    peer: PeerId,
+    provider: &Keypair,
+) {
+    use agora_net::protocol::{AuditRequest, AuditResponse, AUDIT_PROTOCOL};
+    // Wait for the root of the answer served above.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let epoch = loop {
+        let l = ledger.clone();
+        let blocks = tokio::task::spawn_blocking(move || l.events(0, Duration::ZERO))
+            .await
+            .expect("join")
+            .expect("events");
+        let posted = blocks
+            .iter()
+            .flat_map(|b| &b.txs)
+            .flat_map(|t| &t.events)
+            .find_map(|e| match e {
+                agora_ledger::Event::ReceiptRootPosted {
+                    provider: p, epoch, ..
+                } if *p == provider.account() => Some(*epoch),
+                _ => None,
+            });
+        if let Some(e) = posted {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no root posted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stranger = Keypair::from_seed([44; 32]);
+    for reveal_tx in [None, Some(Hash32::of(b"not a reveal"))] {
+        let req = AuditRequest {
+            chain_id: CHAIN,
+            verifier: stranger.account(),
+            provider: provider.account(),
+            epoch,
+            index: 0,
+            issued_ms: now_ms(),
+            reveal_tx,
+        }
+        .sign(&stranger);
+        let mut s = client
+            .control()
+            .open_stream(peer, agora_net::StreamProtocol::new(AUDIT_PROTOCOL))
+            .await
+            .expect("open");
+        write_frame(&mut s, &req).await.expect("send");
+        let answer: AuditResponse = read_frame(&mut s).await.expect("read").expect("answer");
+        assert!(
+            matches!(answer, AuditResponse::Denied { .. }),
+            "a stranger got {answer:?}"
+        );
+    }
 }
