@@ -115,6 +115,16 @@ impl Provider {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let receipts = receipts::ReceiptLog::open(&cfg.data_dir.join("receipts.redb"))
             .map_err(|e| ProviderError::Config(e.to_string()))?;
+        let (chain, me, l, path) = (
+            cfg.chain_id,
+            key.account(),
+            ledger.clone(),
+            cfg.data_dir.join("vouchers.redb"),
+        );
+        let payments = tokio::task::spawn_blocking(move || Payments::open(chain, me, l, &path))
+            .await
+            .map_err(|e| ProviderError::Config(e.to_string()))?
+            .map_err(|e| ProviderError::Config(e.to_string()))?;
         let mut net = cfg.net.clone();
         net.topics.push(offers_topic(cfg.chain_id));
         let (node, _gossip) = Node::start(net).await?;
@@ -126,7 +136,7 @@ impl Provider {
             price_in: cfg.price_in,
             price_out: cfg.price_out,
             worker,
-            payments: Payments::new(cfg.chain_id, key.account(), ledger),
+            payments,
             seen: Mutex::new(HashMap::new()),
             receipts,
             audit_gate: audits::AuditGate::default(),

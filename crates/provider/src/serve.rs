@@ -96,7 +96,9 @@ impl Service {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let started_ms = now_ms();
-        let (prompt, opts, need) = self.admit(&signed, started_ms).await?;
+        let (prompt, opts, reservation) = self.admit(&signed, started_ms).await?;
+        // Held until the answer is recorded as served (or fails).
+        let _reservation = reservation;
         let r = &signed.request;
         let (tx, mut rx) = mpsc::channel(32);
         let prompt_tokens = prompt.len() as u32;
@@ -107,7 +109,7 @@ impl Service {
                 events: tx,
             })
             .map_err(|e| Refusal(ErrorCode::Busy, e.to_string()))?;
-        tracing::debug!(request = %hex::encode(r.request_id), %need, "accepted");
+        tracing::debug!(request = %hex::encode(r.request_id), "accepted");
         write_frame(stream, &Frame::Accepted { prompt_tokens })
             .await
             .map_err(|e| Refusal(ErrorCode::Internal, e.to_string()))?;
@@ -157,7 +159,7 @@ impl Service {
         &self,
         signed: &SignedRequest,
         now: u64,
-    ) -> Result<(Vec<u32>, GenerateOptions, Amount), Refusal> {
+    ) -> Result<(Vec<u32>, GenerateOptions, crate::payments::Reservation), Refusal> {
         let bad = |m: &str| Refusal(ErrorCode::BadRequest, m.to_string());
         signed
             .verify()
@@ -215,7 +217,8 @@ impl Service {
             agora_market::cost_micros(r.price_in, r.price_out, prompt.len() as u64, new_tokens)
                 .map(|m| agora_market::micros_to_amount(m.saturating_add(999_999)))
                 .ok_or_else(|| bad("cost overflows"))?;
-        self.payments
+        let reservation = self
+            .payments
             .check(r.channel, r.payer, need)
             .await
             .map_err(|e| Refusal(ErrorCode::Payment, e.to_string()))?;
@@ -231,7 +234,7 @@ impl Service {
             stop_at_eos: true,
             resume: r.resume.clone(),
         };
-        Ok((prompt, opts, need))
+        Ok((prompt, opts, reservation))
     }
 
     fn tokenize(&self, prompt: &PromptSpec) -> Result<Vec<u32>, Refusal> {
