@@ -25,12 +25,15 @@ const TTL: Duration = Duration::from_secs(10);
 /// Most cached answers of each kind.
 const CAP: usize = 4096;
 
+/// The (leaf, verifier) pairs of one epoch's plan, and when they were read.
+type Plan = (Instant, HashSet<(u64, AccountId)>);
+
 /// Who may read which leaf, as the ledger says, with short-lived caches so a burst of
 /// requests costs few ledger reads.
 #[derive(Default)]
 pub struct AuditGate {
     /// Per epoch: the (leaf, verifier) pairs of the plan, and when it was read.
-    plans: Mutex<HashMap<u64, (Instant, HashSet<(u64, AccountId)>)>>,
+    plans: Mutex<HashMap<u64, Plan>>,
     /// Whether keys are registered verifiers.
     registered: Mutex<HashMap<AccountId, (Instant, bool)>>,
     /// Leaves whose failed reveal was found on the ledger: (epoch, index, reveal tx).

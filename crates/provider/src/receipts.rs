@@ -95,10 +95,11 @@ impl ReceiptLog {
             let (k, v) = row.map_err(db_err)?;
             let m = Material::try_from_slice(v.value()).map_err(db_err)?;
             let id = m.receipt.receipt.request_id;
-            if by_request.contains_key(&id) {
-                dropped.push(k.value());
-            } else {
-                by_request.insert(id, (k.value(), m.receipt.hash()));
+            match by_request.entry(id) {
+                std::collections::btree_map::Entry::Occupied(_) => dropped.push(k.value()),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert((k.value(), m.receipt.hash()));
+                }
             }
         }
         if by_request.is_empty() {

@@ -364,7 +364,7 @@ enum LeafOutcome {
     Passed,
     /// Failed; with the material and path when the provider handed something over that
     /// holds together (a fraud), without when it withheld it.
-    Failed(String, Option<(Material, Vec<Hash32>)>),
+    Failed(String, Option<Box<(Material, Vec<Hash32>)>>),
     /// Not judged here: nothing is committed.
     Skip(String),
 }
@@ -384,7 +384,7 @@ impl Shared {
         let judge = Judge {
             chain_id: cfg.chain_id,
             models,
-            thresholds: cfg.thresholds.clone(),
+            thresholds: cfg.thresholds,
         };
         Shared {
             cfg,
@@ -632,7 +632,7 @@ impl Shared {
                 .await
             {
                 LeafOutcome::Passed => (true, String::new(), None),
-                LeafOutcome::Failed(reason, evidence) => (false, reason, evidence),
+                LeafOutcome::Failed(reason, evidence) => (false, reason, evidence.map(|e| *e)),
                 LeafOutcome::Skip(reason) => {
                     tracing::warn!(%provider, epoch, index, "not judged, not committed: {reason}");
                     continue;
@@ -774,7 +774,7 @@ impl Shared {
             );
         }
         if let Err(why) = judge::check_order(&posted, index, &material.receipt, next.as_deref()) {
-            return LeafOutcome::Failed(why, Some((material, proof)));
+            return LeafOutcome::Failed(why, Some(Box::new((material, proof))));
         }
         if let Some(skip) = self.seen_elsewhere(provider, epoch, index, &material) {
             return skip;
@@ -786,7 +786,7 @@ impl Shared {
             .unwrap_or_else(|e| Judgement::CannotJudge(e.to_string()));
         match judged {
             Judgement::Passed => LeafOutcome::Passed,
-            Judgement::Failed(why) => LeafOutcome::Failed(why, Some((material, proof))),
+            Judgement::Failed(why) => LeafOutcome::Failed(why, Some(Box::new((material, proof)))),
             Judgement::CannotJudge(why) => LeafOutcome::Skip(why),
         }
     }

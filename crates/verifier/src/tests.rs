@@ -451,7 +451,7 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
         Judgement::Failed(_)
     ));
     // Two copies of one receipt side by side under a root.
-    let leaves = vec![f.honest.receipt.clone(), f.honest.receipt.clone()];
+    let leaves = [f.honest.receipt.clone(), f.honest.receipt.clone()];
     let hashes: Vec<Hash32> = leaves.iter().map(SignedReceipt::hash).collect();
     let posted = PostedRoot {
         root: agora_core::merkle::root(&hashes),
