@@ -504,3 +504,130 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
         LeafOutcome::Skip(_)
     ));
 }
+
+/// Answers every fetch as unreachable and counts the fetches.
+struct CountingSource(std::sync::atomic::AtomicUsize);
+
+impl MaterialSource for CountingSource {
+    fn fetch(&self, _: AccountId, _: u64, _: u64, _: Option<Hash32>) -> BoxFuture<'_, Fetched> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Fetched::Unreachable("down".into()) })
+    }
+}
+
+/// Over real libp2p on loopback: confirm requests from a key the ledger does not list as a
+/// verifier, or about a leaf with no failed reveal, are declined before the confirmer
+/// fetches or audits anything; garbage gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_confirm_requests_cost_no_audit() {
+    let f = fixture();
+    let root = Root::new(&f.provider, f.honest.clone());
+    let (node, gossip) = Node::start(NetConfig {
+        key_seed: [19; 32],
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        bootstrap: vec![],
+        mdns: false,
+        topics: vec![],
+    })
+    .await
+    .expect("node");
+    let addr = node.listen_addrs().await.expect("addrs")[0].clone();
+    let cfg = VerifierConfig {
+        chain_id: CHAIN,
+        ledger_url: "http://127.0.0.1:1".into(),
+        account_seed: [5; 32],
+        net: NetConfig {
+            key_seed: [19; 32],
+            listen: vec![],
+            bootstrap: vec![],
+            mdns: false,
+            topics: vec![],
+        },
+        models: vec![],
+        stake: Amount::new(1),
+        thresholds: Thresholds::default(),
+        #[cfg(feature = "adversary")]
+        lazy: false,
+    };
+    let source = Arc::new(CountingSource(Default::default()));
+    let mut shared = Shared::new(
+        cfg,
+        Keypair::from_seed([5; 32]),
+        Client::new("http://127.0.0.1:1").expect("client"),
+        Arc::new(FakeLedger(vec![f.requester.account()])),
+        source.clone(),
+        node,
+        HashMap::from([(f.model_id, f.model.clone())]),
+        Peers::default(),
+    );
+    shared.reveal_wait = Duration::from_millis(200);
+    let shared = Arc::new(shared);
+    let verifier = Verifier {
+        shared: shared.clone(),
+        gossip,
+    };
+    tokio::spawn(verifier.run(std::future::pending()));
+    let (client, _g) = Node::start(NetConfig {
+        key_seed: [20; 32],
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        bootstrap: vec![addr],
+        mdns: false,
+        topics: vec![],
+    })
+    .await
+    .expect("client");
+    let peer = agora_net::peer_id_of([19; 32]);
+    let ask = |signed: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            let mut s = client
+                .control()
+                .open_stream(peer, agora_net::StreamProtocol::new(CONFIRM_PROTOCOL))
+                .await
+                .expect("open");
+            futures::AsyncWriteExt::write_all(&mut s, &signed)
+                .await
+                .expect("write");
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                read_frame::<_, ConfirmResponse>(&mut s),
+            )
+            .await
+            .expect("answered in time")
+        }
+    };
+    let frame = |v: &Signed<ConfirmRequest>| {
+        let bytes = codec::encode(v);
+        let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
+        out.extend(bytes);
+        out
+    };
+    let stranger = Keypair::from_seed([66; 32]);
+    let from_stranger = Signed::new(request(&f, root.fraud(), None), &stranger);
+    let r = ask(frame(&from_stranger))
+        .await
+        .expect("read")
+        .expect("answer");
+    assert!(
+        matches!(&r, ConfirmResponse::Declined { reason } if reason.contains("registered")),
+        "{r:?}"
+    );
+    // A registered verifier, but no failed reveal of the leaf on the ledger.
+    let unrevealed = Signed::new(request(&f, Fault::Withheld, None), &f.requester);
+    let r = ask(frame(&unrevealed))
+        .await
+        .expect("read")
+        .expect("answer");
+    assert!(
+        matches!(&r, ConfirmResponse::Declined { reason } if reason.contains("no failed reveal")),
+        "{r:?}"
+    );
+    // Garbage and an oversized length get no answer.
+    let _ = ask(vec![0, 0, 0, 3, 1, 2, 3]).await;
+    let _ = ask(u32::MAX.to_be_bytes().to_vec()).await;
+    assert_eq!(
+        source.0.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "fetched for an unauthenticated request"
+    );
+}
