@@ -631,3 +631,42 @@ async fn unauthenticated_confirm_requests_cost_no_audit() {
         "fetched for an unauthenticated request"
     );
 }
+
+/// Fake verifier Hellos used to fill the escalation list (each candidate could take 120 s).
+/// A Hello counts only when the ledger lists its signer as a registered verifier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hellos_from_unregistered_keys_are_ignored() {
+    let f = fixture();
+    let root = Root::new(&f.provider, f.honest.clone());
+    let (c, _) = confirmer(&f, &root, false, Fetched::Unreachable("-".into()), false).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(c.clone().listen(rx));
+    let hello = |key: &Keypair| GossipMessage {
+        topic: audits_topic(CHAIN),
+        source: None,
+        data: codec::encode(&AuditGossip::Hello(Signed::new(
+            VerifierHello {
+                chain_id: CHAIN,
+                peer_id: agora_net::peer_id_of([30; 32]).to_bytes(),
+                addrs: vec!["/ip4/127.0.0.1/tcp/9".into()],
+                issued_ms: now_ms(),
+            },
+            key,
+        ))),
+    };
+    let fake = Keypair::from_seed([77; 32]);
+    tx.send(hello(&fake)).await.expect("send");
+    tx.send(hello(&f.requester)).await.expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lock(&c.verifiers).contains_key(&f.requester.account()) {
+        assert!(
+            Instant::now() < deadline,
+            "the registered verifier's Hello was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !lock(&c.verifiers).contains_key(&fake.account()),
+        "an unregistered key became a confirm candidate"
+    );
+}
