@@ -50,6 +50,52 @@ pub fn proof(leaves: &[Hash32], index: usize) -> Option<Vec<Hash32>> {
     Some(path)
 }
 
+/// A tree built once, for many proofs of the same leaves (a proof from [`proof`] rebuilds
+/// the tree each time).
+#[derive(Debug, Clone)]
+pub struct Tree {
+    levels: Vec<Vec<Hash32>>,
+    leaves: usize,
+}
+
+impl Tree {
+    /// Builds the tree of `leaves`.
+    pub fn new(leaves: &[Hash32]) -> Tree {
+        let mut levels = vec![level0(leaves)];
+        while let Some(top) = levels.last().filter(|l| l.len() > 1) {
+            let next = top.chunks(2).map(|p| node(&p[0], &p[1])).collect();
+            levels.push(next);
+        }
+        Tree {
+            levels,
+            leaves: leaves.len(),
+        }
+    }
+
+    /// The root, as [`root`] computes it.
+    pub fn root(&self) -> Hash32 {
+        self.levels
+            .last()
+            .and_then(|l| l.first())
+            .copied()
+            .unwrap_or(Hash32::ZERO)
+    }
+
+    /// The path of leaf `index`, as [`proof`] computes it.
+    pub fn proof(&self, index: usize) -> Option<Vec<Hash32>> {
+        if index >= self.leaves {
+            return None;
+        }
+        let mut i = index;
+        let mut path = Vec::with_capacity(self.levels.len());
+        for level in &self.levels[..self.levels.len() - 1] {
+            path.push(*level.get(i ^ 1)?);
+            i /= 2;
+        }
+        Some(path)
+    }
+}
+
 /// True when `path` proves that `item` is leaf `index` of the tree with root `root`.
 pub fn verify(root: &Hash32, item: &Hash32, index: u64, path: &[Hash32]) -> bool {
     if path.len() > MAX_DEPTH || (path.len() < 64 && index >> path.len() != 0) {
@@ -75,8 +121,12 @@ mod tests {
         for n in 1..9usize {
             let leaves: Vec<Hash32> = (0..n as u8).map(|i| Hash32::of(&[i])).collect();
             let r = root(&leaves);
+            let tree = Tree::new(&leaves);
+            assert_eq!(tree.root(), r);
+            assert!(tree.proof(n).is_none());
             for i in 0..n {
                 let p = proof(&leaves, i).unwrap_or_default();
+                assert_eq!(tree.proof(i), Some(p.clone()));
                 assert!(verify(&r, &leaves[i], i as u64, &p), "n={n} i={i}");
                 assert!(!verify(&r, &Hash32::of(b"x"), i as u64, &p));
                 assert!(!verify(&r, &leaves[i], (i as u64) ^ 1 | 64, &p));

@@ -7,6 +7,9 @@ use agora_core::codec;
 use borsh::{BorshDeserialize, BorshSerialize};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// Bytes read from a stream at a time while a frame arrives.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Writes one length-prefixed Borsh frame of at most [`MAX_FRAME_BYTES`].
 pub async fn write_frame<W, T>(w: &mut W, value: &T) -> Result<(), ProtocolError>
 where
@@ -60,8 +63,18 @@ where
     if len > max {
         return Err(ProtocolError::TooLarge(len, max));
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
+    // The buffer grows as bytes arrive: a peer that declares a large frame and sends
+    // nothing makes the reader hold one chunk, not the declared length.
+    let mut buf = Vec::with_capacity(len.min(READ_CHUNK));
+    let mut chunk = [0u8; READ_CHUNK];
+    while buf.len() < len {
+        let want = (len - buf.len()).min(READ_CHUNK);
+        let got = r.read(&mut chunk[..want]).await?;
+        if got == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
     T::try_from_slice(&buf)
         .map(Some)
         .map_err(|e| ProtocolError::Decode(e.to_string()))
@@ -112,6 +125,17 @@ mod tests {
             assert!(matches!(r, Err(ProtocolError::Decode(_))));
             let r: Option<Frame> = read_frame(&mut [].as_slice()).await.unwrap();
             assert!(r.is_none());
+            // A frame declared at the limit whose bytes never come is an error, read in
+            // chunks, and a frame larger than one chunk still arrives whole.
+            let mut short = (MAX_FRAME_BYTES as u32).to_be_bytes().to_vec();
+            short.extend([1u8; 100]);
+            let r: Result<Option<Frame>, _> = read_frame(&mut short.as_slice()).await;
+            assert!(matches!(r, Err(ProtocolError::Io(_))), "{r:?}");
+            let big = vec![7u8; 3 * READ_CHUNK + 5];
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &big).await.unwrap();
+            let back: Vec<u8> = read_frame(&mut buf.as_slice()).await.unwrap().unwrap();
+            assert_eq!(back, big);
         });
     }
 }

@@ -2,6 +2,7 @@
 //! inference streams from one model thread, signs a receipt for every answer, and claims the
 //! vouchers that pay for them on the ledger.
 
+pub mod audits;
 pub mod canary;
 pub mod payments;
 pub mod receipts;
@@ -21,6 +22,12 @@ use agora_model::LoadedModel;
 use agora_net::protocol::now_ms;
 use agora_net::{inference_protocol, offers_topic, NetConfig, Node};
 use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+/// Inference streams open at once, per request the model queue holds.
+const INFERENCE_STREAMS_PER_SLOT: usize = 4;
+/// Audit streams open at once.
+const AUDIT_STREAMS: usize = 16;
 
 pub use payments::Payments;
 pub use serve::Service;
@@ -108,6 +115,16 @@ impl Provider {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let receipts = receipts::ReceiptLog::open(&cfg.data_dir.join("receipts.redb"))
             .map_err(|e| ProviderError::Config(e.to_string()))?;
+        let (chain, me, l, path) = (
+            cfg.chain_id,
+            key.account(),
+            ledger.clone(),
+            cfg.data_dir.join("vouchers.redb"),
+        );
+        let payments = tokio::task::spawn_blocking(move || Payments::open(chain, me, l, &path))
+            .await
+            .map_err(|e| ProviderError::Config(e.to_string()))?
+            .map_err(|e| ProviderError::Config(e.to_string()))?;
         let mut net = cfg.net.clone();
         net.topics.push(offers_topic(cfg.chain_id));
         let (node, _gossip) = Node::start(net).await?;
@@ -119,10 +136,11 @@ impl Provider {
             price_in: cfg.price_in,
             price_out: cfg.price_out,
             worker,
-            payments: Payments::new(cfg.chain_id, key.account(), ledger),
+            payments,
             seen: Mutex::new(HashMap::new()),
             epoch: std::sync::atomic::AtomicU64::new(0),
             receipts,
+            audit_gate: audits::AuditGate::default(),
             canary: cfg
                 .plant_one_in
                 .map(|n| canary::Canary::new(cfg.account_seed, n)),
@@ -185,10 +203,23 @@ impl Provider {
             .accept(inference_protocol())
             .map_err(|e| ProviderError::Config(e.to_string()))?;
         let service = self.service.clone();
+        // Streams beyond these bounds are dropped unread: an unauthenticated peer cannot make
+        // the provider hold unbounded tasks.
+        let inference_streams = Arc::new(Semaphore::new(
+            INFERENCE_STREAMS_PER_SLOT * cfg.capacity.max(1) as usize,
+        ));
         let accept = tokio::spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
+                let Ok(permit) = inference_streams.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many inference streams; dropped one");
+                    continue;
+                };
                 tracing::debug!(%peer, "inference stream");
-                tokio::spawn(service.clone().handle(stream));
+                let service = service.clone();
+                tokio::spawn(async move {
+                    service.handle(stream).await;
+                    drop(permit);
+                });
             }
         });
         let mut audits = self
@@ -199,10 +230,19 @@ impl Provider {
             ))
             .map_err(|e| ProviderError::Config(e.to_string()))?;
         let service = self.service.clone();
+        let audit_streams = Arc::new(Semaphore::new(AUDIT_STREAMS));
         let audit_accept = tokio::spawn(async move {
             while let Some((peer, stream)) = audits.next().await {
+                let Ok(permit) = audit_streams.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many audit streams; dropped one");
+                    continue;
+                };
                 tracing::debug!(%peer, "audit stream");
-                tokio::spawn(service.clone().answer_audit(stream));
+                let service = service.clone();
+                tokio::spawn(async move {
+                    service.answer_audit(stream).await;
+                    drop(permit);
+                });
             }
         });
         let topic = offers_topic(cfg.chain_id);

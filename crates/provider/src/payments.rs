@@ -1,13 +1,26 @@
 //! The provider's side of payment: which channels may pay for a request, the best voucher
-//! held for each, and claiming them on the ledger.
+//! held for each (durable, so a crash loses no revenue), and claiming them on the ledger.
+//!
+//! A channel's next request is admitted only when every finished answer on it is vouched
+//! for (after a short grace for a voucher on its way) and the escrow left beyond the best
+//! voucher covers the requests in flight plus this one: a payer that stops paying gets at
+//! most the answers already in flight. A voucher is kept only if the deposit can pay it.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use agora_core::{AccountId, Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
 use agora_ledger::{Tx, TxBody};
 use agora_net::protocol::SignedVoucher;
+use borsh::BorshDeserialize;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const VOUCHERS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("vouchers");
+/// How long a request waits for the voucher of the channel's last answer.
+const VOUCHER_GRACE: Duration = Duration::from_secs(2);
 
 /// What the provider knows of one channel.
 #[derive(Debug, Clone)]
@@ -18,6 +31,8 @@ struct ChannelView {
     best: Option<SignedVoucher>,
     /// What answers served on it cost, in millionths of a base unit.
     served_micros: u128,
+    /// The most the admitted, unfinished requests on it can cost.
+    inflight: Amount,
 }
 
 impl ChannelView {
@@ -25,6 +40,21 @@ impl ChannelView {
         self.best
             .as_ref()
             .map_or(Amount::ZERO, |v| v.voucher.cumulative)
+    }
+
+    /// Served and not vouched for (rounded as the payer's vouchers are).
+    fn unpaid(&self) -> Amount {
+        agora_market::micros_to_amount(self.served_micros)
+            .checked_sub(self.vouched())
+            .unwrap_or(Amount::ZERO)
+    }
+
+    /// Escrow not yet promised by a voucher or held by a request in flight.
+    fn free(&self) -> Amount {
+        self.deposit
+            .checked_sub(self.vouched().max(self.claimed))
+            .and_then(|left| left.checked_sub(self.inflight))
+            .unwrap_or(Amount::ZERO)
     }
 }
 
@@ -42,9 +72,18 @@ pub enum PaymentError {
         /// The request's most cost.
         need: Amount,
     },
+    /// Answers already served on the channel are not vouched for.
+    #[error("channel has {owed} served and not vouched for; pay for it first")]
+    Unpaid {
+        /// Served and not vouched.
+        owed: Amount,
+    },
     /// The ledger could not be asked.
     #[error("ledger: {0}")]
     Ledger(String),
+    /// The voucher store failed.
+    #[error("voucher store: {0}")]
+    Store(String),
     /// A voucher for another channel, payer or chain, or with a bad signature.
     #[error("voucher refused: {0}")]
     BadVoucher(String),
@@ -57,17 +96,108 @@ pub struct Payments {
     me: AccountId,
     ledger: Client,
     channels: Arc<Mutex<HashMap<Hash32, ChannelView>>>,
+    paid: Arc<tokio::sync::Notify>,
+    store: Option<Arc<Database>>,
+}
+
+/// Escrow held for one admitted request; released when it is dropped (the answer's cost is
+/// then recorded with [`Payments::served`]).
+pub struct Reservation {
+    payments: Payments,
+    channel: Hash32,
+    need: Amount,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(v) = self.payments.lock().get_mut(&self.channel) {
+            v.inflight = v.inflight.checked_sub(self.need).unwrap_or(Amount::ZERO);
+        }
+    }
+}
+
+fn store_err<E: std::fmt::Display>(e: E) -> PaymentError {
+    PaymentError::Store(e.to_string())
 }
 
 impl Payments {
-    /// Payments to `me` on `chain_id`, checked against the ledger at `ledger`.
+    /// Payments to `me` on `chain_id`, checked against the ledger at `ledger`, held in
+    /// memory only.
     pub fn new(chain_id: u64, me: AccountId, ledger: Client) -> Payments {
         Payments {
             chain_id,
             me,
             ledger,
             channels: Arc::default(),
+            paid: Arc::default(),
+            store: None,
         }
+    }
+
+    /// Payments whose best vouchers are kept in the redb file at `path`, with the vouchers
+    /// a previous run kept recovered (claimed amounts are read from the ledger when it
+    /// answers). Blocking.
+    pub fn open(
+        chain_id: u64,
+        me: AccountId,
+        ledger: Client,
+        path: &Path,
+    ) -> Result<Payments, PaymentError> {
+        let db = Database::create(path).map_err(store_err)?;
+        let mut kept = vec![];
+        {
+            let w = db.begin_write().map_err(store_err)?;
+            w.open_table(VOUCHERS).map_err(store_err)?;
+            w.commit().map_err(store_err)?;
+            let r = db.begin_read().map_err(store_err)?;
+            let t = r.open_table(VOUCHERS).map_err(store_err)?;
+            for row in t.iter().map_err(store_err)? {
+                let (_, v) = row.map_err(store_err)?;
+                kept.push(SignedVoucher::try_from_slice(v.value()).map_err(store_err)?);
+            }
+        }
+        let payments = Payments {
+            store: Some(Arc::new(db)),
+            ..Payments::new(chain_id, me, ledger)
+        };
+        for v in kept {
+            let id = v.voucher.channel;
+            let (deposit, claimed) = match payments.ledger.channel(&id) {
+                Ok(Some(c)) => (c.deposit, c.claimed),
+                // Unknown now: keep the voucher; a claim will tell.
+                _ => (v.voucher.cumulative, Amount::ZERO),
+            };
+            tracing::info!(channel = %id, cumulative = %v.voucher.cumulative, "recovered a voucher");
+            payments.lock().insert(
+                id,
+                ChannelView {
+                    payer: v.payer,
+                    deposit,
+                    claimed,
+                    served_micros: v
+                        .voucher
+                        .cumulative
+                        .units()
+                        .saturating_mul(agora_market::MICROS_PER_UNIT),
+                    best: Some(v),
+                    inflight: Amount::ZERO,
+                },
+            );
+        }
+        Ok(payments)
+    }
+
+    fn persist(&self, v: &SignedVoucher) -> Result<(), PaymentError> {
+        let Some(db) = &self.store else {
+            return Ok(());
+        };
+        let bytes = borsh::to_vec(v).map_err(store_err)?;
+        let w = db.begin_write().map_err(store_err)?;
+        w.open_table(VOUCHERS)
+            .map_err(store_err)?
+            .insert(v.voucher.channel.as_bytes(), bytes.as_slice())
+            .map_err(store_err)?;
+        w.commit().map_err(store_err)
     }
 
     /// The ledger client.
@@ -79,16 +209,34 @@ impl Payments {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks that `channel` from `payer` can cover `need` beyond what is already vouched,
-    /// asking the ledger when the cached view is missing or short (it may have been topped up).
+    /// Admits a request on `channel` from `payer` that can cost up to `need`: every
+    /// finished answer on the channel must be vouched for (waiting briefly for a voucher on
+    /// its way) and the free escrow must cover `need`, asking the ledger when the cached view
+    /// is missing or short (it may have been topped up). Holds `need` until the returned
+    /// reservation is dropped.
     pub async fn check(
         &self,
         channel: Hash32,
         payer: AccountId,
         need: Amount,
-    ) -> Result<(), PaymentError> {
-        if self.covers(&channel, &payer, need)?.is_some() {
-            return Ok(());
+    ) -> Result<Reservation, PaymentError> {
+        let waited = tokio::time::Instant::now();
+        loop {
+            let unpaid = match self.lock().get(&channel) {
+                Some(v) if v.payer != payer => return Err(PaymentError::NoChannel(channel)),
+                Some(v) => v.unpaid(),
+                None => Amount::ZERO,
+            };
+            if unpaid.is_zero() {
+                break;
+            }
+            if waited.elapsed() >= VOUCHER_GRACE {
+                return Err(PaymentError::Unpaid { owed: unpaid });
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.paid.notified()).await;
+        }
+        if let Some(r) = self.reserve(&channel, &payer, need)? {
+            return Ok(r);
         }
         let ledger = self.ledger.clone();
         let fetched = tokio::task::spawn_blocking(move || ledger.channel(&channel))
@@ -109,38 +257,52 @@ impl Payments {
                 claimed: c.claimed,
                 best: None,
                 served_micros: 0,
+                inflight: Amount::ZERO,
             });
             view.deposit = c.deposit;
             view.claimed = view.claimed.max(c.claimed);
         }
-        match self.covers(&channel, &payer, need)? {
-            Some(()) => Ok(()),
+        match self.reserve(&channel, &payer, need)? {
+            Some(r) => Ok(r),
             None => {
-                let map = self.lock();
-                let left = map.get(&channel).map_or(Amount::ZERO, |v| {
-                    v.deposit.checked_sub(v.vouched()).unwrap_or(Amount::ZERO)
-                });
+                let left = self
+                    .lock()
+                    .get(&channel)
+                    .map_or(Amount::ZERO, ChannelView::free);
                 Err(PaymentError::Insufficient { left, need })
             }
         }
     }
 
-    /// `Some` when the cached view covers `need`; `None` when it must be refreshed.
-    fn covers(
+    /// A reservation when the cached view covers `need`; `None` when it must be refreshed.
+    fn reserve(
         &self,
         channel: &Hash32,
         payer: &AccountId,
         need: Amount,
-    ) -> Result<Option<()>, PaymentError> {
-        let map = self.lock();
-        let Some(v) = map.get(channel) else {
+    ) -> Result<Option<Reservation>, PaymentError> {
+        let mut map = self.lock();
+        let Some(v) = map.get_mut(channel) else {
             return Ok(None);
         };
         if &v.payer != payer {
             return Err(PaymentError::NoChannel(*channel));
         }
-        let left = v.deposit.checked_sub(v.vouched()).unwrap_or(Amount::ZERO);
-        Ok((left >= need).then_some(()))
+        if v.free() < need {
+            return Ok(None);
+        }
+        v.inflight = v
+            .inflight
+            .checked_add(need)
+            .map_err(|_| PaymentError::Insufficient {
+                left: v.free(),
+                need,
+            })?;
+        Ok(Some(Reservation {
+            payments: self.clone(),
+            channel: *channel,
+            need,
+        }))
     }
 
     /// Records what an answer on `channel` cost.
@@ -150,8 +312,9 @@ impl Payments {
         }
     }
 
-    /// Keeps `voucher` if it is valid and better than the one held. Returns the shortfall
-    /// against what was served, if any (a payer that underpays is logged).
+    /// Keeps `voucher` if it is valid, better than the one held and payable from the
+    /// deposit (durably, before it counts). Returns the shortfall against what was served,
+    /// if any.
     pub fn accept_voucher(&self, voucher: SignedVoucher) -> Result<Amount, PaymentError> {
         voucher
             .verify()
@@ -166,14 +329,24 @@ impl Payments {
         if v.payer != voucher.payer {
             return Err(PaymentError::BadVoucher("not the channel's payer".into()));
         }
+        if voucher.voucher.cumulative > v.deposit {
+            return Err(PaymentError::BadVoucher(format!(
+                "{} is above the channel's deposit of {}",
+                voucher.voucher.cumulative, v.deposit
+            )));
+        }
         if voucher.voucher.cumulative > v.vouched() {
+            self.persist(&voucher)?;
             v.best = Some(voucher);
         }
-        let owed = agora_market::micros_to_amount(v.served_micros);
-        Ok(owed.checked_sub(v.vouched()).unwrap_or(Amount::ZERO))
+        let short = v.unpaid();
+        drop(map);
+        self.paid.notify_waiters();
+        Ok(short)
     }
 
     /// Claims every voucher worth more than what was claimed; returns the total claimed now.
+    /// A channel whose claim fails is logged and skipped: it never stops another's.
     /// Blocking (ledger HTTP); run it off the async threads.
     pub fn claim_all(&self, key: &Keypair) -> Result<Amount, PaymentError> {
         let pending: Vec<(Hash32, SignedVoucher)> = self
@@ -185,37 +358,53 @@ impl Payments {
             })
             .collect();
         let mut total = Amount::ZERO;
+        let mut first_error = None;
         for (id, best) in pending {
-            let nonce = self
-                .ledger
-                .next_nonce(&self.me)
-                .map_err(|e| PaymentError::Ledger(e.to_string()))?;
-            let tx = Tx {
-                chain_id: self.chain_id,
-                from: self.me,
-                nonce,
-                body: TxBody::ClaimVoucher {
-                    voucher: best.voucher.clone(),
-                    payer: best.payer,
-                    payer_sig: best.sig,
-                },
+            match self.claim_one(key, &best) {
+                Ok(()) => {
+                    let mut map = self.lock();
+                    if let Some(v) = map.get_mut(&id) {
+                        let gained = best
+                            .voucher
+                            .cumulative
+                            .checked_sub(v.claimed)
+                            .unwrap_or(Amount::ZERO);
+                        total = total.checked_add(gained).unwrap_or(total);
+                        v.claimed = v.claimed.max(best.voucher.cumulative);
+                    }
+                    tracing::info!(channel = %id, cumulative = %best.voucher.cumulative, "claimed voucher");
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %id, "claiming its voucher: {e}");
+                    first_error.get_or_insert(e);
+                }
             }
-            .sign(key);
-            self.ledger
-                .submit(&tx)
-                .map_err(|e| PaymentError::Ledger(e.to_string()))?;
-            let mut map = self.lock();
-            if let Some(v) = map.get_mut(&id) {
-                let gained = best
-                    .voucher
-                    .cumulative
-                    .checked_sub(v.claimed)
-                    .unwrap_or(Amount::ZERO);
-                total = total.checked_add(gained).unwrap_or(total);
-                v.claimed = v.claimed.max(best.voucher.cumulative);
-            }
-            tracing::info!(channel = %id, cumulative = %best.voucher.cumulative, "claimed voucher");
         }
-        Ok(total)
+        match first_error {
+            Some(e) if total.is_zero() => Err(e),
+            _ => Ok(total),
+        }
+    }
+
+    fn claim_one(&self, key: &Keypair, best: &SignedVoucher) -> Result<(), PaymentError> {
+        let nonce = self
+            .ledger
+            .next_nonce(&self.me)
+            .map_err(|e| PaymentError::Ledger(e.to_string()))?;
+        let tx = Tx {
+            chain_id: self.chain_id,
+            from: self.me,
+            nonce,
+            body: TxBody::ClaimVoucher {
+                voucher: best.voucher.clone(),
+                payer: best.payer,
+                payer_sig: best.sig,
+            },
+        }
+        .sign(key);
+        self.ledger
+            .submit(&tx)
+            .map(|_| ())
+            .map_err(|e| PaymentError::Ledger(e.to_string()))
     }
 }

@@ -1,12 +1,14 @@
 //! The provider's durable receipt log: every answer's audit material, batched under one
 //! Merkle root per epoch (posted on the ledger), kept so verifiers can fetch any leaf with
-//! its proof.
+//! its proof. Leaves are in strictly increasing request id order, one receipt per request,
+//! so an auditor shown a leaf and the next one knows no receipt is counted twice.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use agora_core::{merkle, Hash32};
-use agora_net::protocol::Material;
+use agora_net::protocol::{Material, NextLeaf, RequestId};
 use borsh::BorshDeserialize;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -33,13 +35,20 @@ pub struct Batch {
     pub root: Hash32,
     /// The receipt hashes (the leaves).
     pub leaves: Vec<Hash32>,
+    /// The pending keys, in leaf order.
     keys: Vec<u64>,
+    /// Pending keys of receipts for a request already in the batch: dropped, not posted.
+    dropped: Vec<u64>,
 }
+
+/// Trees of recent epochs kept built, so an audit request costs a lookup, not a rebuild.
+const CACHED_TREES: usize = 8;
 
 /// Receipts and their material, durable in redb.
 pub struct ReceiptLog {
     db: Database,
     next: Mutex<u64>,
+    trees: Mutex<HashMap<u64, Arc<merkle::Tree>>>,
 }
 
 impl ReceiptLog {
@@ -58,6 +67,7 @@ impl ReceiptLog {
         Ok(ReceiptLog {
             db,
             next: Mutex::new(next),
+            trees: Mutex::default(),
         })
     }
 
@@ -79,21 +89,28 @@ impl ReceiptLog {
     pub fn pending_batch(&self) -> Result<Option<Batch>, LogError> {
         let r = self.db.begin_read().map_err(db_err)?;
         let t = r.open_table(PENDING).map_err(db_err)?;
-        let mut keys = vec![];
-        let mut leaves = vec![];
+        let mut by_request: BTreeMap<RequestId, (u64, Hash32)> = BTreeMap::new();
+        let mut dropped = vec![];
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
             let m = Material::try_from_slice(v.value()).map_err(db_err)?;
-            keys.push(k.value());
-            leaves.push(m.receipt.hash());
+            let id = m.receipt.receipt.request_id;
+            match by_request.entry(id) {
+                std::collections::btree_map::Entry::Occupied(_) => dropped.push(k.value()),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert((k.value(), m.receipt.hash()));
+                }
+            }
         }
-        if leaves.is_empty() {
+        if by_request.is_empty() {
             return Ok(None);
         }
+        let (keys, leaves): (Vec<u64>, Vec<Hash32>) = by_request.into_values().unzip();
         Ok(Some(Batch {
             root: merkle::root(&leaves),
             leaves,
             keys,
+            dropped,
         }))
     }
 
@@ -113,6 +130,9 @@ impl ReceiptLog {
                     .insert((epoch, i as u64), bytes.as_slice())
                     .map_err(db_err)?;
             }
+            for k in &batch.dropped {
+                pending.remove(*k).map_err(db_err)?;
+            }
             let leaves = borsh::to_vec(&batch.leaves).map_err(db_err)?;
             w.open_table(LEAVES)
                 .map_err(db_err)?
@@ -122,13 +142,20 @@ impl ReceiptLog {
         w.commit().map_err(db_err)
     }
 
-    /// The material of leaf `index` under the root of `epoch`, with its Merkle path.
-    pub fn material(
+    /// The tree of `epoch`'s root, built once and kept for the next requests.
+    fn tree(
         &self,
+        r: &redb::ReadTransaction,
         epoch: u64,
-        index: u64,
-    ) -> Result<Option<(Material, Vec<Hash32>)>, LogError> {
-        let r = self.db.begin_read().map_err(db_err)?;
+    ) -> Result<Option<Arc<merkle::Tree>>, LogError> {
+        if let Some(t) = self
+            .trees
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&epoch)
+        {
+            return Ok(Some(t.clone()));
+        }
         let Some(leaves) = r
             .open_table(LEAVES)
             .map_err(db_err)?
@@ -138,18 +165,54 @@ impl ReceiptLog {
             return Ok(None);
         };
         let leaves = Vec::<Hash32>::try_from_slice(leaves.value()).map_err(db_err)?;
-        let Some(bytes) = r
-            .open_table(POSTED)
-            .map_err(db_err)?
-            .get((epoch, index))
-            .map_err(db_err)?
-        else {
+        let tree = Arc::new(merkle::Tree::new(&leaves));
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        if trees.len() >= CACHED_TREES {
+            if let Some(oldest) = trees.keys().min().copied() {
+                trees.remove(&oldest);
+            }
+        }
+        trees.insert(epoch, tree.clone());
+        Ok(Some(tree))
+    }
+
+    /// The material of leaf `index` under the root of `epoch`, with its Merkle path and the
+    /// next leaf's receipt and path (`None` for the last leaf).
+    #[allow(clippy::type_complexity)]
+    pub fn material(
+        &self,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Option<(Material, Vec<Hash32>, Option<NextLeaf>)>, LogError> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let Some(tree) = self.tree(&r, epoch)? else {
+            return Ok(None);
+        };
+        let posted = r.open_table(POSTED).map_err(db_err)?;
+        let Some(bytes) = posted.get((epoch, index)).map_err(db_err)? else {
             return Ok(None);
         };
         let material = Material::try_from_slice(bytes.value()).map_err(db_err)?;
-        let Some(proof) = merkle::proof(&leaves, index as usize) else {
+        let Some(proof) = usize::try_from(index).ok().and_then(|i| tree.proof(i)) else {
             return Ok(None);
         };
-        Ok(Some((material, proof)))
+        let next = match index.checked_add(1) {
+            Some(n) => match posted.get((epoch, n)).map_err(db_err)? {
+                Some(bytes) => {
+                    let m = Material::try_from_slice(bytes.value()).map_err(db_err)?;
+                    let proof = usize::try_from(n)
+                        .ok()
+                        .and_then(|i| tree.proof(i))
+                        .ok_or_else(|| LogError::Db(format!("leaf {n} has no path")))?;
+                    Some(NextLeaf {
+                        receipt: m.receipt,
+                        proof,
+                    })
+                }
+                None => None,
+            },
+            None => None,
+        };
+        Ok(Some((material, proof, next)))
     }
 }

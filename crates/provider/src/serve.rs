@@ -46,6 +46,8 @@ pub struct Service {
     pub epoch: std::sync::atomic::AtomicU64,
     /// Every answer's audit material.
     pub receipts: crate::receipts::ReceiptLog,
+    /// Who may read which leaf's material.
+    pub audit_gate: crate::audits::AuditGate,
     /// Set when this provider is the ledger's planter.
     pub canary: Option<crate::canary::Canary>,
     /// Test builds only: refuse every audit.
@@ -96,7 +98,9 @@ impl Service {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let started_ms = now_ms();
-        let (prompt, opts, need) = self.admit(&signed, started_ms).await?;
+        let (prompt, opts, reservation) = self.admit(&signed, started_ms).await?;
+        // Held until the answer is recorded as served (or fails).
+        let _reservation = reservation;
         let r = &signed.request;
         let (tx, mut rx) = mpsc::channel(32);
         let prompt_tokens = prompt.len() as u32;
@@ -107,7 +111,7 @@ impl Service {
                 events: tx,
             })
             .map_err(|e| Refusal(ErrorCode::Busy, e.to_string()))?;
-        tracing::debug!(request = %hex::encode(r.request_id), %need, "accepted");
+        tracing::debug!(request = %hex::encode(r.request_id), "accepted");
         write_frame(stream, &Frame::Accepted { prompt_tokens })
             .await
             .map_err(|e| Refusal(ErrorCode::Internal, e.to_string()))?;
@@ -157,7 +161,7 @@ impl Service {
         &self,
         signed: &SignedRequest,
         now: u64,
-    ) -> Result<(Vec<u32>, GenerateOptions, Amount), Refusal> {
+    ) -> Result<(Vec<u32>, GenerateOptions, crate::payments::Reservation), Refusal> {
         let bad = |m: &str| Refusal(ErrorCode::BadRequest, m.to_string());
         signed
             .verify()
@@ -219,7 +223,8 @@ impl Service {
         )
         .map(|m| agora_market::micros_to_amount(m.saturating_add(999_999)))
         .ok_or_else(|| bad("cost overflows"))?;
-        self.payments
+        let reservation = self
+            .payments
             .check(r.channel, r.payer, need)
             .await
             .map_err(|e| Refusal(ErrorCode::Payment, e.to_string()))?;
@@ -235,7 +240,7 @@ impl Service {
             stop_at_eos: true,
             resume: r.resume.clone(),
         };
-        Ok((prompt, opts, need))
+        Ok((prompt, opts, reservation))
     }
 
     fn tokenize(&self, prompt: &PromptSpec) -> Result<Vec<u32>, Refusal> {
@@ -369,54 +374,5 @@ fn error_frame(code: ErrorCode, e: impl std::fmt::Display) -> Frame {
     Frame::Error {
         code,
         message: e.to_string(),
-    }
-}
-
-impl Service {
-    /// Answers one audit request with the material and its Merkle path. A request that is
-    /// unsigned, stale, for another provider or for an unknown leaf gets a refusal.
-    pub async fn answer_audit<S>(self: Arc<Self>, mut stream: S)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        use agora_net::protocol::{AuditResponse, SignedAuditRequest};
-        let request: SignedAuditRequest =
-            match tokio::time::timeout(PEER_TIMEOUT, read_frame(&mut stream)).await {
-                Ok(Ok(Some(r))) => r,
-                _ => return,
-            };
-        let refuse = |reason: &str| AuditResponse::Refused {
-            reason: reason.to_string(),
-        };
-        let r = &request.request;
-        #[cfg(feature = "adversary")]
-        let withhold = self.refuse_audits;
-        #[cfg(not(feature = "adversary"))]
-        let withhold = false;
-        let response = if withhold {
-            refuse("CHEATING: withholding the material")
-        } else if request.verify().is_err() {
-            refuse("bad signature")
-        } else if r.chain_id != self.chain_id || r.provider != self.key.account() {
-            refuse("not for this provider")
-        } else if r.issued_ms.abs_diff(now_ms()) > REQUEST_WINDOW_MS {
-            refuse("outside the replay window")
-        } else {
-            let (epoch, index) = (r.epoch, r.index);
-            let service = self.clone();
-            match tokio::task::spawn_blocking(move || service.receipts.material(epoch, index)).await
-            {
-                Ok(Ok(Some((material, proof)))) => AuditResponse::Material {
-                    material: Box::new(material),
-                    proof,
-                },
-                Ok(Ok(None)) => refuse("no such receipt"),
-                Ok(Err(e)) => refuse(&e.to_string()),
-                Err(e) => refuse(&e.to_string()),
-            }
-        };
-        tracing::info!(verifier = %r.verifier, epoch = r.epoch, index = r.index, "audit request answered");
-        let _ = write_frame(&mut stream, &response).await;
-        let _ = futures::AsyncWriteExt::close(&mut stream).await;
     }
 }

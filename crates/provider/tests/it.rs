@@ -328,4 +328,240 @@ async fn provider_refuses_bad_messages_and_serves_a_paid_request() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    strangers_are_denied_audit_material(&ledger, &client, peer, &provider_key).await;
+}
+
+/// Anyone used to read every user's prompt and answer: an audit request signed by any key
+/// got the material. Now a key that is neither the leaf's assigned verifier nor a
+/// registered confirmer with a failed reveal on the ledger is denied.
+async fn strangers_are_denied_audit_material(
+    ledger: &Client,
+    client: &Node,
+    peer: PeerId,
+    provider: &Keypair,
+) {
+    use agora_net::protocol::{AuditRequest, AuditResponse, AUDIT_PROTOCOL};
+    // Wait for the root of the answer served above.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let epoch = loop {
+        let l = ledger.clone();
+        let blocks = tokio::task::spawn_blocking(move || l.events(0, Duration::ZERO))
+            .await
+            .expect("join")
+            .expect("events");
+        let posted = blocks
+            .iter()
+            .flat_map(|b| &b.txs)
+            .flat_map(|t| &t.events)
+            .find_map(|e| match e {
+                agora_ledger::Event::ReceiptRootPosted {
+                    provider: p, epoch, ..
+                } if *p == provider.account() => Some(*epoch),
+                _ => None,
+            });
+        if let Some(e) = posted {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no root posted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stranger = Keypair::from_seed([44; 32]);
+    for reveal_tx in [None, Some(Hash32::of(b"not a reveal"))] {
+        let req = AuditRequest {
+            chain_id: CHAIN,
+            verifier: stranger.account(),
+            provider: provider.account(),
+            epoch,
+            index: 0,
+            issued_ms: now_ms(),
+            reveal_tx,
+        }
+        .sign(&stranger);
+        let mut s = client
+            .control()
+            .open_stream(peer, agora_net::StreamProtocol::new(AUDIT_PROTOCOL))
+            .await
+            .expect("open");
+        write_frame(&mut s, &req).await.expect("send");
+        let answer: AuditResponse = read_frame(&mut s).await.expect("read").expect("answer");
+        assert!(
+            matches!(answer, AuditResponse::Denied { .. }),
+            "a stranger got {answer:?}"
+        );
+    }
+}
+
+/// Opens a channel of `deposit` from `payer` to `provider` on the ledger at `url`.
+async fn open_channel(url: &str, payer: &Keypair, provider: &Keypair, deposit: u128) -> Hash32 {
+    let ledger = Client::new(url).expect("client");
+    let payer = payer.clone();
+    let provider = provider.account();
+    tokio::task::spawn_blocking(move || {
+        let nonce = ledger.next_nonce(&payer.account()).expect("nonce");
+        let open = Tx {
+            chain_id: CHAIN,
+            from: payer.account(),
+            nonce,
+            body: TxBody::OpenChannel {
+                provider,
+                amount: Amount::new(deposit),
+                timeout_epochs: 5,
+            },
+        }
+        .sign(&payer);
+        ledger.submit(&open).expect("open");
+        channel_id(CHAIN, &payer.account(), nonce)
+    })
+    .await
+    .expect("join")
+}
+
+fn voucher(payer: &Keypair, channel: Hash32, cumulative: u128) -> SignedVoucher {
+    SignedVoucher::new(
+        Voucher {
+            chain_id: CHAIN,
+            channel,
+            cumulative: Amount::new(cumulative),
+        },
+        payer,
+    )
+}
+
+/// A payer that takes answers and sends no voucher used to be served until its deposit ran
+/// out (admission looked at deposit minus vouchers, not at what was served). Now a channel's
+/// next request waits for every finished answer on it to be vouched for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payer_that_does_not_vouch_is_not_served_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (seq, provider, payer) = (
+        Keypair::from_seed([1; 32]),
+        Keypair::from_seed([2; 32]),
+        Keypair::from_seed([3; 32]),
+    );
+    let url = ledger(dir.path(), &seq, &[&provider, &payer]).await;
+    let channel = open_channel(&url, &payer, &provider, 10_000).await;
+    let payments = agora_provider::Payments::new(
+        CHAIN,
+        provider.account(),
+        Client::new(&url).expect("client"),
+    );
+    {
+        let _first = payments
+            .check(channel, payer.account(), Amount::new(100))
+            .await
+            .expect("first request");
+        payments.served(&channel, 50_000_000);
+    }
+    let second = payments
+        .check(channel, payer.account(), Amount::new(100))
+        .await;
+    assert!(
+        second.is_err(),
+        "served again without a voucher for the last answer"
+    );
+    payments
+        .accept_voucher(voucher(&payer, channel, 50))
+        .expect("voucher");
+    let _third = payments
+        .check(channel, payer.account(), Amount::new(100))
+        .await
+        .expect("paid up");
+}
+
+/// A voucher above the deposit used to be kept as the best one; its claim failed and
+/// stopped every other channel's claims. Now it is refused, and other channels claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voucher_above_the_deposit_is_refused_and_blocks_no_other_claim() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (seq, provider, payer, other) = (
+        Keypair::from_seed([1; 32]),
+        Keypair::from_seed([2; 32]),
+        Keypair::from_seed([3; 32]),
+        Keypair::from_seed([4; 32]),
+    );
+    let url = ledger(dir.path(), &seq, &[&provider, &payer, &other]).await;
+    let bad = open_channel(&url, &payer, &provider, 100).await;
+    let good = open_channel(&url, &other, &provider, 1_000).await;
+    let payments = agora_provider::Payments::new(
+        CHAIN,
+        provider.account(),
+        Client::new(&url).expect("client"),
+    );
+    for (ch, who) in [(bad, &payer), (good, &other)] {
+        let _r = payments
+            .check(ch, who.account(), Amount::new(10))
+            .await
+            .expect("admit");
+        payments.served(&ch, 10_000_000);
+    }
+    assert!(
+        payments
+            .accept_voucher(voucher(&payer, bad, 5_000))
+            .is_err(),
+        "kept a voucher above the deposit"
+    );
+    payments
+        .accept_voucher(voucher(&other, good, 10))
+        .expect("good voucher");
+    let p = payments.clone();
+    let key = provider.clone();
+    let total = tokio::task::spawn_blocking(move || p.claim_all(&key))
+        .await
+        .expect("join")
+        .expect("claim");
+    assert_eq!(total, Amount::new(10));
+}
+
+/// Vouchers lived in memory: a crash lost the revenue they promised. Now the best voucher of
+/// each channel is durable and a restarted provider claims it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vouchers_survive_a_restart_and_are_claimed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (seq, provider, payer) = (
+        Keypair::from_seed([1; 32]),
+        Keypair::from_seed([2; 32]),
+        Keypair::from_seed([3; 32]),
+    );
+    let url = ledger(dir.path(), &seq, &[&provider, &payer]).await;
+    let channel = open_channel(&url, &payer, &provider, 1_000).await;
+    let path = dir.path().join("vouchers.redb");
+    {
+        let (u, p) = (url.clone(), path.clone());
+        let me = provider.account();
+        let payments = tokio::task::spawn_blocking(move || {
+            agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
+        })
+        .await
+        .expect("join")
+        .expect("open");
+        let _r = payments
+            .check(channel, payer.account(), Amount::new(10))
+            .await
+            .expect("admit");
+        payments.served(&channel, 40_000_000);
+        payments
+            .accept_voucher(voucher(&payer, channel, 40))
+            .expect("voucher");
+        // The process dies here, before any claim.
+    }
+    let (u, p) = (url.clone(), path.clone());
+    let me = provider.account();
+    let key = provider.clone();
+    let total = tokio::task::spawn_blocking(move || {
+        let payments =
+            agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
+                .expect("reopen");
+        payments.claim_all(&key)
+    })
+    .await
+    .expect("join")
+    .expect("claim");
+    assert_eq!(total, Amount::new(40));
+    let l = Client::new(&url).expect("client");
+    let c = tokio::task::spawn_blocking(move || l.channel(&channel))
+        .await
+        .expect("join")
+        .expect("ledger")
+        .expect("channel");
+    assert_eq!(c.claimed, Amount::new(40));
 }

@@ -3,35 +3,60 @@
 //! probability the ledger fixed from the provider's record (every job while it is new, then a
 //! floor), and assigns each to one verifier (`agora_ledger::audit`). For each leaf assigned
 //! to it, the verifier fetches the material from the provider over libp2p, checks the Merkle
-//! path and the receipt, audits the answer with one prefill, and commits to the outcome on
-//! the ledger. In the next epoch it reveals the outcome (and is paid the audit fee), gossips
-//! it, and takes a failure to a second verifier, which re-audits the evidence itself (or asks
-//! the provider itself when the material was withheld) and co-signs the verdict; the verdict
-//! slashes the provider, pays the bounty and refunds the payer. A refused or lost audit counts
-//! as failed.
+//! path, that the receipt is this provider's, on this chain and not repeated under the root,
+//! audits the answer with one prefill, and commits to the outcome on the ledger. An answer it
+//! cannot judge (a model it lacks, an audit that could not run) is not committed at all. In
+//! the next epoch it reveals the outcome (and is paid the audit fee), gossips it, and takes a
+//! failure to a second, registered verifier. The second verifier reads the root and the
+//! failed reveal from the ledger itself, fetches the material from the provider itself, and
+//! co-signs only a failure it can show: an answer that fails its own audit, or material the
+//! provider refuses it too. The verdict slashes the provider, pays the bounty and refunds the
+//! payer.
+
+pub mod judge;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use agora_core::{codec, merkle, AccountId, Amount, Hash32, Keypair};
+use agora_core::{codec, AccountId, Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
 use agora_ledger::{audit_commitment, Event, Fault, Tx, TxBody, Verdict};
 use agora_market::SignedOffer;
-use agora_model::{LoadOptions, LoadedModel, SamplingParams};
+use agora_model::LoadOptions;
 use agora_net::protocol::{
     now_ms, read_frame, write_frame, AuditGossip, AuditOutcome, AuditRequest, AuditResponse,
-    ConfirmRequest, ConfirmResponse, Material, Signed, VerifierHello, AUDIT_PROTOCOL,
+    ConfirmRequest, ConfirmResponse, Material, RequestId, Signed, VerifierHello, AUDIT_PROTOCOL,
     CONFIRM_PROTOCOL,
 };
 use agora_net::{audits_topic, offers_topic, GossipMessage, Multiaddr, NetConfig, Node, PeerId};
-use agora_verify::{audit, Answer, Fingerprint, Thresholds};
+use agora_verify::Thresholds;
+use futures::future::BoxFuture;
 use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+pub use judge::{Fetched, Judge, Judgement, PostedRoot};
 
 const SALT_DOMAIN: &[u8] = b"agora/verifier/salt/v1";
-const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// One exchange with a provider (open, ask, read the material).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+/// Opening a stream to a candidate confirmer: a peer that does not answer this fast is
+/// skipped, so fake or dead verifiers cannot stall an escalation.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole confirmation (the confirmer fetches and audits).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a confirmer waits for the requester's failed reveal to reach it from the ledger.
+const REVEAL_WAIT: Duration = Duration::from_secs(20);
+/// How long a ledger answer on whether a key is a registered verifier is trusted.
+const REGISTRY_TTL: Duration = Duration::from_secs(30);
+/// Most keys whose registration is remembered (Hellos from unknown keys cost one lookup).
+const REGISTRY_CAP: usize = 4096;
+/// Confirmations audited at once; more are declined as busy.
+const CONFIRM_SLOTS: usize = 2;
+/// Inbound confirm streams open at once; more are dropped unread.
+const CONFIRM_STREAMS: usize = 16;
 
 /// How a verifier runs.
 #[derive(Debug, Clone)]
@@ -70,12 +95,40 @@ pub enum VerifierError {
     Model(String),
 }
 
+/// What the verifier asks the ledger beyond its event stream (the HTTP client in production,
+/// a fake in tests). Blocking.
+pub trait LedgerView: Send + Sync + 'static {
+    /// Whether `who` is a registered verifier now.
+    fn is_verifier(&self, who: &AccountId) -> Result<bool, String>;
+}
+
+impl LedgerView for Client {
+    fn is_verifier(&self, who: &AccountId) -> Result<bool, String> {
+        Ok(self
+            .account(who)
+            .map_err(|e| e.to_string())?
+            .is_some_and(|a| a.verifier))
+    }
+}
+
+/// Where a verifier gets a leaf's material (the provider over libp2p in production).
+pub trait MaterialSource: Send + Sync + 'static {
+    /// Asks `provider` for leaf `index` of its `epoch` root; a confirmer names the ledger
+    /// transaction that revealed the failed audit it confirms.
+    fn fetch(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        reveal_tx: Option<Hash32>,
+    ) -> BoxFuture<'_, Fetched>;
+}
+
 /// An audit committed on the ledger and not yet revealed.
 struct Committed {
     provider: AccountId,
     epoch: u64,
     index: u64,
-    root: Hash32,
     passed: bool,
     reason: String,
     salt: Hash32,
@@ -83,26 +136,37 @@ struct Committed {
     evidence: Option<(Material, Vec<Hash32>)>,
 }
 
-/// What the checks on material proven under a root found.
-enum Judged {
-    Passed,
-    /// Evidence against the provider.
-    Failed(String),
-    /// No verdict (a model this verifier lacks, an audit that could not run): never counted
-    /// as a failure.
-    CannotJudge(String),
+/// What the verifier learned from the ledger's own event stream.
+#[derive(Default)]
+struct Record {
+    /// Posted roots by (provider, epoch).
+    roots: HashMap<(AccountId, u64), PostedRoot>,
+    /// Failed reveals by leaf: the verifier that revealed and the transaction.
+    failed: HashMap<(AccountId, u64, u64), (AccountId, Hash32)>,
 }
+
+type Peers = Arc<Mutex<HashMap<AccountId, (PeerId, Vec<Multiaddr>)>>>;
 
 struct Shared {
     cfg: VerifierConfig,
     key: Keypair,
     ledger: Client,
+    view: Arc<dyn LedgerView>,
+    source: Arc<dyn MaterialSource>,
     node: Node,
-    models: HashMap<Hash32, Arc<LoadedModel>>,
-    providers: Mutex<HashMap<AccountId, (PeerId, Vec<Multiaddr>)>>,
-    verifiers: Mutex<HashMap<AccountId, (PeerId, Vec<Multiaddr>)>>,
+    judge: Judge,
+    providers: Peers,
+    verifiers: Peers,
+    /// Whether keys are registered verifiers, and when the ledger said so.
+    registry: Mutex<HashMap<AccountId, (bool, Instant)>>,
+    record: Mutex<Record>,
+    /// Receipts this verifier audited, by (provider, request id): the leaf it was under.
+    seen: Mutex<HashMap<(AccountId, RequestId), (u64, u64)>>,
     committed: Mutex<Vec<Committed>>,
     submitting: tokio::sync::Mutex<()>,
+    confirm_slots: Arc<Semaphore>,
+    /// How long a confirmer waits for a failed reveal to reach it.
+    reveal_wait: Duration,
 }
 
 /// A running verifier.
@@ -121,6 +185,70 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| e.to_string())?
+}
+
+/// Fetches material from providers over libp2p.
+struct NetSource {
+    chain_id: u64,
+    key: Keypair,
+    node: Node,
+    providers: Peers,
+}
+
+impl MaterialSource for NetSource {
+    fn fetch(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        reveal_tx: Option<Hash32>,
+    ) -> BoxFuture<'_, Fetched> {
+        Box::pin(async move {
+            let Some((peer, _)) = lock(&self.providers).get(&provider).cloned() else {
+                return Fetched::Unreachable("the provider is not on the network".into());
+            };
+            let req = AuditRequest {
+                chain_id: self.chain_id,
+                verifier: self.key.account(),
+                provider,
+                epoch,
+                index,
+                issued_ms: now_ms(),
+                reveal_tx,
+            }
+            .sign(&self.key);
+            let exchange = async {
+                let mut s = self
+                    .node
+                    .control()
+                    .open_stream(peer, agora_net::StreamProtocol::new(AUDIT_PROTOCOL))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                write_frame(&mut s, &req).await.map_err(|e| e.to_string())?;
+                read_frame::<_, AuditResponse>(&mut s)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| "closed".to_string())
+            };
+            match tokio::time::timeout(FETCH_TIMEOUT, exchange).await {
+                Err(_) => Fetched::Unreachable("timed out".into()),
+                Ok(Err(e)) => Fetched::Unreachable(e),
+                Ok(Ok(AuditResponse::Refused { reason })) => Fetched::Refused(reason),
+                Ok(Ok(AuditResponse::Denied { reason })) => {
+                    Fetched::Unreachable(format!("denied: {reason}"))
+                }
+                Ok(Ok(AuditResponse::Material {
+                    material,
+                    proof,
+                    next,
+                })) => Fetched::Material {
+                    material,
+                    proof,
+                    next,
+                },
+            }
+        })
+    }
 }
 
 impl Verifier {
@@ -165,18 +293,18 @@ impl Verifier {
         net.topics.push(audits_topic(cfg.chain_id));
         let (node, gossip) = Node::start(net).await?;
         tracing::info!(account = %key.account(), peer = %node.peer_id(), "verifier registered");
+        let providers = Peers::default();
+        let source = Arc::new(NetSource {
+            chain_id: cfg.chain_id,
+            key: key.clone(),
+            node: node.clone(),
+            providers: providers.clone(),
+        });
+        let view = Arc::new(ledger.clone());
         Ok(Verifier {
-            shared: Arc::new(Shared {
-                cfg,
-                key,
-                ledger,
-                node,
-                models,
-                providers: Mutex::default(),
-                verifiers: Mutex::default(),
-                committed: Mutex::default(),
-                submitting: tokio::sync::Mutex::new(()),
-            }),
+            shared: Arc::new(Shared::new(
+                cfg, key, ledger, view, source, node, models, providers,
+            )),
             gossip,
         })
     }
@@ -196,8 +324,19 @@ impl Verifier {
             .map_err(|e| VerifierError::Ledger(e.to_string()))?;
         let s2 = shared.clone();
         let confirm_task = tokio::spawn(async move {
-            while let Some((_, stream)) = confirms.next().await {
-                tokio::spawn(s2.clone().answer_confirm(stream));
+            let streams = Arc::new(Semaphore::new(CONFIRM_STREAMS));
+            while let Some((peer, stream)) = confirms.next().await {
+                // Over the bound the stream is dropped unread: work per unauthenticated
+                // stream stays bounded.
+                let Ok(permit) = streams.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many confirm streams; dropped one");
+                    continue;
+                };
+                let s = s2.clone();
+                tokio::spawn(async move {
+                    s.answer_confirm(stream).await;
+                    drop(permit);
+                });
             }
         });
         let s3 = shared.clone();
@@ -220,8 +359,53 @@ impl Verifier {
     }
 }
 
-/// The audit probability for a provider with this record.
+/// How one leaf's audit came out for the verifier it was assigned to.
+enum LeafOutcome {
+    Passed,
+    /// Failed; with the material and path when the provider handed something over that
+    /// holds together (a fraud), without when it withheld it.
+    Failed(String, Option<Box<(Material, Vec<Hash32>)>>),
+    /// Not judged here: nothing is committed.
+    Skip(String),
+}
+
 impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        cfg: VerifierConfig,
+        key: Keypair,
+        ledger: Client,
+        view: Arc<dyn LedgerView>,
+        source: Arc<dyn MaterialSource>,
+        node: Node,
+        models: HashMap<Hash32, Arc<agora_model::LoadedModel>>,
+        providers: Peers,
+    ) -> Shared {
+        let judge = Judge {
+            chain_id: cfg.chain_id,
+            models,
+            thresholds: cfg.thresholds,
+        };
+        Shared {
+            cfg,
+            key,
+            ledger,
+            view,
+            source,
+            node,
+            judge,
+            providers,
+            verifiers: Peers::default(),
+            registry: Mutex::default(),
+            record: Mutex::default(),
+            seen: Mutex::default(),
+            committed: Mutex::default(),
+            submitting: tokio::sync::Mutex::new(()),
+            confirm_slots: Arc::new(Semaphore::new(CONFIRM_SLOTS)),
+            reveal_wait: REVEAL_WAIT,
+        }
+    }
+
     async fn say_hello(&self) {
         let Ok(addrs) = self.node.listen_addrs().await else {
             return;
@@ -239,6 +423,29 @@ impl Shared {
             .await;
     }
 
+    /// Whether the ledger lists `who` as a registered verifier (cached for a while; an
+    /// unreachable ledger answers no).
+    async fn registered(&self, who: AccountId) -> bool {
+        if let Some((yes, at)) = lock(&self.registry).get(&who).copied() {
+            if at.elapsed() < REGISTRY_TTL {
+                return yes;
+            }
+        }
+        let view = self.view.clone();
+        let Ok(yes) = blocking(move || view.is_verifier(&who)).await else {
+            return false;
+        };
+        let mut reg = lock(&self.registry);
+        if reg.len() >= REGISTRY_CAP {
+            reg.retain(|_, (_, at)| at.elapsed() < REGISTRY_TTL);
+            if reg.len() >= REGISTRY_CAP {
+                reg.clear();
+            }
+        }
+        reg.insert(who, (yes, Instant::now()));
+        yes
+    }
+
     async fn listen(self: Arc<Self>, mut gossip: tokio::sync::mpsc::Receiver<GossipMessage>) {
         while let Some(msg) = gossip.recv().await {
             if msg.topic == offers_topic(self.cfg.chain_id) {
@@ -252,7 +459,15 @@ impl Shared {
                     lock(&self.providers).insert(offer.offer.provider, at);
                 }
             } else if let Ok(AuditGossip::Hello(h)) = borsh::from_slice::<AuditGossip>(&msg.data) {
-                if h.verify().is_err() || h.signer == self.key.account() {
+                if h.verify().is_err()
+                    || h.signer == self.key.account()
+                    || h.value.chain_id != self.cfg.chain_id
+                {
+                    continue;
+                }
+                // Only keys the ledger lists as verifiers are asked to confirm.
+                if !self.registered(h.signer).await {
+                    lock(&self.verifiers).remove(&h.signer);
                     continue;
                 }
                 if let Some(at) = self.reach(&h.value.peer_id, &h.value.addrs).await {
@@ -264,11 +479,48 @@ impl Shared {
 
     async fn reach(&self, peer: &[u8], addrs: &[String]) -> Option<(PeerId, Vec<Multiaddr>)> {
         let peer = PeerId::from_bytes(peer).ok()?;
-        let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let addrs: Vec<Multiaddr> = addrs
+            .iter()
+            .take(8)
+            .filter_map(|a| a.parse().ok())
+            .collect();
         for a in &addrs {
             let _ = self.node.add_address(peer, a.clone()).await;
         }
         Some((peer, addrs))
+    }
+
+    /// Records what a block's events say about roots and failed reveals.
+    fn note_event(&self, tx_id: Hash32, ev: &Event) {
+        match ev {
+            Event::ReceiptRootPosted {
+                provider,
+                epoch,
+                root,
+                receipts,
+            } => {
+                lock(&self.record).roots.insert(
+                    (*provider, *epoch),
+                    PostedRoot {
+                        root: *root,
+                        receipts: *receipts,
+                    },
+                );
+            }
+            Event::AuditRevealed {
+                verifier,
+                provider,
+                epoch,
+                index,
+                passed: false,
+                ..
+            } => {
+                lock(&self.record)
+                    .failed
+                    .insert((*provider, *epoch, *index), (*verifier, tx_id));
+            }
+            _ => {}
+        }
     }
 
     /// Follows the ledger's events: roots wait for the next beacon, then get audited.
@@ -295,6 +547,7 @@ impl Shared {
                 from = from.max(block.height + 1);
                 for tx in &block.txs {
                     for ev in &tx.events {
+                        self.note_event(tx.tx_id, ev);
                         match ev {
                             Event::ReceiptRootPosted {
                                 provider, epoch, ..
@@ -369,11 +622,21 @@ impl Shared {
         if !mine.is_empty() {
             tracing::info!(%provider, epoch, leaves = mine.len(), of = plan.receipts, "auditing my assigned leaves");
         }
+        let posted = PostedRoot {
+            root: plan.root,
+            receipts: plan.receipts,
+        };
         for index in mine {
-            let Some((passed, reason, evidence)) =
-                self.audit_leaf(provider, epoch, index, plan.root).await
-            else {
-                continue;
+            let (passed, reason, evidence) = match self
+                .audit_leaf(provider, epoch, index, posted)
+                .await
+            {
+                LeafOutcome::Passed => (true, String::new(), None),
+                LeafOutcome::Failed(reason, evidence) => (false, reason, evidence.map(|e| *e)),
+                LeafOutcome::Skip(reason) => {
+                    tracing::warn!(%provider, epoch, index, "not judged, not committed: {reason}");
+                    continue;
+                }
             };
             let salt = codec::hash(
                 SALT_DOMAIN,
@@ -402,7 +665,6 @@ impl Shared {
                         provider,
                         epoch,
                         index,
-                        root: plan.root,
                         passed,
                         reason,
                         salt,
@@ -472,42 +734,79 @@ impl Shared {
             if !c.passed {
                 let me = self.clone();
                 tokio::spawn(async move {
-                    me.escalate(provider, e, index, c.root, c.evidence).await;
+                    me.escalate(provider, e, index, c.evidence).await;
                 });
             }
         }
     }
 
-    /// Fetches and audits one leaf: (passed, reason, the evidence when there is some), or
-    /// `None` when this verifier cannot judge it (nothing is committed then).
+    /// Fetches and audits one leaf.
     async fn audit_leaf(
+        self: &Arc<Self>,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        posted: PostedRoot,
+    ) -> LeafOutcome {
+        #[cfg(feature = "adversary")]
+        if self.cfg.lazy {
+            return LeafOutcome::Passed;
+        }
+        let (material, proof, next) =
+            match self.fetch_with_retries(provider, epoch, index, None).await {
+                Fetched::Material {
+                    material,
+                    proof,
+                    next,
+                } => (*material, proof, next),
+                Fetched::Refused(why) => {
+                    return LeafOutcome::Failed(format!("no material: refused: {why}"), None)
+                }
+                Fetched::Unreachable(why) => {
+                    return LeafOutcome::Failed(format!("no material: {why}"), None)
+                }
+            };
+        if let Err(why) = judge::holds_together(&posted.root, index, &material, &proof) {
+            // Not what the provider committed to: as good as withheld.
+            return LeafOutcome::Failed(
+                format!("the material does not hold together: {why}"),
+                None,
+            );
+        }
+        if let Err(why) = judge::check_order(&posted, index, &material.receipt, next.as_deref()) {
+            return LeafOutcome::Failed(why, Some(Box::new((material, proof))));
+        }
+        if let Some(skip) = self.seen_elsewhere(provider, epoch, index, &material) {
+            return skip;
+        }
+        // The audit is CPU work; run it off the async threads.
+        let (me, m) = (self.clone(), material.clone());
+        let judged = tokio::task::spawn_blocking(move || me.judge.judge(&provider, &m))
+            .await
+            .unwrap_or_else(|e| Judgement::CannotJudge(e.to_string()));
+        match judged {
+            Judgement::Passed => LeafOutcome::Passed,
+            Judgement::Failed(why) => LeafOutcome::Failed(why, Some(Box::new((material, proof)))),
+            Judgement::CannotJudge(why) => LeafOutcome::Skip(why),
+        }
+    }
+
+    /// A receipt this verifier already audited under another leaf is not counted again.
+    fn seen_elsewhere(
         &self,
         provider: AccountId,
         epoch: u64,
         index: u64,
-        root: Hash32,
-    ) -> Option<(bool, String, Option<(Material, Vec<Hash32>)>)> {
-        #[cfg(feature = "adversary")]
-        if self.cfg.lazy {
-            return Some((true, String::new(), None));
-        }
-        let (material, proof) = match self.fetch_with_retries(provider, epoch, index).await {
-            Ok(x) => x,
-            Err(reason) => return Some((false, format!("no material: {reason}"), None)),
-        };
-        let leaf = material.receipt.hash();
-        if !merkle::verify(&root, &leaf, index, &proof) {
-            return Some((
-                false,
-                "the receipt is not under the posted root".into(),
-                None,
-            ));
-        }
-        match self.judge(&material) {
-            Judged::Passed => Some((true, String::new(), None)),
-            Judged::Failed(reason) => Some((false, reason, Some((material, proof)))),
-            Judged::CannotJudge(reason) => {
-                tracing::warn!(%provider, epoch, index, "no verdict, nothing committed: {reason}");
+        material: &Material,
+    ) -> Option<LeafOutcome> {
+        let id = material.receipt.receipt.request_id;
+        let mut seen = lock(&self.seen);
+        match seen.get(&(provider, id)) {
+            Some(&(e, i)) if (e, i) != (epoch, index) => Some(LeafOutcome::Skip(format!(
+                "a receipt already audited under leaf {i} of epoch {e}"
+            ))),
+            _ => {
+                seen.insert((provider, id), (epoch, index));
                 None
             }
         }
@@ -518,110 +817,21 @@ impl Shared {
         provider: AccountId,
         epoch: u64,
         index: u64,
-    ) -> Result<(Material, Vec<Hash32>), String> {
+        reveal_tx: Option<Hash32>,
+    ) -> Fetched {
         // A stream can be dropped when several verifiers ask at once (the provider's
-        // accept queue overflows): ask a few times before counting the audit as refused.
-        let mut fetched = Err(String::new());
-        for attempt in 0..4u64 {
-            fetched = self.fetch(provider, epoch, index).await;
+        // accept queue overflows): ask a few times before giving up.
+        let mut fetched = Fetched::Unreachable(String::new());
+        for attempt in 0..3u64 {
+            fetched = self.source.fetch(provider, epoch, index, reveal_tx).await;
             match &fetched {
-                Err(e) if !e.starts_with("refused") => {
-                    tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                Fetched::Unreachable(_) => {
+                    tokio::time::sleep(Duration::from_millis(300 * (attempt + 1))).await;
                 }
                 _ => break,
             }
         }
         fetched
-    }
-
-    /// The checks on material already proven under a root.
-    fn judge(&self, material: &Material) -> Judged {
-        #[cfg(feature = "adversary")]
-        if self.cfg.lazy {
-            return Judged::Passed;
-        }
-        if material.receipt.verify().is_err() {
-            return Judged::Failed("the receipt's signature is bad".into());
-        }
-        if let Err(e) = material.matches_receipt() {
-            return Judged::Failed(e.to_string());
-        }
-        let r = &material.receipt.receipt;
-        let Some(model) = self.models.get(&r.model) else {
-            return Judged::CannotJudge(format!(
-                "model {} is not one this verifier audits",
-                r.model
-            ));
-        };
-        let Some(print) = Fingerprint::from_bytes(&material.fingerprint, 1 << 16) else {
-            return Judged::Failed("the fingerprint does not parse".into());
-        };
-        let report = audit(
-            model,
-            &Answer {
-                model: agora_model::ModelId(*r.model.as_bytes()),
-                prompt: &material.prompt,
-                resumed: &material.resumed,
-                output: &material.output,
-                claimed_tokens: r.output_tokens as usize,
-                sampling: SamplingParams {
-                    temperature: f64::from(r.sampling.temperature),
-                    top_k: 0,
-                    top_p: f64::from(r.sampling.top_p),
-                    seed: r.sampling.seed,
-                },
-                fingerprint: &print,
-                // Receipts do not commit to why an answer ended; an empty one is checked.
-                ended_at_eos: false,
-            },
-            &self.cfg.thresholds,
-        );
-        match report {
-            Ok(report) if report.passed => Judged::Passed,
-            Ok(report) => Judged::Failed(report.reasons.join("; ")),
-            // "I cannot judge" is never a failure.
-            Err(e) => Judged::CannotJudge(format!("the audit could not run: {e}")),
-        }
-    }
-
-    async fn fetch(
-        &self,
-        provider: AccountId,
-        epoch: u64,
-        index: u64,
-    ) -> Result<(Material, Vec<Hash32>), String> {
-        let (peer, _) = lock(&self.providers)
-            .get(&provider)
-            .cloned()
-            .ok_or("the provider is not on the network")?;
-        let req = AuditRequest {
-            chain_id: self.cfg.chain_id,
-            verifier: self.key.account(),
-            provider,
-            epoch,
-            index,
-            issued_ms: now_ms(),
-        }
-        .sign(&self.key);
-        let exchange = async {
-            let mut s = self
-                .node
-                .control()
-                .open_stream(peer, agora_net::StreamProtocol::new(AUDIT_PROTOCOL))
-                .await
-                .map_err(|e| e.to_string())?;
-            write_frame(&mut s, &req).await.map_err(|e| e.to_string())?;
-            read_frame::<_, AuditResponse>(&mut s)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "closed".to_string())
-        };
-        match tokio::time::timeout(PEER_TIMEOUT, exchange).await {
-            Err(_) => Err("timed out".into()),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(AuditResponse::Refused { reason })) => Err(format!("refused: {reason}")),
-            Ok(Ok(AuditResponse::Material { material, proof })) => Ok((*material, proof)),
-        }
     }
 
     /// A failed audit: a second verifier re-checks and co-signs; then the verdict goes to
@@ -631,17 +841,21 @@ impl Shared {
         provider: AccountId,
         epoch: u64,
         index: u64,
-        root: Hash32,
         evidence: Option<(Material, Vec<Hash32>)>,
     ) {
         let (fault, material) = match evidence {
-            Some((material, proof)) => (
-                Fault::Fraud {
-                    receipt: material.receipt.clone(),
-                    proof,
-                },
-                Some(Box::new(material)),
-            ),
+            Some((material, proof)) => {
+                let r = &material.receipt.receipt;
+                (
+                    Fault::Fraud {
+                        receipt: material.receipt.hash(),
+                        proof,
+                        channel: r.channel,
+                        refund: agora_market::micros_to_amount(r.cost_micros),
+                    },
+                    Some(Box::new(material)),
+                )
+            }
             None => (Fault::Withheld, None),
         };
         let verdict = Verdict {
@@ -653,7 +867,6 @@ impl Shared {
         };
         let request = ConfirmRequest {
             verdict: verdict.clone(),
-            root,
             material,
         };
         // Other verifiers may not have announced themselves yet, or a stream may drop: try
@@ -667,7 +880,8 @@ impl Shared {
         tracing::warn!(%provider, epoch, index, "no second verifier confirmed the failure");
     }
 
-    /// One round of asking the known verifiers to co-sign; true once the verdict is settled.
+    /// One round of asking the known, registered verifiers to co-sign; true once the verdict
+    /// is settled.
     async fn try_confirm(&self, request: &ConfirmRequest, verdict: &Verdict) -> bool {
         let (provider, epoch, index) = (verdict.provider, verdict.epoch, verdict.index);
         let others: Vec<(AccountId, PeerId)> = lock(&self.verifiers)
@@ -676,15 +890,31 @@ impl Shared {
             .map(|(a, (p, _))| (*a, *p))
             .collect();
         for (confirmer, peer) in others {
+            if !self.registered(confirmer).await {
+                lock(&self.verifiers).remove(&confirmer);
+                continue;
+            }
             let signed = Signed::new(request.clone(), &self.key);
             let verdict = verdict.clone();
-            let exchange = async {
-                let mut s = self
-                    .node
+            let opened = tokio::time::timeout(
+                OPEN_TIMEOUT,
+                self.node
                     .control()
-                    .open_stream(peer, agora_net::StreamProtocol::new(CONFIRM_PROTOCOL))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .open_stream(peer, agora_net::StreamProtocol::new(CONFIRM_PROTOCOL)),
+            )
+            .await;
+            let mut s = match opened {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%confirmer, "cannot reach: {e}");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(%confirmer, "cannot reach: timed out");
+                    continue;
+                }
+            };
+            let exchange = async {
                 write_frame(&mut s, &signed)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -693,7 +923,7 @@ impl Shared {
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| "closed".to_string())
             };
-            let sig = match tokio::time::timeout(PEER_TIMEOUT * 4, exchange).await {
+            let sig = match tokio::time::timeout(CONFIRM_TIMEOUT, exchange).await {
                 Ok(Ok(ConfirmResponse::Confirmed { sig })) => sig,
                 Ok(Ok(ConfirmResponse::Declined { reason })) => {
                     tracing::warn!(%confirmer, "declined to confirm: {reason}");
@@ -727,75 +957,110 @@ impl Shared {
         false
     }
 
+    /// The failed reveal of a leaf by `requester`, as this verifier read it from the ledger,
+    /// waiting a while for the ledger's events to reach it.
+    async fn failed_reveal_by(
+        &self,
+        requester: AccountId,
+        leaf: (AccountId, u64, u64),
+    ) -> Option<Hash32> {
+        let deadline = Instant::now() + self.reveal_wait;
+        loop {
+            if let Some((v, tx)) = lock(&self.record).failed.get(&leaf).copied() {
+                return (v == requester).then_some(tx);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// The second verifier's own check of a failure: `Ok(why it fails)` to co-sign, or
-    /// `Err(why not)`.
-    async fn recheck(self: &Arc<Self>, c: &ConfirmRequest) -> Result<String, String> {
+    /// `Err(why not)`. Everything it judges on comes from the ledger and the provider;
+    /// the requester's material is only a hint.
+    async fn recheck(
+        self: &Arc<Self>,
+        requester: AccountId,
+        c: &ConfirmRequest,
+    ) -> Result<String, String> {
         let v = &c.verdict;
-        if v.chain_id != self.cfg.chain_id || v.provider == self.key.account() {
+        let me = self.key.account();
+        if v.chain_id != self.cfg.chain_id
+            || v.provider == me
+            || requester == me
+            || requester == v.provider
+        {
             return Err("not a verdict this verifier can judge".into());
         }
-        let material = match (&v.fault, &c.material) {
-            (Fault::Fraud { receipt, proof }, Some(m)) => {
-                if *receipt != m.receipt
-                    || !merkle::verify(&c.root, &receipt.hash(), v.index, proof)
-                    || m.receipt.receipt.provider != v.provider
-                {
-                    return Err("the evidence does not hold together".into());
-                }
-                (**m).clone()
-            }
-            (Fault::Withheld, None) => {
-                // Ask the provider itself: if it hands the material over now, the failure
-                // is not confirmed.
-                match self.fetch_with_retries(v.provider, v.epoch, v.index).await {
-                    Err(reason) => return Ok(format!("the material is withheld: {reason}")),
-                    Ok((m, proof)) => {
-                        if !merkle::verify(&c.root, &m.receipt.hash(), v.index, &proof) {
-                            return Ok("the material is not under the root".into());
-                        }
-                        m
-                    }
-                }
-            }
-            _ => return Err("the evidence does not match the fault".into()),
-        };
-        let me = self.clone();
-        match tokio::task::spawn_blocking(move || me.judge(&material)).await {
-            Ok(Judged::Failed(reason)) => Ok(reason),
-            Ok(Judged::Passed) => Err("the answer passes my audit".into()),
-            Ok(Judged::CannotJudge(reason)) => Err(format!("no verdict: {reason}")),
-            Err(e) => Err(e.to_string()),
+        if !self.registered(requester).await {
+            return Err("the requester is not a registered verifier".into());
         }
+        let Some(reveal_tx) = self
+            .failed_reveal_by(requester, (v.provider, v.epoch, v.index))
+            .await
+        else {
+            return Err("the ledger shows no failed reveal of this leaf by the requester".into());
+        };
+        let Some(posted) = lock(&self.record)
+            .roots
+            .get(&(v.provider, v.epoch))
+            .copied()
+        else {
+            return Err("the ledger shows no such root".into());
+        };
+        // Audits are expensive: a few at a time, the rest declined as busy.
+        let Ok(_slot) = self.confirm_slots.clone().try_acquire_owned() else {
+            return Err("busy: try again later".into());
+        };
+        let fetched = self
+            .fetch_with_retries(v.provider, v.epoch, v.index, Some(reveal_tx))
+            .await;
+        let me2 = self.clone();
+        let (provider, index, fault, hint) =
+            (v.provider, v.index, v.fault.clone(), c.material.clone());
+        tokio::task::spawn_blocking(move || {
+            me2.judge
+                .decide(&provider, index, &fault, &posted, fetched, hint.as_deref())
+        })
+        .await
+        .map_err(|e| format!("cannot judge: {e}"))?
     }
 
     /// A second verifier re-checks the evidence itself before co-signing.
     async fn answer_confirm(self: Arc<Self>, mut stream: agora_net::Stream) {
         let Ok(Ok(Some(req))) = tokio::time::timeout(
-            PEER_TIMEOUT,
+            FETCH_TIMEOUT,
             read_frame::<_, Signed<ConfirmRequest>>(&mut stream),
         )
         .await
         else {
             return;
         };
-        let response = if req.verify().is_err() {
-            ConfirmResponse::Declined {
-                reason: "bad signature".into(),
-            }
-        } else {
-            let requester = req.signer;
-            match self.recheck(&req.value).await {
-                Ok(reason) => {
-                    let v = &req.value.verdict;
-                    tracing::warn!(provider = %v.provider, %requester, "confirming the failure: {reason}");
-                    ConfirmResponse::Confirmed {
-                        sig: v.sign(&self.key),
-                    }
-                }
-                Err(reason) => ConfirmResponse::Declined { reason },
-            }
-        };
+        let response = self.confirm_response(req).await;
         let _ = write_frame(&mut stream, &response).await;
         let _ = futures::AsyncWriteExt::close(&mut stream).await;
     }
+
+    async fn confirm_response(self: &Arc<Self>, req: Signed<ConfirmRequest>) -> ConfirmResponse {
+        if req.verify().is_err() {
+            return ConfirmResponse::Declined {
+                reason: "bad signature".into(),
+            };
+        }
+        let requester = req.signer;
+        match self.recheck(requester, &req.value).await {
+            Ok(reason) => {
+                let v = &req.value.verdict;
+                tracing::warn!(provider = %v.provider, %requester, "confirming the failure: {reason}");
+                ConfirmResponse::Confirmed {
+                    sig: v.sign(&self.key),
+                }
+            }
+            Err(reason) => ConfirmResponse::Declined { reason },
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -416,6 +416,10 @@ pub struct AuditRequest {
     pub index: u64,
     /// Unix ms; refused outside the replay window.
     pub issued_ms: u64,
+    /// `None` from the verifier the ledger's plan assigns to the leaf. A confirmer (any other
+    /// registered verifier) names the ledger transaction that revealed a failed audit of this
+    /// leaf: the provider serves it only once that reveal is on the ledger.
+    pub reveal_tx: Option<Hash32>,
 }
 
 /// An audit request with the verifier's signature.
@@ -445,6 +449,16 @@ impl SignedAuditRequest {
     }
 }
 
+/// The leaf after an audited one, so the auditor can check that leaves are in strictly
+/// increasing request id order (no receipt appears twice under one root).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct NextLeaf {
+    /// The next leaf's receipt.
+    pub receipt: SignedReceipt,
+    /// Its Merkle path.
+    pub proof: Vec<Hash32>,
+}
+
 /// A provider's answer to an audit request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub enum AuditResponse {
@@ -454,9 +468,19 @@ pub enum AuditResponse {
         material: Box<Material>,
         /// The Merkle path.
         proof: Vec<Hash32>,
+        /// The next leaf (`None` for the last leaf).
+        next: Option<Box<NextLeaf>>,
     },
-    /// The provider will not or cannot answer (counts as a failed audit).
+    /// The provider will not or cannot hand over the material of a leaf it was rightly
+    /// asked for (counts as withheld).
     Refused {
+        /// Why.
+        reason: String,
+    },
+    /// The request is not one the provider answers now: unsigned, stale, from a verifier
+    /// that is neither assigned nor a confirmer, or it cannot check that yet (busy, ledger
+    /// unreachable). Never evidence against the provider.
+    Denied {
         /// Why.
         reason: String,
     },
@@ -544,10 +568,9 @@ pub enum AuditGossip {
 pub struct ConfirmRequest {
     /// The verdict the ledger would apply.
     pub verdict: crate::settle::Verdict,
-    /// The posted root the receipt is under.
-    pub root: Hash32,
-    /// The material for a fraud; `None` when the provider withheld it (the second verifier
-    /// then asks the provider itself).
+    /// The material for a fraud, as a hint only: the second verifier reads the root from
+    /// the ledger and fetches the material from the provider itself, and uses this only if
+    /// the provider cannot be reached and it holds together under the ledger's root.
     pub material: Option<Box<Material>>,
 }
 

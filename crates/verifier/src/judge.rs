@@ -1,0 +1,254 @@
+//! Judging one leaf without I/O: whether the provider's answer holds together under the
+//! ledger's root, whether the receipt is one this provider may be audited on, the audit
+//! itself, and the second verifier's decision to co-sign a verdict.
+//!
+//! Three outcomes, never two: an answer passes, fails (the provider's fault, with evidence a
+//! second verifier can re-check), or cannot be judged here (a model this verifier lacks, an
+//! audit that could not run, a provider that cannot be reached). "Cannot judge" is never
+//! counted against the provider.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use agora_core::{merkle, AccountId, Hash32};
+use agora_ledger::Fault;
+use agora_model::{LoadedModel, SamplingParams};
+use agora_net::protocol::{Material, NextLeaf, SignedReceipt};
+use agora_verify::{audit, Answer, Fingerprint, Thresholds};
+
+/// The largest fingerprint a receipt may carry, in bytes.
+const MAX_FINGERPRINT_BYTES: usize = 1 << 16;
+
+/// The result of judging one answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// The answer is honest.
+    Passed,
+    /// The answer is the provider's fault; why.
+    Failed(String),
+    /// This verifier cannot tell (no such model here, the audit could not run); why.
+    CannotJudge(String),
+}
+
+/// What a provider answered to an audit request.
+#[derive(Debug, Clone)]
+pub enum Fetched {
+    /// The material, its Merkle path and the next leaf.
+    Material {
+        /// The material.
+        material: Box<Material>,
+        /// Its Merkle path.
+        proof: Vec<Hash32>,
+        /// The next leaf, for the uniqueness check.
+        next: Option<Box<NextLeaf>>,
+    },
+    /// The provider said it will not or cannot hand the material over.
+    Refused(String),
+    /// No answer that says anything about the provider: unreachable, timed out, or it
+    /// denied the request (busy, not yet able to check who asks).
+    Unreachable(String),
+}
+
+/// A posted root as the ledger records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostedRoot {
+    /// The root.
+    pub root: Hash32,
+    /// Leaves under it.
+    pub receipts: u64,
+}
+
+/// The models and thresholds one verifier judges with.
+pub struct Judge {
+    /// The chain.
+    pub chain_id: u64,
+    /// The models it can audit, by ModelId.
+    pub models: HashMap<Hash32, Arc<LoadedModel>>,
+    /// Where honest ends and fraud begins.
+    pub thresholds: Thresholds,
+}
+
+/// Whether material is what the provider committed to under `root` at leaf `index`: the
+/// receipt's hash is that leaf, its signature is the one it names, and the token ids and
+/// fingerprint hash to what the receipt says.
+pub fn holds_together(
+    root: &Hash32,
+    index: u64,
+    material: &Material,
+    proof: &[Hash32],
+) -> Result<(), String> {
+    if !merkle::verify(root, &material.receipt.hash(), index, proof) {
+        return Err("the receipt is not under the posted root".into());
+    }
+    if material.receipt.verify().is_err() {
+        return Err("the receipt's signature is bad".into());
+    }
+    material.matches_receipt().map_err(str::to_string)
+}
+
+/// Leaves are in strictly increasing request id order, so no receipt appears twice under
+/// one root: checks leaf `index` against the next one (the provider must show it unless
+/// `index` is the last leaf).
+pub fn check_order(
+    posted: &PostedRoot,
+    index: u64,
+    this: &SignedReceipt,
+    next: Option<&NextLeaf>,
+) -> Result<(), String> {
+    let last = index.saturating_add(1) >= posted.receipts;
+    match next {
+        None if last => Ok(()),
+        None => Err("the provider did not show the next leaf".into()),
+        Some(_) if last => Ok(()),
+        Some(n) => {
+            if !merkle::verify(&posted.root, &n.receipt.hash(), index + 1, &n.proof) {
+                return Err("the next leaf is not under the posted root".into());
+            }
+            if n.receipt.receipt.request_id <= this.receipt.request_id {
+                return Err(format!(
+                    "leaves {index} and {} are not in increasing request id order (a receipt \
+                     appears twice, or leaves are out of order)",
+                    index + 1
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+impl Judge {
+    /// Judges material that holds together under `provider`'s root.
+    pub fn judge(&self, provider: &AccountId, material: &Material) -> Judgement {
+        let r = &material.receipt.receipt;
+        if r.provider != *provider {
+            return Judgement::Failed(format!(
+                "the receipt under {provider}'s root is {}'s",
+                r.provider
+            ));
+        }
+        if r.chain_id != self.chain_id {
+            return Judgement::Failed(format!("the receipt is for chain {}", r.chain_id));
+        }
+        if material.receipt.verify().is_err() {
+            return Judgement::Failed("the receipt's signature is bad".into());
+        }
+        if let Err(e) = material.matches_receipt() {
+            return Judgement::Failed(e.into());
+        }
+        let Some(model) = self.models.get(&r.model) else {
+            return Judgement::CannotJudge(format!(
+                "model {} is not one this verifier audits",
+                r.model
+            ));
+        };
+        let Some(print) = Fingerprint::from_bytes(&material.fingerprint, MAX_FINGERPRINT_BYTES)
+        else {
+            return Judgement::Failed("the fingerprint does not parse".into());
+        };
+        let answer = Answer {
+            prompt: &material.prompt,
+            resumed: &material.resumed,
+            output: &material.output,
+            claimed_tokens: r.output_tokens as usize,
+            sampling: SamplingParams {
+                temperature: f64::from(r.sampling.temperature),
+                top_k: 0,
+                top_p: f64::from(r.sampling.top_p),
+                seed: r.sampling.seed,
+            },
+            fingerprint: &print,
+        };
+        match audit(model, &answer, &self.thresholds) {
+            Err(e) => Judgement::CannotJudge(format!("the audit could not run: {e}")),
+            Ok(report) if report.passed => Judgement::Passed,
+            Ok(report) => Judgement::Failed(report.reasons.join("; ")),
+        }
+    }
+
+    /// The second verifier's decision on a verdict about leaf `index` of `posted` (read from
+    /// the ledger, never from the requester): `Ok(why it fails)` to co-sign, `Err(why not)`.
+    /// `fetched` is what the provider answered this verifier; `hint` is the requester's
+    /// material, used only when the provider could not be reached and only if it holds
+    /// together under the ledger's root.
+    pub fn decide(
+        &self,
+        provider: &AccountId,
+        index: u64,
+        fault: &Fault,
+        posted: &PostedRoot,
+        fetched: Fetched,
+        hint: Option<&Material>,
+    ) -> Result<String, String> {
+        if index >= posted.receipts {
+            return Err("the leaf is past the root's receipt count".into());
+        }
+        // What the provider itself showed, if it showed anything that holds together.
+        let (material, next) = match fetched {
+            Fetched::Material {
+                material,
+                proof,
+                next,
+            } => match holds_together(&posted.root, index, &material, &proof) {
+                Ok(()) => (Some(material), Some(next)),
+                // The provider answered with something that is not what it committed to:
+                // the committed material is withheld from this verifier too.
+                Err(why) => return withheld(fault, &format!("its answer to me: {why}")),
+            },
+            Fetched::Refused(why) => return withheld(fault, &format!("it refused me too: {why}")),
+            Fetched::Unreachable(why) => {
+                if matches!(fault, Fault::Withheld) {
+                    return Err(format!(
+                        "cannot judge: the provider did not answer me ({why})"
+                    ));
+                }
+                (None, None)
+            }
+        };
+        let Fault::Fraud {
+            receipt,
+            proof,
+            channel,
+            refund,
+        } = fault
+        else {
+            return Err("the provider handed the material over to me".into());
+        };
+        let material: Material = match material {
+            Some(m) => *m,
+            None => {
+                let Some(h) = hint else {
+                    return Err("cannot judge: the provider is unreachable and no material came with the request".into());
+                };
+                holds_together(&posted.root, index, h, proof)
+                    .map_err(|why| format!("the evidence does not hold together: {why}"))?;
+                h.clone()
+            }
+        };
+        let r = &material.receipt.receipt;
+        if *receipt != material.receipt.hash() {
+            return Err("the verdict names another receipt than the leaf's".into());
+        }
+        if *channel != r.channel || *refund != agora_market::micros_to_amount(r.cost_micros) {
+            return Err("the verdict's refund is not the receipt's channel and cost".into());
+        }
+        if let Some(next) = next {
+            if let Err(why) = check_order(posted, index, &material.receipt, next.as_deref()) {
+                return Ok(why);
+            }
+        }
+        match self.judge(provider, &material) {
+            Judgement::Failed(why) => Ok(why),
+            Judgement::Passed => Err("the answer passes my audit".into()),
+            Judgement::CannotJudge(why) => Err(format!("cannot judge: {why}")),
+        }
+    }
+}
+
+fn withheld(fault: &Fault, why: &str) -> Result<String, String> {
+    match fault {
+        Fault::Withheld => Ok(format!("the material is withheld: {why}")),
+        Fault::Fraud { .. } => Err(format!(
+            "the evidence does not match the fault (a fraud, but {why})"
+        )),
+    }
+}
