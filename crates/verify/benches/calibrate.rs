@@ -566,8 +566,9 @@ const QUESTIONS: [&str; 8] = [
 const SMOLLM2_LONGEST: usize = 2048;
 
 /// `AGORA_CALIBRATE_SMOLLM2=N`: N honest answers of the real SmolLM2-135M-Instruct (Q4_1
-/// GGUF at `AGORA_SMOLLM2`), prompt plus output spread evenly over 64 ..= 2,048 tokens (answer
-/// i has 64 + (i * 1,297 mod 1,985) positions), temperature 0, 0.7 or 1.0 (i mod 3), no stop
+/// GGUF at `AGORA_SMOLLM2`), prompt plus output of 255, 256, 257 and 513 positions (the KV
+/// cache's chunk boundaries) first, then spread evenly over 64 ..= 2,048 (answer i has
+/// 64 + (i * 1,297 mod 1,985) positions), temperature 0, 0.7 or 1.0 (i mod 3), no stop
 /// at end of text (so every length is reached), each generated on one thread count and
 /// audited on the other. Stops starting new answers after `AGORA_CALIBRATE_SECONDS`.
 fn smollm2_run(path: &Path, n: usize, budget_s: f64, out_path: &Path) {
@@ -595,7 +596,12 @@ fn smollm2_run(path: &Path, n: usize, budget_s: f64, out_path: &Path) {
         )];
         let text = model.render_chat(&messages).expect("template");
         let prompt = model.tokenizer.encode(&text).expect("encode");
-        let total = (64 + (i * 1297) % 1985).clamp(prompt.len() + 1, SMOLLM2_LONGEST);
+        // The KV cache's chunk boundaries first, then the spread.
+        let total = match i {
+            0..=3 => [255, 256, 257, 513][i],
+            _ => 64 + (i * 1297) % 1985,
+        }
+        .clamp(prompt.len() + 1, SMOLLM2_LONGEST);
         let job = Job {
             prompt,
             sampling: SamplingParams {

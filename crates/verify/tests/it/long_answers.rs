@@ -26,8 +26,9 @@ fn cases(context: usize) -> Vec<(usize, usize)> {
     cases
 }
 
-fn honest_lengths_pass(model: &LoadedModel, name: &str, context: usize) {
-    for (i, (p, total)) in cases(context).into_iter().enumerate() {
+fn honest_lengths_pass(model: &LoadedModel, name: &str, cases: Vec<(usize, usize)>) {
+    for (i, (p, total)) in cases.into_iter().enumerate() {
+        let started = std::time::Instant::now();
         let prompt = prompt(model, p, 100 + i as u64);
         let temperature = [1.0, 0.0, 0.7][i % 3];
         let s = sampling(1_000 + i as u64, temperature);
@@ -43,6 +44,11 @@ fn honest_lengths_pass(model: &LoadedModel, name: &str, context: usize) {
             "{name}: honest answer of {p} + {} = {total} tokens (temperature {temperature}) failed: {r:?}",
             total - p
         );
+        eprintln!(
+            "{name}: honest {p} + {} = {total} tokens passed ({:.1} s)",
+            total - p,
+            started.elapsed().as_secs_f64()
+        );
     }
 }
 
@@ -50,8 +56,8 @@ fn honest_lengths_pass(model: &LoadedModel, name: &str, context: usize) {
 fn honest_answers_across_cache_chunks_pass() {
     let m = synthetic();
     assert_eq!(m.f32.model.config().max_seq_len, SYNTHETIC_CONTEXT);
-    honest_lengths_pass(&m.f32, "f32", SYNTHETIC_CONTEXT);
-    honest_lengths_pass(&m.q8, "q8_0", SYNTHETIC_CONTEXT);
+    honest_lengths_pass(&m.f32, "f32", cases(SYNTHETIC_CONTEXT));
+    honest_lengths_pass(&m.q8, "q8_0", cases(SYNTHETIC_CONTEXT));
 }
 
 /// The same on the real SmolLM2-135M-Instruct (Q4_1 GGUF) when `AGORA_SMOLLM2` names it;
@@ -68,5 +74,15 @@ fn smollm2_honest_answers_across_cache_chunks_pass() {
     let full = std::env::var("AGORA_SMOLLM2_FULL_CONTEXT").is_ok_and(|v| v == "1");
     let last = if full { context } else { 1025.min(context) };
     eprintln!("SmolLM2: context {context}, longest answer checked {last}");
-    honest_lengths_pass(&model, "SmolLM2", last);
+    // One prompt length a boundary (a real model is slow on 2 cores), and a long prompt.
+    let cases = vec![
+        (5, 255),
+        (5, 256),
+        (5, 257),
+        (250, 258),
+        (5, 513),
+        (300, 513),
+        (5, last),
+    ];
+    honest_lengths_pass(&model, "SmolLM2", cases);
 }
