@@ -239,6 +239,7 @@ impl Broker {
             events: events_tx,
             delivered: Vec::new(),
             prompt: counted,
+            reported_prompt: None,
             render: known.map(|m| (m, TextRenderer::new(&job.stop))),
             max_tokens: job.max_tokens,
             client_gone: false,
@@ -564,7 +565,7 @@ where
                     )));
                 }
                 accepted = true;
-                answer.accepted(&req.request_id);
+                answer.accepted(&req.request_id, prompt_tokens);
             }
             Frame::Token { index, token, text } => {
                 if !accepted || index as usize != answer.delivered.len() {
@@ -656,6 +657,8 @@ struct Answer {
     delivered: Vec<u32>,
     /// The prompt as the gateway counted it.
     prompt: PromptCount,
+    /// The first provider's count, where the gateway only has a bound.
+    reported_prompt: Option<u32>,
     /// The model's tokenizer and the text rendered so far, when the gateway holds the model.
     render: Option<(Arc<PromptModel>, TextRenderer)>,
     /// The most output tokens, resumed ones included.
@@ -666,14 +669,27 @@ struct Answer {
 }
 
 impl Answer {
-    fn accepted(&mut self, request_id: &RequestId) {
+    /// The first acceptance starts the client's answer; `claimed` is the provider's count,
+    /// reported only where the gateway could not count (it is within the bound).
+    fn accepted(&mut self, request_id: &RequestId, claimed: u32) {
         if let Some((tx, rx)) = self.first.take() {
+            if let PromptCount::Bound(_) = self.prompt {
+                self.reported_prompt = Some(claimed);
+            }
             let _ = tx.send(Ok(Started {
                 request_id: hex::encode(request_id),
                 model: String::new(),
-                prompt_tokens: self.prompt.most(),
+                prompt_tokens: self.prompt_tokens(),
                 events: rx,
             }));
+        }
+    }
+
+    /// Prompt tokens for `usage`.
+    fn prompt_tokens(&self) -> u32 {
+        match self.prompt {
+            PromptCount::Exact { tokens, .. } => tokens,
+            PromptCount::Bound(b) => self.reported_prompt.unwrap_or(b).min(b),
         }
     }
 
@@ -702,7 +718,7 @@ impl Answer {
             }
         };
         let completion = self.delivered.len() as u32;
-        let prompt_tokens = self.prompt.most();
+        let prompt_tokens = self.prompt_tokens();
         self.emit(StreamEvent::Finished {
             finish_reason,
             usage: Usage {

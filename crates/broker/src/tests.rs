@@ -110,6 +110,7 @@ fn answer(
         events,
         delivered: req.resume.clone(),
         prompt,
+        reported_prompt: None,
         render: render.map(|m| (m, TextRenderer::new(&req.stop))),
         max_tokens: req.max_tokens,
         client_gone: false,
