@@ -3,6 +3,7 @@
 //! vouchers that pay for them on the ledger.
 
 pub mod canary;
+pub mod duties;
 pub mod payments;
 pub mod receipts;
 pub mod serve;
@@ -205,6 +206,15 @@ impl Provider {
                 tokio::spawn(service.clone().answer_audit(stream));
             }
         });
+        // Demands and inclusion challenges left unanswered slash even an honest provider.
+        let _duties = duties::Duties::new(
+            cfg.chain_id,
+            self.service.key.clone(),
+            self.service.payments.ledger().clone(),
+            self.service.clone(),
+            Some(cfg.data_dir.join("duties.height")),
+        )
+        .spawn()?;
         let topic = offers_topic(cfg.chain_id);
         let mut claim = tokio::time::interval(cfg.claim_every);
         // Sequence numbers only grow, across restarts too.
