@@ -410,10 +410,16 @@ impl Provider {
                         }
                         true
                     }
-                    Err(agora_ledger::ClientError::Rejected { code, .. })
+                    // Before its one epoch (`Windows::plant`): try again next tick. After it,
+                    // it can never be opened: stop retrying.
+                    Err(agora_ledger::ClientError::Rejected { code, message })
                         if code.contains("audit_window") =>
                     {
-                        false
+                        let missed = canary::window_passed(&message);
+                        if missed {
+                            tracing::warn!(epoch, index, "missed the plant's opening epoch: {message}");
+                        }
+                        missed
                     }
                     Err(e) => {
                         tracing::warn!(epoch, index, "opening a plant: {e}");
