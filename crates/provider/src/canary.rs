@@ -71,6 +71,20 @@ pub fn corrupt(fingerprint: &[u8]) -> Option<Vec<u8>> {
     Some(print.to_bytes())
 }
 
+/// Whether the ledger's `audit_window` refusal ("… is not open in epoch N: open from A to B")
+/// says the window is over (N > B); `false` when it is still ahead or the text does not parse.
+pub fn window_passed(message: &str) -> bool {
+    let number_after = |key: &str| -> Option<u64> {
+        let rest = &message[message.find(key)? + key.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    match (number_after("in epoch "), number_after(" to ")) {
+        (Some(now), Some(to)) => now > to,
+        _ => false,
+    }
+}
+
 /// Locks a mutex, recovering from poisoning (the data stays consistent: single inserts).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -103,6 +117,23 @@ mod tests {
         assert_eq!(values, vec![3.0, -1.5]);
         assert!(corrupt(&Fingerprint { chunks: vec![] }.to_bytes()).is_none());
         assert!(corrupt(b"not a fingerprint").is_none());
+    }
+
+    /// A plant whose one opening epoch was missed was retried on every tick forever.
+    #[test]
+    fn a_missed_plant_window_is_recognised_from_the_ledgers_refusal() {
+        let refusal = |epoch, at| {
+            agora_ledger::TxError::AuditWindow {
+                what: "the plant reveal",
+                epoch,
+                from: at,
+                to: at,
+            }
+            .to_string()
+        };
+        assert!(!window_passed(&refusal(5, 7)), "still ahead");
+        assert!(window_passed(&refusal(8, 7)), "over");
+        assert!(!window_passed("something else"));
     }
 
     #[test]

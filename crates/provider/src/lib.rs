@@ -4,6 +4,7 @@
 
 pub mod audits;
 pub mod canary;
+pub mod duties;
 pub mod payments;
 pub mod receipts;
 pub mod serve;
@@ -245,6 +246,15 @@ impl Provider {
                 });
             }
         });
+        // Demands and inclusion challenges left unanswered slash even an honest provider.
+        let _duties = duties::Duties::new(
+            cfg.chain_id,
+            self.service.key.clone(),
+            self.service.payments.ledger().clone(),
+            self.service.clone(),
+            Some(cfg.data_dir.join("duties.height")),
+        )
+        .spawn()?;
         let topic = offers_topic(cfg.chain_id);
         let mut claim = tokio::time::interval(cfg.claim_every);
         // Sequence numbers only grow, across restarts too.
@@ -440,10 +450,16 @@ impl Provider {
                         }
                         true
                     }
-                    Err(agora_ledger::ClientError::Rejected { code, .. })
+                    // Before its one epoch (`Windows::plant`): try again next tick. After it,
+                    // it can never be opened: stop retrying.
+                    Err(agora_ledger::ClientError::Rejected { code, message })
                         if code.contains("audit_window") =>
                     {
-                        false
+                        let missed = canary::window_passed(&message);
+                        if missed {
+                            tracing::warn!(epoch, index, "missed the plant's opening epoch: {message}");
+                        }
+                        missed
                     }
                     Err(e) => {
                         tracing::warn!(epoch, index, "opening a plant: {e}");

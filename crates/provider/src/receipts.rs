@@ -216,3 +216,25 @@ impl ReceiptLog {
         Ok(Some((material, proof, next)))
     }
 }
+
+impl ReceiptLog {
+    /// Where a posted receipt sits: the epoch of its root, its leaf index and its Merkle path.
+    /// Newest roots first (a challenged receipt is under a recent one); `None` if no posted
+    /// root holds it.
+    pub fn locate(&self, receipt: &Hash32) -> Result<Option<(u64, u64, Vec<Hash32>)>, LogError> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(LEAVES).map_err(db_err)?;
+        for row in t.iter().map_err(db_err)?.rev() {
+            let (epoch, leaves) = row.map_err(db_err)?;
+            let leaves = Vec::<Hash32>::try_from_slice(leaves.value()).map_err(db_err)?;
+            let Some(index) = leaves.iter().position(|l| l == receipt) else {
+                continue;
+            };
+            let Some(proof) = merkle::proof(&leaves, index) else {
+                continue;
+            };
+            return Ok(Some((epoch.value(), index as u64, proof)));
+        }
+        Ok(None)
+    }
+}

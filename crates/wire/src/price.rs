@@ -27,9 +27,86 @@ pub fn micros_to_amount(micros: u128) -> Amount {
     Amount::new(micros / MICROS_PER_UNIT)
 }
 
+/// Serde for a `u128` micro-unit count: a JSON number while it fits in `u64` (so the JSON of
+/// every realistic receipt is unchanged), else a decimal string; both read back. Serde's
+/// buffered `u128` is unsupported, so a plain `u128` inside an internally tagged enum (the
+/// ledger's `TxBody`, which carries receipts) could not be parsed at all.
+pub mod micros_serde {
+    /// Writes `v`.
+    pub fn serialize<S: serde::Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        match u64::try_from(*v) {
+            Ok(small) => s.serialize_u64(small),
+            Err(_) => s.serialize_str(&v.to_string()),
+        }
+    }
+
+    /// Reads a number or a decimal string.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = u128;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a non-negative integer or its decimal string")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u128, E> {
+                Ok(u128::from(v))
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<u128, E> {
+                Ok(v)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u128, E> {
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(E::custom("not a decimal integer"));
+                }
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    #[serde(tag = "type")]
+    enum Tagged {
+        Carries {
+            #[serde(with = "micros_serde")]
+            micros: u128,
+        },
+    }
+
+    /// A receipt inside the ledger's internally tagged `TxBody` could not be parsed: serde's
+    /// buffered content has no `u128`.
+    #[test]
+    fn micros_survive_an_internally_tagged_enum() {
+        for micros in [
+            0,
+            50_000_000,
+            u128::from(u64::MAX),
+            u128::from(u64::MAX) + 1,
+            u128::MAX,
+        ] {
+            let t = Tagged::Carries { micros };
+            let j = serde_json::to_string(&t).unwrap_or_default();
+            assert_eq!(serde_json::from_str::<Tagged>(&j).ok(), Some(t), "{j}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Tagged::Carries { micros: 7 })
+                .ok()
+                .as_deref(),
+            Some(r#"{"type":"Carries","micros":7}"#)
+        );
+        for bad in [
+            r#"{"type":"Carries","micros":"-1"}"#,
+            r#"{"type":"Carries","micros":"+1"}"#,
+            r#"{"type":"Carries","micros":""}"#,
+        ] {
+            assert!(serde_json::from_str::<Tagged>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn exact_and_checked() {

@@ -203,6 +203,7 @@ pub struct Receipt {
     /// Price per million output tokens.
     pub price_out: Amount,
     /// What the answer costs, in millionths of a base unit.
+    #[serde(with = "crate::price::micros_serde")]
     pub cost_micros: u128,
     /// Unix ms when the request was accepted.
     pub started_ms: u64,
