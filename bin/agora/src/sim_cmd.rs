@@ -9,7 +9,7 @@ use std::time::Instant;
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Scenarios: honest, overcharge, omit-receipt, withhold-material, \
-unstake-before-verdict, frame-honest-provider, nonpaying-payer, sybil-verifiers, lazy-verifier, \
+unstake-before-verdict, frame-honest-provider, provider-outage, nonpaying-payer, sybil-verifiers, lazy-verifier, \
 canary-abuse, spam-gossip, cheap-model, mixed, econ, all. A violation prints its seed; replay \
 it alone with --seed S (same seed, same final hash). See docs/sim.md."
 )]
@@ -29,6 +29,9 @@ pub struct SimArgs {
     /// Exit with status 0 even when a scenario has violations.
     #[arg(long)]
     pub no_fail: bool,
+    /// With --seed: print every ledger event of the run to stderr.
+    #[arg(long, requires = "seed")]
+    pub trace: bool,
 }
 
 pub fn run(a: SimArgs, threads: usize) -> anyhow::Result<()> {
@@ -47,7 +50,11 @@ pub fn run(a: SimArgs, threads: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut summaries: Vec<Summary> = Vec::new();
     for sc in chosen {
-        let runs = agora_sim::run_seeds(sc, &seeds, threads);
+        let runs = if a.trace {
+            seeds.iter().map(|&s| sc.trace(s)).collect()
+        } else {
+            agora_sim::run_seeds(sc, &seeds, threads)
+        };
         if a.seed.is_some() && !a.json {
             for r in &runs {
                 println!("{}", serde_json::to_string_pretty(r)?);

@@ -118,6 +118,7 @@ impl Adversary {
                                 epoch: e,
                                 index: i,
                                 salt,
+                                confirmation: None,
                             },
                         );
                     }
@@ -214,6 +215,7 @@ impl Adversary {
                         epoch: epoch.saturating_sub(1),
                         index: rng.below(8),
                         claim: Claim::Withheld,
+                        material: None,
                     };
                     rt.send(*node, to, msg);
                     *sent += 1;

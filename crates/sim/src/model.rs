@@ -69,9 +69,16 @@ pub enum Audit {
 /// The audit: replay with the receipt's model and check every count and the charge.
 pub fn audit(m: &Material, max_tokens: u32) -> Audit {
     let r = &m.receipt.receipt;
-    if m.receipt.verify().is_err() || m.matches_receipt().is_err() {
+    // Material that is not what the receipt commits to cannot be judged.
+    let all: Vec<u32> = m.resumed.iter().chain(&m.output).copied().collect();
+    if m.receipt.verify().is_err()
+        || tokens_hash(&m.prompt) != r.prompt_hash
+        || tokens_hash(&all) != r.output_hash
+        || fingerprint_hash(&m.fingerprint) != r.fingerprint_hash
+    {
         return Audit::CannotJudge;
     }
+    // The committed answer, replayed: other tokens, other counts or another charge fail.
     let n = answer_len(&m.prompt, r.sampling.seed, max_tokens);
     let want = generate(&r.model, &m.prompt, r.sampling.seed, n);
     let cost = cost_micros(
@@ -80,12 +87,11 @@ pub fn audit(m: &Material, max_tokens: u32) -> Audit {
         u64::from(r.prompt_tokens),
         u64::from(r.output_tokens),
     );
-    let fp = fingerprint(&r.model, &m.prompt, &want);
     if m.output != want
-        || m.fingerprint != fp
+        || m.fingerprint != fingerprint(&r.model, &m.prompt, &want)
+        || r.prompt_tokens as usize != m.prompt.len()
         || r.output_tokens as usize != want.len()
         || cost != Some(r.cost_micros)
-        || fingerprint_hash(&fp) != r.fingerprint_hash
     {
         return Audit::Fail;
     }

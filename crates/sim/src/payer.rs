@@ -8,8 +8,8 @@ use crate::net::NodeId;
 use crate::rng::Rng;
 use crate::runtime::{Msg, Req, Runtime, Timer};
 use crate::world::{Dir, Knobs};
-use agora_core::{AccountId, Amount, Hash32, Signature};
-use agora_ledger::TxBody;
+use agora_core::{merkle, AccountId, Amount, Hash32, Signature};
+use agora_ledger::{Event, TxBody};
 use agora_wire::price::{cost_micros, micros_to_amount};
 use agora_wire::protocol::{tokens_hash, SignedReceipt};
 use agora_wire::settle::Voucher;
@@ -41,6 +41,8 @@ pub struct Payer {
     banned: BTreeSet<NodeId>,
     /// (provider node, receipt hash) of every answer it paid for.
     pub paid: Vec<(NodeId, Hash32)>,
+    receipts: BTreeMap<Hash32, (NodeId, SignedReceipt)>,
+    proven: BTreeSet<Hash32>,
     /// Answers received.
     pub answers: u64,
     /// Receipts that did not match what it counted.
@@ -60,6 +62,8 @@ impl Payer {
             vouched: BTreeMap::new(),
             banned: BTreeSet::new(),
             paid: Vec::new(),
+            receipts: BTreeMap::new(),
+            proven: BTreeSet::new(),
             answers: 0,
             bad_receipts: 0,
             stop_at: 0,
@@ -70,7 +74,7 @@ impl Payer {
     pub fn start(&mut self, rt: &mut Runtime, k: &Knobs, dir: &Dir) {
         self.stop_at = k.traffic_ms();
         let timeout_epochs = if self.kind == PayerKind::CloseEarly {
-            1
+            rt.ledger.state.params.claim_window_epochs + 1
         } else {
             k.channel_epochs
         };
@@ -192,8 +196,62 @@ impl Payer {
             && x.output_tokens as usize == out.len()
     }
 
+    /// At each epoch: ask each provider to show its receipts under its roots once they are
+    /// due, and challenge on the ledger those it could not show.
+    pub fn on_block(&mut self, rt: &mut Runtime, events: &[Event]) {
+        let Some(epoch) = events.iter().find_map(|e| match e {
+            Event::EpochAdvanced { epoch, .. } => Some(*epoch),
+            _ => None,
+        }) else {
+            return;
+        };
+        let x = rt.ledger.state.params.escalation_epochs;
+        let mut asks = Vec::new();
+        let mut challenges = Vec::new();
+        for (h, (p, r)) in &self.receipts {
+            if self.proven.contains(h) {
+                continue;
+            }
+            let served = r.receipt.epoch;
+            if epoch == served + 2 {
+                asks.push((*p, *h));
+            } else if epoch == served + 3 && served + 3 <= served + 1 + x {
+                challenges.push(r.clone());
+            }
+        }
+        for (p, h) in asks {
+            rt.send(self.node, p, Msg::InclusionReq { receipt: h });
+        }
+        for receipt in challenges {
+            rt.submit(self.node, TxBody::ChallengeInclusion { receipt });
+        }
+    }
+
     /// An answer arrived: count it, check the receipt, pay for what was counted.
     pub fn on_msg(&mut self, rt: &mut Runtime, k: &Knobs, from: NodeId, msg: Msg) {
+        if let Msg::InclusionProof {
+            receipt,
+            epoch,
+            index,
+            proof,
+        } = &msg
+        {
+            let provider = rt.accounts[from];
+            let under = rt
+                .ledger
+                .state
+                .roots
+                .get(&(provider, *epoch))
+                .is_some_and(|r| merkle::verify(&r.root, receipt, *index, proof));
+            let ok_epoch = self
+                .receipts
+                .get(receipt)
+                .is_some_and(|(_, r)| *epoch == r.receipt.epoch || *epoch == r.receipt.epoch + 1);
+            if under && ok_epoch {
+                self.proven.insert(*receipt);
+            }
+            return;
+        }
         let Msg::Answer {
             id,
             output,
@@ -223,6 +281,9 @@ impl Payer {
         *total += cost;
         let cumulative = micros_to_amount(*total);
         self.paid.push((from, receipt.hash()));
+        if ok {
+            self.receipts.insert(receipt.hash(), (from, *receipt));
+        }
         if self.kind == PayerKind::NonPaying {
             return;
         }

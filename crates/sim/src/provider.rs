@@ -6,9 +6,10 @@ use crate::model::{self, Audit};
 use crate::net::NodeId;
 use crate::rng::Rng;
 use crate::runtime::{Msg, Req, Runtime, Timer, EPOCH_MS};
-use crate::world::Knobs;
+use crate::world::{Dir, Knobs};
 use agora_core::{merkle, AccountId, Amount, Hash32, Signature};
-use agora_ledger::{plant_commitment, TxBody};
+use agora_ledger::audit::Windows;
+use agora_ledger::{leaf_key, plant_commitment, Event, TxBody};
 use agora_wire::price::{cost_micros, micros_to_amount};
 use agora_wire::protocol::{fingerprint_hash, tokens_hash, Material, Receipt, Sampling};
 use agora_wire::settle::Voucher;
@@ -80,6 +81,7 @@ pub struct Provider {
     /// Requests served twice (replays accepted): must stay 0.
     pub replays_served: u64,
     plants: Vec<(u64, u64, Hash32)>,
+    answered: BTreeSet<Hash32>,
     unstaked: bool,
 }
 
@@ -101,6 +103,7 @@ impl Provider {
             cheats: 0,
             replays_served: 0,
             plants: Vec::new(),
+            answered: BTreeSet::new(),
             unstaked: false,
         }
     }
@@ -153,38 +156,243 @@ impl Provider {
                 cumulative,
                 sig,
             } => self.take_voucher(rt, from, (channel, cumulative, sig)),
-            Msg::AuditReq { epoch, index } => {
-                let Some(leaf) = self
-                    .posted
-                    .get(&epoch)
-                    .and_then(|l| l.get(usize::try_from(index).ok()?))
-                else {
-                    return;
-                };
-                if self.kind == ProviderKind::Withhold && leaf.cheated {
-                    return;
+            Msg::AuditReq { epoch, index } => self.send_material(rt, from, epoch, index),
+            Msg::InclusionReq { receipt } => {
+                if let Some((epoch, index, proof)) = self.inclusion(&receipt) {
+                    rt.send(
+                        self.node,
+                        from,
+                        Msg::InclusionProof {
+                            receipt,
+                            epoch,
+                            index,
+                            proof,
+                        },
+                    );
                 }
-                let hashes: Vec<Hash32> = self.posted[&epoch].iter().map(|l| l.hash).collect();
-                let Some(proof) = usize::try_from(index)
-                    .ok()
-                    .and_then(|i| merkle::proof(&hashes, i))
-                else {
-                    return;
-                };
-                let material = Box::new(leaf.material.clone());
-                rt.send(
-                    self.node,
-                    from,
-                    Msg::Material {
-                        epoch,
-                        index,
-                        material,
-                        proof,
-                    },
-                );
+            }
+            Msg::PlantConfirmed { epoch, index, sig } => {
+                if let Some(pos) = self
+                    .plants
+                    .iter()
+                    .position(|(e, i, _)| *e == epoch && *i == index)
+                {
+                    let (_, _, salt) = self.plants.remove(pos);
+                    let me = self.me(rt);
+                    rt.submit(
+                        self.node,
+                        TxBody::RevealPlant {
+                            provider: me,
+                            epoch,
+                            index,
+                            salt,
+                            confirmation: Some((rt.accounts[from], sig)),
+                        },
+                    );
+                }
             }
             _ => {}
         }
+    }
+
+    fn leaf(&self, epoch: u64, index: u64) -> Option<&Leaf> {
+        self.posted.get(&epoch)?.get(usize::try_from(index).ok()?)
+    }
+
+    fn proof(&self, epoch: u64, index: u64) -> Option<Vec<Hash32>> {
+        let hashes: Vec<Hash32> = self.posted.get(&epoch)?.iter().map(|l| l.hash).collect();
+        merkle::proof(&hashes, usize::try_from(index).ok()?)
+    }
+
+    /// Where a receipt sits under its posted roots.
+    fn inclusion(&self, receipt: &Hash32) -> Option<(u64, u64, Vec<Hash32>)> {
+        let (epoch, index) = self.posted.iter().find_map(|(e, ls)| {
+            ls.iter()
+                .position(|l| l.hash == *receipt)
+                .map(|i| (*e, i as u64))
+        })?;
+        Some((epoch, index, self.proof(epoch, index)?))
+    }
+
+    fn withholds(&self, leaf: &Leaf) -> bool {
+        self.kind == ProviderKind::Withhold && leaf.cheated
+    }
+
+    fn send_material(&self, rt: &mut Runtime, to: NodeId, epoch: u64, index: u64) {
+        let Some(leaf) = self.leaf(epoch, index) else {
+            return;
+        };
+        if self.withholds(leaf) {
+            return;
+        }
+        let Some(proof) = self.proof(epoch, index) else {
+            return;
+        };
+        let material = Box::new(leaf.material.clone());
+        rt.send(
+            self.node,
+            to,
+            Msg::Material {
+                epoch,
+                index,
+                material,
+                proof,
+            },
+        );
+    }
+
+    /// Answers on the ledger every demand for its material and every inclusion challenge it
+    /// can (the fair chance the ledger gives before a `Withheld` verdict or an omission slash).
+    fn answer_ledger(&mut self, rt: &mut Runtime, dir: &Dir) {
+        let me = self.me(rt);
+        let st = &rt.ledger.state;
+        let mut txs = Vec::new();
+        let mut pushes = Vec::new();
+        let from = st.epoch.saturating_sub(4);
+        for (&epoch, leaves) in self.posted.range(from..) {
+            for (i, leaf) in leaves.iter().enumerate() {
+                let index = i as u64;
+                let key = leaf_key(&me, epoch, index);
+                let Some(d) = st.demands.get(&key) else {
+                    continue;
+                };
+                if d.answered.is_some() || self.answered.contains(&key) || self.withholds(leaf) {
+                    continue;
+                }
+                let Some(proof) = self.proof(epoch, index) else {
+                    continue;
+                };
+                self.answered.insert(key);
+                txs.push(TxBody::AnswerDemand {
+                    epoch,
+                    index,
+                    receipt: leaf.material.receipt.clone(),
+                    proof,
+                    material: material_hash(&leaf.material),
+                });
+                if let Some(&v) = dir.by_account.get(&d.verifier) {
+                    pushes.push((v, epoch, index));
+                }
+            }
+        }
+        for h in &self.served {
+            let Some(c) = st.challenges.get(h) else {
+                continue;
+            };
+            let _ = c;
+            if self.answered.contains(h) {
+                continue;
+            }
+            if let Some((epoch, index, proof)) = self.inclusion(h) {
+                self.answered.insert(*h);
+                txs.push(TxBody::AnswerInclusion {
+                    receipt: *h,
+                    epoch,
+                    index,
+                    proof,
+                });
+            }
+        }
+        for tx in txs {
+            rt.submit(self.node, tx);
+        }
+        for (v, epoch, index) in pushes {
+            self.send_material(rt, v, epoch, index);
+        }
+    }
+
+    /// Events of a new block: demands, challenges, and (the canary) its plant epochs.
+    pub fn on_block(&mut self, rt: &mut Runtime, dir: &Dir, events: &[Event]) {
+        let me = self.me(rt);
+        let mut ledger_work = false;
+        for e in events {
+            match e {
+                Event::MaterialDemanded { provider, .. }
+                | Event::InclusionChallenged { provider, .. }
+                    if *provider == me =>
+                {
+                    ledger_work = true
+                }
+                Event::EpochAdvanced { epoch, .. } => {
+                    ledger_work = true;
+                    self.open_plants(rt, dir, *epoch);
+                }
+                _ => {}
+            }
+        }
+        if ledger_work {
+            self.answer_ledger(rt, dir);
+        }
+    }
+
+    /// In a root's one plant epoch, the canary opens its plant: with a second verifier's
+    /// signed re-audit when the assigned verifier passed it, so that verifier is slashed.
+    fn open_plants(&mut self, rt: &mut Runtime, dir: &Dir, epoch: u64) {
+        let me = self.me(rt);
+        let due: Vec<(u64, u64, Hash32)> = self
+            .plants
+            .iter()
+            .filter(|(e, _, _)| {
+                Windows::of(&rt.ledger.state.params, *e).is_ok_and(|w| w.plant == epoch)
+            })
+            .copied()
+            .collect();
+        for (e, index, salt) in due {
+            let audit = rt
+                .ledger
+                .state
+                .audits
+                .get(&leaf_key(&me, e, index))
+                .cloned();
+            let passed_by = audit
+                .as_ref()
+                .filter(|a| a.revealed == Some(true))
+                .map(|a| a.verifier);
+            let confirmers: Vec<NodeId> = passed_by.map_or_else(Vec::new, |lazy| {
+                dir.verifiers
+                    .iter()
+                    .copied()
+                    .filter(|&v| {
+                        rt.accounts[v] != lazy
+                            && rt.ledger.state.verifiers.contains(&rt.accounts[v])
+                    })
+                    .collect()
+            });
+            match (self.leaf(e, index), self.proof(e, index)) {
+                (Some(leaf), Some(proof)) if !confirmers.is_empty() => {
+                    // Every other verifier re-audits; the first signature opens the plant.
+                    for v in confirmers {
+                        let material = Box::new((leaf.material.clone(), proof.clone()));
+                        rt.send(
+                            self.node,
+                            v,
+                            Msg::PlantConfirmReq {
+                                epoch: e,
+                                index,
+                                material,
+                            },
+                        );
+                    }
+                }
+                _ => self.reveal_plant(rt, e, index, salt),
+            }
+        }
+    }
+
+    fn reveal_plant(&mut self, rt: &mut Runtime, epoch: u64, index: u64, salt: Hash32) {
+        let me = self.me(rt);
+        self.plants
+            .retain(|(pe, pi, _)| !(*pe == epoch && *pi == index));
+        rt.submit(
+            self.node,
+            TxBody::RevealPlant {
+                provider: me,
+                epoch,
+                index,
+                salt,
+                confirmation: None,
+            },
+        );
     }
 
     /// The checks an honest provider makes before serving (the rules of issue 13 item 4 as
@@ -227,7 +435,10 @@ impl Provider {
             rt.send(self.node, from, Msg::Refused { id: req.id });
             return;
         }
-        let planted = self.kind == ProviderKind::Canary && self.rng.chance_ppm(k.plant_ppm);
+        // One plant per root: at most one planted answer among those its next root holds.
+        let planted = self.kind == ProviderKind::Canary
+            && !self.pending.iter().any(|l| l.cheated)
+            && self.rng.chance_ppm(k.plant_ppm);
         let cheat = planted || (self.kind.byzantine() && self.rng.chance_ppm(self.cheat_ppm));
         let model = if cheat {
             model::cheap_model()
@@ -255,6 +466,7 @@ impl Provider {
         *self.owed_micros.entry(req.channel).or_insert(0) += honest_cost;
         let receipt = Receipt {
             chain_id: rt.ledger.state.chain_id,
+            epoch: rt.ledger.state.epoch,
             request_id: req.id,
             provider: self.me(rt),
             payer: rt.accounts[from],
@@ -306,8 +518,21 @@ impl Provider {
 
     /// Near the end of each epoch: post the root of this epoch's receipts, claim vouchers, and
     /// (the canary) commit and open plants.
-    pub fn close_epoch(&mut self, rt: &mut Runtime) {
+    pub fn close_epoch(&mut self, rt: &mut Runtime, dir: &Dir) {
         rt.timer(self.node, EPOCH_MS, Timer::CloseEpoch);
+        self.answer_ledger(rt, dir);
+        let now = rt.ledger.state.epoch;
+        let unopened: Vec<(u64, u64, Hash32)> = self
+            .plants
+            .iter()
+            .filter(|(e, _, _)| {
+                Windows::of(&rt.ledger.state.params, *e).is_ok_and(|w| w.plant == now)
+            })
+            .copied()
+            .collect();
+        for (e, index, salt) in unopened {
+            self.reveal_plant(rt, e, index, salt);
+        }
         let epoch = rt.ledger.state.epoch;
         let me = self.me(rt);
         let staked = rt
@@ -330,14 +555,13 @@ impl Provider {
                 },
             );
             if self.kind == ProviderKind::Canary {
-                for (i, l) in leaves.iter().enumerate() {
-                    if l.cheated {
-                        let salt = Hash32::of(&self.rng.bytes32());
-                        let commitment =
-                            plant_commitment(rt.ledger.state.chain_id, &me, epoch, i as u64, &salt);
-                        rt.submit(self.node, TxBody::PlantFraud { commitment });
-                        self.plants.push((epoch, i as u64, salt));
-                    }
+                // One plant per root, committed before the selecting beacon.
+                if let Some(i) = leaves.iter().position(|l| l.cheated) {
+                    let salt = Hash32::of(&self.rng.bytes32());
+                    let commitment =
+                        plant_commitment(rt.ledger.state.chain_id, &me, epoch, i as u64, &salt);
+                    rt.submit(self.node, TxBody::PlantFraud { commitment });
+                    self.plants.push((epoch, i as u64, salt));
                 }
             }
             let any_cheat = leaves.iter().any(|l| l.cheated);
@@ -356,25 +580,6 @@ impl Provider {
         } else if !leaves.is_empty() {
             // Not staked: these receipts can never be posted.
             self.pending = leaves;
-        }
-        let w = rt.ledger.state.params.audit_window_epochs;
-        let due: Vec<(u64, u64, Hash32)> = self
-            .plants
-            .iter()
-            .filter(|(e, _, _)| epoch >= e + 3 + w)
-            .copied()
-            .collect();
-        self.plants.retain(|(e, _, _)| epoch < e + 3 + w);
-        for (e, index, salt) in due {
-            rt.submit(
-                self.node,
-                TxBody::RevealPlant {
-                    provider: me,
-                    epoch: e,
-                    index,
-                    salt,
-                },
-            );
         }
         for (channel, (cumulative, sig, payer)) in &self.vouchers {
             let claimed = rt
@@ -411,4 +616,9 @@ impl Provider {
 /// Whether a provider-signed receipt hash is under one of its posted roots.
 pub fn eligible(p: &Provider, receipt: &Hash32) -> bool {
     p.posted.values().flatten().any(|l| l.hash == *receipt)
+}
+
+/// What a provider commits to when it answers a demand: the hash of the material it serves.
+pub fn material_hash(m: &Material) -> Hash32 {
+    agora_core::codec::hash(b"agora/sim/material/v1", m)
 }

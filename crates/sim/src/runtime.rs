@@ -101,6 +101,43 @@ pub enum Msg {
         index: u64,
         /// What is claimed.
         claim: Claim,
+        /// The material the requester audited and its path (judged against the ledger's
+        /// root, so the requester cannot tamper with it).
+        material: Option<Box<(Material, Vec<Hash32>)>>,
+    },
+    /// Payer to provider: prove this receipt is under one of your roots.
+    InclusionReq {
+        /// The receipt's hash.
+        receipt: Hash32,
+    },
+    /// Provider to payer: the leaf and its path.
+    InclusionProof {
+        /// The receipt's hash.
+        receipt: Hash32,
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// Path.
+        proof: Vec<Hash32>,
+    },
+    /// Canary to verifier: re-audit my planted leaf and sign that it fails.
+    PlantConfirmReq {
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// The planted material and its path.
+        material: Box<(Material, Vec<Hash32>)>,
+    },
+    /// Verifier to canary: the signed plant confirmation.
+    PlantConfirmed {
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
+        /// Signature over `plant_confirmation`.
+        sig: Signature,
     },
     /// Confirmer to requester: the co-signed verdict.
     Confirmed {

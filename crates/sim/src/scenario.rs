@@ -48,7 +48,14 @@ fn withhold(_: &mut Rng) -> Setup {
 fn frame(_: &mut Rng) -> Setup {
     let mut s = Setup::default();
     s.verifiers[0] = VerifierKind::Framer;
-    // A denial of service on provider 1 while the accusation is being confirmed.
+    // A denial of service on provider 1 while the accusation is being confirmed (shorter
+    // than the time to its next root).
+    s.faults.outage = Some((1, 3, 3_500));
+    s
+}
+fn outage(_: &mut Rng) -> Setup {
+    let mut s = Setup::default();
+    // Provider 1 is down across its root for epoch 3.
     s.faults.outage = Some((1, 3, 9_000));
     s
 }
@@ -116,6 +123,10 @@ fn mixed(r: &mut Rng) -> Setup {
         ];
         let i = r.below(s.verifiers.len() as u64) as usize;
         s.verifiers[i] = vk[r.below(vk.len() as u64) as usize];
+        // Lazy verification is answered by canaries: the network runs one.
+        if s.verifiers[i] == VerifierKind::Lazy {
+            s.providers[2] = (ProviderKind::Canary, 0);
+        }
     }
     for p in s.payers.iter_mut() {
         if r.chance_ppm(250_000) {
@@ -180,6 +191,12 @@ pub const SCENARIOS: &[Scenario] = &[
         build: frame,
     },
     Scenario {
+        name: "provider-outage",
+        item: 2,
+        what: "an honest provider is down across one root deadline: answers it served late in the epoch before miss both roots they may sit under",
+        build: outage,
+    },
+    Scenario {
         name: "nonpaying-payer",
         item: 4,
         what: "payers that never sign vouchers, or close channels as soon as they may",
@@ -238,6 +255,11 @@ impl Scenario {
     /// One run.
     pub fn run(&self, seed: u64) -> RunResult {
         World::new(&self.setup(seed), seed).run()
+    }
+
+    /// One run, printing every ledger event to stderr.
+    pub fn trace(&self, seed: u64) -> RunResult {
+        World::new(&self.setup(seed), seed).run_traced(true)
     }
 }
 

@@ -10,6 +10,8 @@ use crate::rng::Rng;
 use crate::runtime::{Claim, Msg, Runtime, Timer};
 use crate::world::{Dir, Knobs};
 use agora_core::{merkle, AccountId, Amount, Hash32};
+use agora_ledger::audit::Windows;
+use agora_ledger::tx::sign_plant_confirmation;
 use agora_ledger::{audit_commitment, leaf_key, Event, TxBody};
 use agora_wire::protocol::Material;
 use agora_wire::settle::{Fault, Verdict};
@@ -51,6 +53,13 @@ struct Confirm {
     requester: NodeId,
 }
 
+/// A co-signed verdict waiting for its window.
+struct Held {
+    verdict: Verdict,
+    confirmer: AccountId,
+    sig: agora_core::Signature,
+}
+
 /// A verifier node.
 pub struct Verifier {
     /// Its node.
@@ -61,6 +70,9 @@ pub struct Verifier {
     fetching: BTreeMap<LeafId, u32>,
     commits: BTreeMap<LeafId, Commit>,
     confirming: BTreeMap<LeafId, Confirm>,
+    material: BTreeMap<LeafId, (Material, Vec<Hash32>)>,
+    demanded: BTreeMap<LeafId, bool>,
+    held: Vec<Held>,
     /// Audits it ran.
     pub audits_run: u64,
     /// Assigned leaves it judged without running the audit.
@@ -84,6 +96,9 @@ impl Verifier {
             fetching: BTreeMap::new(),
             commits: BTreeMap::new(),
             confirming: BTreeMap::new(),
+            material: BTreeMap::new(),
+            demanded: BTreeMap::new(),
+            held: Vec::new(),
             audits_run: 0,
             audits_skipped: 0,
             fees: 0,
@@ -154,6 +169,69 @@ impl Verifier {
         for r in reveals {
             rt.submit(self.node, r);
         }
+        // Verdicts land in their window, after the plants are open.
+        let params = rt.ledger.state.params.clone();
+        let mut keep = Vec::new();
+        for h in std::mem::take(&mut self.held) {
+            match Windows::of(&params, h.verdict.epoch) {
+                Ok(w) if epoch >= w.verdict.0 && epoch <= w.verdict.1 => rt.submit(
+                    self.node,
+                    TxBody::AuditVerdict {
+                        verdict: h.verdict,
+                        confirmer: h.confirmer,
+                        confirmer_sig: h.sig,
+                    },
+                ),
+                Ok(w) if epoch < w.verdict.0 => keep.push(h),
+                _ => {}
+            }
+        }
+        self.held = keep;
+        // A demand left unanswered past its deadline: a withheld-material fault to confirm.
+        let due: Vec<LeafId> = self
+            .demanded
+            .iter()
+            .filter(|(_, asked)| !**asked)
+            .map(|(id, _)| *id)
+            .filter(|id| {
+                rt.ledger
+                    .state
+                    .demands
+                    .get(&leaf_key(&id.0, id.1, id.2))
+                    .is_some_and(|d| d.answered.is_none() && epoch > d.due_epoch)
+            })
+            .collect();
+        for id in due {
+            self.demanded.insert(id, true);
+            self.send_confirm(rt, dir, id, Claim::Withheld);
+        }
+        // A failure nobody confirmed yet: ask another verifier, while verdicts may still land.
+        let me = self.me(rt);
+        let retry: Vec<LeafId> = self
+            .commits
+            .iter()
+            .filter(|(id, c)| {
+                let key = leaf_key(&id.0, id.1, id.2);
+                !c.passed
+                    && c.revealed
+                    && !rt.ledger.state.judged.contains(&key)
+                    && rt
+                        .ledger
+                        .state
+                        .audits
+                        .get(&key)
+                        .is_some_and(|a| a.verifier == me && a.revealed == Some(false))
+                    && !self
+                        .held
+                        .iter()
+                        .any(|h| (h.verdict.provider, h.verdict.epoch, h.verdict.index) == **id)
+                    && Windows::of(&params, id.1).is_ok_and(|w| epoch < w.verdict.1)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in retry {
+            self.ask_confirm_all(rt, dir, id);
+        }
         // Audit the leaves of last epoch's roots the ledger assigns to it.
         let Some(root_epoch) = epoch.checked_sub(1) else {
             return;
@@ -183,11 +261,22 @@ impl Verifier {
                     }
                     VerifierKind::AlwaysFail => {
                         self.audits_skipped += 1;
-                        self.commit(rt, chain, id, false, Claim::Withheld);
+                        self.commit(rt, chain, id, false, Claim::Fraud);
                     }
                     VerifierKind::Framer if honest_target => {
+                        // Accuse, and demand the material on the ledger hoping the provider
+                        // cannot answer in time.
                         self.audits_skipped += 1;
                         self.commit(rt, chain, id, false, Claim::Withheld);
+                        rt.submit(
+                            self.node,
+                            TxBody::DemandMaterial {
+                                provider: id.0,
+                                epoch: id.1,
+                                index: id.2,
+                            },
+                        );
+                        self.demanded.insert(id, false);
                     }
                     _ => self.fetch(rt, dir, id, 0, false),
                 }
@@ -278,28 +367,40 @@ impl Verifier {
                     self.audits_run += 1;
                     match outcome {
                         Audit::Pass => self.commit(rt, chain, id, true, Claim::Fraud),
-                        Audit::Fail => self.commit(rt, chain, id, false, Claim::Fraud),
+                        Audit::Fail => {
+                            self.material.insert(id, (*material.clone(), proof.clone()));
+                            self.commit(rt, chain, id, false, Claim::Fraud)
+                        }
                         // The provider's own signed receipt under its own root, with material
-                        // that does not match it: as good as withheld.
-                        Audit::CannotJudge => self.commit(rt, chain, id, false, Claim::Withheld),
+                        // that does not match it: demand it on the ledger.
+                        Audit::CannotJudge => self.demand(rt, id),
                     }
                 }
                 if let Some(c) = self.confirming.remove(&id) {
                     self.audits_run += 1;
-                    let fault = match outcome {
-                        Audit::Pass => return,
-                        Audit::Fail => {
-                            let r = &material.receipt.receipt;
-                            Fault::Fraud {
-                                receipt: material.receipt.hash(),
-                                proof,
-                                channel: r.channel,
-                                refund: model::amount_of(r.cost_micros),
-                            }
-                        }
-                        Audit::CannotJudge => Fault::Withheld,
-                    };
-                    self.cosign(rt, c.requester, id, fault);
+                    if outcome == Audit::Fail {
+                        let fault = Fault::Fraud {
+                            receipt: material.receipt.clone(),
+                            proof,
+                        };
+                        self.cosign(rt, c.requester, id, fault);
+                    }
+                }
+            }
+            Msg::PlantConfirmReq {
+                epoch,
+                index,
+                material,
+            } => {
+                let id = (rt.accounts[from], epoch, index);
+                let (m, proof) = *material;
+                if self.kind == VerifierKind::Honest
+                    && Self::judge(rt, k, id, &m, &proof) == Some(Audit::Fail)
+                {
+                    self.audits_run += 1;
+                    let sig =
+                        sign_plant_confirmation(&rt.keys[self.node], chain, &id.0, epoch, index);
+                    rt.send(self.node, from, Msg::PlantConfirmed { epoch, index, sig });
                 }
             }
             Msg::ConfirmReq {
@@ -307,40 +408,106 @@ impl Verifier {
                 epoch,
                 index,
                 claim,
+                material,
             } => {
                 let id = (provider, epoch, index);
-                // Only a failure its requester revealed on the ledger is worth a re-check.
                 let key = leaf_key(&provider, epoch, index);
-                let revealed_failed =
-                    rt.ledger.state.audits.get(&key).is_some_and(|a| {
-                        a.verifier == rt.accounts[from] && a.revealed == Some(false)
-                    });
-                if !revealed_failed || rt.ledger.state.judged.contains(&key) {
+                let requester = rt.accounts[from];
+                let st = &rt.ledger.state;
+                if st.judged.contains(&key) {
                     return;
                 }
-                match self.kind {
-                    VerifierKind::Framer => {
-                        let fault = match claim {
-                            Claim::Withheld | Claim::Fraud => Fault::Withheld,
-                        };
-                        self.cosign(rt, from, id, fault);
+                if self.kind == VerifierKind::Framer {
+                    let fault = match (claim, material) {
+                        (Claim::Fraud, Some(m)) => Fault::Fraud {
+                            receipt: m.0.receipt.clone(),
+                            proof: m.1.clone(),
+                        },
+                        _ => Fault::Withheld,
+                    };
+                    self.cosign(rt, from, id, fault);
+                    return;
+                }
+                if self.kind != VerifierKind::Honest {
+                    return;
+                }
+                match claim {
+                    // Only what the ledger shows: a demand by the requester, unanswered, due.
+                    Claim::Withheld => {
+                        let unanswered = st.demands.get(&key).is_some_and(|d| {
+                            d.verifier == requester
+                                && d.answered.is_none()
+                                && st.epoch > d.due_epoch
+                        });
+                        if unanswered {
+                            self.cosign(rt, from, id, Fault::Withheld);
+                        }
                     }
-                    VerifierKind::Honest => {
+                    Claim::Fraud => {
+                        // Only a failure its requester revealed on the ledger is worth a re-check.
+                        let revealed_failed = st
+                            .audits
+                            .get(&key)
+                            .is_some_and(|a| a.verifier == requester && a.revealed == Some(false));
+                        if !revealed_failed {
+                            return;
+                        }
+                        if let Some(m) = material {
+                            let (m, proof) = *m;
+                            match Self::judge(rt, k, id, &m, &proof) {
+                                Some(Audit::Fail) => {
+                                    self.audits_run += 1;
+                                    let fault = Fault::Fraud {
+                                        receipt: m.receipt.clone(),
+                                        proof,
+                                    };
+                                    self.cosign(rt, from, id, fault);
+                                }
+                                Some(_) => self.audits_run += 1,
+                                None => {}
+                            }
+                            return;
+                        }
                         self.confirming.insert(id, Confirm { requester: from });
                         self.fetch(rt, dir, id, 0, true);
                     }
-                    _ => {}
                 }
             }
             Msg::Confirmed { verdict, sig } => {
-                rt.submit(
-                    self.node,
-                    TxBody::AuditVerdict {
+                let dup = self.held.iter().any(|h| {
+                    (h.verdict.provider, h.verdict.epoch, h.verdict.index)
+                        == (verdict.provider, verdict.epoch, verdict.index)
+                });
+                if !dup {
+                    let open = Windows::of(&rt.ledger.state.params, verdict.epoch).is_ok_and(|w| {
+                        (w.verdict.0..=w.verdict.1).contains(&rt.ledger.state.epoch)
+                    });
+                    let held = Held {
                         verdict: *verdict,
                         confirmer: rt.accounts[from],
-                        confirmer_sig: sig,
-                    },
-                );
+                        sig,
+                    };
+                    if open {
+                        rt.submit(
+                            self.node,
+                            TxBody::AuditVerdict {
+                                verdict: held.verdict.clone(),
+                                confirmer: held.confirmer,
+                                confirmer_sig: held.sig,
+                            },
+                        );
+                        // Kept so a duplicate confirmation is not submitted twice.
+                        self.held.push(Held {
+                            verdict: Verdict {
+                                epoch: u64::MAX,
+                                ..held.verdict
+                            },
+                            ..held
+                        });
+                    } else {
+                        self.held.push(held);
+                    }
+                }
             }
             _ => {}
         }
@@ -369,6 +536,42 @@ impl Verifier {
         let Some(c) = self.commits.get(&id) else {
             return;
         };
+        let claim = c.claim.clone();
+        self.send_confirm(rt, dir, id, claim);
+    }
+
+    /// Asks every other verifier at once (a silent one cannot make the failure expire).
+    fn ask_confirm_all(&mut self, rt: &mut Runtime, dir: &Dir, id: LeafId) {
+        let Some(c) = self.commits.get(&id) else {
+            return;
+        };
+        let claim = c.claim.clone();
+        let me = self.me(rt);
+        let others: Vec<NodeId> = rt
+            .ledger
+            .state
+            .verifiers
+            .iter()
+            .filter(|v| **v != me && **v != id.0)
+            .filter_map(|v| dir.by_account.get(v).copied())
+            .collect();
+        let material = self.material.get(&id).cloned().map(Box::new);
+        for to in others {
+            rt.send(
+                self.node,
+                to,
+                Msg::ConfirmReq {
+                    provider: id.0,
+                    epoch: id.1,
+                    index: id.2,
+                    claim: claim.clone(),
+                    material: material.clone(),
+                },
+            );
+        }
+    }
+
+    fn send_confirm(&mut self, rt: &mut Runtime, dir: &Dir, id: LeafId, claim: Claim) {
         let me = self.me(rt);
         let others: Vec<NodeId> = rt
             .ledger
@@ -382,7 +585,7 @@ impl Verifier {
             return;
         }
         let to = others[self.rng.below(others.len() as u64) as usize];
-        let claim = c.claim.clone();
+        let material = self.material.get(&id).cloned().map(Box::new);
         rt.send(
             self.node,
             to,
@@ -391,11 +594,33 @@ impl Verifier {
                 epoch: id.1,
                 index: id.2,
                 claim,
+                material,
             },
         );
     }
 
-    /// A fetch timed out: try again, then judge it withheld.
+    /// Asks for the material on the ledger (in the commit window) and keeps trying to fetch.
+    fn demand(&mut self, rt: &mut Runtime, id: LeafId) {
+        if self.demanded.contains_key(&id) {
+            return;
+        }
+        let in_window = Windows::of(&rt.ledger.state.params, id.1)
+            .is_ok_and(|w| rt.ledger.state.epoch <= w.commit.1);
+        if in_window {
+            rt.submit(
+                self.node,
+                TxBody::DemandMaterial {
+                    provider: id.0,
+                    epoch: id.1,
+                    index: id.2,
+                },
+            );
+            self.demanded.insert(id, false);
+        }
+    }
+
+    /// A fetch timed out: try again; after the last try, demand the material on the ledger
+    /// and keep fetching while the commit window is open.
     pub fn on_timeout(
         &mut self,
         rt: &mut Runtime,
@@ -404,7 +629,6 @@ impl Verifier {
         attempt: u32,
         confirm: bool,
     ) {
-        let chain = rt.ledger.state.chain_id;
         let pending = if confirm {
             self.confirming.contains_key(&id)
         } else {
@@ -413,19 +637,24 @@ impl Verifier {
         if !pending {
             return;
         }
-        if attempt + 1 < FETCH_ATTEMPTS {
-            self.fetch(rt, dir, id, attempt + 1, confirm);
+        if confirm {
+            if attempt + 1 < FETCH_ATTEMPTS {
+                self.fetch(rt, dir, id, attempt + 1, true);
+            } else {
+                // "I cannot judge" is never "guilty": decline.
+                self.confirming.remove(&id);
+            }
             return;
         }
-        if confirm {
-            // Today's confirmer: material it could not get is confirmed as withheld (the
-            // provider had no on-ledger chance to answer; issue 13 item 3).
-            if let Some(c) = self.confirming.remove(&id) {
-                self.cosign(rt, c.requester, id, Fault::Withheld);
-            }
+        if attempt + 1 >= FETCH_ATTEMPTS {
+            self.demand(rt, id);
+        }
+        let open = Windows::of(&rt.ledger.state.params, id.1)
+            .is_ok_and(|w| rt.ledger.state.epoch <= w.commit.1);
+        if open {
+            self.fetch(rt, dir, id, attempt + 1, false);
         } else {
             self.fetching.remove(&id);
-            self.commit(rt, chain, id, false, Claim::Withheld);
         }
     }
 }

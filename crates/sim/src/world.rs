@@ -55,13 +55,13 @@ impl Default for Knobs {
             verifier_stake: 10_000,
             deposit: 2_000,
             channel_epochs: 32,
-            claim_margin_epochs: 3,
+            claim_margin_epochs: 0,
             max_tokens: 64,
             audit_cost: 1,
             cheat_saving_ppm: 500_000,
             plant_ppm: 100_000,
             traffic_epochs: 3,
-            total_epochs: 9,
+            total_epochs: 11,
             request_gap_ms: (600, 1_400),
         }
     }
@@ -321,17 +321,8 @@ impl World {
         for (i, k) in keys.iter().enumerate() {
             dir.by_account.insert(k.account(), i);
         }
-        let mut params = setup.params.clone();
-        if let Some(p) = planter {
-            params.planter = Some(keys[p].account());
-        } else if let Some((i, _)) = setup
-            .providers
-            .iter()
-            .enumerate()
-            .find(|(_, (k, _))| *k == ProviderKind::Canary)
-        {
-            params.planter = Some(keys[dir.providers[i]].account());
-        }
+        let params = setup.params.clone();
+        let _ = planter;
         let genesis = Genesis {
             chain_id: CHAIN,
             sequencer: keys[0].account(),
@@ -474,7 +465,12 @@ impl World {
     }
 
     /// Runs to the end and reports.
-    pub fn run(mut self) -> RunResult {
+    pub fn run(self) -> RunResult {
+        self.run_traced(false)
+    }
+
+    /// Runs to the end; with `trace`, prints every ledger event and refusal to stderr.
+    pub fn run_traced(mut self, trace: bool) -> RunResult {
         let k = self.knobs.clone();
         for p in &self.providers {
             p.start(&mut self.rt, &k);
@@ -493,12 +489,15 @@ impl World {
         self.rt.at(BLOCK_MS, Ev::Block);
         let end = k.total_epochs * EPOCH_MS + 1;
         while let Some(ev) = self.rt.pop(end) {
-            self.step(ev);
+            self.step(ev, trace);
+        }
+        if trace {
+            eprintln!("refused: {:?}", self.rt.rejected);
         }
         self.finish()
     }
 
-    fn step(&mut self, ev: Ev) {
+    fn step(&mut self, ev: Ev, trace: bool) {
         let k = &self.knobs;
         match ev {
             Ev::Block => {
@@ -506,14 +505,48 @@ impl World {
                 if height.is_multiple_of(crate::runtime::EPOCH_BLOCKS) {
                     // The set as it stood before the next beacon was known.
                     let e = self.rt.ledger.state.epoch;
-                    let set = self.rt.ledger.state.verifiers.iter().copied().collect();
+                    let set = self
+                        .rt
+                        .ledger
+                        .state
+                        .verifier_set_at(e)
+                        .map(|s| s.iter().copied().collect())
+                        .unwrap_or_default();
                     self.frozen.insert(e, set);
                 }
                 let events = self.rt.build_block();
+                if trace {
+                    let names: BTreeMap<AccountId, String> = self
+                        .dir
+                        .by_account
+                        .iter()
+                        .map(|(a, n)| (*a, self.rt.net.names[*n].clone()))
+                        .collect();
+                    for e in &events {
+                        let mut line = format!("{e:?}");
+                        for (a, n) in &names {
+                            line = line.replace(&format!("{a:?}"), n);
+                        }
+                        eprintln!(
+                            "t={} epoch={} {line}",
+                            self.rt.now, self.rt.ledger.state.epoch
+                        );
+                    }
+                }
                 self.check_assignments(&events);
                 for v in self.verifiers.iter_mut() {
                     if self.rt.net.is_up(v.node) {
                         v.on_block(&mut self.rt, &self.dir, &events);
+                    }
+                }
+                for p in self.providers.iter_mut() {
+                    if self.rt.net.is_up(p.node) {
+                        p.on_block(&mut self.rt, &self.dir, &events);
+                    }
+                }
+                for p in self.payers.iter_mut() {
+                    if self.rt.net.is_up(p.node) {
+                        p.on_block(&mut self.rt, &events);
                     }
                 }
                 self.rt.at(self.rt.now + BLOCK_MS, Ev::Block);
@@ -567,7 +600,7 @@ impl World {
         }
         match (self.roles.get(node).copied(), timer) {
             (Some(Role::Provider(i)), Timer::CloseEpoch) => {
-                self.providers[i].close_epoch(&mut self.rt)
+                self.providers[i].close_epoch(&mut self.rt, &self.dir)
             }
             (Some(Role::Payer(i)), Timer::NextRequest) => {
                 self.payers[i].next_request(&mut self.rt, k, &self.dir)
@@ -639,6 +672,15 @@ impl World {
                     slashed,
                     ..
                 } => Some((*v, slashed.units())),
+                Event::OmissionSlashed {
+                    provider, amount, ..
+                } => {
+                    slashes += 1;
+                    Some((*provider, amount.units()))
+                }
+                Event::FalseAlarm {
+                    verifier, slashed, ..
+                } => Some((*verifier, slashed.units())),
                 _ => None,
             };
             if let Some((who, amount)) = hit {
@@ -670,12 +712,22 @@ impl World {
         if overcharge > 0 {
             violations.push(format!("honest payers overcharged {overcharge}"));
         }
-        // Every paid answer is audit-eligible: its receipt is under a posted root.
+        // Every paid answer is audit-eligible: its receipt is under a posted root, or leaving
+        // it out cost the provider its slash.
+        let omissions: BTreeSet<Hash32> = self
+            .rt
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::OmissionSlashed { receipt, .. } => Some(*receipt),
+                _ => None,
+            })
+            .collect();
         let mut missing = 0u64;
         for p in &self.payers {
             for (pn, h) in &p.paid {
                 if let Some(Role::Provider(i)) = self.roles.get(*pn).copied() {
-                    if !eligible(&self.providers[i], h) {
+                    if !eligible(&self.providers[i], h) && !omissions.contains(h) {
                         missing += 1;
                     }
                 }
@@ -693,6 +745,42 @@ impl World {
         for pr in &self.providers {
             if pr.replays_served > 0 {
                 violations.push(format!("{} replayed requests served", pr.replays_served));
+            }
+        }
+        // What an honest verifier in the same seat would also have earned: bounties on leaves
+        // that really were cheated, and the bonds of plants it caught.
+        let cheated: BTreeSet<(AccountId, u64, u64)> = self
+            .providers
+            .iter()
+            .flat_map(|p| {
+                let a = self.rt.accounts[p.node];
+                p.posted.iter().flat_map(move |(e, ls)| {
+                    ls.iter()
+                        .enumerate()
+                        .filter(|(_, l)| l.cheated)
+                        .map(move |(i, _)| (a, *e, i as u64))
+                })
+            })
+            .collect();
+        let mut earned: BTreeMap<AccountId, u128> = BTreeMap::new();
+        for e in &self.rt.events {
+            match e {
+                Event::Slashed {
+                    provider,
+                    epoch,
+                    index,
+                    verifier,
+                    bounty,
+                    ..
+                } if cheated.contains(&(*provider, *epoch, *index)) => {
+                    *earned.entry(*verifier).or_insert(0) += bounty.units();
+                }
+                Event::PlantRevealed {
+                    caught: Some(v), ..
+                } => {
+                    *earned.entry(*v).or_insert(0) += st.params.plant_bond.units();
+                }
+                _ => {}
             }
         }
         // Gains over honest behaviour, per attacker node.
@@ -723,7 +811,8 @@ impl World {
                 }
                 Role::Verifier(i) => {
                     let v = &self.verifiers[i];
-                    delta - v.fees as i128
+                    let legit = earned.get(&self.rt.accounts[n]).copied().unwrap_or(0);
+                    delta - v.fees as i128 - legit as i128
                         + (v.audits_skipped as i128) * self.knobs.audit_cost as i128
                 }
                 _ => delta,

@@ -16,6 +16,7 @@ fn material(model_used: agora_core::Hash32, prompt_tokens: u32, n_shift: u32) ->
     let price = Amount::new(100_000);
     let receipt = Receipt {
         chain_id: 1,
+        epoch: 0,
         request_id: [1; 16],
         provider: key.account(),
         payer: key.account(),
@@ -68,14 +69,22 @@ fn modelled_audit_passes_honest_and_fails_cheats() {
         model::audit(&material(model::real_model(), 20, 1), 64),
         Audit::Fail
     );
-    // Claiming more prompt tokens than the prompt has: the material does not hold together.
+    // Charging more prompt tokens than the committed prompt has is a fraud.
     assert_eq!(
         model::audit(&material(model::real_model(), 80, 0), 64),
-        Audit::CannotJudge
+        Audit::Fail
     );
+    // Material that is not what the receipt commits to cannot be judged.
     let mut tampered = material(model::real_model(), 20, 0);
-    tampered.receipt.receipt.output_tokens += 1;
+    tampered.output.push(1);
     assert_eq!(model::audit(&tampered, 64), Audit::CannotJudge);
+    let mut forged = material(model::real_model(), 20, 0);
+    forged.receipt.receipt.output_tokens += 1;
+    assert_eq!(
+        model::audit(&forged, 64),
+        Audit::CannotJudge,
+        "bad signature"
+    );
 }
 
 #[test]
