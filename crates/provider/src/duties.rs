@@ -176,7 +176,7 @@ impl Duties {
         let log = self.log.log();
         let body = match duty {
             Duty::Demand { epoch, index } => {
-                let (material, proof) =
+                let (material, proof, _next) =
                     log.material(*epoch, *index)?
                         .ok_or(DutyError::MissingLeaf {
                             epoch: *epoch,
