@@ -7,6 +7,7 @@
 pub mod channels;
 pub mod stakes;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,6 +112,8 @@ pub struct Broker {
     book: Arc<Mutex<OfferBook>>,
     channels: Channels,
     stakes: Stakes,
+    /// The ledger's current epoch, as `follow_ledger` last saw it.
+    epoch: Arc<AtomicU64>,
 }
 
 impl Broker {
@@ -135,7 +138,21 @@ impl Broker {
             banned.clone(),
             stakes.clone(),
         ));
-        tokio::spawn(follow_ledger(ledger.clone(), book.clone(), banned.clone()));
+        // The ledger epoch receipts are checked against: read once now, then followed.
+        let status = {
+            let l = ledger.clone();
+            tokio::task::spawn_blocking(move || l.status()).await
+        };
+        let epoch = Arc::new(AtomicU64::new(match status {
+            Ok(Ok(s)) => s.epoch,
+            _ => 0,
+        }));
+        tokio::spawn(follow_ledger(
+            ledger.clone(),
+            book.clone(),
+            banned.clone(),
+            epoch.clone(),
+        ));
         let channels = match &cfg.channel_store {
             Some(path) => {
                 let store = channels::ChannelStore::open(path)
@@ -165,6 +182,7 @@ impl Broker {
             book,
             channels,
             stakes,
+            epoch,
         }))
     }
 
@@ -243,6 +261,7 @@ impl Broker {
             render: known.map(|m| (m, TextRenderer::new(&job.stop))),
             max_tokens: job.max_tokens,
             client_gone: false,
+            epoch: self.epoch.load(Ordering::Relaxed),
         };
         let mut receipts = Vec::new();
         // Providers that failed this answer are not asked again; busy ones are, after a pause.
@@ -603,7 +622,13 @@ where
                 if !accepted {
                     return Err(failed(format!("provider {provider} finished unasked")));
                 }
-                let paid = match check_receipt(&receipt, req, &answer.delivered, answer.prompt) {
+                let paid = match check_receipt(
+                    &receipt,
+                    req,
+                    &answer.delivered,
+                    answer.prompt,
+                    answer.epoch,
+                ) {
                     Ok(p) => p,
                     Err(m) => {
                         return Err(failed(format!(
@@ -666,6 +691,8 @@ struct Answer {
     /// The client went away; the answer still runs to its receipt so the provider is paid
     /// for what it served.
     client_gone: bool,
+    /// The ledger epoch when the answer started: a receipt must name it or a neighbour.
+    epoch: u64,
 }
 
 impl Answer {
@@ -856,9 +883,16 @@ fn check_receipt(
     req: &InferenceRequest,
     delivered: &[u32],
     prompt: PromptCount,
+    epoch: u64,
 ) -> Result<u128, &'static str> {
     receipt.verify().map_err(|_| "signature")?;
     let r = &receipt.receipt;
+    // The receipt must land in a root the payer can still challenge (the ledger's inclusion
+    // window runs from the receipt's epoch): an epoch long past or far ahead would dodge it.
+    // One epoch of slack either way covers a boundary crossed while the answer streamed.
+    if r.epoch.saturating_add(1) < epoch || r.epoch > epoch.saturating_add(1) {
+        return Err("receipt names an epoch other than the ledger's");
+    }
     if r.chain_id != req.chain_id
         || r.provider != req.provider
         || r.payer != req.payer
@@ -998,6 +1032,7 @@ async fn follow_ledger(
     ledger: Client,
     book: Arc<Mutex<OfferBook>>,
     banned: Arc<Mutex<std::collections::HashSet<AccountId>>>,
+    epoch: Arc<AtomicU64>,
 ) {
     let mut from = 0u64;
     let mut audits: std::collections::HashMap<AccountId, (u64, u64)> = Default::default();
@@ -1015,6 +1050,9 @@ async fn follow_ledger(
             from = from.max(block.height + 1);
             for tx in &block.txs {
                 for ev in &tx.events {
+                    if let agora_ledger::Event::EpochAdvanced { epoch: e, .. } = ev {
+                        epoch.fetch_max(*e, Ordering::Relaxed);
+                    }
                     if let agora_ledger::Event::AuditRevealed {
                         provider, passed, ..
                     } = ev

@@ -114,6 +114,7 @@ fn answer(
         render: render.map(|m| (m, TextRenderer::new(&req.stop))),
         max_tokens: req.max_tokens,
         client_gone: false,
+        epoch: 0,
     };
     (a, first_rx)
 }
@@ -260,6 +261,33 @@ async fn overclaimed_prompt_in_the_receipt_alone_is_not_paid() {
     let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
     let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
     assert!(matches!(got, Err(Outcome::Failed(_))));
+}
+
+#[tokio::test]
+async fn receipt_naming_an_epoch_out_of_the_challenge_window_is_not_paid() {
+    // A receipt for an epoch long past (or far ahead) could never be challenged for
+    // missing from the provider's roots: the payer refuses it. A neighbouring epoch is fine.
+    let m = model();
+    let req = request(vec![], 4);
+    let ids = chat_ids(&m);
+    let out = m.tokenizer.encode(" or").expect("enc");
+    for (named, paid) in [
+        (0u64, false),
+        (8, false),
+        (9, true),
+        (10, true),
+        (11, true),
+        (50, false),
+    ] {
+        let mut r = receipt(&req, &ids, ids.len() as u32, &out, None).receipt;
+        r.epoch = named;
+        let r = r.sign(&provider());
+        let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
+        let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
+        a.epoch = 10;
+        let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
+        assert_eq!(got.is_ok(), paid, "receipt for epoch {named} at epoch 10");
+    }
 }
 
 #[tokio::test]
