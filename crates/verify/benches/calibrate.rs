@@ -572,6 +572,9 @@ const SMOLLM2_LONGEST: usize = 2048;
 /// at end of text (so every length is reached), each generated on one thread count and
 /// audited on the other. Stops starting new answers after `AGORA_CALIBRATE_SECONDS`.
 fn smollm2_run(path: &Path, n: usize, budget_s: f64, out_path: &Path) {
+    if let Some(dir) = out_path.parent() {
+        std::fs::create_dir_all(dir).expect("the output directory");
+    }
     let model = load(path, None);
     let pool = |threads| {
         rayon::ThreadPoolBuilder::new()
