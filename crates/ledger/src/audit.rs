@@ -580,10 +580,10 @@ impl State {
         // One epoch, after every reveal and before any verdict: the root's epoch is past.
         let at = Windows::of(&self.params, epoch)?.plant;
         self.window("the plant reveal", at, at)?;
-        if !self
+        if self
             .roots
             .get(&(provider, epoch))
-            .is_some_and(|r| index < r.receipts)
+            .is_none_or(|r| index >= r.receipts)
         {
             return Err(TxError::BadReveal);
         }

@@ -70,6 +70,33 @@ enum Op {
     Advance {
         who: usize,
     },
+    /// The payer `who` challenges a leaf's receipt (or, `omitted`, a receipt of the same epoch
+    /// that is under no root).
+    Challenge {
+        who: usize,
+        root: usize,
+        leaf: usize,
+        omitted: bool,
+    },
+    /// The provider proves a leaf's inclusion.
+    AnswerInclusion {
+        root: usize,
+        leaf: usize,
+    },
+    /// The assigned verifier (or `who`) demands a leaf's material; or the provider answers.
+    Demand {
+        who: usize,
+        root: usize,
+        leaf: usize,
+        answer: bool,
+    },
+    /// `who` commits a plant at a leaf; or the provider opens it (confirmed by `who`).
+    Plant {
+        who: usize,
+        root: usize,
+        leaf: usize,
+        open: bool,
+    },
     /// 0: wrong chain, 1: future nonce, 2: stale nonce, 3: signed by another key.
     Corrupt {
         how: u8,
@@ -104,6 +131,13 @@ fn plain_op() -> impl Strategy<Value = Op> {
         3 => (who(), any::<usize>(), any::<usize>(), any::<bool>(), any::<bool>())
             .prop_map(|(who, root, leaf, reveal, passed)| Op::Audit { who, root, leaf, reveal, passed }),
         2 => prop_oneof![4 => Just(0usize), 1 => who()].prop_map(|who| Op::Advance { who }),
+        2 => (who(), any::<usize>(), any::<usize>(), any::<bool>())
+            .prop_map(|(who, root, leaf, omitted)| Op::Challenge { who, root, leaf, omitted }),
+        1 => (any::<usize>(), any::<usize>()).prop_map(|(root, leaf)| Op::AnswerInclusion { root, leaf }),
+        2 => (who(), any::<usize>(), any::<usize>(), any::<bool>())
+            .prop_map(|(who, root, leaf, answer)| Op::Demand { who, root, leaf, answer }),
+        2 => (who(), any::<usize>(), any::<usize>(), any::<bool>())
+            .prop_map(|(who, root, leaf, open)| Op::Plant { who, root, leaf, open }),
         2 => Just(Op::Seal),
     ]
 }
@@ -145,6 +179,20 @@ fn leaves(
             )
         })
         .collect()
+}
+
+/// A posted root (or a made-up one when none is): (provider index, epoch, receipts).
+fn pick_root(
+    l: &Ledger,
+    k: &[Keypair],
+    roots: &Roots,
+    root: usize,
+) -> (usize, u64, Vec<agora_wire::SignedReceipt>) {
+    if roots.is_empty() {
+        (1, 0, leaves(l, k, 1, 0, 1))
+    } else {
+        roots[root % roots.len()].clone()
+    }
 }
 
 fn hashes(r: &[agora_wire::SignedReceipt]) -> Vec<Hash32> {
@@ -354,6 +402,106 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
             sign(by, body)
         }
         Op::Advance { who } => sign(*who, TxBody::AdvanceEpoch),
+        Op::Challenge {
+            who,
+            root,
+            leaf,
+            omitted,
+        } => {
+            let (provider, epoch, ls) = pick_root(l, k, roots, *root);
+            let index = leaf % ls.len();
+            let receipt = if *omitted {
+                let channel = ls[index].receipt.channel;
+                crate::common::receipt_at(&k[provider], &k[0], channel, 3, 200, epoch)
+            } else {
+                ls[index].clone()
+            };
+            sign(*who, TxBody::ChallengeInclusion { receipt })
+        }
+        Op::AnswerInclusion { root, leaf } => {
+            let (provider, epoch, ls) = pick_root(l, k, roots, *root);
+            let index = leaf % ls.len();
+            sign(
+                provider,
+                TxBody::AnswerInclusion {
+                    receipt: ls[index].hash(),
+                    epoch,
+                    index: index as u64,
+                    proof: merkle::proof(&hashes(&ls), index).unwrap_or_default(),
+                },
+            )
+        }
+        Op::Demand {
+            who,
+            root,
+            leaf,
+            answer,
+        } => {
+            let (provider, epoch, ls) = pick_root(l, k, roots, *root);
+            let index = leaf % ls.len();
+            if *answer {
+                sign(
+                    provider,
+                    TxBody::AnswerDemand {
+                        epoch,
+                        index: index as u64,
+                        receipt: ls[index].clone(),
+                        proof: merkle::proof(&hashes(&ls), index).unwrap_or_default(),
+                        material: Hash32::of(b"material"),
+                    },
+                )
+            } else {
+                let p = k[provider].account();
+                let by = l
+                    .state
+                    .leaf_assignee(&p, epoch, index as u64)
+                    .and_then(|v| k.iter().position(|key| key.account() == v))
+                    .unwrap_or(*who);
+                sign(
+                    by,
+                    TxBody::DemandMaterial {
+                        provider: p,
+                        epoch,
+                        index: index as u64,
+                    },
+                )
+            }
+        }
+        Op::Plant {
+            who,
+            root,
+            leaf,
+            open,
+        } => {
+            let (provider, epoch, ls) = pick_root(l, k, roots, *root);
+            let index = (leaf % ls.len()) as u64;
+            let p = k[provider].account();
+            let salt = Hash32::of(b"props plant");
+            if *open {
+                sign(
+                    provider,
+                    TxBody::RevealPlant {
+                        provider: p,
+                        epoch,
+                        index,
+                        salt,
+                        confirmation: Some((
+                            k[*who].account(),
+                            agora_ledger::sign_plant_confirmation(
+                                &k[*who], CHAIN, &p, epoch, index,
+                            ),
+                        )),
+                    },
+                )
+            } else {
+                sign(
+                    *who,
+                    TxBody::PlantFraud {
+                        commitment: agora_ledger::plant_commitment(CHAIN, &p, epoch, index, &salt),
+                    },
+                )
+            }
+        }
         Op::Corrupt { how, op } => {
             let t = build(l, k, roots, op)?;
             let from = k

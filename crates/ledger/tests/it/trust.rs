@@ -363,7 +363,7 @@ fn a_receipt_left_out_of_the_roots_is_slashed_and_an_included_one_costs_the_chal
             },
         )
     };
-    ok!(l, &post(&l, R, &[other.clone()]));
+    ok!(l, &post(&l, R, std::slice::from_ref(&other)));
     advance(&mut l, &k[0], 1);
     let late_root = [other.clone(), kept.clone()];
     ok!(l, &post(&l, R + 1, &late_root));
