@@ -519,7 +519,18 @@ impl Provider {
     /// Near the end of each epoch: post the root of this epoch's receipts, claim vouchers, and
     /// (the canary) commit and open plants.
     pub fn close_epoch(&mut self, rt: &mut Runtime, dir: &Dir) {
-        rt.timer(self.node, EPOCH_MS, Timer::CloseEpoch);
+        // Anchored to the epoch, so a retry after a crash does not shift later closes.
+        let into = rt.now % EPOCH_MS;
+        let next_close = rt.now - into + EPOCH_MS + (EPOCH_MS - 900);
+        rt.at(
+            next_close,
+            crate::runtime::Ev::Timer {
+                node: self.node,
+                timer: Timer::CloseEpoch,
+            },
+        );
+        // Too late in the epoch for the root to land before the epoch advances.
+        let late = into > EPOCH_MS - 600;
         self.answer_ledger(rt, dir);
         let now = rt.ledger.state.epoch;
         let unopened: Vec<(u64, u64, Hash32)> = self
@@ -544,7 +555,9 @@ impl Provider {
             .into_iter()
             .filter(|l| !(self.kind == ProviderKind::OmitReceipt && l.cheated))
             .collect();
-        if !leaves.is_empty() && staked && !self.posted.contains_key(&epoch) {
+        if late {
+            self.pending = leaves;
+        } else if !leaves.is_empty() && staked && !self.posted.contains_key(&epoch) {
             let hashes: Vec<Hash32> = leaves.iter().map(|l| l.hash).collect();
             rt.submit(
                 self.node,

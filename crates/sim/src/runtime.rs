@@ -185,6 +185,7 @@ pub enum Timer {
 
 /// What happens next.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // most events are deliveries: boxing would cost an allocation each
 pub enum Ev {
     /// A message arrives.
     Deliver {

@@ -591,7 +591,8 @@ impl World {
         if !self.rt.net.is_up(node) {
             // A crashed node's periodic work resumes after the restart.
             match timer {
-                Timer::CloseEpoch => self.rt.timer(node, EPOCH_MS, Timer::CloseEpoch),
+                // Retried soon: a short crash must not cost the provider its root.
+                Timer::CloseEpoch => self.rt.timer(node, 250, Timer::CloseEpoch),
                 Timer::NextRequest => self.rt.timer(node, 1_000, Timer::NextRequest),
                 Timer::Adversary(s) => self.rt.timer(node, EPOCH_MS, Timer::Adversary(s)),
                 _ => {}
