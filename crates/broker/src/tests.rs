@@ -136,6 +136,7 @@ fn receipt(
     .unwrap_or(u128::MAX);
     Receipt {
         chain_id: req.chain_id,
+        epoch: 0,
         request_id: req.request_id,
         provider: req.provider,
         payer: req.payer,

@@ -118,6 +118,7 @@ impl Adversary {
                                 epoch: e,
                                 index: i,
                                 salt,
+                                confirmation: None,
                             },
                         );
                     }

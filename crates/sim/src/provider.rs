@@ -255,6 +255,7 @@ impl Provider {
         *self.owed_micros.entry(req.channel).or_insert(0) += honest_cost;
         let receipt = Receipt {
             chain_id: rt.ledger.state.chain_id,
+            epoch: rt.ledger.state.epoch,
             request_id: req.id,
             provider: self.me(rt),
             payer: rt.accounts[from],
@@ -373,6 +374,7 @@ impl Provider {
                     epoch: e,
                     index,
                     salt,
+                    confirmation: None,
                 },
             );
         }

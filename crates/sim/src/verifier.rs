@@ -288,15 +288,10 @@ impl Verifier {
                     self.audits_run += 1;
                     let fault = match outcome {
                         Audit::Pass => return,
-                        Audit::Fail => {
-                            let r = &material.receipt.receipt;
-                            Fault::Fraud {
-                                receipt: material.receipt.hash(),
-                                proof,
-                                channel: r.channel,
-                                refund: model::amount_of(r.cost_micros),
-                            }
-                        }
+                        Audit::Fail => Fault::Fraud {
+                            receipt: material.receipt.clone(),
+                            proof,
+                        },
                         Audit::CannotJudge => Fault::Withheld,
                     };
                     self.cosign(rt, c.requester, id, fault);

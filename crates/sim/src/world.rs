@@ -321,17 +321,9 @@ impl World {
         for (i, k) in keys.iter().enumerate() {
             dir.by_account.insert(k.account(), i);
         }
-        let mut params = setup.params.clone();
-        if let Some(p) = planter {
-            params.planter = Some(keys[p].account());
-        } else if let Some((i, _)) = setup
-            .providers
-            .iter()
-            .enumerate()
-            .find(|(_, (k, _))| *k == ProviderKind::Canary)
-        {
-            params.planter = Some(keys[dir.providers[i]].account());
-        }
+        // Any account may plant now (the ledger has no planter key).
+        let _ = planter;
+        let params = setup.params.clone();
         let genesis = Genesis {
             chain_id: CHAIN,
             sequencer: keys[0].account(),

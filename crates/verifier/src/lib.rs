@@ -910,12 +910,9 @@ impl Shared {
         let Some(posted) = lock(&self.record).roots.get(&(provider, epoch)).copied() else {
             return;
         };
-        match self.audit_leaf(provider, epoch, index, posted).await {
-            LeafOutcome::Demand(why) => {
-                tracing::warn!(%provider, epoch, index, "answered on the ledger but no material ({why}): not judged")
-            }
-            _ => self.commit_leaf(provider, epoch, index, posted).await,
-        }
+        // Still no material: the second demand is refused by the ledger (one per leaf), so
+        // the leaf stays unjudged.
+        self.commit_leaf(provider, epoch, index, posted).await;
     }
 
     /// Fetches and audits one leaf.

@@ -16,6 +16,7 @@ fn material(model_used: agora_core::Hash32, prompt_tokens: u32, n_shift: u32) ->
     let price = Amount::new(100_000);
     let receipt = Receipt {
         chain_id: 1,
+        epoch: 0,
         request_id: [1; 16],
         provider: key.account(),
         payer: key.account(),
