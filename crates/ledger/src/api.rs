@@ -40,6 +40,9 @@ pub struct StatusView {
     pub supply: Amount,
     /// Burned by slashing.
     pub burned: Amount,
+    /// The rule parameters (audit windows, deadlines) from genesis.
+    #[serde(default)]
+    pub params: crate::Params,
 }
 
 /// An account.

@@ -466,6 +466,7 @@ fn status_of(l: &Ledger, state_hash: Hash32) -> StatusView {
         sequencer: l.state.sequencer,
         supply: l.state.supply,
         burned: l.state.burned,
+        params: l.state.params.clone(),
     }
 }
 

@@ -117,8 +117,8 @@ pub fn check_order(
 }
 
 impl Judge {
-    /// Judges material that holds together under `provider`'s root.
-    pub fn judge(&self, provider: &AccountId, material: &Material) -> Judgement {
+    /// Judges material that holds together under `provider`'s root of `epoch`.
+    pub fn judge(&self, provider: &AccountId, epoch: u64, material: &Material) -> Judgement {
         let r = &material.receipt.receipt;
         if r.provider != *provider {
             return Judgement::Failed(format!(
@@ -128,6 +128,14 @@ impl Judge {
         }
         if r.chain_id != self.chain_id {
             return Judgement::Failed(format!("the receipt is for chain {}", r.chain_id));
+        }
+        // A receipt of epoch r belongs under the root of r or r + 1 (what an inclusion
+        // challenge accepts): one named for another epoch could sit under two roots.
+        if r.epoch != epoch && r.epoch.checked_add(1) != Some(epoch) {
+            return Judgement::Failed(format!(
+                "the receipt names epoch {} but is under the root of epoch {epoch}",
+                r.epoch
+            ));
         }
         if material.receipt.verify().is_err() {
             return Judgement::Failed("the receipt's signature is bad".into());
@@ -146,6 +154,7 @@ impl Judge {
             return Judgement::Failed("the fingerprint does not parse".into());
         };
         let answer = Answer {
+            model: agora_model::ModelId(*r.model.as_bytes()),
             prompt: &material.prompt,
             resumed: &material.resumed,
             output: &material.output,
@@ -157,9 +166,13 @@ impl Judge {
                 seed: r.sampling.seed,
             },
             fingerprint: &print,
+            // The receipt does not say how the answer ended, so no end-of-sequence claim is
+            // checked (an empty output still implies one).
+            ended_at_eos: false,
         };
         match audit(model, &answer, &self.thresholds) {
-            Err(e) => Judgement::CannotJudge(format!("the audit could not run: {e}")),
+            // No verdict (another model, the auditor's own model failing): never a failure.
+            Err(e) => Judgement::CannotJudge(format!("no verdict: {e}")),
             Ok(report) if report.passed => Judgement::Passed,
             Ok(report) => Judgement::Failed(report.reasons.join("; ")),
         }
@@ -170,9 +183,11 @@ impl Judge {
     /// `fetched` is what the provider answered this verifier; `hint` is the requester's
     /// material, used only when the provider could not be reached and only if it holds
     /// together under the ledger's root.
+    #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &self,
         provider: &AccountId,
+        epoch: u64,
         index: u64,
         fault: &Fault,
         posted: &PostedRoot,
@@ -204,13 +219,7 @@ impl Judge {
                 (None, None)
             }
         };
-        let Fault::Fraud {
-            receipt,
-            proof,
-            channel,
-            refund,
-        } = fault
-        else {
+        let Fault::Fraud { receipt, proof } = fault else {
             return Err("the provider handed the material over to me".into());
         };
         let material: Material = match material {
@@ -224,19 +233,16 @@ impl Judge {
                 h.clone()
             }
         };
-        let r = &material.receipt.receipt;
-        if *receipt != material.receipt.hash() {
+        // The ledger refunds from the verdict's receipt: it must be the leaf's own.
+        if *receipt != material.receipt {
             return Err("the verdict names another receipt than the leaf's".into());
-        }
-        if *channel != r.channel || *refund != agora_market::micros_to_amount(r.cost_micros) {
-            return Err("the verdict's refund is not the receipt's channel and cost".into());
         }
         if let Some(next) = next {
             if let Err(why) = check_order(posted, index, &material.receipt, next.as_deref()) {
                 return Ok(why);
             }
         }
-        match self.judge(provider, &material) {
+        match self.judge(provider, epoch, &material) {
             Judgement::Failed(why) => Ok(why),
             Judgement::Passed => Err("the answer passes my audit".into()),
             Judgement::CannotJudge(why) => Err(format!("cannot judge: {why}")),

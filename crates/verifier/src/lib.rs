@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use agora_core::{codec, AccountId, Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
-use agora_ledger::{audit_commitment, Event, Fault, Tx, TxBody, Verdict};
+use agora_ledger::{audit_commitment, Event, Fault, Params, Tx, TxBody, Verdict, Windows};
 use agora_market::SignedOffer;
 use agora_model::LoadOptions;
 use agora_net::protocol::{
@@ -136,6 +136,24 @@ struct Committed {
     evidence: Option<(Material, Vec<Hash32>)>,
 }
 
+/// A verdict waiting for its window: a revealed failure with its evidence (a fraud), or a
+/// leaf whose material this verifier demanded on the ledger (withheld if the demand goes
+/// unanswered past its deadline).
+struct Pending {
+    provider: AccountId,
+    epoch: u64,
+    index: u64,
+    evidence: Option<(Material, Vec<Hash32>)>,
+}
+
+/// A material demand as the ledger recorded it.
+#[derive(Debug, Clone, Copy)]
+struct Demanded {
+    verifier: AccountId,
+    due_epoch: u64,
+    answered: bool,
+}
+
 /// What the verifier learned from the ledger's own event stream.
 #[derive(Default)]
 struct Record {
@@ -143,6 +161,10 @@ struct Record {
     roots: HashMap<(AccountId, u64), PostedRoot>,
     /// Failed reveals by leaf: the verifier that revealed and the transaction.
     failed: HashMap<(AccountId, u64, u64), (AccountId, Hash32)>,
+    /// Material demands by leaf.
+    demands: HashMap<(AccountId, u64, u64), Demanded>,
+    /// The ledger's epoch, as its events say.
+    epoch: u64,
 }
 
 type Peers = Arc<Mutex<HashMap<AccountId, (PeerId, Vec<Multiaddr>)>>>;
@@ -163,6 +185,10 @@ struct Shared {
     /// Receipts this verifier audited, by (provider, request id): the leaf it was under.
     seen: Mutex<HashMap<(AccountId, RequestId), (u64, u64)>>,
     committed: Mutex<Vec<Committed>>,
+    /// Failures and demands waiting for their verdict window.
+    pending: Mutex<Vec<Pending>>,
+    /// The ledger's rule parameters (audit windows), read from its status at start.
+    params: Params,
     submitting: tokio::sync::Mutex<()>,
     confirm_slots: Arc<Semaphore>,
     /// How long a confirmer waits for a failed reveal to reach it.
@@ -301,10 +327,14 @@ impl Verifier {
             providers: providers.clone(),
         });
         let view = Arc::new(ledger.clone());
+        let l = ledger.clone();
+        let params = blocking(move || l.status().map(|s| s.params).map_err(|e| e.to_string()))
+            .await
+            .map_err(VerifierError::Ledger)?;
+        let mut shared = Shared::new(cfg, key, ledger, view, source, node, models, providers);
+        shared.params = params;
         Ok(Verifier {
-            shared: Arc::new(Shared::new(
-                cfg, key, ledger, view, source, node, models, providers,
-            )),
+            shared: Arc::new(shared),
             gossip,
         })
     }
@@ -362,9 +392,12 @@ impl Verifier {
 /// How one leaf's audit came out for the verifier it was assigned to.
 enum LeafOutcome {
     Passed,
-    /// Failed; with the material and path when the provider handed something over that
-    /// holds together (a fraud), without when it withheld it.
-    Failed(String, Option<Box<(Material, Vec<Hash32>)>>),
+    /// Failed, with the material and path the provider handed over (a fraud).
+    Failed(String, Box<(Material, Vec<Hash32>)>),
+    /// No material that holds together came (refused, unreachable, or not what the root
+    /// holds): nothing is committed; the material is demanded on the ledger instead, where
+    /// only an unanswered demand is a fault.
+    Demand(String),
     /// Not judged here: nothing is committed.
     Skip(String),
 }
@@ -400,6 +433,8 @@ impl Shared {
             record: Mutex::default(),
             seen: Mutex::default(),
             committed: Mutex::default(),
+            pending: Mutex::default(),
+            params: Params::default(),
             submitting: tokio::sync::Mutex::new(()),
             confirm_slots: Arc::new(Semaphore::new(CONFIRM_SLOTS)),
             reveal_wait: REVEAL_WAIT,
@@ -519,6 +554,39 @@ impl Shared {
                     .failed
                     .insert((*provider, *epoch, *index), (*verifier, tx_id));
             }
+            Event::MaterialDemanded {
+                verifier,
+                provider,
+                epoch,
+                index,
+                due_epoch,
+            } => {
+                lock(&self.record).demands.insert(
+                    (*provider, *epoch, *index),
+                    Demanded {
+                        verifier: *verifier,
+                        due_epoch: *due_epoch,
+                        answered: false,
+                    },
+                );
+            }
+            Event::MaterialAnswered {
+                provider,
+                epoch,
+                index,
+                ..
+            } => {
+                if let Some(d) = lock(&self.record)
+                    .demands
+                    .get_mut(&(*provider, *epoch, *index))
+                {
+                    d.answered = true;
+                }
+            }
+            Event::EpochAdvanced { epoch, .. } => {
+                let mut r = lock(&self.record);
+                r.epoch = r.epoch.max(*epoch);
+            }
             _ => {}
         }
     }
@@ -557,6 +625,7 @@ impl Shared {
                             Event::EpochAdvanced { epoch, .. } => {
                                 // Reveal first: those commitments were made in earlier epochs.
                                 self.clone().reveal_due(*epoch).await;
+                                self.clone().verdicts_due(*epoch);
                                 let due: Vec<_> =
                                     waiting.iter().filter(|w| w.1 < *epoch).copied().collect();
                                 waiting.retain(|w| w.1 >= *epoch);
@@ -627,15 +696,36 @@ impl Shared {
             receipts: plan.receipts,
         };
         for index in mine {
+            self.clone()
+                .commit_leaf(provider, epoch, index, posted)
+                .await;
+        }
+    }
+
+    /// Audits one assigned leaf and commits to the outcome, or demands the material on the
+    /// ledger when none that holds together came.
+    async fn commit_leaf(
+        self: Arc<Self>,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        posted: PostedRoot,
+    ) {
+        let me = self.key.account();
+        {
             let (passed, reason, evidence) = match self
                 .audit_leaf(provider, epoch, index, posted)
                 .await
             {
                 LeafOutcome::Passed => (true, String::new(), None),
-                LeafOutcome::Failed(reason, evidence) => (false, reason, evidence.map(|e| *e)),
+                LeafOutcome::Failed(reason, evidence) => (false, reason, Some(*evidence)),
+                LeafOutcome::Demand(reason) => {
+                    self.demand(provider, epoch, index, &reason).await;
+                    return;
+                }
                 LeafOutcome::Skip(reason) => {
                     tracing::warn!(%provider, epoch, index, "not judged, not committed: {reason}");
-                    continue;
+                    return;
                 }
             };
             let salt = codec::hash(
@@ -732,12 +822,97 @@ impl Shared {
                 .publish(&audits_topic(self.cfg.chain_id), codec::encode(&msg))
                 .await;
             if !c.passed {
-                let me = self.clone();
-                tokio::spawn(async move {
-                    me.escalate(provider, e, index, c.evidence).await;
+                // The verdict waits for its window, after the canary's plant epoch.
+                lock(&self.pending).push(Pending {
+                    provider,
+                    epoch: e,
+                    index,
+                    evidence: c.evidence,
                 });
             }
         }
+    }
+
+    /// Demands a leaf's material on the ledger (in the commit window, where the leaf's audit
+    /// is still open); the verdict waits until the demand's deadline has passed unanswered.
+    async fn demand(&self, provider: AccountId, epoch: u64, index: u64, why: &str) {
+        tracing::warn!(%provider, epoch, index, "no material ({why}): demanding it on the ledger");
+        match self
+            .submit(TxBody::DemandMaterial {
+                provider,
+                epoch,
+                index,
+            })
+            .await
+        {
+            Ok(_) => lock(&self.pending).push(Pending {
+                provider,
+                epoch,
+                index,
+                evidence: None,
+            }),
+            Err(e) => tracing::warn!(%provider, epoch, index, "demanding the material: {e}"),
+        }
+    }
+
+    /// At the start of `epoch`: takes each failure whose verdict window is open to a second
+    /// verifier, each demand left unanswered past its deadline too; re-audits leaves whose
+    /// demand the provider answered; drops what is past its window.
+    fn verdicts_due(self: Arc<Self>, epoch: u64) {
+        let pending: Vec<Pending> = std::mem::take(&mut *lock(&self.pending));
+        let mut keep = vec![];
+        for p in pending {
+            let Ok(w) = Windows::of(&self.params, p.epoch) else {
+                continue;
+            };
+            if epoch > w.verdict.1 {
+                tracing::warn!(provider = %p.provider, epoch = p.epoch, index = p.index, "the verdict window closed");
+                continue;
+            }
+            match &p.evidence {
+                Some(_) if epoch >= w.verdict.0 => {
+                    tokio::spawn(
+                        self.clone()
+                            .escalate(p.provider, p.epoch, p.index, p.evidence),
+                    );
+                }
+                Some(_) => keep.push(p),
+                None => {
+                    let leaf = (p.provider, p.epoch, p.index);
+                    let demand = lock(&self.record).demands.get(&leaf).copied();
+                    match demand {
+                        // Not seen on the ledger yet.
+                        None => keep.push(p),
+                        Some(d) if d.answered => {
+                            if epoch <= w.commit.1 {
+                                // The provider answered on the ledger: ask again and audit.
+                                tokio::spawn(self.clone().reaudit(p.provider, p.epoch, p.index));
+                            } else {
+                                tracing::warn!(provider = %p.provider, epoch = p.epoch, index = p.index,
+                                    "the demand was answered after the commit window: not judged");
+                            }
+                        }
+                        Some(d) if epoch > d.due_epoch && epoch >= w.verdict.0 => {
+                            tokio::spawn(self.clone().escalate(p.provider, p.epoch, p.index, None));
+                        }
+                        Some(_) => keep.push(p),
+                    }
+                }
+            }
+        }
+        lock(&self.pending).extend(keep);
+    }
+
+    /// Audits a leaf again once its provider answered the demand for it on the ledger. If
+    /// the material still does not come, the leaf is not judged (an answered demand is
+    /// never withheld).
+    async fn reaudit(self: Arc<Self>, provider: AccountId, epoch: u64, index: u64) {
+        let Some(posted) = lock(&self.record).roots.get(&(provider, epoch)).copied() else {
+            return;
+        };
+        // Still no material: the second demand is refused by the ledger (one per leaf), so
+        // the leaf stays unjudged.
+        self.commit_leaf(provider, epoch, index, posted).await;
     }
 
     /// Fetches and audits one leaf.
@@ -759,34 +934,29 @@ impl Shared {
                     proof,
                     next,
                 } => (*material, proof, next),
-                Fetched::Refused(why) => {
-                    return LeafOutcome::Failed(format!("no material: refused: {why}"), None)
-                }
-                Fetched::Unreachable(why) => {
-                    return LeafOutcome::Failed(format!("no material: {why}"), None)
-                }
+                Fetched::Refused(why) => return LeafOutcome::Demand(format!("refused: {why}")),
+                // Unreachable is not a failure: a false alarm costs stake, and the provider
+                // gets its chance to answer on the ledger.
+                Fetched::Unreachable(why) => return LeafOutcome::Demand(why),
             };
         if let Err(why) = judge::holds_together(&posted.root, index, &material, &proof) {
-            // Not what the provider committed to: as good as withheld.
-            return LeafOutcome::Failed(
-                format!("the material does not hold together: {why}"),
-                None,
-            );
+            // Not what the provider committed to: no evidence a second verifier could check.
+            return LeafOutcome::Demand(format!("the material does not hold together: {why}"));
         }
         if let Err(why) = judge::check_order(&posted, index, &material.receipt, next.as_deref()) {
-            return LeafOutcome::Failed(why, Some(Box::new((material, proof))));
+            return LeafOutcome::Failed(why, Box::new((material, proof)));
         }
         if let Some(skip) = self.seen_elsewhere(provider, epoch, index, &material) {
             return skip;
         }
         // The audit is CPU work; run it off the async threads.
         let (me, m) = (self.clone(), material.clone());
-        let judged = tokio::task::spawn_blocking(move || me.judge.judge(&provider, &m))
+        let judged = tokio::task::spawn_blocking(move || me.judge.judge(&provider, epoch, &m))
             .await
             .unwrap_or_else(|e| Judgement::CannotJudge(e.to_string()));
         match judged {
             Judgement::Passed => LeafOutcome::Passed,
-            Judgement::Failed(why) => LeafOutcome::Failed(why, Some(Box::new((material, proof)))),
+            Judgement::Failed(why) => LeafOutcome::Failed(why, Box::new((material, proof))),
             Judgement::CannotJudge(why) => LeafOutcome::Skip(why),
         }
     }
@@ -835,27 +1005,22 @@ impl Shared {
     }
 
     /// A failed audit: a second verifier re-checks and co-signs; then the verdict goes to
-    /// the ledger. Without evidence the material was withheld.
+    /// the ledger, inside its window. Without evidence, the demand went unanswered.
     async fn escalate(
-        &self,
+        self: Arc<Self>,
         provider: AccountId,
         epoch: u64,
         index: u64,
         evidence: Option<(Material, Vec<Hash32>)>,
     ) {
         let (fault, material) = match evidence {
-            Some((material, proof)) => {
-                let r = &material.receipt.receipt;
-                (
-                    Fault::Fraud {
-                        receipt: material.receipt.hash(),
-                        proof,
-                        channel: r.channel,
-                        refund: agora_market::micros_to_amount(r.cost_micros),
-                    },
-                    Some(Box::new(material)),
-                )
-            }
+            Some((material, proof)) => (
+                Fault::Fraud {
+                    receipt: material.receipt.clone(),
+                    proof,
+                },
+                Some(Box::new(material)),
+            ),
             None => (Fault::Withheld, None),
         };
         let verdict = Verdict {
@@ -870,12 +1035,15 @@ impl Shared {
             material,
         };
         // Other verifiers may not have announced themselves yet, or a stream may drop: try
-        // for a while before giving up on this receipt.
-        for round in 0..10u64 {
+        // until the verdict window closes.
+        let last = Windows::of(&self.params, epoch).map_or(0, |w| w.verdict.1);
+        let mut round = 0u64;
+        while lock(&self.record).epoch <= last {
             if self.try_confirm(&request, &verdict).await {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(500 * (round + 1))).await;
+            round = (round + 1).min(8);
+            tokio::time::sleep(Duration::from_millis(250 * round)).await;
         }
         tracing::warn!(%provider, epoch, index, "no second verifier confirmed the failure");
     }
@@ -976,6 +1144,42 @@ impl Shared {
         }
     }
 
+    /// Whether the ledger shows `requester`'s demand for `leaf` unanswered past its deadline
+    /// (waiting a while for the ledger's events to reach this verifier).
+    async fn unanswered_demand_by(
+        &self,
+        requester: AccountId,
+        leaf: (AccountId, u64, u64),
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + self.reveal_wait;
+        loop {
+            let (demand, now) = {
+                let r = lock(&self.record);
+                (r.demands.get(&leaf).copied(), r.epoch)
+            };
+            match demand {
+                Some(d) if d.verifier != requester => {
+                    return Err("the demand for this leaf is another verifier's".into())
+                }
+                Some(d) if d.answered => {
+                    return Err("the provider answered the demand on the ledger".into())
+                }
+                Some(d) if now > d.due_epoch => return Ok(format!(
+                    "the material is withheld: the demand was due by epoch {} and is unanswered",
+                    d.due_epoch
+                )),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(match demand {
+                    None => "the ledger shows no demand for this leaf by the requester".into(),
+                    Some(_) => "the provider may still answer the demand".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// The second verifier's own check of a failure: `Ok(why it fails)` to co-sign, or
     /// `Err(why not)`. Everything it judges on comes from the ledger and the provider;
     /// the requester's material is only a hint.
@@ -995,6 +1199,13 @@ impl Shared {
         }
         if !self.registered(requester).await {
             return Err("the requester is not a registered verifier".into());
+        }
+        if matches!(v.fault, Fault::Withheld) {
+            // The fault is a ledger fact: the requester's demand, unanswered past its
+            // deadline. Nothing to fetch (the provider's material would not change it).
+            return self
+                .unanswered_demand_by(requester, (v.provider, v.epoch, v.index))
+                .await;
         }
         let Some(reveal_tx) = self
             .failed_reveal_by(requester, (v.provider, v.epoch, v.index))
@@ -1017,11 +1228,23 @@ impl Shared {
             .fetch_with_retries(v.provider, v.epoch, v.index, Some(reveal_tx))
             .await;
         let me2 = self.clone();
-        let (provider, index, fault, hint) =
-            (v.provider, v.index, v.fault.clone(), c.material.clone());
+        let (provider, epoch, index, fault, hint) = (
+            v.provider,
+            v.epoch,
+            v.index,
+            v.fault.clone(),
+            c.material.clone(),
+        );
         tokio::task::spawn_blocking(move || {
-            me2.judge
-                .decide(&provider, index, &fault, &posted, fetched, hint.as_deref())
+            me2.judge.decide(
+                &provider,
+                epoch,
+                index,
+                &fault,
+                &posted,
+                fetched,
+                hint.as_deref(),
+            )
         })
         .await
         .map_err(|e| format!("cannot judge: {e}"))?

@@ -47,6 +47,7 @@ fn receipt(
 ) -> Receipt {
     Receipt {
         chain_id: CHAIN,
+        epoch: EPOCH,
         request_id: [100; 16],
         provider: provider.account(),
         payer: Keypair::from_seed([3; 32]).account(),
@@ -115,12 +116,9 @@ impl Root {
     }
 
     fn fraud(&self) -> Fault {
-        let r = &self.middle.receipt.receipt;
         Fault::Fraud {
-            receipt: self.middle.receipt.hash(),
+            receipt: self.middle.receipt.clone(),
             proof: self.proof(1),
-            channel: r.channel,
-            refund: agora_market::micros_to_amount(r.cost_micros),
         }
     }
 }
@@ -322,27 +320,22 @@ async fn tampered_material_and_a_fake_root_frame_an_honest_provider() {
         .await;
     assert!(r.unwrap_err().contains("passes"));
 
-    // A verdict whose refund is not the receipt's is not co-signed.
-    let Fault::Fraud {
-        receipt,
-        proof,
-        channel,
-        ..
-    } = root.fraud()
-    else {
+    // A verdict carrying another receipt than the leaf's (the ledger refunds from it) is
+    // not co-signed, even one the provider signed with a higher cost.
+    let Fault::Fraud { proof, .. } = root.fraud() else {
         unreachable!()
     };
+    let mut pricier = f.honest.receipt.receipt.clone();
+    pricier.cost_micros *= 100;
     let greedy = Fault::Fraud {
-        receipt,
+        receipt: pricier.sign(&f.provider),
         proof,
-        channel,
-        refund: Amount::new(1_000_000),
     };
     let (c, _) = confirmer(&f, &root, true, root.answer(), true).await;
     let r = c
         .recheck(f.requester.account(), &request(&f, greedy, None))
         .await;
-    assert!(r.unwrap_err().contains("refund"));
+    assert!(r.unwrap_err().contains("another receipt"));
 }
 
 /// A real fraud (the provider signed tokens its model did not sample) is still confirmed,
@@ -384,41 +377,128 @@ async fn cannot_judge_is_never_confirmed() {
         .await;
     assert!(r.unwrap_err().contains("cannot judge"));
 
+    // Material that does not reach the confirmer is no fraud either.
     let down = Fetched::Unreachable("timed out".into());
     let (c, _) = confirmer(&f, &root, true, down, true).await;
     let r = c
-        .recheck(f.requester.account(), &request(&f, Fault::Withheld, None))
+        .recheck(f.requester.account(), &request(&f, root.fraud(), None))
         .await;
     assert!(r.unwrap_err().contains("cannot judge"));
+}
 
-    let refused = Fetched::Refused("no such receipt".into());
+/// A `Withheld` verdict is co-signed only from the ledger: the requester's own demand for
+/// the leaf, unanswered, past its deadline. A refusal heard off the ledger, a demand the
+/// provider may still answer, an answered one, or another verifier's, are all declined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_is_confirmed_only_from_an_unanswered_demand_past_its_deadline() {
+    let f = fixture();
+    let root = Root::new(&f.provider, f.honest.clone());
+    let withheld = || request(&f, Fault::Withheld, None);
+    let demand = |c: &Shared, by: AccountId| {
+        c.note_event(
+            Hash32::of(b"demand"),
+            &Event::MaterialDemanded {
+                verifier: by,
+                provider: f.provider.account(),
+                epoch: EPOCH,
+                index: 1,
+                due_epoch: EPOCH + 2,
+            },
+        )
+    };
+    let epoch = |c: &Shared, e: u64| {
+        c.note_event(
+            Hash32::ZERO,
+            &Event::EpochAdvanced {
+                epoch: e,
+                beacon: Hash32::ZERO,
+            },
+        )
+    };
+
+    // The provider refuses the confirmer too, but nothing was demanded on the ledger.
+    let refused = Fetched::Refused("CHEATING".into());
     let (c, _) = confirmer(&f, &root, true, refused.clone(), true).await;
-    let r = c
-        .recheck(f.requester.account(), &request(&f, Fault::Withheld, None))
-        .await;
-    assert!(
-        r.is_ok(),
-        "a refusal to the confirmer too is withheld: {r:?}"
+    let r = c.recheck(f.requester.account(), &withheld()).await;
+    assert!(r.unwrap_err().contains("no demand"));
+
+    // Demanded; due by EPOCH + 2, and it is EPOCH + 2: the provider may still answer.
+    demand(&c, f.requester.account());
+    epoch(&c, EPOCH + 2);
+    let r = c.recheck(f.requester.account(), &withheld()).await;
+    assert!(r.unwrap_err().contains("may still answer"));
+
+    // Past the deadline, unanswered: co-signed, whatever the provider now says off-ledger.
+    epoch(&c, EPOCH + 3);
+    let r = c.recheck(f.requester.account(), &withheld()).await;
+    assert!(r.expect("co-signed").contains("withheld"));
+
+    // Another verifier's demand is not the requester's to bring.
+    let other = Keypair::from_seed([5; 32]).account();
+    let (c, _) = confirmer(&f, &root, true, refused.clone(), true).await;
+    demand(&c, other);
+    epoch(&c, EPOCH + 3);
+    let r = c.recheck(f.requester.account(), &withheld()).await;
+    assert!(r.unwrap_err().contains("another verifier"));
+
+    // Answered on the ledger: never withheld, even if the provider refuses the confirmer.
+    let (c, _) = confirmer(&f, &root, true, refused, true).await;
+    demand(&c, f.requester.account());
+    c.note_event(
+        Hash32::of(b"answer"),
+        &Event::MaterialAnswered {
+            provider: f.provider.account(),
+            epoch: EPOCH,
+            index: 1,
+            receipt: f.honest.receipt.hash(),
+            material: Hash32::ZERO,
+        },
     );
+    epoch(&c, EPOCH + 3);
+    let r = c.recheck(f.requester.account(), &withheld()).await;
+    assert!(r.unwrap_err().contains("answered"));
 
-    // Withheld, but the provider hands the material over to the confirmer.
-    let (c, _) = confirmer(&f, &root, true, root.answer(), true).await;
-    let r = c
-        .recheck(f.requester.account(), &request(&f, Fault::Withheld, None))
-        .await;
-    assert!(r.unwrap_err().contains("handed"));
-
-    // No failed reveal on the ledger; an unregistered requester.
-    let (c, _) = confirmer(&f, &root, true, refused, false).await;
-    let r = c
-        .recheck(f.requester.account(), &request(&f, Fault::Withheld, None))
-        .await;
-    assert!(r.unwrap_err().contains("no failed reveal"));
+    // An unregistered requester.
     let stranger = Keypair::from_seed([66; 32]).account();
-    let r = c
-        .recheck(stranger, &request(&f, Fault::Withheld, None))
-        .await;
+    let r = c.recheck(stranger, &withheld()).await;
     assert!(r.unwrap_err().contains("not a registered verifier"));
+}
+
+/// A provider that cannot be reached, refuses, or hands over material that is not under its
+/// root is never revealed as failed (a false alarm costs stake, and a second verifier could
+/// not check it): the leaf's material is demanded on the ledger instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_or_refusing_provider_is_demanded_never_failed() {
+    let f = fixture();
+    let root = Root::new(&f.provider, f.honest.clone());
+    let mut tampered = f.honest.clone();
+    tampered.output[0] = tampered.output[0].wrapping_add(1) % 300;
+    for fetched in [
+        Fetched::Unreachable("timed out".into()),
+        Fetched::Refused("CHEATING".into()),
+        Fetched::Material {
+            material: Box::new(tampered),
+            proof: root.proof(1),
+            next: None,
+        },
+    ] {
+        let (c, _) = confirmer(&f, &root, true, fetched.clone(), false).await;
+        match c
+            .audit_leaf(f.provider.account(), EPOCH, 1, root.posted)
+            .await
+        {
+            LeafOutcome::Demand(_) => {}
+            LeafOutcome::Failed(why, _) => panic!("{fetched:?} revealed as failed: {why}"),
+            _ => panic!("{fetched:?} was neither demanded nor failed"),
+        }
+    }
+    // The honest answer passes.
+    let (c, _) = confirmer(&f, &root, true, root.answer(), false).await;
+    assert!(matches!(
+        c.audit_leaf(f.provider.account(), EPOCH, 1, root.posted)
+            .await,
+        LeafOutcome::Passed
+    ));
 }
 
 /// Probation cannot be passed with other providers' receipts, copies of one receipt, or
@@ -432,13 +512,13 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
         thresholds: Thresholds::default(),
     };
     assert_eq!(
-        judge.judge(&f.provider.account(), &f.honest),
+        judge.judge(&f.provider.account(), EPOCH, &f.honest),
         Judgement::Passed
     );
     // Another provider's honest receipt under this provider's root.
     let thief = Keypair::from_seed([8; 32]).account();
     assert!(matches!(
-        judge.judge(&thief, &f.honest),
+        judge.judge(&thief, EPOCH, &f.honest),
         Judgement::Failed(_)
     ));
     // Another chain.
@@ -447,9 +527,21 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
     r.chain_id = CHAIN + 1;
     other.receipt = r.sign(&f.provider);
     assert!(matches!(
-        judge.judge(&f.provider.account(), &other),
+        judge.judge(&f.provider.account(), EPOCH, &other),
         Judgement::Failed(_)
     ));
+    // A receipt may sit under the root of its own epoch or the next, nowhere else: the
+    // same receipt under two roots further apart fails.
+    assert_eq!(
+        judge.judge(&f.provider.account(), EPOCH + 1, &f.honest),
+        Judgement::Passed
+    );
+    for e in [EPOCH - 1, EPOCH + 2, EPOCH + 40] {
+        match judge.judge(&f.provider.account(), e, &f.honest) {
+            Judgement::Failed(why) => assert!(why.contains("epoch"), "{why}"),
+            j => panic!("a receipt of epoch {EPOCH} under the root of {e}: {j:?}"),
+        }
+    }
     // Two copies of one receipt side by side under a root.
     let leaves = [f.honest.receipt.clone(), f.honest.receipt.clone()];
     let hashes: Vec<Hash32> = leaves.iter().map(SignedReceipt::hash).collect();
@@ -480,7 +572,7 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
     )
     .await;
     match c.audit_leaf(f.provider.account(), EPOCH, 0, posted).await {
-        LeafOutcome::Failed(why, Some(_)) => assert!(why.contains("twice"), "{why}"),
+        LeafOutcome::Failed(why, _) => assert!(why.contains("twice"), "{why}"),
         _ => panic!("a duplicated receipt was not failed"),
     }
     // The same receipt met again under another root is not counted as a clean audit.
@@ -613,7 +705,7 @@ async fn unauthenticated_confirm_requests_cost_no_audit() {
         "{r:?}"
     );
     // A registered verifier, but no failed reveal of the leaf on the ledger.
-    let unrevealed = Signed::new(request(&f, Fault::Withheld, None), &f.requester);
+    let unrevealed = Signed::new(request(&f, root.fraud(), None), &f.requester);
     let r = ask(frame(&unrevealed))
         .await
         .expect("read")

@@ -5,7 +5,12 @@
 //!   confirmed by a second verifier, slashed on the ledger and dropped by the market; the
 //!   next request goes to an honest provider whose audits pass.
 //! - `agora devnet --canary 1 --lazy-verifier`: a verifier that approves without auditing
-//!   passes the canary's planted frauds and loses stake; the diligent one does not.
+//!   passes the canary's planted frauds. The ledger slashes it only when the plant's opening
+//!   carries a third verifier's signed re-audit, and the devnet's canary opens plants without
+//!   one (no verifier signs plant confirmations yet), so the lazy verifier keeps its stake and
+//!   earns nothing but its fees; the diligent verifier, which failed the plants it was
+//!   assigned, is paid (the plant's bond, or the bounty of a verdict on a plant the canary
+//!   could not open: one plant per root) and never pays a false alarm.
 
 use std::time::{Duration, Instant};
 
@@ -99,8 +104,11 @@ fn cheater_is_caught_slashed_and_dropped(kind: &str) {
     );
 }
 
+/// Was `a_lazy_verifier_passes_planted_frauds_and_loses_stake`: under the ledger's new canary
+/// rule a pass is slashed only with a third verifier's signed confirmation, which the devnet's
+/// canary does not obtain, so this now checks what the rules guarantee without one.
 #[test]
-fn a_lazy_verifier_passes_planted_frauds_and_loses_stake() {
+fn a_lazy_verifier_passes_planted_frauds_and_only_the_diligent_one_is_paid() {
     let dir = tempfile::tempdir().expect("tmp");
     let devnet = Devnet::start_with(
         dir.path(),
@@ -130,20 +138,27 @@ fn a_lazy_verifier_passes_planted_frauds_and_loses_stake() {
     for seed in 0..8 {
         assert_eq!(ask(&devnet, &model, seed), canary);
     }
-    // Commit, reveal, then the plant opens 4 epochs after its root: the lazy verifier is
-    // slashed for passing it.
+    // Commit, reveal, the plant opens 4 epochs after its root, verdicts after it: the diligent
+    // verifier's failures are confirmed (by the opened plant, or by a verdict the lazy one
+    // co-signs after re-auditing) and paid. A failure pays nothing until then.
     let deadline = Instant::now() + Duration::from_secs(150);
-    while stake(&devnet, &lazy) == lazy_stake {
+    while crate::network::balance(&devnet, &diligent) <= diligent_balance {
         assert!(
             Instant::now() < deadline,
-            "the lazy verifier was never slashed"
+            "the diligent verifier was never paid for the plants it failed"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(stake(&devnet, &lazy) < lazy_stake);
-    // The diligent verifier failed the plants it was assigned (its failures find no second
-    // verifier willing to confirm them, since the other is lazy), kept its stake and was
-    // paid audit fees for its reveals.
-    assert_eq!(stake(&devnet, &diligent), diligent_stake);
-    assert!(crate::network::balance(&devnet, &diligent) > diligent_balance);
+    // Two more epochs: every plant of those roots is open by now.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        stake(&devnet, &lazy),
+        lazy_stake,
+        "a pass is slashed only with a third verifier's confirmation, which the canary lacks"
+    );
+    assert_eq!(
+        stake(&devnet, &diligent),
+        diligent_stake,
+        "the diligent verifier's confirmed failures never cost it a false alarm"
+    );
 }
