@@ -166,6 +166,30 @@ pub enum Finish {
     Length,
 }
 
+/// A `u128` as a decimal string in JSON (serde's buffered content, which internally tagged
+/// enums go through, has no u128); a plain number up to `u64` is read too.
+mod u128_decimal {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Text(String),
+        Number(u64),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Text(t) => t.parse().map_err(de::Error::custom),
+            Repr::Number(n) => Ok(u128::from(n)),
+        }
+    }
+}
+
 /// What a provider signs for every answer. A verifier can re-run the answer from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct Receipt {
@@ -202,7 +226,9 @@ pub struct Receipt {
     pub price_in: Amount,
     /// Price per million output tokens.
     pub price_out: Amount,
-    /// What the answer costs, in millionths of a base unit.
+    /// What the answer costs, in millionths of a base unit (a decimal string in JSON: the
+    /// ledger's internally tagged transactions cannot carry a u128 number).
+    #[serde(with = "u128_decimal")]
     pub cost_micros: u128,
     /// Unix ms when the request was accepted.
     pub started_ms: u64,
@@ -706,5 +732,17 @@ mod tests {
             tamper(&mut m);
             assert!(m.matches_receipt().is_err());
         }
+
+        // A fraud verdict carries the signed receipt through JSON (the ledger's HTTP API),
+        // inside an internally tagged enum: the u128 cost must survive it, whole.
+        let mut big = receipt.receipt.clone();
+        big.cost_micros = u128::MAX;
+        let fault = crate::settle::Fault::Fraud {
+            receipt: big.sign(&provider),
+            proof: vec![Hash32::of(b"p")],
+        };
+        let json = serde_json::to_string(&fault).expect("encode");
+        let back: crate::settle::Fault = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, fault);
     }
 }
