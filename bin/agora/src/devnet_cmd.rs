@@ -494,6 +494,31 @@ fn start_and_wait(
         }
         std::thread::sleep(Duration::from_millis(250));
     };
+    // And when every verifier is in the set that audits new roots: the ledger freezes each
+    // epoch's verifier set at its start, so a root posted in the epoch a verifier registered
+    // in is audited without it (in a fresh devnet, by nobody).
+    let ledger = agora_ledger::client::Client::new(&ledger_url)?;
+    let deadline = Instant::now() + Duration::from_secs(60 + 3 * args.epoch_secs);
+    let mut registered_by: Option<u64> = None;
+    while !verifier_accounts.is_empty() {
+        let status = ledger.status().ok();
+        match (registered_by, status) {
+            (None, Some(st)) => {
+                let all = verifier_accounts
+                    .iter()
+                    .all(|v| ledger.account(v).ok().flatten().is_some_and(|a| a.verifier));
+                if all {
+                    registered_by = Some(st.epoch);
+                }
+            }
+            (Some(e), Some(st)) if st.epoch > e => break,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            bail!("the verifiers did not join the ledger's audit set in time");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let info = DevnetInfo {
         endpoint: endpoint.clone(),
         api_key: api_key.into(),

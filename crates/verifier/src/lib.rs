@@ -1164,10 +1164,12 @@ impl Shared {
                 Some(d) if d.answered => {
                     return Err("the provider answered the demand on the ledger".into())
                 }
-                Some(d) if now > d.due_epoch => return Ok(format!(
+                Some(d) if now > d.due_epoch => {
+                    return Ok(format!(
                     "the material is withheld: the demand was due by epoch {} and is unanswered",
                     d.due_epoch
-                )),
+                ))
+                }
                 _ => {}
             }
             if Instant::now() >= deadline {

@@ -707,5 +707,17 @@ mod tests {
             tamper(&mut m);
             assert!(m.matches_receipt().is_err());
         }
+
+        // A fraud verdict carries the signed receipt through JSON (the ledger's HTTP API),
+        // inside an internally tagged enum: the u128 cost must survive it, whole.
+        let mut big = receipt.receipt.clone();
+        big.cost_micros = u128::MAX;
+        let fault = crate::settle::Fault::Fraud {
+            receipt: big.sign(&provider),
+            proof: vec![Hash32::of(b"p")],
+        };
+        let json = serde_json::to_string(&fault).expect("encode");
+        let back: crate::settle::Fault = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, fault);
     }
 }
