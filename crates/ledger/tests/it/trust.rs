@@ -137,15 +137,7 @@ fn fraud(
         index,
         fault: Fault::Fraud { receipt, proof },
     };
-    tx(
-        l,
-        &k[by],
-        TxBody::AuditVerdict {
-            confirmer_sig: v.sign(&k[conf]),
-            verdict: v,
-            confirmer: k[conf].account(),
-        },
-    )
+    crate::rules::confirmed_verdict(l, &k[by], &k[conf], v)
 }
 
 /// The verdict used to name the refunded channel and amount: a verifier could pay any payer
@@ -270,15 +262,7 @@ fn withheld_needs_an_unanswered_demand() {
             index,
             fault: Fault::Withheld,
         };
-        tx(
-            l,
-            &k[by],
-            TxBody::AuditVerdict {
-                confirmer_sig: v.sign(&k[conf]),
-                verdict: v,
-                confirmer: k[conf].account(),
-            },
-        )
+        crate::rules::confirmed_verdict(l, &k[by], &k[conf], v)
     };
     let demand = |l: &Ledger, by: usize, index: u64| {
         tx(
