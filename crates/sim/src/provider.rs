@@ -325,18 +325,22 @@ impl Provider {
         }
     }
 
-    /// In a root's one plant epoch, the canary opens its plant: with a second verifier's
-    /// signed re-audit when the assigned verifier passed it, so that verifier is slashed.
-    fn open_plants(&mut self, rt: &mut Runtime, dir: &Dir, epoch: u64) {
-        let me = self.me(rt);
-        let due: Vec<(u64, u64, Hash32)> = self
-            .plants
+    /// The plants (root epoch, leaf index, salt) whose root's plant epoch is `epoch`.
+    fn plants_opening_in(&self, rt: &Runtime, epoch: u64) -> Vec<(u64, u64, Hash32)> {
+        self.plants
             .iter()
             .filter(|(e, _, _)| {
                 Windows::of(&rt.ledger.state.params, *e).is_ok_and(|w| w.plant == epoch)
             })
             .copied()
-            .collect();
+            .collect()
+    }
+
+    /// In a root's one plant epoch, the canary opens its plant: with a second verifier's
+    /// signed re-audit when the assigned verifier passed it, so that verifier is slashed.
+    fn open_plants(&mut self, rt: &mut Runtime, dir: &Dir, epoch: u64) {
+        let me = self.me(rt);
+        let due = self.plants_opening_in(rt, epoch);
         for (e, index, salt) in due {
             let audit = rt
                 .ledger
@@ -533,14 +537,7 @@ impl Provider {
         let late = into > EPOCH_MS - 600;
         self.answer_ledger(rt, dir);
         let now = rt.ledger.state.epoch;
-        let unopened: Vec<(u64, u64, Hash32)> = self
-            .plants
-            .iter()
-            .filter(|(e, _, _)| {
-                Windows::of(&rt.ledger.state.params, *e).is_ok_and(|w| w.plant == now)
-            })
-            .copied()
-            .collect();
+        let unopened = self.plants_opening_in(rt, now);
         for (e, index, salt) in unopened {
             self.reveal_plant(rt, e, index, salt);
         }
