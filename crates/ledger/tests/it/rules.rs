@@ -69,6 +69,17 @@ pub(crate) fn to_verdicts(l: &mut Ledger, seq: &Keypair) {
     }
 }
 
+/// Advances until the verdict window of root `R` has closed.
+pub(crate) fn past_verdicts(l: &mut Ledger, seq: &Keypair) {
+    let closes = agora_ledger::Windows::of(&l.state.params, R)
+        .expect("windows")
+        .verdict
+        .1;
+    while l.state.epoch <= closes {
+        advance(l, seq, 1);
+    }
+}
+
 #[test]
 fn rejections_name_their_reason_and_change_nothing() {
     let k = keys(3);
