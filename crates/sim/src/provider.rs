@@ -178,17 +178,8 @@ impl Provider {
                     .position(|(e, i, _)| *e == epoch && *i == index)
                 {
                     let (_, _, salt) = self.plants.remove(pos);
-                    let me = self.me(rt);
-                    rt.submit(
-                        self.node,
-                        TxBody::RevealPlant {
-                            provider: me,
-                            epoch,
-                            index,
-                            salt,
-                            confirmation: Some((rt.accounts[from], sig)),
-                        },
-                    );
+                    let confirmation = Some((rt.accounts[from], sig));
+                    self.submit_reveal(rt, epoch, index, salt, confirmation);
                 }
             }
             _ => {}
@@ -384,9 +375,22 @@ impl Provider {
     }
 
     fn reveal_plant(&mut self, rt: &mut Runtime, epoch: u64, index: u64, salt: Hash32) {
-        let me = self.me(rt);
         self.plants
             .retain(|(pe, pi, _)| !(*pe == epoch && *pi == index));
+        self.submit_reveal(rt, epoch, index, salt, None);
+    }
+
+    /// Opens the plant at leaf `index` of the `epoch` root on the ledger, with a second
+    /// verifier's confirmation when there is one.
+    fn submit_reveal(
+        &self,
+        rt: &mut Runtime,
+        epoch: u64,
+        index: u64,
+        salt: Hash32,
+        confirmation: Option<(AccountId, Signature)>,
+    ) {
+        let me = self.me(rt);
         rt.submit(
             self.node,
             TxBody::RevealPlant {
@@ -394,7 +398,7 @@ impl Provider {
                 epoch,
                 index,
                 salt,
-                confirmation: None,
+                confirmation,
             },
         );
     }
