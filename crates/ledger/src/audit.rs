@@ -203,6 +203,35 @@ impl State {
         })
     }
 
+    /// The key of `provider`'s leaf `index` of `epoch`, if `from` is its assigned verifier:
+    /// only that verifier may commit to or demand the leaf.
+    fn assigned_leaf_key(
+        &self,
+        from: AccountId,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Hash32, TxError> {
+        if self.leaf_assignee(&provider, epoch, index) != Some(from) {
+            return Err(TxError::NotAssigned {
+                provider,
+                epoch,
+                index,
+                verifier: from,
+            });
+        }
+        Ok(leaf_key(&provider, epoch, index))
+    }
+
+    /// The last epoch in which a demanded or challenged provider may still answer.
+    pub(crate) fn answer_due_epoch(&self) -> Result<u64, TxError> {
+        self.epoch
+            .checked_add(self.params.answer_epochs)
+            .ok_or(TxError::Overflow {
+                what: "answer window",
+            })
+    }
+
     pub(crate) fn window(&self, what: &'static str, from: u64, to: u64) -> Result<(), TxError> {
         if self.epoch < from || self.epoch > to {
             return Err(TxError::AuditWindow {
@@ -232,15 +261,7 @@ impl State {
     ) -> Result<Vec<Event>, TxError> {
         let win = Windows::of(&self.params, epoch)?;
         self.window("the commitment", win.commit.0, win.commit.1)?;
-        if self.leaf_assignee(&provider, epoch, index) != Some(from) {
-            return Err(TxError::NotAssigned {
-                provider,
-                epoch,
-                index,
-                verifier: from,
-            });
-        }
-        let key = leaf_key(&provider, epoch, index);
+        let key = self.assigned_leaf_key(from, provider, epoch, index)?;
         if self.audits.contains_key(&key) {
             return Err(TxError::AlreadyCommitted {
                 provider,
@@ -409,26 +430,13 @@ impl State {
     ) -> Result<Vec<Event>, TxError> {
         let win = Windows::of(&self.params, epoch)?;
         self.window("the material demand", win.commit.0, win.commit.1)?;
-        if self.leaf_assignee(&provider, epoch, index) != Some(from) {
-            return Err(TxError::NotAssigned {
-                provider,
-                epoch,
-                index,
-                verifier: from,
-            });
-        }
-        let key = leaf_key(&provider, epoch, index);
+        let key = self.assigned_leaf_key(from, provider, epoch, index)?;
         if self.demands.contains_key(&key) {
             return Err(TxError::Demand {
                 reason: "already demanded",
             });
         }
-        let due_epoch =
-            self.epoch
-                .checked_add(self.params.answer_epochs)
-                .ok_or(TxError::Overflow {
-                    what: "answer window",
-                })?;
+        let due_epoch = self.answer_due_epoch()?;
         j.demands.push((key, None));
         self.demands.insert(
             key,

@@ -60,12 +60,7 @@ impl State {
                 reason: "receipt already challenged",
             });
         }
-        let due_epoch =
-            self.epoch
-                .checked_add(self.params.answer_epochs)
-                .ok_or(TxError::Overflow {
-                    what: "answer window",
-                })?;
+        let due_epoch = self.answer_due_epoch()?;
         let bond = self.params.challenge_bond;
         let (provider, channel, cost) = (
             r.provider,

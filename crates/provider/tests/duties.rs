@@ -9,51 +9,15 @@ use std::time::Duration;
 
 use agora_core::{Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
-use agora_ledger::server::{run, SequencerConfig, ServeConfig};
 use agora_ledger::tx::channel_id;
-use agora_ledger::{
-    Allocation, ClientError, Event, Fault, Genesis, Params, Tx, TxBody, Verdict, Windows,
-};
+use agora_ledger::{ClientError, Event, Fault, Params, Tx, TxBody, Verdict, Windows};
 use agora_net::protocol::Material;
 use agora_provider::duties::{material_hash, Duties};
 use agora_provider::receipts::ReceiptLog;
 use agora_wire::{Receipt, Sampling, SignedReceipt, MICROS_PER_UNIT};
 
-const CHAIN: u64 = 9;
-
-async fn ledger(dir: &std::path::Path, seq: &Keypair, accounts: &[&Keypair]) -> String {
-    let genesis = Genesis {
-        chain_id: CHAIN,
-        sequencer: seq.account(),
-        params: Params::default(),
-        allocations: accounts
-            .iter()
-            .map(|k| Allocation {
-                account: k.account(),
-                amount: Amount::new(1_000_000),
-            })
-            .collect(),
-    };
-    let cfg = ServeConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        db: dir.join("ledger.redb"),
-        genesis: Some(genesis),
-        sequencer_key: Some(seq.clone()),
-        sequencer: SequencerConfig::default(),
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _ = run(
-            cfg,
-            move |a| {
-                let _ = tx.send(a);
-            },
-            std::future::pending(),
-        )
-        .await;
-    });
-    format!("http://{}", rx.await.expect("bound"))
-}
+mod common;
+use common::{ledger, CHAIN};
 
 fn send(
     l: &Client,
@@ -129,7 +93,7 @@ async fn scenario(answer: bool) -> Outcome {
     let dir = tempfile::tempdir().expect("tmp");
     let k: Vec<Keypair> = (1..=5u8).map(|i| Keypair::from_seed([i; 32])).collect();
     let (seq, provider, payer, v1, v2) = (&k[0], &k[1], &k[2], &k[3], &k[4]);
-    let url = ledger(dir.path(), seq, &[provider, payer, v1, v2]).await;
+    let url = ledger(dir.path(), seq, &[provider, payer, v1, v2], 1_000_000).await;
     let l = Client::new(&url).expect("client");
     let log = Arc::new(ReceiptLog::open(&dir.path().join("receipts.redb")).expect("log"));
     let duties = answer.then(|| {

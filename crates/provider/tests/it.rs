@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use agora_core::{Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
-use agora_ledger::server::{run, SequencerConfig, ServeConfig};
 use agora_ledger::tx::channel_id;
-use agora_ledger::{Allocation, Genesis, Params, Tx, TxBody, Voucher};
+use agora_ledger::{Tx, TxBody, Voucher};
 use agora_net::protocol::{
     new_request_id, now_ms, read_frame, tokens_hash, write_frame, ErrorCode, Frame,
     InferenceRequest, PromptSpec, Sampling, SignedVoucher,
@@ -18,45 +17,12 @@ use agora_net::{inference_protocol, peer_id_of, Multiaddr, NetConfig, Node, Peer
 use agora_provider::{Provider, ProviderConfig};
 use futures::AsyncWriteExt;
 
-const CHAIN: u64 = 9;
+mod common;
+use common::{ledger, CHAIN};
 
 fn tiny_model(dir: &std::path::Path) -> agora_model::LoadedModel {
     agora_train::trainer::write_tiny_model(dir).expect("tiny model");
     agora_model::load(dir, &agora_model::LoadOptions::default()).expect("load")
-}
-
-async fn ledger(dir: &std::path::Path, seq: &Keypair, accounts: &[&Keypair]) -> String {
-    let genesis = Genesis {
-        chain_id: CHAIN,
-        sequencer: seq.account(),
-        params: Params::default(),
-        allocations: accounts
-            .iter()
-            .map(|k| Allocation {
-                account: k.account(),
-                amount: Amount::new(1_000_000_000),
-            })
-            .collect(),
-    };
-    let cfg = ServeConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        db: dir.join("ledger.redb"),
-        genesis: Some(genesis),
-        sequencer_key: Some(seq.clone()),
-        sequencer: SequencerConfig::default(),
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _ = run(
-            cfg,
-            move |a| {
-                let _ = tx.send(a);
-            },
-            std::future::pending(),
-        )
-        .await;
-    });
-    format!("http://{}", rx.await.expect("bound"))
 }
 
 fn net(seed: u8, bootstrap: Vec<Multiaddr>) -> NetConfig {
@@ -106,7 +72,7 @@ async fn provider_refuses_bad_messages_and_serves_a_paid_request() {
         Keypair::from_seed([2; 32]),
         Keypair::from_seed([3; 32]),
     );
-    let ledger_url = ledger(dir.path(), &seq, &[&provider_key, &payer]).await;
+    let ledger_url = ledger(dir.path(), &seq, &[&provider_key, &payer], 1_000_000_000).await;
     let model = tiny_model(&dir.path().join("model"));
     let model_id = Hash32::from_slice(&model.id.0).expect("id");
     let cfg = ProviderConfig {
@@ -438,7 +404,7 @@ async fn a_payer_that_does_not_vouch_is_not_served_again() {
         Keypair::from_seed([2; 32]),
         Keypair::from_seed([3; 32]),
     );
-    let url = ledger(dir.path(), &seq, &[&provider, &payer]).await;
+    let url = ledger(dir.path(), &seq, &[&provider, &payer], 1_000_000_000).await;
     let channel = open_channel(&url, &payer, &provider, 10_000).await;
     let payments = agora_provider::Payments::new(
         CHAIN,
@@ -479,7 +445,13 @@ async fn a_voucher_above_the_deposit_is_refused_and_blocks_no_other_claim() {
         Keypair::from_seed([3; 32]),
         Keypair::from_seed([4; 32]),
     );
-    let url = ledger(dir.path(), &seq, &[&provider, &payer, &other]).await;
+    let url = ledger(
+        dir.path(),
+        &seq,
+        &[&provider, &payer, &other],
+        1_000_000_000,
+    )
+    .await;
     let bad = open_channel(&url, &payer, &provider, 100).await;
     let good = open_channel(&url, &other, &provider, 1_000).await;
     let payments = agora_provider::Payments::new(
@@ -522,7 +494,7 @@ async fn vouchers_survive_a_restart_and_are_claimed() {
         Keypair::from_seed([2; 32]),
         Keypair::from_seed([3; 32]),
     );
-    let url = ledger(dir.path(), &seq, &[&provider, &payer]).await;
+    let url = ledger(dir.path(), &seq, &[&provider, &payer], 1_000_000_000).await;
     let channel = open_channel(&url, &payer, &provider, 1_000).await;
     let path = dir.path().join("vouchers.redb");
     {

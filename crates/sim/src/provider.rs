@@ -178,17 +178,8 @@ impl Provider {
                     .position(|(e, i, _)| *e == epoch && *i == index)
                 {
                     let (_, _, salt) = self.plants.remove(pos);
-                    let me = self.me(rt);
-                    rt.submit(
-                        self.node,
-                        TxBody::RevealPlant {
-                            provider: me,
-                            epoch,
-                            index,
-                            salt,
-                            confirmation: Some((rt.accounts[from], sig)),
-                        },
-                    );
+                    let confirmation = Some((rt.accounts[from], sig));
+                    self.submit_reveal(rt, epoch, index, salt, confirmation);
                 }
             }
             _ => {}
@@ -325,18 +316,22 @@ impl Provider {
         }
     }
 
-    /// In a root's one plant epoch, the canary opens its plant: with a second verifier's
-    /// signed re-audit when the assigned verifier passed it, so that verifier is slashed.
-    fn open_plants(&mut self, rt: &mut Runtime, dir: &Dir, epoch: u64) {
-        let me = self.me(rt);
-        let due: Vec<(u64, u64, Hash32)> = self
-            .plants
+    /// The plants (root epoch, leaf index, salt) whose root's plant epoch is `epoch`.
+    fn plants_opening_in(&self, rt: &Runtime, epoch: u64) -> Vec<(u64, u64, Hash32)> {
+        self.plants
             .iter()
             .filter(|(e, _, _)| {
                 Windows::of(&rt.ledger.state.params, *e).is_ok_and(|w| w.plant == epoch)
             })
             .copied()
-            .collect();
+            .collect()
+    }
+
+    /// In a root's one plant epoch, the canary opens its plant: with a second verifier's
+    /// signed re-audit when the assigned verifier passed it, so that verifier is slashed.
+    fn open_plants(&mut self, rt: &mut Runtime, dir: &Dir, epoch: u64) {
+        let me = self.me(rt);
+        let due = self.plants_opening_in(rt, epoch);
         for (e, index, salt) in due {
             let audit = rt
                 .ledger
@@ -380,9 +375,22 @@ impl Provider {
     }
 
     fn reveal_plant(&mut self, rt: &mut Runtime, epoch: u64, index: u64, salt: Hash32) {
-        let me = self.me(rt);
         self.plants
             .retain(|(pe, pi, _)| !(*pe == epoch && *pi == index));
+        self.submit_reveal(rt, epoch, index, salt, None);
+    }
+
+    /// Opens the plant at leaf `index` of the `epoch` root on the ledger, with a second
+    /// verifier's confirmation when there is one.
+    fn submit_reveal(
+        &self,
+        rt: &mut Runtime,
+        epoch: u64,
+        index: u64,
+        salt: Hash32,
+        confirmation: Option<(AccountId, Signature)>,
+    ) {
+        let me = self.me(rt);
         rt.submit(
             self.node,
             TxBody::RevealPlant {
@@ -390,7 +398,7 @@ impl Provider {
                 epoch,
                 index,
                 salt,
-                confirmation: None,
+                confirmation,
             },
         );
     }
@@ -533,14 +541,7 @@ impl Provider {
         let late = into > EPOCH_MS - 600;
         self.answer_ledger(rt, dir);
         let now = rt.ledger.state.epoch;
-        let unopened: Vec<(u64, u64, Hash32)> = self
-            .plants
-            .iter()
-            .filter(|(e, _, _)| {
-                Windows::of(&rt.ledger.state.params, *e).is_ok_and(|w| w.plant == now)
-            })
-            .copied()
-            .collect();
+        let unopened = self.plants_opening_in(rt, now);
         for (e, index, salt) in unopened {
             self.reveal_plant(rt, e, index, salt);
         }

@@ -268,15 +268,7 @@ impl Verifier {
                         // cannot answer in time.
                         self.audits_skipped += 1;
                         self.commit(rt, chain, id, false, Claim::Withheld);
-                        rt.submit(
-                            self.node,
-                            TxBody::DemandMaterial {
-                                provider: id.0,
-                                epoch: id.1,
-                                index: id.2,
-                            },
-                        );
-                        self.demanded.insert(id, false);
+                        self.submit_demand(rt, id);
                     }
                     _ => self.fetch(rt, dir, id, 0, false),
                 }
@@ -546,15 +538,7 @@ impl Verifier {
             return;
         };
         let claim = c.claim.clone();
-        let me = self.me(rt);
-        let others: Vec<NodeId> = rt
-            .ledger
-            .state
-            .verifiers
-            .iter()
-            .filter(|v| **v != me && **v != id.0)
-            .filter_map(|v| dir.by_account.get(v).copied())
-            .collect();
+        let others = self.confirmers(rt, dir, id);
         let material = self.material.get(&id).cloned().map(Box::new);
         for to in others {
             rt.send(
@@ -571,16 +555,21 @@ impl Verifier {
         }
     }
 
-    fn send_confirm(&mut self, rt: &mut Runtime, dir: &Dir, id: LeafId, claim: Claim) {
+    /// The nodes of the registered verifiers that may confirm a claim on `id`: all but this
+    /// verifier and the audited provider.
+    fn confirmers(&self, rt: &Runtime, dir: &Dir, id: LeafId) -> Vec<NodeId> {
         let me = self.me(rt);
-        let others: Vec<NodeId> = rt
-            .ledger
+        rt.ledger
             .state
             .verifiers
             .iter()
             .filter(|v| **v != me && **v != id.0)
             .filter_map(|v| dir.by_account.get(v).copied())
-            .collect();
+            .collect()
+    }
+
+    fn send_confirm(&mut self, rt: &mut Runtime, dir: &Dir, id: LeafId, claim: Claim) {
+        let others = self.confirmers(rt, dir, id);
         if others.is_empty() {
             return;
         }
@@ -607,16 +596,21 @@ impl Verifier {
         let in_window = Windows::of(&rt.ledger.state.params, id.1)
             .is_ok_and(|w| rt.ledger.state.epoch <= w.commit.1);
         if in_window {
-            rt.submit(
-                self.node,
-                TxBody::DemandMaterial {
-                    provider: id.0,
-                    epoch: id.1,
-                    index: id.2,
-                },
-            );
-            self.demanded.insert(id, false);
+            self.submit_demand(rt, id);
         }
+    }
+
+    /// Puts a material demand for `id` on the ledger and remembers it, unanswered.
+    fn submit_demand(&mut self, rt: &mut Runtime, id: LeafId) {
+        rt.submit(
+            self.node,
+            TxBody::DemandMaterial {
+                provider: id.0,
+                epoch: id.1,
+                index: id.2,
+            },
+        );
+        self.demanded.insert(id, false);
     }
 
     /// A fetch timed out: try again; after the last try, demand the material on the ledger

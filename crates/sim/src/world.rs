@@ -400,68 +400,34 @@ impl World {
             let n = 1 + rng.below(nodes as u64 - 1) as usize;
             let at = rng.range(1_000, end);
             let dur = rng.range(1_000, 3_000);
-            self.rt.at(
-                at,
-                Ev::Timer {
-                    node: n,
-                    timer: Timer::Restart,
-                },
-            );
+            self.timer(at, n, Timer::Restart);
             // A crash is a restart timer's mirror: down at `at`, up at `at + dur`.
-            self.rt.at(
-                at,
-                Ev::Timer {
-                    node: n,
-                    timer: Timer::Heal(usize::MAX),
-                },
-            );
-            self.rt.at(
-                at + dur,
-                Ev::Timer {
-                    node: n,
-                    timer: Timer::Restart,
-                },
-            );
+            self.crash_for(n, at, dur);
         }
         for _ in 0..self.faults.partitions {
             let a = 1 + rng.below(nodes as u64 - 1) as usize;
             let b = 1 + rng.below(nodes as u64 - 1) as usize;
             let at = rng.range(1_000, end);
             let dur = rng.range(1_000, 3_000);
-            self.rt.at(
-                at,
-                Ev::Timer {
-                    node: a,
-                    timer: Timer::Heal(b | (1 << 40)),
-                },
-            );
-            self.rt.at(
-                at + dur,
-                Ev::Timer {
-                    node: a,
-                    timer: Timer::Heal(b),
-                },
-            );
+            self.timer(at, a, Timer::Heal(b | (1 << 40)));
+            self.timer(at + dur, a, Timer::Heal(b));
         }
         if let Some((i, epoch, dur)) = self.faults.outage {
             if let Some(&n) = self.dir.providers.get(i) {
-                let at = epoch * EPOCH_MS + 1;
-                self.rt.at(
-                    at,
-                    Ev::Timer {
-                        node: n,
-                        timer: Timer::Heal(usize::MAX),
-                    },
-                );
-                self.rt.at(
-                    at + dur,
-                    Ev::Timer {
-                        node: n,
-                        timer: Timer::Restart,
-                    },
-                );
+                self.crash_for(n, epoch * EPOCH_MS + 1, dur);
             }
         }
+    }
+
+    /// Fires `timer` on `node` at virtual time `at`.
+    fn timer(&mut self, at: u64, node: NodeId, timer: Timer) {
+        self.rt.at(at, Ev::Timer { node, timer });
+    }
+
+    /// Takes `node` down at `at` and restarts it at `at + dur`.
+    fn crash_for(&mut self, node: NodeId, at: u64, dur: u64) {
+        self.timer(at, node, Timer::Heal(usize::MAX));
+        self.timer(at + dur, node, Timer::Restart);
     }
 
     /// Runs to the end and reports.

@@ -69,6 +69,17 @@ pub(crate) fn to_verdicts(l: &mut Ledger, seq: &Keypair) {
     }
 }
 
+/// Advances until the verdict window of root `R` has closed.
+pub(crate) fn past_verdicts(l: &mut Ledger, seq: &Keypair) {
+    let closes = agora_ledger::Windows::of(&l.state.params, R)
+        .expect("windows")
+        .verdict
+        .1;
+    while l.state.epoch <= closes {
+        advance(l, seq, 1);
+    }
+}
+
 #[test]
 fn rejections_name_their_reason_and_change_nothing() {
     let k = keys(3);
@@ -588,13 +599,23 @@ pub(crate) fn verdict_tx(
             proof: merkle::proof(&hashes(receipts), i).expect("proof"),
         },
     };
+    confirmed_verdict(l, &k[by], &k[conf], v)
+}
+
+/// `v` confirmed by `confirmer` and submitted by `by`, as an audit verdict transaction.
+pub(crate) fn confirmed_verdict(
+    l: &Ledger,
+    by: &Keypair,
+    confirmer: &Keypair,
+    v: Verdict,
+) -> SignedTx {
     tx(
         l,
-        &k[by],
+        by,
         TxBody::AuditVerdict {
-            confirmer_sig: v.sign(&k[conf]),
+            confirmer_sig: v.sign(confirmer),
             verdict: v,
-            confirmer: k[conf].account(),
+            confirmer: confirmer.account(),
         },
     )
 }
@@ -928,18 +949,7 @@ fn a_withheld_leaf_is_slashed_without_a_receipt() {
         fault: Fault::Withheld,
     };
     let before = balance(&l, &k[by]);
-    let ev = ok!(
-        l,
-        &tx(
-            &l,
-            &k[by],
-            TxBody::AuditVerdict {
-                confirmer_sig: v.sign(&k[other]),
-                verdict: v.clone(),
-                confirmer: k[other].account(),
-            }
-        )
-    );
+    let ev = ok!(l, &confirmed_verdict(&l, &k[by], &k[other], v.clone()));
     // 50% of 1000; 20% bounty; nothing refunded; 400 burned.
     assert!(
         matches!(&ev[0], Event::Slashed { receipt: None, amount, bounty, refund, burned, .. }
@@ -951,18 +961,7 @@ fn a_withheld_leaf_is_slashed_without_a_receipt() {
     // A leaf index past the root is refused.
     let past = Verdict { index: 4, ..v };
     assert!(matches!(
-        rejected!(
-            l,
-            &tx(
-                &l,
-                &k[by],
-                TxBody::AuditVerdict {
-                    confirmer_sig: past.sign(&k[other]),
-                    verdict: past,
-                    confirmer: k[other].account(),
-                }
-            )
-        ),
+        rejected!(l, &confirmed_verdict(&l, &k[by], &k[other], past)),
         TxError::Malformed { .. }
     ));
 }

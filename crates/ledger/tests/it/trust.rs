@@ -137,15 +137,7 @@ fn fraud(
         index,
         fault: Fault::Fraud { receipt, proof },
     };
-    tx(
-        l,
-        &k[by],
-        TxBody::AuditVerdict {
-            confirmer_sig: v.sign(&k[conf]),
-            verdict: v,
-            confirmer: k[conf].account(),
-        },
-    )
+    crate::rules::confirmed_verdict(l, &k[by], &k[conf], v)
 }
 
 /// The verdict used to name the refunded channel and amount: a verifier could pay any payer
@@ -240,13 +232,7 @@ fn unconfirmed_fraud_claims_cost_the_accuser() {
         .account(&k[liar].account())
         .map(|a| a.stake.units())
         .unwrap_or(0);
-    let closes = agora_ledger::Windows::of(&l.state.params, R)
-        .expect("windows")
-        .verdict
-        .1;
-    while l.state.epoch <= closes {
-        advance(&mut l, &k[0], 1);
-    }
+    crate::rules::past_verdicts(&mut l, &k[0]);
     let after = l
         .state
         .account(&k[liar].account())
@@ -270,15 +256,7 @@ fn withheld_needs_an_unanswered_demand() {
             index,
             fault: Fault::Withheld,
         };
-        tx(
-            l,
-            &k[by],
-            TxBody::AuditVerdict {
-                confirmer_sig: v.sign(&k[conf]),
-                verdict: v,
-                confirmer: k[conf].account(),
-            },
-        )
+        crate::rules::confirmed_verdict(l, &k[by], &k[conf], v)
     };
     let demand = |l: &Ledger, by: usize, index: u64| {
         tx(
@@ -598,13 +576,7 @@ fn an_honest_verifier_that_fails_a_plant_is_paid_and_the_canary_is_not_slashed()
         ),
         TxError::AlreadyJudged(_)
     ));
-    let closes = agora_ledger::Windows::of(&l.state.params, R)
-        .expect("windows")
-        .verdict
-        .1;
-    while l.state.epoch <= closes {
-        advance(&mut l, &k[0], 1);
-    }
+    crate::rules::past_verdicts(&mut l, &k[0]);
     assert_eq!(l.state.account(&k[by].account()).map(|a| a.stake), stake);
     assert_eq!(
         l.state.account(&k[1].account()).map(|a| a.stake),

@@ -2,69 +2,17 @@
 //! audit; honest answers pass, including one generated on another thread count. The model
 //! is the one the project ships (a real trained model, so its distributions are realistic).
 
-use std::ops::ControlFlow;
-use std::path::Path;
+use agora_model::{LoadOptions, LoadedModel};
+use agora_verify::Fingerprint;
 
-use agora_model::generate::GenerateOptions;
-use agora_model::{LoadOptions, LoadedModel, SamplingParams};
-use agora_verify::{audit, generate_fingerprinted, Answer, AuditReport, Fingerprint, Thresholds};
+use crate::common::{check, honest, sampling, shipped_dir};
+
+/// Tokens generated per answer: the honest claims here run to this length, never to an
+/// end-of-sequence token.
+const MAX_TOKENS: usize = 100;
 
 fn shipped() -> LoadedModel {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/agora-shakespeare");
-    agora_model::load(&path, &LoadOptions::default()).expect("load shipped model")
-}
-
-fn opts(seed: u64, temperature: f64, max_tokens: usize) -> GenerateOptions {
-    GenerateOptions {
-        sampling: SamplingParams {
-            temperature,
-            top_k: 0,
-            top_p: 1.0,
-            seed,
-        },
-        max_tokens,
-        stop: vec![],
-        stop_at_eos: false,
-        resume: vec![],
-    }
-}
-
-struct Claim {
-    prompt: Vec<u32>,
-    output: Vec<u32>,
-    claimed: usize,
-    print: Fingerprint,
-    sampling: SamplingParams,
-}
-
-fn honest(model: &LoadedModel, prompt: &[u32], o: &GenerateOptions) -> Claim {
-    let (g, print) =
-        generate_fingerprinted(model, prompt, o, |_| ControlFlow::Continue(())).expect("gen");
-    Claim {
-        prompt: prompt.to_vec(),
-        claimed: g.tokens.len(),
-        output: g.tokens,
-        print,
-        sampling: o.sampling.clone(),
-    }
-}
-
-fn check(model: &LoadedModel, c: &Claim) -> AuditReport {
-    audit(
-        model,
-        &Answer {
-            model: model.id,
-            prompt: &c.prompt,
-            resumed: &[],
-            output: &c.output,
-            claimed_tokens: c.claimed,
-            sampling: c.sampling.clone(),
-            fingerprint: &c.print,
-            ended_at_eos: false,
-        },
-        &Thresholds::default(),
-    )
-    .expect("audit ran")
+    agora_model::load(&shipped_dir(), &LoadOptions::default()).expect("load shipped model")
 }
 
 #[test]
@@ -75,55 +23,54 @@ fn honest_answers_pass_and_each_cheat_is_caught() {
 
     // Honest, sampled and greedy, on two thread counts.
     for (seed, temp) in [(1, 1.0), (2, 0.8), (3, 0.0)] {
-        let o = opts(seed, temp, 100);
-        let c = honest(&model, &prompt, &o);
+        let o = sampling(seed, temp);
+        let c = honest(&model, &prompt, &o, MAX_TOKENS, false);
         let r = check(&model, &c);
         assert!(r.passed, "honest seed {seed} temp {temp}: {r:?}");
         let one_thread = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .expect("pool");
-        let c1 = one_thread.install(|| honest(&model, &prompt, &o));
+        let c1 = one_thread.install(|| honest(&model, &prompt, &o, MAX_TOKENS, false));
         assert_eq!(c1.output, c.output, "thread count changes no token");
         let r1 = check(&model, &c1);
         assert!(r1.passed, "honest on 1 thread: {r1:?}");
         eprintln!("honest seed {seed} temp {temp}: {r:?}");
     }
 
-    let o = opts(7, 1.0, 100);
-    let good = honest(&model, &prompt, &o);
+    let o = sampling(7, 1.0);
+    let good = honest(&model, &prompt, &o, MAX_TOKENS, false);
 
     // The shipped Q8_0 GGUF: served through the int8 decode kernel, audited through the
     // dequantized f32 prefill; honest, so it passes.
     let gguf = agora_model::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../models/agora-shakespeare/model-q8_0.gguf"),
+        &shipped_dir().join("model-q8_0.gguf"),
         &LoadOptions::default(),
     )
     .expect("gguf");
-    let r = check(&gguf, &honest(&gguf, &prompt, &o));
+    let r = check(&gguf, &honest(&gguf, &prompt, &o, MAX_TOKENS, false));
     eprintln!("honest q8_0 gguf: {r:?}");
     assert!(r.passed, "honest Q8_0: {r:?}");
     let q8 = agora_model::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/agora-shakespeare"),
+        &shipped_dir(),
         &LoadOptions {
             quantize: Some(candle_core::quantized::GgmlDType::Q8_0),
         },
     )
     .expect("q8");
-    let r = check(&model, &honest(&q8, &prompt, &o));
+    let r = check(&model, &honest(&q8, &prompt, &o, MAX_TOKENS, false));
     eprintln!("q8_0 served for f32: {r:?}");
     assert!(!r.passed, "Q8_0 served for the f32 model caught");
 
     // Another quantization of the right model (Q8_0 weights), fingerprints its own.
     let q8 = agora_model::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/agora-shakespeare"),
+        &shipped_dir(),
         &LoadOptions {
             quantize: Some(candle_core::quantized::GgmlDType::Q4_0),
         },
     )
     .expect("quantized");
-    let r = check(&model, &honest(&q8, &prompt, &o));
+    let r = check(&model, &honest(&q8, &prompt, &o, MAX_TOKENS, false));
     eprintln!("quantization swap: {r:?}");
     assert!(!r.passed, "quantization swap caught");
 
@@ -135,7 +82,7 @@ fn honest_answers_pass_and_each_cheat_is_caught() {
     agora_model::safetensors_io::write_hf_dir(cheap_dir.path(), &cfg, &w, &model.tokenizer, None)
         .expect("write");
     let cheap = agora_model::load(cheap_dir.path(), &LoadOptions::default()).expect("load");
-    let swapped = honest(&cheap, &prompt, &o);
+    let swapped = honest(&cheap, &prompt, &o, MAX_TOKENS, false);
     let r = check(&model, &swapped);
     eprintln!("model swap: {r:?}");
     assert!(!r.passed, "model swap caught");
@@ -149,20 +96,20 @@ fn honest_answers_pass_and_each_cheat_is_caught() {
     assert!(r.sampler_mismatches > 10);
 
     // Truncated output claiming the full count.
-    let mut truncated = honest(&model, &prompt, &o);
+    let mut truncated = honest(&model, &prompt, &o, MAX_TOKENS, false);
     truncated.output.truncate(40);
     let r = check(&model, &truncated);
     assert!(!r.passed, "truncation caught");
 
     // A cached answer replayed for another prompt.
-    let mut replayed = honest(&model, &prompt, &o);
+    let mut replayed = honest(&model, &prompt, &o, MAX_TOKENS, false);
     replayed.prompt = other_prompt.clone();
     let r = check(&model, &replayed);
     eprintln!("replayed answer: {r:?}");
     assert!(!r.passed, "replay caught");
 
     // Random tokens with honest-looking fingerprints.
-    let mut random = honest(&model, &prompt, &o);
+    let mut random = honest(&model, &prompt, &o, MAX_TOKENS, false);
     let vocab = model.model.config().vocab_size as u32;
     let mut x = 12345u64;
     for t in random.output.iter_mut() {
