@@ -70,7 +70,8 @@ pub struct ProviderConfig {
     /// Plant a fake fraud in about one answer in this many (the account must be the
     /// ledger's planter): the canary that catches verifiers who approve without auditing.
     pub plant_one_in: Option<u32>,
-    /// Test builds only: refuse every audit request, to show a withheld leaf is slashed.
+    /// Test builds only: refuse every audit request and every on-ledger demand for material,
+    /// to show a withheld leaf is slashed.
     #[cfg(feature = "adversary")]
     pub refuse_audits: bool,
 }
@@ -247,14 +248,24 @@ impl Provider {
             }
         });
         // Demands and inclusion challenges left unanswered slash even an honest provider.
-        let _duties = duties::Duties::new(
-            cfg.chain_id,
-            self.service.key.clone(),
-            self.service.payments.ledger().clone(),
-            self.service.clone(),
-            Some(cfg.data_dir.join("duties.height")),
-        )
-        .spawn()?;
+        // (The adversary that refuses audits refuses them on the ledger too.)
+        #[cfg(feature = "adversary")]
+        let answers_duties = !cfg.refuse_audits;
+        #[cfg(not(feature = "adversary"))]
+        let answers_duties = true;
+        let _duties = match answers_duties {
+            true => Some(
+                duties::Duties::new(
+                    cfg.chain_id,
+                    self.service.key.clone(),
+                    self.service.payments.ledger().clone(),
+                    self.service.clone(),
+                    Some(cfg.data_dir.join("duties.height")),
+                )
+                .spawn()?,
+            ),
+            false => None,
+        };
         let topic = offers_topic(cfg.chain_id);
         let mut claim = tokio::time::interval(cfg.claim_every);
         // Sequence numbers only grow, across restarts too.
