@@ -184,6 +184,9 @@ pub enum Timer {
 }
 
 /// What happens next.
+// A delivered message can carry a verdict with its signed receipt; events are few and short
+// lived, so boxing them would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // most events are deliveries: boxing would cost an allocation each
 pub enum Ev {

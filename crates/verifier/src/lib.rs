@@ -1112,7 +1112,7 @@ impl Shared {
                 .await;
             match result {
                 Ok(_) => {
-                    tracing::warn!(%provider, epoch, index, %confirmer, "fraud confirmed: provider slashed, payer refunded");
+                    tracing::warn!(%provider, epoch, index, %confirmer, withheld = matches!(verdict.fault, Fault::Withheld), "verdict confirmed: provider slashed");
                     return true;
                 }
                 Err(e) if e.contains("already_judged") => {
