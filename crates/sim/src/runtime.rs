@@ -188,7 +188,6 @@ pub enum Timer {
 // lived, so boxing them would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // most events are deliveries: boxing would cost an allocation each
 pub enum Ev {
     /// A message arrives.
     Deliver {
