@@ -83,40 +83,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agora_core::{Amount, Hash32, Keypair};
-
-    fn request(payer: &Keypair) -> InferenceRequest {
-        InferenceRequest {
-            chain_id: 1,
-            request_id: [1; 16],
-            payer: payer.account(),
-            channel: Hash32::of(b"ch"),
-            provider: Keypair::from_seed([2; 32]).account(),
-            model: Hash32::of(b"m"),
-            prompt: PromptSpec::Text("hi".into()),
-            resume: vec![],
-            max_tokens: 8,
-            stop: vec![],
-            sampling: Sampling {
-                temperature: 1.0,
-                top_p: 1.0,
-                seed: 3,
-            },
-            price_in: Amount::new(10),
-            price_out: Amount::new(20),
-            issued_ms: 5,
-        }
-    }
-
     #[test]
     fn frames_round_trip_and_oversized_lengths_are_refused() {
         futures::executor::block_on(async {
-            let payer = Keypair::from_seed([1; 32]);
-            let signed = request(&payer).sign(&payer);
+            let frame = Frame::Error {
+                code: ErrorCode::Busy,
+                message: "queue full".into(),
+            };
             let mut buf = Vec::new();
-            write_frame(&mut buf, &signed).await.unwrap();
-            let back: SignedRequest = read_frame(&mut buf.as_slice()).await.unwrap().unwrap();
-            assert_eq!(back, signed);
+            write_frame(&mut buf, &frame).await.unwrap();
+            let back: Frame = read_frame(&mut buf.as_slice()).await.unwrap().unwrap();
+            assert_eq!(back, frame);
             let huge = ((MAX_FRAME_BYTES + 1) as u32).to_be_bytes();
             let r: Result<Option<Frame>, _> = read_frame(&mut huge.as_slice()).await;
             assert!(matches!(r, Err(ProtocolError::TooLarge(..))));

@@ -189,23 +189,7 @@ async fn confirmer(
     })
     .await
     .expect("node");
-    let cfg = VerifierConfig {
-        chain_id: CHAIN,
-        ledger_url: "http://127.0.0.1:1".into(),
-        account_seed: [5; 32],
-        net: NetConfig {
-            key_seed: [9; 32],
-            listen: vec![],
-            bootstrap: vec![],
-            mdns: false,
-            topics: vec![],
-        },
-        models: vec![],
-        stake: Amount::new(1),
-        thresholds: Thresholds::default(),
-        #[cfg(feature = "adversary")]
-        lazy: false,
-    };
+    let cfg = offline_config([9; 32]);
     let models = if with_model {
         HashMap::from([(f.model_id, f.model.clone())])
     } else {
@@ -624,23 +608,7 @@ async fn unauthenticated_confirm_requests_cost_no_audit() {
     .await
     .expect("node");
     let addr = node.listen_addrs().await.expect("addrs")[0].clone();
-    let cfg = VerifierConfig {
-        chain_id: CHAIN,
-        ledger_url: "http://127.0.0.1:1".into(),
-        account_seed: [5; 32],
-        net: NetConfig {
-            key_seed: [19; 32],
-            listen: vec![],
-            bootstrap: vec![],
-            mdns: false,
-            topics: vec![],
-        },
-        models: vec![],
-        stake: Amount::new(1),
-        thresholds: Thresholds::default(),
-        #[cfg(feature = "adversary")]
-        lazy: false,
-    };
+    let cfg = offline_config([19; 32]);
     let source = Arc::new(CountingSource(Default::default()));
     let mut shared = Shared::new(
         cfg,
@@ -761,4 +729,25 @@ async fn hellos_from_unregistered_keys_are_ignored() {
         !lock(&c.verifiers).contains_key(&fake.account()),
         "an unregistered key became a confirm candidate"
     );
+}
+
+/// A verifier's settings for tests: its ledger is unreachable and its network key is `key_seed`.
+fn offline_config(key_seed: [u8; 32]) -> VerifierConfig {
+    VerifierConfig {
+        chain_id: CHAIN,
+        ledger_url: "http://127.0.0.1:1".into(),
+        account_seed: [5; 32],
+        net: NetConfig {
+            key_seed,
+            listen: vec![],
+            bootstrap: vec![],
+            mdns: false,
+            topics: vec![],
+        },
+        models: vec![],
+        stake: Amount::new(1),
+        thresholds: Thresholds::default(),
+        #[cfg(feature = "adversary")]
+        lazy: false,
+    }
 }
