@@ -71,17 +71,23 @@ pub fn corrupt(fingerprint: &[u8]) -> Option<Vec<u8>> {
     Some(print.to_bytes())
 }
 
-/// Whether the ledger's `audit_window` refusal ("… is not open in epoch N: open from A to B")
-/// says the window is over (N > B); `false` when it is still ahead or the text does not parse.
-pub fn window_passed(message: &str) -> bool {
-    let number_after = |key: &str| -> Option<u64> {
-        let rest = &message[message.find(key)? + key.len()..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
-    };
-    match (number_after("in epoch "), number_after(" to ")) {
-        (Some(now), Some(to)) => now > to,
-        _ => false,
+/// What a canary does with a plant under its root of `root_epoch` when the ledger is at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantStep {
+    /// Its one opening epoch is ahead.
+    Wait,
+    /// This is the epoch the ledger accepts `RevealPlant` in.
+    Open,
+    /// The epoch has passed: it can never be opened.
+    Missed,
+}
+
+/// The plant's step, from the ledger's own windows (`agora_ledger::audit::Windows::plant`).
+pub fn plant_step(params: &agora_ledger::Params, root_epoch: u64, now: u64) -> PlantStep {
+    match agora_ledger::audit::Windows::of(params, root_epoch) {
+        Ok(w) if now < w.plant => PlantStep::Wait,
+        Ok(w) if now == w.plant => PlantStep::Open,
+        _ => PlantStep::Missed,
     }
 }
 
@@ -121,19 +127,23 @@ mod tests {
 
     /// A plant whose one opening epoch was missed was retried on every tick forever.
     #[test]
-    fn a_missed_plant_window_is_recognised_from_the_ledgers_refusal() {
-        let refusal = |epoch, at| {
-            agora_ledger::TxError::AuditWindow {
-                what: "the plant reveal",
-                epoch,
-                from: at,
-                to: at,
-            }
-            .to_string()
-        };
-        assert!(!window_passed(&refusal(5, 7)), "still ahead");
-        assert!(window_passed(&refusal(8, 7)), "over");
-        assert!(!window_passed("something else"));
+    fn a_missed_plant_window_is_recognised_from_the_ledgers_windows() {
+        let params = agora_ledger::Params::default();
+        let at = agora_ledger::audit::Windows::of(&params, 5)
+            .expect("windows")
+            .plant;
+        assert_eq!(
+            plant_step(&params, 5, at - 1),
+            PlantStep::Wait,
+            "still ahead"
+        );
+        assert_eq!(plant_step(&params, 5, at), PlantStep::Open);
+        assert_eq!(plant_step(&params, 5, at + 1), PlantStep::Missed, "over");
+        assert_eq!(
+            plant_step(&params, u64::MAX, 0),
+            PlantStep::Missed,
+            "no window"
+        );
     }
 
     #[test]

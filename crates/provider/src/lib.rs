@@ -427,8 +427,18 @@ impl Provider {
             };
             let due: Vec<(u64, u64)> = canary::lock(&canary.committed).clone();
             let ledger = service.payments.ledger();
+            let status = ledger.status().map_err(|e| e.to_string())?;
             let me = service.key.account();
             for (epoch, index) in due {
+                match canary::plant_step(&status.params, epoch, status.epoch) {
+                    canary::PlantStep::Wait => continue,
+                    canary::PlantStep::Missed => {
+                        tracing::warn!(epoch, index, now = status.epoch, "missed the plant's opening epoch");
+                        canary::lock(&canary.committed).retain(|p| *p != (epoch, index));
+                        continue;
+                    }
+                    canary::PlantStep::Open => {}
+                }
                 let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
                 let tx = Tx {
                     chain_id: service.chain_id,
@@ -460,17 +470,6 @@ impl Provider {
                             }
                         }
                         true
-                    }
-                    // Before its one epoch (`Windows::plant`): try again next tick. After it,
-                    // it can never be opened: stop retrying.
-                    Err(agora_ledger::ClientError::Rejected { code, message })
-                        if code.contains("audit_window") =>
-                    {
-                        let missed = canary::window_passed(&message);
-                        if missed {
-                            tracing::warn!(epoch, index, "missed the plant's opening epoch: {message}");
-                        }
-                        missed
                     }
                     Err(e) => {
                         tracing::warn!(epoch, index, "opening a plant: {e}");
