@@ -178,6 +178,17 @@ pub enum TxError {
         /// The epoch.
         epoch: u64,
     },
+    /// A receipt answered under a root later than its epoch's next one, and that root is not
+    /// audited in full: only a late root (every leaf audited) may hold a late receipt.
+    #[error("receipt of epoch {receipt_epoch} is answered under {provider}'s epoch {epoch} root, which is neither that epoch's nor the next and not audited in full")]
+    LateReceiptRoot {
+        /// The provider.
+        provider: AccountId,
+        /// The receipt's epoch.
+        receipt_epoch: u64,
+        /// The root's epoch.
+        epoch: u64,
+    },
     /// The Merkle proof does not place the receipt under the posted root.
     #[error("receipt {receipt} is not proven under the posted root")]
     BadReceiptProof {
@@ -263,6 +274,7 @@ impl TxError {
             TxError::WrongEpoch { .. } => "wrong_epoch",
             TxError::RootAlreadyPosted { .. } => "root_already_posted",
             TxError::UnknownReceiptRoot { .. } => "unknown_receipt_root",
+            TxError::LateReceiptRoot { .. } => "late_receipt_root",
             TxError::BadReceiptProof { .. } => "bad_receipt_proof",
             TxError::AlreadyJudged(_) => "already_judged",
             TxError::ConflictedVerdict { .. } => "conflicted_verdict",

@@ -2,7 +2,8 @@
 //! provider-signed receipt can make the provider prove it sits under one of its roots.
 //!
 //! A receipt names the epoch `r` it was served in. The provider must put it under its root for
-//! `r` or `r + 1`. From epoch `r + 2` to `r + 1 + escalation_epochs` the payer of the receipt's
+//! `r` or `r + 1`, or (back from an outage) under a later root audited in full
+//! (`PostLateRoot`, or any root while on probation), so a late receipt is audited for sure. From epoch `r + 2` to `r + 1 + escalation_epochs` the payer of the receipt's
 //! channel may challenge it, escrowing `challenge_bond`; the provider answers within
 //! `answer_epochs` with a Merkle path (and takes the bond), or at the start of the epoch after
 //! the deadline it is slashed `slash_bps` of its stake, the payer gets back the receipt's cost
@@ -113,7 +114,7 @@ impl State {
                 reason: "the challenge is not open to this provider's answer",
             });
         }
-        if epoch != c.receipt_epoch && Some(epoch) != c.receipt_epoch.checked_add(1) {
+        if epoch < c.receipt_epoch {
             return Err(TxError::WrongEpoch {
                 expected: c.receipt_epoch,
                 got: epoch,
@@ -126,8 +127,23 @@ impl State {
                 provider: from,
                 epoch,
             })?;
+        // A receipt that missed its epoch's root and the next one counts only under a root
+        // audited in full: arriving late must not lower its chance of an audit. That root's
+        // probability was fixed before the beacon that selects it was drawn.
+        let on_time = epoch - c.receipt_epoch <= 1;
+        if !on_time && posted.audit_ppm < crate::state::FULL_AUDIT_PPM {
+            return Err(TxError::LateReceiptRoot {
+                provider: from,
+                receipt_epoch: c.receipt_epoch,
+                epoch,
+            });
+        }
         if index >= posted.receipts || !merkle::verify(&posted.root, &receipt, index, proof) {
             return Err(TxError::BadReceiptProof { receipt });
+        }
+        if !on_time {
+            // Its verdicts come later than the receipt's own root's would have.
+            self.hold_unbonding(j, from, epoch)?;
         }
         self.close_challenge(j, receipt, &c);
         self.credit(j, from, c.bond)?;

@@ -12,6 +12,9 @@ const STATE_DOMAIN: &[u8] = b"agora/ledger/state/v1";
 const BEACON_DOMAIN: &[u8] = b"agora/ledger/beacon/v1";
 const JUDGED_DOMAIN: &[u8] = b"agora/ledger/judged/v1";
 
+/// The audit probability of a root whose every leaf is audited.
+pub const FULL_AUDIT_PPM: u32 = 1_000_000;
+
 /// The key of a leaf in `judged` and `audits`: `H(provider, epoch, index)`.
 pub fn leaf_key(provider: &AccountId, epoch: u64, index: u64) -> Hash32 {
     codec::hash(JUDGED_DOMAIN, &(provider, epoch, index))
@@ -779,6 +782,68 @@ impl State {
         Ok(())
     }
 
+    /// A provider's root for the current epoch. Its audit probability is fixed now, before
+    /// the beacon that selects: every leaf while on probation or after a confirmed fraud, and
+    /// for a late root (`full`), else the floor.
+    fn post_root(
+        &mut self,
+        j: &mut Journal,
+        from: AccountId,
+        epoch: u64,
+        root: Hash32,
+        receipts: u64,
+        full: bool,
+    ) -> Result<Vec<Event>, TxError> {
+        if epoch != self.epoch {
+            return Err(TxError::WrongEpoch {
+                expected: self.epoch,
+                got: epoch,
+            });
+        }
+        let sender = self
+            .accounts
+            .get(&from)
+            .ok_or(TxError::UnknownAccount(from))?;
+        let have = sender.stake;
+        if have < self.params.min_provider_stake {
+            return Err(TxError::InsufficientStake {
+                account: from,
+                have,
+                need: self.params.min_provider_stake,
+            });
+        }
+        if self.roots.contains_key(&(from, epoch)) {
+            return Err(TxError::RootAlreadyPosted {
+                provider: from,
+                epoch,
+            });
+        }
+        let audit_ppm =
+            if full || sender.frauds > 0 || sender.clean_audits < self.params.probation_jobs {
+                FULL_AUDIT_PPM
+            } else {
+                self.params.audit_floor_ppm
+            };
+        if full {
+            self.hold_unbonding(j, from, epoch)?;
+        }
+        j.roots.push((from, epoch));
+        self.roots.insert(
+            (from, epoch),
+            ReceiptRoot {
+                root,
+                receipts,
+                audit_ppm,
+            },
+        );
+        Ok(vec![Event::ReceiptRootPosted {
+            provider: from,
+            epoch,
+            root,
+            receipts,
+        }])
+    }
+
     fn apply_inner(
         &mut self,
         vtx: &VerifiedTx,
@@ -1020,49 +1085,12 @@ impl State {
                 epoch,
                 root,
                 receipts,
-            } => {
-                if *epoch != self.epoch {
-                    return Err(TxError::WrongEpoch {
-                        expected: self.epoch,
-                        got: *epoch,
-                    });
-                }
-                let have = sender.stake;
-                if have < self.params.min_provider_stake {
-                    return Err(TxError::InsufficientStake {
-                        account: from,
-                        have,
-                        need: self.params.min_provider_stake,
-                    });
-                }
-                if self.roots.contains_key(&(from, *epoch)) {
-                    return Err(TxError::RootAlreadyPosted {
-                        provider: from,
-                        epoch: *epoch,
-                    });
-                }
-                let audit_ppm =
-                    if sender.frauds > 0 || sender.clean_audits < self.params.probation_jobs {
-                        1_000_000
-                    } else {
-                        self.params.audit_floor_ppm
-                    };
-                j.roots.push((from, *epoch));
-                self.roots.insert(
-                    (from, *epoch),
-                    ReceiptRoot {
-                        root: *root,
-                        receipts: *receipts,
-                        audit_ppm,
-                    },
-                );
-                vec![Event::ReceiptRootPosted {
-                    provider: from,
-                    epoch: *epoch,
-                    root: *root,
-                    receipts: *receipts,
-                }]
-            }
+            } => self.post_root(j, from, *epoch, *root, *receipts, false)?,
+            TxBody::PostLateRoot {
+                epoch,
+                root,
+                receipts,
+            } => self.post_root(j, from, *epoch, *root, *receipts, true)?,
             TxBody::AuditVerdict {
                 verdict, confirmer, ..
             } => self.verdict(j, from, verdict, *confirmer)?,
@@ -1178,6 +1206,35 @@ impl State {
             .checked_add(1)
             .ok_or(TxError::Overflow { what: "nonce" })?;
         Ok(events)
+    }
+
+    /// A root of epoch `root_epoch` holds receipts of earlier epochs (a late root): stake the
+    /// provider unbonded since it served them must outlive this root's verdicts too, as if it
+    /// had been unbonded in `root_epoch`. Honest providers only wait longer for it.
+    pub(crate) fn hold_unbonding(
+        &mut self,
+        j: &mut Journal,
+        provider: AccountId,
+        root_epoch: u64,
+    ) -> Result<(), TxError> {
+        let until =
+            root_epoch
+                .checked_add(self.params.unbonding_epochs)
+                .ok_or(TxError::Overflow {
+                    what: "release epoch",
+                })?;
+        let early = self
+            .accounts
+            .get(&provider)
+            .is_some_and(|a| a.unbonding.iter().any(|u| u.release_epoch < until));
+        if early {
+            // Raising every earlier release to one epoch keeps the entries sorted.
+            let a = Self::acct_mut(&mut self.accounts, j, provider);
+            for u in a.unbonding.iter_mut() {
+                u.release_epoch = u.release_epoch.max(until);
+            }
+        }
+        Ok(())
     }
 
     fn unstake(

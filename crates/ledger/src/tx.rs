@@ -175,11 +175,12 @@ pub enum TxBody {
         receipt: SignedReceipt,
     },
     /// The provider proves a challenged receipt is a leaf of its root for the receipt's epoch
-    /// or the next; it takes the challenger's bond.
+    /// or the next, or of a later root audited in full (a [`TxBody::PostLateRoot`]); it takes
+    /// the challenger's bond.
     AnswerInclusion {
         /// The challenged receipt's hash.
         receipt: Hash32,
-        /// The root's epoch: the receipt's, or one more.
+        /// The root's epoch: the receipt's or one more; later only for a root audited in full.
         epoch: u64,
         /// The leaf.
         index: u64,
@@ -188,6 +189,19 @@ pub enum TxBody {
     },
     /// The sequencer ends the epoch: a new beacon, and matured unbonding is released.
     AdvanceEpoch,
+    /// A provider back from an outage commits, for the current epoch, to receipts that missed
+    /// the roots of their epoch and the next (with any of this epoch's): like
+    /// [`TxBody::PostReceiptRoot`], but every leaf is audited, so a receipt held back on
+    /// purpose gains nothing by arriving late. Only such a root answers an inclusion challenge
+    /// of a receipt more than one epoch older than it.
+    PostLateRoot {
+        /// Must be the current epoch.
+        epoch: u64,
+        /// Merkle root of the receipt hashes.
+        root: Hash32,
+        /// Number of receipts under the root.
+        receipts: u64,
+    },
 }
 
 /// A transaction before signing.
@@ -371,7 +385,7 @@ impl SignedTx {
                 })
             }
             // A root may not claim leaves no plan would select from.
-            TxBody::PostReceiptRoot { receipts, .. }
+            TxBody::PostReceiptRoot { receipts, .. } | TxBody::PostLateRoot { receipts, .. }
                 if *receipts == 0 || *receipts > crate::audit::MAX_PLANNED_LEAVES =>
             {
                 Err(TxError::Malformed {

@@ -337,15 +337,27 @@ impl Provider {
             };
             let me = service.key.account();
             let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
+            let (root, receipts) = (batch.root, batch.leaves.len() as u64);
+            // Back from an outage: receipts that missed the roots of their epoch and the next
+            // answer a challenge only under a late root, whose every leaf is audited.
+            let body = if batch.oldest_epoch.saturating_add(1) < epoch {
+                TxBody::PostLateRoot {
+                    epoch,
+                    root,
+                    receipts,
+                }
+            } else {
+                TxBody::PostReceiptRoot {
+                    epoch,
+                    root,
+                    receipts,
+                }
+            };
             let tx = Tx {
                 chain_id: service.chain_id,
                 from: me,
                 nonce,
-                body: TxBody::PostReceiptRoot {
-                    epoch,
-                    root: batch.root,
-                    receipts: batch.leaves.len() as u64,
-                },
+                body,
             }
             .sign(&service.key);
             match ledger.submit(&tx) {

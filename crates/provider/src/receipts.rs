@@ -39,6 +39,8 @@ pub struct Batch {
     keys: Vec<u64>,
     /// Pending keys of receipts for a request already in the batch: dropped, not posted.
     dropped: Vec<u64>,
+    /// The earliest epoch a receipt in the batch names.
+    pub oldest_epoch: u64,
 }
 
 /// Trees of recent epochs kept built, so an audit request costs a lookup, not a rebuild.
@@ -91,10 +93,12 @@ impl ReceiptLog {
         let t = r.open_table(PENDING).map_err(db_err)?;
         let mut by_request: BTreeMap<RequestId, (u64, Hash32)> = BTreeMap::new();
         let mut dropped = vec![];
+        let mut oldest_epoch = u64::MAX;
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
             let m = Material::try_from_slice(v.value()).map_err(db_err)?;
             let id = m.receipt.receipt.request_id;
+            oldest_epoch = oldest_epoch.min(m.receipt.receipt.epoch);
             match by_request.entry(id) {
                 std::collections::btree_map::Entry::Occupied(_) => dropped.push(k.value()),
                 std::collections::btree_map::Entry::Vacant(e) => {
@@ -111,6 +115,7 @@ impl ReceiptLog {
             leaves,
             keys,
             dropped,
+            oldest_epoch,
         }))
     }
 

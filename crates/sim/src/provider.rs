@@ -560,12 +560,26 @@ impl Provider {
             self.pending = leaves;
         } else if !leaves.is_empty() && staked && !self.posted.contains_key(&epoch) {
             let hashes: Vec<Hash32> = leaves.iter().map(|l| l.hash).collect();
+            let (root, receipts) = (merkle::root(&hashes), hashes.len() as u64);
+            // Back from an outage with receipts that missed the roots of their epoch and
+            // the next: only a late root (every leaf audited) still answers for them.
+            let overdue = leaves
+                .iter()
+                .any(|l| l.material.receipt.receipt.epoch + 1 < epoch);
             rt.submit(
                 self.node,
-                TxBody::PostReceiptRoot {
-                    epoch,
-                    root: merkle::root(&hashes),
-                    receipts: hashes.len() as u64,
+                if overdue {
+                    TxBody::PostLateRoot {
+                        epoch,
+                        root,
+                        receipts,
+                    }
+                } else {
+                    TxBody::PostReceiptRoot {
+                        epoch,
+                        root,
+                        receipts,
+                    }
                 },
             );
             if self.kind == ProviderKind::Canary {

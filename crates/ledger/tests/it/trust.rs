@@ -637,3 +637,243 @@ fn a_root_cannot_claim_leaves_no_plan_selects() {
     ));
     ok!(l, &post(&l, agora_ledger::audit::MAX_PLANNED_LEAVES));
 }
+
+/// A provider past probation (2% of leaves audited) and the payer `k[4]` of one of its
+/// channels; `k[2]`, `k[3]` are verifiers. The provider served `receipt` in epoch `R`.
+fn past_probation_world() -> (Ledger, Vec<Keypair>, Hash32) {
+    let k = keys(5);
+    let mut g = crate::common::genesis(&k, 10_000);
+    g.params.probation_jobs = 0;
+    let mut l = Ledger::from_genesis(&g).expect("valid genesis");
+    ok!(l, &tx(&l, &k[1], TxBody::Stake { amount: amt(1000) }));
+    for v in [2, 3] {
+        ok!(
+            l,
+            &tx(&l, &k[v], TxBody::RegisterVerifier { stake: amt(1000) })
+        );
+    }
+    advance(&mut l, &k[0], 1);
+    let c = crate::rules::open_channel(&mut l, &k[4], &k[1], 500, 10);
+    (l, k, c.id)
+}
+
+fn ppm(l: &Ledger, provider: &Keypair, epoch: u64) -> Option<u32> {
+    l.state
+        .roots
+        .get(&(provider.account(), epoch))
+        .map(|r| r.audit_ppm)
+}
+
+fn post_root(l: &Ledger, k: &Keypair, leaves: &[SignedReceipt], late: bool) -> SignedTx {
+    let (epoch, root, receipts) = (
+        l.state.epoch,
+        merkle::root(&hashes(leaves)),
+        leaves.len() as u64,
+    );
+    let body = if late {
+        TxBody::PostLateRoot {
+            epoch,
+            root,
+            receipts,
+        }
+    } else {
+        TxBody::PostReceiptRoot {
+            epoch,
+            root,
+            receipts,
+        }
+    };
+    tx(l, k, body)
+}
+
+fn answer_inclusion(
+    l: &Ledger,
+    k: &Keypair,
+    r: &SignedReceipt,
+    leaves: &[SignedReceipt],
+) -> SignedTx {
+    let i = leaves
+        .iter()
+        .position(|x| x.hash() == r.hash())
+        .expect("under the root");
+    tx(
+        l,
+        k,
+        TxBody::AnswerInclusion {
+            receipt: r.hash(),
+            epoch: l.state.epoch,
+            index: i as u64,
+            proof: merkle::proof(&hashes(leaves), i).expect("proof"),
+        },
+    )
+}
+
+/// The provider-outage finding: an honest provider that was down across the roots of a
+/// receipt's epoch and the next used to be slashed for omission (its first root after the
+/// restart was too late to answer the challenge). Now it posts a late root, audited in full,
+/// answers the challenge under it, takes the bond, and keeps its stake.
+#[test]
+fn a_provider_down_across_both_roots_answers_under_a_late_root_and_keeps_its_stake() {
+    let (mut l, k, ch) = past_probation_world();
+    let served = crate::common::receipt_at(&k[1], &k[4], ch, 50, 1, R);
+    // Down in R and R + 1: no roots. Back in R + 2, the payer challenges first.
+    advance(&mut l, &k[0], 2);
+    ok!(
+        l,
+        &tx(
+            &l,
+            &k[4],
+            TxBody::ChallengeInclusion {
+                receipt: served.clone()
+            }
+        )
+    );
+    // Back online in the same epoch: what was pending, with this epoch's receipts.
+    let now = crate::common::receipt_at(&k[1], &k[4], ch, 50, 2, R + 2);
+    let leaves = [served.clone(), now];
+    ok!(l, &post_root(&l, &k[1], &leaves, true));
+    assert_eq!(
+        ppm(&l, &k[1], R + 2),
+        Some(1_000_000),
+        "a late root is audited in full"
+    );
+    let before = bal(&l, &k[1]);
+    ok!(l, &answer_inclusion(&l, &k[1], &served, &leaves));
+    assert_eq!(bal(&l, &k[1]), before + 5, "the bond pays the answer");
+    advance(&mut l, &k[0], 3);
+    assert_eq!(
+        l.state.account(&k[1].account()).map(|a| a.stake),
+        Some(amt(1000)),
+        "nobody slashed the provider"
+    );
+    // Every leaf of the late root is selected by its beacon.
+    let plan = l.state.audit_plan(&k[1].account(), R + 2).expect("plan");
+    assert_eq!(plan.leaves.len(), 2);
+}
+
+/// The attack the late root must not open: a provider past probation (2% audits) holds back
+/// a receipt it cheated on, and only when the payer challenges puts it under an ordinary
+/// root, where it would face a 2% audit instead of slashing. Refused: only a root audited in
+/// full answers for a receipt that missed both its roots, so holding one back buys nothing.
+/// Its probability is fixed at posting, before the selecting beacon: there is no choosing
+/// after seeing it. Not answering at all is still an omission slash.
+#[test]
+fn a_receipt_held_back_past_both_roots_counts_only_under_a_root_audited_in_full() {
+    let (mut l, k, ch) = past_probation_world();
+    let honest = crate::common::receipt_at(&k[1], &k[4], ch, 50, 1, R);
+    let cheated = crate::common::receipt_at(&k[1], &k[4], ch, 50, 2, R);
+    ok!(
+        l,
+        &post_root(&l, &k[1], std::slice::from_ref(&honest), false)
+    );
+    assert_eq!(ppm(&l, &k[1], R), Some(20_000));
+    advance(&mut l, &k[0], 2);
+    ok!(
+        l,
+        &tx(
+            &l,
+            &k[4],
+            TxBody::ChallengeInclusion {
+                receipt: cheated.clone()
+            }
+        )
+    );
+    let leaves = [cheated.clone()];
+    ok!(l, &post_root(&l, &k[1], &leaves, false));
+    assert!(matches!(
+        rejected!(l, &answer_inclusion(&l, &k[1], &cheated, &leaves)),
+        TxError::LateReceiptRoot {
+            receipt_epoch: R,
+            ..
+        }
+    ));
+    // A root of an epoch before the receipt's answers nothing either.
+    let t = tx(
+        &l,
+        &k[1],
+        TxBody::AnswerInclusion {
+            receipt: cheated.hash(),
+            epoch: R - 1,
+            index: 0,
+            proof: vec![],
+        },
+    );
+    assert!(matches!(rejected!(l, &t), TxError::WrongEpoch { .. }));
+    // Unanswered by the deadline: the omission is slashed as before.
+    advance(&mut l, &k[0], 1);
+    let ev = ok!(l, &tx(&l, &k[0], TxBody::AdvanceEpoch));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::OmissionSlashed { amount, .. } if *amount == amt(500))),
+        "{ev:?}"
+    );
+}
+
+/// A late root is an ordinary root in every other rule: current epoch only, one per epoch,
+/// bonded stake, a receipt count a plan can select.
+#[test]
+fn a_late_root_keeps_the_rules_of_a_root() {
+    let (mut l, k, ch) = past_probation_world();
+    let leaves = [crate::common::receipt_at(&k[1], &k[4], ch, 50, 1, R)];
+    let mut t = post_root(&l, &k[1], &leaves, true);
+    if let TxBody::PostLateRoot { epoch, .. } = &mut t.tx.body {
+        *epoch -= 1;
+    }
+    let t = tx(&l, &k[1], t.tx.body);
+    assert!(matches!(rejected!(l, &t), TxError::WrongEpoch { .. }));
+    ok!(l, &post_root(&l, &k[1], &leaves, false));
+    assert!(matches!(
+        rejected!(l, &post_root(&l, &k[1], &leaves, true)),
+        TxError::RootAlreadyPosted { .. }
+    ));
+    // Unbonded: no root of either kind.
+    ok!(l, &tx(&l, &k[1], TxBody::Unstake { amount: amt(1000) }));
+    advance(&mut l, &k[0], 1);
+    assert!(matches!(
+        rejected!(l, &post_root(&l, &k[1], &leaves, true)),
+        TxError::InsufficientStake { .. }
+    ));
+}
+
+/// A late root's verdicts land later than those of the receipt's own root, so a cheater could
+/// serve, unbond most of its stake at once, hold the receipt back, and answer the challenge
+/// under a late root at the deadline: the unbonded stake would be released before the late
+/// root's last verdict. Posting or answering under a late root holds the unbonding stake for a
+/// full unbonding period from the late root's epoch, as if it had been unbonded then.
+#[test]
+fn unbonding_before_a_late_answer_does_not_outrun_its_verdict() {
+    let (mut l, k, ch) = past_probation_world();
+    let u = l.state.params.unbonding_epochs;
+    let cheated = crate::common::receipt_at(&k[1], &k[4], ch, 50, 2, R);
+    // Serve in R, keep 100 bonded (enough to post), unbond 900 now: released at R + u.
+    ok!(l, &tx(&l, &k[1], TxBody::Unstake { amount: amt(900) }));
+    advance(&mut l, &k[0], 2);
+    ok!(
+        l,
+        &tx(
+            &l,
+            &k[4],
+            TxBody::ChallengeInclusion {
+                receipt: cheated.clone()
+            }
+        )
+    );
+    // At the challenge's deadline, under a late root.
+    advance(&mut l, &k[0], 1);
+    let e = l.state.epoch;
+    let leaves = [cheated.clone()];
+    ok!(l, &post_root(&l, &k[1], &leaves, true));
+    ok!(l, &answer_inclusion(&l, &k[1], &cheated, &leaves));
+    let last_verdict = agora_ledger::Windows::of(&l.state.params, e)
+        .expect("windows")
+        .verdict
+        .1;
+    assert!(R + u <= last_verdict, "the attack needs a late verdict");
+    let a = l.state.account(&k[1].account()).expect("provider");
+    assert_eq!(a.unbonding.len(), 1);
+    assert_eq!(a.unbonding[0].release_epoch, e + u);
+    assert!(
+        e + u > last_verdict,
+        "stake outlives the late root's verdicts"
+    );
+}

@@ -109,8 +109,9 @@ fn mixed_adversary_breaks_no_invariant() {
     clean("mixed");
 }
 
+/// An honest provider down across the roots of its receipts' epoch and the next used to be
+/// slashed for omission; it now answers under a late root, audited in full.
 #[test]
-#[ignore = "attack succeeds until a provider down across one root deadline can still place its late answers (a later root or a longer inclusion span): see issue 13 item 2"]
 fn provider_outage_over_a_root_deadline_is_not_an_omission() {
     clean("provider-outage");
 }
