@@ -54,6 +54,7 @@ pub use error::{
 pub use genesis::{Allocation, Genesis, Params};
 pub use state::{
     leaf_key, Account, Alarm, BlockCtx, Challenge, Channel, Demand, Event, LeafAudit, Plant, State,
+    FULL_AUDIT_PPM,
 };
 pub use store::{BlockEvents, Store, TxEvents};
 pub use tx::{

@@ -10,7 +10,9 @@
 
 use agora_core::{codec, Amount, Hash32};
 use agora_wire::price::cost_micros;
-use agora_wire::protocol::{fingerprint_hash, tokens_hash, Material};
+use agora_wire::protocol::{fingerprint_hash, tokens_hash, Material, SignedReceipt};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 const TOKEN_DOMAIN: &[u8] = b"agora/sim/token/v1";
 const LEN_DOMAIN: &[u8] = b"agora/sim/len/v1";
@@ -71,7 +73,7 @@ pub fn audit(m: &Material, max_tokens: u32) -> Audit {
     let r = &m.receipt.receipt;
     // Material that is not what the receipt commits to cannot be judged.
     let all: Vec<u32> = m.resumed.iter().chain(&m.output).copied().collect();
-    if m.receipt.verify().is_err()
+    if !receipt_signed(&m.receipt)
         || tokens_hash(&m.prompt) != r.prompt_hash
         || tokens_hash(&all) != r.output_hash
         || fingerprint_hash(&m.fingerprint) != r.fingerprint_hash
@@ -101,4 +103,31 @@ pub fn audit(m: &Material, max_tokens: u32) -> Audit {
 /// The whole-unit cost of an answer, for refunds: `floor(micros / 1e6)`, at least the charge.
 pub fn amount_of(micros: u128) -> Amount {
     agora_wire::price::micros_to_amount(micros)
+}
+
+thread_local! {
+    /// Hashes of signed receipts whose signature verified on this thread.
+    static SIGNED: RefCell<BTreeSet<Hash32>> = const { RefCell::new(BTreeSet::new()) };
+}
+
+/// Whether the receipt's provider signed it, remembering the ones that verified: the payer,
+/// the assigned verifier and every confirmer check the same bytes. The key is the hash of
+/// the receipt and its signature together, and verification is a pure function of them, so
+/// the answer is the one a fresh check gives.
+pub fn receipt_signed(r: &SignedReceipt) -> bool {
+    let key = r.hash();
+    if SIGNED.with(|s| s.borrow().contains(&key)) {
+        return true;
+    }
+    let ok = r.verify().is_ok();
+    if ok {
+        SIGNED.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() >= 1 << 16 {
+                s.clear();
+            }
+            s.insert(key);
+        });
+    }
+    ok
 }

@@ -641,9 +641,21 @@ impl Provider {
     }
 }
 
-/// Whether a provider-signed receipt hash is under one of its posted roots.
-pub fn eligible(p: &Provider, receipt: &Hash32) -> bool {
-    p.posted.values().flatten().any(|l| l.hash == *receipt)
+/// Whether a provider-signed receipt hash is under one of the roots the ledger holds for
+/// `provider` (the provider's own record of a root counts only if the ledger accepted it).
+pub fn eligible(
+    p: &Provider,
+    st: &agora_ledger::State,
+    provider: &AccountId,
+    receipt: &Hash32,
+) -> bool {
+    p.posted.iter().any(|(epoch, leaves)| {
+        leaves.iter().any(|l| l.hash == *receipt)
+            && st.roots.get(&(*provider, *epoch)).is_some_and(|r| {
+                let hashes: Vec<Hash32> = leaves.iter().map(|l| l.hash).collect();
+                r.root == merkle::root(&hashes)
+            })
+    })
 }
 
 /// What a provider commits to when it answers a demand: the hash of the material it serves.

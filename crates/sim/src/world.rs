@@ -694,7 +694,8 @@ impl World {
         for p in &self.payers {
             for (pn, h) in &p.paid {
                 if let Some(Role::Provider(i)) = self.roles.get(*pn).copied() {
-                    if !eligible(&self.providers[i], h) && !omissions.contains(h) {
+                    let account = self.rt.accounts[*pn];
+                    if !eligible(&self.providers[i], st, &account, h) && !omissions.contains(h) {
                         missing += 1;
                     }
                 }
@@ -730,7 +731,16 @@ impl World {
             })
             .collect();
         let mut earned: BTreeMap<AccountId, u128> = BTreeMap::new();
+        // Refunds for a provider's fraud or omission: an honest payer in the same seat gets
+        // them too, so they are no payer strategy's gain (they pay back answers that were not
+        // worth their price, or were never made audit-eligible).
+        let mut refunded: BTreeMap<AccountId, u128> = BTreeMap::new();
         for e in &self.rt.events {
+            if let Event::Slashed { payer, refund, .. }
+            | Event::OmissionSlashed { payer, refund, .. } = e
+            {
+                *refunded.entry(*payer).or_insert(0) += refund.units();
+            }
             match e {
                 Event::Slashed {
                     provider,
@@ -774,7 +784,8 @@ impl World {
                         .values()
                         .map(|m| micros_to_amount(*m).units())
                         .sum();
-                    delta + value as i128
+                    let refunds = refunded.get(&self.rt.accounts[n]).copied().unwrap_or(0);
+                    delta + value as i128 - refunds as i128
                 }
                 Role::Verifier(i) => {
                     let v = &self.verifiers[i];

@@ -104,9 +104,33 @@ fn planter_key_cannot_slash_honest_verifiers() {
 }
 
 #[test]
-#[ignore = "about 3% of 10,000 mixed seeds still violate: random crashes across a root deadline are slashed as omissions (the provider-outage gap, issue 13 item 2); run agora sim --scenario mixed"]
 fn mixed_adversary_breaks_no_invariant() {
     clean("mixed");
+}
+
+/// The design brief's goal, in CI: the randomized adversary over 10,000 seeds with no
+/// violation. About a minute in release on two idle cores (docs/BENCHMARKS.md); every core
+/// this machine has is used.
+#[test]
+fn mixed_adversary_over_10000_seeds_breaks_no_invariant() {
+    let sc = scenario("mixed").expect("scenario");
+    let seeds: Vec<u64> = (0..10_000).collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let started = std::time::Instant::now();
+    let s = summarize(sc, &run_seeds(sc, &seeds, threads));
+    eprintln!(
+        "mixed, 10,000 seeds on {threads} threads: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        s.violations, 0,
+        "first violation at seed {:?}: {:?} (replay: agora sim --scenario mixed --seed S --trace)",
+        s.first_violation, s.first_violation_reason
+    );
+    assert!(s.conserved);
+    assert_eq!(s.honest_slashed, 0);
+    assert_eq!(s.overcharge, 0);
+    assert!(s.mean_attacker_gain < 0.0);
 }
 
 /// An honest provider down across the roots of its receipts' epoch and the next used to be
