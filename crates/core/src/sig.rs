@@ -19,6 +19,10 @@ use sha2::{Digest, Sha512};
 struct Parsed {
     a: EdwardsPoint,
     r: EdwardsPoint,
+    /// The encodings of `a` and `r` as given (they bind the batch weights without the cost of
+    /// compressing the points again).
+    a_bytes: [u8; 32],
+    r_bytes: [u8; 32],
     s: Scalar,
     k: Scalar,
 }
@@ -40,7 +44,14 @@ fn parse(account: &AccountId, msg: &[u8], sig: &Signature) -> Option<Parsed> {
     h.update(account.as_bytes());
     h.update(msg);
     let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
-    Some(Parsed { a, r, s, k })
+    Some(Parsed {
+        a,
+        r,
+        a_bytes: *account.as_bytes(),
+        r_bytes,
+        s,
+        k,
+    })
 }
 
 fn check(p: &Parsed) -> bool {
@@ -63,8 +74,8 @@ pub fn verify_many(items: &[(AccountId, &[u8], Signature)]) -> Vec<bool> {
         // Weights derived from every input, so no signer can choose them.
         let mut t = blake3::Hasher::new_derive_key("agora ed25519 cofactored batch v1");
         for p in &live {
-            t.update(p.r.compress().as_bytes());
-            t.update(p.a.compress().as_bytes());
+            t.update(&p.r_bytes);
+            t.update(&p.a_bytes);
             t.update(p.s.as_bytes());
             t.update(p.k.as_bytes());
         }

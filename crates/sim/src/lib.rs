@@ -41,20 +41,34 @@ pub use scenario::{Scenario, Summary, SCENARIOS};
 pub use world::RunResult;
 
 /// Runs `sc` on `seeds` seeds, spread over `threads` threads; results in seed order, so the
-/// outcome does not depend on the thread count.
+/// outcome does not depend on the thread count. Threads take the next seed as they finish
+/// one (runs differ in length), so none idles while another has a long queue.
 pub fn run_seeds(sc: &Scenario, seeds: &[u64], threads: usize) -> Vec<RunResult> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let threads = threads.clamp(1, seeds.len().max(1));
-    let chunk = seeds.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = seeds
-            .chunks(chunk.max(1))
-            .map(|c| s.spawn(move || c.iter().map(|&seed| sc.run(seed)).collect::<Vec<_>>()))
+    let next = AtomicUsize::new(0);
+    let mut done: Vec<(usize, RunResult)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&seed) = seeds.get(i) else {
+                            break out;
+                        };
+                        out.push((i, sc.run(seed)));
+                    }
+                })
+            })
             .collect();
         handles
             .into_iter()
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
-    })
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The scenario called `name`, or an error naming the ones there are.

@@ -26,6 +26,10 @@ pub enum ProviderKind {
     /// Serves a cheaper model with probability `cheat_ppm` and leaves those receipts out of
     /// its root.
     OmitReceipt,
+    /// Serves a cheaper model with probability `cheat_ppm`, holds those receipts back from its
+    /// roots, and puts one under its next root only once the payer challenges it (hoping the
+    /// late root is audited at the floor like an ordinary one).
+    LateOmit,
     /// Serves a cheaper model with probability `cheat_ppm`, posts, then unstakes everything.
     UnstakeEarly,
     /// Serves a cheaper model with probability `cheat_ppm` and never hands over the material
@@ -83,6 +87,7 @@ pub struct Provider {
     plants: Vec<(u64, u64, Hash32)>,
     answered: BTreeSet<Hash32>,
     unstaked: bool,
+    held: Vec<Leaf>,
 }
 
 impl Provider {
@@ -105,6 +110,7 @@ impl Provider {
             plants: Vec::new(),
             answered: BTreeSet::new(),
             unstaked: false,
+            held: Vec::new(),
         }
     }
 
@@ -552,10 +558,23 @@ impl Provider {
             .state
             .account(&me)
             .is_some_and(|a| a.stake >= rt.ledger.state.params.min_provider_stake);
-        let leaves: Vec<Leaf> = std::mem::take(&mut self.pending)
+        let mut leaves: Vec<Leaf> = std::mem::take(&mut self.pending)
             .into_iter()
             .filter(|l| !(self.kind == ProviderKind::OmitReceipt && l.cheated))
             .collect();
+        if self.kind == ProviderKind::LateOmit {
+            let (cheated, kept): (Vec<Leaf>, Vec<Leaf>) =
+                leaves.into_iter().partition(|l| l.cheated);
+            self.held.extend(cheated);
+            leaves = kept;
+            // Only what the payer challenged comes out, under this epoch's root.
+            let st = &rt.ledger.state;
+            let (out, still): (Vec<Leaf>, Vec<Leaf>) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|l| st.challenges.get(&l.hash).is_some_and(|c| c.open));
+            self.held = still;
+            leaves.extend(out);
+        }
         if late {
             self.pending = leaves;
         } else if !leaves.is_empty() && staked && !self.posted.contains_key(&epoch) {

@@ -262,6 +262,8 @@ pub struct Runtime {
     pub invariant_failures: Vec<String>,
     /// Events of every block so far, in order.
     pub events: Vec<Event>,
+    /// The state hash of the last block.
+    state_hash: Option<Hash32>,
 }
 
 impl Runtime {
@@ -280,6 +282,7 @@ impl Runtime {
             rejected: BTreeMap::new(),
             invariant_failures: Vec::new(),
             events: Vec::new(),
+            state_hash: None,
         }
     }
 
@@ -396,20 +399,29 @@ impl Runtime {
                 }
             }
         }
+        // A block that applied nothing left the state as it was (a refused transaction
+        // changes nothing): its state hash is the last one, and the invariants still hold.
+        let state_hash = match self.state_hash {
+            Some(h) if ids.is_empty() => h,
+            _ => {
+                if let Err(e) = self.ledger.state.check_invariants() {
+                    self.invariant_failures
+                        .push(format!("block {}: {e}", ctx.height));
+                }
+                self.ledger.state.hash()
+            }
+        };
+        self.state_hash = Some(state_hash);
         let header = BlockHeader {
             chain_id,
             height: ctx.height,
             parent: ctx.parent,
             tx_root: tx_root(&ids),
-            state_hash: self.ledger.state.hash(),
+            state_hash,
             timestamp_ms: self.now,
         };
         self.ledger.height = ctx.height;
         self.ledger.tip = header.hash();
-        if let Err(e) = self.ledger.state.check_invariants() {
-            self.invariant_failures
-                .push(format!("block {}: {e}", ctx.height));
-        }
         self.events.extend(events.iter().cloned());
         events
     }

@@ -39,6 +39,12 @@ fn cheap_model(_: &mut Rng) -> Setup {
 fn omit_receipt(_: &mut Rng) -> Setup {
     with_provider(ProviderKind::OmitReceipt, 500_000)
 }
+fn late_omit(_: &mut Rng) -> Setup {
+    // Past probation: an ordinary root is audited at the 2% floor.
+    let mut s = with_provider(ProviderKind::LateOmit, 500_000);
+    s.warm_start = true;
+    s
+}
 fn unstake(_: &mut Rng) -> Setup {
     with_provider(ProviderKind::UnstakeEarly, 1_000_000)
 }
@@ -102,6 +108,7 @@ fn mixed(r: &mut Rng) -> Setup {
     let pk = [
         ProviderKind::Overcharge,
         ProviderKind::OmitReceipt,
+        ProviderKind::LateOmit,
         ProviderKind::UnstakeEarly,
         ProviderKind::Withhold,
         ProviderKind::CheapModel,
@@ -171,6 +178,12 @@ pub const SCENARIOS: &[Scenario] = &[
         item: 2,
         what: "a provider serves a cheaper model and leaves those receipts out of its root",
         build: omit_receipt,
+    },
+    Scenario {
+        name: "late-omit",
+        item: 2,
+        what: "a provider past probation holds back receipts it cheated on and puts them under a root only once challenged",
+        build: late_omit,
     },
     Scenario {
         name: "withhold-material",

@@ -77,6 +77,15 @@ fn omitted_receipts_are_caught() {
     assert!(s.mean_attacker_gain < 0.0);
 }
 
+/// The attack a late root must not open: held-back receipts come out only once challenged,
+/// and then under a root audited in full, so they are caught as surely as under probation.
+#[test]
+fn receipts_held_back_until_challenged_are_audited_in_full() {
+    let s = clean("late-omit");
+    assert!(s.cheats > 0 && s.slashes > 0);
+    assert!(s.mean_attacker_gain < 0.0);
+}
+
 #[test]
 fn unstaking_before_the_verdict_does_not_save_the_stake() {
     clean("unstake-before-verdict");
