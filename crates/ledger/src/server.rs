@@ -201,6 +201,8 @@ impl Node {
             .route("/v1/blocks/{height}", get(block))
             .route("/v1/blocks", get(blocks))
             .route("/v1/events", get(events))
+            .route("/metrics", get(crate::metrics::scrape))
+            .layer(axum::middleware::from_fn(agora_metrics::track))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone())
     }
@@ -306,6 +308,7 @@ fn seal(
     waiting: Vec<oneshot::Sender<Result<SubmitReceipt, SubmitError>>>,
     epoch_key: Option<&Keypair>,
 ) -> Result<(), StoreError> {
+    let started = Instant::now();
     let mut ledger = shared.ledger.write().unwrap_or_else(|p| p.into_inner());
     if let Some(key) = epoch_key {
         let nonce = ledger.state.account(&key.account()).map_or(0, |a| a.nonce);
@@ -330,6 +333,7 @@ fn seal(
         // Nothing accepted: no block; the state is unchanged.
         ledger.height = prev_height;
         ledger.tip = prev_tip;
+        crate::metrics::sealed(None, &outcomes, started);
         for ((_, r), reply) in outcomes.into_iter().zip(waiting) {
             if let Err(e) = r {
                 let _ = reply.send(Err(e.into()));
@@ -347,6 +351,7 @@ fn seal(
         })
         .collect();
     shared.store.commit(&block, &events, &ledger)?;
+    crate::metrics::sealed(Some(&block), &outcomes, started);
     let view = status_of(&ledger, block.header.state_hash);
     drop(ledger);
     *shared.status.write().unwrap_or_else(|p| p.into_inner()) = view;
