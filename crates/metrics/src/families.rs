@@ -404,3 +404,66 @@ pub fn diloco() -> &'static DilocoMetrics {
 pub fn label(key: &'static str, value: impl Into<String>) -> Labels {
     vec![(key, value.into())]
 }
+
+impl VerifierMetrics {
+    /// One audit ended with `outcome`, begun at `started`.
+    pub fn audit_outcome(&self, outcome: &str, started: std::time::Instant) {
+        self.audits.get_or_create(&label("outcome", outcome)).inc();
+        self.audit_time.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// A transaction of `kind` was submitted; `ok` if the ledger took it.
+    pub fn ledger_tx(&self, kind: &'static str, ok: bool) {
+        let outcome = if ok { "committed" } else { "refused" };
+        self.ledger_txs
+            .get_or_create(&vec![
+                ("kind", kind.to_string()),
+                ("outcome", outcome.into()),
+            ])
+            .inc();
+    }
+}
+
+impl ProviderMetrics {
+    /// A request ended: `outcome` is `served` or the refusal's code.
+    pub fn request(&self, outcome: &str) {
+        self.requests
+            .get_or_create(&label("outcome", outcome))
+            .inc();
+    }
+
+    /// The first token of an answer accepted at `accepted` leaves now.
+    pub fn first_token(&self, accepted: std::time::Instant) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        self.time_to_first_token
+            .observe((now - accepted).as_secs_f64());
+        now
+    }
+
+    /// An answer was signed: its prompt and new tokens, and when its first token left.
+    pub fn answered(&self, prompt: usize, output: usize, first: Option<std::time::Instant>) {
+        self.tokens_in.inc_by(prompt as u64);
+        self.tokens_out.inc_by(output as u64);
+        self.receipts.inc();
+        if let (Some(f), true) = (first, output > 1) {
+            self.token_latency
+                .observe(f.elapsed().as_secs_f64() / (output - 1) as f64);
+        }
+    }
+}
+
+impl DilocoMetrics {
+    /// A round closed: islands accepted, refused and missing, bytes, held-out loss.
+    pub fn round_closed(&self, next_round: u64, islands: [usize; 3], bytes: u64, heldout_bpb: f64) {
+        self.rounds_closed.inc();
+        self.round
+            .set(i64::try_from(next_round).unwrap_or(i64::MAX));
+        for (outcome, n) in ["accepted", "refused", "missing"].iter().zip(islands) {
+            self.island_rounds
+                .get_or_create(&label("outcome", *outcome))
+                .inc_by(n as u64);
+        }
+        self.delta_bytes.inc_by(bytes);
+        self.heldout_bits_per_byte.set(heldout_bpb);
+    }
+}
