@@ -94,9 +94,10 @@ def main():
     opts = Options()
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
         opts.add_argument(a)
+    opts.page_load_strategy = "eager"
     opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     driver = webdriver.Chrome(service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
-    driver.set_page_load_timeout(30)
+    driver.set_page_load_timeout(90)
     shots = []
 
     def shot(name):
@@ -113,11 +114,15 @@ def main():
             text = "\n".join(r.text for r in rows)
             return all(acc[:12] in text for acc in names) and text
         text = wait_for("every provider on the providers page", listed, 60)
-        for p in info["providers"]:
+        for p in (p for p in info["providers"] if p["name"] != "cheater"):
             row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "#providers tbody tr") if p["account"][:12] in r.text)
             assert p["price_out"] in row.text and p["price_in"] in row.text, (p["name"], row.text)
         print(f"providers listed with prices: {sorted(names.values())}")
         shot("providers")
+        # This page stays open in its own tab from before the cheater serves anything.
+        driver.execute_script("window.__agoraMarker = 'still the same page';")
+        providers_tab = driver.current_window_handle
+        driver.switch_to.new_window("tab")
 
         # 2. A request through the API appears with its receipt.
         answer = chat(info, 1)
@@ -138,9 +143,9 @@ def main():
         for seed in range(2, 6):
             chat(info, seed)
 
-        # 3. The slash appears live on an open page, without a reload.
-        driver.get(explorer + "/providers")
-        driver.execute_script("window.__agoraMarker = 'still the same page';")
+        # 3. The slash appears live on the page opened before it happened, without a reload.
+        driver.close()
+        driver.switch_to.window(providers_tab)
 
         def slashed():
             rows = driver.find_elements(By.CSS_SELECTOR, "#providers tbody tr")
@@ -157,7 +162,6 @@ def main():
             driver.get(explorer + page)
             time.sleep(0.5)
             shot("overview" if page == "" else page.strip("/"))
-        assert "SLASHED" in driver.page_source or True
         driver.get(explorer + "/audits")
         assert "SLASHED" in driver.page_source, "the audits page shows no verdict"
         # Phone width: the tables scroll inside their box, the page does not.

@@ -228,11 +228,9 @@ fn account_link(ex: &Explorer, a: &AccountId) -> String {
     )
 }
 
+/// UTC time of day.
 fn time(ms: u64) -> String {
-    // UTC clock time; the date is in the tooltip.
-    let secs = ms / 1000;
-    let (d, s) = (secs / 86_400, secs % 86_400);
-    let _ = d;
+    let s = (ms / 1000) % 86_400;
     format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
 }
 
