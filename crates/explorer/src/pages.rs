@@ -73,10 +73,7 @@ async fn any_page(State(ex): State<Arc<Explorer>>, uri: Uri, Query(q): Query<Q>)
     let events_url = format!(
         "{}/events?page={}",
         ex.cfg.base,
-        url(&uri
-            .path_and_query()
-            .map_or(uri.path(), |p| p.as_str())
-            .to_string())
+        url(uri.path_and_query().map_or(uri.path(), |p| p.as_str()))
     );
     let ex2 = ex.clone();
     let rel2 = rel.clone();
@@ -123,7 +120,7 @@ async fn events(ex: Arc<Explorer>, q: Q) -> Response {
     }
     let query: Q = uri
         .query()
-        .and_then(|s| serde_urlencoded_pairs(s))
+        .and_then(serde_urlencoded_pairs)
         .unwrap_or_default();
     let rx = ex.version();
     let state = (ex, rx, rel, query, String::new());
@@ -137,9 +134,7 @@ async fn events(ex: Arc<Explorer>, q: Q) -> Response {
             let out = tokio::task::spawn_blocking(move || render(&ex2, &rel2, &q2))
                 .await
                 .ok()?;
-            let Some((title, html)) = out else {
-                return None;
-            };
+            let (title, html) = out?;
             if html == last {
                 continue;
             }

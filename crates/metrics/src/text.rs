@@ -95,8 +95,10 @@ fn family_of<'a>(name: &'a str, types: &HashMap<String, String>) -> Option<&'a s
     None
 }
 
+type LabelPairs = Vec<(String, String)>;
+
 /// Parses `{k="v",...}` starting at `s[0] == '{'`; returns the labels and the rest.
-fn parse_labels(s: &str, line: usize) -> Result<(Vec<(String, String)>, &str), ParseError> {
+fn parse_labels(s: &str, line: usize) -> Result<(LabelPairs, &str), ParseError> {
     let mut labels = Vec::new();
     let mut rest = &s[1..];
     loop {

@@ -728,7 +728,7 @@ impl Shared {
         {
             let audit_started = std::time::Instant::now();
             let outcome = self.audit_leaf(provider, epoch, index, posted).await;
-            agora_metrics::verifier().audit_outcome(&outcome_label(&outcome), audit_started);
+            agora_metrics::verifier().audit_outcome(outcome_label(&outcome), audit_started);
             let (passed, reason, evidence) = match outcome {
                 LeafOutcome::Passed => (true, String::new(), None),
                 LeafOutcome::Failed(reason, evidence) => (false, reason, Some(*evidence)),
