@@ -261,7 +261,7 @@ code{font:12px ui-monospace,Menlo,Consolas,monospace}
 .evidence dt{color:var(--mut)}
 .evidence dd{margin:0;overflow-wrap:anywhere}
 .chart{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:.5rem;margin:0}
-.chart svg{width:100%;height:auto}
+.chart svg{width:100%;height:auto;max-height:15rem}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(18rem,1fr));gap:.8rem}
 figcaption{font-weight:600;font-size:.9rem}
 .axis{stroke:#98a2b3;stroke-width:1}

@@ -311,9 +311,10 @@ fn overview(ex: &Explorer) -> (String, String) {
 }
 
 fn tokens_chart(answers: &[RequestRow]) -> String {
+    // Ten-second buckets, so a young network already draws a line.
     let mut per_min: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
     for r in answers {
-        let m = per_min.entry(r.at_ms / 60_000).or_default();
+        let m = per_min.entry(r.at_ms / 10_000).or_default();
         m.0 += f64::from(r.prompt_tokens);
         m.1 += f64::from(r.completion_tokens);
     }
@@ -321,12 +322,12 @@ fn tokens_chart(answers: &[RequestRow]) -> String {
     let pts = |f: fn(&(f64, f64)) -> f64| -> Vec<(f64, f64)> {
         per_min
             .iter()
-            .map(|(m, v)| ((m - first) as f64, f(v)))
+            .map(|(m, v)| ((m - first) as f64 / 6.0, f(v)))
             .collect()
     };
     chart(
         "tokens-chart",
-        "Tokens served through this gateway, per minute",
+        "Tokens served through this gateway, per 10 s",
         "minute",
         &[
             Series {

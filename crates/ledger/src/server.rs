@@ -14,6 +14,7 @@
 //!   `/v1/blocks/{height}`, `/v1/blocks?from=H&limit=N`.
 //! - `GET /v1/events?from=H&wait_ms=T`: long-poll; the events of blocks from height `H`,
 //!   waiting up to `T` ms (at most 30 s) for one to be committed.
+//! - `GET /metrics`: Prometheus metrics (see `docs/metrics.md`).
 
 use crate::api::{AccountView, ErrorBody, ErrorDetail, StatusView, SubmitReceipt, TxLocation};
 use crate::block::{verify_all, Ledger};

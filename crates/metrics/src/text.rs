@@ -344,3 +344,24 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod families_tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_diloco_round_moves_its_counters() {
+        crate::diloco().round_closed(3, [2, 1, 1], 4096, 2.5);
+        let s = parse(&crate::encode()).expect("valid page");
+        assert!(sum(&s, "agora_diloco_rounds_closed_total", &[]) >= 1.0);
+        assert!(sum(&s, "agora_diloco_delta_bytes_total", &[]) >= 4096.0);
+        assert!(
+            sum(
+                &s,
+                "agora_diloco_island_rounds_total",
+                &[("outcome", "accepted")]
+            ) >= 2.0
+        );
+        assert_eq!(sum(&s, "agora_diloco_heldout_bits_per_byte", &[]), 2.5);
+    }
+}

@@ -349,3 +349,26 @@ fn ledger_metrics_parse_and_move() {
         ) >= 1.0
     );
 }
+
+/// A coordinator's round log becomes the DiLoCo page: rounds, islands, bytes and the loss
+/// curve; a refusal reason (an island's words) is escaped like everything else.
+#[test]
+fn the_diloco_page_reads_the_round_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines = [
+        r#"{"round":0,"accepted":[0,1],"refused":[],"missing":[],"loss_before":5.5,"loss_after":5.1,"heldout_bits_per_byte":3.25,"delta_bytes":1000,"hash":"aa"}"#,
+        r#"{"round":1,"accepted":[0],"refused":[[1,"<script>x()</script>"]],"missing":[2],"loss_before":5.0,"loss_after":4.7,"heldout_bits_per_byte":3.0,"delta_bytes":500,"hash":"bb"}"#,
+        "not json",
+    ];
+    std::fs::write(dir.path().join("rounds.jsonl"), lines.join("\n")).expect("write");
+    let mut cfg = Config::new("http://127.0.0.1:9");
+    cfg.diloco = Some(dir.path().to_path_buf());
+    let ex = Explorer::new(cfg);
+    let (_, html) =
+        agora_explorer::pages::render(&ex, "/diloco", &Default::default()).expect("a page");
+    assert!(html.contains("1500"), "bytes summed over rounds");
+    assert!(html.contains("3.0000"), "the last held-out loss");
+    assert!(html.contains("<polyline"), "a loss curve");
+    assert!(!html.contains("<script>"));
+    assert!(html.contains("&lt;script&gt;x()&lt;/script&gt;"));
+}
