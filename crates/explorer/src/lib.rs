@@ -128,7 +128,17 @@ pub struct Explorer {
         RwLock<std::collections::HashMap<AccountId, agora_ledger::api::AccountView>>,
     /// The last error reading the ledger, shown on the overview.
     pub(crate) ledger_error: Mutex<Option<String>>,
+    /// Audit plans read from the ledger (a plan never changes once its beacon exists).
+    pub(crate) plans: Mutex<std::collections::HashMap<(AccountId, u64), agora_ledger::AuditPlan>>,
+    /// Live streams open at once, at most [`MAX_STREAMS`]: each re-renders its page on
+    /// every change.
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most live page streams served at once (more get 503 and keep the static page).
+pub const MAX_STREAMS: usize = 256;
+/// The most audit plans kept.
+pub const PLAN_CACHE: usize = 4096;
 
 impl Explorer {
     /// An explorer; call [`Explorer::follow`] to start reading the ledger.
@@ -144,6 +154,8 @@ impl Explorer {
             version,
             accounts: RwLock::new(Default::default()),
             ledger_error: Mutex::new(None),
+            plans: Mutex::new(Default::default()),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         })
     }
 

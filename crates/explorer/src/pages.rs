@@ -122,32 +122,42 @@ async fn events(ex: Arc<Explorer>, q: Q) -> Response {
         .query()
         .and_then(serde_urlencoded_pairs)
         .unwrap_or_default();
+    let Ok(permit) = ex.streams.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live pages; reload later",
+        )
+            .into_response();
+    };
     let rx = ex.version();
-    let state = (ex, rx, rel, query, String::new());
-    let stream = futures::stream::unfold(state, |(ex, mut rx, rel, query, mut last)| async move {
-        loop {
-            rx.changed().await.ok()?;
-            // Coalesce bursts (a block and the accounts it touched).
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            rx.borrow_and_update();
-            let (ex2, rel2, q2) = (ex.clone(), rel.clone(), query.clone());
-            let out = tokio::task::spawn_blocking(move || render(&ex2, &rel2, &q2))
-                .await
-                .ok()?;
-            let (title, html) = out?;
-            if html == last {
-                continue;
+    let state = (ex, rx, rel, query, String::new(), permit);
+    let stream = futures::stream::unfold(
+        state,
+        |(ex, mut rx, rel, query, mut last, permit)| async move {
+            loop {
+                rx.changed().await.ok()?;
+                // Coalesce bursts (a block and the accounts it touched).
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                rx.borrow_and_update();
+                let (ex2, rel2, q2) = (ex.clone(), rel.clone(), query.clone());
+                let out = tokio::task::spawn_blocking(move || render(&ex2, &rel2, &q2))
+                    .await
+                    .ok()?;
+                let (title, html) = out?;
+                if html == last {
+                    continue;
+                }
+                last.clone_from(&html);
+                let height = ex.with_index(|i| i.height);
+                let data = serde_json::json!({"title": title, "html": html, "height": height});
+                let ev = Event::default().event("page").data(data.to_string());
+                return Some((
+                    Ok::<_, std::convert::Infallible>(ev),
+                    (ex, rx, rel, query, last, permit),
+                ));
             }
-            last.clone_from(&html);
-            let height = ex.with_index(|i| i.height);
-            let data = serde_json::json!({"title": title, "html": html, "height": height});
-            let ev = Event::default().event("page").data(data.to_string());
-            return Some((
-                Ok::<_, std::convert::Infallible>(ev),
-                (ex, rx, rel, query, last),
-            ));
-        }
-    });
+        },
+    );
     let mut r = Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response();
@@ -910,9 +920,7 @@ fn epoch(ex: &Explorer, e: &str) -> (String, String) {
         .map(|c| c.with_timeout(Duration::from_secs(3)));
     let mut rows = Vec::new();
     for r in roots.iter().take(50) {
-        let plan = client
-            .as_ref()
-            .and_then(|c| c.audit_plan(&r.provider, e).ok().flatten());
+        let plan = cached_plan(ex, client.as_ref(), r.provider, e);
         let selected = plan.as_ref().map_or_else(
             || "no plan yet (selected by the next epoch's beacon)".to_string(),
             |p| {
@@ -947,6 +955,26 @@ fn epoch(ex: &Explorer, e: &str) -> (String, String) {
         &rows,
     ));
     (format!("Epoch {e}"), b)
+}
+
+/// An audit plan, from the cache or the ledger (kept once it exists: it never changes).
+fn cached_plan(
+    ex: &Explorer,
+    client: Option<&agora_ledger::client::Client>,
+    provider: AccountId,
+    epoch: u64,
+) -> Option<agora_ledger::AuditPlan> {
+    let lock = || ex.plans.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = lock().get(&(provider, epoch)) {
+        return Some(p.clone());
+    }
+    let plan = client?.audit_plan(&provider, epoch).ok().flatten()?;
+    let mut cache = lock();
+    if cache.len() >= crate::PLAN_CACHE {
+        cache.clear();
+    }
+    cache.insert((provider, epoch), plan.clone());
+    Some(plan)
 }
 
 const AUDIT_HEAD: &[&str] = &[
