@@ -25,7 +25,6 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
 
 
 def get(url, timeout=10):
@@ -100,6 +99,11 @@ def main():
     driver.set_page_load_timeout(90)
     shots = []
 
+    def rows_text(table):
+        """The rows of a table as text, read in one script (live updates swap the DOM)."""
+        return driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0] + ' tbody tr')].map(r => r.innerText)", table)
+
     def shot(name):
         path = os.path.join(artifacts, name + ".png")
         driver.save_screenshot(path)
@@ -110,13 +114,12 @@ def main():
         driver.get(explorer + "/providers")
 
         def listed():
-            rows = driver.find_elements(By.CSS_SELECTOR, "#providers tbody tr")
-            text = "\n".join(r.text for r in rows)
-            return all(acc[:12] in text for acc in names) and text
-        text = wait_for("every provider on the providers page", listed, 60)
+            rows = rows_text("#providers")
+            return all(any(acc[:12] in r for r in rows) for acc in names) and rows
+        rows = wait_for("every provider on the providers page", listed, 60)
         for p in (p for p in info["providers"] if p["name"] != "cheater"):
-            row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "#providers tbody tr") if p["account"][:12] in r.text)
-            assert p["price_out"] in row.text and p["price_in"] in row.text, (p["name"], row.text)
+            row = next(r for r in rows if p["account"][:12] in r)
+            assert p["price_out"] in row and p["price_in"] in row, (p["name"], row)
         print(f"providers listed with prices: {sorted(names.values())}")
         shot("providers")
         # This page stays open in its own tab from before the cheater serves anything.
@@ -129,13 +132,16 @@ def main():
         request_id = answer.get("agora", {}).get("request_id") or answer["id"].split("-", 1)[-1]
         receipts = answer.get("receipts") or answer.get("agora", {}).get("receipts") or []
         driver.get(explorer + "/requests")
-        wait_for("the request on the requests page", lambda: request_id[:12] in driver.find_element(By.ID, "requests").text, 30)
-        link = driver.find_element(By.CSS_SELECTOR, "#requests a.receipt")
-        receipt_hash = link.get_attribute("title") or link.find_element(By.TAG_NAME, "code").get_attribute("title")
+        wait_for("the request on the requests page", lambda: any(request_id[:12] in r for r in rows_text("#requests")), 30)
+        # Read the link in one script: a live update may swap the table at any moment.
+        href, receipt_hash = driver.execute_script(
+            "const row=[...document.querySelectorAll('#requests tbody tr')].find(r=>r.innerText.includes(arguments[0]));"
+            "const a=row.querySelector('a.receipt');return [a.href, a.querySelector('code').title];",
+            request_id[:12])
         shot("requests")
-        link.click()
+        driver.get(href)
         wait_for("the receipt page", lambda: "Receipts behind it" in driver.page_source, 10)
-        assert receipt_hash in driver.find_element(By.ID, "receipts").text, receipt_hash
+        assert any(receipt_hash in r for r in rows_text("#receipts")), receipt_hash
         if receipts:
             assert any(r.get("receipt") == receipt_hash for r in receipts), receipts
         print(f"request {request_id} listed with receipt {receipt_hash}")
@@ -148,9 +154,10 @@ def main():
         driver.switch_to.window(providers_tab)
 
         def slashed():
-            rows = driver.find_elements(By.CSS_SELECTOR, "#providers tbody tr")
-            row = next((r for r in rows if cheater[:12] in r.text), None)
-            return row is not None and row.find_elements(By.CSS_SELECTOR, ".slashes")
+            return driver.execute_script(
+                "const row=[...document.querySelectorAll('#providers tbody tr')].find(r=>r.innerText.includes(arguments[0]));"
+                "return !!(row && row.querySelector('.slashes'));",
+                cheater[:12])
         wait_for("the cheater's slash on the open providers page", slashed, 150)
         assert driver.execute_script("return window.__agoraMarker") == "still the same page", "the page reloaded"
         updates = int(driver.execute_script("return document.documentElement.getAttribute('data-updates')") or 0)
