@@ -101,6 +101,10 @@ const PROVIDER_STAKE: u128 = 100_000_000;
 #[derive(Serialize)]
 struct DevnetInfo {
     endpoint: String,
+    /// The explorer's pages.
+    explorer: String,
+    /// Each process's Prometheus /metrics URL, by name.
+    metrics: std::collections::BTreeMap<String, String>,
     api_key: String,
     ledger: String,
     chain_id: u64,
@@ -385,6 +389,9 @@ fn start_and_wait(
     nodes.push(gateway);
     tracing::info!(%endpoint, "gateway up");
 
+    let mut metrics = std::collections::BTreeMap::new();
+    metrics.insert("ledger".to_string(), format!("{ledger_url}/metrics"));
+    metrics.insert("gateway".to_string(), format!("{endpoint}/metrics"));
     let mut infos = Vec::new();
     for (i, (key, key_path, price_in, price_out)) in providers.iter().enumerate() {
         // The extra providers come last: the canary, then the cheater.
@@ -422,12 +429,19 @@ fn start_and_wait(
                 "/ip4/127.0.0.1/tcp/0".into(),
                 "--bootstrap".into(),
                 bootstrap.clone(),
+                "--metrics".into(),
+                "127.0.0.1:0".into(),
             ]
             .into_iter()
             .chain(extra)
             .collect::<Vec<String>>(),
             args.provider_threads,
         )?;
+        let mut node = node;
+        metrics.insert(
+            name.clone(),
+            node.wait_for("metrics ", Duration::from_secs(120))?,
+        );
         infos.push(ProviderInfo {
             name,
             account: key.account(),
@@ -465,12 +479,19 @@ fn start_and_wait(
                 "/ip4/127.0.0.1/tcp/0".into(),
                 "--bootstrap".into(),
                 bootstrap.clone(),
+                "--metrics".into(),
+                "127.0.0.1:0".into(),
             ]
             .into_iter()
             .chain(extra)
             .collect::<Vec<String>>(),
             args.provider_threads,
         )?;
+        let mut node = node;
+        metrics.insert(
+            name.clone(),
+            node.wait_for("metrics ", Duration::from_secs(120))?,
+        );
         verifier_accounts.push(key.account());
         nodes.push(node);
     }
@@ -519,8 +540,15 @@ fn start_and_wait(
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    let explorer = format!("{endpoint}/explorer");
+    let metrics_lines: String = metrics
+        .iter()
+        .map(|(name, url)| format!("  metrics   {name:<14} {url}\n"))
+        .collect();
     let info = DevnetInfo {
         endpoint: endpoint.clone(),
+        explorer: explorer.clone(),
+        metrics,
         api_key: api_key.into(),
         ledger: ledger_url,
         chain_id: DEVNET_CHAIN_ID,
@@ -535,7 +563,7 @@ fn start_and_wait(
     let info_path = dir.join("devnet.json");
     std::fs::write(&info_path, serde_json::to_string_pretty(&info)?)?;
     let banner = format!(
-        "\nAgora devnet is up: a ledger, a gateway, {n} providers serving `{model_name}` and {v} verifiers auditing them.\n\n  endpoint  {endpoint}/v1\n  API key   {api_key}\n  details   {info}\n\nTry it:\n\n  curl {endpoint}/v1/chat/completions \\\n    -H \"Authorization: Bearer {api_key}\" -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model_name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Speak, ROMEO.\"}}], \"max_tokens\": 60}}'\n\nOr any OpenAI client with base_url={endpoint}/v1. Ctrl-C stops everything.\n",
+        "\nAgora devnet is up: a ledger, a gateway, {n} providers serving `{model_name}` and {v} verifiers auditing them.\n\n  endpoint  {endpoint}/v1\n  API key   {api_key}\n  explorer  {explorer}\n  details   {info}\n{metrics_lines}\nTry it:\n\n  curl {endpoint}/v1/chat/completions \\\n    -H \"Authorization: Bearer {api_key}\" -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model_name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Speak, ROMEO.\"}}], \"max_tokens\": 60}}'\n\nOr any OpenAI client with base_url={endpoint}/v1. Ctrl-C stops everything.\n",
         n = providers.len(),
         v = verifiers.len(),
         info = info_path.display(),

@@ -56,6 +56,9 @@ pub struct DilocoArgs {
     /// Coordinate only: train no island in this process.
     #[arg(long)]
     pub coordinate_only: bool,
+    /// The coordinator serves Prometheus metrics on http://ADDR/metrics (port 0 picks one).
+    #[arg(long, value_name = "ADDR", conflicts_with = "join")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Stop after training this many rounds (plays a late or dropped island).
     #[arg(long, hide = true)]
     pub max_rounds: Option<u64>,
@@ -162,6 +165,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     })?;
     let run = coordinator.run_id();
     rt.block_on(async {
+        agora_metrics::diloco();
+        if let Some(addr) = d.metrics {
+            let bound = agora_metrics::listen(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding the metrics listener {addr}: {e}"))?;
+            announce(&format!("metrics http://{bound}/metrics"));
+        }
         let node = start_node(net(&d.p2p_listen, vec![])?).await?;
         announce(&format!("run {}", hex::encode(run)));
         for addr in node.listen_addrs().await? {

@@ -114,6 +114,12 @@ struct ServeArgs {
     min_stake: Amount,
     #[command(flatten)]
     net: NetArgs,
+    /// A DiLoCo coordinator's run folder, shown on the explorer's DiLoCo page.
+    #[arg(long, value_name = "RUN_DIR")]
+    explorer_diloco: Option<PathBuf>,
+    /// Serve no explorer at /explorer.
+    #[arg(long)]
+    no_explorer: bool,
     /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
     #[arg(long, hide = true)]
     stop_on_stdin_eof: bool,
@@ -197,7 +203,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         announce(&format!("http http://{addr}"));
         tracing::info!(%addr, "gateway listening");
-        let router = agora_gateway::router(Arc::new(BrokerBackend(broker)), keys, limits);
+        // Every answer passes the explorer's tap (metrics, receipts); /metrics and the
+        // explorer sit beside the API, outside its key checks.
+        let answers = Arc::new(agora_explorer::RequestLog::new());
+        let backend =
+            agora_explorer::Tapped::new(Arc::new(BrokerBackend(broker.clone())), answers.clone());
+        let mut router =
+            agora_gateway::router(Arc::new(backend), keys, limits).merge(agora_metrics::router());
+        if !args.no_explorer {
+            let mut cfg = agora_explorer::Config::new(&args.ledger);
+            cfg.offers = Some(crate::explorer_cmd::offers_of(broker.clone()));
+            cfg.requests = Some(answers);
+            cfg.diloco = args.explorer_diloco.clone();
+            let explorer = agora_explorer::Explorer::new(cfg);
+            explorer.clone().follow();
+            router = router.merge(explorer.router());
+            announce(&format!("explorer http://{addr}/explorer"));
+        }
+        let router = router.layer(axum::middleware::from_fn(agora_metrics::track));
         agora_gateway::serve(
             listener,
             router,

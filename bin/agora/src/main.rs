@@ -5,6 +5,7 @@ mod bench_net;
 mod devnet_cmd;
 mod diloco_cmd;
 mod econ_cmd;
+mod explorer_cmd;
 mod gateway_cmd;
 mod generate_cmd;
 mod http_client;
@@ -48,6 +49,8 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// The OpenAI-compatible API in front of the network (`gateway keys ...` manages API keys).
     Gateway(gateway_cmd::GatewayArgs),
+    /// The network's explorer on its own: providers, verifiers, blocks, audits, live.
+    Explorer(explorer_cmd::ExplorerArgs),
     /// Generate text with a model, streamed, with prompt and decode speed at the end.
     Generate(generate_cmd::GenerateArgs),
     /// Train a model on a text file on this machine.
@@ -89,6 +92,7 @@ fn main() {
         Command::Verifier(args) => verifier_cmd::run(args),
         Command::Econ(args) => econ_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args, threads),
+        Command::Explorer(args) => explorer_cmd::run(args),
         Command::Generate(args) => generate_cmd::run(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Model(cmd) => model_cmd::run(cmd),

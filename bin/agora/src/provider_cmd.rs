@@ -57,6 +57,9 @@ pub struct ProviderArgs {
     data: PathBuf,
     #[command(flatten)]
     net: NetArgs,
+    /// Serve Prometheus metrics on http://ADDR/metrics (port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
     #[arg(long, hide = true)]
     stop_on_stdin_eof: bool,
@@ -134,6 +137,13 @@ pub fn run(args: ProviderArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        agora_metrics::provider();
+        if let Some(addr) = args.metrics {
+            let bound = agora_metrics::listen(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding the metrics listener {addr}: {e}"))?;
+            announce(&format!("metrics http://{bound}/metrics"));
+        }
         let provider = Provider::start(&cfg, model).await?;
         for addr in provider.node().listen_addrs().await? {
             announce(&format!("p2p {addr}"));

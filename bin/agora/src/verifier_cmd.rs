@@ -30,6 +30,9 @@ pub struct VerifierArgs {
     lazy: bool,
     #[command(flatten)]
     net: NetArgs,
+    /// Serve Prometheus metrics on http://ADDR/metrics (port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Also stop when stdin reaches its end (how `agora devnet` stops its children).
     #[arg(long, hide = true)]
     stop_on_stdin_eof: bool,
@@ -53,6 +56,13 @@ pub fn run(args: VerifierArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        agora_metrics::verifier();
+        if let Some(addr) = args.metrics {
+            let bound = agora_metrics::listen(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding the metrics listener {addr}: {e}"))?;
+            announce(&format!("metrics http://{bound}/metrics"));
+        }
         let verifier = Verifier::start(cfg).await?;
         for addr in verifier.node().listen_addrs().await? {
             announce(&format!("p2p {addr}"));

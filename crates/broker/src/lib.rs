@@ -220,7 +220,12 @@ impl Broker {
             region: None,
         };
         let now = now_ms();
-        self.with_book(|b| b.auction(&bid, now, 8))
+        let started = Instant::now();
+        let winners = self.with_book(|b| b.auction(&bid, now, 8));
+        agora_metrics::gateway()
+            .auction
+            .observe(started.elapsed().as_secs_f64());
+        winners
     }
 
     /// Serves one job to its end, sending events as they come. `first` gets the outcome of

@@ -491,6 +491,16 @@ impl Coordinator {
             state = %entry.hash,
             "round closed"
         );
+        agora_metrics::diloco().round_closed(
+            round + 1,
+            [
+                entry.accepted.len(),
+                entry.refused.len(),
+                entry.missing.len(),
+            ],
+            entry.delta_bytes,
+            entry.heldout_bits_per_byte,
+        );
         let line = serde_json::to_string(&entry).map_err(|e| IslandsError::Spec(e.to_string()))?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)

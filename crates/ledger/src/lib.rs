@@ -41,6 +41,7 @@ pub mod client;
 pub mod error;
 pub mod genesis;
 mod inclusion;
+pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -14,6 +14,7 @@
 //!   `/v1/blocks/{height}`, `/v1/blocks?from=H&limit=N`.
 //! - `GET /v1/events?from=H&wait_ms=T`: long-poll; the events of blocks from height `H`,
 //!   waiting up to `T` ms (at most 30 s) for one to be committed.
+//! - `GET /metrics`: Prometheus metrics (see `docs/metrics.md`).
 
 use crate::api::{AccountView, ErrorBody, ErrorDetail, StatusView, SubmitReceipt, TxLocation};
 use crate::block::{verify_all, Ledger};
@@ -201,6 +202,8 @@ impl Node {
             .route("/v1/blocks/{height}", get(block))
             .route("/v1/blocks", get(blocks))
             .route("/v1/events", get(events))
+            .route("/metrics", get(crate::metrics::scrape))
+            .layer(axum::middleware::from_fn(agora_metrics::track))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone())
     }
@@ -306,6 +309,7 @@ fn seal(
     waiting: Vec<oneshot::Sender<Result<SubmitReceipt, SubmitError>>>,
     epoch_key: Option<&Keypair>,
 ) -> Result<(), StoreError> {
+    let started = Instant::now();
     let mut ledger = shared.ledger.write().unwrap_or_else(|p| p.into_inner());
     if let Some(key) = epoch_key {
         let nonce = ledger.state.account(&key.account()).map_or(0, |a| a.nonce);
@@ -330,6 +334,7 @@ fn seal(
         // Nothing accepted: no block; the state is unchanged.
         ledger.height = prev_height;
         ledger.tip = prev_tip;
+        crate::metrics::sealed(None, &outcomes, started);
         for ((_, r), reply) in outcomes.into_iter().zip(waiting) {
             if let Err(e) = r {
                 let _ = reply.send(Err(e.into()));
@@ -347,6 +352,7 @@ fn seal(
         })
         .collect();
     shared.store.commit(&block, &events, &ledger)?;
+    crate::metrics::sealed(Some(&block), &outcomes, started);
     let view = status_of(&ledger, block.header.state_hash);
     drop(ledger);
     *shared.status.write().unwrap_or_else(|p| p.into_inner()) = view;

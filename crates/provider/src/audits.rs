@@ -185,6 +185,11 @@ impl Service {
             AuditResponse::Denied { .. } => "denied",
         };
         tracing::info!(verifier = %r.verifier, epoch = r.epoch, index = r.index, answered, "audit request");
+        let served = agora_metrics::families::label("outcome", answered);
+        agora_metrics::provider()
+            .audit_requests
+            .get_or_create(&served)
+            .inc();
         let _ = write_frame(&mut stream, &response).await;
         let _ = futures::AsyncWriteExt::close(&mut stream).await;
     }

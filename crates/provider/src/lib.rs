@@ -374,6 +374,7 @@ impl Provider {
                 .mark_posted(&batch, epoch)
                 .map_err(|e| e.to_string())?;
             tracing::info!(epoch, receipts = batch.leaves.len(), root = %batch.root, "posted receipt root");
+            agora_metrics::provider().receipt_roots.inc();
             if let Some(canary) = &service.canary {
                 commit_plants(&service, canary, &batch.leaves, epoch)?;
             }

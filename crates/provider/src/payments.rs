@@ -402,9 +402,16 @@ impl Payments {
             },
         }
         .sign(key);
-        self.ledger
+        let receipt = self
+            .ledger
             .submit(&tx)
-            .map(|_| ())
-            .map_err(|e| PaymentError::Ledger(e.to_string()))
+            .map_err(|e| PaymentError::Ledger(e.to_string()))?;
+        for e in &receipt.events {
+            if let agora_ledger::Event::VoucherClaimed { amount, .. } = e {
+                let units = agora_metrics::amount_counter(amount.units());
+                agora_metrics::provider().claimed.inc_by(units);
+            }
+        }
+        Ok(())
     }
 }

@@ -85,8 +85,9 @@ impl Service {
             };
         let id = hex::encode(request.request.request_id);
         match self.serve(&mut stream, request).await {
-            Ok(()) => {}
+            Ok(()) => agora_metrics::provider().request("served"),
             Err(Refusal(code, message)) => {
+                agora_metrics::provider().request(&format!("{code:?}").to_lowercase());
                 tracing::info!(request = %id, ?code, "refused: {message}");
                 let _ = write_frame(&mut stream, &Frame::Error { code, message }).await;
             }
@@ -115,9 +116,11 @@ impl Service {
         write_frame(stream, &Frame::Accepted { prompt_tokens })
             .await
             .map_err(|e| Refusal(ErrorCode::Internal, e.to_string()))?;
+        let (accepted, mut first) = (std::time::Instant::now(), None);
         while let Some(ev) = rx.recv().await {
             match ev {
                 WorkerEvent::Token { index, token, text } => {
+                    first.get_or_insert_with(|| agora_metrics::provider().first_token(accepted));
                     // A write error means the reader left; dropping `rx` cancels the job.
                     if write_frame(stream, &Frame::Token { index, token, text })
                         .await
@@ -138,6 +141,7 @@ impl Service {
                         FinishReason::Length | FinishReason::Cancelled => Finish::Length,
                     };
 
+                    agora_metrics::provider().answered(prompt.len(), tokens.len(), first);
                     let answer = Finished {
                         tokens,
                         tail,

@@ -85,7 +85,11 @@ impl Worker {
 
     /// Queues a job or refuses at once.
     pub fn submit(&self, job: Job) -> Result<(), QueueError> {
-        self.queue.try_send(job).map_err(|e| match e {
+        let queued = self.queue.try_send(job);
+        if queued.is_ok() {
+            agora_metrics::provider().queue_depth.inc();
+        }
+        queued.map_err(|e| match e {
             TrySendError::Full(_) => QueueError::Busy(self.slots),
             TrySendError::Disconnected(_) => QueueError::Stopped,
         })
@@ -93,6 +97,8 @@ impl Worker {
 }
 
 fn run_job(model: &LoadedModel, job: Job) {
+    agora_metrics::provider().queue_depth.dec();
+    agora_metrics::provider().batch_size.observe(1.0);
     // The reader may have gone while the job waited.
     if job.events.is_closed() {
         return;

@@ -402,6 +402,16 @@ enum LeafOutcome {
     Skip(String),
 }
 
+/// The metrics label of an audit's outcome.
+fn outcome_label(o: &LeafOutcome) -> &'static str {
+    match o {
+        LeafOutcome::Passed => "passed",
+        LeafOutcome::Failed(..) => "failed",
+        LeafOutcome::Demand(_) => "demanded",
+        LeafOutcome::Skip(_) => "not_judged",
+    }
+}
+
 impl Shared {
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -648,7 +658,8 @@ impl Shared {
         // Audits of several roots commit at once: one submission at a time keeps nonces in
         // order.
         let _turn = self.submitting.lock().await;
-        blocking(move || {
+        let kind = agora_ledger::metrics::tx_kind(&body);
+        let result = blocking(move || {
             let me = key.account();
             let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
             let tx = Tx {
@@ -660,7 +671,9 @@ impl Shared {
             .sign(&key);
             ledger.submit(&tx).map_err(|e| e.to_string())
         })
-        .await
+        .await;
+        agora_metrics::verifier().ledger_tx(kind, result.is_ok());
+        result
     }
 
     /// Audits the leaves of `provider`'s `epoch` root that the ledger assigned to this
@@ -713,10 +726,10 @@ impl Shared {
     ) {
         let me = self.key.account();
         {
-            let (passed, reason, evidence) = match self
-                .audit_leaf(provider, epoch, index, posted)
-                .await
-            {
+            let audit_started = std::time::Instant::now();
+            let outcome = self.audit_leaf(provider, epoch, index, posted).await;
+            agora_metrics::verifier().audit_outcome(outcome_label(&outcome), audit_started);
+            let (passed, reason, evidence) = match outcome {
                 LeafOutcome::Passed => (true, String::new(), None),
                 LeafOutcome::Failed(reason, evidence) => (false, reason, Some(*evidence)),
                 LeafOutcome::Demand(reason) => {

@@ -9,6 +9,8 @@ mod cli;
 mod default_model;
 /// `agora train --islands`: DiLoCo across processes, with a killed island and a joiner.
 mod diloco;
+/// `agora explorer --ledger URL`: the standalone explorer over a ledger process.
+mod explorer;
 /// The binary's own HTTP client, shared with the tests.
 #[allow(dead_code)]
 #[path = "../../src/http_client.rs"]
