@@ -24,6 +24,7 @@ pub fn tx_kind(body: &TxBody) -> &'static str {
         TxBody::CloseChannel { .. } => "CloseChannel",
         TxBody::RegisterVerifier { .. } => "RegisterVerifier",
         TxBody::PostReceiptRoot { .. } => "PostReceiptRoot",
+        TxBody::PostLateRoot { .. } => "PostLateRoot",
         TxBody::AuditVerdict { .. } => "AuditVerdict",
         TxBody::CommitAudit { .. } => "CommitAudit",
         TxBody::RevealAudit { .. } => "RevealAudit",
