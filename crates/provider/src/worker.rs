@@ -438,3 +438,263 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The model thread itself, on the shipped model: answers computed among concurrent
+    //! neighbours equal lone generations bit for bit (and pass the audit), the KV budget
+    //! admits in arrival order without starving anyone, and a reader that goes away frees
+    //! its place.
+
+    use std::time::Duration;
+
+    use agora_model::generate::GenerateOptions;
+    use agora_model::{LoadOptions, SamplingParams};
+    use agora_verify::{audit, generate_fingerprinted, Answer, Fingerprint, Thresholds};
+
+    use super::*;
+
+    fn model() -> Arc<LoadedModel> {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/agora-shakespeare"
+        );
+        Arc::new(
+            agora_model::load(std::path::Path::new(dir), &LoadOptions::default()).expect("load"),
+        )
+    }
+
+    fn request(i: u64, max_tokens: usize) -> (Vec<u32>, GenerateOptions) {
+        let prompt: Vec<u32> = (0..(3 + i * 7 % 40))
+            .map(|k| (1 + (i * 31 + k * 17) % 2000) as u32)
+            .collect();
+        let opts = GenerateOptions {
+            sampling: SamplingParams {
+                temperature: [0.0, 0.8, 1.0][(i % 3) as usize],
+                top_k: 0,
+                top_p: 1.0,
+                seed: 1000 + i,
+            },
+            max_tokens,
+            stop: vec![],
+            stop_at_eos: i % 2 == 0,
+            resume: vec![],
+        };
+        (prompt, opts)
+    }
+
+    /// Everything one job sent: its tokens as streamed and its last event.
+    async fn collect(mut rx: mpsc::UnboundedReceiver<WorkerEvent>) -> (Vec<u32>, WorkerEvent) {
+        let mut streamed = vec![];
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                WorkerEvent::Token { token, .. } => streamed.push(token),
+                last => return (streamed, last),
+            }
+        }
+        panic!("the model thread dropped a job without a last event");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_answers_equal_lone_generations_and_pass_their_audit() {
+        let model = model();
+        let worker = Worker::start_with(
+            model.clone(),
+            WorkerConfig {
+                max_requests: 64,
+                max_batch: 16,
+                kv_budget: 1 << 30,
+                prefill_per_step: 16,
+            },
+        )
+        .expect("start");
+        let mut jobs = vec![];
+        for i in 0..24u64 {
+            let (prompt, opts) = request(i, 8 + (i as usize * 5) % 24);
+            let (tx, rx) = mpsc::unbounded_channel();
+            // Arrivals spread over the first steps of the others.
+            tokio::time::sleep(Duration::from_millis(i % 4)).await;
+            worker
+                .submit(Job {
+                    prompt: prompt.clone(),
+                    opts: opts.clone(),
+                    events: tx,
+                })
+                .expect("submit");
+            jobs.push((prompt, opts, tokio::spawn(collect(rx))));
+        }
+        for (prompt, opts, handle) in jobs {
+            let (streamed, last) = handle.await.expect("join");
+            let WorkerEvent::Done {
+                tokens,
+                finish,
+                fingerprint,
+                ..
+            } = last
+            else {
+                panic!("a job failed: {last:?}");
+            };
+            let (g, print) =
+                generate_fingerprinted(&model, &prompt, &opts, |_| ControlFlow::Continue(()))
+                    .expect("alone");
+            assert_eq!(tokens, g.tokens, "tokens differ from the lone generation");
+            assert_eq!(streamed, g.tokens);
+            assert_eq!(finish, g.finish_reason);
+            assert_eq!(
+                fingerprint,
+                print.to_bytes(),
+                "fingerprint differs from the lone generation"
+            );
+            let claimed = Fingerprint::from_bytes(&fingerprint, 1 << 16).expect("fingerprint");
+            let report = audit(
+                &model,
+                &Answer {
+                    model: model.id,
+                    prompt: &prompt,
+                    resumed: &[],
+                    output: &tokens,
+                    claimed_tokens: tokens.len(),
+                    sampling: opts.sampling.clone(),
+                    fingerprint: &claimed,
+                    ended_at_eos: finish == FinishReason::Stop,
+                },
+                &Thresholds::default(),
+            )
+            .expect("audit");
+            assert!(
+                report.passed,
+                "the audit of a batched answer failed: {:?}",
+                report.reasons
+            );
+            assert_eq!(report.max_rel_err, 0.0, "the audit is not exact");
+        }
+        assert_eq!(worker.load(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_budget_for_two_serves_everyone_in_arrival_order() {
+        let model = model();
+        let (prompt, opts) = request(1, 20);
+        let need = kv_need(
+            &model,
+            &Job {
+                prompt,
+                opts,
+                events: mpsc::unbounded_channel().0,
+            },
+        );
+        let worker = Worker::start_with(
+            model.clone(),
+            WorkerConfig {
+                max_requests: 64,
+                max_batch: 16,
+                kv_budget: 2 * need,
+                prefill_per_step: 64,
+            },
+        )
+        .expect("start");
+        let mut handles = vec![];
+        for i in 0..8u64 {
+            let (prompt, mut opts) = request(1, 20);
+            opts.sampling.seed = i;
+            opts.stop_at_eos = false;
+            let (tx, rx) = mpsc::unbounded_channel();
+            worker
+                .submit(Job {
+                    prompt,
+                    opts,
+                    events: tx,
+                })
+                .expect("submit");
+            handles.push(tokio::spawn(async move {
+                let out = collect(rx).await;
+                (std::time::Instant::now(), out)
+            }));
+        }
+        let mut ends = vec![];
+        for h in handles {
+            let (at, (_, last)) = h.await.expect("join");
+            assert!(
+                matches!(last, WorkerEvent::Done { ref tokens, .. } if tokens.len() == 20),
+                "{last:?}"
+            );
+            ends.push(at);
+        }
+        // Two at a time, in arrival order: the later pairs end later.
+        assert!(ends[7] > ends[1], "arrival order was not kept");
+        // A job that alone needs more than the budget is refused at once.
+        let small = Worker::start_with(
+            model.clone(),
+            WorkerConfig {
+                kv_budget: need - 1,
+                ..WorkerConfig::with_slots(4)
+            },
+        )
+        .expect("start");
+        let (prompt, opts) = request(2, 20);
+        let err = small
+            .submit(Job {
+                prompt,
+                opts,
+                events: mpsc::unbounded_channel().0,
+            })
+            .expect_err("too large");
+        assert!(matches!(err, QueueError::TooLarge { .. }));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_that_leaves_frees_its_place() {
+        let model = model();
+        let worker = Worker::start_with(
+            model,
+            WorkerConfig {
+                max_requests: 1,
+                max_batch: 16,
+                kv_budget: 1 << 30,
+                prefill_per_step: 64,
+            },
+        )
+        .expect("start");
+        let (prompt, mut opts) = request(3, 200);
+        opts.stop_at_eos = false;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        worker
+            .submit(Job {
+                prompt: prompt.clone(),
+                opts: opts.clone(),
+                events: tx,
+            })
+            .expect("submit");
+        assert!(matches!(rx.recv().await, Some(WorkerEvent::Token { .. })));
+        // Full: the one place is taken.
+        let (tx2, _rx2) = mpsc::unbounded_channel();
+        assert!(matches!(
+            worker.submit(Job {
+                prompt: prompt.clone(),
+                opts: opts.clone(),
+                events: tx2
+            }),
+            Err(QueueError::Busy(1))
+        ));
+        drop(rx);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while worker.load() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the abandoned job kept its place"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        opts.max_tokens = 4;
+        let (tx3, rx3) = mpsc::unbounded_channel();
+        worker
+            .submit(Job {
+                prompt,
+                opts,
+                events: tx3,
+            })
+            .expect("the place is free again");
+        let (_, last) = collect(rx3).await;
+        assert!(matches!(last, WorkerEvent::Done { .. }), "{last:?}");
+    }
+}
