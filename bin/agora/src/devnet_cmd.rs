@@ -44,6 +44,9 @@ pub struct DevnetArgs {
     /// Kernel threads per provider (default: all cores).
     #[arg(long)]
     provider_threads: Option<usize>,
+    /// Requests each provider holds at once, waiting or generating (more are refused as busy).
+    #[arg(long, default_value_t = 64)]
+    provider_capacity: u32,
     /// How many verifiers audit the providers (a fraud needs two to slash).
     #[arg(long, default_value_t = 2)]
     verifiers: usize,
@@ -416,6 +419,8 @@ fn start_and_wait(
                 PROVIDER_STAKE.to_string(),
                 "--claim-secs".into(),
                 args.claim_secs.to_string(),
+                "--capacity".into(),
+                args.provider_capacity.to_string(),
                 "--data".into(),
                 path(&dir.join(format!("provider-{}-data", i + 1))),
                 "--p2p-listen".into(),
