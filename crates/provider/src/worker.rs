@@ -477,7 +477,7 @@ mod tests {
             },
             max_tokens,
             stop: vec![],
-            stop_at_eos: i % 2 == 0,
+            stop_at_eos: i.is_multiple_of(2),
             resume: vec![],
         };
         (prompt, opts)
