@@ -101,6 +101,7 @@ fn long_message(args: &ServeArgs, client: usize) -> anyhow::Result<String> {
 
 /// Runs the benchmark; `threads` kernel threads for the provider.
 pub fn run(args: ServeArgs, threads: usize) -> anyhow::Result<()> {
+    let most = args.clients.iter().copied().max().unwrap_or(1).max(1);
     let dir = tempfile::tempdir()?;
     let child = Command::new(std::env::current_exe()?)
         .args([
@@ -121,6 +122,11 @@ pub fn run(args: ServeArgs, threads: usize) -> anyhow::Result<()> {
         // Long epochs: a provider whose cores are saturated refreshes its view of the epoch
         // late, and a receipt two epochs stale is refused; that race is not what is measured.
         .args(["--epoch-secs", "120"])
+        // One API key stands for every client: let it have them all in flight.
+        .arg("--key-concurrency")
+        .arg((most + 1).to_string())
+        .arg("--key-burst")
+        .arg((most + 1).to_string())
         .arg("--model")
         .arg(&args.model)
         .arg("--dir")
