@@ -23,6 +23,10 @@ pub enum BenchCommand {
     /// Tokens/s and time to first token through gateway and network against the engine
     /// alone on the same model, then many concurrent streaming clients, on a local devnet.
     Network(crate::bench_net::NetworkArgs),
+    /// One provider under N concurrent streaming clients through the gateway: aggregate
+    /// tokens/s, time to first token p50/p99, errors and peak memory, beside the
+    /// single-stream figure of the same run.
+    Serve(crate::bench_serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -57,6 +61,7 @@ pub fn run(cmd: BenchCommand, threads: usize) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(args) => engine(args, threads),
         BenchCommand::Network(args) => crate::bench_net::run(args, threads),
+        BenchCommand::Serve(args) => crate::bench_serve::run(args, threads),
     }
 }
 

@@ -44,6 +44,15 @@ pub struct DevnetArgs {
     /// Kernel threads per provider (default: all cores).
     #[arg(long)]
     provider_threads: Option<usize>,
+    /// Answers the devnet's API key may have in flight at once at the gateway.
+    #[arg(long, default_value_t = 64)]
+    key_concurrency: u32,
+    /// Requests the devnet's API key may make at once above its sustained rate.
+    #[arg(long, default_value_t = 100)]
+    key_burst: u32,
+    /// Requests each provider holds at once, waiting or generating (more are refused as busy).
+    #[arg(long, default_value_t = 64)]
+    provider_capacity: u32,
     /// How many verifiers audit the providers (a fraud needs two to slash).
     #[arg(long, default_value_t = 2)]
     verifiers: usize,
@@ -377,6 +386,10 @@ fn start_and_wait(
             "/ip4/127.0.0.1/tcp/0".into(),
             "--stall-ms".into(),
             args.stall_ms.to_string(),
+            "--key-concurrency".into(),
+            args.key_concurrency.to_string(),
+            "--key-burst".into(),
+            args.key_burst.to_string(),
             // The gateway counts prompt tokens and renders text with the model's own files.
             "--model".into(),
             path(model),
@@ -423,6 +436,8 @@ fn start_and_wait(
                 PROVIDER_STAKE.to_string(),
                 "--claim-secs".into(),
                 args.claim_secs.to_string(),
+                "--capacity".into(),
+                args.provider_capacity.to_string(),
                 "--data".into(),
                 path(&dir.join(format!("provider-{}-data", i + 1))),
                 "--p2p-listen".into(),

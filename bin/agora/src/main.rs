@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod bench_net;
+mod bench_serve;
 mod devnet_cmd;
 mod diloco_cmd;
 mod econ_cmd;

@@ -37,10 +37,7 @@ impl KvCache {
         let (kb, vb) = match self.buffers.take() {
             Some(buffers) if needed <= self.capacity => buffers,
             old => {
-                let capacity = needed
-                    .div_ceil(CHUNK)
-                    .saturating_mul(CHUNK)
-                    .min(self.max_len.max(needed));
+                let capacity = capacity_for(needed, self.max_len);
                 let (old_k, old_v) = match &old {
                     Some((ok, ov)) => (Some(ok), Some(ov)),
                     None => (None, None),
@@ -59,6 +56,14 @@ impl KvCache {
         self.buffers = Some((kb, vb));
         Ok(views)
     }
+}
+
+/// Positions allocated to hold `needed` (whole chunks, at most the model's context).
+pub fn capacity_for(needed: usize, max_len: usize) -> usize {
+    needed
+        .div_ceil(CHUNK)
+        .saturating_mul(CHUNK)
+        .min(max_len.max(needed))
 }
 
 /// A buffer of `capacity` positions holding the first `len` of `old`.

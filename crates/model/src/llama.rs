@@ -194,6 +194,24 @@ impl Rotary {
     }
 }
 
+impl Rotary {
+    /// Rotate (b, heads, 1, head_dim), row i at absolute position `positions[i]`: the same
+    /// operations [`Rotary::apply`] performs on each row alone.
+    fn apply_rows(&self, xs: &Tensor, positions: &[usize]) -> Result<Tensor> {
+        let b = xs.dim(0)?;
+        let ids: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let ids = Tensor::new(ids.as_slice(), xs.device())?;
+        let half = self.cos.dim(1)?;
+        let cos = self.cos.index_select(&ids, 0)?.reshape((b, 1, half))?;
+        let sin = self.sin.index_select(&ids, 0)?.reshape((b, 1, half))?;
+        let xs = xs.contiguous()?;
+        Ok(match self.style {
+            RopeStyle::Half => candle_nn::rotary_emb::rope(&xs, &cos, &sin)?,
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&xs, &cos, &sin)?,
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Attention {
     q_proj: Linear,
@@ -294,6 +312,65 @@ impl Attention {
             .reshape((b, t, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out, mode)
     }
+}
+
+impl Attention {
+    /// One decode step of `b` sequences at once, `xs` (b, 1, hidden): the projections run
+    /// over all rows with the row-exact kernels, then each row is rotated at its own
+    /// position, appended to its own cache and attends over it alone with the exact
+    /// attention. Every row computes the bits it computes when decoded alone.
+    fn forward_rows(
+        &self,
+        xs: &Tensor,
+        rotary: &Rotary,
+        positions: &[usize],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        let b = xs.dim(0)?;
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(xs, Mode::Audit)?;
+        let k = self.k_proj.forward(xs, Mode::Audit)?;
+        let v = self.v_proj.forward(xs, Mode::Audit)?;
+        let q = q.reshape((b, 1, h, d))?.transpose(1, 2)?;
+        let k = k.reshape((b, 1, kvh, d))?.transpose(1, 2)?;
+        let v = v.reshape((b, 1, kvh, d))?.transpose(1, 2)?.contiguous()?;
+        let q = rotary.apply_rows(&q, positions)?;
+        let k = rotary.apply_rows(&k, positions)?;
+        let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
+        let scale = (1.0 / (d as f64).sqrt()) as f32;
+        let mut out = Vec::with_capacity(b * h * d);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let (kc, vc) = cache.append(&k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
+            let shape = crate::dense::AttnShape {
+                batch: 1,
+                heads: h,
+                kv_heads: kvh,
+                head_dim: d,
+                t: 1,
+                total: kc.dim(2)?,
+            };
+            let (ks, kl) = kc.storage_and_layout();
+            let (vs, vl) = vc.storage_and_layout();
+            let (Some(kview), Some(vview)) = (kv_view(&ks, kl, shape)?, kv_view(&vs, vl, shape)?)
+            else {
+                return Err(unsupported(
+                    "batched decoding needs f32 caches in CPU memory",
+                ));
+            };
+            let qi = qv
+                .get(i * h * d..(i + 1) * h * d)
+                .ok_or_else(|| unsupported("query rows"))?;
+            let row = crate::dense::attention(qi, kview, vview, shape, scale)
+                .ok_or_else(|| unsupported("attention shapes"))?;
+            out.extend_from_slice(&row);
+        }
+        let out = Tensor::from_vec(out, (b, 1, h * d), xs.device())?;
+        self.o_proj.forward(&out, Mode::Audit)
+    }
+}
+
+fn unsupported(what: &str) -> crate::ModelError {
+    crate::ModelError::InvalidRequest(format!("unsupported in batched decoding: {what}"))
 }
 
 /// [`crate::dense::attention`] over candle tensors: `q` (b, heads, t, d), `k` and `v` (b,
@@ -440,6 +517,27 @@ impl Block {
     }
 }
 
+impl Block {
+    fn forward_rows(
+        &self,
+        xs: &Tensor,
+        rotary: &Rotary,
+        positions: &[usize],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let h = self.input_layernorm.forward(xs, Mode::Audit)?;
+        let xs = (xs + self.self_attn.forward_rows(&h, rotary, positions, caches)?)?;
+        let h = self.post_attention_layernorm.forward(&xs, Mode::Audit)?;
+        Ok((&xs + self.mlp.forward(&h, Mode::Audit)?)?)
+    }
+}
+
+/// Positions a [`Mode::Serve`] prefill computes in one pass. A longer prefill is cut at
+/// multiples of this (counted from the first position), wherever it is run from: one call,
+/// or one chunk at a time between other sequences' decode steps; both compute the same bits.
+pub const PREFILL_CHUNK: usize = 512;
+
 /// A loaded model. Cheap to clone (tensors are reference counted).
 #[derive(Clone, Debug)]
 pub struct Llama {
@@ -499,7 +597,9 @@ impl Llama {
 
     /// Runs the transformer over `tokens` (b, t) and returns the last hidden state of every
     /// position (b, t, hidden): the input of the LM head, which fingerprints are built from.
-    /// With a cache, positions continue from what the cache holds and it is extended.
+    /// With a cache, positions continue from what the cache holds and it is extended; in
+    /// [`Mode::Serve`] a long input is computed in passes cut at multiples of
+    /// [`PREFILL_CHUNK`], so a scheduler may run those passes one at a time.
     pub fn forward_hidden(
         &self,
         tokens: &Tensor,
@@ -515,6 +615,39 @@ impl Llama {
                 self.config.max_seq_len
             )));
         }
+        match (mode, cache) {
+            (Mode::Serve, Some(cache)) => {
+                let mut parts = Vec::with_capacity(1);
+                let mut at = 0;
+                while at < t {
+                    let n = prefill_chunk_len(offset + at, t - at);
+                    let chunk = if n == t {
+                        tokens.clone()
+                    } else {
+                        tokens.narrow(1, at, n)?.contiguous()?
+                    };
+                    parts.push(self.forward_pass(&chunk, Some(&mut *cache), mode)?);
+                    at += n;
+                }
+                if parts.len() == 1 {
+                    Ok(parts.remove(0))
+                } else {
+                    Ok(Tensor::cat(&parts, 1)?)
+                }
+            }
+            (_, cache) => self.forward_pass(tokens, cache, mode),
+        }
+    }
+
+    /// One pass of the transformer over `tokens` (b, t), continuing the cache if given.
+    fn forward_pass(
+        &self,
+        tokens: &Tensor,
+        cache: Option<&mut Cache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let t = tokens.dim(1)?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
         let mut xs = self.embed(tokens)?;
         match cache {
             Some(cache) => {
@@ -530,6 +663,48 @@ impl Llama {
             }
         }
         self.norm.forward(&xs, mode)
+    }
+
+    /// One decode step of several sequences at once: row i feeds `rows[i].0` at the next
+    /// position of the cache `rows[i].1` and returns its last hidden state, row i of (b,
+    /// hidden). Each row computes exactly the bits that [`Llama::forward_hidden`] in
+    /// [`Mode::Serve`] computes for that one token alone with that cache, whatever the other
+    /// rows, their lengths and their number: the matmuls take the row-exact kernels and each
+    /// row attends over its own cache with the exact attention.
+    pub fn decode_batch(&self, rows: &mut [(u32, &mut Cache)]) -> Result<Tensor> {
+        let b = rows.len();
+        if b == 0 {
+            return Ok(Tensor::zeros(
+                (0, self.config.hidden_size),
+                candle_core::DType::F32,
+                &self.device,
+            )?);
+        }
+        let positions: Vec<usize> = rows.iter().map(|(_, c)| c.len()).collect();
+        if let Some(&p) = positions.iter().find(|&&p| p >= self.config.max_seq_len) {
+            return Err(crate::ModelError::InvalidRequest(format!(
+                "sequence of {} tokens exceeds the model's context of {}",
+                p + 1,
+                self.config.max_seq_len
+            )));
+        }
+        let ids: Vec<u32> = rows.iter().map(|(t, _)| *t).collect();
+        let mut xs = self.embed(&Tensor::from_vec(ids, (b, 1), &self.device)?)?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let mut caches: Vec<&mut KvCache> = Vec::with_capacity(b);
+            for (_, cache) in rows.iter_mut() {
+                let layer = cache
+                    .layers
+                    .get_mut(l)
+                    .ok_or_else(|| unsupported("a cache of another model"))?;
+                caches.push(layer);
+            }
+            xs = block.forward_rows(&xs, &self.rotary, &positions, &mut caches)?;
+        }
+        for (_, cache) in rows.iter_mut() {
+            cache.len += 1;
+        }
+        Ok(self.norm.forward(&xs, Mode::Audit)?.squeeze(1)?)
     }
 
     /// Logits (…, vocab) from hidden states (…, hidden).
@@ -563,6 +738,13 @@ impl Llama {
     }
 }
 
+/// How many of `left` positions starting at `position` one prefill pass computes: up to the
+/// next multiple of [`PREFILL_CHUNK`].
+pub fn prefill_chunk_len(position: usize, left: usize) -> usize {
+    let end = (position / PREFILL_CHUNK + 1) * PREFILL_CHUNK;
+    (end - position).min(left)
+}
+
 /// Per-layer key/value caches of a batch of sequences decoded in lockstep.
 ///
 /// Layout (batch, kv_heads, time, head_dim) per layer, so batching sequences of different
@@ -590,6 +772,13 @@ impl Cache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Bytes the caches of one sequence of `positions` positions hold at most (f32 keys and
+    /// values, allocated in whole chunks).
+    pub fn bytes_for(cfg: &LlamaConfig, positions: usize) -> usize {
+        let held = crate::cache::capacity_for(positions, cfg.max_seq_len);
+        2 * 4 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * held
     }
 
     pub fn reset(&mut self) {

@@ -1,4 +1,4 @@
-//! One inference stream: check the signed request, queue it on the model thread, stream the
+//! One inference stream: check the signed request, queue it on the model thread's batch, stream the
 //! tokens, sign the receipt, and take the voucher that pays for it.
 
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ use futures::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::payments::Payments;
-use crate::worker::{Job, Worker, WorkerEvent};
+use crate::worker::{Job, QueueError, Worker, WorkerEvent};
 
 /// How long a peer may take to send its request or its voucher.
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,7 +103,7 @@ impl Service {
         // Held until the answer is recorded as served (or fails).
         let _reservation = reservation;
         let r = &signed.request;
-        let (tx, mut rx) = mpsc::channel(32);
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let prompt_tokens = prompt.len() as u32;
         self.worker
             .submit(Job {
@@ -111,7 +111,12 @@ impl Service {
                 opts,
                 events: tx,
             })
-            .map_err(|e| Refusal(ErrorCode::Busy, e.to_string()))?;
+            .map_err(|e| match e {
+                QueueError::TooLarge { .. } => Refusal(ErrorCode::ContextLength, e.to_string()),
+                QueueError::Busy(_) | QueueError::Stopped => {
+                    Refusal(ErrorCode::Busy, e.to_string())
+                }
+            })?;
         tracing::debug!(request = %hex::encode(r.request_id), "accepted");
         write_frame(stream, &Frame::Accepted { prompt_tokens })
             .await

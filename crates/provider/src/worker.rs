@@ -1,14 +1,26 @@
-//! The model thread: runs one generation at a time from a bounded queue. A full queue is
-//! refused at once (the broker tries another provider), and a slow reader slows the
-//! generation through the bounded token channel rather than buffering without limit.
+//! The model thread: a continuous-batching scheduler. Requests share forward passes: every
+//! step runs prefill passes of newly admitted requests (in the order they arrived, up to a
+//! number of prompt positions per step) and then one decode pass over every request that is
+//! generating. A request is admitted when the KV memory it could come to hold fits the
+//! budget beside the running ones; the rest wait in arrival order, so none is passed over
+//! for ever. A request whose reader went away is dropped at the next step and its memory
+//! freed. Every request computes exactly the bits it computes alone
+//! ([`agora_model::generate::Sequence`]), so its tokens, receipt and fingerprints do not
+//! depend on its neighbours and its audit is that of a lone generation.
+//!
+//! Token events go out on an unbounded channel: a slow reader must not stall the batch, and
+//! what a request can buffer is bounded by its `max_tokens`.
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
-use agora_model::generate::{Event, FinishReason, GenerateOptions};
-use agora_model::LoadedModel;
-use agora_verify::generate_fingerprinted;
+use agora_model::generate::{Event, FinishReason, GenerateOptions, Next, Sequence};
+use agora_model::{Cache, LoadedModel};
+use agora_verify::FingerprintBuilder;
+use candle_core::IndexOp;
 use tokio::sync::mpsc;
 
 /// What the model thread reports for a job.
@@ -44,8 +56,8 @@ pub struct Job {
     pub prompt: Vec<u32>,
     /// Sampling, limits and resumed tokens.
     pub opts: GenerateOptions,
-    /// Where events go; bounded, so a slow reader applies back-pressure.
-    pub events: mpsc::Sender<WorkerEvent>,
+    /// Where events go. Dropping the receiver cancels the job.
+    pub events: mpsc::UnboundedSender<WorkerEvent>,
 }
 
 /// Why a job was not queued.
@@ -54,85 +66,639 @@ pub enum QueueError {
     /// Every slot is taken.
     #[error("all {0} queue slots are busy")]
     Busy(usize),
+    /// The job alone could hold more KV memory than the whole budget.
+    #[error("the request could hold {need} bytes of KV cache; this provider's budget is {budget}")]
+    TooLarge {
+        /// Bytes the job could come to hold.
+        need: usize,
+        /// The budget.
+        budget: usize,
+    },
     /// The model thread is gone.
     #[error("the model thread stopped")]
     Stopped,
 }
 
+/// How the scheduler shares the model.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// Requests held at once, waiting or running; more are refused as busy.
+    pub max_requests: usize,
+    /// Requests decoded together in one pass.
+    pub max_batch: usize,
+    /// Bytes of KV cache the running requests may come to hold together: each is counted at
+    /// the most it could hold (prompt plus `max_tokens`), so a running request never runs
+    /// out.
+    pub kv_budget: usize,
+    /// Prompt positions prefilled between two decode steps (at least one prefill pass), so a
+    /// long prompt delays the others' next tokens by a bounded amount.
+    pub prefill_per_step: usize,
+}
+
+impl WorkerConfig {
+    /// The defaults, with room for `slots` requests.
+    pub fn with_slots(slots: usize) -> WorkerConfig {
+        WorkerConfig {
+            max_requests: slots.max(1),
+            max_batch: 64,
+            kv_budget: 1 << 30,
+            prefill_per_step: 256,
+        }
+    }
+}
+
 /// The handle to the model thread.
 #[derive(Clone)]
 pub struct Worker {
-    queue: SyncSender<Job>,
-    slots: usize,
+    inbox: Sender<Job>,
+    /// Jobs submitted and not yet ended.
+    load: Arc<AtomicUsize>,
+    model: Arc<LoadedModel>,
+    cfg: WorkerConfig,
 }
 
 impl Worker {
-    /// Starts the thread with room for `slots` waiting jobs.
+    /// Starts the thread with room for `slots` requests and the default batching.
     pub fn start(model: Arc<LoadedModel>, slots: usize) -> std::io::Result<Worker> {
-        let (queue, jobs) = sync_channel::<Job>(slots.max(1));
+        Worker::start_with(model, WorkerConfig::with_slots(slots))
+    }
+
+    /// Starts the thread.
+    pub fn start_with(model: Arc<LoadedModel>, cfg: WorkerConfig) -> std::io::Result<Worker> {
+        let cfg = WorkerConfig {
+            max_requests: cfg.max_requests.max(1),
+            max_batch: cfg.max_batch.max(1),
+            prefill_per_step: cfg.prefill_per_step.max(1),
+            ..cfg
+        };
+        let (inbox, jobs) = channel::<Job>();
+        let load = Arc::new(AtomicUsize::new(0));
+        let scheduler = Scheduler {
+            model: model.clone(),
+            cfg,
+            load: load.clone(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            kv_used: 0,
+        };
         std::thread::Builder::new()
             .name("model".into())
-            .spawn(move || {
-                for job in jobs {
-                    run_job(&model, job);
-                }
-            })?;
+            .spawn(move || scheduler.run(jobs))?;
         Ok(Worker {
-            queue,
-            slots: slots.max(1),
+            inbox,
+            load,
+            model,
+            cfg,
         })
     }
 
     /// Queues a job or refuses at once.
     pub fn submit(&self, job: Job) -> Result<(), QueueError> {
-        let queued = self.queue.try_send(job);
-        if queued.is_ok() {
-            agora_metrics::provider().queue_depth.inc();
+        let need = kv_need(&self.model, &job);
+        if need > self.cfg.kv_budget {
+            return Err(QueueError::TooLarge {
+                need,
+                budget: self.cfg.kv_budget,
+            });
         }
-        queued.map_err(|e| match e {
-            TrySendError::Full(_) => QueueError::Busy(self.slots),
-            TrySendError::Disconnected(_) => QueueError::Stopped,
+        let taken = self
+            .load
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cfg.max_requests).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(QueueError::Busy(self.cfg.max_requests));
+        }
+        self.inbox.send(job).map_err(|_| {
+            self.load.fetch_sub(1, Ordering::AcqRel);
+            QueueError::Stopped
         })
+    }
+
+    /// Requests waiting or running.
+    pub fn load(&self) -> usize {
+        self.load.load(Ordering::Acquire)
     }
 }
 
-fn run_job(model: &LoadedModel, job: Job) {
-    agora_metrics::provider().queue_depth.dec();
-    agora_metrics::provider().batch_size.observe(1.0);
-    // The reader may have gone while the job waited.
-    if job.events.is_closed() {
-        return;
-    }
-    let resumed = job.opts.resume.len();
-    let mut tail = String::new();
-    let result = generate_fingerprinted(model, &job.prompt, &job.opts, |e| match e {
-        Event::Token {
-            index, token, text, ..
-        } => {
-            let ev = WorkerEvent::Token {
-                index: index as u32,
+/// The KV memory a job could come to hold.
+fn kv_need(model: &LoadedModel, job: &Job) -> usize {
+    let cfg = model.model.config();
+    let positions = job
+        .prompt
+        .len()
+        .saturating_add(job.opts.max_tokens)
+        .min(cfg.max_seq_len);
+    Cache::bytes_for(cfg, positions)
+}
+
+/// The last prefill position's state and its logits, computed as a lone generation does.
+fn first_logits(
+    model: &LoadedModel,
+    hidden: &candle_core::Tensor,
+) -> agora_model::Result<(candle_core::Tensor, Vec<f32>)> {
+    let last = hidden.i(hidden.dim(0)?.saturating_sub(1))?;
+    let logits = model
+        .model
+        .logits(&last.unsqueeze(0)?)?
+        .squeeze(0)?
+        .to_vec1::<f32>()?;
+    Ok((last, logits))
+}
+
+/// A request being computed.
+struct Running {
+    seq: Sequence,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    prints: FingerprintBuilder,
+    resumed: usize,
+    kv: usize,
+    failure: Option<String>,
+}
+
+impl Running {
+    /// Samples its next token from the state `hidden` and its `logits`, and sends it.
+    fn step(&mut self, model: &LoadedModel, hidden: &candle_core::Tensor, logits: &[f32]) {
+        let (prints, events) = (&mut self.prints, &self.events);
+        let mut failure = None;
+        let result = self.seq.step(model, hidden, logits, |e| match e {
+            Event::Token {
+                index,
                 token,
-                text: text.to_string(),
-            };
-            match job.events.blocking_send(ev) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(_) => ControlFlow::Break(()),
+                text,
+                hidden,
+                ..
+            } => {
+                match hidden.to_vec1::<f32>() {
+                    Ok(v) => prints.push(v),
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        return ControlFlow::Break(());
+                    }
+                }
+                let ev = WorkerEvent::Token {
+                    index: index as u32,
+                    token,
+                    text: text.to_string(),
+                };
+                match events.send(ev) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                }
             }
+            Event::Prefill { .. } | Event::Tail { .. } => ControlFlow::Continue(()),
+        });
+        if let Err(e) = result {
+            failure = Some(e.to_string());
         }
-        Event::Tail { text } => {
-            tail = text.to_string();
+        if failure.is_some() {
+            self.fail(failure);
+        }
+    }
+
+    fn fail(&mut self, failure: Option<String>) {
+        self.failure = failure;
+        self.seq.cancel();
+    }
+
+    /// Sends its last event.
+    fn end(self) {
+        if let Some(message) = self.failure {
+            let _ = self.events.send(WorkerEvent::Failed(message));
+            return;
+        }
+        let mut tail = String::new();
+        let g = self.seq.finish(|e| {
+            if let Event::Tail { text } = e {
+                tail = text.to_string();
+            }
             ControlFlow::Continue(())
-        }
-        Event::Prefill { .. } => ControlFlow::Continue(()),
-    });
-    let ev = match result {
-        Ok((g, print)) => WorkerEvent::Done {
-            tokens: g.tokens[resumed.min(g.tokens.len())..].to_vec(),
+        });
+        let _ = self.events.send(WorkerEvent::Done {
+            tokens: g.tokens[self.resumed.min(g.tokens.len())..].to_vec(),
             tail,
             finish: g.finish_reason,
-            fingerprint: print.to_bytes(),
-        },
-        Err(e) => WorkerEvent::Failed(e.to_string()),
-    };
-    let _ = job.events.blocking_send(ev);
+            fingerprint: self.prints.finish().to_bytes(),
+        });
+    }
+}
+
+struct Scheduler {
+    model: Arc<LoadedModel>,
+    cfg: WorkerConfig,
+    load: Arc<AtomicUsize>,
+    /// Submitted, not yet admitted, in arrival order.
+    waiting: VecDeque<Job>,
+    /// Admitted, in admission order.
+    running: Vec<Running>,
+    kv_used: usize,
+}
+
+impl Scheduler {
+    fn run(mut self, jobs: Receiver<Job>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            self.waiting.extend(jobs.try_iter());
+            self.drop_abandoned();
+            self.admit();
+            agora_metrics::provider()
+                .queue_depth
+                .set(i64::try_from(self.waiting.len()).unwrap_or(i64::MAX));
+            self.prefill();
+            self.decode();
+            self.reap();
+        }
+    }
+
+    /// Forgets jobs whose reader went away: waiting ones at once, running ones at the end of
+    /// this step (their memory is freed then).
+    fn drop_abandoned(&mut self) {
+        let before = self.waiting.len();
+        self.waiting.retain(|j| !j.events.is_closed());
+        self.load
+            .fetch_sub(before - self.waiting.len(), Ordering::AcqRel);
+        for r in &mut self.running {
+            if r.events.is_closed() {
+                r.seq.cancel();
+            }
+        }
+    }
+
+    /// Admits waiting jobs in arrival order while the batch and the KV budget have room. The
+    /// first in line is never passed over by a smaller one behind it.
+    fn admit(&mut self) {
+        while let Some(job) = self.waiting.front() {
+            if self.running.len() >= self.cfg.max_batch {
+                break;
+            }
+            let need = kv_need(&self.model, job);
+            if !self.running.is_empty() && self.kv_used + need > self.cfg.kv_budget {
+                break;
+            }
+            let Some(job) = self.waiting.pop_front() else {
+                break;
+            };
+            match Sequence::new(&self.model, &job.prompt, &job.opts) {
+                Ok(seq) => {
+                    self.kv_used += need;
+                    self.running.push(Running {
+                        seq,
+                        events: job.events,
+                        prints: FingerprintBuilder::new(),
+                        resumed: job.opts.resume.len(),
+                        kv: need,
+                        failure: None,
+                    });
+                }
+                Err(e) => {
+                    let _ = job.events.send(WorkerEvent::Failed(e.to_string()));
+                    self.load.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    /// Prefill passes in admission order, up to the step's budget of positions; a request
+    /// whose prefill completes samples its first token.
+    fn prefill(&mut self) {
+        let model = &*self.model;
+        let mut budget = self.cfg.prefill_per_step;
+        for r in self.running.iter_mut() {
+            while budget > 0 && r.seq.next() == Next::Prefill {
+                let before = r.seq.positions();
+                let hidden = match r.seq.prefill_step(&model.model) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        r.fail(Some(e.to_string()));
+                        break;
+                    }
+                };
+                budget = budget.saturating_sub(r.seq.positions() - before);
+                if r.seq.prefill_left() == 0 {
+                    let first = first_logits(model, &hidden);
+                    match first {
+                        Ok((last, logits)) => r.step(model, &last, &logits),
+                        Err(e) => r.fail(Some(e.to_string())),
+                    }
+                }
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+    }
+
+    /// One decode pass over every request that is generating.
+    fn decode(&mut self) {
+        let model = &*self.model;
+        let mut batch: Vec<&mut Running> = self
+            .running
+            .iter_mut()
+            .filter(|r| matches!(r.seq.next(), Next::Decode(_)))
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        agora_metrics::provider().batch_size.observe(batch.len() as f64);
+        let result = {
+            let mut seqs: Vec<&mut Sequence> = batch.iter_mut().map(|r| &mut r.seq).collect();
+            Sequence::decode_many(&model.model, &mut seqs)
+        };
+        match result {
+            Ok((hidden, logits)) => {
+                for (i, r) in batch.into_iter().enumerate() {
+                    match (hidden.i(i), logits.get(i)) {
+                        (Ok(h), Some(l)) => r.step(model, &h, l),
+                        _ => r.fail(Some("the batched pass lost a row".into())),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("a batched decode pass failed: {e}");
+                for r in batch {
+                    r.fail(Some(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Ends the requests that finished, freeing their places and memory.
+    fn reap(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if matches!(self.running[i].seq.next(), Next::Finished(_)) {
+                let r = self.running.remove(i);
+                self.kv_used -= r.kv;
+                self.load.fetch_sub(1, Ordering::AcqRel);
+                r.end();
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The model thread itself, on the shipped model: answers computed among concurrent
+    //! neighbours equal lone generations bit for bit (and pass the audit), the KV budget
+    //! admits in arrival order without starving anyone, and a reader that goes away frees
+    //! its place.
+
+    use std::time::Duration;
+
+    use agora_model::generate::GenerateOptions;
+    use agora_model::{LoadOptions, SamplingParams};
+    use agora_verify::{audit, generate_fingerprinted, Answer, Fingerprint, Thresholds};
+
+    use super::*;
+
+    fn model() -> Arc<LoadedModel> {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/agora-shakespeare"
+        );
+        Arc::new(
+            agora_model::load(std::path::Path::new(dir), &LoadOptions::default()).expect("load"),
+        )
+    }
+
+    fn request(i: u64, max_tokens: usize) -> (Vec<u32>, GenerateOptions) {
+        let prompt: Vec<u32> = (0..(3 + i * 7 % 40))
+            .map(|k| (1 + (i * 31 + k * 17) % 2000) as u32)
+            .collect();
+        let opts = GenerateOptions {
+            sampling: SamplingParams {
+                temperature: [0.0, 0.8, 1.0][(i % 3) as usize],
+                top_k: 0,
+                top_p: 1.0,
+                seed: 1000 + i,
+            },
+            max_tokens,
+            stop: vec![],
+            stop_at_eos: i.is_multiple_of(2),
+            resume: vec![],
+        };
+        (prompt, opts)
+    }
+
+    /// Everything one job sent: its tokens as streamed and its last event.
+    async fn collect(mut rx: mpsc::UnboundedReceiver<WorkerEvent>) -> (Vec<u32>, WorkerEvent) {
+        let mut streamed = vec![];
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                WorkerEvent::Token { token, .. } => streamed.push(token),
+                last => return (streamed, last),
+            }
+        }
+        panic!("the model thread dropped a job without a last event");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_answers_equal_lone_generations_and_pass_their_audit() {
+        let model = model();
+        let worker = Worker::start_with(
+            model.clone(),
+            WorkerConfig {
+                max_requests: 64,
+                max_batch: 16,
+                kv_budget: 1 << 30,
+                prefill_per_step: 16,
+            },
+        )
+        .expect("start");
+        let mut jobs = vec![];
+        for i in 0..24u64 {
+            let (prompt, opts) = request(i, 8 + (i as usize * 5) % 24);
+            let (tx, rx) = mpsc::unbounded_channel();
+            // Arrivals spread over the first steps of the others.
+            tokio::time::sleep(Duration::from_millis(i % 4)).await;
+            worker
+                .submit(Job {
+                    prompt: prompt.clone(),
+                    opts: opts.clone(),
+                    events: tx,
+                })
+                .expect("submit");
+            jobs.push((prompt, opts, tokio::spawn(collect(rx))));
+        }
+        for (prompt, opts, handle) in jobs {
+            let (streamed, last) = handle.await.expect("join");
+            let WorkerEvent::Done {
+                tokens,
+                finish,
+                fingerprint,
+                ..
+            } = last
+            else {
+                panic!("a job failed: {last:?}");
+            };
+            let (g, print) =
+                generate_fingerprinted(&model, &prompt, &opts, |_| ControlFlow::Continue(()))
+                    .expect("alone");
+            assert_eq!(tokens, g.tokens, "tokens differ from the lone generation");
+            assert_eq!(streamed, g.tokens);
+            assert_eq!(finish, g.finish_reason);
+            assert_eq!(
+                fingerprint,
+                print.to_bytes(),
+                "fingerprint differs from the lone generation"
+            );
+            let claimed = Fingerprint::from_bytes(&fingerprint, 1 << 16).expect("fingerprint");
+            let report = audit(
+                &model,
+                &Answer {
+                    model: model.id,
+                    prompt: &prompt,
+                    resumed: &[],
+                    output: &tokens,
+                    claimed_tokens: tokens.len(),
+                    sampling: opts.sampling.clone(),
+                    fingerprint: &claimed,
+                    ended_at_eos: finish == FinishReason::Stop,
+                },
+                &Thresholds::default(),
+            )
+            .expect("audit");
+            assert!(
+                report.passed,
+                "the audit of a batched answer failed: {:?}",
+                report.reasons
+            );
+            assert_eq!(report.max_rel_err, 0.0, "the audit is not exact");
+        }
+        assert_eq!(worker.load(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_budget_for_two_serves_everyone_in_arrival_order() {
+        let model = model();
+        let (prompt, opts) = request(1, 20);
+        let need = kv_need(
+            &model,
+            &Job {
+                prompt,
+                opts,
+                events: mpsc::unbounded_channel().0,
+            },
+        );
+        let worker = Worker::start_with(
+            model.clone(),
+            WorkerConfig {
+                max_requests: 64,
+                max_batch: 16,
+                kv_budget: 2 * need,
+                prefill_per_step: 64,
+            },
+        )
+        .expect("start");
+        let mut handles = vec![];
+        for i in 0..8u64 {
+            let (prompt, mut opts) = request(1, 20);
+            opts.sampling.seed = i;
+            opts.stop_at_eos = false;
+            let (tx, rx) = mpsc::unbounded_channel();
+            worker
+                .submit(Job {
+                    prompt,
+                    opts,
+                    events: tx,
+                })
+                .expect("submit");
+            handles.push(tokio::spawn(async move {
+                let out = collect(rx).await;
+                (std::time::Instant::now(), out)
+            }));
+        }
+        let mut ends = vec![];
+        for h in handles {
+            let (at, (_, last)) = h.await.expect("join");
+            assert!(
+                matches!(last, WorkerEvent::Done { ref tokens, .. } if tokens.len() == 20),
+                "{last:?}"
+            );
+            ends.push(at);
+        }
+        // Two at a time, in arrival order: the later pairs end later.
+        assert!(ends[7] > ends[1], "arrival order was not kept");
+        // A job that alone needs more than the budget is refused at once.
+        let small = Worker::start_with(
+            model.clone(),
+            WorkerConfig {
+                kv_budget: need - 1,
+                ..WorkerConfig::with_slots(4)
+            },
+        )
+        .expect("start");
+        let (prompt, opts) = request(2, 20);
+        let err = small
+            .submit(Job {
+                prompt,
+                opts,
+                events: mpsc::unbounded_channel().0,
+            })
+            .expect_err("too large");
+        assert!(matches!(err, QueueError::TooLarge { .. }));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_that_leaves_frees_its_place() {
+        let model = model();
+        let worker = Worker::start_with(
+            model,
+            WorkerConfig {
+                max_requests: 1,
+                max_batch: 16,
+                kv_budget: 1 << 30,
+                prefill_per_step: 64,
+            },
+        )
+        .expect("start");
+        let (prompt, mut opts) = request(3, 200);
+        opts.stop_at_eos = false;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        worker
+            .submit(Job {
+                prompt: prompt.clone(),
+                opts: opts.clone(),
+                events: tx,
+            })
+            .expect("submit");
+        assert!(matches!(rx.recv().await, Some(WorkerEvent::Token { .. })));
+        // Full: the one place is taken.
+        let (tx2, _rx2) = mpsc::unbounded_channel();
+        assert!(matches!(
+            worker.submit(Job {
+                prompt: prompt.clone(),
+                opts: opts.clone(),
+                events: tx2
+            }),
+            Err(QueueError::Busy(1))
+        ));
+        drop(rx);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while worker.load() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the abandoned job kept its place"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        opts.max_tokens = 4;
+        let (tx3, rx3) = mpsc::unbounded_channel();
+        worker
+            .submit(Job {
+                prompt,
+                opts,
+                events: tx3,
+            })
+            .expect("the place is free again");
+        let (_, last) = collect(rx3).await;
+        assert!(matches!(last, WorkerEvent::Done { .. }), "{last:?}");
+    }
 }

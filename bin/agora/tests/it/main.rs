@@ -20,6 +20,8 @@ mod http_client;
 mod ledger_cli;
 /// `agora devnet` end to end: serve, pay exactly, fail over when a provider is killed.
 mod network;
+/// One provider, many concurrent streams through the gateway: receipts and payment exact.
+mod serving;
 /// `agora train` from a text file to an exported model, with resume.
 mod train;
 

@@ -29,14 +29,16 @@ impl Devnet {
     pub fn start_with(dir: &Path, providers: usize, extra: &[&str]) -> Devnet {
         let child = Command::new(env!("CARGO_BIN_EXE_agora"))
             .arg("devnet")
-            .args(extra)
+            .args(if extra.contains(&"--stall-ms") {
+                &[][..]
+            } else {
+                &["--stall-ms", "2000"][..]
+            })
             .args([
                 "--providers",
                 &providers.to_string(),
                 "--port",
                 "0",
-                "--stall-ms",
-                "2000",
                 "--claim-secs",
                 "1",
                 "--provider-threads",
@@ -46,6 +48,7 @@ impl Devnet {
             .arg(repo_root().join("models/agora-shakespeare"))
             .arg("--dir")
             .arg(dir)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -150,7 +153,11 @@ fn open(base: &str, method: &str, path: &str, key: Option<&str>, body: Option<&s
 
 /// A streamed chat completion: calls `on_chunk(count)` after each content chunk, returns
 /// (text, final chunk with usage and receipts).
-fn stream_chat(devnet: &Devnet, body: &Value, mut on_chunk: impl FnMut(usize)) -> (String, Value) {
+pub fn stream_chat(
+    devnet: &Devnet,
+    body: &Value,
+    mut on_chunk: impl FnMut(usize),
+) -> (String, Value) {
     let mut s = open(
         &devnet.endpoint(),
         "POST",
@@ -221,7 +228,7 @@ pub fn account_amount(devnet: &Devnet, account: &str, field: &str) -> u128 {
     v[field].as_str().expect("amount").parse().expect("amount")
 }
 
-fn charged(receipts: &Value, provider: &str) -> u128 {
+pub fn charged(receipts: &Value, provider: &str) -> u128 {
     receipts
         .as_array()
         .expect("receipts")
@@ -238,7 +245,7 @@ fn charged(receipts: &Value, provider: &str) -> u128 {
 }
 
 /// Waits until `account` holds `want` (providers claim vouchers every second).
-fn wait_balance(devnet: &Devnet, account: &str, want: u128) {
+pub fn wait_balance(devnet: &Devnet, account: &str, want: u128) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = balance(devnet, account);

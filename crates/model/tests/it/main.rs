@@ -1,5 +1,7 @@
 //! Integration tests of the model crate: one binary, a module per concern.
 
+/// Batch invariance: a request computes the same bits alone and in any batch.
+mod batching;
 mod common;
 /// GGUF and safetensors writers and loaders agree with the f32 reference.
 mod formats;
