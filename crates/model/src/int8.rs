@@ -159,17 +159,7 @@ impl Int8Matrix {
         let (cols, blocks) = (self.cols, self.cols / BLOCK);
         let m = x.len() / cols;
         let simd = simd && avx2_available();
-        let mut xq = Vec::with_capacity(m * cols);
-        let mut xs = Vec::with_capacity(m * blocks);
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            avx2::quantize_rows(x, cols, &mut xq, &mut xs);
-        }
-        if xs.is_empty() {
-            for row in x.chunks_exact(cols) {
-                quantize_row(row, &mut xq, &mut xs);
-            }
-        }
+        let (xq, xs) = quantize_activations(x, cols, simd);
         let acts = Acts {
             q: xq.as_chunks::<BLOCK>().0,
             s: &xs,
@@ -243,7 +233,7 @@ impl Acts<'_> {
     }
 }
 
-fn avx2_available() -> bool {
+pub(crate) fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2")
@@ -272,6 +262,24 @@ fn kernel<const R: usize>(
     }
     let _ = simd;
     group_portable(w, s, xq, xs)
+}
+
+/// Row-major `x` (m, cols) quantized per block of 32 by [`quantize_row`]: quants and scales,
+/// on AVX2 where `simd` (the same bits either way).
+pub(crate) fn quantize_activations(x: &[f32], cols: usize, simd: bool) -> (Vec<i8>, Vec<f32>) {
+    let m = x.len() / cols.max(1);
+    let mut xq = Vec::with_capacity(m * cols);
+    let mut xs = Vec::with_capacity(m * cols / BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if simd && avx2_available() {
+        avx2::quantize_rows(x, cols, &mut xq, &mut xs);
+        return (xq, xs);
+    }
+    let _ = simd;
+    for row in x.chunks_exact(cols.max(1)) {
+        quantize_row(row, &mut xq, &mut xs);
+    }
+    (xq, xs)
 }
 
 /// ggml's Q8_0 activation quantization: per block of 32, scale amax / 127, rounded half away
