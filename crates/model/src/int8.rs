@@ -173,14 +173,19 @@ impl Int8Matrix {
         }
         // How the groups are split across tasks changes no output: each is computed alone.
         let per_task = MACS_PER_TASK.div_ceil(LANES * cols * m).max(1);
-        by_group
-            .par_chunks_mut(per_task * m * LANES)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                for (i, out) in chunk.chunks_exact_mut(m * LANES).enumerate() {
-                    self.group(task * per_task + i, &acts, out, simd);
-                }
-            });
+        let task = |(task, chunk): (usize, &mut [f32])| {
+            for (i, out) in chunk.chunks_exact_mut(m * LANES).enumerate() {
+                self.group(task * per_task + i, &acts, out, simd);
+            }
+        };
+        let chunk = per_task * m * LANES;
+        // One task, or one thread: run here, without handing the work to the pool and
+        // waiting for it (a decode step makes hundreds of these calls).
+        if by_group.len() <= chunk || rayon::current_num_threads() == 1 {
+            by_group.chunks_mut(chunk).enumerate().for_each(task);
+        } else {
+            by_group.par_chunks_mut(chunk).enumerate().for_each(task);
+        }
         if m == 1 {
             by_group.truncate(self.rows);
             return by_group;
