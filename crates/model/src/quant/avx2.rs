@@ -102,8 +102,8 @@ fn group_avx2<const F: u8, const R: usize>(w: &Group, x: [ActRow; R]) -> [[f32; 
         let mut a1 = [zero; R];
         let mut s0 = [zero; R];
         let mut s1 = [zero; R];
-        for v in 0..4 {
-            let nv = load(&vecs[v]);
+        for (v, nibbles) in vecs.iter().take(4).enumerate() {
+            let nv = load(nibbles);
             let mut lo = _mm256_and_si256(nv, low);
             let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(nv), low);
             // The high bits of chunks v and v + 4, moved to bit 4 (a shifted-in bit from the

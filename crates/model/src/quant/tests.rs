@@ -74,10 +74,10 @@ fn reference(m: &PackedMatrix, x: &[f32]) -> Vec<f32> {
                 } else {
                     half(0) + half(1)
                 };
-                acc = acc + (isum as f32 * m.dw[gb][j]) * xd[b];
+                acc += (isum as f32 * m.dw[gb][j]) * xd[b];
                 if has_min(f) {
                     let xsum: i32 = xb.iter().map(|&v| i32::from(v)).sum();
-                    acc = acc + m.mw[gb][j] * (xd[b] * xsum as f32);
+                    acc += m.mw[gb][j] * (xd[b] * xsum as f32);
                 }
             }
             out.push(acc);
