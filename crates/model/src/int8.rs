@@ -84,7 +84,8 @@ impl Int8Matrix {
         };
         let data = q.data()?;
         let blocks = cols / BLOCK;
-        if cols % BLOCK != 0 || rows == 0 || data.len() != rows * blocks * block_bytes {
+        if cols % BLOCK != 0 || cols == 0 || rows == 0 || data.len() != rows * blocks * block_bytes
+        {
             return Ok(None);
         }
         let groups = rows.div_ceil(LANES);
@@ -272,7 +273,10 @@ fn kernel<const R: usize>(
 /// Row-major `x` (m, cols) quantized per block of 32 by [`quantize_row`]: quants and scales,
 /// on AVX2 where `simd` (the same bits either way).
 pub(crate) fn quantize_activations(x: &[f32], cols: usize, simd: bool) -> (Vec<i8>, Vec<f32>) {
-    let m = x.len() / cols.max(1);
+    if cols == 0 {
+        return (vec![], vec![]);
+    }
+    let m = x.len() / cols;
     let mut xq = Vec::with_capacity(m * cols);
     let mut xs = Vec::with_capacity(m * cols / BLOCK);
     #[cfg(target_arch = "x86_64")]
@@ -281,7 +285,7 @@ pub(crate) fn quantize_activations(x: &[f32], cols: usize, simd: bool) -> (Vec<i
         return (xq, xs);
     }
     let _ = simd;
-    for row in x.chunks_exact(cols.max(1)) {
+    for row in x.chunks_exact(cols) {
         quantize_row(row, &mut xq, &mut xs);
     }
     (xq, xs)
