@@ -84,7 +84,8 @@ impl Int8Matrix {
         };
         let data = q.data()?;
         let blocks = cols / BLOCK;
-        if cols % BLOCK != 0 || rows == 0 || data.len() != rows * blocks * block_bytes {
+        if cols % BLOCK != 0 || cols == 0 || rows == 0 || data.len() != rows * blocks * block_bytes
+        {
             return Ok(None);
         }
         let groups = rows.div_ceil(LANES);
@@ -159,17 +160,7 @@ impl Int8Matrix {
         let (cols, blocks) = (self.cols, self.cols / BLOCK);
         let m = x.len() / cols;
         let simd = simd && avx2_available();
-        let mut xq = Vec::with_capacity(m * cols);
-        let mut xs = Vec::with_capacity(m * blocks);
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            avx2::quantize_rows(x, cols, &mut xq, &mut xs);
-        }
-        if xs.is_empty() {
-            for row in x.chunks_exact(cols) {
-                quantize_row(row, &mut xq, &mut xs);
-            }
-        }
+        let (xq, xs) = quantize_activations(x, cols, simd);
         let acts = Acts {
             q: xq.as_chunks::<BLOCK>().0,
             s: &xs,
@@ -183,14 +174,19 @@ impl Int8Matrix {
         }
         // How the groups are split across tasks changes no output: each is computed alone.
         let per_task = MACS_PER_TASK.div_ceil(LANES * cols * m).max(1);
-        by_group
-            .par_chunks_mut(per_task * m * LANES)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                for (i, out) in chunk.chunks_exact_mut(m * LANES).enumerate() {
-                    self.group(task * per_task + i, &acts, out, simd);
-                }
-            });
+        let task = |(task, chunk): (usize, &mut [f32])| {
+            for (i, out) in chunk.chunks_exact_mut(m * LANES).enumerate() {
+                self.group(task * per_task + i, &acts, out, simd);
+            }
+        };
+        let chunk = per_task * m * LANES;
+        // One task, or one thread: run here, without handing the work to the pool and
+        // waiting for it (a decode step makes hundreds of these calls).
+        if by_group.len() <= chunk || rayon::current_num_threads() == 1 {
+            by_group.chunks_mut(chunk).enumerate().for_each(task);
+        } else {
+            by_group.par_chunks_mut(chunk).enumerate().for_each(task);
+        }
         if m == 1 {
             by_group.truncate(self.rows);
             return by_group;
@@ -243,7 +239,7 @@ impl Acts<'_> {
     }
 }
 
-fn avx2_available() -> bool {
+pub(crate) fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2")
@@ -272,6 +268,27 @@ fn kernel<const R: usize>(
     }
     let _ = simd;
     group_portable(w, s, xq, xs)
+}
+
+/// Row-major `x` (m, cols) quantized per block of 32 by [`quantize_row`]: quants and scales,
+/// on AVX2 where `simd` (the same bits either way).
+pub(crate) fn quantize_activations(x: &[f32], cols: usize, simd: bool) -> (Vec<i8>, Vec<f32>) {
+    if cols == 0 {
+        return (vec![], vec![]);
+    }
+    let m = x.len() / cols;
+    let mut xq = Vec::with_capacity(m * cols);
+    let mut xs = Vec::with_capacity(m * cols / BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if simd && avx2_available() {
+        avx2::quantize_rows(x, cols, &mut xq, &mut xs);
+        return (xq, xs);
+    }
+    let _ = simd;
+    for row in x.chunks_exact(cols) {
+        quantize_row(row, &mut xq, &mut xs);
+    }
+    (xq, xs)
 }
 
 /// ggml's Q8_0 activation quantization: per block of 32, scale amax / 127, rounded half away

@@ -22,6 +22,7 @@ pub mod int8;
 pub mod llama;
 pub mod model_id;
 pub mod prompt;
+pub mod quant;
 pub mod safetensors_io;
 pub mod sampler;
 pub mod tokenizer;

@@ -9,6 +9,7 @@ use crate::cache::KvCache;
 use crate::config::{LlamaConfig, RopeStyle};
 use crate::error::Result;
 use crate::int8::Int8Matrix;
+use crate::quant::PackedMatrix;
 use crate::weights::WeightSource;
 
 /// Which kernels a forward pass uses. Fused kernels record no backward pass, so training
@@ -36,8 +37,10 @@ fn rows(xs: &Tensor) -> usize {
 #[derive(Clone, Debug)]
 enum Weight {
     Candle(QMatMul),
-    /// Q8_0 and Q4_0 weights held as int8 rows with f32 scales, for faster decoding.
+    /// Q8_0 weights held as int8 rows with f32 scales.
     Int8(std::sync::Arc<Int8Matrix>),
+    /// Q4_0, Q4_1, Q4_K, Q5_K and Q6_K weights kept packed.
+    Packed(std::sync::Arc<PackedMatrix>),
 }
 
 #[derive(Clone, Debug)]
@@ -48,13 +51,15 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
-        let int8 = match &weight {
-            QMatMul::QTensor(q) => Int8Matrix::from_qtensor(q)?,
-            _ => None,
-        };
-        let weight = match int8 {
-            Some(m) => Weight::Int8(std::sync::Arc::new(m)),
-            None => Weight::Candle(weight),
+        let weight = match &weight {
+            QMatMul::QTensor(q) => match PackedMatrix::from_qtensor(q)? {
+                Some(m) => Weight::Packed(std::sync::Arc::new(m)),
+                None => match Int8Matrix::from_qtensor(q)? {
+                    Some(m) => Weight::Int8(std::sync::Arc::new(m)),
+                    None => Weight::Candle(weight),
+                },
+            },
+            _ => Weight::Candle(weight),
         };
         Ok(Self { weight, bias })
     }
@@ -62,13 +67,11 @@ impl Linear {
     fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
         let many_rows = mode != Mode::Audit && rows(xs) >= DEQUANTIZE_FROM_ROWS;
         let ys = match &self.weight {
-            // Quantized kernels run one dot product per (row, column) pair; for many rows
-            // (prefill) dequantizing once and using the tiled f32 GEMM is several times
-            // faster, and holds only one matrix in f32 at a time.
-            Weight::Int8(m) if many_rows => {
-                QMatMul::Tensor(m.dequantize(xs.device())?).forward(xs)?
-            }
+            // Int8 kernels for any number of rows: prefill runs them over tiles of activation
+            // rows (faster than dequantizing to an f32 GEMM), and every row gets the bits it
+            // gets alone.
             Weight::Int8(m) => m.forward(xs)?,
+            Weight::Packed(m) => m.forward(xs)?,
             Weight::Candle(QMatMul::QTensor(q)) if many_rows => {
                 QMatMul::Tensor(q.dequantize(xs.device())?).forward(xs)?
             }

@@ -204,26 +204,30 @@ impl TextTokenizer {
     }
 
     /// Build a byte-level BPE from a GGUF-style vocabulary (tokens in id order, types,
-    /// merges): the `gpt2` tokenizer model of llama.cpp.
+    /// merges): the `gpt2` tokenizer model of llama.cpp, loading what llama.cpp loads. A
+    /// merge is split at its first space after the first character, as llama.cpp splits it; one
+    /// with no such space, or naming a token (either side, or their join) missing from the
+    /// vocabulary, can never produce a token and is skipped. A token spelled twice maps to
+    /// its last id, as in llama.cpp.
     pub fn from_bpe_parts(tokens: &[String], types: &[i32], merges: &[String]) -> Result<Self> {
         let vocab: HashMap<String, u32> = tokens
             .iter()
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        if vocab.len() != tokens.len() {
-            return Err(ModelError::Tokenizer(
-                "vocabulary has duplicate tokens".into(),
-            ));
-        }
-        let merges = merges
+        let merges: Vec<(String, String)> = merges
             .iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| ModelError::Tokenizer(format!("invalid merge `{m}`")))
+            .filter_map(|m| {
+                // A space never sits inside a UTF-8 sequence, so this is llama.cpp's
+                // byte-wise `find(' ', 1)`.
+                let first = m.chars().next()?.len_utf8();
+                let at = m[first..].find(' ')? + first;
+                let (a, b) = (&m[..at], &m[at + 1..]);
+                let known = |t: &str| vocab.contains_key(t);
+                (known(a) && known(b) && known(&format!("{a}{b}")))
+                    .then(|| (a.to_string(), b.to_string()))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(tokenizers::models::bpe::Vocab::from_iter(vocab), merges)
             .build()
@@ -282,5 +286,37 @@ mod tests {
                 rebuilt.encode(text).expect("b")
             );
         }
+    }
+    /// llama.cpp loads GGUFs whose merges name tokens missing from the vocabulary (or are
+    /// malformed) and never applies them; refusing the file was the bug.
+    #[test]
+    fn merges_naming_tokens_missing_from_the_vocabulary_are_skipped() {
+        let tok = TextTokenizer::train_bpe(std::iter::repeat_n(TEXT, 20), 320).expect("train");
+        let (tokens, types): (Vec<String>, Vec<i32>) =
+            tok.vocab_by_id().expect("vocab").into_iter().unzip();
+        let good = tok.bpe_merges().expect("merges");
+        let mut merges = vec![
+            "Ġ zzzqqq".to_string(), // right side missing
+            "zzzqqq Ġ".to_string(), // left side missing
+            "nospace".to_string(),  // no separator
+            " ".to_string(),        // only a space
+            String::new(),          // empty
+        ];
+        // A pair of known tokens whose join is not a token.
+        assert!(!tokens.contains(&"QZ".to_string()));
+        merges.push("Q Z".to_string());
+        merges.extend(good.iter().cloned());
+        let loaded = TextTokenizer::from_bpe_parts(&tokens, &types, &merges).expect("loads");
+        for text in [TEXT, "fortune's slings ✓", "<|im_start|>x<|im_end|>"] {
+            assert_eq!(
+                tok.encode(text).expect("a"),
+                loaded.encode(text).expect("b")
+            );
+        }
+        // A token spelled twice loads too (the last id wins, as in llama.cpp).
+        let mut dup = tokens.clone();
+        dup.push(tokens[100].clone());
+        let loaded = TextTokenizer::from_bpe_parts(&dup, &types, &good).expect("loads");
+        assert_eq!(loaded.token_id(&tokens[100]), Some(tokens.len() as u32));
     }
 }

@@ -86,3 +86,41 @@ fn smollm2_honest_answers_across_cache_chunks_pass() {
     ];
     honest_lengths_pass(&model, "SmolLM2", cases);
 }
+
+/// Every packed weight format (issue 14: Q4_0, Q4_1, Q4_K, Q5_K, Q6_K kept packed, with the
+/// int8 prefill): honest answers pass their audit, the output crossing a KV chunk. The rows
+/// of 256 let the K formats (blocks of 256) quantize every matrix.
+#[test]
+fn honest_answers_pass_on_every_packed_format() {
+    use agora_model::{GgmlDType, LoadOptions};
+    let shipped =
+        agora_model::load(&crate::common::shipped_dir(), &LoadOptions::default()).expect("shipped");
+    let mut cfg = shipped.manifest.config.clone();
+    cfg.hidden_size = 256;
+    cfg.intermediate_size = 512;
+    cfg.num_layers = 2;
+    cfg.num_heads = 4;
+    cfg.num_kv_heads = 2;
+    cfg.head_dim = 64;
+    cfg.max_seq_len = SYNTHETIC_CONTEXT;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = agora_model::init::init_weights(&cfg, 7, &candle_core::Device::Cpu).expect("init");
+    agora_model::safetensors_io::write_hf_dir(dir.path(), &cfg, &w, &shipped.tokenizer, None)
+        .expect("write");
+    for dtype in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ] {
+        let model = agora_model::load(
+            dir.path(),
+            &LoadOptions {
+                quantize: Some(dtype),
+            },
+        )
+        .expect("load");
+        honest_lengths_pass(&model, &format!("{dtype:?}"), vec![(5, 70), (40, 300)]);
+    }
+}
