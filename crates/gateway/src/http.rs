@@ -6,10 +6,15 @@
 //! oversized bodies, so any OpenAI client raises its usual exception classes. See
 //! `docs/gateway.md` for the table.
 
+mod choices;
+mod keys_api;
+mod usage;
+
 use crate::backend::{
     Backend, BackendError, ChatMessage, FinishReason, Job, Prompt, ReceiptRef, StreamEvent, Usage,
 };
 use crate::keys::{KeyError, KeyRecord, KeyStore};
+use crate::models::model_object;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
@@ -38,6 +43,8 @@ pub struct Limits {
     pub default_max_tokens: u32,
     /// Per-key request rate and concurrency (429 `rate_limit_exceeded` above).
     pub per_key: crate::limit::KeyLimits,
+    /// Most choices (`n`) one request may ask for.
+    pub max_n: u32,
 }
 
 impl Default for Limits {
@@ -48,6 +55,7 @@ impl Default for Limits {
             max_tokens: 4096,
             default_max_tokens: 256,
             per_key: crate::limit::KeyLimits::default(),
+            max_n: 8,
         }
     }
 }
@@ -78,6 +86,9 @@ pub fn router(backend: Arc<dyn Backend>, keys: Arc<KeyStore>, limits: Limits) ->
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/receipts/{id}", get(usage::get_receipt))
+        .route("/v1/key", get(keys_api::get_key))
+        .route("/v1/keys", post(keys_api::create_key))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_requests))
@@ -184,6 +195,13 @@ impl ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message)
                     .code("insufficient_quota")
             }
+            BackendError::BudgetExceeded(_) => {
+                ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_quota", message)
+                    .code("budget_exceeded")
+            }
+            BackendError::NoMatchingProvider(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, INVALID, message).code("no_matching_provider")
+            }
             BackendError::NoCapacity(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
                     .code("no_capacity")
@@ -222,7 +240,7 @@ impl IntoResponse for ApiError {
         let h = resp.headers_mut();
         match self.code {
             // Retrying cannot help until the account is funded; tell OpenAI clients not to.
-            Some("insufficient_quota") => {
+            Some("insufficient_quota") | Some("budget_exceeded") => {
                 h.insert("x-should-retry", HeaderValue::from_static("false"));
             }
             Some("no_capacity") => {
@@ -393,23 +411,15 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Result<KeyRecord, ApiError> {
             "Incorrect API key provided: {}.",
             mask(secret)
         ))),
+        Err(KeyError::Expired(_)) => Err(auth_error(format!(
+            "The API key {} has expired.",
+            mask(secret)
+        ))),
         Err(e) => {
             tracing::error!(error = %e, "key store failure");
             Err(ApiError::internal("The key store failed; try again."))
         }
     }
-}
-
-fn model_object(m: &crate::backend::ModelInfo) -> Value {
-    json!({
-        "id": m.id,
-        "object": "model",
-        "created": m.created,
-        "owned_by": m.owned_by,
-        "model_id": m.model_id,
-        "context_length": m.context_length,
-        "providers": m.providers,
-    })
 }
 
 async fn list_models(State(app): AppState, headers: HeaderMap) -> Response {
@@ -591,6 +601,18 @@ struct Common {
     stop: Vec<String>,
     stream: bool,
     include_usage: bool,
+    /// Choices to generate, each its own job, receipt and charge.
+    n: u32,
+    /// The `provider` object.
+    routing: crate::routing::ProviderPrefs,
+    /// The `models` fallback list, tried in order after `model`.
+    fallbacks: Vec<String>,
+}
+
+fn routing_error(e: crate::routing::RoutingError) -> ApiError {
+    ApiError::invalid(e.message)
+        .param(e.param)
+        .code("invalid_value")
 }
 
 fn parse_common(
@@ -697,15 +719,29 @@ fn parse_common(
     };
     let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
 
-    if let Some(n) = f.integer("n")? {
-        if n != 1 {
+    let n = match f.integer("n")? {
+        None => 1,
+        Some(v) if v < 1 => {
             return Err(ApiError::invalid(format!(
-                "Invalid 'n': this gateway returns one choice per request (n = 1), but got {n}."
+                "Invalid 'n': integer below minimum value. Expected a value >= 1, but got {v} \
+                 instead."
             ))
             .param("n")
-            .code("invalid_value"));
+            .code("integer_below_min_value"))
         }
-    }
+        Some(v) if v > i128::from(limits.max_n) => {
+            return Err(ApiError::invalid(format!(
+                "Invalid 'n': integer above maximum value. This gateway returns at most {} \
+                 choices per request, but got {v}.",
+                limits.max_n
+            ))
+            .param("n")
+            .code("integer_above_max_value"))
+        }
+        Some(v) => u32::try_from(v).unwrap_or(1),
+    };
+    let routing = crate::routing::parse_provider(f.get("provider")).map_err(routing_error)?;
+    let fallbacks = crate::routing::parse_models(f.get("models")).map_err(routing_error)?;
 
     let stream = f.boolean("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
@@ -737,6 +773,9 @@ fn parse_common(
         stop,
         stream,
         include_usage,
+        n,
+        routing,
+        fallbacks,
     })
 }
 
@@ -920,6 +959,8 @@ fn parse_chat(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, Common
         top_p: common.top_p,
         seed: common.seed,
         stop: common.stop.clone(),
+        routing: common.routing.clone(),
+        budget: None,
     };
     Ok((job, common))
 }
@@ -996,6 +1037,8 @@ fn parse_completion(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, 
         top_p: common.top_p,
         seed: common.seed,
         stop: common.stop.clone(),
+        routing: common.routing.clone(),
+        budget: None,
     };
     Ok((job, common))
 }
@@ -1057,7 +1100,10 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
     };
     info.key_id = Some(rec.id.clone());
     // Held until the answer ends (the streamed body owns it).
-    let permit = match app.limiter.admit(&rec.id) {
+    let permit = match app
+        .limiter
+        .admit_key(&rec.id, rec.policy.requests_per_minute)
+    {
         Ok(p) => p,
         Err(l) => return with_log(ApiError::rate_limited(l).into_response(), info),
     };
@@ -1074,35 +1120,35 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         Err(e) => return with_log(e.into_response(), info),
     };
     info.model = Some(job.model.clone());
-    let caller = match app.keys.caller(&rec) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(key = %rec.id, "no paying account for the key: {e}");
-            return with_log(
-                ApiError::internal("The gateway failed to serve the request; try again.")
-                    .into_response(),
-                info,
-            );
-        }
-    };
-    let started = match app.backend.start(caller, job).await {
+    let started = match choices::start(
+        &app,
+        &rec,
+        job,
+        opts.n,
+        &opts.fallbacks,
+        kind.prompt_param(),
+    )
+    .await
+    {
         Ok(s) => s,
-        Err(e) => {
-            return with_log(
-                ApiError::backend(&e, kind.prompt_param()).into_response(),
-                info,
-            )
-        }
+        Err(e) => return with_log(e.into_response(), info),
     };
+    let request_ids: Vec<String> = started.iter().map(|s| s.request_id.clone()).collect();
+    let model = started.first().map(|s| s.model.clone()).unwrap_or_default();
     let meta = Meta {
         kind,
-        id: format!("{}{}", kind.id_prefix(), started.request_id),
+        id: format!("{}{}", kind.id_prefix(), request_ids[0]),
         created: unix_now(),
-        model: started.model,
-        request_id: started.request_id,
+        model,
+        request_id: request_ids[0].clone(),
+        request_ids,
         include_usage: opts.include_usage,
+        keys: app.keys.clone(),
+        key_id: rec.id.clone(),
         _permit: permit,
     };
+    let n = started.len();
+    let events = choices::merge(started.into_iter().map(|s| s.events).collect());
     let request_id = HeaderValue::from_str(&meta.request_id).ok();
     let mut resp = if opts.stream {
         let log = StreamLog {
@@ -1112,9 +1158,9 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
             outcome: "client disconnected",
             status: 200,
         };
-        stream_response(meta, started.events, log)
+        stream_response(meta, events, n, log)
     } else {
-        whole_response(meta, started.events, info).await
+        whole_response(meta, events, n, info).await
     };
     if let Some(v) = request_id {
         resp.headers_mut().insert("x-request-id", v);
@@ -1128,15 +1174,26 @@ struct Meta {
     id: String,
     created: u64,
     model: String,
+    /// The first choice's request id (the response id is built from it).
     request_id: String,
+    /// One per choice.
+    request_ids: Vec<String>,
     include_usage: bool,
+    /// Where the answer's signed receipts are kept for `GET /v1/receipts/{id}`.
+    keys: Arc<KeyStore>,
+    /// The paying key.
+    key_id: String,
     /// The key's concurrency slot, freed when the answer's body is done.
     _permit: crate::limit::Permit,
 }
 
 impl Meta {
     fn agora(&self, receipts: &[ReceiptRef]) -> Value {
-        json!({"request_id": self.request_id, "receipts": receipts})
+        let mut v = json!({"request_id": self.request_id, "receipts": receipts});
+        if self.request_ids.len() > 1 {
+            v["request_ids"] = json!(self.request_ids);
+        }
+        v
     }
 }
 
@@ -1149,24 +1206,12 @@ fn finish_str(r: FinishReason) -> &'static str {
 
 async fn whole_response(
     meta: Meta,
-    mut events: Receiver<Result<StreamEvent, BackendError>>,
+    events: Receiver<choices::Tagged>,
+    n: usize,
     mut info: LogInfo,
 ) -> Response {
-    let mut text = String::new();
-    let finished = loop {
-        match events.recv().await {
-            Some(Ok(StreamEvent::Text(t))) => text.push_str(&t),
-            Some(Ok(StreamEvent::Finished {
-                finish_reason,
-                usage,
-                receipts,
-            })) => break Ok((finish_reason, usage, receipts)),
-            Some(Err(e)) => break Err(e),
-            None => break Err(ended_early()),
-        }
-    };
-    let (finish_reason, usage, receipts) = match finished {
-        Ok(f) => f,
+    let done = match choices::collect(events, n).await {
+        Ok(d) => d,
         Err(e) => {
             return with_log(
                 ApiError::backend(&e, meta.kind.prompt_param()).into_response(),
@@ -1174,21 +1219,27 @@ async fn whole_response(
             )
         }
     };
-    info.usage = Some(usage);
-    let choice = match meta.kind {
-        Kind::Chat => json!({
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": null},
-            "logprobs": null,
-            "finish_reason": finish_str(finish_reason),
-        }),
-        Kind::Text => json!({
-            "text": text,
-            "index": 0,
-            "logprobs": null,
-            "finish_reason": finish_str(finish_reason),
-        }),
-    };
+    let totals = choices::Totals::of(&done);
+    usage::save_receipts(&meta.keys, &meta.key_id, &totals.receipts);
+    info.usage = Some(totals.usage);
+    let choices: Vec<Value> = done
+        .iter()
+        .enumerate()
+        .map(|(index, c)| match meta.kind {
+            Kind::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": c.text, "refusal": null},
+                "logprobs": null,
+                "finish_reason": finish_str(c.finish_reason),
+            }),
+            Kind::Text => json!({
+                "text": c.text,
+                "index": index,
+                "logprobs": null,
+                "finish_reason": finish_str(c.finish_reason),
+            }),
+        })
+        .collect();
     let object = match meta.kind {
         Kind::Chat => "chat.completion",
         Kind::Text => "text_completion",
@@ -1198,10 +1249,10 @@ async fn whole_response(
         "object": object,
         "created": meta.created,
         "model": meta.model,
-        "choices": [choice],
-        "usage": usage,
+        "choices": choices,
+        "usage": usage::usage_json(&totals),
         "system_fingerprint": null,
-        "agora": meta.agora(&receipts),
+        "agora": meta.agora(&totals.receipts),
     });
     with_log(json_response(StatusCode::OK, &body), info)
 }
@@ -1235,11 +1286,13 @@ impl Drop for StreamLog {
 
 struct SseState {
     meta: Meta,
-    events: Receiver<Result<StreamEvent, BackendError>>,
+    events: Receiver<choices::Tagged>,
     log: StreamLog,
-    /// Role chunk still to send (chat only).
+    /// Role chunks still to send (chat only).
     first: bool,
     done: bool,
+    /// Each choice's end, once it came.
+    finished: Vec<Option<choices::Choice>>,
 }
 
 fn push_frame(out: &mut Vec<u8>, v: &Value) {
@@ -1272,7 +1325,7 @@ impl SseState {
         v
     }
 
-    fn choice(&self, text: Option<&str>, finish: Option<FinishReason>) -> Value {
+    fn choice(&self, index: usize, text: Option<&str>, finish: Option<FinishReason>) -> Value {
         let finish = finish.map(finish_str);
         match self.meta.kind {
             Kind::Chat => {
@@ -1280,37 +1333,43 @@ impl SseState {
                     Some(t) => json!({"content": t}),
                     None => json!({}),
                 };
-                json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])
+                json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}])
             }
             Kind::Text => json!([{
                 "text": text.unwrap_or(""),
-                "index": 0,
+                "index": index,
                 "logprobs": null,
                 "finish_reason": finish,
             }]),
         }
     }
 
-    fn text_frame(&self, out: &mut Vec<u8>, t: &str) {
+    fn text_frame(&self, out: &mut Vec<u8>, index: usize, t: &str) {
         if !t.is_empty() {
-            push_frame(out, &self.chunk(self.choice(Some(t), None)));
+            push_frame(out, &self.chunk(self.choice(index, Some(t), None)));
         }
     }
 
-    fn finish_frames(
-        &mut self,
-        out: &mut Vec<u8>,
-        finish_reason: FinishReason,
-        usage: Usage,
-        receipts: &[ReceiptRef],
-    ) {
-        let agora = self.meta.agora(receipts);
-        let mut last = self.chunk(self.choice(None, Some(finish_reason)));
+    /// One choice ended: its finish chunk; once every choice has ended, the usage chunk (with
+    /// `include_usage`), the `agora` extra and `[DONE]`. Returns whether the stream is over.
+    fn finish_frames(&mut self, out: &mut Vec<u8>, index: usize, choice: choices::Choice) -> bool {
+        let mut last = self.chunk(self.choice(index, None, Some(choice.finish_reason)));
+        if let Some(slot) = self.finished.get_mut(index) {
+            *slot = Some(choice);
+        }
+        if self.finished.iter().any(Option::is_none) {
+            push_frame(out, &last);
+            return false;
+        }
+        let done: Vec<choices::Choice> = self.finished.iter().flatten().cloned().collect();
+        let totals = choices::Totals::of(&done);
+        usage::save_receipts(&self.meta.keys, &self.meta.key_id, &totals.receipts);
+        let agora = self.meta.agora(&totals.receipts);
         if self.meta.include_usage {
             push_frame(out, &last);
             last = self.chunk(json!([]));
             if let Value::Object(m) = &mut last {
-                m.insert("usage".into(), json!(usage));
+                m.insert("usage".into(), usage::usage_json(&totals));
             }
         }
         if let Value::Object(m) = &mut last {
@@ -1318,8 +1377,9 @@ impl SseState {
         }
         push_frame(out, &last);
         out.extend_from_slice(b"data: [DONE]\n\n");
-        self.log.info.usage = Some(usage);
+        self.log.info.usage = Some(totals.usage);
         self.log.outcome = "finished";
+        true
     }
 
     fn error_frame(&mut self, out: &mut Vec<u8>, e: &BackendError) {
@@ -1331,29 +1391,34 @@ impl SseState {
     }
 
     /// Handles one event; returns whether the stream is over.
-    fn on_event(
-        &mut self,
-        out: &mut Vec<u8>,
-        ev: Option<Result<StreamEvent, BackendError>>,
-    ) -> bool {
+    fn on_event(&mut self, out: &mut Vec<u8>, ev: Option<choices::Tagged>) -> bool {
         match ev {
-            Some(Ok(StreamEvent::Text(t))) => {
-                self.text_frame(out, &t);
+            Some((i, Some(Ok(StreamEvent::Text(t))))) => {
+                self.text_frame(out, i, &t);
                 false
             }
-            Some(Ok(StreamEvent::Finished {
-                finish_reason,
-                usage,
-                receipts,
-            })) => {
-                self.finish_frames(out, finish_reason, usage, &receipts);
-                true
-            }
-            Some(Err(e)) => {
+            Some((
+                i,
+                Some(Ok(StreamEvent::Finished {
+                    finish_reason,
+                    usage,
+                    receipts,
+                })),
+            )) => self.finish_frames(
+                out,
+                i,
+                choices::Choice {
+                    text: String::new(),
+                    finish_reason,
+                    usage,
+                    receipts,
+                },
+            ),
+            Some((_, Some(Err(e)))) => {
                 self.error_frame(out, &e);
                 true
             }
-            None => {
+            Some((_, None)) | None => {
                 self.error_frame(out, &ended_early());
                 true
             }
@@ -1370,13 +1435,15 @@ impl SseState {
         if self.first {
             self.first = false;
             if self.meta.kind == Kind::Chat {
-                let role = json!([{
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": null,
-                    "finish_reason": null,
-                }]);
-                push_frame(&mut out, &self.chunk(role));
+                for index in 0..self.finished.len() {
+                    let role = json!([{
+                        "index": index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": null,
+                        "finish_reason": null,
+                    }]);
+                    push_frame(&mut out, &self.chunk(role));
+                }
                 return Some(Bytes::from(out));
             }
         }
@@ -1408,7 +1475,8 @@ impl SseState {
 
 fn stream_response(
     meta: Meta,
-    events: Receiver<Result<StreamEvent, BackendError>>,
+    events: Receiver<choices::Tagged>,
+    n: usize,
     log: StreamLog,
 ) -> Response {
     let state = SseState {
@@ -1417,12 +1485,18 @@ fn stream_response(
         log,
         first: true,
         done: false,
+        finished: vec![None; n],
     };
     let body = futures::stream::unfold(state, |mut st| async move {
         let bytes = st.next_bytes().await?;
         Some((Ok::<Bytes, std::convert::Infallible>(bytes), st))
     });
-    let mut resp = Response::new(Body::from_stream(body));
+    sse_response(Body::from_stream(body))
+}
+
+/// A `text/event-stream` response around `body`, logged by the stream itself.
+fn sse_response(body: Body) -> Response {
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

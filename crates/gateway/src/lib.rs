@@ -15,11 +15,16 @@ pub mod backend;
 pub mod http;
 pub mod keys;
 pub mod limit;
+pub mod models;
+pub mod routing;
+pub mod spend;
 
 pub use backend::{
-    Backend, BackendError, Caller, ChatMessage, FinishReason, Job, ModelInfo, Prompt, ReceiptRef,
-    Started, StreamEvent, Usage,
+    Backend, BackendError, Caller, ChatMessage, FinishReason, Job, ModelInfo, PriceRange, Pricing,
+    Prompt, ReceiptRef, Started, StreamEvent, Usage,
 };
 pub use http::{router, serve, Limits};
-pub use keys::{KeyError, KeyRecord, KeyStore, SECRET_PREFIX};
+pub use keys::{ChildRequest, KeyError, KeyPolicy, KeyRecord, KeyStore, KeyUsage, SECRET_PREFIX};
 pub use limit::{KeyLimits, Limiter};
+pub use routing::{ProviderPrefs, SortBy};
+pub use spend::{Budget, BudgetExceeded, Hold};

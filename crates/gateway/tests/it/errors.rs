@@ -230,8 +230,32 @@ fn invalid_chat_fields_are_400_with_param() {
     bad(
         &s,
         p,
-        json!({"model": "tiny-chat", "messages": m, "n": 2}),
+        json!({"model": "tiny-chat", "messages": m, "n": 9}),
         "n",
+    );
+    bad(
+        &s,
+        p,
+        json!({"model": "tiny-chat", "messages": m, "n": 0}),
+        "n",
+    );
+    bad(
+        &s,
+        p,
+        json!({"model": "tiny-chat", "messages": m, "provider": {"order": ["x"]}}),
+        "provider.order[0]",
+    );
+    bad(
+        &s,
+        p,
+        json!({"model": "tiny-chat", "messages": m, "provider": {"sort": "cheapest"}}),
+        "provider.sort",
+    );
+    bad(
+        &s,
+        p,
+        json!({"model": "tiny-chat", "messages": m, "models": "tiny-chat"}),
+        "models",
     );
     bad(
         &s,

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod api;
 mod chat;
 mod completions;
 mod errors;
