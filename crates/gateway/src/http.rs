@@ -6,6 +6,7 @@
 //! oversized bodies, so any OpenAI client raises its usual exception classes. See
 //! `docs/gateway.md` for the table.
 
+mod anthropic;
 mod choices;
 mod keys_api;
 mod usage;
@@ -86,6 +87,7 @@ pub fn router(backend: Arc<dyn Backend>, keys: Arc<KeyStore>, limits: Limits) ->
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/v1/receipts/{id}", get(usage::get_receipt))
         .route("/v1/key", get(keys_api::get_key))
         .route("/v1/keys", post(keys_api::create_key))
@@ -380,6 +382,11 @@ fn auth_error(message: String) -> ApiError {
 
 /// Checks `Authorization: Bearer <secret>` against the key store.
 fn authenticate(app: &App, headers: &HeaderMap) -> Result<KeyRecord, ApiError> {
+    // Anthropic's clients send the key as `x-api-key`.
+    let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    if let (None, Some(secret)) = (headers.get(header::AUTHORIZATION), x_api_key) {
+        return check_secret(app, secret.trim());
+    }
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(auth_error(
             "You didn't provide an API key. You need to provide your API key in an \
@@ -401,6 +408,10 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Result<KeyRecord, ApiError> {
             ))
         }
     };
+    check_secret(app, secret)
+}
+
+fn check_secret(app: &App, secret: &str) -> Result<KeyRecord, ApiError> {
     match app.keys.authenticate(secret) {
         Ok(rec) => Ok(rec),
         Err(KeyError::Revoked(_)) => Err(auth_error(format!(

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod anthropic;
 mod api;
 mod chat;
 mod completions;
