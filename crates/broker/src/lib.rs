@@ -278,7 +278,7 @@ impl Broker {
     }
 
     fn record_throughput(&self, provider: AccountId, tokens: u32, secs: f64) {
-        if tokens == 0 || !(secs > 0.0) {
+        if tokens == 0 || secs.is_nan() || secs <= 0.0 {
             return;
         }
         let x = f64::from(tokens) / secs;
@@ -524,8 +524,10 @@ impl Broker {
             .channels
             .settle(payer, provider, reservation, cost)
             .await;
+        // Rounded up: vouchers pay accumulated micro-units, so a budget counting each
+        // answer's floor could fall behind what actually left the account.
         if let Some(h) = hold {
-            h.settle(agora_market::micros_to_amount(cost).units());
+            h.settle(cost.div_ceil(agora_market::MICROS_PER_UNIT));
         }
         let (finish, receipt, paid_micros, mut stream) = match result {
             Ok(done) => done,

@@ -7,8 +7,11 @@
 //! `agora-broker`, so this crate is only HTTP, validation, keys and error shapes.
 //!
 //! - [`router`] / [`serve`]: the routes (`/v1/models`, `/v1/chat/completions`,
-//!   `/v1/completions`, `/health`); see `docs/gateway.md`.
-//! - [`KeyStore`]: API keys hashed with BLAKE3 in a redb file.
+//!   `/v1/completions`, `/v1/messages`, `/v1/receipts/{id}`, `/v1/key`, `/v1/keys`,
+//!   `/health`); see `docs/gateway.md`.
+//! - [`KeyStore`]: API keys hashed with BLAKE3 in a redb file, with their policies (budget,
+//!   rate, expiry, models), spend and receipts; [`Budget`]: reserve-then-settle spending.
+//! - [`ProviderPrefs`]: the request's routing controls.
 //! - [`Backend`]: what the gateway needs from the network.
 
 pub mod backend;
