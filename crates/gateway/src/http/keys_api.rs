@@ -140,6 +140,14 @@ pub(super) async fn create_key(State(app): AppState, req: Request) -> Response {
         key_id: Some(rec.id.clone()),
         ..LogInfo::default()
     };
+    // Minting writes to the key file: it counts against the key's request rate.
+    let _permit = match app
+        .limiter
+        .admit_key(&rec.id, rec.policy.requests_per_minute)
+    {
+        Ok(p) => p,
+        Err(l) => return with_log(ApiError::rate_limited(l).into_response(), info),
+    };
     let parsed = match read_body(req, app.limits.max_body_bytes).await {
         Ok(b) => parse_object(&b).and_then(|o| parse_child(&o)),
         Err(e) => Err(e),

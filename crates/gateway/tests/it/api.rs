@@ -200,7 +200,7 @@ fn child_keys_are_no_wider_than_their_parent() {
     let c = s
         .post(
             "/v1/keys",
-            &json!({"budget": "100", "requests_per_minute": 2, "models": ["tiny-chat"],
+            &json!({"budget": "100", "requests_per_minute": 100, "models": ["tiny-chat"],
                     "expires_at": 4_000_000_000u64}),
         )
         .json();
@@ -209,7 +209,7 @@ fn child_keys_are_no_wider_than_their_parent() {
     for (body, param) in [
         (json!({"budget": 101}), "budget"),
         (
-            json!({"budget": 1, "requests_per_minute": 3}),
+            json!({"budget": 1, "requests_per_minute": 101}),
             "requests_per_minute",
         ),
         (json!({"budget": 1, "models": ["org/model:q4"]}), "models"),
@@ -232,6 +232,16 @@ fn child_keys_are_no_wider_than_their_parent() {
     let e = post_with(&s, &lister, "/v1/chat/completions", &chat("org/model:q4")).error(403);
     assert_eq!(e["code"], "model_not_allowed");
     // Two requests a minute: the third is 429 with Retry-After.
+    let child = post_with(
+        &s,
+        &child,
+        "/v1/keys",
+        &json!({"budget": 10, "requests_per_minute": 2}),
+    )
+    .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for _ in 0..2 {
         assert_eq!(
             post_with(&s, &child, "/v1/chat/completions", &chat("tiny-chat")).status,
