@@ -81,7 +81,7 @@ class Models(unittest.TestCase):
             r = client().chat.completions.create(
                 model=name,
                 messages=[{"role": "user", "content": "What is the capital of France?"}],
-                max_tokens=12,
+                max_tokens=6,
                 seed=1,
             )
             self.assertTrue(r.choices[0].message.content)
@@ -220,7 +220,8 @@ class SpendingKeys(unittest.TestCase):
         with self.assertRaises(openai.RateLimitError) as e:
             ask(key=child["key"])
         self.assertGreaterEqual(int(e.exception.response.headers["retry-after"]), 1)
-        status, _, err = http("POST", "/v1/keys", key=child["key"], body={"budget": 1001})
+        other = mint(budget=1000)
+        status, _, err = http("POST", "/v1/keys", key=other["key"], body={"budget": 1001})
         self.assertEqual(status, 400)
         self.assertEqual(err["error"]["param"], "budget")
 
