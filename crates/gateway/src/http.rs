@@ -1131,6 +1131,17 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         Err(e) => return with_log(e.into_response(), info),
     };
     info.model = Some(job.model.clone());
+    // Each further choice is a job of its own: it takes a request and a slot too.
+    let mut permits = vec![permit];
+    for _ in 1..opts.n {
+        match app
+            .limiter
+            .admit_key(&rec.id, rec.policy.requests_per_minute)
+        {
+            Ok(p) => permits.push(p),
+            Err(l) => return with_log(ApiError::rate_limited(l).into_response(), info),
+        }
+    }
     let started = match choices::start(
         &app,
         &rec,
@@ -1156,7 +1167,7 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         include_usage: opts.include_usage,
         keys: app.keys.clone(),
         key_id: rec.id.clone(),
-        _permit: permit,
+        _permits: permits,
     };
     let n = started.len();
     let events = choices::merge(started.into_iter().map(|s| s.events).collect());
@@ -1194,8 +1205,8 @@ struct Meta {
     keys: Arc<KeyStore>,
     /// The paying key.
     key_id: String,
-    /// The key's concurrency slot, freed when the answer's body is done.
-    _permit: crate::limit::Permit,
+    /// The key's concurrency slots (one per choice), freed when the answer's body is done.
+    _permits: Vec<crate::limit::Permit>,
 }
 
 impl Meta {

@@ -265,3 +265,21 @@ fn child_keys_are_no_wider_than_their_parent() {
     let e = get_with(&s, &secret, "/v1/key").error(401);
     assert!(e["message"].as_str().unwrap().contains("expired"));
 }
+
+/// Regression: `n` choices are n jobs; a key with room for fewer requests cannot start more.
+#[test]
+fn n_choices_count_against_the_keys_rate() {
+    let s = Server::start();
+    let c = s
+        .post(
+            "/v1/keys",
+            &json!({"budget": 100, "requests_per_minute": 3}),
+        )
+        .json();
+    let key = c["key"].as_str().unwrap().to_string();
+    let mut body = chat("tiny-chat");
+    body["n"] = json!(4);
+    let e = post_with(&s, &key, "/v1/chat/completions", &body).error(429);
+    assert_eq!(e["code"], "rate_limit_exceeded");
+    assert!(s.backend.jobs.lock().unwrap().is_empty());
+}
