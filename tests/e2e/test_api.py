@@ -181,6 +181,13 @@ class Routing(unittest.TestCase):
             ask(extra_body={"provider": {"only": [dear], "max_price": {"prompt": under}}})
         self.assertEqual(e.exception.code, "no_matching_provider")
 
+    def test_quantizations_filter_models(self):
+        q = {x.id: x.model_extra for x in client().models.list().data}[DEVNET["model"]]["quantization"]
+        self.assertTrue(ask(extra_body={"provider": {"quantizations": [q.lower()]}}).choices)
+        with self.assertRaises(openai.NotFoundError) as e:
+            ask(extra_body={"provider": {"quantizations": ["IQ1_S"]}})
+        self.assertEqual(e.exception.code, "no_matching_provider")
+
     def test_models_fallback(self):
         r = ask(model="no-such-model", extra_body={"models": [DEVNET["model"]]})
         self.assertEqual(r.model, DEVNET["model"])
