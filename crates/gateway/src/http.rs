@@ -107,7 +107,7 @@ pub async fn serve(
 
 /// An OpenAI-shaped error response.
 #[derive(Debug, Clone)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     kind: &'static str,
@@ -120,7 +120,11 @@ struct ApiError {
 const INVALID: &str = "invalid_request_error";
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -146,16 +150,16 @@ impl ApiError {
     }
 
     /// 400 `invalid_request_error`.
-    fn invalid(message: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, INVALID, message)
     }
 
-    fn param(mut self, param: impl Into<String>) -> ApiError {
+    pub(crate) fn param(mut self, param: impl Into<String>) -> ApiError {
         self.param = Some(param.into());
         self
     }
 
-    fn code(mut self, code: &'static str) -> ApiError {
+    pub(crate) fn code(mut self, code: &'static str) -> ApiError {
         self.code = Some(code);
         self
     }
@@ -522,7 +526,7 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
+pub(crate) fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
     ApiError::invalid(format!(
         "Invalid type for '{param}': expected {expected}, but got {} instead.",
         type_name(got)
@@ -532,14 +536,14 @@ fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
 }
 
 /// Typed access to a request object's fields; JSON `null` counts as absent.
-struct Fields<'a>(&'a Map<String, Value>);
+pub(crate) struct Fields<'a>(pub(crate) &'a Map<String, Value>);
 
 impl<'a> Fields<'a> {
-    fn get(&self, k: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, k: &str) -> Option<&'a Value> {
         self.0.get(k).filter(|v| !v.is_null())
     }
 
-    fn string(&self, k: &str) -> Result<Option<&'a str>, ApiError> {
+    pub(crate) fn string(&self, k: &str) -> Result<Option<&'a str>, ApiError> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -547,7 +551,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn boolean(&self, k: &str) -> Result<Option<bool>, ApiError> {
+    pub(crate) fn boolean(&self, k: &str) -> Result<Option<bool>, ApiError> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -564,7 +568,7 @@ impl<'a> Fields<'a> {
     }
 
     /// An integer as i128 (covers every JSON integer serde_json reads).
-    fn integer(&self, k: &str) -> Result<Option<i128>, ApiError> {
+    pub(crate) fn integer(&self, k: &str) -> Result<Option<i128>, ApiError> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::Number(n)) => {
@@ -591,6 +595,8 @@ struct Common {
     stop: Vec<String>,
     stream: bool,
     include_usage: bool,
+    /// Logprobs, response format, tools.
+    extras: crate::extras::Extras,
 }
 
 fn parse_common(
@@ -737,10 +743,11 @@ fn parse_common(
         stop,
         stream,
         include_usage,
+        extras: Default::default(),
     })
 }
 
-fn unsupported(param: &str, what: &str) -> ApiError {
+pub(crate) fn unsupported(param: &str, what: &str) -> ApiError {
     ApiError::invalid(format!(
         "'{param}' is not supported by this gateway: {what}."
     ))
@@ -854,19 +861,20 @@ fn parse_chat(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, Common
             }
         };
         let role = match role {
-            "system" | "user" | "assistant" => role,
+            "system" | "user" | "assistant" | "tool" => role,
             // The newer name for system instructions.
             "developer" => "system",
             other => {
                 return Err(ApiError::invalid(format!(
                     "Invalid value: '{other}'. Supported values are: 'system', 'user', \
-                     'assistant' and 'developer' (this gateway does not run tools)."
+                     'assistant', 'tool' and 'developer'."
                 ))
                 .param(rparam)
                 .code("invalid_value"))
             }
         };
         let content = message_content(i, &m, role)?;
+        let content = crate::tools::message_extra(i, &m, role, &content)?.unwrap_or(content);
         bytes = bytes.saturating_add(content.len());
         if bytes > limits.max_prompt_bytes {
             return Err(prompt_too_long("messages", bytes, limits.max_prompt_bytes));
@@ -877,41 +885,8 @@ fn parse_chat(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, Common
         });
     }
 
-    if f.boolean("logprobs")? == Some(true) {
-        return Err(unsupported(
-            "logprobs",
-            "log probabilities are not returned",
-        ));
-    }
-    if f.integer("top_logprobs")?.is_some_and(|n| n != 0) {
-        return Err(unsupported(
-            "top_logprobs",
-            "log probabilities are not returned",
-        ));
-    }
-    for k in ["tools", "functions"] {
-        match f.get(k) {
-            Some(Value::Array(a)) if a.is_empty() => {}
-            None => {}
-            Some(_) => {
-                return Err(unsupported(
-                    k,
-                    "tool and function calling are not available",
-                ))
-            }
-        }
-    }
-    if let Some(rf) = f.get("response_format") {
-        let kind = rf.get("type").and_then(Value::as_str);
-        if kind != Some("text") {
-            return Err(unsupported(
-                "response_format",
-                "only {\"type\": \"text\"} is available",
-            ));
-        }
-    }
-
-    let common = parse_common(&f, limits, limits.default_max_tokens)?;
+    let extras = crate::extras::parse_chat(&f, &mut out, limits.max_prompt_bytes)?;
+    let mut common = parse_common(&f, limits, limits.default_max_tokens)?;
     let job = Job {
         model: common.model.clone(),
         prompt: Prompt::Chat(out),
@@ -920,7 +895,10 @@ fn parse_chat(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, Common
         top_p: common.top_p,
         seed: common.seed,
         stop: common.stop.clone(),
+        constraint: extras.constraint(),
+        top_logprobs: extras.logprobs,
     };
+    common.extras = extras;
     Ok((job, common))
 }
 
@@ -972,12 +950,7 @@ fn parse_completion(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, 
     if f.boolean("echo")? == Some(true) {
         return Err(unsupported("echo", "the prompt is not echoed"));
     }
-    if f.integer("logprobs")?.is_some_and(|n| n != 0) {
-        return Err(unsupported(
-            "logprobs",
-            "log probabilities are not returned",
-        ));
-    }
+    let extras = crate::extras::parse_completion(&f)?;
     if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
         return Err(unsupported("suffix", "insertion is not available"));
     }
@@ -987,7 +960,7 @@ fn parse_completion(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, 
             "one candidate is generated per request",
         ));
     }
-    let common = parse_common(&f, limits, COMPLETIONS_DEFAULT_MAX_TOKENS)?;
+    let mut common = parse_common(&f, limits, COMPLETIONS_DEFAULT_MAX_TOKENS)?;
     let job = Job {
         model: common.model.clone(),
         prompt: Prompt::Text(prompt),
@@ -996,7 +969,10 @@ fn parse_completion(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, 
         top_p: common.top_p,
         seed: common.seed,
         stop: common.stop.clone(),
+        constraint: None,
+        top_logprobs: extras.logprobs,
     };
+    common.extras = extras;
     Ok((job, common))
 }
 
@@ -1069,7 +1045,7 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         Kind::Chat => parse_chat(&body, &app.limits),
         Kind::Text => parse_completion(&body, &app.limits),
     });
-    let (job, opts) = match parsed {
+    let (job, mut opts) = match parsed {
         Ok(p) => p,
         Err(e) => return with_log(e.into_response(), info),
     };
@@ -1101,6 +1077,7 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         model: started.model,
         request_id: started.request_id,
         include_usage: opts.include_usage,
+        extras: std::mem::take(&mut opts.extras),
         _permit: permit,
     };
     let request_id = HeaderValue::from_str(&meta.request_id).ok();
@@ -1130,6 +1107,8 @@ struct Meta {
     model: String,
     request_id: String,
     include_usage: bool,
+    /// Logprobs, response format, tools: how they shape the answer.
+    extras: crate::extras::Extras,
     /// The key's concurrency slot, freed when the answer's body is done.
     _permit: crate::limit::Permit,
 }
@@ -1153,9 +1132,11 @@ async fn whole_response(
     mut info: LogInfo,
 ) -> Response {
     let mut text = String::new();
+    let mut logprobs = vec![];
     let finished = loop {
         match events.recv().await {
             Some(Ok(StreamEvent::Text(t))) => text.push_str(&t),
+            Some(Ok(StreamEvent::Logprob(l))) => logprobs.push(l),
             Some(Ok(StreamEvent::Finished {
                 finish_reason,
                 usage,
@@ -1175,19 +1156,23 @@ async fn whole_response(
         }
     };
     info.usage = Some(usage);
-    let choice = match meta.kind {
-        Kind::Chat => json!({
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": null},
-            "logprobs": null,
-            "finish_reason": finish_str(finish_reason),
-        }),
-        Kind::Text => json!({
-            "text": text,
-            "index": 0,
-            "logprobs": null,
-            "finish_reason": finish_str(finish_reason),
-        }),
+    let choice = match crate::extras::whole_choice(
+        &meta.extras,
+        meta.kind == Kind::Chat,
+        &text,
+        finish_reason,
+        &logprobs,
+        &meta.request_id,
+    ) {
+        Ok(c) => c,
+        Err(why) => {
+            tracing::warn!(request_id = %meta.request_id, "answer broke its constraint: {why}");
+            return with_log(
+                ApiError::backend(&BackendError::Upstream(why), meta.kind.prompt_param())
+                    .into_response(),
+                info,
+            );
+        }
     };
     let object = match meta.kind {
         Kind::Chat => "chat.completion",
@@ -1240,6 +1225,8 @@ struct SseState {
     /// Role chunk still to send (chat only).
     first: bool,
     done: bool,
+    /// Logprobs, held tool calls, the format check.
+    extra: crate::extras::StreamExtras,
 }
 
 fn push_frame(out: &mut Vec<u8>, v: &Value) {
@@ -1273,7 +1260,10 @@ impl SseState {
     }
 
     fn choice(&self, text: Option<&str>, finish: Option<FinishReason>) -> Value {
-        let finish = finish.map(finish_str);
+        self.choice_str(text, finish.map(finish_str))
+    }
+
+    fn choice_str(&self, text: Option<&str>, finish: Option<&str>) -> Value {
         match self.meta.kind {
             Kind::Chat => {
                 let delta = match text {
@@ -1297,6 +1287,19 @@ impl SseState {
         }
     }
 
+    /// A chunk of one extras piece (logprobs, tool call deltas).
+    fn piece_frame(&self, out: &mut Vec<u8>, piece: crate::extras::Piece) {
+        let choice = match self.meta.kind {
+            Kind::Chat => {
+                json!([{"index": 0, "delta": piece.delta, "logprobs": piece.logprobs, "finish_reason": null}])
+            }
+            Kind::Text => {
+                json!([{"text": piece.delta, "index": 0, "logprobs": piece.logprobs, "finish_reason": null}])
+            }
+        };
+        push_frame(out, &self.chunk(choice));
+    }
+
     fn finish_frames(
         &mut self,
         out: &mut Vec<u8>,
@@ -1304,8 +1307,23 @@ impl SseState {
         usage: Usage,
         receipts: &[ReceiptRef],
     ) {
+        let mut finish = finish_str(finish_reason);
+        if !self.extra.plain() {
+            match self.extra.on_finish(finish_reason, &self.meta.request_id) {
+                Ok((pieces, f)) => {
+                    for p in pieces {
+                        self.piece_frame(out, p);
+                    }
+                    finish = f;
+                }
+                Err(why) => {
+                    self.error_frame(out, &BackendError::Upstream(why));
+                    return;
+                }
+            }
+        }
         let agora = self.meta.agora(receipts);
-        let mut last = self.chunk(self.choice(None, Some(finish_reason)));
+        let mut last = self.chunk(self.choice_str(None, Some(finish)));
         if self.meta.include_usage {
             push_frame(out, &last);
             last = self.chunk(json!([]));
@@ -1337,8 +1355,18 @@ impl SseState {
         ev: Option<Result<StreamEvent, BackendError>>,
     ) -> bool {
         match ev {
-            Some(Ok(StreamEvent::Text(t))) => {
+            Some(Ok(StreamEvent::Text(t))) if self.extra.plain() => {
                 self.text_frame(out, &t);
+                false
+            }
+            Some(Ok(StreamEvent::Text(t))) => {
+                if let Some(p) = self.extra.on_text(&t) {
+                    self.piece_frame(out, p);
+                }
+                false
+            }
+            Some(Ok(StreamEvent::Logprob(l))) => {
+                self.extra.on_logprob(l);
                 false
             }
             Some(Ok(StreamEvent::Finished {
@@ -1411,12 +1439,14 @@ fn stream_response(
     events: Receiver<Result<StreamEvent, BackendError>>,
     log: StreamLog,
 ) -> Response {
+    let extra = crate::extras::StreamExtras::new(meta.extras.clone(), meta.kind == Kind::Chat);
     let state = SseState {
         meta,
         events,
         log,
         first: true,
         done: false,
+        extra,
     };
     let body = futures::stream::unfold(state, |mut st| async move {
         let bytes = st.next_bytes().await?;

@@ -12,13 +12,17 @@
 //! - [`Backend`]: what the gateway needs from the network.
 
 pub mod backend;
+mod extras;
 pub mod http;
 pub mod keys;
 pub mod limit;
+mod logprobs;
+mod structured;
+mod tools;
 
 pub use backend::{
-    Backend, BackendError, Caller, ChatMessage, FinishReason, Job, ModelInfo, Prompt, ReceiptRef,
-    Started, StreamEvent, Usage,
+    Backend, BackendError, Caller, ChatMessage, FinishReason, Job, LogprobAlt, ModelInfo, Prompt,
+    ReceiptRef, Started, StreamEvent, TokenLogprob, Usage,
 };
 pub use http::{router, serve, Limits};
 pub use keys::{KeyError, KeyRecord, KeyStore, SECRET_PREFIX};

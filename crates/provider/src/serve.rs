@@ -117,11 +117,24 @@ impl Service {
             .map_err(|e| Refusal(ErrorCode::Internal, e.to_string()))?;
         while let Some(ev) = rx.recv().await {
             match ev {
-                WorkerEvent::Token { index, token, text } => {
+                WorkerEvent::Token {
+                    index,
+                    token,
+                    text,
+                    logprobs,
+                } => {
                     // A write error means the reader left; dropping `rx` cancels the job.
-                    if write_frame(stream, &Frame::Token { index, token, text })
-                        .await
-                        .is_err()
+                    if write_frame(
+                        stream,
+                        &Frame::Token {
+                            index,
+                            token,
+                            text,
+                            logprobs,
+                        },
+                    )
+                    .await
+                    .is_err()
                     {
                         return Ok(());
                     }
@@ -234,6 +247,8 @@ impl Service {
                 top_k: 0,
                 top_p: f64::from(r.sampling.top_p),
                 seed: r.sampling.seed,
+                constraint: r.sampling.constraint.clone(),
+                logprobs: r.sampling.top_logprobs,
             },
             max_tokens: r.max_tokens as usize,
             stop: r.stop.clone(),
