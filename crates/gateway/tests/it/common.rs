@@ -19,6 +19,9 @@ pub struct FakeBackend {
     pub last_caller: Mutex<Option<Caller>>,
     /// Set when a "slow" job notices its receiver was dropped.
     pub cancelled: Arc<AtomicBool>,
+    /// What model "scripted" answers, piece by piece (each with log-probabilities when the
+    /// job asks for them).
+    pub script: Mutex<Vec<String>>,
 }
 
 pub fn receipts() -> Vec<ReceiptRef> {
@@ -70,6 +73,7 @@ impl Backend for FakeBackend {
         *self.last_job.lock().unwrap() = Some(job.clone());
         *self.last_caller.lock().unwrap() = Some(caller);
         let cancelled = self.cancelled.clone();
+        let script = self.script.lock().unwrap().clone();
         Box::pin(async move {
             let err = match job.model.as_str() {
                 "no-credit" => Some(BackendError::InsufficientCredit(
@@ -85,7 +89,9 @@ impl Backend for FakeBackend {
                     message: "Bad temperature for this model.".into(),
                     param: Some("temperature".into()),
                 }),
-                "tiny-chat" | "org/model:q4" | "mid-error" | "early-end" | "slow" => None,
+                "tiny-chat" | "org/model:q4" | "scripted" | "mid-error" | "early-end" | "slow" => {
+                    None
+                }
                 other => Some(BackendError::UnknownModel(other.to_string())),
             };
             if let Some(e) = err {
@@ -99,6 +105,23 @@ impl Backend for FakeBackend {
                         let _ = tx.send(Ok(StreamEvent::Text("part".into()))).await;
                         let _ = tx
                             .send(Err(BackendError::Upstream("provider vanished".into())))
+                            .await;
+                    }
+                    "scripted" => {
+                        for t in script {
+                            if job.top_logprobs.is_some() {
+                                let _ = tx
+                                    .send(Ok(StreamEvent::Logprob(crate::extras::logprob(&t))))
+                                    .await;
+                            }
+                            let _ = tx.send(Ok(StreamEvent::Text(t))).await;
+                        }
+                        let _ = tx
+                            .send(Ok(StreamEvent::Finished {
+                                finish_reason: FinishReason::Stop,
+                                usage: USAGE,
+                                receipts: receipts(),
+                            }))
                             .await;
                     }
                     "early-end" => {

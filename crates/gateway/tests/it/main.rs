@@ -8,5 +8,6 @@ mod common;
 mod chat;
 mod completions;
 mod errors;
+mod extras;
 mod keys;
 mod robustness;
