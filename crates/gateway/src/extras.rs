@@ -30,7 +30,8 @@ impl Extras {
             .map(|f| f.schema.clone())
     }
 
-    fn is_chat(&self) -> bool {
+    /// Whether the chat answer's shape depends on them (a format to check, tools to parse).
+    fn shapes_chat(&self) -> bool {
         self.tools.is_some() || self.format.is_some()
     }
 }
@@ -207,7 +208,7 @@ impl StreamExtras {
 
     /// Whether nothing beyond plain text streaming is at work.
     pub fn plain(&self) -> bool {
-        self.extras.logprobs.is_none() && !(self.chat && self.extras.is_chat())
+        self.extras.logprobs.is_none() && !(self.chat && self.extras.shapes_chat())
     }
 
     pub fn on_logprob(&mut self, lp: TokenLogprob) {
@@ -259,7 +260,8 @@ impl StreamExtras {
             let held = std::mem::take(&mut self.held);
             return Some(self.content(held));
         }
-        if t.is_empty() && self.pending.is_empty() {
+        // Log-probabilities of tokens whose text is still held back wait for it.
+        if t.is_empty() {
             return None;
         }
         Some(self.content(t.to_string()))

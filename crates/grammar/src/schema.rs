@@ -263,23 +263,27 @@ impl Compiler {
         if ids.len() == 1 {
             return Ok(ids[0]);
         }
+        // Borrow the nodes as a grammar for the check (no copy), then put them back.
         let g = Grammar {
-            nodes: self.nodes.clone(),
+            nodes: std::mem::take(&mut self.nodes),
             root: ANY,
         };
         let mut seen = [false; 256];
+        let mut overlap = false;
         for &id in &ids {
             for (b, s) in seen.iter_mut().enumerate() {
                 if crate::matcher::starts(&g, id, b as u8) {
-                    if *s {
-                        return Err(unsupported(
-                            "anyOf or type lists whose alternatives can start with the same character",
-                            path,
-                        ));
-                    }
+                    overlap |= *s;
                     *s = true;
                 }
             }
+        }
+        self.nodes = g.nodes;
+        if overlap {
+            return Err(unsupported(
+                "anyOf or type lists whose alternatives can start with the same character",
+                path,
+            ));
         }
         self.add(Node::Union(ids))
     }

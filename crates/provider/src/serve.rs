@@ -202,6 +202,12 @@ impl Service {
                 return Err(bad("request id already used (replay)"));
             }
         }
+        // A constraint this provider cannot apply is refused before any work or payment.
+        if let Some(c) = &r.sampling.constraint {
+            agora_model::constrain::compile(c)
+                .and_then(|_| agora_model::constrain::vocab(&self.model))
+                .map_err(|e| Refusal(ErrorCode::BadRequest, e.to_string()))?;
+        }
         if r.price_in < self.price_in || r.price_out < self.price_out {
             return Err(Refusal(
                 ErrorCode::Price,
