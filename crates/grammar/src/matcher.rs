@@ -113,7 +113,7 @@ fn num_next(state: u8, b: u8, integer: bool) -> Option<u8> {
         (2 | 3 | 5, b'e' | b'E') if !integer => Some(6),
         (4 | 5, _) if digit => Some(5),
         (6, b'+' | b'-') => Some(7),
-        (6 | 7 | 8, _) if digit => Some(8),
+        (6..=8, _) if digit => Some(8),
         _ => None,
     }
 }
