@@ -199,3 +199,90 @@ proptest! {
         prop_assert!(g.validate(&v).is_ok());
     }
 }
+
+fn byte_vocab() -> Vocab {
+    let mut bytes: Vec<Option<Vec<u8>>> = (0..=255u8).map(|b| Some(vec![b])).collect();
+    for t in [
+        "\"name\"", "true", "null", "é", "\\u00e9", "{\"", "\":", "12", "-0.5e3", "\n  ",
+    ] {
+        bytes.push(Some(t.as_bytes().to_vec()));
+    }
+    bytes.push(None);
+    let stop = (bytes.len() - 1) as u32;
+    Vocab::new(bytes, vec![stop])
+}
+
+/// Walks the masks picking `picks` (closing tokens two times in three), checking every whole
+/// answer on the way; returns how many it checked.
+fn walk_and_check(picks: &[u16], which: usize) -> Result<usize, String> {
+    let g = match which {
+        0 => person(),
+        1 => Grammar::json_object(),
+        _ => Grammar::from_schema(&json!({"type": "array", "items": {"anyOf": [{"type": "integer"}, {"type": "null"}, {"type": "object", "properties": {"a": {"enum": ["x", 1, null]}}}]}, "maxItems": 3})).expect("compiles"),
+    };
+    let vocab = byte_vocab();
+    let closers: Vec<u32> = [b'}', b']', b'"', b'1', b',']
+        .iter()
+        .map(|&b| u32::from(b))
+        .collect();
+    let mut state = Matcher::new(&g);
+    let mut text = vec![];
+    let mut checked = 0;
+    for &p in picks {
+        if state.accepting(&g) {
+            let s = std::str::from_utf8(&text).map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_str(s).map_err(|e| format!("{s}: {e}"))?;
+            g.validate(&v).map_err(|e| format!("{s}: {e}"))?;
+            checked += 1;
+            if state.finished() {
+                break;
+            }
+        }
+        let mask = vocab.mask(&g, &state);
+        let allowed: Vec<u32> = (0..vocab.len() as u32)
+            .filter(|&t| mask.allows(t) && !vocab.stop_tokens().contains(&t))
+            .collect();
+        if allowed.is_empty() {
+            return Err(format!("stuck after {:?}", String::from_utf8_lossy(&text)));
+        }
+        let close: Vec<u32> = closers
+            .iter()
+            .copied()
+            .filter(|t| mask.allows(*t))
+            .collect();
+        let t = if p % 3 != 0 && !close.is_empty() {
+            close[p as usize % close.len()]
+        } else {
+            allowed[p as usize % allowed.len()]
+        };
+        if !vocab.advance(&g, &mut state, t) {
+            return Err("a masked-in token was refused".into());
+        }
+        text.extend_from_slice(vocab.token_bytes(t).unwrap_or_default());
+    }
+    Ok(checked)
+}
+
+#[test]
+fn mask_walks_reach_whole_answers() {
+    // The soundness property below is not vacuous: walks do end in whole answers.
+    let mut whole = [0usize; 3];
+    for (which, w) in whole.iter_mut().enumerate() {
+        for seed in 0..40u16 {
+            let picks: Vec<u16> = (0..300u16)
+                .map(|i| i.wrapping_mul(7919).wrapping_add(seed.wrapping_mul(10_007)))
+                .collect();
+            *w += walk_and_check(&picks, which).expect("valid");
+        }
+    }
+    assert!(whole.iter().all(|&w| w > 0), "{whole:?}");
+}
+
+proptest! {
+    // Soundness: every text the masks let through to a whole answer is JSON that validates
+    // against the schema, whatever tokens were picked.
+    #[test]
+    fn whole_answers_under_the_masks_are_valid(picks in prop::collection::vec(any::<u16>(), 1..300), which in 0usize..3) {
+        walk_and_check(&picks, which).map_err(TestCaseError::fail)?;
+    }
+}
