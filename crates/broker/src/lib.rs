@@ -384,6 +384,8 @@ impl Broker {
                     temperature: job.temperature,
                     top_p: job.top_p,
                     seed,
+                    constraint: job.constraint.clone(),
+                    top_logprobs: job.top_logprobs,
                 },
                 price_in: cand.offer.offer.price_in,
                 price_out: cand.offer.offer.price_out,
@@ -678,7 +680,12 @@ where
                 accepted = true;
                 answer.accepted(&req.request_id, prompt_tokens);
             }
-            Frame::Token { index, token, text } => {
+            Frame::Token {
+                index,
+                token,
+                text,
+                logprobs,
+            } => {
                 if !accepted || index as usize != answer.delivered.len() {
                     return Err(failed(format!(
                         "provider {provider} sent token {index} out of order"
@@ -693,6 +700,13 @@ where
                     first_token();
                 }
                 answer.delivered.push(token);
+                if req.sampling.top_logprobs.is_some() {
+                    if let Some(lp) = logprobs {
+                        let lp =
+                            token_logprob(answer.render.as_ref().map(|r| &r.0), token, &text, lp);
+                        answer.emit(StreamEvent::Logprob(lp)).await;
+                    }
+                }
                 let text = match &mut answer.render {
                     Some((model, r)) => match r.push(&model.tokenizer, token) {
                         Ok(t) => t,
@@ -902,6 +916,35 @@ impl PromptCount {
             PromptCount::Exact { tokens, .. } => claimed == tokens,
             PromptCount::Bound(b) => claimed <= b,
         }
+    }
+}
+
+/// A token's log-probabilities as the gateway renders them: each id as its own text and
+/// bytes (from the model's tokenizer when the gateway holds it; the frame's text otherwise).
+fn token_logprob(
+    model: Option<&Arc<PromptModel>>,
+    token: u32,
+    text: &str,
+    lp: agora_net::protocol::TokenLogprobs,
+) -> agora_gateway::TokenLogprob {
+    let alt = |id: u32, logprob: f32, fallback: &str| {
+        let bytes = model
+            .and_then(|m| m.tokenizer.token_bytes(id))
+            .unwrap_or_else(|| fallback.as_bytes().to_vec());
+        agora_gateway::LogprobAlt {
+            token: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+            logprob,
+        }
+    };
+    agora_gateway::TokenLogprob {
+        chosen: alt(token, lp.logprob, text),
+        top: lp
+            .top
+            .iter()
+            .take(usize::from(agora_net::protocol::MAX_TOP_LOGPROBS))
+            .map(|&(id, l)| alt(id, l, ""))
+            .collect(),
     }
 }
 

@@ -92,6 +92,7 @@ fn request(resume: Vec<u32>, max_tokens: u32) -> InferenceRequest {
             temperature: 0.0,
             top_p: 1.0,
             seed: 5,
+            ..Default::default()
         },
         price_in: Amount::new(1_000),
         price_out: Amount::new(2_000),
@@ -176,6 +177,7 @@ fn frames(
             index: (req.resume.len() + i) as u32,
             token: t,
             text: texts.get(i).copied().unwrap_or_default().to_string(),
+            logprobs: None,
         });
     }
     if let Some(r) = done {

@@ -105,6 +105,31 @@ pub struct Job {
     /// The key's spending budget: the backend reserves each attempt's most cost from it
     /// before paying and settles the charge after (`None`: nothing to account).
     pub budget: Option<crate::spend::Budget>,
+    /// A JSON Schema's text that constrains decoding (`response_format`, a required tool);
+    /// the gateway compiled it already.
+    pub constraint: Option<String>,
+    /// Per-token log-probabilities with this many alternatives (`logprobs`).
+    pub top_logprobs: Option<u8>,
+}
+
+/// One alternative of a token's log-probability report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogprobAlt {
+    /// The token's text.
+    pub token: String,
+    /// The token's bytes (a token may hold part of a character).
+    pub bytes: Vec<u8>,
+    /// Natural-log probability.
+    pub logprob: f32,
+}
+
+/// A generated token's log-probability and the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token itself.
+    pub chosen: LogprobAlt,
+    /// The most likely tokens at that step, most likely first.
+    pub top: Vec<LogprobAlt>,
 }
 
 /// Who is asking: the API key's id and the ledger account that pays (custodial: the gateway
@@ -180,6 +205,9 @@ impl ReceiptRef {
 pub enum StreamEvent {
     /// More output text (may be empty; the gateway skips empty pieces).
     Text(String),
+    /// The log-probabilities of the next output token (sent before its `Text`, only when
+    /// the job asked for them).
+    Logprob(TokenLogprob),
     /// The job is done; nothing follows.
     Finished {
         /// Why it ended.

@@ -120,7 +120,7 @@ pub async fn serve(
 
 /// An OpenAI-shaped error response.
 #[derive(Debug, Clone)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     kind: &'static str,
@@ -133,7 +133,11 @@ struct ApiError {
 const INVALID: &str = "invalid_request_error";
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -159,16 +163,16 @@ impl ApiError {
     }
 
     /// 400 `invalid_request_error`.
-    fn invalid(message: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, INVALID, message)
     }
 
-    fn param(mut self, param: impl Into<String>) -> ApiError {
+    pub(crate) fn param(mut self, param: impl Into<String>) -> ApiError {
         self.param = Some(param.into());
         self
     }
 
-    fn code(mut self, code: &'static str) -> ApiError {
+    pub(crate) fn code(mut self, code: &'static str) -> ApiError {
         self.code = Some(code);
         self
     }
@@ -543,7 +547,7 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
+pub(crate) fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
     ApiError::invalid(format!(
         "Invalid type for '{param}': expected {expected}, but got {} instead.",
         type_name(got)
@@ -553,14 +557,14 @@ fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
 }
 
 /// Typed access to a request object's fields; JSON `null` counts as absent.
-struct Fields<'a>(&'a Map<String, Value>);
+pub(crate) struct Fields<'a>(pub(crate) &'a Map<String, Value>);
 
 impl<'a> Fields<'a> {
-    fn get(&self, k: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, k: &str) -> Option<&'a Value> {
         self.0.get(k).filter(|v| !v.is_null())
     }
 
-    fn string(&self, k: &str) -> Result<Option<&'a str>, ApiError> {
+    pub(crate) fn string(&self, k: &str) -> Result<Option<&'a str>, ApiError> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -568,7 +572,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn boolean(&self, k: &str) -> Result<Option<bool>, ApiError> {
+    pub(crate) fn boolean(&self, k: &str) -> Result<Option<bool>, ApiError> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -585,7 +589,7 @@ impl<'a> Fields<'a> {
     }
 
     /// An integer as i128 (covers every JSON integer serde_json reads).
-    fn integer(&self, k: &str) -> Result<Option<i128>, ApiError> {
+    pub(crate) fn integer(&self, k: &str) -> Result<Option<i128>, ApiError> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::Number(n)) => {
@@ -618,6 +622,8 @@ struct Common {
     routing: crate::routing::ProviderPrefs,
     /// The `models` fallback list, tried in order after `model`.
     fallbacks: Vec<String>,
+    /// Logprobs, response format, tools.
+    extras: crate::extras::Extras,
 }
 
 fn routing_error(e: crate::routing::RoutingError) -> ApiError {
@@ -787,10 +793,11 @@ fn parse_common(
         n,
         routing,
         fallbacks,
+        extras: Default::default(),
     })
 }
 
-fn unsupported(param: &str, what: &str) -> ApiError {
+pub(crate) fn unsupported(param: &str, what: &str) -> ApiError {
     ApiError::invalid(format!(
         "'{param}' is not supported by this gateway: {what}."
     ))
@@ -904,19 +911,20 @@ fn parse_chat(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, Common
             }
         };
         let role = match role {
-            "system" | "user" | "assistant" => role,
+            "system" | "user" | "assistant" | "tool" => role,
             // The newer name for system instructions.
             "developer" => "system",
             other => {
                 return Err(ApiError::invalid(format!(
                     "Invalid value: '{other}'. Supported values are: 'system', 'user', \
-                     'assistant' and 'developer' (this gateway does not run tools)."
+                     'assistant', 'tool' and 'developer'."
                 ))
                 .param(rparam)
                 .code("invalid_value"))
             }
         };
         let content = message_content(i, &m, role)?;
+        let content = crate::tools::message_extra(i, &m, role, &content)?.unwrap_or(content);
         bytes = bytes.saturating_add(content.len());
         if bytes > limits.max_prompt_bytes {
             return Err(prompt_too_long("messages", bytes, limits.max_prompt_bytes));
@@ -927,41 +935,8 @@ fn parse_chat(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, Common
         });
     }
 
-    if f.boolean("logprobs")? == Some(true) {
-        return Err(unsupported(
-            "logprobs",
-            "log probabilities are not returned",
-        ));
-    }
-    if f.integer("top_logprobs")?.is_some_and(|n| n != 0) {
-        return Err(unsupported(
-            "top_logprobs",
-            "log probabilities are not returned",
-        ));
-    }
-    for k in ["tools", "functions"] {
-        match f.get(k) {
-            Some(Value::Array(a)) if a.is_empty() => {}
-            None => {}
-            Some(_) => {
-                return Err(unsupported(
-                    k,
-                    "tool and function calling are not available",
-                ))
-            }
-        }
-    }
-    if let Some(rf) = f.get("response_format") {
-        let kind = rf.get("type").and_then(Value::as_str);
-        if kind != Some("text") {
-            return Err(unsupported(
-                "response_format",
-                "only {\"type\": \"text\"} is available",
-            ));
-        }
-    }
-
-    let common = parse_common(&f, limits, limits.default_max_tokens)?;
+    let extras = crate::extras::parse_chat(&f, &mut out, limits.max_prompt_bytes)?;
+    let mut common = parse_common(&f, limits, limits.default_max_tokens)?;
     let job = Job {
         model: common.model.clone(),
         prompt: Prompt::Chat(out),
@@ -972,7 +947,10 @@ fn parse_chat(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, Common
         stop: common.stop.clone(),
         routing: common.routing.clone(),
         budget: None,
+        constraint: extras.constraint(),
+        top_logprobs: extras.logprobs,
     };
+    common.extras = extras;
     Ok((job, common))
 }
 
@@ -1024,12 +1002,7 @@ fn parse_completion(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, 
     if f.boolean("echo")? == Some(true) {
         return Err(unsupported("echo", "the prompt is not echoed"));
     }
-    if f.integer("logprobs")?.is_some_and(|n| n != 0) {
-        return Err(unsupported(
-            "logprobs",
-            "log probabilities are not returned",
-        ));
-    }
+    let extras = crate::extras::parse_completion(&f)?;
     if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
         return Err(unsupported("suffix", "insertion is not available"));
     }
@@ -1039,7 +1012,7 @@ fn parse_completion(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, 
             "one candidate is generated per request",
         ));
     }
-    let common = parse_common(&f, limits, COMPLETIONS_DEFAULT_MAX_TOKENS)?;
+    let mut common = parse_common(&f, limits, COMPLETIONS_DEFAULT_MAX_TOKENS)?;
     let job = Job {
         model: common.model.clone(),
         prompt: Prompt::Text(prompt),
@@ -1050,7 +1023,10 @@ fn parse_completion(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, 
         stop: common.stop.clone(),
         routing: common.routing.clone(),
         budget: None,
+        constraint: None,
+        top_logprobs: extras.logprobs,
     };
+    common.extras = extras;
     Ok((job, common))
 }
 
@@ -1126,7 +1102,7 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         Kind::Chat => parse_chat(&body, &app.limits),
         Kind::Text => parse_completion(&body, &app.limits),
     });
-    let (job, opts) = match parsed {
+    let (job, mut opts) = match parsed {
         Ok(p) => p,
         Err(e) => return with_log(e.into_response(), info),
     };
@@ -1167,6 +1143,7 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         include_usage: opts.include_usage,
         keys: app.keys.clone(),
         key_id: rec.id.clone(),
+        extras: std::mem::take(&mut opts.extras),
         _permits: permits,
     };
     let n = started.len();
@@ -1205,6 +1182,8 @@ struct Meta {
     keys: Arc<KeyStore>,
     /// The paying key.
     key_id: String,
+    /// Logprobs, response format, tools: how they shape each choice's answer.
+    extras: crate::extras::Extras,
     /// The key's concurrency slots (one per choice), freed when the answer's body is done.
     _permits: Vec<crate::limit::Permit>,
 }
@@ -1244,24 +1223,33 @@ async fn whole_response(
     let totals = choices::Totals::of(&done);
     usage::save_receipts(&meta.keys, &meta.key_id, &totals.receipts);
     info.usage = Some(totals.usage);
-    let choices: Vec<Value> = done
-        .iter()
-        .enumerate()
-        .map(|(index, c)| match meta.kind {
-            Kind::Chat => json!({
-                "index": index,
-                "message": {"role": "assistant", "content": c.text, "refusal": null},
-                "logprobs": null,
-                "finish_reason": finish_str(c.finish_reason),
-            }),
-            Kind::Text => json!({
-                "text": c.text,
-                "index": index,
-                "logprobs": null,
-                "finish_reason": finish_str(c.finish_reason),
-            }),
-        })
-        .collect();
+    let mut choices: Vec<Value> = Vec::with_capacity(done.len());
+    for (index, c) in done.iter().enumerate() {
+        let request_id = meta
+            .request_ids
+            .get(index)
+            .unwrap_or(&meta.request_id)
+            .as_str();
+        match crate::extras::whole_choice(
+            &meta.extras,
+            meta.kind == Kind::Chat,
+            index,
+            &c.text,
+            c.finish_reason,
+            &c.logprobs,
+            request_id,
+        ) {
+            Ok(v) => choices.push(v),
+            Err(why) => {
+                tracing::warn!(%request_id, "answer broke its constraint: {why}");
+                return with_log(
+                    ApiError::backend(&BackendError::Upstream(why), meta.kind.prompt_param())
+                        .into_response(),
+                    info,
+                );
+            }
+        }
+    }
     let object = match meta.kind {
         Kind::Chat => "chat.completion",
         Kind::Text => "text_completion",
@@ -1315,6 +1303,8 @@ struct SseState {
     done: bool,
     /// Each choice's end, once it came.
     finished: Vec<Option<choices::Choice>>,
+    /// Each choice's logprobs, held tool calls and format check.
+    extra: Vec<crate::extras::StreamExtras>,
 }
 
 fn push_frame(out: &mut Vec<u8>, v: &Value) {
@@ -1348,7 +1338,10 @@ impl SseState {
     }
 
     fn choice(&self, index: usize, text: Option<&str>, finish: Option<FinishReason>) -> Value {
-        let finish = finish.map(finish_str);
+        self.choice_str(index, text, finish.map(finish_str))
+    }
+
+    fn choice_str(&self, index: usize, text: Option<&str>, finish: Option<&str>) -> Value {
         match self.meta.kind {
             Kind::Chat => {
                 let delta = match text {
@@ -1372,10 +1365,68 @@ impl SseState {
         }
     }
 
-    /// One choice ended: its finish chunk; once every choice has ended, the usage chunk (with
-    /// `include_usage`), the `agora` extra and `[DONE]`. Returns whether the stream is over.
+    /// A chunk of one extras piece (logprobs, tool call deltas) of choice `index`.
+    fn piece_frame(&self, out: &mut Vec<u8>, index: usize, piece: crate::extras::Piece) {
+        let choice = match self.meta.kind {
+            Kind::Chat => json!([{
+                "index": index,
+                "delta": piece.delta,
+                "logprobs": piece.logprobs,
+                "finish_reason": null,
+            }]),
+            Kind::Text => json!([{
+                "text": piece.delta,
+                "index": index,
+                "logprobs": piece.logprobs,
+                "finish_reason": null,
+            }]),
+        };
+        push_frame(out, &self.chunk(choice));
+    }
+
+    /// The request id of choice `index` (its tool calls' ids are built from it).
+    fn request_id(&self, index: usize) -> String {
+        self.meta
+            .request_ids
+            .get(index)
+            .unwrap_or(&self.meta.request_id)
+            .clone()
+    }
+
+    /// One choice ended: its held pieces and finish chunk; once every choice has ended, the
+    /// usage chunk (with `include_usage`), the `agora` extra and `[DONE]`. An answer that broke
+    /// its constraint ends the stream with an error. Returns whether the stream is over.
     fn finish_frames(&mut self, out: &mut Vec<u8>, index: usize, choice: choices::Choice) -> bool {
-        let mut last = self.chunk(self.choice(index, None, Some(choice.finish_reason)));
+        let request_id = self.request_id(index);
+        let shaped = match self.extra.get_mut(index) {
+            Some(x) if !x.plain() => Some(x.on_finish(choice.finish_reason, &request_id)),
+            _ => None,
+        };
+        let mut finish = finish_str(choice.finish_reason);
+        match shaped {
+            Some(Ok((pieces, f))) => {
+                for p in pieces {
+                    self.piece_frame(out, index, p);
+                }
+                finish = f;
+            }
+            Some(Err(why)) => {
+                // Its charge stands: keep the receipts of what was paid for.
+                let mut paid: Vec<ReceiptRef> = self
+                    .finished
+                    .iter()
+                    .flatten()
+                    .flat_map(|c| c.receipts.clone())
+                    .collect();
+                paid.extend(choice.receipts);
+                usage::save_receipts(&self.meta.keys, &self.meta.key_id, &paid);
+                tracing::warn!(%request_id, "answer broke its constraint: {why}");
+                self.error_frame(out, &BackendError::Upstream(why));
+                return true;
+            }
+            None => {}
+        }
+        let mut last = self.chunk(self.choice_str(index, None, Some(finish)));
         if let Some(slot) = self.finished.get_mut(index) {
             *slot = Some(choice);
         }
@@ -1416,7 +1467,20 @@ impl SseState {
     fn on_event(&mut self, out: &mut Vec<u8>, ev: Option<choices::Tagged>) -> bool {
         match ev {
             Some((i, Some(Ok(StreamEvent::Text(t))))) => {
-                self.text_frame(out, i, &t);
+                match self.extra.get_mut(i) {
+                    Some(x) if !x.plain() => {
+                        if let Some(p) = x.on_text(&t) {
+                            self.piece_frame(out, i, p);
+                        }
+                    }
+                    _ => self.text_frame(out, i, &t),
+                }
+                false
+            }
+            Some((i, Some(Ok(StreamEvent::Logprob(l))))) => {
+                if let Some(x) = self.extra.get_mut(i) {
+                    x.on_logprob(l);
+                }
                 false
             }
             Some((
@@ -1431,6 +1495,7 @@ impl SseState {
                 i,
                 choices::Choice {
                     text: String::new(),
+                    logprobs: vec![],
                     finish_reason,
                     usage,
                     receipts,
@@ -1501,6 +1566,9 @@ fn stream_response(
     n: usize,
     log: StreamLog,
 ) -> Response {
+    let extra = (0..n)
+        .map(|_| crate::extras::StreamExtras::new(meta.extras.clone(), meta.kind == Kind::Chat))
+        .collect();
     let state = SseState {
         meta,
         events,
@@ -1508,6 +1576,7 @@ fn stream_response(
         first: true,
         done: false,
         finished: vec![None; n],
+        extra,
     };
     let body = futures::stream::unfold(state, |mut st| async move {
         let bytes = st.next_bytes().await?;

@@ -15,16 +15,20 @@
 //! - [`Backend`]: what the gateway needs from the network.
 
 pub mod backend;
+mod extras;
 pub mod http;
 pub mod keys;
 pub mod limit;
+mod logprobs;
 pub mod models;
 pub mod routing;
 pub mod spend;
+mod structured;
+mod tools;
 
 pub use backend::{
-    Backend, BackendError, Caller, ChatMessage, FinishReason, Job, ModelInfo, PriceRange, Pricing,
-    Prompt, ReceiptRef, Started, StreamEvent, Usage,
+    Backend, BackendError, Caller, ChatMessage, FinishReason, Job, LogprobAlt, ModelInfo,
+    PriceRange, Pricing, Prompt, ReceiptRef, Started, StreamEvent, TokenLogprob, Usage,
 };
 pub use http::{router, serve, Limits};
 pub use keys::{ChildRequest, KeyError, KeyPolicy, KeyRecord, KeyStore, KeyUsage, SECRET_PREFIX};

@@ -18,6 +18,12 @@ pub const SUPPORTED_PARAMETERS: &[&str] = &[
     "stream_options",
     "provider",
     "models",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
 ];
 
 fn range(r: PriceRange) -> Value {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::llama::Mode;
-use crate::sampler::{sample, Sample, SamplingParams};
+use crate::sampler::{logprobs, Sample, SamplerState, SamplingParams, TokenLogprobs};
 use crate::LoadedModel;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +62,8 @@ pub enum Event<'a> {
         text: &'a str,
         hidden: &'a Tensor,
         sample: Sample,
+        /// With `SamplingParams::logprobs`: the token's log-probability and alternatives.
+        logprobs: Option<TokenLogprobs>,
     },
     /// Generation ended with text still held back (an incomplete character at the end).
     Tail { text: &'a str },
@@ -142,7 +144,7 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_event: impl FnMut(Event<'_>) -> ControlFlow<()>,
 ) -> Result<Generation> {
-    opts.sampling.validate()?;
+    let mut sampler = SamplerState::new(model, &opts.sampling)?;
     let llama = &model.model;
     let ctx = llama.config().max_seq_len;
     let vocab = llama.config().vocab_size as u32;
@@ -208,6 +210,9 @@ pub fn generate(
     let mut tokens = Vec::with_capacity(max_tokens);
     let mut text = String::new();
     for &t in &opts.resume {
+        sampler.advance(t).map_err(|_| {
+            ModelError::InvalidRequest("the resumed output breaks the constraint".into())
+        })?;
         tokens.push(t);
         text = model.tokenizer.decode(&tokens)?;
         if stream.advance(&text).1 {
@@ -218,11 +223,16 @@ pub fn generate(
     }
     while finish != FinishReason::Cancelled && tokens.len() < max_tokens {
         let index = tokens.len();
-        let s = sample(&logits, &opts.sampling, index as u64)?;
+        let s = sampler.sample(&mut logits, index as u64)?;
         if eos.contains(&s.token) {
             finish = FinishReason::Stop;
             break;
         }
+        sampler.advance(s.token)?;
+        let lp = opts
+            .sampling
+            .logprobs
+            .map(|top| logprobs(&logits, s.token, usize::from(top)));
         tokens.push(s.token);
         text = model.tokenizer.decode(&tokens)?;
         let (range, stopped) = stream.advance(&text);
@@ -232,6 +242,7 @@ pub fn generate(
             text: &text[range],
             hidden: &last_hidden,
             sample: s,
+            logprobs: lp,
         });
         if stopped {
             text.truncate(stream.emitted);

@@ -117,11 +117,24 @@ impl Service {
             .map_err(|e| Refusal(ErrorCode::Internal, e.to_string()))?;
         while let Some(ev) = rx.recv().await {
             match ev {
-                WorkerEvent::Token { index, token, text } => {
+                WorkerEvent::Token {
+                    index,
+                    token,
+                    text,
+                    logprobs,
+                } => {
                     // A write error means the reader left; dropping `rx` cancels the job.
-                    if write_frame(stream, &Frame::Token { index, token, text })
-                        .await
-                        .is_err()
+                    if write_frame(
+                        stream,
+                        &Frame::Token {
+                            index,
+                            token,
+                            text,
+                            logprobs,
+                        },
+                    )
+                    .await
+                    .is_err()
                     {
                         return Ok(());
                     }
@@ -189,6 +202,12 @@ impl Service {
                 return Err(bad("request id already used (replay)"));
             }
         }
+        // A constraint this provider cannot apply is refused before any work or payment.
+        if let Some(c) = &r.sampling.constraint {
+            agora_model::constrain::compile(c)
+                .and_then(|_| agora_model::constrain::vocab(&self.model))
+                .map_err(|e| Refusal(ErrorCode::BadRequest, e.to_string()))?;
+        }
         if r.price_in < self.price_in || r.price_out < self.price_out {
             return Err(Refusal(
                 ErrorCode::Price,
@@ -234,6 +253,8 @@ impl Service {
                 top_k: 0,
                 top_p: f64::from(r.sampling.top_p),
                 seed: r.sampling.seed,
+                constraint: r.sampling.constraint.clone(),
+                logprobs: r.sampling.top_logprobs,
             },
             max_tokens: r.max_tokens as usize,
             stop: r.stop.clone(),

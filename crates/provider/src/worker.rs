@@ -22,6 +22,8 @@ pub enum WorkerEvent {
         token: u32,
         /// Settled text.
         text: String,
+        /// Its log-probabilities, when the request asked for them.
+        logprobs: Option<agora_net::protocol::TokenLogprobs>,
     },
     /// The job ended.
     Done {
@@ -101,12 +103,25 @@ fn run_job(model: &LoadedModel, job: Job) {
     let mut tail = String::new();
     let result = generate_fingerprinted(model, &job.prompt, &job.opts, |e| match e {
         Event::Token {
-            index, token, text, ..
+            index,
+            token,
+            text,
+            logprobs,
+            ..
         } => {
             let ev = WorkerEvent::Token {
                 index: index as u32,
                 token,
                 text: text.to_string(),
+                logprobs: logprobs.map(|lp| agora_net::protocol::TokenLogprobs {
+                    // Borsh refuses NaN; a NaN logit never reaches a sampled token.
+                    logprob: if lp.logprob.is_nan() {
+                        f32::NEG_INFINITY
+                    } else {
+                        lp.logprob
+                    },
+                    top: lp.top.into_iter().filter(|(_, l)| !l.is_nan()).collect(),
+                }),
             };
             match job.events.blocking_send(ev) {
                 Ok(()) => ControlFlow::Continue(()),

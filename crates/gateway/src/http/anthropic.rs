@@ -237,6 +237,9 @@ fn parse(app: &App, body: &Map<String, Value>) -> Result<(Job, bool, Vec<String>
         stop,
         routing,
         budget: None,
+        // Tools are refused above and the Messages API has no logprobs or response format.
+        constraint: None,
+        top_logprobs: None,
     };
     Ok((job, stream, fallbacks))
 }
@@ -405,6 +408,8 @@ impl MsgStream {
                 }
                 false
             }
+            // The Messages API asks for none (its jobs carry no `top_logprobs`).
+            Some((_, Some(Ok(StreamEvent::Logprob(_))))) => false,
             Some((
                 _,
                 Some(Ok(StreamEvent::Finished {
@@ -415,6 +420,7 @@ impl MsgStream {
             )) => {
                 let totals = Totals::of(&[Choice {
                     text: String::new(),
+                    logprobs: vec![],
                     finish_reason,
                     usage,
                     receipts,

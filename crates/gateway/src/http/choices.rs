@@ -4,7 +4,7 @@
 
 use super::{ApiError, App};
 use crate::backend::{
-    BackendError, Caller, FinishReason, Job, ReceiptRef, Started, StreamEvent, Usage,
+    BackendError, Caller, FinishReason, Job, ReceiptRef, Started, StreamEvent, TokenLogprob, Usage,
 };
 use crate::keys::KeyRecord;
 use crate::spend::Budget;
@@ -19,6 +19,8 @@ pub(super) type Tagged = (usize, Option<Result<StreamEvent, BackendError>>);
 pub(super) struct Choice {
     /// Its whole text (empty when streamed: the pieces went out already).
     pub(super) text: String,
+    /// Its tokens' log-probabilities, when asked for (empty when streamed).
+    pub(super) logprobs: Vec<TokenLogprob>,
     pub(super) finish_reason: FinishReason,
     pub(super) usage: Usage,
     pub(super) receipts: Vec<ReceiptRef>,
@@ -162,18 +164,25 @@ pub(super) fn merge(
     rx
 }
 
-/// Waits for every choice to finish, gathering its text; the first error ends it.
+/// Waits for every choice to finish, gathering its text and log-probabilities; the first
+/// error ends it.
 pub(super) async fn collect(
     mut events: Receiver<Tagged>,
     n: usize,
 ) -> Result<Vec<Choice>, BackendError> {
     let mut texts = vec![String::new(); n];
+    let mut logprobs: Vec<Vec<TokenLogprob>> = vec![vec![]; n];
     let mut done: Vec<Option<Choice>> = vec![None; n];
     while done.iter().any(Option::is_none) {
         match events.recv().await {
             Some((i, Some(Ok(StreamEvent::Text(t))))) => {
                 if let Some(s) = texts.get_mut(i) {
                     s.push_str(&t);
+                }
+            }
+            Some((i, Some(Ok(StreamEvent::Logprob(l))))) => {
+                if let Some(v) = logprobs.get_mut(i) {
+                    v.push(l);
                 }
             }
             Some((
@@ -187,6 +196,7 @@ pub(super) async fn collect(
                 if let Some(slot) = done.get_mut(i) {
                     *slot = Some(Choice {
                         text: std::mem::take(&mut texts[i]),
+                        logprobs: std::mem::take(&mut logprobs[i]),
                         finish_reason,
                         usage,
                         receipts,

@@ -21,6 +21,9 @@ pub struct FakeBackend {
     pub last_caller: Mutex<Option<Caller>>,
     /// Set when a "slow" job notices its receiver was dropped.
     pub cancelled: Arc<AtomicBool>,
+    /// What model "scripted" answers, piece by piece (each with log-probabilities when the
+    /// job asks for them).
+    pub script: Mutex<Vec<String>>,
 }
 
 pub fn receipts() -> Vec<ReceiptRef> {
@@ -95,6 +98,7 @@ impl Backend for FakeBackend {
         self.jobs.lock().unwrap().push(job.clone());
         *self.last_caller.lock().unwrap() = Some(caller);
         let cancelled = self.cancelled.clone();
+        let script = self.script.lock().unwrap().clone();
         Box::pin(async move {
             let err = match job.model.as_str() {
                 "no-credit" => Some(BackendError::InsufficientCredit(
@@ -110,7 +114,8 @@ impl Backend for FakeBackend {
                     message: "Bad temperature for this model.".into(),
                     param: Some("temperature".into()),
                 }),
-                "tiny-chat" | "org/model:q4" | "mid-error" | "early-end" | "slow" | "paid" => None,
+                "tiny-chat" | "org/model:q4" | "scripted" | "mid-error" | "early-end" | "slow"
+                | "paid" => None,
                 "norouting" => Some(BackendError::NoMatchingProvider(
                     "No provider matches.".into(),
                 )),
@@ -142,6 +147,23 @@ impl Backend for FakeBackend {
                         let _ = tx.send(Ok(StreamEvent::Text("part".into()))).await;
                         let _ = tx
                             .send(Err(BackendError::Upstream("provider vanished".into())))
+                            .await;
+                    }
+                    "scripted" => {
+                        for t in script {
+                            if job.top_logprobs.is_some() {
+                                let _ = tx
+                                    .send(Ok(StreamEvent::Logprob(crate::extras::logprob(&t))))
+                                    .await;
+                            }
+                            let _ = tx.send(Ok(StreamEvent::Text(t))).await;
+                        }
+                        let _ = tx
+                            .send(Ok(StreamEvent::Finished {
+                                finish_reason: FinishReason::Stop,
+                                usage: USAGE,
+                                receipts: receipts(),
+                            }))
                             .await;
                     }
                     "early-end" => {

@@ -10,5 +10,6 @@ mod api;
 mod chat;
 mod completions;
 mod errors;
+mod extras;
 mod keys;
 mod robustness;
