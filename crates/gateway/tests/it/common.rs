@@ -150,7 +150,10 @@ impl Backend for FakeBackend {
                             .await;
                     }
                     "scripted" => {
-                        for t in script {
+                        // A seeded job (each of n choices has its own seed) ends with its
+                        // seed, so choices differ.
+                        let tail = job.seed.map(|k| format!("#{k}"));
+                        for t in script.into_iter().chain(tail) {
                             if job.top_logprobs.is_some() {
                                 let _ = tx
                                     .send(Ok(StreamEvent::Logprob(crate::extras::logprob(&t))))

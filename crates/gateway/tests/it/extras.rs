@@ -90,6 +90,88 @@ fn chat_logprobs_whole_and_streamed() {
     );
 }
 
+/// The tokens of a chat choice's `logprobs`, joined.
+fn chat_logprob_text(lp: &Value) -> String {
+    lp["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["token"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn n_choices_each_carry_their_own_logprobs() {
+    let s = Server::start();
+    scripted(&s, &["Hel", "lo"]);
+    // Seed 7: choice 0 runs with seed 7 and ends "#7", choice 1 with seed 8 and ends "#8".
+    let body = json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}],
+                      "n": 2, "seed": 7, "logprobs": true, "top_logprobs": 1});
+    let r = s.post("/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    for job in s.backend.jobs.lock().unwrap().iter() {
+        assert_eq!(
+            job.top_logprobs,
+            Some(1),
+            "every choice's job asks for logprobs"
+        );
+    }
+    let v = r.json();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    for (i, c) in choices.iter().enumerate() {
+        let want = format!("Hello#{}", 7 + i);
+        assert_eq!(c["index"], i);
+        assert_eq!(c["message"]["content"], want.as_str());
+        assert_eq!(chat_logprob_text(&c["logprobs"]), want, "choice {i}: {c}");
+    }
+
+    // Streamed: each chunk's logprobs are those of its own choice's text.
+    let mut body = body;
+    body["stream"] = json!(true);
+    let r = s.post("/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut text = [String::new(), String::new()];
+    let mut lp = [String::new(), String::new()];
+    let mut finished = [false, false];
+    for c in chunks(&r) {
+        let Some(choice) = c["choices"].get(0) else {
+            continue;
+        };
+        let i = choice["index"].as_u64().unwrap() as usize;
+        if let Some(t) = choice["delta"]["content"].as_str() {
+            text[i].push_str(t);
+        }
+        if !choice["logprobs"].is_null() {
+            lp[i].push_str(&chat_logprob_text(&choice["logprobs"]));
+        }
+        finished[i] |= choice["finish_reason"] == "stop";
+    }
+    for i in 0..2 {
+        let want = format!("Hello#{}", 7 + i);
+        assert_eq!(text[i], want, "choice {i}'s text");
+        assert_eq!(lp[i], want, "choice {i}'s logprobs");
+        assert!(finished[i], "choice {i} finished");
+    }
+
+    // Completions: each choice's arrays and text offsets are its own, from 0.
+    let r = s.post(
+        "/v1/completions",
+        &json!({"model": "scripted", "prompt": "x", "n": 2, "seed": 7, "logprobs": 1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    for i in 0..2 {
+        let c = &v["choices"][i];
+        assert_eq!(c["index"], i);
+        assert_eq!(
+            c["logprobs"]["tokens"],
+            json!(["Hel", "lo", format!("#{}", 7 + i)])
+        );
+        assert_eq!(c["logprobs"]["text_offset"], json!([0, 3, 5]));
+    }
+}
+
 #[test]
 fn completion_logprobs_are_parallel_arrays() {
     let s = Server::start();
