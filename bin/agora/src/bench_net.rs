@@ -72,6 +72,7 @@ pub fn run(args: NetworkArgs, threads: usize) -> anyhow::Result<()> {
             top_k: 0,
             top_p: 1.0,
             seed,
+            ..Default::default()
         },
         max_tokens: args.tokens as usize,
         stop: vec![],

@@ -17,12 +17,15 @@ use serde::Serialize;
 /// Arguments of `agora devnet`.
 #[derive(Args, Debug)]
 pub struct DevnetArgs {
-    /// How many providers to start (the last one charges twice the price).
+    /// How many providers to start (the last one charges twice the price); raised to the
+    /// number of models when smaller.
     #[arg(long, default_value_t = 3)]
     providers: usize,
-    /// The model every provider serves.
-    #[arg(long, default_value = "models/agora-shakespeare")]
-    model: PathBuf,
+    /// A model to serve (repeatable; default `models/agora-shakespeare`). Providers are
+    /// spread over the models in turn (provider i serves model i mod M); each model is named
+    /// by its file stem and can be asked for by that name or its ModelId.
+    #[arg(long = "model", value_name = "PATH")]
+    models: Vec<PathBuf>,
     /// Where the devnet keeps its keys, ledger and `devnet.json` (default: a new temp folder).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -98,6 +101,8 @@ impl CheaterKind {
     }
 }
 
+/// The model a devnet serves when given none.
+const DEFAULT_MODEL: &str = "models/agora-shakespeare";
 /// The chain id of every devnet.
 pub const DEVNET_CHAIN_ID: u64 = 1337;
 /// What the API key's account starts with.
@@ -117,7 +122,10 @@ struct DevnetInfo {
     api_key: String,
     ledger: String,
     chain_id: u64,
+    /// The first model's name (what the banner's example asks for).
     model: String,
+    /// Every model served, with the providers serving it.
+    models: Vec<ModelInfo>,
     user_account: AccountId,
     user_funds: Amount,
     gateway_pid: u32,
@@ -127,8 +135,16 @@ struct DevnetInfo {
 }
 
 #[derive(Serialize)]
+struct ModelInfo {
+    name: String,
+    path: PathBuf,
+    providers: Vec<String>,
+}
+
+#[derive(Serialize)]
 struct ProviderInfo {
     name: String,
+    model: String,
     account: AccountId,
     pid: u32,
     price_in: Amount,
@@ -233,11 +249,17 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     if args.lazy_verifier && args.verifiers == 0 {
         bail!("--lazy-verifier needs at least one verifier");
     }
-    if !args.model.exists() {
-        bail!(
-            "model {} not found; run from the repository root or pass --model",
-            args.model.display()
-        );
+    let mut models = args.models.clone();
+    if models.is_empty() {
+        models.push(PathBuf::from(DEFAULT_MODEL));
+    }
+    for m in &models {
+        if !m.exists() {
+            bail!(
+                "model {} not found; run from the repository root or pass --model",
+                m.display()
+            );
+        }
     }
     let dir = match &args.dir {
         Some(d) => d.clone(),
@@ -245,7 +267,11 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let model = args.model.canonicalize()?;
+    let models = models
+        .iter()
+        .map(|m| m.canonicalize().with_context(|| format!("{}", m.display())))
+        .collect::<anyhow::Result<Vec<PathBuf>>>()?;
+    let n_providers = args.providers.max(models.len());
     tracing::info!(dir = %dir.display(), "devnet folder");
 
     // Keys and genesis.
@@ -259,11 +285,11 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
         (secret, record.account)
     };
     let mut providers = Vec::new();
-    for i in 0..args.providers {
+    for i in 0..n_providers {
         let key = Keypair::generate()?;
         let path = dir.join(format!("provider-{}.json", i + 1));
         crate::keys_cmd::write_key(&path, &key)?;
-        let pricier = args.providers > 1 && i + 1 == args.providers;
+        let pricier = n_providers > 1 && i + 1 == n_providers;
         let factor = if pricier { 2 } else { 1 };
         let price_in = Amount::new(args.price_in.units().saturating_mul(factor));
         let price_out = Amount::new(args.price_out.units().saturating_mul(factor));
@@ -323,7 +349,15 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
 
     let mut nodes: Vec<Node> = Vec::new();
     let result = start_and_wait(
-        &args, &dir, &model, &api_key, user, &providers, &verifiers, &mut nodes,
+        &args,
+        &dir,
+        &models,
+        n_providers,
+        &api_key,
+        user,
+        &providers,
+        &verifiers,
+        &mut nodes,
     );
     // Providers first (they claim their vouchers on the way out), then gateway, then ledger.
     for node in nodes.iter_mut().rev() {
@@ -339,7 +373,8 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
 fn start_and_wait(
     args: &DevnetArgs,
     dir: &Path,
-    model: &Path,
+    models: &[PathBuf],
+    n_providers: usize,
     api_key: &str,
     user: AccountId,
     providers: &[(Keypair, PathBuf, Amount, Amount)],
@@ -390,10 +425,11 @@ fn start_and_wait(
             args.key_concurrency.to_string(),
             "--key-burst".into(),
             args.key_burst.to_string(),
-            // The gateway counts prompt tokens and renders text with the model's own files.
-            "--model".into(),
-            path(model),
-        ],
+        ]
+        .into_iter()
+        // The gateway counts prompt tokens and renders text with the models' own files.
+        .chain(models.iter().flat_map(|m| ["--model".to_string(), path(m)]))
+        .collect::<Vec<String>>(),
         None,
     )?;
     let bootstrap = gateway.wait_for("p2p ", Duration::from_secs(60))?;
@@ -409,7 +445,13 @@ fn start_and_wait(
     for (i, (key, key_path, price_in, price_out)) in providers.iter().enumerate() {
         // The extra providers come last: the canary, then the cheater.
         let cheater = args.cheater.filter(|_| i + 1 == providers.len());
-        let canary = args.canary.filter(|_| i == args.providers);
+        let canary = args.canary.filter(|_| i == n_providers);
+        // The regular providers take the models in turn; the canary and cheater the first.
+        let model = if i < n_providers {
+            &models[i % models.len()]
+        } else {
+            &models[0]
+        };
         let (name, extra): (String, Vec<String>) = match (cheater, canary) {
             (Some(kind), _) => ("cheater".into(), vec!["--cheat".into(), kind.flag().into()]),
             (None, Some(n)) => (
@@ -458,6 +500,7 @@ fn start_and_wait(
             node.wait_for("metrics ", Duration::from_secs(120))?,
         );
         infos.push(ProviderInfo {
+            model: name_of(model),
             name,
             account: key.account(),
             pid: node.child.id(),
@@ -484,8 +527,6 @@ fn start_and_wait(
                 "verifier".into(),
                 "--key".into(),
                 path(key_path),
-                "--model".into(),
-                path(model),
                 "--ledger".into(),
                 ledger_url.clone(),
                 "--stake".into(),
@@ -498,6 +539,7 @@ fn start_and_wait(
                 "127.0.0.1:0".into(),
             ]
             .into_iter()
+            .chain(models.iter().flat_map(|m| ["--model".to_string(), path(m)]))
             .chain(extra)
             .collect::<Vec<String>>(),
             args.provider_threads,
@@ -511,11 +553,19 @@ fn start_and_wait(
         nodes.push(node);
     }
 
-    // Ready when the gateway has heard every provider's offer.
+    // Ready when the gateway has heard every provider's offer, for every model.
+    let mut want: Vec<(String, usize)> = Vec::new();
+    for p in &infos {
+        match want.iter_mut().find(|(n, _)| *n == p.model) {
+            Some((_, c)) => *c += 1,
+            None => want.push((p.model.clone(), 1)),
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
-    let model_name = loop {
-        if let Some(name) = offers_heard(&endpoint, api_key, providers.len()) {
-            break name;
+    let model_name = name_of(&models[0]);
+    loop {
+        if offers_heard(&endpoint, api_key, &want) {
+            break;
         }
         if Instant::now() > deadline {
             bail!(
@@ -529,7 +579,7 @@ fn start_and_wait(
             }
         }
         std::thread::sleep(Duration::from_millis(250));
-    };
+    }
     // And when every verifier is in the set that audits new roots: the ledger freezes each
     // epoch's verifier set at its start, so a root posted in the epoch a verifier registered
     // in is audited without it (in a fresh devnet, by nobody).
@@ -568,6 +618,18 @@ fn start_and_wait(
         ledger: ledger_url,
         chain_id: DEVNET_CHAIN_ID,
         model: model_name.clone(),
+        models: models
+            .iter()
+            .map(|m| ModelInfo {
+                name: name_of(m),
+                path: m.clone(),
+                providers: infos
+                    .iter()
+                    .filter(|p| p.model == name_of(m))
+                    .map(|p| p.name.clone())
+                    .collect(),
+            })
+            .collect(),
         user_account: user,
         user_funds: Amount::new(USER_FUNDS),
         gateway_pid,
@@ -578,8 +640,13 @@ fn start_and_wait(
     let info_path = dir.join("devnet.json");
     std::fs::write(&info_path, serde_json::to_string_pretty(&info)?)?;
     let banner = format!(
-        "\nAgora devnet is up: a ledger, a gateway, {n} providers serving `{model_name}` and {v} verifiers auditing them.\n\n  endpoint  {endpoint}/v1\n  API key   {api_key}\n  explorer  {explorer}\n  details   {info}\n{metrics_lines}\nTry it:\n\n  curl {endpoint}/v1/chat/completions \\\n    -H \"Authorization: Bearer {api_key}\" -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model_name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Speak, ROMEO.\"}}], \"max_tokens\": 60}}'\n\nOr any OpenAI client with base_url={endpoint}/v1. Ctrl-C stops everything.\n",
+        "\nAgora devnet is up: a ledger, a gateway, {n} providers serving {served} and {v} verifiers auditing them.\n\n  endpoint  {endpoint}/v1\n  API key   {api_key}\n  explorer  {explorer}\n  details   {info}\n{metrics_lines}\nTry it:\n\n  curl {endpoint}/v1/chat/completions \\\n    -H \"Authorization: Bearer {api_key}\" -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model_name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Speak, ROMEO.\"}}], \"max_tokens\": 60}}'\n\nOr any OpenAI client with base_url={endpoint}/v1. Ctrl-C stops everything.\n",
         n = providers.len(),
+        served = models
+            .iter()
+            .map(|m| format!("`{}`", name_of(m)))
+            .collect::<Vec<_>>()
+            .join(", "),
         v = verifiers.len(),
         info = info_path.display(),
     );
@@ -593,16 +660,29 @@ fn start_and_wait(
     Ok(())
 }
 
-/// `Some(model name)` once `/v1/models` lists a model with at least `want` providers.
-fn offers_heard(endpoint: &str, api_key: &str, want: usize) -> Option<String> {
-    let (status, body) =
-        crate::http_client::request(endpoint, "GET", "/v1/models", api_key, None).ok()?;
-    if status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    v["data"].as_array()?.iter().find_map(|m| {
-        let n = m["providers"].as_u64()? as usize;
-        (n >= want).then(|| m["id"].as_str().map(str::to_string))?
+/// The name a provider announces for `path` (its file stem, as `agora provider` does).
+fn name_of(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}
+
+/// Whether `/v1/models` lists every wanted model name with at least its count of providers.
+fn offers_heard(endpoint: &str, api_key: &str, want: &[(String, usize)]) -> bool {
+    let Ok((200, body)) = crate::http_client::request(endpoint, "GET", "/v1/models", api_key, None)
+    else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return false;
+    };
+    let Some(data) = v["data"].as_array() else {
+        return false;
+    };
+    want.iter().all(|(name, n)| {
+        data.iter().any(|m| {
+            m["id"].as_str() == Some(name.as_str())
+                && m["providers"].as_u64().unwrap_or(0) >= *n as u64
+        })
     })
 }

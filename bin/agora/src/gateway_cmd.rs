@@ -41,6 +41,18 @@ enum KeysCmd {
         /// The key store.
         #[arg(long, default_value = "agora-gateway-keys.redb")]
         keys: PathBuf,
+        /// The most the key (with the child keys it mints) may spend, in base units.
+        #[arg(long)]
+        budget: Option<Amount>,
+        /// Requests per minute the key may make (default: the gateway's per-key rate).
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
+        /// Unix seconds after which the key stops working.
+        #[arg(long)]
+        expires_at: Option<u64>,
+        /// A model (name or ModelId) the key may use (repeatable; default: any).
+        #[arg(long = "model")]
+        models: Vec<String>,
     },
     /// List keys (ids, labels, accounts; never secrets).
     List {
@@ -139,8 +151,22 @@ fn open_keys(path: &std::path::Path) -> anyhow::Result<KeyStore> {
 
 fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
     match cmd {
-        KeysCmd::Create { label, keys } => {
-            let (secret, record) = open_keys(&keys)?.create(&label)?;
+        KeysCmd::Create {
+            label,
+            keys,
+            budget,
+            requests_per_minute,
+            expires_at,
+            models,
+        } => {
+            let policy = agora_gateway::KeyPolicy {
+                parent: None,
+                budget,
+                requests_per_minute: requests_per_minute.filter(|&r| r > 0),
+                expires_ms: expires_at.map(|s| s.saturating_mul(1000)),
+                models: (!models.is_empty()).then_some(models),
+            };
+            let (secret, record) = open_keys(&keys)?.create_with(&label, policy)?;
             println!("{secret}");
             eprintln!(
                 "key {} pays from ledger account {}; fund that account to give it credit. The secret is shown only now.",

@@ -75,6 +75,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             top_k: args.top_k,
             top_p: args.top_p,
             seed: args.seed,
+            ..Default::default()
         },
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),

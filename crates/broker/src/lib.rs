@@ -5,6 +5,7 @@
 //! channel. It implements the gateway's [`Backend`].
 
 pub mod channels;
+pub mod routing;
 pub mod stakes;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use agora_core::{AccountId, Amount, Hash32, Keypair};
 use agora_gateway::{
-    Backend, BackendError, Caller, FinishReason, Job, ModelInfo, Prompt, ReceiptRef, Started,
-    StreamEvent, Usage,
+    Backend, BackendError, Budget, Caller, FinishReason, Job, ModelInfo, PriceRange, Pricing,
+    Prompt, ProviderPrefs, ReceiptRef, Started, StreamEvent, Usage,
 };
 use agora_ledger::client::Client;
 use agora_market::{Bid, Candidate, OfferBook, SignedOffer};
@@ -114,6 +115,9 @@ pub struct Broker {
     stakes: Stakes,
     /// The ledger's current epoch, as `follow_ledger` last saw it.
     epoch: Arc<AtomicU64>,
+    /// Output tokens per second by provider (a moving average over its answers), for
+    /// `provider.sort: throughput`.
+    throughput: Mutex<std::collections::HashMap<AccountId, f64>>,
 }
 
 impl Broker {
@@ -183,6 +187,7 @@ impl Broker {
             channels,
             stakes,
             epoch,
+            throughput: Mutex::default(),
         }))
     }
 
@@ -208,24 +213,86 @@ impl Broker {
         self.with_book(|b| b.models(now).iter().map(|m| m.providers).sum::<usize>())
     }
 
-    fn candidates(&self, model: Hash32, exclude: &[AccountId], max_tokens: u32) -> Vec<Candidate> {
-        let bid = Bid {
+    /// The bid for `model` under the gateway's and the request's price limits.
+    fn bid(
+        &self,
+        model: Hash32,
+        exclude: &[AccountId],
+        max_tokens: u32,
+        prefs: &ProviderPrefs,
+    ) -> Bid {
+        let limit = |gateway: Option<Amount>, request: Option<u128>| match (gateway, request) {
+            (Some(g), Some(r)) => Some(g.min(Amount::new(r))),
+            (g, r) => g.or(r.map(Amount::new)),
+        };
+        Bid {
             model,
-            max_price_in: self.cfg.max_price_in,
-            max_price_out: self.cfg.max_price_out,
+            max_price_in: limit(self.cfg.max_price_in, prefs.max_price_prompt),
+            max_price_out: limit(self.cfg.max_price_out, prefs.max_price_completion),
             expected_prompt_tokens: 64,
             expected_output_tokens: u64::from(max_tokens),
             exclude: exclude.to_vec(),
             hardware: None,
             region: None,
-        };
+        }
+    }
+
+    fn candidates(
+        &self,
+        model: Hash32,
+        exclude: &[AccountId],
+        max_tokens: u32,
+        prefs: &ProviderPrefs,
+    ) -> Vec<Candidate> {
+        let bid = self.bid(model, exclude, max_tokens, prefs);
         let now = now_ms();
+        let throughput = self
+            .throughput
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let started = Instant::now();
-        let winners = self.with_book(|b| b.auction(&bid, now, 8));
+        let winners = self.with_book(|b| routing::route(b, &bid, prefs, &throughput, now, 8));
         agora_metrics::gateway()
             .auction
             .observe(started.elapsed().as_secs_f64());
         winners
+    }
+
+    /// Whether a live offer for `model` that the request's preferences and price limits
+    /// admit exists, outside `failed`.
+    fn admissible_live(
+        &self,
+        model: Hash32,
+        failed: &[AccountId],
+        prefs: &ProviderPrefs,
+        max_tokens: u32,
+    ) -> bool {
+        let bid = self.bid(model, &[], max_tokens, prefs);
+        let now = now_ms();
+        self.with_book(|b| {
+            b.offers_for(&model).any(|o| {
+                let o = &o.offer;
+                o.expires_ms > now
+                    && !failed.contains(&o.provider)
+                    && prefs.admits(&o.provider.to_string())
+                    && bid.max_price_in.is_none_or(|m| o.price_in <= m)
+                    && bid.max_price_out.is_none_or(|m| o.price_out <= m)
+            })
+        })
+    }
+
+    fn record_throughput(&self, provider: AccountId, tokens: u32, secs: f64) {
+        if tokens == 0 || secs.is_nan() || secs <= 0.0 {
+            return;
+        }
+        let x = f64::from(tokens) / secs;
+        let mut t = self.throughput.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() > 65_536 {
+            t.clear();
+        }
+        let e = t.entry(provider).or_insert(x);
+        *e += 0.3 * (x - *e);
     }
 
     /// Serves one job to its end, sending events as they come. `first` gets the outcome of
@@ -275,10 +342,18 @@ impl Broker {
         let mut last_error =
             BackendError::NoCapacity(format!("no live provider serves model {}", job.model));
         let busy_deadline = Instant::now() + self.cfg.busy_wait;
+        if job.routing != ProviderPrefs::default()
+            && !self.admissible_live(model, &[], &job.routing, job.max_tokens)
+        {
+            last_error = BackendError::NoMatchingProvider(format!(
+                "No live provider of `{}` meets the request's routing constraints (provider.only, ignore, order with allow_fallbacks false, max_price).",
+                job.model
+            ));
+        }
         while failed.len() < self.cfg.max_attempts {
             let exclude: Vec<AccountId> = failed.iter().chain(&busy).copied().collect();
             let mut cand = None;
-            for c in self.candidates(model, &exclude, job.max_tokens) {
+            for c in self.candidates(model, &exclude, job.max_tokens, &job.routing) {
                 let p = c.provider();
                 if self.stakes.check(p).await {
                     cand = Some(c);
@@ -289,11 +364,8 @@ impl Broker {
                 self.with_book(|b| b.remove_provider(&p));
             }
             let Some(cand) = cand else {
-                let now = now_ms();
-                let others_live = self.with_book(|b| {
-                    b.offers_for(&model)
-                        .any(|o| o.offer.expires_ms > now && !failed.contains(&o.offer.provider))
-                });
+                let others_live =
+                    self.admissible_live(model, &failed, &job.routing, job.max_tokens);
                 if others_live && Instant::now() < busy_deadline {
                     busy.clear();
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -317,13 +389,17 @@ impl Broker {
                     temperature: job.temperature,
                     top_p: job.top_p,
                     seed,
+                    constraint: job.constraint.clone(),
+                    top_logprobs: job.top_logprobs,
                 },
                 price_in: cand.offer.offer.price_in,
                 price_out: cand.offer.offer.price_out,
                 issued_ms: now_ms(),
             };
             self.with_book(|b| b.begin_request(&provider));
-            let outcome = self.attempt(&payer, &cand.offer, req, &mut answer).await;
+            let outcome = self
+                .attempt(&payer, &cand.offer, req, &mut answer, job.budget.as_ref())
+                .await;
             self.with_book(|b| b.end_request(&provider));
             match outcome {
                 Outcome::Done {
@@ -337,6 +413,7 @@ impl Broker {
                         receipt: receipt.hash().to_string(),
                         completion_tokens: receipt.receipt.output_tokens,
                         charged: agora_market::micros_to_amount(paid_micros).to_string(),
+                        signed: Some(receipt_document(&receipt)),
                     });
                     answer.finished(finish, receipts).await;
                     return;
@@ -391,13 +468,15 @@ impl Broker {
         }
     }
 
-    /// One provider's part of an answer: reserve escrow, stream, check the receipt, pay.
+    /// One provider's part of an answer: reserve the key's budget and escrow, stream, check
+    /// the receipt, pay, settle the budget with the charge.
     async fn attempt(
         &self,
         payer: &Keypair,
         offer: &SignedOffer,
         mut req: InferenceRequest,
         answer: &mut Answer,
+        budget: Option<&Budget>,
     ) -> Outcome {
         let provider = offer.offer.provider;
         let Ok(peer) = PeerId::from_bytes(&offer.offer.peer_id) else {
@@ -415,6 +494,11 @@ impl Broker {
             });
         };
         let need = agora_market::micros_to_amount(most.saturating_add(999_999));
+        // The key's budget first: a refused reservation costs the ledger nothing.
+        let hold = match budget.map(|b| b.reserve(need.units())).transpose() {
+            Ok(h) => h,
+            Err(e) => return Outcome::Fatal(BackendError::BudgetExceeded(e.to_string())),
+        };
         let reservation = match self.channels.reserve(payer, provider, need).await {
             Ok(r) => r,
             Err(ChannelError::Insufficient { balance, need }) => {
@@ -447,6 +531,11 @@ impl Broker {
             .channels
             .settle(payer, provider, reservation, cost)
             .await;
+        // Rounded up: vouchers pay accumulated micro-units, so a budget counting each
+        // answer's floor could fall behind what actually left the account.
+        if let Some(h) = hold {
+            h.settle(cost.div_ceil(agora_market::MICROS_PER_UNIT));
+        }
         let (finish, receipt, paid_micros, mut stream) = match result {
             Ok(done) => done,
             Err(outcome) => return outcome,
@@ -509,6 +598,11 @@ impl Broker {
             self.with_book(|b| b.record_latency(&provider, ms));
         })
         .await?;
+        self.record_throughput(
+            provider,
+            receipt.receipt.output_tokens,
+            started.elapsed().as_secs_f64(),
+        );
         Ok((finish, receipt, paid, stream))
     }
 }
@@ -591,7 +685,12 @@ where
                 accepted = true;
                 answer.accepted(&req.request_id, prompt_tokens);
             }
-            Frame::Token { index, token, text } => {
+            Frame::Token {
+                index,
+                token,
+                text,
+                logprobs,
+            } => {
                 if !accepted || index as usize != answer.delivered.len() {
                     return Err(failed(format!(
                         "provider {provider} sent token {index} out of order"
@@ -606,6 +705,13 @@ where
                     first_token();
                 }
                 answer.delivered.push(token);
+                if req.sampling.top_logprobs.is_some() {
+                    if let Some(lp) = logprobs {
+                        let lp =
+                            token_logprob(answer.render.as_ref().map(|r| &r.0), token, &text, lp);
+                        answer.emit(StreamEvent::Logprob(lp)).await;
+                    }
+                }
                 let text = match &mut answer.render {
                     Some((model, r)) => match r.push(&model.tokenizer, token) {
                         Ok(t) => t,
@@ -818,6 +924,35 @@ impl PromptCount {
     }
 }
 
+/// A token's log-probabilities as the gateway renders them: each id as its own text and
+/// bytes (from the model's tokenizer when the gateway holds it; the frame's text otherwise).
+fn token_logprob(
+    model: Option<&Arc<PromptModel>>,
+    token: u32,
+    text: &str,
+    lp: agora_net::protocol::TokenLogprobs,
+) -> agora_gateway::TokenLogprob {
+    let alt = |id: u32, logprob: f32, fallback: &str| {
+        let bytes = model
+            .and_then(|m| m.tokenizer.token_bytes(id))
+            .unwrap_or_else(|| fallback.as_bytes().to_vec());
+        agora_gateway::LogprobAlt {
+            token: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+            logprob,
+        }
+    };
+    agora_gateway::TokenLogprob {
+        chosen: alt(token, lp.logprob, text),
+        top: lp
+            .top
+            .iter()
+            .take(usize::from(agora_net::protocol::MAX_TOP_LOGPROBS))
+            .map(|&(id, l)| alt(id, l, ""))
+            .collect(),
+    }
+}
+
 /// Template tokens allowed per chat message when the gateway cannot render the template.
 pub const BOUND_TOKENS_PER_MESSAGE: u32 = 32;
 /// Template tokens allowed per prompt (a default system turn) beside those per message.
@@ -946,6 +1081,28 @@ fn check_receipt(
     }
     Ok(r.cost_micros)
 }
+
+/// The signed receipt as a JSON document anyone can check without trusting the gateway:
+/// the receipt's fields, the provider's signature, the exact bytes it signed and the bytes
+/// the receipt id hashes (see `docs/gateway.md`, "Checking a receipt").
+fn receipt_document(r: &SignedReceipt) -> serde_json::Value {
+    let signed = agora_core::codec::signing_bytes(agora_net::protocol::RECEIPT_DOMAIN, &r.receipt);
+    let whole = borsh::to_vec(r).unwrap_or_default();
+    serde_json::json!({
+        "object": "receipt",
+        "id": r.hash().to_string(),
+        "provider": r.receipt.provider.to_string(),
+        "receipt": serde_json::to_value(&r.receipt).unwrap_or(serde_json::Value::Null),
+        "signature": serde_json::to_value(r.sig).unwrap_or(serde_json::Value::Null),
+        "signed_message": hex::encode(signed),
+        "signature_domain": String::from_utf8_lossy(agora_net::protocol::RECEIPT_DOMAIN),
+        "encoded": hex::encode(whole),
+        "id_domain": RECEIPT_ID_DOMAIN,
+    })
+}
+
+/// The domain the receipt id (its hash) is computed under (agora-wire's receipt-hash domain).
+const RECEIPT_ID_DOMAIN: &str = "agora/net/receipt-hash/v1";
 
 /// A seed for a request that gave none: a hash of the request id.
 fn seed_for(request_id: &RequestId) -> u64 {
@@ -1096,16 +1253,32 @@ pub struct BrokerBackend(pub Arc<Broker>);
 impl Backend for BrokerBackend {
     fn models(&self) -> Vec<ModelInfo> {
         let now = now_ms();
-        self.0.with_book(|b| {
+        let broker = &self.0;
+        broker.with_book(|b| {
             b.models(now)
                 .into_iter()
-                .map(|m| ModelInfo {
-                    id: m.model_name.clone(),
-                    model_id: m.model.to_string(),
-                    created: 0,
-                    owned_by: "agora".into(),
-                    context_length: m.context_len,
-                    providers: m.providers,
+                .map(|m| {
+                    let live: Vec<&SignedOffer> = b
+                        .offers_for(&m.model)
+                        .filter(|o| o.offer.expires_ms > now)
+                        .collect();
+                    ModelInfo {
+                        id: m.model_name.clone(),
+                        model_id: m.model.to_string(),
+                        created: 0,
+                        owned_by: "agora".into(),
+                        context_length: m.context_len,
+                        providers: m.providers,
+                        quantization: broker.models.get(&m.model).map(|p| p.quantization.clone()),
+                        pricing: Pricing {
+                            prompt: PriceRange::of(
+                                live.iter().map(|o| o.offer.price_in.units()).collect(),
+                            ),
+                            completion: PriceRange::of(
+                                live.iter().map(|o| o.offer.price_out.units()).collect(),
+                            ),
+                        },
+                    }
                 })
                 .collect()
         })
@@ -1118,6 +1291,15 @@ impl Backend for BrokerBackend {
             let model = broker
                 .with_book(|b| b.resolve(&job.model, now))
                 .ok_or_else(|| BackendError::UnknownModel(job.model.clone()))?;
+            // A quantization the gateway cannot vouch for (no model file) admits nothing.
+            let quantization = broker.models.get(&model).map(|m| m.quantization.as_str());
+            if !job.routing.admits_quantization(quantization) {
+                return Err(BackendError::NoMatchingProvider(format!(
+                    "The model `{}` is {}, not one of provider.quantizations.",
+                    job.model,
+                    quantization.unwrap_or("of a quantization this gateway does not know")
+                )));
+            }
             let name = job.model.clone();
             let (tx, rx) = tokio::sync::oneshot::channel();
             tokio::spawn(broker.run_job(caller, job, model, tx));

@@ -72,6 +72,7 @@ fn model() -> Arc<PromptModel> {
         tokenizer,
         chat_template: None,
         context_len: 4096,
+        quantization: "F32".into(),
     })
 }
 
@@ -91,6 +92,7 @@ fn request(resume: Vec<u32>, max_tokens: u32) -> InferenceRequest {
             temperature: 0.0,
             top_p: 1.0,
             seed: 5,
+            ..Default::default()
         },
         price_in: Amount::new(1_000),
         price_out: Amount::new(2_000),
@@ -175,6 +177,7 @@ fn frames(
             index: (req.resume.len() + i) as u32,
             token: t,
             text: texts.get(i).copied().unwrap_or_default().to_string(),
+            logprobs: None,
         });
     }
     if let Some(r) = done {
@@ -437,4 +440,33 @@ async fn restart_continues_vouchers_from_the_durable_books() {
     assert_eq!(ch.spent_micros(&p.account(), &q).await, Some(7_500_000));
     let v = ch.settle(&p, q, r, 2_500_000).await.expect("voucher");
     assert_eq!(v.voucher.cumulative, Amount::new(10));
+}
+
+/// The receipt document `GET /v1/receipts/{id}` serves is checkable by anyone: its signed
+/// message is the receipt's signing bytes and verifies under the provider's key, and the id
+/// is the hash of its encoding under the receipt-hash domain.
+#[test]
+fn receipt_document_verifies_independently() {
+    let req = request(vec![], 4);
+    let signed = receipt(&req, &[1, 2], 2, &[5, 6], None);
+    let doc = receipt_document(&signed);
+    let msg = hex::decode(doc["signed_message"].as_str().expect("message")).expect("hex");
+    assert!(agora_core::sig::verify_one(
+        &signed.receipt.provider,
+        &msg,
+        &signed.sig
+    ));
+    let encoded = hex::decode(doc["encoded"].as_str().expect("encoded")).expect("hex");
+    let mut preimage = (RECEIPT_ID_DOMAIN.len() as u32).to_le_bytes().to_vec();
+    preimage.extend_from_slice(RECEIPT_ID_DOMAIN.as_bytes());
+    preimage.extend_from_slice(&encoded);
+    assert_eq!(
+        blake3::hash(&preimage).to_hex().to_string(),
+        doc["id"].as_str().expect("id")
+    );
+    assert_eq!(doc["id"].as_str(), Some(signed.hash().to_string().as_str()));
+    assert_eq!(
+        doc["receipt"]["output_tokens"].as_u64(),
+        Some(u64::from(signed.receipt.output_tokens))
+    );
 }

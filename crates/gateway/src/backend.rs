@@ -24,6 +24,45 @@ pub struct ModelInfo {
     pub context_length: u32,
     /// How many providers offer it right now.
     pub providers: usize,
+    /// The weights' quantization (`Q4_1`, `Q8_0`, `F32`, ...), known when the gateway holds
+    /// the model's file (the ModelId commits to it); `None` otherwise.
+    pub quantization: Option<String>,
+    /// Prices over the live offers, base units per million tokens.
+    #[serde(skip)]
+    pub pricing: Pricing,
+}
+
+/// Prices over a model's live offers, in base units per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pricing {
+    /// Per million prompt (input) tokens.
+    pub prompt: PriceRange,
+    /// Per million completion (output) tokens.
+    pub completion: PriceRange,
+}
+
+/// The lowest and the median of one price over live offers (the median of an even count is
+/// the lower middle one, so it is always a price someone offers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PriceRange {
+    /// The cheapest offer.
+    pub lowest: u128,
+    /// The median offer.
+    pub median: u128,
+}
+
+impl PriceRange {
+    /// The range of `prices` (zero when empty).
+    pub fn of(mut prices: Vec<u128>) -> PriceRange {
+        prices.sort_unstable();
+        PriceRange {
+            lowest: prices.first().copied().unwrap_or(0),
+            median: prices
+                .get(prices.len().saturating_sub(1) / 2)
+                .copied()
+                .unwrap_or(0),
+        }
+    }
 }
 
 /// One chat turn, after the gateway flattened content parts to text.
@@ -61,6 +100,36 @@ pub struct Job {
     pub seed: Option<u64>,
     /// Up to four stop strings, none empty.
     pub stop: Vec<String>,
+    /// Which providers may serve it and in what order (the request's `provider` object).
+    pub routing: crate::routing::ProviderPrefs,
+    /// The key's spending budget: the backend reserves each attempt's most cost from it
+    /// before paying and settles the charge after (`None`: nothing to account).
+    pub budget: Option<crate::spend::Budget>,
+    /// A JSON Schema's text that constrains decoding (`response_format`, a required tool);
+    /// the gateway compiled it already.
+    pub constraint: Option<String>,
+    /// Per-token log-probabilities with this many alternatives (`logprobs`).
+    pub top_logprobs: Option<u8>,
+}
+
+/// One alternative of a token's log-probability report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogprobAlt {
+    /// The token's text.
+    pub token: String,
+    /// The token's bytes (a token may hold part of a character).
+    pub bytes: Vec<u8>,
+    /// Natural-log probability.
+    pub logprob: f32,
+}
+
+/// A generated token's log-probability and the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token itself.
+    pub chosen: LogprobAlt,
+    /// The most likely tokens at that step, most likely first.
+    pub top: Vec<LogprobAlt>,
 }
 
 /// Who is asking: the API key's id and the ledger account that pays (custodial: the gateway
@@ -118,6 +187,17 @@ pub struct ReceiptRef {
     pub completion_tokens: u32,
     /// What the caller paid this provider, in base units, as a decimal string (it is a u128).
     pub charged: String,
+    /// The signed receipt as a JSON document anyone can check (served by
+    /// `GET /v1/receipts/{id}`; see `docs/gateway.md`); `None` where the backend has none.
+    #[serde(skip)]
+    pub signed: Option<serde_json::Value>,
+}
+
+impl ReceiptRef {
+    /// `charged` as a number (0 when unreadable).
+    pub fn charged_units(&self) -> u128 {
+        self.charged.parse().unwrap_or(0)
+    }
 }
 
 /// What a running job reports, in order: text pieces, then exactly one `Finished`.
@@ -125,6 +205,9 @@ pub struct ReceiptRef {
 pub enum StreamEvent {
     /// More output text (may be empty; the gateway skips empty pieces).
     Text(String),
+    /// The log-probabilities of the next output token (sent before its `Text`, only when
+    /// the job asked for them).
+    Logprob(TokenLogprob),
     /// The job is done; nothing follows.
     Finished {
         /// Why it ended.
@@ -179,6 +262,14 @@ pub enum BackendError {
     /// The paying account cannot cover the job: 429 `insufficient_quota`, as OpenAI does.
     #[error("{0}")]
     InsufficientCredit(String),
+    /// The API key's budget (or an ancestor key's) cannot cover the job: 402.
+    #[error("{0}")]
+    BudgetExceeded(String),
+    /// The model is served, but no live provider meets the request's routing constraints
+    /// (`provider.only`, `ignore`, `max_price`, `quantizations`, `allow_fallbacks: false`):
+    /// 404 `no_matching_provider`.
+    #[error("{0}")]
+    NoMatchingProvider(String),
     /// No provider can take the job now: 503 `no_capacity` (clients retry).
     #[error("{0}")]
     NoCapacity(String),

@@ -6,10 +6,16 @@
 //! oversized bodies, so any OpenAI client raises its usual exception classes. See
 //! `docs/gateway.md` for the table.
 
+mod anthropic;
+mod choices;
+mod keys_api;
+mod usage;
+
 use crate::backend::{
     Backend, BackendError, ChatMessage, FinishReason, Job, Prompt, ReceiptRef, StreamEvent, Usage,
 };
 use crate::keys::{KeyError, KeyRecord, KeyStore};
+use crate::models::model_object;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
@@ -38,6 +44,8 @@ pub struct Limits {
     pub default_max_tokens: u32,
     /// Per-key request rate and concurrency (429 `rate_limit_exceeded` above).
     pub per_key: crate::limit::KeyLimits,
+    /// Most choices (`n`) one request may ask for.
+    pub max_n: u32,
 }
 
 impl Default for Limits {
@@ -48,6 +56,7 @@ impl Default for Limits {
             max_tokens: 4096,
             default_max_tokens: 256,
             per_key: crate::limit::KeyLimits::default(),
+            max_n: 8,
         }
     }
 }
@@ -78,6 +87,10 @@ pub fn router(backend: Arc<dyn Backend>, keys: Arc<KeyStore>, limits: Limits) ->
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/receipts/{id}", get(usage::get_receipt))
+        .route("/v1/key", get(keys_api::get_key))
+        .route("/v1/keys", post(keys_api::create_key))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_requests))
@@ -107,7 +120,7 @@ pub async fn serve(
 
 /// An OpenAI-shaped error response.
 #[derive(Debug, Clone)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     kind: &'static str,
@@ -120,7 +133,11 @@ struct ApiError {
 const INVALID: &str = "invalid_request_error";
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -146,16 +163,16 @@ impl ApiError {
     }
 
     /// 400 `invalid_request_error`.
-    fn invalid(message: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, INVALID, message)
     }
 
-    fn param(mut self, param: impl Into<String>) -> ApiError {
+    pub(crate) fn param(mut self, param: impl Into<String>) -> ApiError {
         self.param = Some(param.into());
         self
     }
 
-    fn code(mut self, code: &'static str) -> ApiError {
+    pub(crate) fn code(mut self, code: &'static str) -> ApiError {
         self.code = Some(code);
         self
     }
@@ -183,6 +200,13 @@ impl ApiError {
             BackendError::InsufficientCredit(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message)
                     .code("insufficient_quota")
+            }
+            BackendError::BudgetExceeded(_) => {
+                ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_quota", message)
+                    .code("budget_exceeded")
+            }
+            BackendError::NoMatchingProvider(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, INVALID, message).code("no_matching_provider")
             }
             BackendError::NoCapacity(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
@@ -222,7 +246,7 @@ impl IntoResponse for ApiError {
         let h = resp.headers_mut();
         match self.code {
             // Retrying cannot help until the account is funded; tell OpenAI clients not to.
-            Some("insufficient_quota") => {
+            Some("insufficient_quota") | Some("budget_exceeded") => {
                 h.insert("x-should-retry", HeaderValue::from_static("false"));
             }
             Some("no_capacity") => {
@@ -362,6 +386,11 @@ fn auth_error(message: String) -> ApiError {
 
 /// Checks `Authorization: Bearer <secret>` against the key store.
 fn authenticate(app: &App, headers: &HeaderMap) -> Result<KeyRecord, ApiError> {
+    // Anthropic's clients send the key as `x-api-key`.
+    let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    if let (None, Some(secret)) = (headers.get(header::AUTHORIZATION), x_api_key) {
+        return check_secret(app, secret.trim());
+    }
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(auth_error(
             "You didn't provide an API key. You need to provide your API key in an \
@@ -383,6 +412,10 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Result<KeyRecord, ApiError> {
             ))
         }
     };
+    check_secret(app, secret)
+}
+
+fn check_secret(app: &App, secret: &str) -> Result<KeyRecord, ApiError> {
     match app.keys.authenticate(secret) {
         Ok(rec) => Ok(rec),
         Err(KeyError::Revoked(_)) => Err(auth_error(format!(
@@ -393,23 +426,15 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Result<KeyRecord, ApiError> {
             "Incorrect API key provided: {}.",
             mask(secret)
         ))),
+        Err(KeyError::Expired(_)) => Err(auth_error(format!(
+            "The API key {} has expired.",
+            mask(secret)
+        ))),
         Err(e) => {
             tracing::error!(error = %e, "key store failure");
             Err(ApiError::internal("The key store failed; try again."))
         }
     }
-}
-
-fn model_object(m: &crate::backend::ModelInfo) -> Value {
-    json!({
-        "id": m.id,
-        "object": "model",
-        "created": m.created,
-        "owned_by": m.owned_by,
-        "model_id": m.model_id,
-        "context_length": m.context_length,
-        "providers": m.providers,
-    })
 }
 
 async fn list_models(State(app): AppState, headers: HeaderMap) -> Response {
@@ -522,7 +547,7 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
+pub(crate) fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
     ApiError::invalid(format!(
         "Invalid type for '{param}': expected {expected}, but got {} instead.",
         type_name(got)
@@ -532,14 +557,14 @@ fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
 }
 
 /// Typed access to a request object's fields; JSON `null` counts as absent.
-struct Fields<'a>(&'a Map<String, Value>);
+pub(crate) struct Fields<'a>(pub(crate) &'a Map<String, Value>);
 
 impl<'a> Fields<'a> {
-    fn get(&self, k: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, k: &str) -> Option<&'a Value> {
         self.0.get(k).filter(|v| !v.is_null())
     }
 
-    fn string(&self, k: &str) -> Result<Option<&'a str>, ApiError> {
+    pub(crate) fn string(&self, k: &str) -> Result<Option<&'a str>, ApiError> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -547,7 +572,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn boolean(&self, k: &str) -> Result<Option<bool>, ApiError> {
+    pub(crate) fn boolean(&self, k: &str) -> Result<Option<bool>, ApiError> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -564,7 +589,7 @@ impl<'a> Fields<'a> {
     }
 
     /// An integer as i128 (covers every JSON integer serde_json reads).
-    fn integer(&self, k: &str) -> Result<Option<i128>, ApiError> {
+    pub(crate) fn integer(&self, k: &str) -> Result<Option<i128>, ApiError> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::Number(n)) => {
@@ -591,6 +616,20 @@ struct Common {
     stop: Vec<String>,
     stream: bool,
     include_usage: bool,
+    /// Choices to generate, each its own job, receipt and charge.
+    n: u32,
+    /// The `provider` object.
+    routing: crate::routing::ProviderPrefs,
+    /// The `models` fallback list, tried in order after `model`.
+    fallbacks: Vec<String>,
+    /// Logprobs, response format, tools.
+    extras: crate::extras::Extras,
+}
+
+fn routing_error(e: crate::routing::RoutingError) -> ApiError {
+    ApiError::invalid(e.message)
+        .param(e.param)
+        .code("invalid_value")
 }
 
 fn parse_common(
@@ -697,15 +736,29 @@ fn parse_common(
     };
     let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
 
-    if let Some(n) = f.integer("n")? {
-        if n != 1 {
+    let n = match f.integer("n")? {
+        None => 1,
+        Some(v) if v < 1 => {
             return Err(ApiError::invalid(format!(
-                "Invalid 'n': this gateway returns one choice per request (n = 1), but got {n}."
+                "Invalid 'n': integer below minimum value. Expected a value >= 1, but got {v} \
+                 instead."
             ))
             .param("n")
-            .code("invalid_value"));
+            .code("integer_below_min_value"))
         }
-    }
+        Some(v) if v > i128::from(limits.max_n) => {
+            return Err(ApiError::invalid(format!(
+                "Invalid 'n': integer above maximum value. This gateway returns at most {} \
+                 choices per request, but got {v}.",
+                limits.max_n
+            ))
+            .param("n")
+            .code("integer_above_max_value"))
+        }
+        Some(v) => u32::try_from(v).unwrap_or(1),
+    };
+    let routing = crate::routing::parse_provider(f.get("provider")).map_err(routing_error)?;
+    let fallbacks = crate::routing::parse_models(f.get("models")).map_err(routing_error)?;
 
     let stream = f.boolean("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
@@ -737,10 +790,14 @@ fn parse_common(
         stop,
         stream,
         include_usage,
+        n,
+        routing,
+        fallbacks,
+        extras: Default::default(),
     })
 }
 
-fn unsupported(param: &str, what: &str) -> ApiError {
+pub(crate) fn unsupported(param: &str, what: &str) -> ApiError {
     ApiError::invalid(format!(
         "'{param}' is not supported by this gateway: {what}."
     ))
@@ -854,19 +911,20 @@ fn parse_chat(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, Common
             }
         };
         let role = match role {
-            "system" | "user" | "assistant" => role,
+            "system" | "user" | "assistant" | "tool" => role,
             // The newer name for system instructions.
             "developer" => "system",
             other => {
                 return Err(ApiError::invalid(format!(
                     "Invalid value: '{other}'. Supported values are: 'system', 'user', \
-                     'assistant' and 'developer' (this gateway does not run tools)."
+                     'assistant', 'tool' and 'developer'."
                 ))
                 .param(rparam)
                 .code("invalid_value"))
             }
         };
         let content = message_content(i, &m, role)?;
+        let content = crate::tools::message_extra(i, &m, role, &content)?.unwrap_or(content);
         bytes = bytes.saturating_add(content.len());
         if bytes > limits.max_prompt_bytes {
             return Err(prompt_too_long("messages", bytes, limits.max_prompt_bytes));
@@ -877,41 +935,8 @@ fn parse_chat(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, Common
         });
     }
 
-    if f.boolean("logprobs")? == Some(true) {
-        return Err(unsupported(
-            "logprobs",
-            "log probabilities are not returned",
-        ));
-    }
-    if f.integer("top_logprobs")?.is_some_and(|n| n != 0) {
-        return Err(unsupported(
-            "top_logprobs",
-            "log probabilities are not returned",
-        ));
-    }
-    for k in ["tools", "functions"] {
-        match f.get(k) {
-            Some(Value::Array(a)) if a.is_empty() => {}
-            None => {}
-            Some(_) => {
-                return Err(unsupported(
-                    k,
-                    "tool and function calling are not available",
-                ))
-            }
-        }
-    }
-    if let Some(rf) = f.get("response_format") {
-        let kind = rf.get("type").and_then(Value::as_str);
-        if kind != Some("text") {
-            return Err(unsupported(
-                "response_format",
-                "only {\"type\": \"text\"} is available",
-            ));
-        }
-    }
-
-    let common = parse_common(&f, limits, limits.default_max_tokens)?;
+    let extras = crate::extras::parse_chat(&f, &mut out, limits.max_prompt_bytes)?;
+    let mut common = parse_common(&f, limits, limits.default_max_tokens)?;
     let job = Job {
         model: common.model.clone(),
         prompt: Prompt::Chat(out),
@@ -920,7 +945,12 @@ fn parse_chat(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, Common
         top_p: common.top_p,
         seed: common.seed,
         stop: common.stop.clone(),
+        routing: common.routing.clone(),
+        budget: None,
+        constraint: extras.constraint(),
+        top_logprobs: extras.logprobs,
     };
+    common.extras = extras;
     Ok((job, common))
 }
 
@@ -972,12 +1002,7 @@ fn parse_completion(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, 
     if f.boolean("echo")? == Some(true) {
         return Err(unsupported("echo", "the prompt is not echoed"));
     }
-    if f.integer("logprobs")?.is_some_and(|n| n != 0) {
-        return Err(unsupported(
-            "logprobs",
-            "log probabilities are not returned",
-        ));
-    }
+    let extras = crate::extras::parse_completion(&f)?;
     if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
         return Err(unsupported("suffix", "insertion is not available"));
     }
@@ -987,7 +1012,7 @@ fn parse_completion(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, 
             "one candidate is generated per request",
         ));
     }
-    let common = parse_common(&f, limits, COMPLETIONS_DEFAULT_MAX_TOKENS)?;
+    let mut common = parse_common(&f, limits, COMPLETIONS_DEFAULT_MAX_TOKENS)?;
     let job = Job {
         model: common.model.clone(),
         prompt: Prompt::Text(prompt),
@@ -996,7 +1021,12 @@ fn parse_completion(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, 
         top_p: common.top_p,
         seed: common.seed,
         stop: common.stop.clone(),
+        routing: common.routing.clone(),
+        budget: None,
+        constraint: None,
+        top_logprobs: extras.logprobs,
     };
+    common.extras = extras;
     Ok((job, common))
 }
 
@@ -1057,7 +1087,10 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
     };
     info.key_id = Some(rec.id.clone());
     // Held until the answer ends (the streamed body owns it).
-    let permit = match app.limiter.admit(&rec.id) {
+    let permit = match app
+        .limiter
+        .admit_key(&rec.id, rec.policy.requests_per_minute)
+    {
         Ok(p) => p,
         Err(l) => return with_log(ApiError::rate_limited(l).into_response(), info),
     };
@@ -1069,40 +1102,52 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
         Kind::Chat => parse_chat(&body, &app.limits),
         Kind::Text => parse_completion(&body, &app.limits),
     });
-    let (job, opts) = match parsed {
+    let (job, mut opts) = match parsed {
         Ok(p) => p,
         Err(e) => return with_log(e.into_response(), info),
     };
     info.model = Some(job.model.clone());
-    let caller = match app.keys.caller(&rec) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(key = %rec.id, "no paying account for the key: {e}");
-            return with_log(
-                ApiError::internal("The gateway failed to serve the request; try again.")
-                    .into_response(),
-                info,
-            );
+    // Each further choice is a job of its own: it takes a request and a slot too.
+    let mut permits = vec![permit];
+    for _ in 1..opts.n {
+        match app
+            .limiter
+            .admit_key(&rec.id, rec.policy.requests_per_minute)
+        {
+            Ok(p) => permits.push(p),
+            Err(l) => return with_log(ApiError::rate_limited(l).into_response(), info),
         }
-    };
-    let started = match app.backend.start(caller, job).await {
+    }
+    let started = match choices::start(
+        &app,
+        &rec,
+        job,
+        opts.n,
+        &opts.fallbacks,
+        kind.prompt_param(),
+    )
+    .await
+    {
         Ok(s) => s,
-        Err(e) => {
-            return with_log(
-                ApiError::backend(&e, kind.prompt_param()).into_response(),
-                info,
-            )
-        }
+        Err(e) => return with_log(e.into_response(), info),
     };
+    let request_ids: Vec<String> = started.iter().map(|s| s.request_id.clone()).collect();
+    let model = started.first().map(|s| s.model.clone()).unwrap_or_default();
     let meta = Meta {
         kind,
-        id: format!("{}{}", kind.id_prefix(), started.request_id),
+        id: format!("{}{}", kind.id_prefix(), request_ids[0]),
         created: unix_now(),
-        model: started.model,
-        request_id: started.request_id,
+        model,
+        request_id: request_ids[0].clone(),
+        request_ids,
         include_usage: opts.include_usage,
-        _permit: permit,
+        keys: app.keys.clone(),
+        key_id: rec.id.clone(),
+        extras: std::mem::take(&mut opts.extras),
+        _permits: permits,
     };
+    let n = started.len();
+    let events = choices::merge(started.into_iter().map(|s| s.events).collect());
     let request_id = HeaderValue::from_str(&meta.request_id).ok();
     let mut resp = if opts.stream {
         let log = StreamLog {
@@ -1112,9 +1157,9 @@ async fn complete(app: Arc<App>, req: Request, kind: Kind) -> Response {
             outcome: "client disconnected",
             status: 200,
         };
-        stream_response(meta, started.events, log)
+        stream_response(meta, events, n, log)
     } else {
-        whole_response(meta, started.events, info).await
+        whole_response(meta, events, n, info).await
     };
     if let Some(v) = request_id {
         resp.headers_mut().insert("x-request-id", v);
@@ -1128,15 +1173,28 @@ struct Meta {
     id: String,
     created: u64,
     model: String,
+    /// The first choice's request id (the response id is built from it).
     request_id: String,
+    /// One per choice.
+    request_ids: Vec<String>,
     include_usage: bool,
-    /// The key's concurrency slot, freed when the answer's body is done.
-    _permit: crate::limit::Permit,
+    /// Where the answer's signed receipts are kept for `GET /v1/receipts/{id}`.
+    keys: Arc<KeyStore>,
+    /// The paying key.
+    key_id: String,
+    /// Logprobs, response format, tools: how they shape each choice's answer.
+    extras: crate::extras::Extras,
+    /// The key's concurrency slots (one per choice), freed when the answer's body is done.
+    _permits: Vec<crate::limit::Permit>,
 }
 
 impl Meta {
     fn agora(&self, receipts: &[ReceiptRef]) -> Value {
-        json!({"request_id": self.request_id, "receipts": receipts})
+        let mut v = json!({"request_id": self.request_id, "receipts": receipts});
+        if self.request_ids.len() > 1 {
+            v["request_ids"] = json!(self.request_ids);
+        }
+        v
     }
 }
 
@@ -1149,24 +1207,12 @@ fn finish_str(r: FinishReason) -> &'static str {
 
 async fn whole_response(
     meta: Meta,
-    mut events: Receiver<Result<StreamEvent, BackendError>>,
+    events: Receiver<choices::Tagged>,
+    n: usize,
     mut info: LogInfo,
 ) -> Response {
-    let mut text = String::new();
-    let finished = loop {
-        match events.recv().await {
-            Some(Ok(StreamEvent::Text(t))) => text.push_str(&t),
-            Some(Ok(StreamEvent::Finished {
-                finish_reason,
-                usage,
-                receipts,
-            })) => break Ok((finish_reason, usage, receipts)),
-            Some(Err(e)) => break Err(e),
-            None => break Err(ended_early()),
-        }
-    };
-    let (finish_reason, usage, receipts) = match finished {
-        Ok(f) => f,
+    let done = match choices::collect(events, n).await {
+        Ok(d) => d,
         Err(e) => {
             return with_log(
                 ApiError::backend(&e, meta.kind.prompt_param()).into_response(),
@@ -1174,21 +1220,36 @@ async fn whole_response(
             )
         }
     };
-    info.usage = Some(usage);
-    let choice = match meta.kind {
-        Kind::Chat => json!({
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": null},
-            "logprobs": null,
-            "finish_reason": finish_str(finish_reason),
-        }),
-        Kind::Text => json!({
-            "text": text,
-            "index": 0,
-            "logprobs": null,
-            "finish_reason": finish_str(finish_reason),
-        }),
-    };
+    let totals = choices::Totals::of(&done);
+    usage::save_receipts(&meta.keys, &meta.key_id, &totals.receipts);
+    info.usage = Some(totals.usage);
+    let mut choices: Vec<Value> = Vec::with_capacity(done.len());
+    for (index, c) in done.iter().enumerate() {
+        let request_id = meta
+            .request_ids
+            .get(index)
+            .unwrap_or(&meta.request_id)
+            .as_str();
+        match crate::extras::whole_choice(
+            &meta.extras,
+            meta.kind == Kind::Chat,
+            index,
+            &c.text,
+            c.finish_reason,
+            &c.logprobs,
+            request_id,
+        ) {
+            Ok(v) => choices.push(v),
+            Err(why) => {
+                tracing::warn!(%request_id, "answer broke its constraint: {why}");
+                return with_log(
+                    ApiError::backend(&BackendError::Upstream(why), meta.kind.prompt_param())
+                        .into_response(),
+                    info,
+                );
+            }
+        }
+    }
     let object = match meta.kind {
         Kind::Chat => "chat.completion",
         Kind::Text => "text_completion",
@@ -1198,10 +1259,10 @@ async fn whole_response(
         "object": object,
         "created": meta.created,
         "model": meta.model,
-        "choices": [choice],
-        "usage": usage,
+        "choices": choices,
+        "usage": usage::usage_json(&totals),
         "system_fingerprint": null,
-        "agora": meta.agora(&receipts),
+        "agora": meta.agora(&totals.receipts),
     });
     with_log(json_response(StatusCode::OK, &body), info)
 }
@@ -1235,11 +1296,15 @@ impl Drop for StreamLog {
 
 struct SseState {
     meta: Meta,
-    events: Receiver<Result<StreamEvent, BackendError>>,
+    events: Receiver<choices::Tagged>,
     log: StreamLog,
-    /// Role chunk still to send (chat only).
+    /// Role chunks still to send (chat only).
     first: bool,
     done: bool,
+    /// Each choice's end, once it came.
+    finished: Vec<Option<choices::Choice>>,
+    /// Each choice's logprobs, held tool calls and format check.
+    extra: Vec<crate::extras::StreamExtras>,
 }
 
 fn push_frame(out: &mut Vec<u8>, v: &Value) {
@@ -1272,45 +1337,112 @@ impl SseState {
         v
     }
 
-    fn choice(&self, text: Option<&str>, finish: Option<FinishReason>) -> Value {
-        let finish = finish.map(finish_str);
+    fn choice(&self, index: usize, text: Option<&str>, finish: Option<FinishReason>) -> Value {
+        self.choice_str(index, text, finish.map(finish_str))
+    }
+
+    fn choice_str(&self, index: usize, text: Option<&str>, finish: Option<&str>) -> Value {
         match self.meta.kind {
             Kind::Chat => {
                 let delta = match text {
                     Some(t) => json!({"content": t}),
                     None => json!({}),
                 };
-                json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])
+                json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}])
             }
             Kind::Text => json!([{
                 "text": text.unwrap_or(""),
-                "index": 0,
+                "index": index,
                 "logprobs": null,
                 "finish_reason": finish,
             }]),
         }
     }
 
-    fn text_frame(&self, out: &mut Vec<u8>, t: &str) {
+    fn text_frame(&self, out: &mut Vec<u8>, index: usize, t: &str) {
         if !t.is_empty() {
-            push_frame(out, &self.chunk(self.choice(Some(t), None)));
+            push_frame(out, &self.chunk(self.choice(index, Some(t), None)));
         }
     }
 
-    fn finish_frames(
-        &mut self,
-        out: &mut Vec<u8>,
-        finish_reason: FinishReason,
-        usage: Usage,
-        receipts: &[ReceiptRef],
-    ) {
-        let agora = self.meta.agora(receipts);
-        let mut last = self.chunk(self.choice(None, Some(finish_reason)));
+    /// A chunk of one extras piece (logprobs, tool call deltas) of choice `index`.
+    fn piece_frame(&self, out: &mut Vec<u8>, index: usize, piece: crate::extras::Piece) {
+        let choice = match self.meta.kind {
+            Kind::Chat => json!([{
+                "index": index,
+                "delta": piece.delta,
+                "logprobs": piece.logprobs,
+                "finish_reason": null,
+            }]),
+            Kind::Text => json!([{
+                "text": piece.delta,
+                "index": index,
+                "logprobs": piece.logprobs,
+                "finish_reason": null,
+            }]),
+        };
+        push_frame(out, &self.chunk(choice));
+    }
+
+    /// The request id of choice `index` (its tool calls' ids are built from it).
+    fn request_id(&self, index: usize) -> String {
+        self.meta
+            .request_ids
+            .get(index)
+            .unwrap_or(&self.meta.request_id)
+            .clone()
+    }
+
+    /// One choice ended: its held pieces and finish chunk; once every choice has ended, the
+    /// usage chunk (with `include_usage`), the `agora` extra and `[DONE]`. An answer that broke
+    /// its constraint ends the stream with an error. Returns whether the stream is over.
+    fn finish_frames(&mut self, out: &mut Vec<u8>, index: usize, choice: choices::Choice) -> bool {
+        let request_id = self.request_id(index);
+        let shaped = match self.extra.get_mut(index) {
+            Some(x) if !x.plain() => Some(x.on_finish(choice.finish_reason, &request_id)),
+            _ => None,
+        };
+        let mut finish = finish_str(choice.finish_reason);
+        match shaped {
+            Some(Ok((pieces, f))) => {
+                for p in pieces {
+                    self.piece_frame(out, index, p);
+                }
+                finish = f;
+            }
+            Some(Err(why)) => {
+                // Its charge stands: keep the receipts of what was paid for.
+                let mut paid: Vec<ReceiptRef> = self
+                    .finished
+                    .iter()
+                    .flatten()
+                    .flat_map(|c| c.receipts.clone())
+                    .collect();
+                paid.extend(choice.receipts);
+                usage::save_receipts(&self.meta.keys, &self.meta.key_id, &paid);
+                tracing::warn!(%request_id, "answer broke its constraint: {why}");
+                self.error_frame(out, &BackendError::Upstream(why));
+                return true;
+            }
+            None => {}
+        }
+        let mut last = self.chunk(self.choice_str(index, None, Some(finish)));
+        if let Some(slot) = self.finished.get_mut(index) {
+            *slot = Some(choice);
+        }
+        if self.finished.iter().any(Option::is_none) {
+            push_frame(out, &last);
+            return false;
+        }
+        let done: Vec<choices::Choice> = self.finished.iter().flatten().cloned().collect();
+        let totals = choices::Totals::of(&done);
+        usage::save_receipts(&self.meta.keys, &self.meta.key_id, &totals.receipts);
+        let agora = self.meta.agora(&totals.receipts);
         if self.meta.include_usage {
             push_frame(out, &last);
             last = self.chunk(json!([]));
             if let Value::Object(m) = &mut last {
-                m.insert("usage".into(), json!(usage));
+                m.insert("usage".into(), usage::usage_json(&totals));
             }
         }
         if let Value::Object(m) = &mut last {
@@ -1318,8 +1450,9 @@ impl SseState {
         }
         push_frame(out, &last);
         out.extend_from_slice(b"data: [DONE]\n\n");
-        self.log.info.usage = Some(usage);
+        self.log.info.usage = Some(totals.usage);
         self.log.outcome = "finished";
+        true
     }
 
     fn error_frame(&mut self, out: &mut Vec<u8>, e: &BackendError) {
@@ -1331,29 +1464,48 @@ impl SseState {
     }
 
     /// Handles one event; returns whether the stream is over.
-    fn on_event(
-        &mut self,
-        out: &mut Vec<u8>,
-        ev: Option<Result<StreamEvent, BackendError>>,
-    ) -> bool {
+    fn on_event(&mut self, out: &mut Vec<u8>, ev: Option<choices::Tagged>) -> bool {
         match ev {
-            Some(Ok(StreamEvent::Text(t))) => {
-                self.text_frame(out, &t);
+            Some((i, Some(Ok(StreamEvent::Text(t))))) => {
+                match self.extra.get_mut(i) {
+                    Some(x) if !x.plain() => {
+                        if let Some(p) = x.on_text(&t) {
+                            self.piece_frame(out, i, p);
+                        }
+                    }
+                    _ => self.text_frame(out, i, &t),
+                }
                 false
             }
-            Some(Ok(StreamEvent::Finished {
-                finish_reason,
-                usage,
-                receipts,
-            })) => {
-                self.finish_frames(out, finish_reason, usage, &receipts);
-                true
+            Some((i, Some(Ok(StreamEvent::Logprob(l))))) => {
+                if let Some(x) = self.extra.get_mut(i) {
+                    x.on_logprob(l);
+                }
+                false
             }
-            Some(Err(e)) => {
+            Some((
+                i,
+                Some(Ok(StreamEvent::Finished {
+                    finish_reason,
+                    usage,
+                    receipts,
+                })),
+            )) => self.finish_frames(
+                out,
+                i,
+                choices::Choice {
+                    text: String::new(),
+                    logprobs: vec![],
+                    finish_reason,
+                    usage,
+                    receipts,
+                },
+            ),
+            Some((_, Some(Err(e)))) => {
                 self.error_frame(out, &e);
                 true
             }
-            None => {
+            Some((_, None)) | None => {
                 self.error_frame(out, &ended_early());
                 true
             }
@@ -1370,13 +1522,15 @@ impl SseState {
         if self.first {
             self.first = false;
             if self.meta.kind == Kind::Chat {
-                let role = json!([{
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": null,
-                    "finish_reason": null,
-                }]);
-                push_frame(&mut out, &self.chunk(role));
+                for index in 0..self.finished.len() {
+                    let role = json!([{
+                        "index": index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": null,
+                        "finish_reason": null,
+                    }]);
+                    push_frame(&mut out, &self.chunk(role));
+                }
                 return Some(Bytes::from(out));
             }
         }
@@ -1408,21 +1562,32 @@ impl SseState {
 
 fn stream_response(
     meta: Meta,
-    events: Receiver<Result<StreamEvent, BackendError>>,
+    events: Receiver<choices::Tagged>,
+    n: usize,
     log: StreamLog,
 ) -> Response {
+    let extra = (0..n)
+        .map(|_| crate::extras::StreamExtras::new(meta.extras.clone(), meta.kind == Kind::Chat))
+        .collect();
     let state = SseState {
         meta,
         events,
         log,
         first: true,
         done: false,
+        finished: vec![None; n],
+        extra,
     };
     let body = futures::stream::unfold(state, |mut st| async move {
         let bytes = st.next_bytes().await?;
         Some((Ok::<Bytes, std::convert::Infallible>(bytes), st))
     });
-    let mut resp = Response::new(Body::from_stream(body));
+    sse_response(Body::from_stream(body))
+}
+
+/// A `text/event-stream` response around `body`, logged by the stream itself.
+fn sse_response(body: Body) -> Response {
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -12,7 +12,7 @@
 //! very next request.
 
 use crate::backend::Caller;
-use agora_core::{AccountId, Keypair};
+use agora_core::{AccountId, Amount, Keypair};
 use borsh::{BorshDeserialize, BorshSerialize};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const SECRET_PREFIX: &str = "sk-agora-";
 
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
+/// Key id -> borsh [`KeyPolicy`] (absent: no limits beyond the gateway's).
+const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("key_policies");
+/// Key id -> what it has spent, base units, u128 little-endian (its descendants' spend
+/// included).
+pub(crate) const SPEND: TableDefinition<&str, &[u8]> = TableDefinition::new("key_spend");
+/// Receipt id (hex) -> borsh (paying key id, the signed receipt's JSON document).
+const RECEIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("receipts");
+
+/// Deepest chain of child keys (a root key is depth 0).
+pub const MAX_KEY_DEPTH: usize = 8;
 
 /// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +69,17 @@ pub enum KeyError {
     /// The key store's lock was poisoned by a panic elsewhere.
     #[error("key store lock poisoned")]
     Poisoned,
+    /// The key (or a key above it) has expired.
+    #[error("API key {0} has expired")]
+    Expired(String),
+    /// A child key asked for more than its parent may give.
+    #[error("{message}")]
+    Refused {
+        /// The request field at fault.
+        param: &'static str,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl KeyError {
@@ -77,6 +98,27 @@ impl fmt::Debug for Seed {
     }
 }
 
+/// What a key may do beyond the gateway's defaults. A child key (minted by another key with
+/// `POST /v1/keys`) pays from its parent's account, and its spend counts against every key
+/// above it, so a parent's budget bounds the parent and all its descendants together.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
+)]
+pub struct KeyPolicy {
+    /// The key that minted this one (`None`: made by the operator).
+    pub parent: Option<String>,
+    /// The most this key (with its descendants) may spend, base units (`None`: no budget;
+    /// the ledger account's balance still bounds it).
+    pub budget: Option<Amount>,
+    /// Requests per minute (a token bucket of this size refilled over a minute); `None`: the
+    /// gateway's per-key rate.
+    pub requests_per_minute: Option<u32>,
+    /// Unix milliseconds after which the key no longer authenticates.
+    pub expires_ms: Option<u64>,
+    /// The models (names or ModelIds, as requests give them) the key may use; `None`: any.
+    pub models: Option<Vec<String>>,
+}
+
 /// One API key as operators see it: no secret, and the account seed never serializes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KeyRecord {
@@ -90,6 +132,9 @@ pub struct KeyRecord {
     pub created_ms: u64,
     /// Revoked keys stay listed but no longer authenticate.
     pub revoked: bool,
+    /// Budget, rate, expiry, models and parent.
+    #[serde(default)]
+    pub policy: KeyPolicy,
     /// The account's seed: present on records from [`KeyStore::create`] and
     /// [`KeyStore::authenticate`], cleared by [`KeyStore::list`], never serialized.
     #[serde(skip)]
@@ -109,16 +154,53 @@ struct StoredKey {
 }
 
 impl StoredKey {
-    fn record(&self) -> KeyRecord {
+    fn record(&self, policy: Option<&KeyPolicy>) -> KeyRecord {
         KeyRecord {
             id: self.id.clone(),
             label: self.label.clone(),
             account: self.account,
             created_ms: self.created_ms,
             revoked: self.revoked,
+            policy: policy.cloned().unwrap_or_default(),
             account_seed: Seed(Some(self.seed)),
         }
     }
+}
+
+/// What a key has spent and holds reserved, base units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SpendState {
+    /// Settled charges (durable).
+    pub(crate) spent: u128,
+    /// Reserved by answers in flight (memory only: an answer dies with the gateway).
+    pub(crate) reserved: u128,
+}
+
+/// A key's spend and limits, as `GET /v1/key` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// Settled charges of the key and its descendants, base units.
+    pub spent: u128,
+    /// Reserved by answers in flight.
+    pub reserved: u128,
+    /// What the key may still reserve: the least over it and its ancestors of budget minus
+    /// spent minus reserved (`None`: no budget anywhere above it).
+    pub remaining: Option<u128>,
+}
+
+/// What a key asks for when it mints a child (`POST /v1/keys`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChildRequest {
+    /// A note.
+    pub label: String,
+    /// Required: at most the parent's remaining budget.
+    pub budget: u128,
+    /// At most the parent's rate (the parent's when absent).
+    pub requests_per_minute: Option<u32>,
+    /// No later than the parent's expiry (the parent's when absent).
+    pub expires_ms: Option<u64>,
+    /// A subset of the parent's models (the parent's when absent).
+    pub models: Option<Vec<String>>,
 }
 
 fn id_of(hash: &[u8; 32]) -> String {
@@ -134,9 +216,14 @@ fn now_ms() -> u64 {
 
 /// API keys, hashed on disk and mirrored in memory.
 pub struct KeyStore {
-    db: Database,
+    pub(crate) db: Database,
     /// By id.
     keys: RwLock<HashMap<String, StoredKey>>,
+    /// By id; keys without one have the default policy.
+    policies: RwLock<HashMap<String, KeyPolicy>>,
+    /// By id. One lock for every key's spend, so a reservation checks and takes from a key
+    /// and all its ancestors at once: concurrent answers can never overspend a budget.
+    pub(crate) spend: std::sync::Mutex<HashMap<String, SpendState>>,
 }
 
 impl fmt::Debug for KeyStore {
@@ -157,12 +244,42 @@ impl KeyStore {
             restrict_permissions(path);
         }
         let w = db.begin_write().map_err(KeyError::db)?;
-        w.open_table(KEYS).map_err(KeyError::db)?;
+        for table in [KEYS, POLICIES, SPEND, RECEIPTS] {
+            w.open_table(table).map_err(KeyError::db)?;
+        }
         w.commit().map_err(KeyError::db)?;
 
         let mut keys = HashMap::new();
+        let mut policies = HashMap::new();
+        let mut spend = HashMap::new();
         {
             let r = db.begin_read().map_err(KeyError::db)?;
+            let t = r.open_table(POLICIES).map_err(KeyError::db)?;
+            for entry in t.iter().map_err(KeyError::db)? {
+                let (k, v) = entry.map_err(KeyError::db)?;
+                let id = k.value().to_string();
+                let p: KeyPolicy = borsh::from_slice(v.value()).map_err(|e| KeyError::Corrupt {
+                    id: id.clone(),
+                    detail: e.to_string(),
+                })?;
+                policies.insert(id, p);
+            }
+            let t = r.open_table(SPEND).map_err(KeyError::db)?;
+            for entry in t.iter().map_err(KeyError::db)? {
+                let (k, v) = entry.map_err(KeyError::db)?;
+                let id = k.value().to_string();
+                let bytes: [u8; 16] = v.value().try_into().map_err(|_| KeyError::Corrupt {
+                    id: id.clone(),
+                    detail: "spend is not 16 bytes".into(),
+                })?;
+                spend.insert(
+                    id,
+                    SpendState {
+                        spent: u128::from_le_bytes(bytes),
+                        reserved: 0,
+                    },
+                );
+            }
             let t = r.open_table(KEYS).map_err(KeyError::db)?;
             for entry in t.iter().map_err(KeyError::db)? {
                 let (k, v) = entry.map_err(KeyError::db)?;
@@ -178,10 +295,12 @@ impl KeyStore {
         Ok(KeyStore {
             db,
             keys: RwLock::new(keys),
+            policies: RwLock::new(policies),
+            spend: std::sync::Mutex::new(spend),
         })
     }
 
-    fn write(&self, stored: &StoredKey) -> Result<(), KeyError> {
+    fn write(&self, stored: &StoredKey, policy: Option<&KeyPolicy>) -> Result<(), KeyError> {
         let w = self.db.begin_write().map_err(KeyError::db)?;
         {
             let mut t = w.open_table(KEYS).map_err(KeyError::db)?;
@@ -190,6 +309,14 @@ impl KeyStore {
                 borsh::to_vec(stored).map_err(KeyError::db)?.as_slice(),
             )
             .map_err(KeyError::db)?;
+            if let Some(p) = policy {
+                let mut t = w.open_table(POLICIES).map_err(KeyError::db)?;
+                t.insert(
+                    stored.id.as_str(),
+                    borsh::to_vec(p).map_err(KeyError::db)?.as_slice(),
+                )
+                .map_err(KeyError::db)?;
+            }
         }
         w.commit().map_err(KeyError::db)
     }
@@ -197,6 +324,35 @@ impl KeyStore {
     /// New key with a fresh ledger account (random ed25519 seed). Returns the secret ONCE
     /// (`sk-agora-` + 48 hex characters) and the record; only its hash is stored.
     pub fn create(&self, label: &str) -> Result<(String, KeyRecord), KeyError> {
+        self.create_with(label, KeyPolicy::default())
+    }
+
+    /// [`KeyStore::create`] with a policy (budget, rate, expiry, models); its `parent` is
+    /// ignored (an operator's key has none).
+    pub fn create_with(
+        &self,
+        label: &str,
+        policy: KeyPolicy,
+    ) -> Result<(String, KeyRecord), KeyError> {
+        let kp = Keypair::generate().map_err(|e| KeyError::Random(e.to_string()))?;
+        self.insert_new(
+            label,
+            kp.account(),
+            kp.seed(),
+            KeyPolicy {
+                parent: None,
+                ..policy
+            },
+        )
+    }
+
+    fn insert_new(
+        &self,
+        label: &str,
+        account: AccountId,
+        seed: [u8; 32],
+        policy: KeyPolicy,
+    ) -> Result<(String, KeyRecord), KeyError> {
         let mut keys = self.keys.write().map_err(|_| KeyError::Poisoned)?;
         let (secret, hash, id) = loop {
             let mut raw = [0u8; 24];
@@ -209,33 +365,217 @@ impl KeyStore {
                 break (secret, hash, id);
             }
         };
-        let kp = Keypair::generate().map_err(|e| KeyError::Random(e.to_string()))?;
         let stored = StoredKey {
             id: id.clone(),
             label: label.to_string(),
-            account: kp.account(),
+            account,
             created_ms: now_ms(),
             revoked: false,
             secret_hash: hash,
-            seed: kp.seed(),
+            seed,
         };
-        self.write(&stored)?;
-        let record = stored.record();
-        keys.insert(id, stored);
+        let policy = (policy != KeyPolicy::default()).then_some(policy);
+        self.write(&stored, policy.as_ref())?;
+        let record = stored.record(policy.as_ref());
+        keys.insert(id.clone(), stored);
+        if let Some(p) = policy {
+            self.policies
+                .write()
+                .map_err(|_| KeyError::Poisoned)?
+                .insert(id, p);
+        }
         Ok((secret, record))
     }
 
-    /// The live key whose secret is `secret` (looked up by its BLAKE3 hash).
+    /// The policy of key `id` (the default for keys without one).
+    pub fn policy(&self, id: &str) -> KeyPolicy {
+        self.policies
+            .read()
+            .ok()
+            .and_then(|p| p.get(id).cloned())
+            .unwrap_or_default()
+    }
+
+    /// `id` then its ancestors up to the root key (at most [`MAX_KEY_DEPTH`] + 1 ids).
+    pub fn chain(&self, id: &str) -> Vec<String> {
+        let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = vec![id.to_string()];
+        let mut cur = id;
+        while let Some(parent) = policies.get(cur).and_then(|p| p.parent.as_deref()) {
+            if out.len() > MAX_KEY_DEPTH || out.iter().any(|x| x == parent) {
+                break;
+            }
+            out.push(parent.to_string());
+            cur = parent;
+        }
+        out
+    }
+
+    /// What key `id` has spent and may still spend.
+    pub fn usage(&self, id: &str) -> KeyUsage {
+        let chain = self.chain(id);
+        let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
+        let spend = self.spend.lock().unwrap_or_else(|p| p.into_inner());
+        let own = spend.get(id).copied().unwrap_or_default();
+        let mut remaining: Option<u128> = None;
+        for k in &chain {
+            if let Some(b) = policies.get(k).and_then(|p| p.budget) {
+                let s = spend.get(k).copied().unwrap_or_default();
+                let left = b.units().saturating_sub(s.spent).saturating_sub(s.reserved);
+                remaining = Some(remaining.map_or(left, |r| r.min(left)));
+            }
+        }
+        KeyUsage {
+            spent: own.spent,
+            reserved: own.reserved,
+            remaining,
+        }
+    }
+
+    /// Mints a child of `parent` (`POST /v1/keys`): it pays from the parent's account, its
+    /// spend counts against the parent (and the parent's ancestors), and it may have no more
+    /// than the parent: a budget within the parent's remaining one, a rate, expiry and model
+    /// list no wider than the parent's.
+    pub fn create_child(
+        &self,
+        parent: &KeyRecord,
+        req: ChildRequest,
+    ) -> Result<(String, KeyRecord), KeyError> {
+        let refuse = |param: &'static str, message: String| KeyError::Refused { param, message };
+        let chain = self.chain(&parent.id);
+        if chain.len() > MAX_KEY_DEPTH {
+            return Err(refuse(
+                "budget",
+                format!("Keys may be nested at most {MAX_KEY_DEPTH} deep."),
+            ));
+        }
+        if req.budget == 0 {
+            return Err(refuse(
+                "budget",
+                "A child key needs a budget above 0.".into(),
+            ));
+        }
+        if let Some(left) = self.usage(&parent.id).remaining {
+            if req.budget > left {
+                return Err(refuse(
+                    "budget",
+                    format!(
+                        "The budget {} is more than this key has left ({left}).",
+                        req.budget
+                    ),
+                ));
+            }
+        }
+        let pp = self.policy(&parent.id);
+        let requests_per_minute = match (req.requests_per_minute, pp.requests_per_minute) {
+            (Some(0), _) => {
+                return Err(refuse(
+                    "requests_per_minute",
+                    "requests_per_minute must be at least 1.".into(),
+                ))
+            }
+            (Some(c), Some(p)) if c > p => {
+                return Err(refuse(
+                    "requests_per_minute",
+                    format!("requests_per_minute {c} is above this key's own {p}."),
+                ))
+            }
+            (c, p) => c.or(p),
+        };
+        let expires_ms = match (req.expires_ms, pp.expires_ms) {
+            (Some(c), Some(p)) if c > p => {
+                return Err(refuse(
+                    "expires_at",
+                    "A child key cannot outlive the key that mints it.".into(),
+                ))
+            }
+            (Some(c), _) if c <= now_ms() => {
+                return Err(refuse("expires_at", "expires_at is in the past.".into()))
+            }
+            (c, p) => c.or(p),
+        };
+        let models = match (req.models, pp.models) {
+            (Some(c), Some(p)) => {
+                if let Some(m) = c.iter().find(|m| !p.contains(m)) {
+                    return Err(refuse(
+                        "models",
+                        format!("The model `{m}` is not among this key's models."),
+                    ));
+                }
+                Some(c)
+            }
+            (c, p) => c.or(p),
+        };
+        let seed = self
+            .keys
+            .read()
+            .map_err(|_| KeyError::Poisoned)?
+            .get(&parent.id)
+            .map(|k| k.seed)
+            .ok_or_else(|| KeyError::UnknownId(parent.id.clone()))?;
+        self.insert_new(
+            &req.label,
+            parent.account,
+            seed,
+            KeyPolicy {
+                parent: Some(parent.id.clone()),
+                budget: Some(Amount::new(req.budget)),
+                requests_per_minute,
+                expires_ms,
+                models,
+            },
+        )
+    }
+
+    /// Stores a signed receipt (its JSON document) paid by key `key_id`.
+    pub fn save_receipt(&self, key_id: &str, receipt_id: &str, doc: &str) -> Result<(), KeyError> {
+        let w = self.db.begin_write().map_err(KeyError::db)?;
+        {
+            let mut t = w.open_table(RECEIPTS).map_err(KeyError::db)?;
+            let v = borsh::to_vec(&(key_id.to_string(), doc.to_string())).map_err(KeyError::db)?;
+            t.insert(receipt_id, v.as_slice()).map_err(KeyError::db)?;
+        }
+        w.commit().map_err(KeyError::db)
+    }
+
+    /// A stored receipt: the paying key's id and the JSON document.
+    pub fn receipt(&self, receipt_id: &str) -> Result<Option<(String, String)>, KeyError> {
+        let r = self.db.begin_read().map_err(KeyError::db)?;
+        let t = r.open_table(RECEIPTS).map_err(KeyError::db)?;
+        let Some(v) = t.get(receipt_id).map_err(KeyError::db)? else {
+            return Ok(None);
+        };
+        borsh::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| KeyError::Corrupt {
+                id: receipt_id.to_string(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// The live key whose secret is `secret` (looked up by its BLAKE3 hash). A key whose
+    /// ancestor is revoked or expired is refused too.
     pub fn authenticate(&self, secret: &str) -> Result<KeyRecord, KeyError> {
         let hash = *blake3::hash(secret.as_bytes()).as_bytes();
+        let chain = self.chain(&id_of(&hash));
         let keys = self.keys.read().map_err(|_| KeyError::Poisoned)?;
+        let policies = self.policies.read().map_err(|_| KeyError::Poisoned)?;
         match keys.get(&id_of(&hash)) {
             Some(k) if k.secret_hash == hash => {
-                if k.revoked {
-                    Err(KeyError::Revoked(k.id.clone()))
-                } else {
-                    Ok(k.record())
+                let now = now_ms();
+                for id in &chain {
+                    if keys.get(id).is_some_and(|a| a.revoked) {
+                        return Err(KeyError::Revoked(k.id.clone()));
+                    }
+                    if policies
+                        .get(id)
+                        .and_then(|p| p.expires_ms)
+                        .is_some_and(|e| e <= now)
+                    {
+                        return Err(KeyError::Expired(k.id.clone()));
+                    }
                 }
+                Ok(k.record(policies.get(&k.id)))
             }
             _ => Err(KeyError::UnknownSecret),
         }
@@ -244,11 +584,12 @@ impl KeyStore {
     /// Every key, revoked ones included, oldest first (ties by id); seeds cleared.
     pub fn list(&self) -> Result<Vec<KeyRecord>, KeyError> {
         let keys = self.keys.read().map_err(|_| KeyError::Poisoned)?;
+        let policies = self.policies.read().map_err(|_| KeyError::Poisoned)?;
         let mut out: Vec<KeyRecord> = keys
             .values()
             .map(|k| KeyRecord {
                 account_seed: Seed(None),
-                ..k.record()
+                ..k.record(policies.get(&k.id))
             })
             .collect();
         out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
@@ -272,12 +613,12 @@ impl KeyStore {
                 secret_hash: k.secret_hash,
                 seed: k.seed,
             };
-            self.write(&stored)?;
+            self.write(&stored, None)?;
             k.revoked = true;
         }
         Ok(KeyRecord {
             account_seed: Seed(None),
-            ..k.record()
+            ..k.record(Some(&self.policy(id)))
         })
     }
 

@@ -80,13 +80,26 @@ impl Limiter {
 
     /// Admits one request of `key` now, or says how long to wait.
     pub fn admit(&self, key: &str) -> Result<Permit, Limited> {
-        self.admit_at(key, Instant::now())
+        self.admit_at(key, None, Instant::now())
     }
 
-    fn admit_at(&self, key: &str, now: Instant) -> Result<Permit, Limited> {
+    /// Admits one request of `key`, whose own rate is `per_minute` requests a minute (a
+    /// bucket of that many refilled over a minute) when given, the limiter's otherwise.
+    pub fn admit_key(&self, key: &str, per_minute: Option<u32>) -> Result<Permit, Limited> {
+        self.admit_at(key, per_minute, Instant::now())
+    }
+
+    fn admit_at(
+        &self,
+        key: &str,
+        per_minute: Option<u32>,
+        now: Instant,
+    ) -> Result<Permit, Limited> {
         let l = self.limits;
-        let cap = f64::from(l.burst.max(1));
-        let rate = f64::from(l.per_second.max(1));
+        let (cap, rate) = match per_minute {
+            Some(m) => (f64::from(m.max(1)), f64::from(m.max(1)) / 60.0),
+            None => (f64::from(l.burst.max(1)), f64::from(l.per_second.max(1))),
+        };
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if keys.len() >= MAX_KEYS && !keys.contains_key(key) {
             keys.retain(|_, s| {
@@ -135,17 +148,32 @@ mod tests {
             concurrent: 2,
         });
         let t = Instant::now();
-        let a = lim.admit_at("k", t).expect("first");
-        let b = lim.admit_at("k", t).expect("second");
-        let e = lim.admit_at("k", t).unwrap_err();
+        let a = lim.admit_at("k", None, t).expect("first");
+        let b = lim.admit_at("k", None, t).expect("second");
+        let e = lim.admit_at("k", None, t).unwrap_err();
         assert!(e.concurrency);
-        assert!(lim.admit_at("other", t).is_ok());
+        assert!(lim.admit_at("other", None, t).is_ok());
         drop(a);
         drop(b);
         // Slots free, but the bucket is empty until it refills.
-        let e = lim.admit_at("k", t).unwrap_err();
+        let e = lim.admit_at("k", None, t).unwrap_err();
         assert!(!e.concurrency);
         assert_eq!(e.retry_after_s, 1);
-        assert!(lim.admit_at("k", t + Duration::from_secs(1)).is_ok());
+        assert!(lim.admit_at("k", None, t + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn a_key_with_its_own_rate_waits_for_its_refill() {
+        let lim = Limiter::new(KeyLimits::default());
+        let t = Instant::now();
+        for _ in 0..2 {
+            drop(lim.admit_at("k", Some(2), t).expect("within 2 a minute"));
+        }
+        let e = lim.admit_at("k", Some(2), t).unwrap_err();
+        assert!(!e.concurrency);
+        assert_eq!(e.retry_after_s, 30);
+        assert!(lim
+            .admit_at("k", Some(2), t + Duration::from_secs(30))
+            .is_ok());
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::llama::Mode;
-use crate::sampler::{sample, Sample, SamplingParams};
+use crate::sampler::{logprobs, Sample, SamplerState, SamplingParams, TokenLogprobs};
 use crate::LoadedModel;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +62,8 @@ pub enum Event<'a> {
         text: &'a str,
         hidden: &'a Tensor,
         sample: Sample,
+        /// With `SamplingParams::logprobs`: the token's log-probability and alternatives.
+        logprobs: Option<TokenLogprobs>,
     },
     /// Generation ended with text still held back (an incomplete character at the end).
     Tail { text: &'a str },
@@ -158,6 +160,8 @@ pub struct Sequence {
     input: Vec<u32>,
     max_tokens: usize,
     eos: Vec<u32>,
+    /// The sampler with its constraint's state (the grammar), advanced by every token.
+    sampler: SamplerState,
     cache: crate::Cache,
     tokens: Vec<u32>,
     text: String,
@@ -171,7 +175,7 @@ impl Sequence {
     /// Checks the request against the model and replays the resumed tokens through the text
     /// stream. Allocates nothing large: the cache grows as positions are computed.
     pub fn new(model: &LoadedModel, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
-        opts.sampling.validate()?;
+        let mut sampler = SamplerState::new(model, &opts.sampling)?;
         let llama = &model.model;
         let ctx = llama.config().max_seq_len;
         let vocab = llama.config().vocab_size as u32;
@@ -213,6 +217,9 @@ impl Sequence {
         let mut tokens = Vec::with_capacity(max_tokens);
         let mut text = String::new();
         for &t in &opts.resume {
+            sampler.advance(t).map_err(|_| {
+                ModelError::InvalidRequest("the resumed output breaks the constraint".into())
+            })?;
             tokens.push(t);
             text = model.tokenizer.decode(&tokens)?;
             if stream.advance(&text, &opts.stop).1 {
@@ -227,6 +234,7 @@ impl Sequence {
             input: prompt.iter().chain(&opts.resume).copied().collect(),
             max_tokens,
             eos,
+            sampler,
             cache: llama.new_cache(),
             tokens,
             text,
@@ -319,11 +327,19 @@ impl Sequence {
             return Ok(());
         }
         let index = self.tokens.len();
-        let s = sample(logits, &self.opts.sampling, index as u64)?;
+        // The constraint masks a copy: the caller's logits stay those the model computed.
+        let mut logits = logits.to_vec();
+        let s = self.sampler.sample(&mut logits, index as u64)?;
         if self.eos.contains(&s.token) {
             self.next = Next::Finished(FinishReason::Stop);
             return Ok(());
         }
+        self.sampler.advance(s.token)?;
+        let lp = self
+            .opts
+            .sampling
+            .logprobs
+            .map(|top| logprobs(&logits, s.token, usize::from(top)));
         self.tokens.push(s.token);
         self.text = model.tokenizer.decode(&self.tokens)?;
         let (range, stopped) = self.stream.advance(&self.text, &self.opts.stop);
@@ -333,6 +349,7 @@ impl Sequence {
             text: &self.text[range],
             hidden,
             sample: s,
+            logprobs: lp,
         });
         self.next = if stopped {
             self.text.truncate(self.stream.emitted);

@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod chat;
 pub mod config;
+pub mod constrain;
 pub mod dense;
 pub mod error;
 pub mod generate;

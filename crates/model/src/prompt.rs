@@ -22,6 +22,8 @@ pub struct PromptModel {
     pub chat_template: Option<ChatTemplate>,
     /// The model's context, in tokens.
     pub context_len: usize,
+    /// The weights' quantization, as the manifest (and so the ModelId) names it.
+    pub quantization: String,
 }
 
 impl PromptModel {
@@ -39,6 +41,7 @@ impl PromptModel {
         Self {
             id: m.id,
             context_len: m.model.config().max_seq_len,
+            quantization: m.manifest.quantization.clone(),
             tokenizer: m.tokenizer,
             chat_template: m.chat_template,
         }

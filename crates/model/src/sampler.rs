@@ -18,6 +18,13 @@ pub struct SamplingParams {
     /// Keep the smallest set of most likely tokens whose mass reaches p; 1 keeps all.
     pub top_p: f64,
     pub seed: u64,
+    /// A JSON Schema's text: every step samples only tokens that keep the answer a prefix
+    /// of a JSON text the schema allows (see `crate::constrain`).
+    #[serde(default)]
+    pub constraint: Option<String>,
+    /// Report the chosen token's log-probability and this many most likely alternatives.
+    #[serde(default)]
+    pub logprobs: Option<u8>,
 }
 
 impl Default for SamplingParams {
@@ -27,6 +34,8 @@ impl Default for SamplingParams {
             top_k: 0,
             top_p: 1.0,
             seed: 0,
+            constraint: None,
+            logprobs: None,
         }
     }
 }
@@ -45,7 +54,123 @@ impl SamplingParams {
                 self.top_p
             )));
         }
+        if let Some(top) = self.logprobs {
+            if top > MAX_TOP_LOGPROBS {
+                return Err(ModelError::InvalidRequest(format!(
+                    "top_logprobs {top} is over {MAX_TOP_LOGPROBS}"
+                )));
+            }
+        }
+        if let Some(c) = &self.constraint {
+            crate::constrain::compile(c)?;
+        }
         Ok(())
+    }
+}
+
+/// Most alternatives a step reports with `logprobs`.
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+
+/// A sampled token's log-probability and the most likely alternatives, from the logits the
+/// sampler drew from (after the constraint's mask, before temperature, as OpenAI reports).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// (token, log-probability), most likely first, lowest id on ties.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Log-probabilities of `token` and the `top` most likely tokens under `logits`.
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .filter(|v| v.is_finite())
+        .map(|&v| f64::from(v - max).exp())
+        .sum();
+    let log_z = f64::from(max) + sum.ln();
+    let lp = |v: f32| -> f32 {
+        if v.is_finite() {
+            (f64::from(v) - log_z) as f32
+        } else {
+            f32::NEG_INFINITY
+        }
+    };
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &v) in logits.iter().enumerate() {
+            if !v.is_finite() {
+                continue;
+            }
+            if best.len() == top && best.last().is_some_and(|b| b.1 >= v) {
+                continue;
+            }
+            let at = best.partition_point(|b| b.1 >= v);
+            best.insert(at, (i as u32, v));
+            best.truncate(top);
+        }
+    }
+    TokenLogprobs {
+        token,
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&v| lp(v)),
+        top: best.into_iter().map(|(t, v)| (t, lp(v))).collect(),
+    }
+}
+
+/// One request's sampler: its settings and, under a constraint, its place in the grammar.
+/// A decoding loop keeps one per request (a batch keeps one per row).
+#[derive(Debug, Clone)]
+pub struct SamplerState {
+    pub params: SamplingParams,
+    constraint: Option<crate::constrain::Constrained>,
+}
+
+impl SamplerState {
+    /// A fresh state for an answer from `model`.
+    pub fn new(model: &crate::LoadedModel, params: &SamplingParams) -> Result<SamplerState> {
+        params.validate()?;
+        let constraint = match &params.constraint {
+            Some(c) => Some(crate::constrain::Constrained::new(model, c)?),
+            None => None,
+        };
+        Ok(SamplerState {
+            params: params.clone(),
+            constraint,
+        })
+    }
+
+    /// The tokens allowed at this step (`None`: all).
+    pub fn mask(&self) -> Option<agora_grammar::Mask> {
+        self.constraint.as_ref().map(|c| c.mask())
+    }
+
+    /// Masks `logits` in place (the tokens the constraint refuses get minus infinity), then
+    /// samples step `index` from them. Does not advance: call [`SamplerState::advance`].
+    pub fn sample(&self, logits: &mut [f32], index: u64) -> Result<Sample> {
+        if let Some(mask) = self.mask() {
+            if mask.count() == 0 {
+                return Err(ModelError::InvalidRequest(
+                    "the constraint allows no token here".into(),
+                ));
+            }
+            mask.apply(logits);
+        }
+        sample(logits, &self.params, index)
+    }
+
+    /// Moves past `token` (an output token, resumed or sampled).
+    pub fn advance(&mut self, token: u32) -> Result<()> {
+        match &mut self.constraint {
+            Some(c) => c.advance(token),
+            None => Ok(()),
+        }
     }
 }
 
@@ -214,6 +339,7 @@ mod tests {
             top_k: k,
             top_p: p,
             seed,
+            ..Default::default()
         }
     }
 
@@ -253,6 +379,28 @@ mod tests {
         assert!(sample(&[f32::NAN, f32::NEG_INFINITY], &params(1.0, 0, 1.0, 0), 0).is_err());
         assert!(params(f64::NAN, 0, 1.0, 0).validate().is_err());
         assert!(params(1.0, 0, 0.0, 0).validate().is_err());
+        let constrained = |c: &str| SamplingParams {
+            constraint: Some(c.into()),
+            ..params(1.0, 0, 1.0, 0)
+        };
+        assert!(constrained(r#"{"type":"object"}"#).validate().is_ok());
+        assert!(constrained(r#"{"type":"string","pattern":"a"}"#)
+            .validate()
+            .is_err());
+        assert!(constrained("{").validate().is_err());
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax_with_top_alternatives() {
+        let logits = [0.0f32, (3.0f64).ln() as f32, f32::NEG_INFINITY, 0.0];
+        let lp = logprobs(&logits, 0, 2);
+        assert!((lp.logprob - (0.2f32).ln()).abs() < 1e-6);
+        assert_eq!(lp.top.len(), 2);
+        assert_eq!(lp.top[0].0, 1);
+        assert!((lp.top[0].1 - (0.6f32).ln()).abs() < 1e-6);
+        assert_eq!(lp.top[1].0, 0, "lowest id on ties");
+        assert_eq!(logprobs(&logits, 2, 0).logprob, f32::NEG_INFINITY);
+        assert!(logprobs(&logits, 0, 0).top.is_empty());
     }
 
     proptest! {

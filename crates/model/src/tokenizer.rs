@@ -110,6 +110,24 @@ impl TextTokenizer {
             .collect()
     }
 
+    /// The bytes token `id` stands for on its own (a token may hold part of a character);
+    /// `None` for an unknown id. Byte-level BPE tokens map through the byte alphabet;
+    /// others decode alone.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        static DECODER: std::sync::OnceLock<HashMap<char, u8>> = std::sync::OnceLock::new();
+        let piece = self.inner.id_to_token(id)?;
+        if matches!(
+            self.inner.get_decoder(),
+            Some(tokenizers::DecoderWrapper::ByteLevel(_))
+        ) {
+            let decoder = DECODER.get_or_init(agora_grammar::byte_level_decoder);
+            if let Some(b) = agora_grammar::byte_level_bytes(&piece, decoder) {
+                return Some(b);
+            }
+        }
+        self.decode(&[id]).ok().map(String::into_bytes)
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(tok_err)
     }

@@ -124,12 +124,25 @@ impl Service {
         let (accepted, mut first) = (std::time::Instant::now(), None);
         while let Some(ev) = rx.recv().await {
             match ev {
-                WorkerEvent::Token { index, token, text } => {
+                WorkerEvent::Token {
+                    index,
+                    token,
+                    text,
+                    logprobs,
+                } => {
                     first.get_or_insert_with(|| agora_metrics::provider().first_token(accepted));
                     // A write error means the reader left; dropping `rx` cancels the job.
-                    if write_frame(stream, &Frame::Token { index, token, text })
-                        .await
-                        .is_err()
+                    if write_frame(
+                        stream,
+                        &Frame::Token {
+                            index,
+                            token,
+                            text,
+                            logprobs,
+                        },
+                    )
+                    .await
+                    .is_err()
                     {
                         return Ok(());
                     }
@@ -198,6 +211,12 @@ impl Service {
                 return Err(bad("request id already used (replay)"));
             }
         }
+        // A constraint this provider cannot apply is refused before any work or payment.
+        if let Some(c) = &r.sampling.constraint {
+            agora_model::constrain::compile(c)
+                .and_then(|_| agora_model::constrain::vocab(&self.model))
+                .map_err(|e| Refusal(ErrorCode::BadRequest, e.to_string()))?;
+        }
         if r.price_in < self.price_in || r.price_out < self.price_out {
             return Err(Refusal(
                 ErrorCode::Price,
@@ -243,6 +262,8 @@ impl Service {
                 top_k: 0,
                 top_p: f64::from(r.sampling.top_p),
                 seed: r.sampling.seed,
+                constraint: r.sampling.constraint.clone(),
+                logprobs: r.sampling.top_logprobs,
             },
             max_tokens: r.max_tokens as usize,
             stop: r.stop.clone(),

@@ -34,6 +34,8 @@ pub enum WorkerEvent {
         token: u32,
         /// Settled text.
         text: String,
+        /// Its log-probabilities, when the request asked for them.
+        logprobs: Option<agora_net::protocol::TokenLogprobs>,
     },
     /// The job ended.
     Done {
@@ -227,6 +229,7 @@ impl Running {
                 token,
                 text,
                 hidden,
+                logprobs,
                 ..
             } => {
                 match hidden.to_vec1::<f32>() {
@@ -240,6 +243,15 @@ impl Running {
                     index: index as u32,
                     token,
                     text: text.to_string(),
+                    logprobs: logprobs.map(|lp| agora_net::protocol::TokenLogprobs {
+                        // Borsh refuses NaN; a NaN logit never reaches a sampled token.
+                        logprob: if lp.logprob.is_nan() {
+                            f32::NEG_INFINITY
+                        } else {
+                            lp.logprob
+                        },
+                        top: lp.top.into_iter().filter(|(_, l)| !l.is_nan()).collect(),
+                    }),
                 };
                 match events.send(ev) {
                     Ok(()) => ControlFlow::Continue(()),
@@ -404,7 +416,9 @@ impl Scheduler {
         if batch.is_empty() {
             return;
         }
-        agora_metrics::provider().batch_size.observe(batch.len() as f64);
+        agora_metrics::provider()
+            .batch_size
+            .observe(batch.len() as f64);
         let result = {
             let mut seqs: Vec<&mut Sequence> = batch.iter_mut().map(|r| &mut r.seq).collect();
             Sequence::decode_many(&model.model, &mut seqs)

@@ -55,6 +55,7 @@ fn served(provider: &Keypair, payer: &Keypair, channel: Hash32, i: u8, epoch: u6
             temperature: 1.0,
             top_p: 1.0,
             seed: u64::from(i),
+            ..Default::default()
         },
         fingerprint_hash: agora_wire::fingerprint_hash(&fingerprint),
         price_in: Amount::new(1),

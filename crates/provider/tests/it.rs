@@ -137,6 +137,7 @@ async fn provider_refuses_bad_messages_and_serves_a_paid_request() {
             temperature: 1.0,
             top_p: 1.0,
             seed: 5,
+            ..Default::default()
         },
         price_in: Amount::new(1_000_000),
         price_out: Amount::new(3_000_000),

@@ -495,6 +495,7 @@ impl Provider {
                 temperature: 0.0,
                 top_p: 1.0,
                 seed: req.seed,
+                ..Default::default()
             },
             fingerprint_hash: fingerprint_hash(&fp),
             price_in: price,

@@ -164,6 +164,8 @@ impl Judge {
                 top_k: 0,
                 top_p: f64::from(r.sampling.top_p),
                 seed: r.sampling.seed,
+                constraint: r.sampling.constraint.clone(),
+                logprobs: None,
             },
             fingerprint: &print,
             // The receipt does not say how the answer ended, so no end-of-sequence claim is

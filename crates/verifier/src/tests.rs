@@ -62,6 +62,7 @@ fn receipt(
             temperature: 1.0,
             top_p: 1.0,
             seed: 11,
+            ..Default::default()
         },
         fingerprint_hash: fingerprint_hash(print),
         price_in: Amount::new(1_000_000),
@@ -144,6 +145,7 @@ fn fixture() -> Fixture {
             top_k: 0,
             top_p: 1.0,
             seed: 11,
+            ..Default::default()
         },
         max_tokens: 24,
         stop: vec![],

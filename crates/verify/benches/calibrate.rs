@@ -233,6 +233,7 @@ fn jobs(model: &LoadedModel, n: usize) -> Vec<Job> {
                     top_k: 0,
                     top_p: 1.0,
                     seed: rng.next(),
+                    ..Default::default()
                 },
             }
         })
@@ -612,6 +613,7 @@ fn smollm2_run(path: &Path, n: usize, budget_s: f64, out_path: &Path) {
                 top_k: 0,
                 top_p: 1.0,
                 seed: rng.next(),
+                ..Default::default()
             },
         };
         let (gen_pool, audit_pool) = if i % 2 == 0 { (0, 1) } else { (1, 0) };

@@ -4,7 +4,10 @@
 //! sampler picks from the recomputed logits, except where the draw sat within a stated margin
 //! of a boundary (and, for an answer that claims to have ended at an end-of-sequence token,
 //! empty answers included, that the sampler picks one there), (c) the token count is the one
-//! claimed.
+//! claimed. Under a constraint (a JSON Schema in the signed settings) the replay applies the
+//! same token masks the provider had to: a token the mask refuses fails the audit outright,
+//! and the sampler is replayed over the masked logits, so an answer sampled without the
+//! mask differs wherever the mask moved the draw.
 
 use agora_model::sampler::{interval_of, sample, SamplingParams};
 use agora_model::{LoadedModel, Mode, ModelId};
@@ -299,6 +302,20 @@ pub fn audit(
     }
 
     let mut reasons = vec![];
+    // The constraint's state after the resumed tokens (an honest provider refuses resumed
+    // tokens that break it, so signing them is a fault).
+    let mut constraint = match &answer.sampling.constraint {
+        Some(c) => Some(agora_model::constrain::Constrained::new(model, c)?),
+        None => None,
+    };
+    if let Some(c) = &mut constraint {
+        if answer.resumed.iter().any(|&tok| c.advance(tok).is_err()) {
+            return Ok(fail(
+                vec!["the resumed tokens break the signed constraint".into()],
+                n,
+            ));
+        }
+    }
     // (b) Sampler replay, and the stop when one is claimed.
     let (mut mismatches, mut near) = (0, 0);
     let stops = model.stop_token_ids();
@@ -308,7 +325,33 @@ pub fn audit(
             Some(token) => (std::slice::from_ref(token), format!("is {token}")),
             None => (stops.as_slice(), "ends the answer".to_string()),
         };
-        match replay(l, &answer.sampling, index, claimed, t)? {
+        let mut masked;
+        let (l, claimed) = match &constraint {
+            None => (l, claimed.to_vec()),
+            Some(c) => {
+                let mask = c.mask();
+                let allowed: Vec<u32> = claimed
+                    .iter()
+                    .copied()
+                    .filter(|&x| mask.allows(x))
+                    .collect();
+                if allowed.is_empty() {
+                    mismatches += 1;
+                    reasons.push(format!(
+                        "token {index} {what}, which the signed constraint does not allow there"
+                    ));
+                    break;
+                }
+                masked = l.clone();
+                mask.apply(&mut masked);
+                (&masked, allowed)
+            }
+        };
+        if let (Some(c), Some(&token)) = (&mut constraint, answer.output.get(j)) {
+            // Allowed by the mask just checked, so the state moves.
+            c.advance(token)?;
+        }
+        match replay(l, &answer.sampling, index, &claimed, t)? {
             Replay::Same => {}
             Replay::Near => {
                 mismatches += 1;

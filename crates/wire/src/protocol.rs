@@ -62,7 +62,9 @@ impl PromptSpec {
 }
 
 /// How to sample. Floats travel as their bits, so the signature covers exactly them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
+)]
 pub struct Sampling {
     /// Softmax temperature; 0 means greedy.
     pub temperature: f32,
@@ -70,6 +72,29 @@ pub struct Sampling {
     pub top_p: f32,
     /// The seed of the sampler's pseudo-random draws.
     pub seed: u64,
+    /// A JSON Schema's text that constrains decoding (`response_format`, a required tool):
+    /// every sampled token must keep the output a prefix of a JSON text the schema allows.
+    /// Signed by the payer and the receipt, so an auditor replays the same masks.
+    #[serde(default)]
+    pub constraint: Option<String>,
+    /// Report each token's log-probability and this many most likely alternatives.
+    #[serde(default)]
+    pub top_logprobs: Option<u8>,
+}
+
+/// Longest constraint a request may carry.
+pub const MAX_CONSTRAINT_BYTES: usize = 16 * 1024;
+/// Most alternatives per token with `top_logprobs`.
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+
+/// A token's log-probability and the most likely alternatives, as the provider computed
+/// them from the logits it sampled from (not audited: the receipt does not commit to them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct TokenLogprobs {
+    /// The sampled token's natural-log probability.
+    pub logprob: f32,
+    /// (token id, log-probability), most likely first.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// A payer's request to one provider.
@@ -145,6 +170,19 @@ impl SignedRequest {
         }
         if !(r.sampling.top_p > 0.0 && r.sampling.top_p <= 1.0) {
             return Err(ProtocolError::Malformed("top_p must be in (0, 1]"));
+        }
+        if r.sampling
+            .constraint
+            .as_ref()
+            .is_some_and(|c| c.len() > MAX_CONSTRAINT_BYTES)
+        {
+            return Err(ProtocolError::Malformed("constraint over 16 KiB"));
+        }
+        if r.sampling
+            .top_logprobs
+            .is_some_and(|n| n > MAX_TOP_LOGPROBS)
+        {
+            return Err(ProtocolError::Malformed("top_logprobs over 20"));
         }
         if r.resume.len() as u64 >= u64::from(r.max_tokens) {
             return Err(ProtocolError::Malformed(
@@ -294,6 +332,8 @@ pub enum Frame {
         token: u32,
         /// Newly settled text.
         text: String,
+        /// With `top_logprobs` asked for: the token's log-probability and alternatives.
+        logprobs: Option<TokenLogprobs>,
     },
     /// The answer is complete.
     Done {
@@ -630,6 +670,7 @@ mod tests {
                 temperature: 1.0,
                 top_p: 1.0,
                 seed: 3,
+                ..Default::default()
             },
             price_in: Amount::new(10),
             price_out: Amount::new(20),
@@ -671,6 +712,7 @@ mod tests {
                 temperature: 1.0,
                 top_p: 1.0,
                 seed: 5,
+                ..Default::default()
             },
             fingerprint_hash: fingerprint_hash(&print),
             price_in: Amount::new(1),

@@ -25,6 +25,7 @@ fn shipped_default_model_loads_and_generates() {
             top_k: 40,
             top_p: 0.95,
             seed: 1,
+            ..Default::default()
         },
         max_tokens: 40,
         stop: vec![],

@@ -1,4 +1,4 @@
-use crate::common::{receipts, Server, USAGE};
+use crate::common::{receipts, usage_json, Server};
 use agora_gateway::{ChatMessage, Prompt};
 use serde_json::{json, Value};
 
@@ -38,10 +38,7 @@ fn whole_chat_completion() {
     assert_eq!(c["message"]["content"], "Hello, world");
     assert_eq!(c["logprobs"], Value::Null);
     assert_eq!(c["finish_reason"], "stop");
-    assert_eq!(
-        v["usage"],
-        json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8})
-    );
+    assert_eq!(v["usage"], usage_json());
     assert_eq!(v["agora"]["request_id"], "req123");
     assert_eq!(
         v["agora"]["receipts"],
@@ -171,7 +168,7 @@ fn streamed_chat_with_usage() {
     assert!(c[4].get("agora").is_none());
     let last = &c[5];
     assert_eq!(last["choices"], json!([]));
-    assert_eq!(last["usage"], serde_json::to_value(USAGE).unwrap());
+    assert_eq!(last["usage"], usage_json());
     assert_eq!(
         last["agora"]["receipts"],
         serde_json::to_value(receipts()).unwrap()

@@ -1,8 +1,8 @@
 //! A fake network, a real server on 127.0.0.1:0, and a tiny blocking HTTP/1.1 client.
 
 use agora_gateway::{
-    Backend, BackendError, Caller, FinishReason, Job, KeyStore, Limits, ModelInfo, ReceiptRef,
-    Started, StreamEvent, Usage,
+    Backend, BackendError, Caller, FinishReason, Job, KeyStore, Limits, ModelInfo, PriceRange,
+    Pricing, ReceiptRef, Started, StreamEvent, Usage,
 };
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -16,9 +16,14 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct FakeBackend {
     pub last_job: Mutex<Option<Job>>,
+    /// Every job started, in order.
+    pub jobs: Mutex<Vec<Job>>,
     pub last_caller: Mutex<Option<Caller>>,
     /// Set when a "slow" job notices its receiver was dropped.
     pub cancelled: Arc<AtomicBool>,
+    /// What model "scripted" answers, piece by piece (each with log-probabilities when the
+    /// job asks for them).
+    pub script: Mutex<Vec<String>>,
 }
 
 pub fn receipts() -> Vec<ReceiptRef> {
@@ -28,15 +33,30 @@ pub fn receipts() -> Vec<ReceiptRef> {
             receipt: "bb".repeat(32),
             completion_tokens: 1,
             charged: "340282366920938463463374607431768211455".into(),
+            signed: None,
         },
         ReceiptRef {
             provider: "cc".repeat(32),
             receipt: "dd".repeat(32),
             completion_tokens: 2,
             charged: "7".into(),
+            signed: Some(serde_json::json!({"object": "receipt", "id": "dd".repeat(32)})),
         },
     ]
 }
+
+/// The usage object the gateway answers for the fake's `USAGE` and `receipts()`: the cost
+/// is their charges summed (saturating), the provider and receipt those of the last one.
+pub fn usage_json() -> serde_json::Value {
+    serde_json::json!({
+        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+        "cost": u128::MAX.to_string(),
+        "provider": "cc".repeat(32), "receipt_id": "dd".repeat(32),
+    })
+}
+
+/// What one "paid" answer costs.
+pub const FAKE_COST: u128 = 7;
 
 pub const USAGE: Usage = Usage {
     prompt_tokens: 5,
@@ -54,6 +74,11 @@ impl Backend for FakeBackend {
                 owned_by: "agora".into(),
                 context_length: 2048,
                 providers: 3,
+                quantization: Some("Q4_1".into()),
+                pricing: Pricing {
+                    prompt: PriceRange::of(vec![300, 100, 200]),
+                    completion: PriceRange::of(vec![600, 200, 400, 800]),
+                },
             },
             ModelInfo {
                 id: "org/model:q4".into(),
@@ -62,14 +87,18 @@ impl Backend for FakeBackend {
                 owned_by: "org".into(),
                 context_length: 4096,
                 providers: 1,
+                quantization: None,
+                pricing: Pricing::default(),
             },
         ]
     }
 
     fn start(&self, caller: Caller, job: Job) -> BoxFuture<'static, Result<Started, BackendError>> {
         *self.last_job.lock().unwrap() = Some(job.clone());
+        self.jobs.lock().unwrap().push(job.clone());
         *self.last_caller.lock().unwrap() = Some(caller);
         let cancelled = self.cancelled.clone();
+        let script = self.script.lock().unwrap().clone();
         Box::pin(async move {
             let err = match job.model.as_str() {
                 "no-credit" => Some(BackendError::InsufficientCredit(
@@ -85,12 +114,31 @@ impl Backend for FakeBackend {
                     message: "Bad temperature for this model.".into(),
                     param: Some("temperature".into()),
                 }),
-                "tiny-chat" | "org/model:q4" | "mid-error" | "early-end" | "slow" => None,
+                "tiny-chat" | "org/model:q4" | "scripted" | "mid-error" | "early-end" | "slow"
+                | "paid" => None,
+                "norouting" => Some(BackendError::NoMatchingProvider(
+                    "No provider matches.".into(),
+                )),
                 other => Some(BackendError::UnknownModel(other.to_string())),
             };
             if let Some(e) = err {
                 return Err(e);
             }
+            // "paid": reserves FAKE_COST from the key's budget, as the broker does before
+            // paying, holds it a moment, and settles it with the charge.
+            let hold = if job.model == "paid" {
+                match job
+                    .budget
+                    .as_ref()
+                    .map(|b| b.reserve(FAKE_COST))
+                    .transpose()
+                {
+                    Ok(h) => h,
+                    Err(e) => return Err(BackendError::BudgetExceeded(e.to_string())),
+                }
+            } else {
+                None
+            };
             let (tx, rx) = tokio::sync::mpsc::channel(64);
             let model = job.model.clone();
             tokio::spawn(async move {
@@ -99,6 +147,26 @@ impl Backend for FakeBackend {
                         let _ = tx.send(Ok(StreamEvent::Text("part".into()))).await;
                         let _ = tx
                             .send(Err(BackendError::Upstream("provider vanished".into())))
+                            .await;
+                    }
+                    "scripted" => {
+                        // A seeded job (each of n choices has its own seed) ends with its
+                        // seed, so choices differ.
+                        let tail = job.seed.map(|k| format!("#{k}"));
+                        for t in script.into_iter().chain(tail) {
+                            if job.top_logprobs.is_some() {
+                                let _ = tx
+                                    .send(Ok(StreamEvent::Logprob(crate::extras::logprob(&t))))
+                                    .await;
+                            }
+                            let _ = tx.send(Ok(StreamEvent::Text(t))).await;
+                        }
+                        let _ = tx
+                            .send(Ok(StreamEvent::Finished {
+                                finish_reason: FinishReason::Stop,
+                                usage: USAGE,
+                                receipts: receipts(),
+                            }))
                             .await;
                     }
                     "early-end" => {
@@ -112,6 +180,20 @@ impl Backend for FakeBackend {
                             }
                             tokio::time::sleep(Duration::from_millis(2)).await;
                         }
+                    }
+                    "paid" => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        if let Some(h) = hold {
+                            h.settle(FAKE_COST);
+                        }
+                        let _ = tx.send(Ok(StreamEvent::Text("ok".into()))).await;
+                        let _ = tx
+                            .send(Ok(StreamEvent::Finished {
+                                finish_reason: FinishReason::Stop,
+                                usage: USAGE,
+                                receipts: vec![receipts().remove(1)],
+                            }))
+                            .await;
                     }
                     _ => {
                         for t in ["Hello", "", ",", " world"] {

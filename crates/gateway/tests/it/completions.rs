@@ -1,4 +1,4 @@
-use crate::common::{Server, USAGE};
+use crate::common::{usage_json, Server};
 use agora_gateway::Prompt;
 use serde_json::{json, Value};
 
@@ -20,7 +20,7 @@ fn whole_text_completion() {
     assert_eq!(c["index"], 0);
     assert_eq!(c["logprobs"], Value::Null);
     assert_eq!(c["finish_reason"], "stop");
-    assert_eq!(v["usage"], serde_json::to_value(USAGE).unwrap());
+    assert_eq!(v["usage"], usage_json());
     assert_eq!(v["agora"]["receipts"].as_array().unwrap().len(), 2);
     let job = s.backend.last_job.lock().unwrap().clone().unwrap();
     assert_eq!(job.prompt, Prompt::Text("Once upon".into()));

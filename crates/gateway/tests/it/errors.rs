@@ -119,7 +119,7 @@ fn invalid_chat_fields_are_400_with_param() {
     bad(
         &s,
         p,
-        json!({"model": "tiny-chat", "messages": [{"role": "tool", "content": "x"}]}),
+        json!({"model": "tiny-chat", "messages": [{"role": "function", "content": "x"}]}),
         "messages[0].role",
     );
     bad(
@@ -230,8 +230,32 @@ fn invalid_chat_fields_are_400_with_param() {
     bad(
         &s,
         p,
-        json!({"model": "tiny-chat", "messages": m, "n": 2}),
+        json!({"model": "tiny-chat", "messages": m, "n": 9}),
         "n",
+    );
+    bad(
+        &s,
+        p,
+        json!({"model": "tiny-chat", "messages": m, "n": 0}),
+        "n",
+    );
+    bad(
+        &s,
+        p,
+        json!({"model": "tiny-chat", "messages": m, "provider": {"order": ["x"]}}),
+        "provider.order[0]",
+    );
+    bad(
+        &s,
+        p,
+        json!({"model": "tiny-chat", "messages": m, "provider": {"sort": "cheapest"}}),
+        "provider.sort",
+    );
+    bad(
+        &s,
+        p,
+        json!({"model": "tiny-chat", "messages": m, "models": "tiny-chat"}),
+        "models",
     );
     bad(
         &s,
@@ -248,20 +272,21 @@ fn invalid_chat_fields_are_400_with_param() {
     bad(
         &s,
         p,
-        json!({"model": "tiny-chat", "messages": m, "logprobs": true}),
-        "logprobs",
+        json!({"model": "tiny-chat", "messages": m, "logprobs": true, "top_logprobs": 21}),
+        "top_logprobs",
     );
     bad(
         &s,
         p,
         json!({"model": "tiny-chat", "messages": m, "tools": [{"type": "function"}]}),
-        "tools",
+        "tools[0].function",
     );
     bad(
         &s,
         p,
-        json!({"model": "tiny-chat", "messages": m, "response_format": {"type": "json_object"}}),
-        "response_format",
+        json!({"model": "tiny-chat", "messages": m, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a"}}}}),
+        "response_format.json_schema.schema",
     );
     // Nothing reached the network.
     assert!(s.backend.last_job.lock().unwrap().is_none());
@@ -299,7 +324,7 @@ fn invalid_completion_fields_are_400_with_param() {
     bad(
         &s,
         p,
-        json!({"model": "tiny-chat", "prompt": "x", "logprobs": 3}),
+        json!({"model": "tiny-chat", "prompt": "x", "logprobs": 6}),
         "logprobs",
     );
     bad(

@@ -78,7 +78,7 @@ fn list_never_shows_seeds_and_is_ordered() {
         .keys()
         .map(|k| k.as_str())
         .collect();
-    assert_eq!(keys.len(), 5, "{keys:?}");
+    assert_eq!(keys.len(), 6, "{keys:?}");
     let mut sorted = list.clone();
     sorted.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
     assert_eq!(sorted, list);

@@ -5,8 +5,11 @@
 
 mod common;
 
+mod anthropic;
+mod api;
 mod chat;
 mod completions;
 mod errors;
+mod extras;
 mod keys;
 mod robustness;

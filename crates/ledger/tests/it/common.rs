@@ -84,6 +84,7 @@ pub fn receipt_at(
             temperature: 1.0,
             top_p: 1.0,
             seed: u64::from(i),
+            ..Default::default()
         },
         fingerprint_hash: Hash32::of(&[i, 3]),
         price_in: Amount::new(1),

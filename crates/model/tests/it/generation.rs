@@ -20,6 +20,7 @@ fn opts(seed: u64, temperature: f64, max_tokens: usize) -> GenerateOptions {
             top_k: 40,
             top_p: 0.95,
             seed,
+            ..Default::default()
         },
         max_tokens,
         stop: vec![],

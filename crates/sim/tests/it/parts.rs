@@ -31,6 +31,7 @@ fn material(model_used: agora_core::Hash32, prompt_tokens: u32, n_shift: u32) ->
             temperature: 0.0,
             top_p: 1.0,
             seed: 5,
+            ..Default::default()
         },
         fingerprint_hash: fingerprint_hash(&fp),
         price_in: price,

@@ -71,6 +71,7 @@ pub fn sampling(seed: u64, temperature: f64) -> SamplingParams {
         top_k: 0,
         top_p: 1.0,
         seed,
+        ..Default::default()
     }
 }
 
