@@ -121,6 +121,8 @@ fn refusal(e: &BackendError) -> &'static str {
         BackendError::ContextLengthExceeded(_) => "context_length_exceeded",
         BackendError::InsufficientCredit(_) => "insufficient_quota",
         BackendError::NoCapacity(_) => "no_capacity",
+        BackendError::BudgetExceeded(_) => "budget_exceeded",
+        BackendError::NoMatchingProvider(_) => "no_matching_provider",
         BackendError::Upstream(_) => "upstream",
         BackendError::Internal(_) => "internal",
     }

@@ -492,6 +492,7 @@ mod tests {
                 top_k: 0,
                 top_p: 1.0,
                 seed: 1000 + i,
+                ..Default::default()
             },
             max_tokens,
             stop: vec![],

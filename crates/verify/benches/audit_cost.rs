@@ -92,6 +92,7 @@ fn main() {
         top_k: 0,
         top_p: 1.0,
         seed: 14,
+        ..Default::default()
     };
     let opts = GenerateOptions {
         sampling: sampling.clone(),

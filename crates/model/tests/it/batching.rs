@@ -197,6 +197,7 @@ fn random_request(rng: &mut SeededRng, vocab: u32, long: bool) -> Request {
                 top_k: [0, 40][pick(2)],
                 top_p: [1.0, 0.9][pick(2)],
                 seed: pick(1 << 30) as u64,
+                ..Default::default()
             },
             max_tokens: 1 + pick(24),
             stop: vec![],
