@@ -112,13 +112,11 @@ fn planter_key_cannot_slash_honest_verifiers() {
     clean("canary-abuse");
 }
 
-#[test]
-fn mixed_adversary_breaks_no_invariant() {
-    clean("mixed");
-}
-
 /// The design brief's goal, in CI: the randomized adversary over 10,000 seeds with no
-/// violation. About a minute in release on two idle cores (docs/BENCHMARKS.md); every core
+/// violation. (No few-seed variant: the mixed adversary draws a strategy per actor, so a
+/// strategy's mean gain over a couple of dozen seeds rests on a handful of runs and a change of
+/// message bytes reshuffles it; 24 seeds once showed the lazy verifier at +4 units where
+/// 10,000 show -758.) About a minute in release on two idle cores (docs/BENCHMARKS.md); every core
 /// this machine has is used.
 #[test]
 fn mixed_adversary_over_10000_seeds_breaks_no_invariant() {
