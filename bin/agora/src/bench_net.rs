@@ -39,9 +39,56 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-struct Devnet {
+/// A devnet a benchmark started as a child process; stopped (SIGTERM) when dropped.
+pub(crate) struct Devnet {
     child: Child,
     dir: tempfile::TempDir,
+    /// What it wrote to `devnet.json`: endpoint, API key, models, providers.
+    pub info: serde_json::Value,
+}
+
+impl Devnet {
+    /// Runs `agora devnet` with `args` (plus `--port 0 --dir TMP`, quiet) and waits up to
+    /// `wait` for it to write `devnet.json`.
+    pub(crate) fn start(
+        args: impl IntoIterator<Item = String>,
+        wait: Duration,
+    ) -> anyhow::Result<Devnet> {
+        let dir = tempfile::tempdir()?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["devnet", "--port", "0"])
+            .args(args)
+            .arg("--dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the devnet")?;
+        let mut devnet = Devnet {
+            child,
+            dir,
+            info: serde_json::Value::Null,
+        };
+        let info_path = devnet.dir.path().join("devnet.json");
+        let deadline = Instant::now() + wait;
+        while !info_path.exists() {
+            if Instant::now() > deadline || devnet.child.try_wait()?.is_some() {
+                bail!("the devnet did not start");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        devnet.info = serde_json::from_str(&std::fs::read_to_string(&info_path)?)?;
+        Ok(devnet)
+    }
+
+    /// A string field of `devnet.json`.
+    pub(crate) fn field(&self, name: &str) -> anyhow::Result<String> {
+        Ok(self.info[name]
+            .as_str()
+            .with_context(|| format!("devnet.json has no {name}"))?
+            .to_string())
+    }
 }
 
 impl Drop for Devnet {
@@ -51,7 +98,6 @@ impl Drop for Devnet {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
-        let _ = &self.dir;
     }
 }
 
@@ -81,33 +127,22 @@ pub fn run(args: NetworkArgs, threads: usize) -> anyhow::Result<()> {
     };
 
     // The same request through a devnet with one provider using the same threads.
-    let dir = tempfile::tempdir()?;
-    let child = Command::new(std::env::current_exe()?)
-        .args(["devnet", "--providers", "1", "--port", "0"])
-        .arg("--provider-threads")
-        .arg(threads.to_string())
-        .arg("--model")
-        .arg(&args.model)
-        .arg("--dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the devnet")?;
-    let mut devnet = Devnet { child, dir };
-    let info_path = devnet.dir.path().join("devnet.json");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !info_path.exists() {
-        if Instant::now() > deadline || devnet.child.try_wait()?.is_some() {
-            bail!("the devnet did not start");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&info_path)?)?;
-    let endpoint = info["endpoint"].as_str().context("endpoint")?.to_string();
-    let key = info["api_key"].as_str().context("key")?.to_string();
-    let name = info["model"].as_str().context("model")?.to_string();
+    let devnet = Devnet::start(
+        [
+            "--providers".to_string(),
+            "1".into(),
+            "--provider-threads".into(),
+            threads.to_string(),
+            "--model".into(),
+            args.model.display().to_string(),
+        ],
+        Duration::from_secs(180),
+    )?;
+    let (endpoint, key, name) = (
+        devnet.field("endpoint")?,
+        devnet.field("api_key")?,
+        devnet.field("model")?,
+    );
     let body = json!({"model": name, "messages": [{"role": "user", "content": message}],
         "max_tokens": args.tokens, "seed": seed, "temperature": 1.0, "stream": true,
         "stream_options": {"include_usage": true}})

@@ -5,7 +5,6 @@
 //! single-stream figure measured in the same run.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 
+use crate::bench_net::Devnet;
 use crate::http_client;
 
 /// Arguments of `agora bench serve`.
@@ -36,22 +36,6 @@ pub struct ServeArgs {
     /// Requests the provider holds at once, waiting or generating.
     #[arg(long, default_value_t = 256)]
     capacity: u32,
-}
-
-struct Devnet {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        let _ = &self.dir;
-    }
 }
 
 /// What one level of concurrency measured.
@@ -102,54 +86,40 @@ fn long_message(args: &ServeArgs, client: usize) -> anyhow::Result<String> {
 /// Runs the benchmark; `threads` kernel threads for the provider.
 pub fn run(args: ServeArgs, threads: usize) -> anyhow::Result<()> {
     let most = args.clients.iter().copied().max().unwrap_or(1).max(1);
-    let dir = tempfile::tempdir()?;
-    let child = Command::new(std::env::current_exe()?)
-        .args([
-            "devnet",
+    let devnet = Devnet::start(
+        [
             "--providers",
             "1",
             "--verifiers",
             "0",
-            "--port",
-            "0",
-        ])
-        .arg("--provider-threads")
-        .arg(threads.to_string())
-        .arg("--provider-capacity")
-        .arg(args.capacity.to_string())
-        // A request waiting for its first token behind many others is not a dead provider.
-        .args(["--stall-ms", "300000"])
-        // Long epochs: a provider whose cores are saturated refreshes its view of the epoch
-        // late, and a receipt two epochs stale is refused; that race is not what is measured.
-        .args(["--epoch-secs", "120"])
-        // One API key stands for every client: let it have them all in flight.
-        .arg("--key-concurrency")
-        .arg((most + 1).to_string())
-        .arg("--key-burst")
-        .arg((most + 1).to_string())
-        .arg("--model")
-        .arg(&args.model)
-        .arg("--dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the devnet")?;
-    let mut devnet = Devnet { child, dir };
-    let info_path = devnet.dir.path().join("devnet.json");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !info_path.exists() {
-        if Instant::now() > deadline || devnet.child.try_wait()?.is_some() {
-            bail!("the devnet did not start");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&info_path)?)?;
-    let endpoint = info["endpoint"].as_str().context("endpoint")?.to_string();
-    let key = info["api_key"].as_str().context("key")?.to_string();
-    let name = info["model"].as_str().context("model")?.to_string();
-    let provider_pid = info["providers"][0]["pid"].as_u64();
+            "--provider-threads",
+            threads.to_string().as_str(),
+            "--provider-capacity",
+            args.capacity.to_string().as_str(),
+            // A request waiting for its first token behind many others is not a dead provider.
+            "--stall-ms",
+            "300000",
+            // Long epochs: a provider whose cores are saturated refreshes its view of the epoch
+            // late, and a receipt two epochs stale is refused; that race is not what is measured.
+            "--epoch-secs",
+            "120",
+            // One API key stands for every client: let it have them all in flight.
+            "--key-concurrency",
+            (most + 1).to_string().as_str(),
+            "--key-burst",
+            (most + 1).to_string().as_str(),
+            "--model",
+            args.model.display().to_string().as_str(),
+        ]
+        .map(String::from),
+        Duration::from_secs(300),
+    )?;
+    let (endpoint, key, name) = (
+        devnet.field("endpoint")?,
+        devnet.field("api_key")?,
+        devnet.field("model")?,
+    );
+    let provider_pid = devnet.info["providers"][0]["pid"].as_u64();
 
     let message = if args.prompt_tokens > 0 {
         Some(long_message(&args, 0)?)

@@ -204,6 +204,28 @@ pub enum TxBody {
     },
 }
 
+impl TxBody {
+    /// A provider's root for `epoch` over `receipts` leaves: a [`TxBody::PostLateRoot`] when
+    /// it holds a receipt that missed the roots of its own epoch and the next (`late`), so
+    /// that receipt can still answer an inclusion challenge; else a
+    /// [`TxBody::PostReceiptRoot`].
+    pub fn receipt_root(epoch: u64, root: Hash32, receipts: u64, late: bool) -> TxBody {
+        if late {
+            TxBody::PostLateRoot {
+                epoch,
+                root,
+                receipts,
+            }
+        } else {
+            TxBody::PostReceiptRoot {
+                epoch,
+                root,
+                receipts,
+            }
+        }
+    }
+}
+
 /// A transaction before signing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct Tx {

@@ -340,19 +340,8 @@ impl Provider {
             let (root, receipts) = (batch.root, batch.leaves.len() as u64);
             // Back from an outage: receipts that missed the roots of their epoch and the next
             // answer a challenge only under a late root, whose every leaf is audited.
-            let body = if batch.oldest_epoch.saturating_add(1) < epoch {
-                TxBody::PostLateRoot {
-                    epoch,
-                    root,
-                    receipts,
-                }
-            } else {
-                TxBody::PostReceiptRoot {
-                    epoch,
-                    root,
-                    receipts,
-                }
-            };
+            let late = batch.oldest_epoch.saturating_add(1) < epoch;
+            let body = TxBody::receipt_root(epoch, root, receipts, late);
             let tx = Tx {
                 chain_id: service.chain_id,
                 from: me,

@@ -588,19 +588,7 @@ impl Provider {
                 .any(|l| l.material.receipt.receipt.epoch + 1 < epoch);
             rt.submit(
                 self.node,
-                if overdue {
-                    TxBody::PostLateRoot {
-                        epoch,
-                        root,
-                        receipts,
-                    }
-                } else {
-                    TxBody::PostReceiptRoot {
-                        epoch,
-                        root,
-                        receipts,
-                    }
-                },
+                TxBody::receipt_root(epoch, root, receipts, overdue),
             );
             if self.kind == ProviderKind::Canary {
                 // One plant per root, committed before the selecting beacon.
