@@ -96,6 +96,8 @@ contract AgoraSettlement {
     mapping(address => mapping(uint64 => Root)) public roots;
     /// The ed25519 network key each account declared (see bindNetworkKey).
     mapping(address => bytes32) public networkKey;
+    /// That key's ed25519 signature over the binding (64 bytes), for peers to check.
+    mapping(address => bytes) public networkKeySig;
     /// Audit fees taken from claims, held for the audits of phase 2.
     uint256 public auditPool;
     uint256 private locked = 1;
@@ -285,6 +287,7 @@ contract AgoraSettlement {
     function bindNetworkKey(bytes32 key, bytes calldata bindingSig) external {
         if (key == bytes32(0) || bindingSig.length != 64) revert BadNetworkKeyBinding();
         networkKey[msg.sender] = key;
+        networkKeySig[msg.sender] = bindingSig;
         emit NetworkKeyBound(msg.sender, key, bindingSig);
     }
 

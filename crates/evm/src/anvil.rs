@@ -1,0 +1,129 @@
+//! A local Anvil node for tests and devnets: started on a free loopback port, killed on drop.
+
+use crate::error::EvmError;
+use alloy::signers::local::PrivateKeySigner;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the Anvil binary is: `$AGORA_ANVIL`, else `anvil` on `PATH`, else the copy
+/// `scripts/install-evm-tools` puts under `~/.cache/agora/npm` (or `$AGORA_NPM_PREFIX`).
+pub fn find_anvil() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("AGORA_ANVIL") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("anvil");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let prefix = std::env::var_os("AGORA_NPM_PREFIX")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/agora/npm")))?;
+    let platform = match (std::env::consts::OS, std::env::consts::ARCH) {
+        ("linux", "x86_64") => "linux-amd64",
+        ("linux", "aarch64") => "linux-arm64",
+        ("macos", "x86_64") => "darwin-amd64",
+        ("macos", "aarch64") => "darwin-arm64",
+        _ => return None,
+    };
+    let p = prefix.join(format!(
+        "node_modules/@foundry-rs/anvil-{platform}/bin/anvil"
+    ));
+    p.is_file().then_some(p)
+}
+
+/// A running Anvil process.
+pub struct Anvil {
+    child: Child,
+    url: String,
+    keys: Vec<PrivateKeySigner>,
+}
+
+impl Anvil {
+    /// Starts `binary` on 127.0.0.1 with a port the OS picks, chain id `chain_id`, one block
+    /// per transaction, and waits until it listens.
+    pub fn start(binary: &std::path::Path, chain_id: u64) -> Result<Anvil, EvmError> {
+        let mut child = Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", "0", "--accounts", "10"])
+            .args(["--chain-id", &chain_id.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|source| EvmError::AnvilStart {
+                what: "spawn",
+                source,
+            })?;
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(EvmError::AnvilOutput("a stdout"));
+        };
+        // The kill on drop covers every early return from here on.
+        let mut anvil = Anvil {
+            child,
+            url: String::new(),
+            keys: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut in_keys = false;
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line.map_err(|source| EvmError::AnvilStart {
+                what: "read stdout",
+                source,
+            })?;
+            if line.starts_with("Private Keys") {
+                in_keys = true;
+            } else if in_keys {
+                if let Some(hex) = line.split_whitespace().nth(1) {
+                    if let Ok(k) = hex.parse::<PrivateKeySigner>() {
+                        anvil.keys.push(k);
+                    }
+                }
+                if line.starts_with("Wallet") {
+                    in_keys = false;
+                }
+            }
+            if let Some(addr) = line.strip_prefix("Listening on ") {
+                anvil.url = format!("http://{}", addr.trim());
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(EvmError::AnvilOutput("its address in 30 s"));
+            }
+        }
+        if anvil.url.is_empty() {
+            return Err(EvmError::AnvilOutput("its address before exiting"));
+        }
+        if anvil.keys.is_empty() {
+            return Err(EvmError::AnvilOutput("its dev keys"));
+        }
+        // Keep draining stdout so Anvil never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(anvil)
+    }
+
+    /// The HTTP RPC endpoint.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Anvil's funded dev keys (10 of them, 10,000 ETH each).
+    pub fn keys(&self) -> &[PrivateKeySigner] {
+        &self.keys
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

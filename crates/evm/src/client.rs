@@ -1,0 +1,895 @@
+//! One account's handle on the deployed contracts: transactions signed locally with explicit
+//! nonces and re-sent byte for byte on RPC failure, and the reads the network needs.
+
+use crate::bindings::{
+    AgoraSettlement::{self, AgoraSettlementErrors},
+    TestStablecoin::{self, TestStablecoinErrors},
+    Voucher,
+};
+use crate::deploy::Deployment;
+use crate::error::{EvmError, Refusal};
+use agora_core::{AccountId, Keypair, Signature};
+use alloy::eips::eip2718::Encodable2718;
+use alloy::network::{Ethereum, EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
+use alloy::primitives::{Address, Bytes, TxHash, TxKind, B256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::signers::SignerSync;
+use alloy::sol_types::{eip712_domain, SolCall, SolEvent, SolInterface, SolStruct};
+use alloy::transports::TransportError;
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// How hard the client tries.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// Attempts of each RPC call before giving up.
+    pub attempts: u32,
+    /// Wait between attempts (doubled each time).
+    pub backoff: Duration,
+    /// How long to wait for a sent transaction's receipt.
+    pub receipt_timeout: Duration,
+    /// How often to ask for it.
+    pub poll: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            attempts: 5,
+            backoff: Duration::from_millis(100),
+            receipt_timeout: Duration::from_secs(60),
+            poll: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A mined, successful transaction.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// Its hash.
+    pub hash: TxHash,
+    /// Gas it used.
+    pub gas_used: u64,
+    /// The block it is in.
+    pub block: u64,
+    /// The contract it created, if it was a deployment (else zero).
+    pub address: Address,
+    /// The full receipt (logs included).
+    pub receipt: TransactionReceipt,
+}
+
+/// An account's stake, as the contract holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Account {
+    /// Bonded stake.
+    pub stake: u128,
+    /// Unbonding stake, withdrawable from `release_epoch`.
+    pub unbonding: u128,
+    /// When the unbonding stake becomes withdrawable.
+    pub release_epoch: u64,
+    /// Registered verifier.
+    pub verifier: bool,
+}
+
+/// A payment channel, as the contract holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Channel {
+    /// Who escrowed.
+    pub payer: Address,
+    /// Who may claim.
+    pub provider: Address,
+    /// Total escrowed.
+    pub deposit: u128,
+    /// Total claimed.
+    pub claimed: u128,
+    /// From this epoch the payer may ask to close.
+    pub expires_epoch: u64,
+    /// From this epoch anyone may finalize the close (0 while open).
+    pub closes_epoch: u64,
+    /// Closed and refunded.
+    pub closed: bool,
+}
+
+impl Channel {
+    /// What the channel still escrows.
+    pub fn escrow(&self) -> u128 {
+        if self.closed {
+            0
+        } else {
+            self.deposit.saturating_sub(self.claimed)
+        }
+    }
+}
+
+/// A posted receipt root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiptRoot {
+    /// The BLAKE3 Merkle root (opaque to the chain).
+    pub root: B256,
+    /// Leaves under it.
+    pub receipts: u64,
+    /// Posted as a late root (every leaf audited).
+    pub full: bool,
+}
+
+/// One account's client for the deployed contracts.
+pub struct SettlementClient {
+    provider: DynProvider<Ethereum>,
+    signer: PrivateKeySigner,
+    wallet: EthereumWallet,
+    chain_id: u64,
+    deployment: Option<Deployment>,
+    /// The next nonce to use; `None` means read it from the chain first. Held across a whole
+    /// submission, so this client's transactions are strictly ordered.
+    nonce: Mutex<Option<u64>>,
+    options: ClientOptions,
+}
+
+fn refusal(data: &[u8]) -> Refusal {
+    if let Ok(e) = AgoraSettlementErrors::abi_decode(data) {
+        Refusal::Settlement(e)
+    } else if let Ok(e) = TestStablecoinErrors::abi_decode(data) {
+        Refusal::Token(e)
+    } else {
+        Refusal::Other(Bytes::copy_from_slice(data))
+    }
+}
+
+/// The contract's refusal inside an RPC error, if the node executed and reverted it.
+fn revert_of(e: &TransportError) -> Option<Refusal> {
+    let payload = e.as_error_resp()?;
+    if let Some(data) = payload.as_revert_data() {
+        return Some(refusal(&data));
+    }
+    payload
+        .message
+        .contains("revert")
+        .then(|| Refusal::Other(Bytes::new()))
+}
+
+/// Domain of an ed25519 network key's signature binding it to an EVM account.
+pub const KEY_BINDING_DOMAIN: &[u8] = b"agora/evm/key-binding/v1";
+
+/// `key` signs that it belongs to EVM account `account` on the settlement contract
+/// `settlement` of chain `chain_id`: `KEY_BINDING_DOMAIN || borsh(chain_id, settlement, account)`.
+pub fn sign_key_binding(
+    key: &Keypair,
+    chain_id: u64,
+    settlement: Address,
+    account: Address,
+) -> Signature {
+    key.sign(
+        KEY_BINDING_DOMAIN,
+        &(chain_id, settlement.0 .0, account.0 .0),
+    )
+}
+
+/// Whether `sig` is `key`'s binding to `account` on (`chain_id`, `settlement`).
+pub fn verify_key_binding(
+    key: &AccountId,
+    sig: &Signature,
+    chain_id: u64,
+    settlement: Address,
+    account: Address,
+) -> bool {
+    key.verify(
+        KEY_BINDING_DOMAIN,
+        &(chain_id, settlement.0 .0, account.0 .0),
+        sig,
+    )
+    .is_ok()
+}
+
+fn amount(a: u128) -> U256 {
+    U256::from(a)
+}
+
+fn to_u128(a: U256) -> Result<u128, EvmError> {
+    u128::try_from(a).map_err(|_| EvmError::AmountTooLarge(a))
+}
+
+fn call_err(what: &'static str) -> impl Fn(alloy::contract::Error) -> EvmError {
+    move |e| match e {
+        alloy::contract::Error::TransportError(source) => EvmError::Rpc {
+            what,
+            attempts: 1,
+            source,
+        },
+        other => EvmError::Read {
+            what,
+            source: Box::new(other),
+        },
+    }
+}
+
+impl SettlementClient {
+    /// Connects `signer` to the contracts of `deployment` at `rpc_url`; checks the chain id.
+    pub async fn connect(
+        rpc_url: &str,
+        signer: PrivateKeySigner,
+        deployment: Deployment,
+    ) -> Result<SettlementClient, EvmError> {
+        Self::connect_with(rpc_url, signer, deployment, ClientOptions::default()).await
+    }
+
+    /// [`SettlementClient::connect`] with explicit retry settings.
+    pub async fn connect_with(
+        rpc_url: &str,
+        signer: PrivateKeySigner,
+        deployment: Deployment,
+        options: ClientOptions,
+    ) -> Result<SettlementClient, EvmError> {
+        let mut c = Self::connect_inner(rpc_url, signer, options).await?;
+        if c.chain_id != deployment.chain_id {
+            return Err(EvmError::WrongChain {
+                expected: deployment.chain_id,
+                got: c.chain_id,
+            });
+        }
+        c.deployment = Some(deployment);
+        Ok(c)
+    }
+
+    /// A client with no contracts yet (to deploy them).
+    pub(crate) async fn connect_raw(
+        rpc_url: &str,
+        signer: PrivateKeySigner,
+    ) -> Result<SettlementClient, EvmError> {
+        Self::connect_inner(rpc_url, signer, ClientOptions::default()).await
+    }
+
+    async fn connect_inner(
+        rpc_url: &str,
+        signer: PrivateKeySigner,
+        options: ClientOptions,
+    ) -> Result<SettlementClient, EvmError> {
+        let url = rpc_url.parse().map_err(|_| EvmError::BadUrl {
+            url: rpc_url.to_owned(),
+        })?;
+        // No fillers: this client sets nonce, gas and fees itself, so it can re-send the
+        // very same signed transaction after an RPC failure.
+        let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .connect_http(url)
+            .erased();
+        let wallet = EthereumWallet::from(signer.clone());
+        let mut c = SettlementClient {
+            provider,
+            signer,
+            wallet,
+            chain_id: 0,
+            deployment: None,
+            nonce: Mutex::new(None),
+            options,
+        };
+        c.chain_id = c
+            .retry("eth_chainId", || c.provider.get_chain_id().into_future())
+            .await?;
+        Ok(c)
+    }
+
+    /// This client's account.
+    pub fn address(&self) -> Address {
+        self.signer.address()
+    }
+
+    /// The chain id.
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    /// The contracts this client talks to.
+    pub fn deployment(&self) -> Option<&Deployment> {
+        self.deployment.as_ref()
+    }
+
+    /// The underlying provider (for reads this client does not wrap).
+    pub fn provider(&self) -> &DynProvider<Ethereum> {
+        &self.provider
+    }
+
+    fn contracts(&self) -> Result<&Deployment, EvmError> {
+        self.deployment.as_ref().ok_or(EvmError::NotDeployed)
+    }
+
+    async fn retry<T, F, Fut>(&self, what: &'static str, mut f: F) -> Result<T, EvmError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, TransportError>>,
+    {
+        let mut wait = self.options.backoff;
+        let mut attempt = 1;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(source) if attempt >= self.options.attempts => {
+                    return Err(EvmError::Rpc {
+                        what,
+                        attempts: attempt,
+                        source,
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(what, attempt, error = %e, "rpc call failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    // ----- submission -----
+
+    /// Signs and sends one transaction, waits for its receipt, and returns it if it succeeded.
+    ///
+    /// The transaction is signed once, with the next nonce; every re-send after an RPC error
+    /// or timeout sends the same bytes (the same hash), and a "known"/"nonce too low" answer
+    /// is resolved by looking the hash up, so one call never makes two transactions. A
+    /// refusal found while estimating gas sends nothing.
+    pub async fn submit(
+        &self,
+        to: TxKind,
+        input: Bytes,
+        value: U256,
+    ) -> Result<Submitted, EvmError> {
+        let mut slot = self.nonce.lock().await;
+        let from = self.address();
+        let nonce = match *slot {
+            Some(n) => n,
+            None => {
+                self.retry("eth_getTransactionCount", || {
+                    self.provider
+                        .get_transaction_count(from)
+                        .pending()
+                        .into_future()
+                })
+                .await?
+            }
+        };
+        let mut req = TransactionRequest::default()
+            .with_from(from)
+            .with_kind(to)
+            .with_input(input)
+            .with_value(value)
+            .with_nonce(nonce)
+            .with_chain_id(self.chain_id);
+        let gas = self.estimate(&req).await?;
+        // Headroom: state may move between the estimate and the block.
+        req.set_gas_limit(gas.saturating_add(gas / 4));
+        let fees = self
+            .retry("eth_feeHistory", || self.provider.estimate_eip1559_fees())
+            .await?;
+        req.set_max_fee_per_gas(fees.max_fee_per_gas);
+        req.set_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
+        let envelope = req.build(&self.wallet).await?;
+        let hash = *envelope.tx_hash();
+        let raw = envelope.encoded_2718();
+        if let Err(e) = self.broadcast(hash, &raw).await {
+            // It may or may not be in a mempool: read the nonce from the chain next time.
+            *slot = None;
+            return Err(e);
+        }
+        let receipt = match self.wait_receipt(hash, &raw).await {
+            Ok(r) => r,
+            Err(e) => {
+                *slot = None;
+                return Err(e);
+            }
+        };
+        *slot = Some(nonce + 1);
+        if !receipt.status() {
+            return Err(EvmError::RevertedOnChain { hash });
+        }
+        Ok(Submitted {
+            hash,
+            gas_used: receipt.gas_used,
+            block: receipt.block_number.unwrap_or_default(),
+            address: receipt.contract_address.unwrap_or_default(),
+            receipt,
+        })
+    }
+
+    async fn estimate(&self, req: &TransactionRequest) -> Result<u64, EvmError> {
+        let mut wait = self.options.backoff;
+        let mut attempt = 1;
+        loop {
+            match self.provider.estimate_gas(req.clone()).await {
+                Ok(g) => return Ok(g),
+                Err(e) => {
+                    if let Some(r) = revert_of(&e) {
+                        return Err(EvmError::Refused(r));
+                    }
+                    if attempt >= self.options.attempts {
+                        return Err(EvmError::Rpc {
+                            what: "eth_estimateGas",
+                            attempts: attempt,
+                            source: e,
+                        });
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Whether the node knows the transaction (pending or mined).
+    async fn known(&self, hash: TxHash) -> bool {
+        matches!(
+            self.provider.get_transaction_by_hash(hash).await,
+            Ok(Some(_))
+        )
+    }
+
+    async fn broadcast(&self, hash: TxHash, raw: &[u8]) -> Result<(), EvmError> {
+        let mut wait = self.options.backoff;
+        let mut attempt = 1;
+        loop {
+            match self.provider.send_raw_transaction(raw).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    // An earlier attempt may have arrived with its answer lost.
+                    if self.known(hash).await {
+                        tracing::debug!(%hash, "send answered {e}, but the node has the transaction");
+                        return Ok(());
+                    }
+                    if let Some(r) = revert_of(&e) {
+                        return Err(EvmError::Refused(r));
+                    }
+                    if attempt >= self.options.attempts {
+                        return Err(EvmError::Rpc {
+                            what: "eth_sendRawTransaction",
+                            attempts: attempt,
+                            source: e,
+                        });
+                    }
+                    tracing::debug!(%hash, attempt, error = %e, "send failed; re-sending the same bytes");
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn wait_receipt(&self, hash: TxHash, raw: &[u8]) -> Result<TransactionReceipt, EvmError> {
+        let start = Instant::now();
+        let mut polls = 0u32;
+        loop {
+            if let Ok(Some(r)) = self.provider.get_transaction_receipt(hash).await {
+                return Ok(r);
+            }
+            polls += 1;
+            // A node that dropped it (restarted, evicted) gets the same bytes again.
+            if polls.is_multiple_of(20) && !self.known(hash).await {
+                let _ = self.provider.send_raw_transaction(raw).await;
+            }
+            if start.elapsed() > self.options.receipt_timeout {
+                return Err(EvmError::ReceiptTimeout {
+                    hash,
+                    waited_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(self.options.poll).await;
+        }
+    }
+
+    pub(crate) async fn create(&self, code: Bytes) -> Result<Submitted, EvmError> {
+        let s = self.submit(TxKind::Create, code, U256::ZERO).await?;
+        if s.address == Address::ZERO {
+            return Err(EvmError::MissingOutput {
+                hash: s.hash,
+                what: "a contract address",
+            });
+        }
+        Ok(s)
+    }
+
+    async fn call_settlement(&self, call: impl SolCall) -> Result<Submitted, EvmError> {
+        let to = self.contracts()?.settlement;
+        self.submit(TxKind::Call(to), call.abi_encode().into(), U256::ZERO)
+            .await
+    }
+
+    async fn call_token(&self, call: impl SolCall) -> Result<Submitted, EvmError> {
+        let to = self.contracts()?.token;
+        self.submit(TxKind::Call(to), call.abi_encode().into(), U256::ZERO)
+            .await
+    }
+
+    // ----- token -----
+
+    /// Mints test tokens (only the token's deployer may).
+    pub async fn mint(&self, to: Address, value: u128) -> Result<Submitted, EvmError> {
+        self.call_token(TestStablecoin::mintCall {
+            to,
+            value: amount(value),
+        })
+        .await
+    }
+
+    /// Transfers tokens.
+    pub async fn transfer(&self, to: Address, value: u128) -> Result<Submitted, EvmError> {
+        self.call_token(TestStablecoin::transferCall {
+            to,
+            value: amount(value),
+        })
+        .await
+    }
+
+    /// Sends native currency (gas money).
+    pub async fn send_native(&self, to: Address, wei: U256) -> Result<Submitted, EvmError> {
+        self.submit(TxKind::Call(to), Bytes::new(), wei).await
+    }
+
+    /// Lets the settlement contract pull exactly `value` more than it may now, if it may not
+    /// already pull that much.
+    pub async fn ensure_allowance(&self, value: u128) -> Result<Option<Submitted>, EvmError> {
+        let d = self.contracts()?;
+        let token = TestStablecoin::new(d.token, &self.provider);
+        let have = token
+            .allowance(self.address(), d.settlement)
+            .call()
+            .await
+            .map_err(call_err("allowance"))?;
+        if have >= amount(value) {
+            return Ok(None);
+        }
+        self.call_token(TestStablecoin::approveCall {
+            spender: d.settlement,
+            value: amount(value),
+        })
+        .await
+        .map(Some)
+    }
+
+    // ----- stake -----
+
+    /// Bonds `value` tokens as stake (approving them first if needed).
+    pub async fn stake(&self, value: u128) -> Result<Submitted, EvmError> {
+        self.ensure_allowance(value).await?;
+        self.call_settlement(AgoraSettlement::stakeCall {
+            amount: amount(value),
+        })
+        .await
+    }
+
+    /// Starts unbonding `value` of stake.
+    pub async fn unstake(&self, value: u128) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::unstakeCall {
+            amount: amount(value),
+        })
+        .await
+    }
+
+    /// Withdraws the unbonded stake once released.
+    pub async fn withdraw(&self) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::withdrawCall {}).await
+    }
+
+    /// Bonds `extra` more and registers as a verifier.
+    pub async fn register_verifier(&self, extra: u128) -> Result<Submitted, EvmError> {
+        if extra > 0 {
+            self.ensure_allowance(extra).await?;
+        }
+        self.call_settlement(AgoraSettlement::registerVerifierCall {
+            extraStake: amount(extra),
+        })
+        .await
+    }
+
+    /// Binds `key` (this node's ed25519 network key) to this account: records the key and its
+    /// signature over [`key_binding`] on the contract. The chain cannot check ed25519; peers
+    /// check the binding with [`SettlementClient::verified_network_key`].
+    pub async fn bind_network_key(&self, key: &Keypair) -> Result<Submitted, EvmError> {
+        let d = self.contracts()?;
+        let sig = sign_key_binding(key, d.chain_id, d.settlement, self.address());
+        self.bind_network_key_raw(*key.account().as_bytes(), *sig.as_bytes())
+            .await
+    }
+
+    /// Records any (key, signature) pair: what an attacker can do, since the chain does not
+    /// verify it.
+    pub async fn bind_network_key_raw(
+        &self,
+        key: [u8; 32],
+        binding_sig: [u8; 64],
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::bindNetworkKeyCall {
+            key: key.into(),
+            bindingSig: Bytes::copy_from_slice(&binding_sig),
+        })
+        .await
+    }
+
+    /// The ed25519 network key `who` bound on the contract, only if its signature over the
+    /// binding of (chain, contract, `who`) verifies; `None` for no key or a bad binding.
+    pub async fn verified_network_key(&self, who: Address) -> Result<Option<AccountId>, EvmError> {
+        let d = self.contracts()?;
+        let s = self.settlement()?;
+        let key = s
+            .networkKey(who)
+            .call()
+            .await
+            .map_err(call_err("networkKey"))?;
+        let sig = s
+            .networkKeySig(who)
+            .call()
+            .await
+            .map_err(call_err("networkKeySig"))?;
+        let (Ok(sig), false) = (Signature::from_slice(&sig), key.is_zero()) else {
+            return Ok(None);
+        };
+        let account = AccountId::from_bytes(key.0);
+        Ok(verify_key_binding(&account, &sig, d.chain_id, d.settlement, who).then_some(account))
+    }
+
+    // ----- channels -----
+
+    /// Opens a channel to `provider` escrowing `value`, closable from `timeout_epochs` on;
+    /// returns its id.
+    pub async fn open_channel(
+        &self,
+        provider: Address,
+        value: u128,
+        timeout_epochs: u64,
+    ) -> Result<(B256, Submitted), EvmError> {
+        self.ensure_allowance(value).await?;
+        let s = self
+            .call_settlement(AgoraSettlement::openChannelCall {
+                provider,
+                amount: amount(value),
+                timeoutEpochs: timeout_epochs,
+            })
+            .await?;
+        let id = s
+            .receipt
+            .inner
+            .logs()
+            .iter()
+            .find_map(|l| {
+                AgoraSettlement::ChannelOpened::decode_log_data(l.data())
+                    .ok()
+                    .map(|e| e.channel)
+            })
+            .ok_or(EvmError::MissingOutput {
+                hash: s.hash,
+                what: "a ChannelOpened event",
+            })?;
+        Ok((id, s))
+    }
+
+    /// Adds `value` to a channel.
+    pub async fn top_up(&self, channel: B256, value: u128) -> Result<Submitted, EvmError> {
+        self.ensure_allowance(value).await?;
+        self.call_settlement(AgoraSettlement::topUpCall {
+            id: channel,
+            amount: amount(value),
+        })
+        .await
+    }
+
+    /// The EIP-712 digest of a voucher on these contracts.
+    pub fn voucher_digest(&self, channel: B256, cumulative: u128) -> Result<B256, EvmError> {
+        let d = self.contracts()?;
+        let domain = eip712_domain! {
+            name: "Agora",
+            version: "1",
+            chain_id: d.chain_id,
+            verifying_contract: d.settlement,
+        };
+        Ok(Voucher {
+            channel,
+            cumulative: amount(cumulative),
+        }
+        .eip712_signing_hash(&domain))
+    }
+
+    /// Signs a voucher as the payer: 65 bytes (r, s, v).
+    pub fn sign_voucher(&self, channel: B256, cumulative: u128) -> Result<[u8; 65], EvmError> {
+        let digest = self.voucher_digest(channel, cumulative)?;
+        Ok(self.signer.sign_hash_sync(&digest)?.as_bytes())
+    }
+
+    /// Claims a voucher as the channel's provider.
+    pub async fn claim(
+        &self,
+        channel: B256,
+        cumulative: u128,
+        payer_sig: &[u8],
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::claimCall {
+            id: channel,
+            cumulative: amount(cumulative),
+            payerSig: Bytes::copy_from_slice(payer_sig),
+        })
+        .await
+    }
+
+    /// Asks to close a channel after its timeout (payer).
+    pub async fn request_close(&self, channel: B256) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::requestCloseCall { id: channel })
+            .await
+    }
+
+    /// Closes a channel whose claim window passed, refunding the payer.
+    pub async fn finalize_close(&self, channel: B256) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::finalizeCloseCall { id: channel })
+            .await
+    }
+
+    // ----- roots -----
+
+    /// Posts the receipt root for the current epoch.
+    pub async fn post_root(
+        &self,
+        epoch: u64,
+        root: B256,
+        receipts: u64,
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::postReceiptRootCall {
+            epoch,
+            root,
+            receipts,
+        })
+        .await
+    }
+
+    /// Posts a late root (every leaf audited; holds the poster's unbonding stake).
+    pub async fn post_late_root(
+        &self,
+        epoch: u64,
+        root: B256,
+        receipts: u64,
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::postLateRootCall {
+            epoch,
+            root,
+            receipts,
+        })
+        .await
+    }
+
+    // ----- reads -----
+
+    fn settlement(
+        &self,
+    ) -> Result<AgoraSettlement::AgoraSettlementInstance<&DynProvider>, EvmError> {
+        Ok(AgoraSettlement::new(
+            self.contracts()?.settlement,
+            &self.provider,
+        ))
+    }
+
+    /// Token balance of `who`.
+    pub async fn token_balance(&self, who: Address) -> Result<u128, EvmError> {
+        let token = TestStablecoin::new(self.contracts()?.token, &self.provider);
+        to_u128(
+            token
+                .balanceOf(who)
+                .call()
+                .await
+                .map_err(call_err("balanceOf"))?,
+        )
+    }
+
+    /// The stake record of `who`.
+    pub async fn account(&self, who: Address) -> Result<Account, EvmError> {
+        let a = self
+            .settlement()?
+            .accounts(who)
+            .call()
+            .await
+            .map_err(call_err("accounts"))?;
+        Ok(Account {
+            stake: a.stake,
+            unbonding: a.unbonding,
+            release_epoch: a.releaseEpoch,
+            verifier: a.verifier,
+        })
+    }
+
+    /// A channel, if it exists.
+    pub async fn channel(&self, id: B256) -> Result<Option<Channel>, EvmError> {
+        let c = self
+            .settlement()?
+            .channels(id)
+            .call()
+            .await
+            .map_err(call_err("channels"))?;
+        if c.payer == Address::ZERO {
+            return Ok(None);
+        }
+        Ok(Some(Channel {
+            payer: c.payer,
+            provider: c.provider,
+            deposit: c.deposit,
+            claimed: c.claimed,
+            expires_epoch: c.expiresEpoch,
+            closes_epoch: c.closesEpoch,
+            closed: c.closed,
+        }))
+    }
+
+    /// The root `provider` posted for `epoch`, if any.
+    pub async fn root(
+        &self,
+        provider: Address,
+        epoch: u64,
+    ) -> Result<Option<ReceiptRoot>, EvmError> {
+        let r = self
+            .settlement()?
+            .roots(provider, epoch)
+            .call()
+            .await
+            .map_err(call_err("roots"))?;
+        Ok((r.receipts != 0).then_some(ReceiptRoot {
+            root: r.root,
+            receipts: r.receipts,
+            full: r.full,
+        }))
+    }
+
+    /// The current epoch (from the latest block).
+    pub async fn current_epoch(&self) -> Result<u64, EvmError> {
+        self.settlement()?
+            .currentEpoch()
+            .call()
+            .await
+            .map_err(call_err("currentEpoch"))
+    }
+
+    /// Audit fees held by the contract.
+    pub async fn audit_pool(&self) -> Result<u128, EvmError> {
+        to_u128(
+            self.settlement()?
+                .auditPool()
+                .call()
+                .await
+                .map_err(call_err("auditPool"))?,
+        )
+    }
+
+    /// The ed25519 key `who` declared (zero if none).
+    pub async fn network_key(&self, who: Address) -> Result<B256, EvmError> {
+        self.settlement()?
+            .networkKey(who)
+            .call()
+            .await
+            .map_err(call_err("networkKey"))
+    }
+
+    // ----- local chains -----
+
+    /// Mines `blocks` empty blocks (Anvil and Hardhat only).
+    pub async fn mine(&self, blocks: u64) -> Result<(), EvmError> {
+        self.retry("anvil_mine", || {
+            self.provider
+                .raw_request::<_, serde_json::Value>("anvil_mine".into(), (U256::from(blocks),))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Mines until the current epoch is at least `epoch` (Anvil and Hardhat only).
+    pub async fn mine_to_epoch(&self, epoch: u64) -> Result<(), EvmError> {
+        let d = self.contracts()?;
+        let now = self
+            .retry("eth_blockNumber", || {
+                self.provider.get_block_number().into_future()
+            })
+            .await?;
+        let target = d
+            .start_block
+            .saturating_add(epoch.saturating_mul(d.params.epoch_blocks));
+        if target > now {
+            self.mine(target - now).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! Agora settlement on an EVM chain: the compiled contracts' bindings, deployment, and a
+//! client for stake, channels, vouchers and receipt roots.
+//!
+//! The contracts live in `contracts/src` and are compiled by `scripts/build-contracts` into
+//! `contracts/out/*.json`, which [`bindings`] binds at compile time. [`deploy`] puts a test
+//! stablecoin and the settlement contract on a chain; [`SettlementClient`] is one account's
+//! handle on them: it signs every transaction locally with an explicit nonce and, when an RPC
+//! call fails or times out, re-sends the same signed bytes, so a retry can never pay twice.
+//! [`anvil::Anvil`] runs a local chain for tests and devnets.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), agora_evm::EvmError> {
+//! use agora_evm::{anvil::{find_anvil, Anvil}, deploy, Params, SettlementClient};
+//! let anvil = Anvil::start(&find_anvil().expect("anvil installed"), 31337)?;
+//! let deployer = anvil.keys()[0].clone();
+//! let deployment = deploy(anvil.url(), deployer.clone(), Params::devnet(10)).await?;
+//! let admin = SettlementClient::connect(anvil.url(), deployer, deployment.clone()).await?;
+//! let provider = SettlementClient::connect(anvil.url(), anvil.keys()[1].clone(), deployment).await?;
+//! admin.mint(provider.address(), 1_000).await?;
+//! provider.stake(500).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod anvil;
+mod client;
+mod deploy;
+mod error;
+
+pub use client::{
+    sign_key_binding, verify_key_binding, Account, Channel, ClientOptions, ReceiptRoot,
+    SettlementClient, Submitted, KEY_BINDING_DOMAIN,
+};
+pub use deploy::{deploy, Deployment, Params};
+pub use error::{EvmError, Refusal};
+
+/// Bindings generated from the committed artifacts in `contracts/out`.
+pub mod bindings {
+    alloy::sol!(
+        #[sol(rpc, all_derives)]
+        AgoraSettlement,
+        "../../contracts/out/AgoraSettlement.json"
+    );
+    alloy::sol!(
+        #[sol(rpc, all_derives)]
+        TestStablecoin,
+        "../../contracts/out/TestStablecoin.json"
+    );
+    alloy::sol! {
+        /// What a payer signs (EIP-712): the provider may have claimed `cumulative` in total
+        /// from `channel`. The domain is ("Agora", "1", chain id, settlement contract).
+        #[derive(Debug, PartialEq, Eq)]
+        struct Voucher {
+            bytes32 channel;
+            uint256 cumulative;
+        }
+    }
+}
