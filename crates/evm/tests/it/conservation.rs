@@ -34,7 +34,8 @@ fn op() -> impl Strategy<Value = Op> {
         (who.clone(), who.clone(), amt.clone(), 2u64..6)
             .prop_map(|(a, b, x, t)| Op::Open(a, b, x, t)),
         (0usize..8, amt.clone()).prop_map(|(c, x)| Op::TopUp(c, x)),
-        (0usize..8, 0u128..600).prop_map(|(c, x)| Op::Claim(c, x)),
+        (0usize..8, 0u128..500).prop_map(|(c, x)| Op::Claim(c, x)),
+        (0usize..8, 0u128..500).prop_map(|(c, x)| Op::Claim(c, x)),
         (0usize..8).prop_map(Op::RequestClose),
         (0usize..8).prop_map(Op::Finalize),
         (0u64..10).prop_map(Op::Mine),
@@ -47,7 +48,10 @@ async fn apply(
     channels: &mut Vec<B256>,
     op: &Op,
 ) -> Result<(), EvmError> {
-    let pick = |c: &usize, channels: &Vec<B256>| channels.get(*c).copied();
+    // Any index names some channel once one exists, so most channel ops do something.
+    let pick = |c: &usize, channels: &Vec<B256>| {
+        (!channels.is_empty()).then(|| channels[*c % channels.len()])
+    };
     let r = match op {
         Op::Stake(a, x) => actors[*a].stake(*x).await.map(drop),
         Op::Unstake(a, x) => actors[*a].unstake(*x).await.map(drop),
@@ -90,7 +94,7 @@ async fn apply(
         Op::Mine(blocks) => actors[0].mine(*blocks * 7).await,
     };
     match r {
-        Err(EvmError::Refused(_)) | Ok(()) => Ok(()),
+        Ok(()) | Err(EvmError::Refused(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -177,7 +181,8 @@ async fn run_case(anvil: &Anvil, p: Params, ops: &[Op]) -> Result<(), TestCaseEr
 }
 
 /// Random sequences of every operation (most of them breaking some rule) never create or
-/// lose a token, with a 1% audit fee so the pool is exercised.
+/// lose a token, with a 10% audit fee so the pool is exercised (a claim that paid the
+/// provider the fee too fails here).
 #[test]
 fn conservation_over_random_operations() -> anyhow::Result<()> {
     let Some(bin) = find_anvil() else {
@@ -189,11 +194,11 @@ fn conservation_over_random_operations() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let p = Params {
-        audit_fee_bps: 100,
+        audit_fee_bps: 1_000,
         ..params()
     };
     let mut runner = TestRunner::new(Config {
-        cases: 3,
+        cases: 4,
         max_shrink_iters: 8,
         failure_persistence: None,
         ..Config::default()
