@@ -1,0 +1,203 @@
+//! One settlement interface for Agora's phase-1 operations (stake, unbonding, verifiers,
+//! payment channels and vouchers, receipt roots), implemented by the embedded ledger and by
+//! an EVM chain.
+//!
+//! [`Settlement`] is one account's view of settlement. [`ledger::LedgerSettlement`] signs
+//! ledger transactions with the account's ed25519 key and submits them to an `agora ledger
+//! serve` node; [`evm::EvmSettlement`] sends them to the `AgoraSettlement` contract with the
+//! account's secp256k1 key. Both answer a refused operation with the same [`Refusal`], so
+//! one scenario can run on either and must end with the same outcomes and balances
+//! (`tests/it`, the conformance suite).
+//!
+//! Where the two differ in mechanics, the interface takes the chain's shape and the ledger
+//! side checks what its state machine already did: the ledger releases matured unbonding
+//! and closes due channels itself when an epoch ends, so [`Settlement::withdraw`] and
+//! [`Settlement::finalize_close`] there only confirm it happened (refusing like the contract
+//! when it has not).
+//!
+//! Provider, broker, verifier and gateway do not use this trait yet.
+
+pub mod evm;
+pub mod ledger;
+
+use std::fmt::Debug;
+use std::future::Future;
+
+/// Why settlement refused an operation, the same on every implementation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not enough spendable balance (or token allowance).
+    Overdraft,
+    /// Bonded stake below what the operation needs.
+    InsufficientStake,
+    /// Unbonding stake not released yet.
+    StillUnbonding,
+    /// No such channel.
+    UnknownChannel,
+    /// The channel is closed, or closing where that forbids the operation.
+    ChannelClosed,
+    /// Only the channel's payer may do this.
+    NotChannelPayer,
+    /// Only the channel's provider may do this.
+    NotChannelProvider,
+    /// The voucher is not the payer's signature over this channel on this settlement.
+    ForgedVoucher,
+    /// The voucher does not raise what was claimed.
+    DoubleClaim,
+    /// The voucher exceeds the deposit.
+    OverClaim,
+    /// The channel's timeout has not passed.
+    ChannelNotExpired,
+    /// The channel's claim window after the close request has not passed.
+    ChannelNotDue,
+    /// A channel timeout not longer than the claim window.
+    ChannelTimeout,
+    /// Not the current epoch.
+    WrongEpoch,
+    /// A root for this provider and epoch exists.
+    RootAlreadyPosted,
+    /// A zero amount, a channel to oneself, a bad receipt count.
+    Malformed,
+    /// Any other refusal, by the implementation's own name for it.
+    Other {
+        /// The ledger's error code or the contract's error name.
+        code: String,
+    },
+}
+
+/// Errors of a settlement operation.
+#[derive(Debug, thiserror::Error)]
+pub enum SettlementError {
+    /// Settlement refused it; nothing changed.
+    #[error("refused: {0:?}")]
+    Refused(Refusal),
+    /// The ledger node could not be reached or answered nonsense.
+    #[error("ledger: {0}")]
+    Ledger(#[source] agora_ledger::ClientError),
+    /// The EVM chain could not be reached or answered nonsense.
+    #[error("evm: {0}")]
+    Evm(#[source] Box<agora_evm::EvmError>),
+    /// A blocking ledger call's task died.
+    #[error("the ledger call's task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// An amount beyond what the settlement can represent.
+    #[error("amount {0} out of range")]
+    AmountOutOfRange(u128),
+}
+
+impl SettlementError {
+    /// The refusal, if this is one.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            SettlementError::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// An account's stake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StakeView {
+    /// Bonded.
+    pub stake: u128,
+    /// Unbonding, not yet released.
+    pub unbonding: u128,
+    /// Registered verifier.
+    pub verifier: bool,
+}
+
+/// A channel's money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelView {
+    /// Total escrowed.
+    pub deposit: u128,
+    /// Total claimed.
+    pub claimed: u128,
+    /// Closed and refunded.
+    pub closed: bool,
+}
+
+/// One account's settlement: the operations of phase 1.
+pub trait Settlement: Send + Sync {
+    /// How accounts are named (an ed25519 key, an EVM address).
+    type Account: Copy + Eq + Debug + Send + Sync;
+    /// How channels are named.
+    type ChannelId: Copy + Eq + Debug + Send + Sync;
+    /// A payer's signature over a voucher.
+    type VoucherSig: Clone + Debug + Send + Sync;
+
+    /// This client's account.
+    fn account(&self) -> Self::Account;
+    /// Spendable balance of `who` (ledger balance; token balance on a chain).
+    fn balance(
+        &self,
+        who: Self::Account,
+    ) -> impl Future<Output = Result<u128, SettlementError>> + Send;
+    /// Stake of `who`.
+    fn stake_of(
+        &self,
+        who: Self::Account,
+    ) -> impl Future<Output = Result<StakeView, SettlementError>> + Send;
+    /// The epoch this client's next operation lands in.
+    fn epoch(&self) -> impl Future<Output = Result<u64, SettlementError>> + Send;
+    /// Bonds `amount`.
+    fn stake(&self, amount: u128) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Starts unbonding `amount`.
+    fn unstake(&self, amount: u128) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Makes released unbonding spendable.
+    fn withdraw(&self) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Bonds `extra` more and registers as a verifier.
+    fn register_verifier(
+        &self,
+        extra: u128,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Opens a channel to `provider`.
+    fn open_channel(
+        &self,
+        provider: Self::Account,
+        amount: u128,
+        timeout_epochs: u64,
+    ) -> impl Future<Output = Result<Self::ChannelId, SettlementError>> + Send;
+    /// Adds to a channel.
+    fn top_up(
+        &self,
+        channel: Self::ChannelId,
+        amount: u128,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Signs a cumulative voucher as the payer.
+    fn sign_voucher(
+        &self,
+        channel: Self::ChannelId,
+        cumulative: u128,
+    ) -> Result<Self::VoucherSig, SettlementError>;
+    /// Claims a voucher as the provider.
+    fn claim(
+        &self,
+        channel: Self::ChannelId,
+        cumulative: u128,
+        sig: &Self::VoucherSig,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Asks to close a channel after its timeout.
+    fn request_close(
+        &self,
+        channel: Self::ChannelId,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Ends a channel whose claim window passed, refunding the payer.
+    fn finalize_close(
+        &self,
+        channel: Self::ChannelId,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// A channel, if it exists.
+    fn channel(
+        &self,
+        channel: Self::ChannelId,
+    ) -> impl Future<Output = Result<Option<ChannelView>, SettlementError>> + Send;
+    /// Posts a receipt root for the current epoch (`late`: every leaf audited).
+    fn post_root(
+        &self,
+        epoch: u64,
+        root: [u8; 32],
+        receipts: u64,
+        late: bool,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+}
