@@ -1,4 +1,4 @@
-// Compiles contracts/src/*.sol with the pinned solcjs and fixed settings, and writes one
+// Compiles contracts/src/*.sol (and the test-only contracts/test/*.sol) with the pinned solcjs and fixed settings, and writes one
 // artifact per contract to the folder given as argv[3]: { contractName, abi, bytecode,
 // deployedBytecode, compiler }. Usage: node contracts/build.cjs SOLC_MODULE_DIR OUT_DIR
 "use strict";
@@ -11,7 +11,6 @@ if (!solcDir || !outDir) {
   process.exit(2);
 }
 const solc = require(path.resolve(solcDir));
-const srcDir = path.join(__dirname, "src");
 const settings = {
   optimizer: { enabled: true, runs: 200 },
   evmVersion: "cancun",
@@ -20,9 +19,15 @@ const settings = {
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
 };
 const sources = {};
-for (const f of fs.readdirSync(srcDir).filter((f) => f.endsWith(".sol")).sort()) {
-  // Unix line endings whatever the checkout, so the metadata hash is the same everywhere.
-  sources[`src/${f}`] = { content: fs.readFileSync(path.join(srcDir, f), "utf8").replace(/\r\n/g, "\n") };
+// contracts/src: what is deployed; contracts/test: hostile contracts for tests only (artifacts
+// under out/test).
+for (const dir of ["src", "test"]) {
+  const abs = path.join(__dirname, dir);
+  if (!fs.existsSync(abs)) continue;
+  for (const f of fs.readdirSync(abs).filter((f) => f.endsWith(".sol")).sort()) {
+    // Unix line endings whatever the checkout, so the metadata hash is the same everywhere.
+    sources[`${dir}/${f}`] = { content: fs.readFileSync(path.join(abs, f), "utf8").replace(/\r\n/g, "\n") };
+  }
 }
 const out = JSON.parse(solc.compile(JSON.stringify({ language: "Solidity", sources, settings })));
 let failed = false;
@@ -43,7 +48,9 @@ for (const [file, contracts] of Object.entries(out.contracts)) {
       deployedBytecode: "0x" + c.evm.deployedBytecode.object,
       compiler: { version: solc.version(), settings: { optimizer: settings.optimizer, evmVersion: settings.evmVersion } },
     };
-    fs.writeFileSync(path.join(outDir, `${name}.json`), JSON.stringify(artifact, null, 2) + "\n");
+    const dir = file.startsWith("test/") ? path.join(outDir, "test") : outDir;
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, `${name}.json`), JSON.stringify(artifact, null, 2) + "\n");
     console.log(`${name}: ${(c.evm.deployedBytecode.object.length / 2) | 0} bytes deployed`);
   }
 }

@@ -233,8 +233,8 @@ impl SettlementClient {
         Ok(c)
     }
 
-    /// A client with no contracts yet (to deploy them).
-    pub(crate) async fn connect_raw(
+    /// A client with no contracts yet: to deploy them, or send raw transactions.
+    pub async fn connect_bare(
         rpc_url: &str,
         signer: PrivateKeySigner,
     ) -> Result<SettlementClient, EvmError> {

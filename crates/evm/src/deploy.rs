@@ -113,13 +113,23 @@ pub async fn deploy(
     deployer: PrivateKeySigner,
     params: Params,
 ) -> Result<Deployment, EvmError> {
-    let client = SettlementClient::connect_raw(rpc_url, deployer).await?;
-    let token_code = TestStablecoin::BYTECODE.to_vec();
-    let token = client.create(token_code.into()).await?;
+    let client = SettlementClient::connect_bare(rpc_url, deployer.clone()).await?;
+    let token = client.create(TestStablecoin::BYTECODE.clone()).await?;
+    deploy_with_token(rpc_url, deployer, token.address, params).await
+}
+
+/// Deploys the settlement contract over an existing ERC-20 `token`.
+pub async fn deploy_with_token(
+    rpc_url: &str,
+    deployer: PrivateKeySigner,
+    token: Address,
+    params: Params,
+) -> Result<Deployment, EvmError> {
+    let client = SettlementClient::connect_bare(rpc_url, deployer).await?;
     let mut code = AgoraSettlement::BYTECODE.to_vec();
     code.extend(
         AgoraSettlement::constructorCall {
-            token_: token.address,
+            token_: token,
             p: params.to_sol(),
         }
         .abi_encode(),
@@ -127,7 +137,7 @@ pub async fn deploy(
     let settlement = client.create(code.into()).await?;
     Ok(Deployment {
         chain_id: client.chain_id(),
-        token: token.address,
+        token,
         settlement: settlement.address,
         start_block: settlement.block,
         params,

@@ -30,7 +30,7 @@ pub use client::{
     sign_key_binding, verify_key_binding, Account, Channel, ClientOptions, ReceiptRoot,
     SettlementClient, Submitted, KEY_BINDING_DOMAIN,
 };
-pub use deploy::{deploy, Deployment, Params};
+pub use deploy::{deploy, deploy_with_token, Deployment, Params};
 pub use error::{EvmError, Refusal};
 
 /// Bindings generated from the committed artifacts in `contracts/out`.

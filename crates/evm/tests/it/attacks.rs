@@ -227,3 +227,82 @@ async fn only_the_deployer_mints() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+mod hostile {
+    alloy::sol!(
+        #[sol(rpc)]
+        ReentrantToken,
+        "../../contracts/out/test/ReentrantToken.json"
+    );
+}
+
+/// A token that calls back into the settlement contract from inside the transfer that pays a
+/// channel's refund: the reentrant `finalizeClose` is refused by the lock, and the refund is
+/// paid once.
+#[tokio::test]
+async fn reentrant_token_callback_refused() -> anyhow::Result<()> {
+    use agora_evm::bindings::AgoraSettlement;
+    use alloy::primitives::Bytes;
+    use alloy::sol_types::{SolCall, SolError};
+    let Some(bin) = agora_evm::anvil::find_anvil() else {
+        eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+        return Ok(());
+    };
+    let anvil = agora_evm::anvil::Anvil::start(&bin, CHAIN_ID)?;
+    let admin = SettlementClient::connect_bare(anvil.url(), anvil.keys()[0].clone()).await?;
+    let token = admin
+        .submit(
+            alloy::primitives::TxKind::Create,
+            hostile::ReentrantToken::BYTECODE.clone(),
+            U256::ZERO,
+        )
+        .await?
+        .address;
+    let d =
+        agora_evm::deploy_with_token(anvil.url(), anvil.keys()[0].clone(), token, params()).await?;
+    let admin = SettlementClient::connect(anvil.url(), anvil.keys()[0].clone(), d.clone()).await?;
+    let payer = SettlementClient::connect(anvil.url(), anvil.keys()[1].clone(), d.clone()).await?;
+    let prov = SettlementClient::connect(anvil.url(), anvil.keys()[2].clone(), d.clone()).await?;
+    admin.mint(payer.address(), 1_000).await?;
+    let e = {
+        use alloy::providers::Provider;
+        let latest = admin.provider().get_block_number().await?;
+        (latest + 1 - d.start_block) / d.params.epoch_blocks
+    };
+    let (id, _) = payer.open_channel(prov.address(), 300, 3).await?;
+    let sig = payer.sign_voucher(id, 100)?;
+    prov.claim(id, 100, &sig).await?;
+    admin.mine_to_epoch(e + 3).await?;
+    payer.request_close(id).await?;
+    admin.mine_to_epoch(e + 5).await?;
+
+    // Arm: the refund's transfer calls finalizeClose(id) again from inside the token.
+    let again: Bytes = AgoraSettlement::finalizeCloseCall { id }
+        .abi_encode()
+        .into();
+    let arm = hostile::ReentrantToken::armCall {
+        target_: d.settlement,
+        payload_: again,
+    };
+    admin
+        .submit(
+            alloy::primitives::TxKind::Call(token),
+            arm.abi_encode().into(),
+            U256::ZERO,
+        )
+        .await?;
+    payer.finalize_close(id).await?;
+
+    let t = hostile::ReentrantToken::new(token, admin.provider());
+    assert!(t.attempted().call().await?, "the callback ran");
+    assert!(!t.reentered().call().await?, "the reentrant call must fail");
+    let result = t.reentryResult().call().await?;
+    assert_eq!(
+        result.as_ref(),
+        AgoraSettlement::Reentered::SELECTOR.as_slice(),
+        "refused by the reentrancy lock"
+    );
+    assert_eq!(payer.token_balance(payer.address()).await?, 700 + 200);
+    assert_eq!(payer.token_balance(d.settlement).await?, 0);
+    Ok(())
+}
