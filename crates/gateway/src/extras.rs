@@ -30,6 +30,13 @@ impl Extras {
             .map(|f| f.schema.clone())
     }
 
+    /// Whether the model is told of tools (so only providers serving tools may answer).
+    pub fn uses_tools(&self) -> bool {
+        self.tools
+            .as_ref()
+            .is_some_and(|t| t.choice != crate::tools::Choice::None)
+    }
+
     /// Whether the chat answer's shape depends on them (a format to check, tools to parse).
     fn shapes_chat(&self) -> bool {
         self.tools.is_some() || self.format.is_some()

@@ -240,6 +240,7 @@ fn parse(app: &App, body: &Map<String, Value>) -> Result<(Job, bool, Vec<String>
         // Tools are refused above and the Messages API has no logprobs or response format.
         constraint: None,
         top_logprobs: None,
+        tools: false,
     };
     Ok((job, stream, fallbacks))
 }
