@@ -125,6 +125,28 @@ class Structured(unittest.TestCase):
         self.assertEqual(r.choices[0].finish_reason, "stop", r.choices[0].message.content)
         self.assertTrue(valid_person(json.loads(r.choices[0].message.content)))
 
+    def test_n_2_choices_each_meet_the_schema(self):
+        verdict = {
+            "type": "object",
+            "properties": {"answer": {"enum": ["yes", "no"]}},
+            "required": ["answer"],
+            "additionalProperties": False,
+        }
+        r = client().chat.completions.create(
+            model=DEVNET["model"],
+            messages=[{"role": "user", "content": "Is Paris in France? Answer as JSON."}],
+            response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": verdict}},
+            n=2,
+            max_tokens=30,
+            seed=6,
+        )
+        self.assertEqual([c.index for c in r.choices], [0, 1])
+        for c in r.choices:
+            self.assertEqual(c.finish_reason, "stop", c.message.content)
+            self.assertIn(json.loads(c.message.content)["answer"], ("yes", "no"))
+        # Each choice is its own job with its own receipt.
+        self.assertEqual(len({x["receipt"] for x in r.model_extra["agora"]["receipts"]}), 2)
+
     def test_unsupported_schema_feature_is_a_400_naming_it(self):
         with self.assertRaises(openai.BadRequestError) as e:
             client().chat.completions.create(
