@@ -268,12 +268,14 @@ fn parse_tools(f: &Fields<'_>) -> Result<Option<ToolSetup>, ApiError> {
         }
         let name = match t.get("name") {
             Some(Value::String(n)) if crate::tools::valid_name(n) => n.clone(),
-            Some(Value::String(n)) => return Err(invalid(
-                &format!("{p}.name"),
-                format!(
+            Some(Value::String(n)) => {
+                return Err(invalid(
+                    &format!("{p}.name"),
+                    format!(
                     "{p}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$', got '{n}'"
                 ),
-            )),
+                ))
+            }
             Some(v) => return Err(wrong_type(&format!("{p}.name"), "a string", v)),
             None => {
                 return Err(invalid(
