@@ -262,6 +262,84 @@ class Anthropic(unittest.TestCase):
             )
 
 
+class Refusals(unittest.TestCase):
+    """Every refusal in OpenAI's shape on the OpenAI routes and Anthropic's on /v1/messages,
+    raised as the packages' usual exceptions."""
+
+    def openai_shape(self, e, status, code):
+        self.assertEqual(e.status_code, status)
+        body = e.response.json()
+        self.assertEqual(set(body["error"]), {"message", "type", "param", "code"}, body)
+        self.assertEqual(body["error"]["code"], code, body)
+        self.assertTrue(body["error"]["message"])
+
+    def anthropic_shape(self, e, status, kind):
+        self.assertEqual(e.status_code, status)
+        body = e.response.json()
+        self.assertEqual(body["type"], "error")
+        self.assertEqual(body["error"]["type"], kind, body)
+        self.assertTrue(body["error"]["message"])
+
+    def claude(self, key=None):
+        return anthropic.Anthropic(base_url=DEVNET["endpoint"], api_key=key or DEVNET["api_key"], max_retries=0, timeout=120)
+
+    def test_openai_refusals(self):
+        with self.assertRaises(openai.BadRequestError) as e:
+            ask(temperature=3)
+        self.openai_shape(e.exception, 400, "invalid_value")
+        self.assertEqual(e.exception.param, "temperature")
+        with self.assertRaises(openai.BadRequestError) as e:
+            ask(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "format": "email"}}})
+        self.openai_shape(e.exception, 400, "unsupported_schema_feature")
+        with self.assertRaises(openai.APIStatusError) as e:
+            ask(key=mint(budget=1)["key"])
+        self.openai_shape(e.exception, 402, "budget_exceeded")
+        with self.assertRaises(openai.PermissionDeniedError) as e:
+            ask(key=mint(budget=1000, models=[DEVNET["model"]])["key"], model="another-model")
+        self.openai_shape(e.exception, 403, "model_not_allowed")
+        with self.assertRaises(openai.NotFoundError) as e:
+            ask(model="no-such-model")
+        self.openai_shape(e.exception, 404, "model_not_found")
+        status, _, body = http("GET", "/v1/no-such-route")
+        self.assertEqual((status, set(body["error"])), (404, {"message", "type", "param", "code"}))
+        status, _, body = http("GET", "/v1/chat/completions")
+        self.assertEqual((status, body["error"]["code"]), (405, "method_not_allowed"))
+        child = mint(budget=1000, requests_per_minute=1)
+        ask(key=child["key"])
+        with self.assertRaises(openai.RateLimitError) as e:
+            ask(key=child["key"])
+        self.openai_shape(e.exception, 429, "rate_limit_exceeded")
+
+    def test_anthropic_refusals(self):
+        args = dict(model=DEVNET["model"], max_tokens=4, messages=[{"role": "user", "content": "Speak."}])
+        with self.assertRaises(anthropic.BadRequestError) as e:
+            self.claude().messages.create(**args, extra_body={"temperature": 1.5})
+        self.anthropic_shape(e.exception, 400, "invalid_request_error")
+        with self.assertRaises(anthropic.BadRequestError) as e:
+            self.claude().messages.create(**args, tools=[{"name": "f", "input_schema": {"type": "string", "pattern": "a"}}])
+        self.anthropic_shape(e.exception, 400, "invalid_request_error")
+        self.assertIn("pattern", str(e.exception))
+        with self.assertRaises(anthropic.APIStatusError) as e:
+            self.claude(mint(budget=1)["key"]).messages.create(**args)
+        self.anthropic_shape(e.exception, 402, "billing_error")
+        with self.assertRaises(anthropic.PermissionDeniedError) as e:
+            self.claude(mint(budget=1000, models=[DEVNET["model"]])["key"]).messages.create(**{**args, "model": "another-model"})
+        self.anthropic_shape(e.exception, 403, "permission_error")
+        with self.assertRaises(anthropic.NotFoundError) as e:
+            self.claude().messages.create(**{**args, "model": "no-such-model"})
+        self.anthropic_shape(e.exception, 404, "not_found_error")
+        ps = shakespeare_providers()
+        under = int(ps[0]["price_in"]) - 1
+        with self.assertRaises(anthropic.NotFoundError) as e:
+            self.claude().messages.create(**args, extra_body={"provider": {"max_price": {"prompt": under}}})
+        self.anthropic_shape(e.exception, 404, "not_found_error")
+        child = mint(budget=1000, requests_per_minute=1)
+        self.claude(child["key"]).messages.create(**args)
+        with self.assertRaises(anthropic.RateLimitError) as e:
+            self.claude(child["key"]).messages.create(**args)
+        self.anthropic_shape(e.exception, 429, "rate_limit_error")
+
+
 if __name__ == "__main__":
     with open(sys.argv[1] + "/devnet.json") as f:
         DEVNET.update(json.load(f))

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use agora_core::{AccountId, Amount, Hash32, Keypair};
 use agora_gateway::{
-    Backend, BackendError, Budget, Caller, FinishReason, Job, ModelInfo, PriceRange, Pricing,
-    Prompt, ProviderPrefs, ReceiptRef, Started, StreamEvent, Usage,
+    Backend, BackendError, Budget, Caller, Capabilities, FinishReason, Job, ModelInfo, PriceRange,
+    Pricing, Prompt, ProviderPrefs, ReceiptRef, Started, StreamEvent, Usage,
 };
 use agora_ledger::client::Client;
-use agora_market::{Bid, Candidate, OfferBook, SignedOffer};
+use agora_market::{Bid, Candidate, Features, OfferBook, SignedOffer};
 use agora_model::{PromptModel, TextRenderer};
 use agora_net::protocol::{
     new_request_id, now_ms, read_frame, tokens_hash, write_frame, ErrorCode, Finish, Frame,
@@ -213,13 +213,15 @@ impl Broker {
         self.with_book(|b| b.models(now).iter().map(|m| m.providers).sum::<usize>())
     }
 
-    /// The bid for `model` under the gateway's and the request's price limits.
+    /// The bid for `model` under the gateway's and the request's price limits, for offers
+    /// that serve the features the request `needs`.
     fn bid(
         &self,
         model: Hash32,
         exclude: &[AccountId],
         max_tokens: u32,
         prefs: &ProviderPrefs,
+        needs: Features,
     ) -> Bid {
         let limit = |gateway: Option<Amount>, request: Option<u128>| match (gateway, request) {
             (Some(g), Some(r)) => Some(g.min(Amount::new(r))),
@@ -234,6 +236,7 @@ impl Broker {
             exclude: exclude.to_vec(),
             hardware: None,
             region: None,
+            features: needs,
         }
     }
 
@@ -243,8 +246,9 @@ impl Broker {
         exclude: &[AccountId],
         max_tokens: u32,
         prefs: &ProviderPrefs,
+        needs: Features,
     ) -> Vec<Candidate> {
-        let bid = self.bid(model, exclude, max_tokens, prefs);
+        let bid = self.bid(model, exclude, max_tokens, prefs, needs);
         let now = now_ms();
         let throughput = self
             .throughput
@@ -267,8 +271,9 @@ impl Broker {
         failed: &[AccountId],
         prefs: &ProviderPrefs,
         max_tokens: u32,
+        needs: Features,
     ) -> bool {
-        let bid = self.bid(model, &[], max_tokens, prefs);
+        let bid = self.bid(model, &[], max_tokens, prefs, needs);
         let now = now_ms();
         self.with_book(|b| {
             b.offers_for(&model).any(|o| {
@@ -278,6 +283,7 @@ impl Broker {
                     && prefs.admits(&o.provider.to_string())
                     && bid.max_price_in.is_none_or(|m| o.price_in <= m)
                     && bid.max_price_out.is_none_or(|m| o.price_out <= m)
+                    && o.features.contains(bid.features)
             })
         })
     }
@@ -342,8 +348,9 @@ impl Broker {
         let mut last_error =
             BackendError::NoCapacity(format!("no live provider serves model {}", job.model));
         let busy_deadline = Instant::now() + self.cfg.busy_wait;
+        let needs = needs(&job);
         if job.routing != ProviderPrefs::default()
-            && !self.admissible_live(model, &[], &job.routing, job.max_tokens)
+            && !self.admissible_live(model, &[], &job.routing, job.max_tokens, needs)
         {
             last_error = BackendError::NoMatchingProvider(format!(
                 "No live provider of `{}` meets the request's routing constraints (provider.only, ignore, order with allow_fallbacks false, max_price).",
@@ -353,7 +360,7 @@ impl Broker {
         while failed.len() < self.cfg.max_attempts {
             let exclude: Vec<AccountId> = failed.iter().chain(&busy).copied().collect();
             let mut cand = None;
-            for c in self.candidates(model, &exclude, job.max_tokens, &job.routing) {
+            for c in self.candidates(model, &exclude, job.max_tokens, &job.routing, needs) {
                 let p = c.provider();
                 if self.stakes.check(p).await {
                     cand = Some(c);
@@ -365,7 +372,7 @@ impl Broker {
             }
             let Some(cand) = cand else {
                 let others_live =
-                    self.admissible_live(model, &failed, &job.routing, job.max_tokens);
+                    self.admissible_live(model, &failed, &job.routing, job.max_tokens, needs);
                 if others_live && Instant::now() < busy_deadline {
                     busy.clear();
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1246,6 +1253,48 @@ async fn follow_ledger(
     }
 }
 
+/// The request features `job` needs its provider to serve.
+fn needs(job: &Job) -> Features {
+    let mut f = Features::NONE;
+    if job.tools {
+        f = f.union(Features::TOOLS);
+    }
+    if job.constraint.is_some() {
+        f = f.union(Features::GRAMMAR);
+    }
+    if job.top_logprobs.is_some() {
+        f = f.union(Features::LOGPROBS);
+    }
+    f
+}
+
+/// What of `need` no offer in `served` supports, in the API's words; `None` when all is.
+fn unserved(served: Features, need: Features) -> Option<String> {
+    let missing = served.missing(need);
+    if missing == Features::NONE {
+        return None;
+    }
+    let words: Vec<&str> = missing
+        .names()
+        .into_iter()
+        .map(|n| match n {
+            "tools" => "tool calling (tools)",
+            "grammar" => "structured output (response_format, or a required tool call)",
+            _ => "log-probabilities (logprobs)",
+        })
+        .collect();
+    Some(words.join(" and "))
+}
+
+/// What some live offer serves, as the gateway lists it.
+fn capabilities(f: Features) -> Capabilities {
+    Capabilities {
+        tools: f.contains(Features::TOOLS),
+        structured_output: f.contains(Features::GRAMMAR),
+        logprobs: f.contains(Features::LOGPROBS),
+    }
+}
+
 /// The broker as the gateway's backend.
 #[derive(Clone)]
 pub struct BrokerBackend(pub Arc<Broker>);
@@ -1270,6 +1319,10 @@ impl Backend for BrokerBackend {
                         context_length: m.context_len,
                         providers: m.providers,
                         quantization: broker.models.get(&m.model).map(|p| p.quantization.clone()),
+                        capabilities: capabilities(
+                            live.iter()
+                                .fold(Features::NONE, |f, o| f.union(o.offer.features)),
+                        ),
                         pricing: Pricing {
                             prompt: PriceRange::of(
                                 live.iter().map(|o| o.offer.price_in.units()).collect(),
@@ -1298,6 +1351,21 @@ impl Backend for BrokerBackend {
                     "The model `{}` is {}, not one of provider.quantizations.",
                     job.model,
                     quantization.unwrap_or("of a quantization this gateway does not know")
+                )));
+            }
+            let need = needs(&job);
+            let served = broker.with_book(|b| {
+                b.offers_for(&model)
+                    .filter(|o| o.offer.expires_ms > now)
+                    .fold(Features::NONE, |f, o| f.union(o.offer.features))
+            });
+            // Needs no live offer meets are refused before any auction: a provider that
+            // cannot apply a constraint must never be asked to (and could not be paid for
+            // an answer it did not constrain).
+            if let Some(what) = unserved(served, need) {
+                return Err(BackendError::NoMatchingProvider(format!(
+                    "No live provider of `{}` supports {what}.",
+                    job.model
                 )));
             }
             let name = job.model.clone();

@@ -116,7 +116,7 @@ pub fn route(
 mod tests {
     use super::*;
     use agora_core::{Amount, Hash32, Keypair};
-    use agora_market::{Offer, SignedOffer};
+    use agora_market::{Features, Offer, SignedOffer};
 
     fn offer(seed: u8, price: u128, model: Hash32, now: u64) -> SignedOffer {
         let key = Keypair::from_seed([seed; 32]);
@@ -133,6 +133,7 @@ mod tests {
             hardware: "cpu".into(),
             region: String::new(),
             capacity: 4,
+            features: agora_market::Features::ALL,
             seq: 1,
             issued_ms: now,
             expires_ms: now + 60_000,
@@ -242,5 +243,65 @@ mod tests {
         );
         let t: HashMap<AccountId, f64> = [(acct(&ids[2]), 90.0), (acct(&ids[0]), 10.0)].into();
         assert_eq!(ranked(&b, &t, SortBy::Throughput)[0], ids[2]);
+    }
+
+    /// The book of `book()`, except that the cheapest provider's offer serves plain text
+    /// only: it would win every auction on price.
+    fn book_with_a_plain_provider() -> (OfferBook, Bid, Vec<String>, u64) {
+        let (mut b, bid, ids, now) = book();
+        let key = Keypair::from_seed([2; 32]);
+        let mut o = offer(2, 100, bid.model, now).offer;
+        o.features = agora_market::Features::NONE;
+        o.seq = 2;
+        b.insert(o.sign(&key), now).expect("insert");
+        (b, bid, ids, now)
+    }
+
+    #[test]
+    fn constrained_requests_never_go_to_a_provider_without_the_capability() {
+        let (b, bid, ids, now) = book_with_a_plain_provider();
+        let plain = ids[1].clone();
+        let route_for = |need, prefs: &ProviderPrefs| -> Vec<String> {
+            let bid = Bid {
+                features: need,
+                ..bid.clone()
+            };
+            route(&b, &bid, prefs, &HashMap::new(), now, 8)
+                .iter()
+                .map(|c| c.provider().to_string())
+                .collect()
+        };
+        // A plain request: the cheap plain provider wins, as before.
+        assert_eq!(
+            route_for(Features::NONE, &ProviderPrefs::default())[0],
+            plain
+        );
+        for need in [
+            Features::GRAMMAR,
+            Features::TOOLS,
+            Features::LOGPROBS,
+            Features::TOOLS.union(Features::GRAMMAR),
+        ] {
+            let w = route_for(need, &ProviderPrefs::default());
+            assert_eq!(w.len(), 2, "{need:?}: {w:?}");
+            assert!(!w.contains(&plain), "{need:?}: {w:?}");
+            // Not even when the request puts it first, or names it alone.
+            let order = ProviderPrefs {
+                order: vec![plain.clone()],
+                ..ProviderPrefs::default()
+            };
+            assert!(!route_for(need, &order).contains(&plain));
+            let only = ProviderPrefs {
+                only: vec![plain.clone()],
+                ..ProviderPrefs::default()
+            };
+            assert!(route_for(need, &only).is_empty());
+            let no_fallback = ProviderPrefs {
+                order: vec![plain.clone()],
+                allow_fallbacks: false,
+                ..ProviderPrefs::default()
+            };
+            assert!(route_for(need, &no_fallback).is_empty());
+        }
     }
 }

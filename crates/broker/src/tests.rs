@@ -470,3 +470,40 @@ fn receipt_document_verifies_independently() {
         Some(u64::from(signed.receipt.output_tokens))
     );
 }
+
+fn job() -> Job {
+    Job {
+        model: "m".into(),
+        prompt: Prompt::Text("x".into()),
+        max_tokens: 4,
+        temperature: 1.0,
+        top_p: 1.0,
+        seed: None,
+        stop: vec![],
+        routing: ProviderPrefs::default(),
+        budget: None,
+        constraint: None,
+        top_logprobs: None,
+        tools: false,
+    }
+}
+
+#[test]
+fn a_request_needs_the_features_it_uses_and_is_refused_when_no_offer_serves_them() {
+    assert_eq!(needs(&job()), Features::NONE);
+    let constrained = Job {
+        constraint: Some("{\"type\":\"object\"}".into()),
+        tools: true,
+        top_logprobs: Some(2),
+        ..job()
+    };
+    assert_eq!(needs(&constrained), Features::ALL);
+    assert_eq!(unserved(Features::ALL, needs(&constrained)), None);
+    assert_eq!(unserved(Features::NONE, needs(&job())), None);
+    let why = unserved(Features::LOGPROBS, needs(&constrained)).expect("refused");
+    assert!(
+        why.contains("tools") && why.contains("response_format"),
+        "{why}"
+    );
+    assert!(!why.contains("logprobs"), "{why}");
+}

@@ -27,9 +27,35 @@ pub struct ModelInfo {
     /// The weights' quantization (`Q4_1`, `Q8_0`, `F32`, ...), known when the gateway holds
     /// the model's file (the ModelId commits to it); `None` otherwise.
     pub quantization: Option<String>,
+    /// What at least one live offer serves beyond plain text.
+    #[serde(skip)]
+    pub capabilities: Capabilities,
     /// Prices over the live offers, base units per million tokens.
     #[serde(skip)]
     pub pricing: Pricing,
+}
+
+/// The request features at least one live offer of a model serves (providers sign what
+/// they serve into their offers; routing sends a request only to offers serving what it
+/// uses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `tools` (calls rendered into the prompt, parsed from the answer).
+    pub tools: bool,
+    /// Grammar-constrained decoding: `response_format` json_object / json_schema, and a
+    /// required or named tool call.
+    pub structured_output: bool,
+    /// `logprobs` / `top_logprobs`.
+    pub logprobs: bool,
+}
+
+impl Capabilities {
+    /// Everything.
+    pub const ALL: Capabilities = Capabilities {
+        tools: true,
+        structured_output: true,
+        logprobs: true,
+    };
 }
 
 /// Prices over a model's live offers, in base units per million tokens.
@@ -110,6 +136,9 @@ pub struct Job {
     pub constraint: Option<String>,
     /// Per-token log-probabilities with this many alternatives (`logprobs`).
     pub top_logprobs: Option<u8>,
+    /// The prompt carries tools the model may call (`tools` with a `tool_choice` other than
+    /// `none`): only providers whose offers serve tools may take it.
+    pub tools: bool,
 }
 
 /// One alternative of a token's log-probability report.

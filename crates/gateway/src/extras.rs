@@ -30,6 +30,13 @@ impl Extras {
             .map(|f| f.schema.clone())
     }
 
+    /// Whether the model is told of tools (so only providers serving tools may answer).
+    pub fn uses_tools(&self) -> bool {
+        self.tools
+            .as_ref()
+            .is_some_and(|t| t.choice != crate::tools::Choice::None)
+    }
+
     /// Whether the chat answer's shape depends on them (a format to check, tools to parse).
     fn shapes_chat(&self) -> bool {
         self.tools.is_some() || self.format.is_some()
@@ -55,6 +62,20 @@ pub(crate) fn parse_chat(
             .code("invalid_value"));
         }
     }
+    Ok(Extras {
+        logprobs,
+        format,
+        tools: with_tools(tools, messages, max_prompt_bytes)?,
+    })
+}
+
+/// Renders `tools` into `messages` (both dialects), refusing a prompt that grew past
+/// `max_prompt_bytes`.
+pub(crate) fn with_tools(
+    tools: Option<ToolSetup>,
+    messages: &mut Vec<ChatMessage>,
+    max_prompt_bytes: usize,
+) -> Result<Option<ToolSetup>, ApiError> {
     if let Some(t) = &tools {
         crate::tools::render(t, messages);
         let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
@@ -67,11 +88,7 @@ pub(crate) fn parse_chat(
             .code("context_length_exceeded"));
         }
     }
-    Ok(Extras {
-        logprobs,
-        format,
-        tools,
-    })
+    Ok(tools)
 }
 
 /// A completions request's extras (`logprobs` only).
@@ -206,6 +223,11 @@ impl StreamExtras {
             mode,
             sent: 0,
         }
+    }
+
+    /// Whether text is being held because it may be a tool call.
+    pub fn holding(&self) -> bool {
+        self.mode == Mode::Holding
     }
 
     /// Whether nothing beyond plain text streaming is at work.

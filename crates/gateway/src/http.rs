@@ -949,6 +949,7 @@ fn parse_chat(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, Common
         budget: None,
         constraint: extras.constraint(),
         top_logprobs: extras.logprobs,
+        tools: extras.uses_tools(),
     };
     common.extras = extras;
     Ok((job, common))
@@ -1025,6 +1026,7 @@ fn parse_completion(body: &Map<String, Value>, limits: &Limits) -> Result<(Job, 
         budget: None,
         constraint: None,
         top_logprobs: extras.logprobs,
+        tools: false,
     };
     common.extras = extras;
     Ok((job, common))

@@ -27,8 +27,8 @@ mod structured;
 mod tools;
 
 pub use backend::{
-    Backend, BackendError, Caller, ChatMessage, FinishReason, Job, LogprobAlt, ModelInfo,
-    PriceRange, Pricing, Prompt, ReceiptRef, Started, StreamEvent, TokenLogprob, Usage,
+    Backend, BackendError, Caller, Capabilities, ChatMessage, FinishReason, Job, LogprobAlt,
+    ModelInfo, PriceRange, Pricing, Prompt, ReceiptRef, Started, StreamEvent, TokenLogprob, Usage,
 };
 pub use http::{router, serve, Limits};
 pub use keys::{ChildRequest, KeyError, KeyPolicy, KeyRecord, KeyStore, KeyUsage, SECRET_PREFIX};

@@ -1,11 +1,13 @@
 //! The model objects `GET /v1/models` lists: OpenAI's fields plus what a model is and
 //! costs on this network.
 
-use crate::backend::{ModelInfo, PriceRange};
+use crate::backend::{Capabilities, ModelInfo, PriceRange};
 use serde_json::{json, Value};
 
 /// The request parameters the chat endpoint honours for every model (OpenRouter's
-/// `supported_parameters` vocabulary; see `docs/gateway.md`).
+/// `supported_parameters` vocabulary; see `docs/gateway.md`); [`TOOL_PARAMETERS`],
+/// [`STRUCTURED_PARAMETERS`] and [`LOGPROB_PARAMETERS`] join them when a live offer serves
+/// them.
 pub const SUPPORTED_PARAMETERS: &[&str] = &[
     "max_tokens",
     "max_completion_tokens",
@@ -18,13 +20,29 @@ pub const SUPPORTED_PARAMETERS: &[&str] = &[
     "stream_options",
     "provider",
     "models",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "logprobs",
-    "top_logprobs",
 ];
+
+/// Listed when some live offer serves tools.
+pub const TOOL_PARAMETERS: &[&str] = &["tools", "tool_choice", "parallel_tool_calls"];
+/// Listed when some live offer serves grammar-constrained decoding.
+pub const STRUCTURED_PARAMETERS: &[&str] = &["response_format"];
+/// Listed when some live offer serves log-probabilities.
+pub const LOGPROB_PARAMETERS: &[&str] = &["logprobs", "top_logprobs"];
+
+/// The parameters `/v1/models` lists for a model whose live offers serve `c`.
+pub fn supported_parameters(c: Capabilities) -> Vec<&'static str> {
+    let mut out = SUPPORTED_PARAMETERS.to_vec();
+    for (on, list) in [
+        (c.tools, TOOL_PARAMETERS),
+        (c.structured_output, STRUCTURED_PARAMETERS),
+        (c.logprobs, LOGPROB_PARAMETERS),
+    ] {
+        if on {
+            out.extend_from_slice(list);
+        }
+    }
+    out
+}
 
 fn range(r: PriceRange) -> Value {
     json!({"lowest": r.lowest.to_string(), "median": r.median.to_string()})
@@ -47,6 +65,6 @@ pub fn model_object(m: &ModelInfo) -> Value {
             "prompt": range(m.pricing.prompt),
             "completion": range(m.pricing.completion),
         },
-        "supported_parameters": SUPPORTED_PARAMETERS,
+        "supported_parameters": supported_parameters(m.capabilities),
     })
 }

@@ -68,7 +68,7 @@ fn missing(param: &str) -> ApiError {
         .code("missing_required_parameter")
 }
 
-fn valid_name(n: &str) -> bool {
+pub(crate) fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.bytes()
@@ -149,13 +149,12 @@ pub(crate) fn parse(f: &Fields<'_>) -> Result<Option<ToolSetup>, ApiError> {
             .get("parameters")
             .cloned()
             .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-        // Refuses schemas the constraint could not enforce, whether or not it is used.
-        compile(&parameters, &format!("{p}.function.parameters"))?;
-        tools.push(Tool {
+        tools.push(tool(
             name,
-            spec: Value::Object(func.clone()),
+            Value::Object(func.clone()),
             parameters,
-        });
+            &format!("{p}.function.parameters"),
+        )?);
     }
     let choice = match f.get("tool_choice") {
         None => Choice::Auto,
@@ -200,6 +199,32 @@ pub(crate) fn parse(f: &Fields<'_>) -> Result<Option<ToolSetup>, ApiError> {
         }
         return Ok(None);
     }
+    setup(tools, choice, parallel).map(Some)
+}
+
+/// One function, its parameters' schema checked at `param`: a schema the constraint could
+/// not enforce is refused whether or not a call is required.
+pub(crate) fn tool(
+    name: String,
+    spec: Value,
+    parameters: Value,
+    param: &str,
+) -> Result<Tool, ApiError> {
+    compile(&parameters, param)?;
+    Ok(Tool {
+        name,
+        spec,
+        parameters,
+    })
+}
+
+/// The setup of `tools` under `choice`: with a required or named call, the constraint the
+/// call is decoded under. Shared by the OpenAI and Anthropic dialects.
+pub(crate) fn setup(
+    tools: Vec<Tool>,
+    choice: Choice,
+    parallel: bool,
+) -> Result<ToolSetup, ApiError> {
     let forced = match &choice {
         Choice::Named(n) => tools.iter().find(|t| &t.name == n).map(call_schema),
         Choice::Required if tools.len() == 1 => Some(call_schema(&tools[0])),
@@ -217,12 +242,12 @@ pub(crate) fn parse(f: &Fields<'_>) -> Result<Option<ToolSetup>, ApiError> {
     }
     .map(|schema| compile(&schema, "tools"))
     .transpose()?;
-    Ok(Some(ToolSetup {
+    Ok(ToolSetup {
         tools,
         choice,
         parallel,
         forced,
-    }))
+    })
 }
 
 /// The JSON a call to `tool` must be: its name, then arguments under its parameters' schema.
@@ -241,6 +266,16 @@ fn call_text(name: &str, arguments: &Value) -> String {
     json!({"name": name, "arguments": arguments}).to_string()
 }
 
+/// A past call in the history, as the model would have written it.
+pub(crate) fn call_block(name: &str, arguments: &Value) -> String {
+    format!("{OPEN}\n{}\n{CLOSE}", call_text(name, arguments))
+}
+
+/// A tool's result, as the model is taught to read it (the content of a `tool` turn).
+pub(crate) fn response_block(content: &str) -> String {
+    format!("<tool_response>\n{content}\n</tool_response>")
+}
+
 /// The text of an assistant message's `tool_calls` (appended to its content), or of a
 /// `tool` message's content; `None` for other messages.
 pub(crate) fn message_extra(
@@ -257,9 +292,7 @@ pub(crate) fn message_extra(
                 Some(v) => return Err(wrong_type(&p, "a string", v)),
                 None => return Err(missing(&p)),
             }
-            Ok(Some(format!(
-                "<tool_response>\n{content}\n</tool_response>"
-            )))
+            Ok(Some(response_block(content)))
         }
         "assistant" => {
             let p = format!("messages[{i}].tool_calls");
@@ -286,7 +319,7 @@ pub(crate) fn message_extra(
                 if !text.is_empty() {
                     text.push('\n');
                 }
-                text.push_str(&format!("{OPEN}\n{}\n{CLOSE}", call_text(name, &args)));
+                text.push_str(&call_block(name, &args));
             }
             Ok(Some(text))
         }

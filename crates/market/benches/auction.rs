@@ -100,6 +100,7 @@ fn main() {
             hardware: HARDWARE[rng.below(3) as usize].into(),
             region: REGIONS[rng.below(4) as usize].into(),
             capacity: 1 + rng.below(16) as u32,
+            features: agora_market::Features::ALL,
             seq: 1,
             issued_ms: issued,
             // Some expire during the auctions below: they must be skipped without a prune.

@@ -5,7 +5,7 @@
 //! folded into one precomputed factor, so an auction is one linear pass over the model's rows
 //! with a small top-k buffer and no allocation per offer.
 
-use crate::offer::{OfferError, SignedOffer, MAX_CLOCK_SKEW_MS, MAX_OFFER_TTL_MS};
+use crate::offer::{Features, OfferError, SignedOffer, MAX_CLOCK_SKEW_MS, MAX_OFFER_TTL_MS};
 use agora_core::{AccountId, Amount, Hash32};
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -72,6 +72,8 @@ pub struct Bid {
     pub hardware: Option<String>,
     /// Only offers of exactly this region, if given.
     pub region: Option<String>,
+    /// Only offers serving all of these request features (tools, grammar, logprobs).
+    pub features: Features,
 }
 
 impl Bid {
@@ -726,8 +728,8 @@ impl OfferBook {
 
     /// The reverse auction. Eligible: offers for `bid.model` live at `now_ms`, with prices at
     /// or under the bid's limits, whose provider is not in `bid.exclude` and not at capacity
-    /// (in-flight load >= the offer's capacity), and whose hardware and region equal the bid's
-    /// when given. They are ranked best first by score (lower is better), ties by smaller
+    /// (in-flight load >= the offer's capacity), whose hardware and region equal the bid's
+    /// when given, and whose features contain the bid's. They are ranked best first by score (lower is better), ties by smaller
     /// provider id, and at most `k` are returned.
     ///
     /// ```text
@@ -797,6 +799,9 @@ impl OfferBook {
                 || !(any_region || h.region == rg)
                 || ((h.price_in == BIG || h.price_out == BIG) && !q.affordable_big(c))
                 || (!excluded.is_empty() && excluded.contains(&h.slot))
+                // Read from the full offer, and only when the bid needs features: the hot
+                // row stays 40 bytes.
+                || (bid.features != Features::NONE && !c.offer.features.contains(bid.features))
             {
                 continue;
             }
@@ -851,6 +856,7 @@ impl OfferBook {
             || bid.exclude.contains(&o.provider)
             || bid.hardware.as_ref().is_some_and(|x| *x != o.hardware)
             || bid.region.as_ref().is_some_and(|x| *x != o.region)
+            || !o.features.contains(bid.features)
         {
             return None;
         }
@@ -1164,6 +1170,7 @@ mod tests {
                             hardware: format!("hw{hw}"),
                             region: format!("r{}", who % 2),
                             capacity: 2,
+                            features: Features::ALL,
                             seq,
                             issued_ms: now,
                             expires_ms: now + ttl,
@@ -1227,6 +1234,7 @@ mod tests {
             hardware: "cpu".into(),
             region: "eu".into(),
             capacity: 1,
+            features: Features::ALL,
             seq: 1,
             issued_ms: 0,
             expires_ms: 1_000,
@@ -1266,6 +1274,7 @@ mod tests {
                 hardware: "cpu".into(),
                 region: "eu".into(),
                 capacity: 1,
+                features: Features::ALL,
                 seq,
                 issued_ms: 0,
                 expires_ms: 1_000,

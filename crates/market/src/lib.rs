@@ -14,7 +14,7 @@
 //!
 //! ```
 //! use agora_core::{Amount, Hash32, Keypair};
-//! use agora_market::{Bid, Offer, OfferBook};
+//! use agora_market::{Bid, Features, Offer, OfferBook};
 //! let key = Keypair::from_seed([1; 32]);
 //! let model = Hash32::of(b"manifest");
 //! let offer = Offer {
@@ -22,7 +22,7 @@
 //!     model, model_name: "agora-shakespeare".into(), context_len: 2048,
 //!     price_in: Amount::new(10), price_out: Amount::new(20),
 //!     hardware: "cpu-avx2".into(), region: "eu".into(), capacity: 4,
-//!     seq: 1, issued_ms: 1_000, expires_ms: 61_000,
+//!     features: Features::ALL, seq: 1, issued_ms: 1_000, expires_ms: 61_000,
 //! }.sign(&key);
 //! let mut book = OfferBook::new().with_chain(1);
 //! book.insert(offer, 2_000).unwrap();
@@ -42,7 +42,7 @@ pub use book::{
     MAX_MODELS_PER_PROVIDER, REPUTATION_BASE, UNKNOWN_LATENCY_MS,
 };
 pub use offer::{
-    valid_model_name, Offer, OfferError, SignedOffer, MAX_ADDRS, MAX_ADDR_BYTES, MAX_CLOCK_SKEW_MS,
-    MAX_LABEL_BYTES, MAX_MODEL_NAME_BYTES, MAX_OFFER_BYTES, MAX_OFFER_TTL_MS, MAX_PEER_ID_BYTES,
-    OFFER_DOMAIN, SIGNED_OFFER_DOMAIN,
+    valid_model_name, Features, Offer, OfferError, SignedOffer, MAX_ADDRS, MAX_ADDR_BYTES,
+    MAX_CLOCK_SKEW_MS, MAX_LABEL_BYTES, MAX_MODEL_NAME_BYTES, MAX_OFFER_BYTES, MAX_OFFER_TTL_MS,
+    MAX_PEER_ID_BYTES, OFFER_DOMAIN, SIGNED_OFFER_DOMAIN,
 };

@@ -5,7 +5,8 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 
 /// The domain tag of an offer signature, so an offer signature is never valid for anything else.
-pub const OFFER_DOMAIN: &[u8] = b"agora/market/offer/v1";
+/// v2: offers carry [`Features`]; a v1 offer's signature never verifies as a v2 offer.
+pub const OFFER_DOMAIN: &[u8] = b"agora/market/offer/v2";
 /// The domain tag of [`SignedOffer::hash`], the content id of a signed offer.
 pub const SIGNED_OFFER_DOMAIN: &[u8] = b"agora/market/signed-offer/v1";
 /// The longest an offer may live (`expires_ms - issued_ms`): five minutes, so a provider that
@@ -25,6 +26,69 @@ pub const MAX_ADDR_BYTES: usize = 256;
 pub const MAX_MODEL_NAME_BYTES: usize = 128;
 /// The longest hardware class or region accepted, in bytes.
 pub const MAX_LABEL_BYTES: usize = 64;
+
+/// The request features an offer serves beyond plain text generation, as bits. Routing sends
+/// a request only to offers whose features contain what it needs (a `response_format`, tools,
+/// log-probabilities). Fixed size on the wire (a `u32`); bits this build does not know are
+/// kept and signed but never required, so a newer provider's offer stays valid here.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    BorshSerialize,
+    BorshDeserialize,
+)]
+pub struct Features(pub u32);
+
+impl Features {
+    /// Plain generation only.
+    pub const NONE: Features = Features(0);
+    /// Tool calling: the model is served for chat with tools (calls rendered into the
+    /// prompt and parsed from the answer).
+    pub const TOOLS: Features = Features(1);
+    /// Grammar-constrained decoding (`response_format` json_object / json_schema, a required
+    /// tool call): the provider masks tokens outside the signed constraint, and audits replay
+    /// the same masks.
+    pub const GRAMMAR: Features = Features(1 << 1);
+    /// Per-token log-probabilities in the token frames.
+    pub const LOGPROBS: Features = Features(1 << 2);
+    /// Every feature this build knows.
+    pub const ALL: Features = Features(0b111);
+
+    /// Whether every bit of `need` is set here.
+    pub fn contains(self, need: Features) -> bool {
+        self.0 & need.0 == need.0
+    }
+
+    /// Both sets together.
+    pub fn union(self, other: Features) -> Features {
+        Features(self.0 | other.0)
+    }
+
+    /// The bits of `need` missing here.
+    pub fn missing(self, need: Features) -> Features {
+        Features(need.0 & !self.0)
+    }
+
+    /// The known features set here, by name (`tools`, `grammar`, `logprobs`).
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (Features::TOOLS, "tools"),
+            (Features::GRAMMAR, "grammar"),
+            (Features::LOGPROBS, "logprobs"),
+        ]
+        .into_iter()
+        .filter(|(f, _)| self.contains(*f))
+        .map(|(_, n)| n)
+        .collect()
+    }
+}
 
 /// What a provider sells. Prices are integer base units per million tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
@@ -53,6 +117,8 @@ pub struct Offer {
     pub region: String,
     /// Concurrent requests accepted, at least 1.
     pub capacity: u32,
+    /// The request features served (see [`Features`]).
+    pub features: Features,
     /// Strictly increasing per provider and model: a replayed older offer is refused.
     pub seq: u64,
     /// When it was issued, unix milliseconds.

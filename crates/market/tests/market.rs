@@ -28,6 +28,7 @@ fn offer(k: &Keypair, m: Hash32, price_in: u128, price_out: u128) -> Offer {
         hardware: "cpu-avx2".into(),
         region: "eu".into(),
         capacity: 4,
+        features: agora_market::Features::ALL,
         seq: 1,
         issued_ms: NOW,
         expires_ms: NOW + 60_000,
@@ -68,6 +69,48 @@ fn signed_offer_round_trips_and_verifies() {
     let json = serde_json::to_string(&s).unwrap();
     assert!(json.contains("agora-shakespeare"));
     assert_eq!(serde_json::from_str::<SignedOffer>(&json).unwrap(), s);
+}
+
+#[test]
+fn features_are_signed_fixed_size_and_forward_compatible() {
+    let k = key(1);
+    let o = offer(&k, model("a"), 10, 20);
+    // Claiming a capability after signing breaks the signature.
+    let mut s = Offer {
+        features: Features::LOGPROBS,
+        ..o.clone()
+    }
+    .sign(&k);
+    s.offer.features = Features::ALL;
+    assert!(matches!(s.verify(), Err(OfferError::BadSignature { .. })));
+    // Four bytes whatever is set.
+    let plain = Offer {
+        features: Features::NONE,
+        ..o.clone()
+    }
+    .sign(&k);
+    assert_eq!(plain.encoded_len(), o.clone().sign(&k).encoded_len());
+    // Bits this build does not know are kept and signed, never refused, never required.
+    let newer = Offer {
+        features: Features(Features::ALL.0 | 1 << 31),
+        ..o.clone()
+    }
+    .sign(&k);
+    assert_eq!(newer.verify(), Ok(()));
+    assert!(newer.offer.features.contains(Features::ALL));
+    assert_eq!(
+        newer.offer.features.names(),
+        vec!["tools", "grammar", "logprobs"]
+    );
+    // An offer in the v1 layout (no features) is refused as undecodable, never misread.
+    let s = o.sign(&k);
+    let mut v1 = s.to_bytes();
+    let at = s.encoded_len() - 64 - 3 * 8 - 4;
+    v1.drain(at..at + 4);
+    assert!(matches!(
+        SignedOffer::from_bytes(&v1),
+        Err(OfferError::Decode(_))
+    ));
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use agora_core::{Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
 use agora_ledger::{Tx, TxBody};
-use agora_market::{Offer, MAX_OFFER_TTL_MS};
+use agora_market::{Features, Offer, MAX_OFFER_TTL_MS};
 use agora_model::LoadedModel;
 use agora_net::protocol::now_ms;
 use agora_net::{inference_protocol, offers_topic, NetConfig, Node};
@@ -186,6 +186,7 @@ impl Provider {
             hardware: cfg.hardware.clone(),
             region: cfg.region.clone(),
             capacity: cfg.capacity.max(1),
+            features: features(&self.service.model),
             seq,
             issued_ms: now,
             expires_ms: now + ttl,
@@ -536,4 +537,18 @@ async fn bond_stake(
     })
     .await
     .map_err(|e| ProviderError::Ledger(e.to_string()))?
+}
+
+/// The request features `model` is served with: log-probabilities always; tools when the
+/// model has its own chat template (it was taught turns); grammar-constrained decoding when
+/// its tokenizer allows masking (the same check a constrained request meets in `serve`).
+pub fn features(model: &LoadedModel) -> Features {
+    let mut f = Features::LOGPROBS;
+    if model.chat_template.is_some() {
+        f = f.union(Features::TOOLS);
+    }
+    if agora_model::constrain::vocab(model).is_ok() {
+        f = f.union(Features::GRAMMAR);
+    }
+    f
 }

@@ -1,6 +1,11 @@
 //! The Anthropic Messages dialect, `POST /v1/messages`, whole and streamed, over the same
 //! network, keys, budgets and receipts as the OpenAI routes. Errors come in Anthropic's
 //! shape, `{"type":"error","error":{"type","message"}}`, with the same statuses.
+//!
+//! Tools go through the OpenAI routes' machinery (`crate::tools`, `crate::extras`): the same
+//! rendering into the prompt, the same parsing of calls, the same signed constraint when a
+//! call is required (`any`) or named (`tool`); only the shapes here are Anthropic's
+//! (`tool_use` / `tool_result` blocks, `stop_reason: "tool_use"`, `input_json_delta`).
 
 use super::choices::{self, Choice, Tagged, Totals};
 use super::{
@@ -8,7 +13,9 @@ use super::{
     with_log, wrong_type, ApiError, App, AppState, Arrived, Fields, LogInfo, StreamLog,
 };
 use crate::backend::{BackendError, ChatMessage, FinishReason, Job, Prompt, StreamEvent};
+use crate::extras::{Extras, StreamExtras};
 use crate::keys::KeyStore;
+use crate::tools::{Choice as ToolChoice, ToolSetup, MAX_TOOLS};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -90,8 +97,285 @@ fn content_text(v: &Value, param: &str) -> Result<String, ApiError> {
     }
 }
 
-/// The job a Messages request asks for, and whether to stream.
-fn parse(app: &App, body: &Map<String, Value>) -> Result<(Job, bool, Vec<String>), ApiError> {
+/// A block's text field at `bp`.
+fn block_text<'a>(b: &'a Map<String, Value>, bp: &str) -> Result<&'a str, ApiError> {
+    match b.get("text") {
+        Some(Value::String(t)) => Ok(t),
+        Some(v) => Err(wrong_type(&format!("{bp}.text"), "a string", v)),
+        None => Err(invalid(
+            &format!("{bp}.text"),
+            format!("{bp}.text: Field required"),
+        )),
+    }
+}
+
+/// The chat turns of message `i`: text and `tool_use` blocks (assistant) become one turn,
+/// the calls written as the model writes them; each `tool_result` block (user) becomes a
+/// `tool` turn, before the user's text, as the OpenAI routes send `tool` messages.
+fn message_turns(i: usize, role: &str, content: &Value) -> Result<Vec<ChatMessage>, ApiError> {
+    let param = format!("messages.{i}.content");
+    let blocks = match content {
+        Value::String(s) => {
+            return Ok(vec![ChatMessage {
+                role: role.into(),
+                content: s.clone(),
+            }])
+        }
+        Value::Array(blocks) => blocks,
+        v => {
+            return Err(wrong_type(
+                &param,
+                "a string or an array of content blocks",
+                v,
+            ))
+        }
+    };
+    let mut texts: Vec<String> = Vec::with_capacity(blocks.len());
+    let mut results: Vec<ChatMessage> = Vec::new();
+    for (j, b) in blocks.iter().enumerate() {
+        let bp = format!("{param}.{j}");
+        let Value::Object(b) = b else {
+            return Err(wrong_type(&bp, "an object", b));
+        };
+        let field = |k: &str| -> Result<&str, ApiError> {
+            match b.get(k) {
+                Some(Value::String(s)) => Ok(s),
+                Some(v) => Err(wrong_type(&format!("{bp}.{k}"), "a string", v)),
+                None => Err(invalid(
+                    &format!("{bp}.{k}"),
+                    format!("{bp}.{k}: Field required"),
+                )),
+            }
+        };
+        match (b.get("type").and_then(Value::as_str), role) {
+            (Some("text"), _) => texts.push(block_text(b, &bp)?.to_string()),
+            (Some("tool_use"), "assistant") => {
+                field("id")?;
+                let name = field("name")?;
+                let input = match b.get("input") {
+                    Some(v @ Value::Object(_)) => v,
+                    Some(v) => return Err(wrong_type(&format!("{bp}.input"), "an object", v)),
+                    None => {
+                        return Err(invalid(
+                            &format!("{bp}.input"),
+                            format!("{bp}.input: Field required"),
+                        ))
+                    }
+                };
+                texts.push(crate::tools::call_block(name, input));
+            }
+            (Some("tool_result"), "user") => {
+                field("tool_use_id")?;
+                let mut text = match b.get("content") {
+                    None => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(parts)) => {
+                        let mut out = Vec::with_capacity(parts.len());
+                        for (k, part) in parts.iter().enumerate() {
+                            let pp = format!("{bp}.content.{k}");
+                            match part {
+                                Value::Object(p)
+                                    if p.get("type").and_then(Value::as_str) == Some("text") =>
+                                {
+                                    out.push(block_text(p, &pp)?)
+                                }
+                                _ => {
+                                    return Err(invalid(
+                                        &format!("{pp}.type"),
+                                        format!("{pp}.type: only 'text' blocks are available in a tool result on this gateway"),
+                                    ))
+                                }
+                            }
+                        }
+                        out.join("\n")
+                    }
+                    Some(v) => {
+                        return Err(wrong_type(
+                            &format!("{bp}.content"),
+                            "a string or an array of text blocks",
+                            v,
+                        ))
+                    }
+                };
+                match b.get("is_error") {
+                    None | Some(Value::Bool(false)) => {}
+                    Some(Value::Bool(true)) => text = format!("Error: {text}"),
+                    Some(v) => return Err(wrong_type(&format!("{bp}.is_error"), "a boolean", v)),
+                }
+                results.push(ChatMessage {
+                    role: "tool".into(),
+                    content: crate::tools::response_block(&text),
+                });
+            }
+            (Some(t @ ("tool_use" | "tool_result")), _) => {
+                return Err(invalid(
+                    &format!("{bp}.type"),
+                    format!("{bp}.type: '{t}' blocks belong in {} messages", if t == "tool_use" { "assistant" } else { "user" }),
+                ))
+            }
+            (Some(other), _) => {
+                return Err(invalid(
+                    &format!("{bp}.type"),
+                    format!("{bp}.type: '{other}' blocks are not available on this gateway; send 'text', 'tool_use' or 'tool_result' blocks."),
+                ))
+            }
+            (None, _) => {
+                return Err(invalid(
+                    &format!("{bp}.type"),
+                    format!("{bp}.type: Field required"),
+                ))
+            }
+        }
+    }
+    if results.is_empty() || !texts.is_empty() {
+        results.push(ChatMessage {
+            role: role.into(),
+            content: texts.join("\n"),
+        });
+    }
+    Ok(results)
+}
+
+/// `tools` and `tool_choice` in Anthropic's shapes, as the shared tool setup.
+fn parse_tools(f: &Fields<'_>) -> Result<Option<ToolSetup>, ApiError> {
+    let list = match f.get("tools") {
+        None => &vec![],
+        Some(Value::Array(a)) => a,
+        Some(v) => return Err(wrong_type("tools", "an array", v)),
+    };
+    if list.len() > MAX_TOOLS {
+        return Err(invalid(
+            "tools",
+            format!("tools: at most {MAX_TOOLS} tools, got {}", list.len()),
+        ));
+    }
+    let mut tools: Vec<crate::tools::Tool> = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let p = format!("tools.{i}");
+        let Value::Object(t) = t else {
+            return Err(wrong_type(&p, "an object", t));
+        };
+        match t.get("type") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(ty)) if ty == "custom" => {}
+            Some(Value::String(ty)) => {
+                return Err(invalid(
+                    &format!("{p}.type"),
+                    format!("{p}.type: '{ty}' tools are not available on this gateway; give client tools (name, description, input_schema)"),
+                ))
+            }
+            Some(v) => return Err(wrong_type(&format!("{p}.type"), "a string", v)),
+        }
+        let name = match t.get("name") {
+            Some(Value::String(n)) if crate::tools::valid_name(n) => n.clone(),
+            Some(Value::String(n)) => {
+                return Err(invalid(
+                    &format!("{p}.name"),
+                    format!(
+                    "{p}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$', got '{n}'"
+                ),
+                ))
+            }
+            Some(v) => return Err(wrong_type(&format!("{p}.name"), "a string", v)),
+            None => {
+                return Err(invalid(
+                    &format!("{p}.name"),
+                    format!("{p}.name: Field required"),
+                ))
+            }
+        };
+        if tools.iter().any(|x| x.name == name) {
+            return Err(invalid(
+                "tools",
+                format!("tools: tool names must be unique; '{name}' is given twice"),
+            ));
+        }
+        let description = match t.get("description") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) => Some(d.clone()),
+            Some(v) => return Err(wrong_type(&format!("{p}.description"), "a string", v)),
+        };
+        let schema = match t.get("input_schema") {
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(v) => return Err(wrong_type(&format!("{p}.input_schema"), "an object", v)),
+            None => {
+                return Err(invalid(
+                    &format!("{p}.input_schema"),
+                    format!("{p}.input_schema: Field required"),
+                ))
+            }
+        };
+        // Rendered into the prompt as the OpenAI routes render a function.
+        let mut spec = json!({"name": name});
+        if let Some(d) = description {
+            spec["description"] = Value::String(d);
+        }
+        spec["parameters"] = schema.clone();
+        tools.push(crate::tools::tool(
+            name,
+            spec,
+            schema,
+            &format!("{p}.input_schema"),
+        )?);
+    }
+    let (choice, parallel) = match f.get("tool_choice") {
+        None | Some(Value::Null) => (ToolChoice::Auto, true),
+        Some(Value::Object(o)) => {
+            let parallel = match o.get("disable_parallel_tool_use") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => !b,
+                Some(v) => {
+                    return Err(wrong_type(
+                        "tool_choice.disable_parallel_tool_use",
+                        "a boolean",
+                        v,
+                    ))
+                }
+            };
+            let choice = match o.get("type").and_then(Value::as_str) {
+                Some("auto") => ToolChoice::Auto,
+                Some("any") => ToolChoice::Required,
+                Some("none") => ToolChoice::None,
+                Some("tool") => {
+                    let name = o.get("name").and_then(Value::as_str).ok_or_else(|| {
+                        invalid("tool_choice.name", "tool_choice.name: Field required")
+                    })?;
+                    if !tools.iter().any(|t| t.name == name) {
+                        return Err(invalid(
+                            "tool_choice.name",
+                            format!("tool_choice.name: '{name}' is not one of the tools"),
+                        ));
+                    }
+                    ToolChoice::Named(name.to_string())
+                }
+                _ => {
+                    return Err(invalid(
+                        "tool_choice.type",
+                        "tool_choice.type: must be 'auto', 'any', 'tool' or 'none'",
+                    ))
+                }
+            };
+            (choice, parallel)
+        }
+        Some(v) => return Err(wrong_type("tool_choice", "an object", v)),
+    };
+    if tools.is_empty() {
+        if matches!(choice, ToolChoice::Required | ToolChoice::Named(_)) {
+            return Err(invalid(
+                "tool_choice",
+                "tool_choice: a tool can be required only when 'tools' are given",
+            ));
+        }
+        return Ok(None);
+    }
+    crate::tools::setup(tools, choice, parallel).map(Some)
+}
+
+/// The job a Messages request asks for, whether to stream, its fallbacks and its tools.
+fn parse(
+    app: &App,
+    body: &Map<String, Value>,
+) -> Result<(Job, bool, Vec<String>, Extras), ApiError> {
     let f = Fields(body);
     let limits = &app.limits;
     let model = match f.string("model")? {
@@ -144,19 +428,15 @@ fn parse(app: &App, body: &Map<String, Value>) -> Result<(Job, bool, Vec<String>
                 ))
             }
         };
-        let content = match m.get("content") {
-            Some(c) => content_text(c, &format!("messages.{i}.content"))?,
+        match m.get("content") {
+            Some(c) => messages.extend(message_turns(i, role, c)?),
             None => {
                 return Err(invalid(
                     &format!("messages.{i}.content"),
                     format!("messages.{i}.content: Field required"),
                 ))
             }
-        };
-        messages.push(ChatMessage {
-            role: role.into(),
-            content,
-        });
+        }
     }
     let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
     if bytes > limits.max_prompt_bytes {
@@ -166,6 +446,12 @@ fn parse(app: &App, body: &Map<String, Value>) -> Result<(Job, bool, Vec<String>
             limits.max_prompt_bytes,
         ));
     }
+    let tools =
+        crate::extras::with_tools(parse_tools(&f)?, &mut messages, limits.max_prompt_bytes)?;
+    let extras = Extras {
+        tools,
+        ..Extras::default()
+    };
     // Anthropic's temperature range is 0..=1.
     let temperature = match f.number("temperature")? {
         None => 1.0,
@@ -192,16 +478,6 @@ fn parse(app: &App, body: &Map<String, Value>) -> Result<(Job, bool, Vec<String>
             "top_k",
             "top_k: not available on this gateway (sampling is temperature and top_p)",
         ));
-    }
-    for k in ["tools", "tool_choice"] {
-        if f.get(k)
-            .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()))
-        {
-            return Err(invalid(
-                k,
-                format!("{k}: tool use is not available on /v1/messages yet"),
-            ));
-        }
     }
     let stop = match f.get("stop_sequences") {
         None => Vec::new(),
@@ -237,11 +513,13 @@ fn parse(app: &App, body: &Map<String, Value>) -> Result<(Job, bool, Vec<String>
         stop,
         routing,
         budget: None,
-        // Tools are refused above and the Messages API has no logprobs or response format.
-        constraint: None,
+        // A required or named tool's call; the Messages API has no logprobs or response
+        // format.
+        constraint: extras.constraint(),
         top_logprobs: None,
+        tools: extras.uses_tools(),
     };
-    Ok((job, stream, fallbacks))
+    Ok((job, stream, fallbacks, extras))
 }
 
 fn stop_reason(r: FinishReason) -> &'static str {
@@ -250,6 +528,21 @@ fn stop_reason(r: FinishReason) -> &'static str {
         FinishReason::Stop => "end_turn",
         FinishReason::Length => "max_tokens",
     }
+}
+
+/// Anthropic's id for a call: the OpenAI routes' id under Anthropic's prefix.
+fn tool_use_id(openai_id: &Value) -> String {
+    let id = openai_id.as_str().unwrap_or_default();
+    format!("toolu_{}", id.strip_prefix("call_").unwrap_or(id))
+}
+
+/// A call's arguments (compact JSON text of an object) as a `tool_use` block's `input`.
+fn tool_input(arguments: &Value) -> Value {
+    arguments
+        .as_str()
+        .and_then(|a| serde_json::from_str::<Value>(a).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}))
 }
 
 fn usage_obj(input_tokens: u32, t: &Totals) -> Value {
@@ -286,7 +579,7 @@ pub(super) async fn messages(State(app): AppState, req: Request) -> Response {
         Ok(b) => parse_object(&b).and_then(|o| parse(&app, &o)),
         Err(e) => Err(e),
     };
-    let (job, stream, fallbacks) = match parsed {
+    let (job, stream, fallbacks, extras) = match parsed {
         Ok(p) => p,
         Err(e) => return with_log(error_response(e), info),
     };
@@ -322,9 +615,9 @@ pub(super) async fn messages(State(app): AppState, req: Request) -> Response {
             outcome: "client disconnected",
             status: 200,
         };
-        stream_messages(m, events, log)
+        stream_messages(m, events, extras, log)
     } else {
-        whole(m, events, info).await
+        whole(m, events, &extras, info).await
     };
     if let Some(v) = request_id {
         resp.headers_mut().insert("request-id", v.clone());
@@ -349,7 +642,13 @@ impl Msg {
     }
 }
 
-async fn whole(m: Msg, events: Receiver<Tagged>, mut info: LogInfo) -> Response {
+/// The answer broke its constraint: 502, as on the OpenAI routes.
+fn broken(request_id: &str, why: String) -> ApiError {
+    tracing::warn!(%request_id, "answer broke its constraint: {why}");
+    ApiError::backend(&BackendError::Upstream(why), "messages")
+}
+
+async fn whole(m: Msg, events: Receiver<Tagged>, extras: &Extras, mut info: LogInfo) -> Response {
     let done = match choices::collect(events, 1).await {
         Ok(d) => d,
         Err(e) => return with_log(error_response(ApiError::backend(&e, "messages")), info),
@@ -362,13 +661,44 @@ async fn whole(m: Msg, events: Receiver<Tagged>, mut info: LogInfo) -> Response 
         .map_or((String::new(), FinishReason::Stop), |c| {
             (c.text.clone(), c.finish_reason)
         });
+    // The OpenAI routes' choice (calls parsed, the constraint checked), in Anthropic's shape.
+    let choice =
+        match crate::extras::whole_choice(extras, true, 0, &text, finish, &[], &m.request_id) {
+            Ok(c) => c,
+            Err(why) => return with_log(error_response(broken(&m.request_id, why)), info),
+        };
+    let calls = choice["message"]["tool_calls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut content = Vec::with_capacity(calls.len() + 1);
+    match choice["message"]["content"].as_str() {
+        Some(t) if !t.is_empty() || calls.is_empty() => {
+            content.push(json!({"type": "text", "text": t}))
+        }
+        None if calls.is_empty() => content.push(json!({"type": "text", "text": ""})),
+        _ => {}
+    }
+    for c in &calls {
+        content.push(json!({
+            "type": "tool_use",
+            "id": tool_use_id(&c["id"]),
+            "name": c["function"]["name"],
+            "input": tool_input(&c["function"]["arguments"]),
+        }));
+    }
+    let stop = if calls.is_empty() {
+        stop_reason(finish)
+    } else {
+        "tool_use"
+    };
     let body = json!({
         "id": m.id,
         "type": "message",
         "role": "assistant",
         "model": m.model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": stop_reason(finish),
+        "content": content,
+        "stop_reason": stop,
         "stop_sequence": null,
         "usage": usage_obj(m.input_tokens, &totals),
         "agora": m.agora(&totals),
@@ -389,22 +719,88 @@ fn push_event(out: &mut Vec<u8>, name: &str, v: &Value) {
 struct MsgStream {
     m: Msg,
     events: Receiver<Tagged>,
+    /// Holds text that may be a tool call, as the OpenAI routes do.
+    extras: StreamExtras,
     log: StreamLog,
     first: bool,
     done: bool,
+    /// The content block open now (text or tool_use), if any.
+    open: Option<usize>,
+    /// The index the next content block gets.
+    next_block: usize,
 }
 
 impl MsgStream {
+    fn close_block(&mut self, out: &mut Vec<u8>) {
+        if let Some(index) = self.open.take() {
+            push_event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            );
+        }
+    }
+
+    fn open_block(&mut self, out: &mut Vec<u8>, block: Value) -> usize {
+        self.close_block(out);
+        let index = self.next_block;
+        self.next_block += 1;
+        push_event(
+            out,
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": block}),
+        );
+        self.open = Some(index);
+        index
+    }
+
+    fn text(&mut self, out: &mut Vec<u8>, t: &str) {
+        if t.is_empty() {
+            return;
+        }
+        let index = match self.open {
+            Some(i) => i,
+            None => self.open_block(out, json!({"type": "text", "text": ""})),
+        };
+        push_event(
+            out,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "text_delta", "text": t}}),
+        );
+    }
+
+    /// A piece the shared stream logic released: text, or one part of a call (OpenAI's
+    /// delta shape: a call's first piece names it, the next carries its arguments).
+    fn piece(&mut self, out: &mut Vec<u8>, delta: &Value) {
+        if let Some(t) = delta["content"].as_str() {
+            self.text(out, t);
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            if call.get("id").is_some() {
+                self.open_block(
+                    out,
+                    json!({"type": "tool_use", "id": tool_use_id(&call["id"]),
+                           "name": call["function"]["name"], "input": {}}),
+                );
+            } else if let Some(index) = self.open {
+                let args = call["function"]["arguments"].as_str().unwrap_or("{}");
+                push_event(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": args}}),
+                );
+                self.close_block(out);
+            }
+        }
+    }
+
     fn on_event(&mut self, out: &mut Vec<u8>, ev: Option<Tagged>) -> bool {
         match ev {
             Some((_, Some(Ok(StreamEvent::Text(t))))) => {
-                if !t.is_empty() {
-                    push_event(
-                        out,
-                        "content_block_delta",
-                        &json!({"type": "content_block_delta", "index": 0,
-                                "delta": {"type": "text_delta", "text": t}}),
-                    );
+                if let Some(p) = self.extras.on_text(&t) {
+                    self.piece(out, &p.delta);
                 }
                 false
             }
@@ -426,16 +822,33 @@ impl MsgStream {
                     receipts,
                 }]);
                 usage::save_receipts(&self.m.keys, &self.m.key_id, &totals.receipts);
-                push_event(
-                    out,
-                    "content_block_stop",
-                    &json!({"type": "content_block_stop", "index": 0}),
-                );
+                let finish = match self.extras.on_finish(finish_reason, &self.m.request_id) {
+                    Ok((pieces, finish)) => {
+                        for p in pieces {
+                            self.piece(out, &p.delta);
+                        }
+                        finish
+                    }
+                    Err(why) => {
+                        let e = BackendError::Upstream(why);
+                        return self.error(out, &e);
+                    }
+                };
+                if self.next_block == 0 {
+                    // An empty answer is still one (empty) text block, as whole.
+                    self.open_block(out, json!({"type": "text", "text": ""}));
+                }
+                self.close_block(out);
+                let stop = if finish == "tool_calls" {
+                    "tool_use"
+                } else {
+                    stop_reason(finish_reason)
+                };
                 push_event(
                     out,
                     "message_delta",
                     &json!({"type": "message_delta",
-                            "delta": {"stop_reason": stop_reason(finish_reason), "stop_sequence": null},
+                            "delta": {"stop_reason": stop, "stop_sequence": null},
                             "usage": usage_obj(self.m.input_tokens, &totals)}),
                 );
                 push_event(
@@ -476,12 +889,11 @@ impl MsgStream {
                     "content": [], "stop_reason": null, "stop_sequence": null,
                     "usage": {"input_tokens": self.m.input_tokens, "output_tokens": 0}}}),
             );
-            push_event(
-                &mut out,
-                "content_block_start",
-                &json!({"type": "content_block_start", "index": 0,
-                        "content_block": {"type": "text", "text": ""}}),
-            );
+            // Text that cannot be a call opens its block at once, as Anthropic does; text
+            // that may be a call waits until it is known.
+            if !self.extras.holding() {
+                self.open_block(&mut out, json!({"type": "text", "text": ""}));
+            }
             push_event(&mut out, "ping", &json!({"type": "ping"}));
             return Some(Bytes::from(out));
         }
@@ -510,13 +922,16 @@ impl MsgStream {
     }
 }
 
-fn stream_messages(m: Msg, events: Receiver<Tagged>, log: StreamLog) -> Response {
+fn stream_messages(m: Msg, events: Receiver<Tagged>, extras: Extras, log: StreamLog) -> Response {
     let state = MsgStream {
         m,
         events,
+        extras: StreamExtras::new(extras, true),
         log,
         first: true,
         done: false,
+        open: None,
+        next_block: 0,
     };
     let body = futures::stream::unfold(state, |mut st| async move {
         let bytes = st.next_bytes().await?;

@@ -56,6 +56,56 @@ fn models_say_what_they_are_and_cost() {
     assert_eq!(v["data"][1]["quantization"], Value::Null);
 }
 
+fn params_of(m: &Value) -> Vec<String> {
+    m["supported_parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn supported_parameters_follow_what_live_offers_serve() {
+    let s = Server::start();
+    let v = s.get("/v1/models").json();
+    let full = params_of(&v["data"][0]);
+    let plain = params_of(&v["data"][1]);
+    for p in [
+        "tools",
+        "tool_choice",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+    ] {
+        assert!(full.iter().any(|x| x == p), "{full:?}");
+        // No live offer of this model serves them: they are not claimed.
+        assert!(!plain.iter().any(|x| x == p), "{plain:?}");
+    }
+    assert!(plain.iter().any(|x| x == "provider"));
+}
+
+#[test]
+fn jobs_say_when_they_carry_tools() {
+    let s = Server::start();
+    let tool =
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    for (choice, uses) in [
+        (json!("auto"), true),
+        (json!("required"), true),
+        (json!("none"), false),
+    ] {
+        let mut body = chat("tiny-chat");
+        body["tools"] = tool.clone();
+        body["tool_choice"] = choice.clone();
+        s.post("/v1/chat/completions", &body);
+        let job = s.backend.last_job.lock().unwrap().clone().unwrap();
+        assert_eq!(job.tools, uses, "{choice}");
+    }
+    s.post("/v1/chat/completions", &chat("tiny-chat"));
+    assert!(!s.backend.last_job.lock().unwrap().clone().unwrap().tools);
+}
+
 #[test]
 fn n_choices_are_separate_jobs_indexed_and_summed() {
     let s = Server::start();

@@ -1,8 +1,8 @@
 //! A fake network, a real server on 127.0.0.1:0, and a tiny blocking HTTP/1.1 client.
 
 use agora_gateway::{
-    Backend, BackendError, Caller, FinishReason, Job, KeyStore, Limits, ModelInfo, PriceRange,
-    Pricing, ReceiptRef, Started, StreamEvent, Usage,
+    Backend, BackendError, Caller, Capabilities, FinishReason, Job, KeyStore, Limits, ModelInfo,
+    PriceRange, Pricing, ReceiptRef, Started, StreamEvent, Usage,
 };
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -75,6 +75,7 @@ impl Backend for FakeBackend {
                 context_length: 2048,
                 providers: 3,
                 quantization: Some("Q4_1".into()),
+                capabilities: Capabilities::ALL,
                 pricing: Pricing {
                     prompt: PriceRange::of(vec![300, 100, 200]),
                     completion: PriceRange::of(vec![600, 200, 400, 800]),
@@ -88,6 +89,8 @@ impl Backend for FakeBackend {
                 context_length: 4096,
                 providers: 1,
                 quantization: None,
+                // A model whose offers serve plain text only.
+                capabilities: Capabilities::default(),
                 pricing: Pricing::default(),
             },
         ]
