@@ -77,8 +77,13 @@ const LANES: usize = 8;
 const NIBBLES: usize = LANES * BLOCK / 2;
 /// Multiply-adds per parallel task, at least (see [`crate::int8`]).
 const MACS_PER_TASK: usize = 1 << 17;
-/// Activation rows per pass over a group's weights (a tile of the prefill GEMM).
+/// Activation rows per pass over a group's weights in the portable kernel (and the AVX2
+/// kernel for calls of fewer rows than [`WIDE_ROWS`], where its accumulators stay in
+/// registers).
 const ACT_ROWS: usize = 4;
+/// Activation rows per pass of the wide AVX2 kernel: each group block is unpacked once into
+/// registers and applied to this many rows (a tile of the prefill GEMM).
+const WIDE_ROWS: usize = 16;
 
 /// The packed formats, as the `F` parameter of the kernels.
 pub(crate) const Q4_0: u8 = 0;
@@ -431,6 +436,23 @@ impl PackedMatrix {
             sc: self.sc.get(span).unwrap_or(&[]),
         };
         let outs = out.as_chunks_mut::<LANES>().0;
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && outs.len() >= ACT_ROWS {
+            for (t, ys) in outs.chunks_mut(WIDE_ROWS).enumerate() {
+                let a = t * WIDE_ROWS;
+                let rows: [ActRow; WIDE_ROWS] =
+                    std::array::from_fn(|r| acts.row(a + r.min(ys.len() - 1)));
+                let x = &rows[..ys.len()];
+                match self.format {
+                    Q4_0 => avx2::group_rows::<Q4_0>(&w, x, ys),
+                    Q4_1 => avx2::group_rows::<Q4_1>(&w, x, ys),
+                    Q4K => avx2::group_rows::<Q4K>(&w, x, ys),
+                    Q5K => avx2::group_rows::<Q5K>(&w, x, ys),
+                    _ => avx2::group_rows::<Q6K>(&w, x, ys),
+                }
+            }
+            return;
+        }
         let mut a = 0;
         while a < outs.len() {
             let n = ACT_ROWS.min(outs.len() - a);
