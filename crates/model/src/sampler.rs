@@ -220,6 +220,9 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// Weights below this never change a sum that already holds 1.0 (half the spacing of f64
 /// values in [1, 2) is 2^-53; adding less than half a spacing rounds back to the sum).
 const NEGLIGIBLE: f64 = 1.0 / (1u64 << 53) as f64;
+/// An exponent below which the weight is surely under [`NEGLIGIBLE`] (e^-40 < 2^-57), so it
+/// need not be computed to know the candidate is in the tail.
+const SURELY_NEGLIGIBLE: f64 = -40.0;
 
 /// The candidates a sampled step draws from, after temperature, top-k and top-p: in
 /// canonical order (weight descending, id ascending) they are `head`, sorted, then `tail`,
@@ -235,9 +238,12 @@ const NEGLIGIBLE: f64 = 1.0 / (1u64 << 53) as f64;
 /// [`candidates_sorted`]), for a fraction of the work on a large vocabulary.
 struct Candidates {
     head: Vec<(u32, f64)>,
-    tail: Vec<(u32, f64)>,
+    /// (id, logit): tail weights are computed only when asked for (rarely).
+    tail: Vec<(u32, f32)>,
     /// The sum of every candidate's weight in canonical order (that of `head`).
     total: f64,
+    max: f64,
+    inv_t: f64,
 }
 
 fn by_weight(a: &(u32, f64), b: &(u32, f64)) -> std::cmp::Ordering {
@@ -256,6 +262,8 @@ impl Candidates {
                 head,
                 tail: vec![],
                 total,
+                max,
+                inv_t,
             });
         }
         // `head` in id order, with each one's logit.
@@ -264,9 +272,14 @@ impl Candidates {
         let mut tail = Vec::new();
         for (i, &v) in logits.iter().enumerate() {
             if v.is_finite() {
-                let w = ((v as f64 - max) * inv_t).exp();
+                let z = (v as f64 - max) * inv_t;
+                if z < SURELY_NEGLIGIBLE {
+                    tail.push((i as u32, v));
+                    continue;
+                }
+                let w = z.exp();
                 if w < NEGLIGIBLE {
-                    tail.push((i as u32, w));
+                    tail.push((i as u32, v));
                 } else {
                     head.push((i as u32, w));
                     head_logits.push(v);
@@ -281,8 +294,15 @@ impl Candidates {
                 head.truncate(k);
             } else {
                 let keep = k - head.len();
-                tail.select_nth_unstable_by(keep - 1, by_weight);
-                tail.truncate(keep);
+                let mut weighted: Vec<(u32, f64)> = tail
+                    .iter()
+                    .map(|&(i, v)| (i, weight(v, max, inv_t)))
+                    .collect();
+                weighted.select_nth_unstable_by(keep - 1, by_weight);
+                tail = weighted[..keep]
+                    .iter()
+                    .map(|&(i, _)| (i, logits[i as usize]))
+                    .collect();
             }
         }
         if params.top_p < 1.0 {
@@ -302,16 +322,35 @@ impl Candidates {
             head.truncate(keep);
         }
         let total = head.iter().map(|c| c.1).sum();
-        Ok(Self { head, tail, total })
+        Ok(Self {
+            head,
+            tail,
+            total,
+            max,
+            inv_t,
+        })
+    }
+
+    /// The tail with its weights, unsorted.
+    fn tail_weighted(&self) -> impl Iterator<Item = (u32, f64)> + '_ {
+        self.tail
+            .iter()
+            .map(|&(i, v)| (i, weight(v, self.max, self.inv_t)))
     }
 
     /// The last candidate in canonical order.
     fn last(&self) -> Option<(u32, f64)> {
-        match self.tail.iter().copied().min_by(|a, b| by_weight(b, a)) {
+        match self.tail_weighted().min_by(|a, b| by_weight(b, a)) {
             Some(t) => Some(t),
             None => self.head.last().copied(),
         }
     }
+}
+
+/// A candidate's unnormalized weight: the one expression every path computes it by.
+#[inline]
+fn weight(logit: f32, max: f64, inv_t: f64) -> f64 {
+    ((logit as f64 - max) * inv_t).exp()
 }
 
 /// `cands` (in id order, finite `logits` beside them) in canonical order: weight descending,
@@ -437,7 +476,7 @@ pub fn interval_of(
     let total = cands.total;
     let mut cum = 0.0;
     // The tail adds nothing to `cum` (see `Candidates`).
-    for &(t, w) in cands.head.iter().chain(&cands.tail) {
+    for (t, w) in cands.head.iter().copied().chain(cands.tail_weighted()) {
         if t == token {
             return Ok(Some((
                 cum / total,
@@ -625,7 +664,7 @@ mod tests {
         let want = candidates_sorted(logits, params).expect("cands");
         let got = Candidates::new(logits, params).expect("cands");
         assert_eq!(got.head[..], want[..got.head.len()], "{params:?}");
-        let mut tail = got.tail.clone();
+        let mut tail: Vec<(u32, f64)> = got.tail_weighted().collect();
         tail.sort_unstable_by(by_weight);
         assert_eq!(tail[..], want[got.head.len()..], "{params:?}");
         let total: f64 = want.iter().map(|c| c.1).sum();
