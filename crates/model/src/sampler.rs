@@ -378,7 +378,7 @@ fn sort_canonical(cands: &[(u32, f64)], logits: &[f32]) -> Vec<(u32, f64)> {
         for &(k, _) in &at {
             count[((k >> shift) & 0xFF) as usize + 1] += 1;
         }
-        if count.iter().any(|&c| c == at.len()) {
+        if count.contains(&at.len()) {
             continue; // every key has this digit: the pass would change nothing
         }
         for d in 0..256 {
