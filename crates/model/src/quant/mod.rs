@@ -45,8 +45,10 @@
 //! with a separate f32 rounding for every product and sum (no fused multiply-add). The
 //! integer sums are exact whatever their order (|isum| < 2^24 in every format, so `isum as
 //! f32` is exact too), so the f32 lines above are the only roundings; the portable kernel
-//! ([`portable::group`]) and the AVX2 kernel (`avx2::group`) both perform exactly them, in
-//! that order, per output. The number of activation rows sharing a call, the thread count
+//! ([`portable::group`]) and the AVX2 kernels (`avx2::group` for up to 3 activation rows,
+//! accumulators in registers; `avx2::group_rows` for tiles of [`WIDE_ROWS`], each group
+//! block unpacked once for the whole tile) all perform exactly them, in that order, per
+//! output. The number of activation rows sharing a call, the thread count
 //! and the CPU never change a bit of any output. Q4_0 computes the same integer `isum` as
 //! [`crate::int8`] does with the offset applied to the weights, so both give Q4_0 the same
 //! bits.
@@ -423,8 +425,9 @@ impl PackedMatrix {
         out
     }
 
-    /// Group `g` times every activation row, into `out` (activation row, lane), in tiles of
-    /// [`ACT_ROWS`] rows.
+    /// Group `g` times every activation row, into `out` (activation row, lane): on AVX2 from
+    /// [`ACT_ROWS`] rows on in tiles of [`WIDE_ROWS`] rows (the wide kernel), otherwise in
+    /// tiles of [`ACT_ROWS`] rows.
     fn group(&self, g: usize, acts: &Acts, out: &mut [f32], isa: Isa) {
         let blocks = self.cols / BLOCK;
         let span = g * blocks..(g + 1) * blocks;
