@@ -217,10 +217,206 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// The candidates a sampled step draws from, in canonical order (weight descending, id
-/// ascending), with unnormalized weights, after temperature, top-k and top-p.
-fn candidates(logits: &[f32], params: &SamplingParams) -> Result<Vec<(u32, f64)>> {
-    let inv_t = 1.0 / params.temperature;
+/// Weights below this never change a sum that already holds 1.0 (half the spacing of f64
+/// values in [1, 2) is 2^-53; adding less than half a spacing rounds back to the sum).
+const NEGLIGIBLE: f64 = 1.0 / (1u64 << 53) as f64;
+/// An exponent below which the weight is surely under [`NEGLIGIBLE`] (e^-40 < 2^-57), so it
+/// need not be computed to know the candidate is in the tail.
+const SURELY_NEGLIGIBLE: f64 = -40.0;
+
+/// The candidates a sampled step draws from, after temperature, top-k and top-p: in
+/// canonical order (weight descending, id ascending) they are `head`, sorted, then `tail`,
+/// unsorted.
+///
+/// Why two parts: the first candidate in canonical order has weight exactly 1.0 (the
+/// largest logit gives `exp(0)`), so every running sum in that order is at least 1.0, and a
+/// weight under [`NEGLIGIBLE`] leaves it unchanged, bit for bit. Such weights come last in
+/// canonical order (they are the smallest), so the running sums, the total and every CDF
+/// edge are those of `head` alone; only which candidate comes last (the one a draw rounded
+/// past every edge lands on) and which tokens are candidates at all depend on the tail.
+/// Sorting only `head` gives exactly what sorting every candidate gives (tested against
+/// [`candidates_sorted`]), for a fraction of the work on a large vocabulary.
+struct Candidates {
+    head: Vec<(u32, f64)>,
+    /// (id, logit): tail weights are computed only when asked for (rarely).
+    tail: Vec<(u32, f32)>,
+    /// The sum of every candidate's weight in canonical order (that of `head`).
+    total: f64,
+    max: f64,
+    inv_t: f64,
+}
+
+fn by_weight(a: &(u32, f64), b: &(u32, f64)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+impl Candidates {
+    fn new(logits: &[f32], params: &SamplingParams) -> Result<Self> {
+        let inv_t = 1.0 / params.temperature;
+        let max = max_logit(logits)?;
+        if !inv_t.is_finite() {
+            // exp(0 * inf) is NaN, not 1.0: the argument above does not hold, sort everything.
+            let head = candidates_sorted(logits, params)?;
+            let total = head.iter().map(|c| c.1).sum();
+            return Ok(Self {
+                head,
+                tail: vec![],
+                total,
+                max,
+                inv_t,
+            });
+        }
+        // `head` in id order, with each one's logit.
+        let mut head = Vec::new();
+        let mut head_logits = Vec::new();
+        let mut tail = Vec::new();
+        for (i, &v) in logits.iter().enumerate() {
+            if v.is_finite() {
+                let z = (v as f64 - max) * inv_t;
+                if z < SURELY_NEGLIGIBLE {
+                    tail.push((i as u32, v));
+                    continue;
+                }
+                let w = z.exp();
+                if w < NEGLIGIBLE {
+                    tail.push((i as u32, v));
+                } else {
+                    head.push((i as u32, w));
+                    head_logits.push(v);
+                }
+            }
+        }
+        let mut head = sort_canonical(&head, &head_logits);
+        let k = params.top_k;
+        if k > 0 && k < head.len() + tail.len() {
+            if k <= head.len() {
+                tail.clear();
+                head.truncate(k);
+            } else {
+                let keep = k - head.len();
+                let mut weighted: Vec<(u32, f64)> = tail
+                    .iter()
+                    .map(|&(i, v)| (i, weight(v, max, inv_t)))
+                    .collect();
+                weighted.select_nth_unstable_by(keep - 1, by_weight);
+                tail = weighted[..keep]
+                    .iter()
+                    .map(|&(i, _)| (i, logits[i as usize]))
+                    .collect();
+            }
+        }
+        if params.top_p < 1.0 {
+            // The mass reaches top_p * total (<= total) within `head` at the latest, so the
+            // tail is always cut.
+            tail.clear();
+            let total: f64 = head.iter().map(|c| c.1).sum();
+            let mut mass = 0.0;
+            let mut keep = head.len();
+            for (i, c) in head.iter().enumerate() {
+                mass += c.1;
+                if mass >= params.top_p * total {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            head.truncate(keep);
+        }
+        let total = head.iter().map(|c| c.1).sum();
+        Ok(Self {
+            head,
+            tail,
+            total,
+            max,
+            inv_t,
+        })
+    }
+
+    /// The tail with its weights, unsorted.
+    fn tail_weighted(&self) -> impl Iterator<Item = (u32, f64)> + '_ {
+        self.tail
+            .iter()
+            .map(|&(i, v)| (i, weight(v, self.max, self.inv_t)))
+    }
+
+    /// The last candidate in canonical order.
+    fn last(&self) -> Option<(u32, f64)> {
+        match self.tail_weighted().min_by(|a, b| by_weight(b, a)) {
+            Some(t) => Some(t),
+            None => self.head.last().copied(),
+        }
+    }
+}
+
+/// A candidate's unnormalized weight: the one expression every path computes it by.
+#[inline]
+fn weight(logit: f32, max: f64, inv_t: f64) -> f64 {
+    ((logit as f64 - max) * inv_t).exp()
+}
+
+/// `cands` (in id order, finite `logits` beside them) in canonical order: weight descending,
+/// id ascending. The weight is a non-decreasing function of the logit, so a stable radix
+/// sort by logit, descending, of candidates in id order is canonical except where two
+/// different logits round to the same weight; such runs are then put in id order (and
+/// should the weights ever come out of order, everything is sorted by weight). Every
+/// candidate has a distinct id, so the order is total and this is exactly what a comparison
+/// sort by [`by_weight`] gives, in linear time.
+fn sort_canonical(cands: &[(u32, f64)], logits: &[f32]) -> Vec<(u32, f64)> {
+    // Descending logit as an ascending u32 (finite floats: flip the sign bit of positives,
+    // every bit of negatives, then invert).
+    let key = |v: f32| {
+        let b = v.to_bits();
+        !(if b >> 31 == 1 { !b } else { b | 1 << 31 })
+    };
+    let mut at: Vec<(u32, u32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (key(v), i as u32))
+        .collect();
+    let mut spare = vec![(0u32, 0u32); at.len()];
+    for shift in [0, 8, 16, 24] {
+        let mut count = [0usize; 257];
+        for &(k, _) in &at {
+            count[((k >> shift) & 0xFF) as usize + 1] += 1;
+        }
+        if count.contains(&at.len()) {
+            continue; // every key has this digit: the pass would change nothing
+        }
+        for d in 0..256 {
+            count[d + 1] += count[d];
+        }
+        for &e in &at {
+            let d = ((e.0 >> shift) & 0xFF) as usize;
+            spare[count[d]] = e;
+            count[d] += 1;
+        }
+        std::mem::swap(&mut at, &mut spare);
+    }
+    let mut out: Vec<(u32, f64)> = at.iter().map(|&(_, i)| cands[i as usize]).collect();
+    // `exp` is not promised to be monotonic: should two weights come out of order, sort by
+    // weight after all (the result is canonical either way).
+    if out.windows(2).any(|p| p[0].1 < p[1].1) {
+        out.sort_unstable_by(by_weight);
+        return out;
+    }
+    let mut start = 0;
+    while start < out.len() {
+        let w = out[start].1.to_bits();
+        let end = start
+            + out[start..]
+                .iter()
+                .take_while(|c| c.1.to_bits() == w)
+                .count();
+        let run = &mut out[start..end];
+        if !run.is_sorted_by_key(|c| c.0) {
+            run.sort_unstable_by_key(|c| c.0);
+        }
+        start = end;
+    }
+    out
+}
+
+/// The largest logit that is not NaN, as f64; an error when it is not finite.
+fn max_logit(logits: &[f32]) -> Result<f64> {
     let max = logits
         .iter()
         .copied()
@@ -229,14 +425,20 @@ fn candidates(logits: &[f32], params: &SamplingParams) -> Result<Vec<(u32, f64)>
     if !max.is_finite() {
         return Err(ModelError::InvalidRequest("logits are not finite".into()));
     }
-    // Candidates in canonical order: weight descending, id ascending.
+    Ok(max)
+}
+
+/// Every candidate in canonical order (weight descending, id ascending), with unnormalized
+/// weights, after temperature, top-k and top-p: the definition [`Candidates`] reproduces.
+fn candidates_sorted(logits: &[f32], params: &SamplingParams) -> Result<Vec<(u32, f64)>> {
+    let inv_t = 1.0 / params.temperature;
+    let max = max_logit(logits)?;
     let mut cands: Vec<(u32, f64)> = logits
         .iter()
         .enumerate()
         .filter(|(_, v)| v.is_finite())
         .map(|(i, &v)| (i as u32, ((v as f64 - max) * inv_t).exp()))
         .collect();
-    let by_weight = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if params.top_k > 0 && params.top_k < cands.len() {
         cands.select_nth_unstable_by(params.top_k - 1, by_weight);
         cands.truncate(params.top_k);
@@ -270,10 +472,11 @@ pub fn interval_of(
     if params.temperature == 0.0 || logits.is_empty() {
         return Ok(None);
     }
-    let cands = candidates(logits, params)?;
-    let total: f64 = cands.iter().map(|c| c.1).sum();
+    let cands = Candidates::new(logits, params)?;
+    let total = cands.total;
     let mut cum = 0.0;
-    for &(t, w) in &cands {
+    // The tail adds nothing to `cum` (see `Candidates`).
+    for (t, w) in cands.head.iter().copied().chain(cands.tail_weighted()) {
         if t == token {
             return Ok(Some((
                 cum / total,
@@ -301,12 +504,13 @@ pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> Result<Sam
             cdf_hi: 1.0,
         });
     }
-    let cands = candidates(logits, params)?;
-    let total: f64 = cands.iter().map(|c| c.1).sum();
+    let cands = Candidates::new(logits, params)?;
+    let total = cands.total;
     let u = draw(params.seed, index);
     let target = u * total;
     let mut cum = 0.0;
-    for &(token, w) in &cands {
+    // The tail adds nothing to `cum`, so no edge of it lies below `total`.
+    for &(token, w) in &cands.head {
         let next = cum + w;
         if target < next {
             return Ok(Sample {
@@ -319,7 +523,11 @@ pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> Result<Sam
         cum = next;
     }
     // Rounding left the draw past the last edge: it belongs to the last candidate.
-    let (token, w) = cands[cands.len() - 1];
+    let Some((token, w)) = cands.last() else {
+        return Err(ModelError::InvalidRequest(
+            "no candidates to sample from".into(),
+        ));
+    };
     Ok(Sample {
         token,
         draw: u,
@@ -403,7 +611,156 @@ mod tests {
         assert!(logprobs(&logits, 0, 0).top.is_empty());
     }
 
+    /// [`sample`] and [`interval_of`] as they were written over every candidate sorted: the
+    /// definition the head/tail split must reproduce bit for bit.
+    fn sample_reference(logits: &[f32], params: &SamplingParams, index: u64) -> Sample {
+        let cands = candidates_sorted(logits, params).expect("cands");
+        let total: f64 = cands.iter().map(|c| c.1).sum();
+        let u = draw(params.seed, index);
+        let target = u * total;
+        let mut cum = 0.0;
+        for &(token, w) in &cands {
+            let next = cum + w;
+            if target < next {
+                return Sample {
+                    token,
+                    draw: u,
+                    cdf_lo: cum / total,
+                    cdf_hi: next / total,
+                };
+            }
+            cum = next;
+        }
+        let (token, w) = cands[cands.len() - 1];
+        Sample {
+            token,
+            draw: u,
+            cdf_lo: (total - w) / total,
+            cdf_hi: 1.0,
+        }
+    }
+
+    fn interval_reference(
+        logits: &[f32],
+        params: &SamplingParams,
+        index: u64,
+        token: u32,
+    ) -> Option<(f64, f64, f64)> {
+        let cands = candidates_sorted(logits, params).expect("cands");
+        let total: f64 = cands.iter().map(|c| c.1).sum();
+        let mut cum = 0.0;
+        for &(t, w) in &cands {
+            if t == token {
+                return Some((cum / total, (cum + w) / total, draw(params.seed, index)));
+            }
+            cum += w;
+        }
+        None
+    }
+
+    /// The split against the full sort: the same candidates in the same order, the same
+    /// total, the same last candidate, the same samples and intervals, bit for bit.
+    fn assert_same_as_full_sort(logits: &[f32], params: &SamplingParams, index: u64) {
+        let want = candidates_sorted(logits, params).expect("cands");
+        let got = Candidates::new(logits, params).expect("cands");
+        assert_eq!(got.head[..], want[..got.head.len()], "{params:?}");
+        let mut tail: Vec<(u32, f64)> = got.tail_weighted().collect();
+        tail.sort_unstable_by(by_weight);
+        assert_eq!(tail[..], want[got.head.len()..], "{params:?}");
+        let total: f64 = want.iter().map(|c| c.1).sum();
+        assert_eq!(got.total.to_bits(), total.to_bits());
+        assert_eq!(got.last(), want.last().copied());
+        let s = sample(logits, params, index).expect("sample");
+        let r = sample_reference(logits, params, index);
+        assert_eq!(
+            (
+                s.token,
+                s.draw.to_bits(),
+                s.cdf_lo.to_bits(),
+                s.cdf_hi.to_bits()
+            ),
+            (
+                r.token,
+                r.draw.to_bits(),
+                r.cdf_lo.to_bits(),
+                r.cdf_hi.to_bits()
+            )
+        );
+        for token in 0..logits.len() as u32 {
+            let a = interval_of(logits, params, index, token).expect("interval");
+            let b = interval_reference(logits, params, index, token);
+            let bits = |x: Option<(f64, f64, f64)>| {
+                x.map(|(a, b, c)| (a.to_bits(), b.to_bits(), c.to_bits()))
+            };
+            assert_eq!(bits(a), bits(b), "token {token}");
+        }
+    }
+
+    /// Logits built to stress the split: many exact ties, weights on both sides of (and at)
+    /// the 2^-53 cut, minus infinity and NaN, and top-k and top-p cuts inside the head, at
+    /// its end and inside the tail.
+    #[test]
+    fn the_head_tail_split_samples_as_a_full_sort_does() {
+        let mut rng = crate::init::SeededRng::new(99);
+        let cut = (NEGLIGIBLE.ln()) as f32;
+        for case in 0..60u64 {
+            let t = [0.7f64, 1.0, 0.05, 2.0][case as usize % 4];
+            let n = 200 + (case as usize * 37) % 300;
+            let mut logits: Vec<f32> = rng
+                .normals(n, 12.0)
+                .into_iter()
+                .map(|v| (v * 4.0).round() / 4.0)
+                .collect();
+            // Values around the cut (relative to the maximum, after temperature).
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for (i, v) in logits.iter_mut().enumerate().take(40) {
+                let near = max + (cut * t as f32) + (i as f32 - 20.0) * 1e-5;
+                *v = near;
+            }
+            logits[41] = f32::NEG_INFINITY;
+            logits[42] = f32::NAN;
+            logits[43] = max;
+            // Equal weights from different bits.
+            logits[44] = -0.0;
+            logits[45] = 0.0;
+            logits[46] = -0.0;
+            for k in [0, 1, 3, 50, n / 2, n - 3, n + 5] {
+                for p in [1.0, 0.9, 0.3, 1e-9] {
+                    let params = params(t, k, p, case);
+                    assert_same_as_full_sort(&logits, &params, case * 7 + k as u64);
+                }
+            }
+        }
+    }
+
+    /// A vocabulary of SmolLM2's size: every radix pass runs.
+    #[test]
+    fn the_split_equals_the_full_sort_on_a_large_vocabulary() {
+        let mut rng = crate::init::SeededRng::new(7);
+        let logits = rng.normals(49_152, 6.0);
+        for (t, k, p) in [(0.7, 0, 1.0), (1.0, 40, 1.0), (0.7, 0, 0.95), (3.0, 0, 1.0)] {
+            let params = params(t, k, p, 5);
+            let want = candidates_sorted(&logits, &params).expect("cands");
+            let got = Candidates::new(&logits, &params).expect("cands");
+            assert_eq!(got.head[..], want[..got.head.len()]);
+            assert_eq!(got.head.len() + got.tail.len(), want.len());
+            for index in 0..20 {
+                let s = sample(&logits, &params, index).expect("sample");
+                let r = sample_reference(&logits, &params, index);
+                assert_eq!(s, r);
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn the_split_equals_the_full_sort(logits in prop::collection::vec(-60f32..20.0, 1..80),
+                                          t in 0.01f64..3.0, k in 0usize..90, p in 0.01f64..1.0,
+                                          full_p: bool, seed: u64, index: u64) {
+            let params = params(t, k, if full_p { 1.0 } else { p }, seed);
+            assert_same_as_full_sort(&logits, &params, index);
+        }
+
         // The sampler is a pure function of (logits, params, seed, index).
         #[test]
         fn sampling_is_pure(logits in prop::collection::vec(-20f32..20.0, 1..64),

@@ -30,8 +30,13 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// Where an audit's time goes: the model's forward pass as the audit runs it (the prompt as a
 /// prefill, the answer through the exact kernels), the output head over every answer row,
-/// and the rest (sampler replay and fingerprint comparison).
-fn breakdown(model: &agora_model::LoadedModel, prompt: &[u32], output: &[u32]) {
+/// the sampler's replay of every answer position, and the rest (fingerprint comparison).
+fn breakdown(
+    model: &agora_model::LoadedModel,
+    prompt: &[u32],
+    output: &[u32],
+    sampling: &SamplingParams,
+) {
     use agora_model::Mode;
     use candle_core::{IndexOp, Tensor};
     let device = model.model.device();
@@ -57,10 +62,16 @@ fn breakdown(model: &agora_model::LoadedModel, prompt: &[u32], output: &[u32]) {
         .expect("rows");
     let forced_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    model.model.logits_audit(&rows).expect("logits");
+    let logits = model.model.logits_audit(&rows).expect("logits");
     let head_s = started.elapsed().as_secs_f64();
+    let logits: Vec<Vec<f32>> = logits.to_vec2().expect("logits");
+    let started = Instant::now();
+    for (i, row) in logits.iter().enumerate() {
+        std::hint::black_box(agora_model::sampler::sample(row, sampling, i as u64).expect("s"));
+    }
+    let sample_s = started.elapsed().as_secs_f64();
     println!(
-        "  audit breakdown: prompt prefill {prefill_s:.3} s, answer rows (exact kernels) {forced_s:.3} s, output head {head_s:.3} s"
+        "  audit breakdown: prompt prefill {prefill_s:.3} s, answer rows (exact kernels) {forced_s:.3} s, output head {head_s:.3} s, sampler replay {sample_s:.3} s"
     );
 }
 
@@ -141,7 +152,7 @@ fn main() {
             audits.push(audit_s);
         }
         if round == repeats {
-            breakdown(&model, &prompt, &g.tokens);
+            breakdown(&model, &prompt, &g.tokens, &sampling);
         }
     }
     let (g, a) = (median(gens), median(audits));

@@ -45,8 +45,10 @@
 //! with a separate f32 rounding for every product and sum (no fused multiply-add). The
 //! integer sums are exact whatever their order (|isum| < 2^24 in every format, so `isum as
 //! f32` is exact too), so the f32 lines above are the only roundings; the portable kernel
-//! ([`portable::group`]) and the AVX2 kernel (`avx2::group`) both perform exactly them, in
-//! that order, per output. The number of activation rows sharing a call, the thread count
+//! ([`portable::group`]) and the AVX2 kernels (`avx2::group` for up to 3 activation rows,
+//! accumulators in registers; `avx2::group_rows` for tiles of [`WIDE_ROWS`], each group
+//! block unpacked once for the whole tile) all perform exactly them, in that order, per
+//! output. The number of activation rows sharing a call, the thread count
 //! and the CPU never change a bit of any output. Q4_0 computes the same integer `isum` as
 //! [`crate::int8`] does with the offset applied to the weights, so both give Q4_0 the same
 //! bits.
@@ -77,8 +79,13 @@ const LANES: usize = 8;
 const NIBBLES: usize = LANES * BLOCK / 2;
 /// Multiply-adds per parallel task, at least (see [`crate::int8`]).
 const MACS_PER_TASK: usize = 1 << 17;
-/// Activation rows per pass over a group's weights (a tile of the prefill GEMM).
+/// Activation rows per pass over a group's weights in the portable kernel (and the AVX2
+/// kernel for calls of fewer rows than [`WIDE_ROWS`], where its accumulators stay in
+/// registers).
 const ACT_ROWS: usize = 4;
+/// Activation rows per pass of the wide AVX2 kernel: each group block is unpacked once into
+/// registers and applied to this many rows (a tile of the prefill GEMM).
+const WIDE_ROWS: usize = 16;
 
 /// The packed formats, as the `F` parameter of the kernels.
 pub(crate) const Q4_0: u8 = 0;
@@ -418,8 +425,9 @@ impl PackedMatrix {
         out
     }
 
-    /// Group `g` times every activation row, into `out` (activation row, lane), in tiles of
-    /// [`ACT_ROWS`] rows.
+    /// Group `g` times every activation row, into `out` (activation row, lane): on AVX2 from
+    /// [`ACT_ROWS`] rows on in tiles of [`WIDE_ROWS`] rows (the wide kernel), otherwise in
+    /// tiles of [`ACT_ROWS`] rows.
     fn group(&self, g: usize, acts: &Acts, out: &mut [f32], isa: Isa) {
         let blocks = self.cols / BLOCK;
         let span = g * blocks..(g + 1) * blocks;
@@ -431,6 +439,23 @@ impl PackedMatrix {
             sc: self.sc.get(span).unwrap_or(&[]),
         };
         let outs = out.as_chunks_mut::<LANES>().0;
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && outs.len() >= ACT_ROWS {
+            for (t, ys) in outs.chunks_mut(WIDE_ROWS).enumerate() {
+                let a = t * WIDE_ROWS;
+                let rows: [ActRow; WIDE_ROWS] =
+                    std::array::from_fn(|r| acts.row(a + r.min(ys.len() - 1)));
+                let x = &rows[..ys.len()];
+                match self.format {
+                    Q4_0 => avx2::group_rows::<Q4_0>(&w, x, ys),
+                    Q4_1 => avx2::group_rows::<Q4_1>(&w, x, ys),
+                    Q4K => avx2::group_rows::<Q4K>(&w, x, ys),
+                    Q5K => avx2::group_rows::<Q5K>(&w, x, ys),
+                    _ => avx2::group_rows::<Q6K>(&w, x, ys),
+                }
+            }
+            return;
+        }
         let mut a = 0;
         while a < outs.len() {
             let n = ACT_ROWS.min(outs.len() - a);

@@ -115,12 +115,13 @@ fn other_types_and_shapes_are_not_packed() {
     assert!(PackedMatrix::from_qtensor(&v).expect("ok").is_none());
 }
 
-/// The kernel bit test: on every kernel this CPU has, for odd shapes, 1 to 13 activation
-/// rows per call and 1 to 3 threads, every output has the reference's bits.
+/// The kernel bit test: on every kernel this CPU has, for odd shapes, 1 to 37 activation
+/// rows per call (under, at and across the wide kernel's tiles of [`WIDE_ROWS`]) and 1 to 3
+/// threads, every output has the reference's bits.
 #[test]
 fn every_kernel_gives_the_reference_bits_alone_in_a_batch_on_any_pool() {
     let mut rng = SeededRng::new(13);
-    let m = 13;
+    let m = 2 * WIDE_ROWS + 5;
     let isas = Isa::all();
     println!("kernels on this CPU: {isas:?}");
     for dtype in ALL {
@@ -154,7 +155,7 @@ fn every_kernel_gives_the_reference_bits_alone_in_a_batch_on_any_pool() {
                             .build()
                             .expect("pool");
                         pool.install(|| {
-                            for batch in [1, 2, 3, 4, 5, 8, 13] {
+                            for batch in [1, 2, 3, 4, 5, 8, 13, WIDE_ROWS, WIDE_ROWS + 1, m] {
                                 for start in (0..m).step_by(batch) {
                                     let n = batch.min(m - start);
                                     let part = &x[start * cols..(start + n) * cols];
@@ -208,18 +209,21 @@ fn extreme_quants_are_exact() {
         }
         let q = qtensor_from_ggml(dtype, &raw, vec![rows, cols], &Device::Cpu).expect("q");
         let mat = packed(&q);
-        let signs: Vec<f32> = (0..3 * cols)
-            .map(|i| if (i / 7) % 2 == 0 { 1.0 } else { -1.0 })
-            .collect();
-        for x in [
-            vec![1.0; 3 * cols],
-            vec![-1.0; 3 * cols],
-            signs,
-            rng.normals(3 * cols, 1.0),
-        ] {
-            let want = reference(&mat, &x);
-            for isa in Isa::all() {
-                assert_eq!(mat.matmul(&x, isa), want, "{dtype:?} {isa:?}");
+        // 3 rows take the narrow kernels, WIDE_ROWS + 3 the wide one.
+        for m in [3, WIDE_ROWS + 3] {
+            let signs: Vec<f32> = (0..m * cols)
+                .map(|i| if (i / 7) % 2 == 0 { 1.0 } else { -1.0 })
+                .collect();
+            for x in [
+                vec![1.0; m * cols],
+                vec![-1.0; m * cols],
+                signs,
+                rng.normals(m * cols, 1.0),
+            ] {
+                let want = reference(&mat, &x);
+                for isa in Isa::all() {
+                    assert_eq!(mat.matmul(&x, isa), want, "{dtype:?} {isa:?} {m} rows");
+                }
             }
         }
     }
