@@ -1,7 +1,8 @@
 //! The model thread: a continuous-batching scheduler. Requests share forward passes: every
-//! step runs prefill passes of newly admitted requests (in the order they arrived, up to a
-//! number of prompt positions per step) and then one decode pass over every request that is
-//! generating. A request is admitted when the KV memory it could come to hold fits the
+//! step is one pass over a decode row of every request that is generating and the next
+//! prefill chunk of newly admitted requests (in the order they arrived, up to a number of
+//! prompt positions per step), so a new request's first token does not wait for the others'
+//! answers and their next tokens do not wait for its whole prompt. A request is admitted when the KV memory it could come to hold fits the
 //! budget beside the running ones; the rest wait in arrival order, so none is passed over
 //! for ever. A request whose reader went away is dropped at the next step and its memory
 //! freed. Every request computes exactly the bits it computes alone
@@ -92,8 +93,8 @@ pub struct WorkerConfig {
     /// the most it could hold (prompt plus `max_tokens`), so a running request never runs
     /// out.
     pub kv_budget: usize,
-    /// Prompt positions prefilled between two decode steps (at least one prefill pass), so a
-    /// long prompt delays the others' next tokens by a bounded amount.
+    /// Prompt positions prefilled in one step beside the decode rows (at least one prefill
+    /// chunk), so a long prompt delays the others' next tokens by a bounded amount.
     pub prefill_per_step: usize,
 }
 
@@ -321,8 +322,7 @@ impl Scheduler {
             agora_metrics::provider()
                 .queue_depth
                 .set(i64::try_from(self.waiting.len()).unwrap_or(i64::MAX));
-            self.prefill();
-            self.decode();
+            self.step();
             self.reap();
         }
     }
@@ -375,68 +375,62 @@ impl Scheduler {
         }
     }
 
-    /// Prefill passes in admission order, up to the step's budget of positions; a request
-    /// whose prefill completes samples its first token.
-    fn prefill(&mut self) {
+    /// One step: a decode row for every request generating and the next prefill chunk of
+    /// requests still prefilling, in admission order, up to the step's budget of prompt
+    /// positions (at least one chunk), all in one forward pass where the model's kernels
+    /// allow it ([`Sequence::pass_many`]). A request whose prefill completes samples its
+    /// first token.
+    fn step(&mut self) {
         let model = &*self.model;
         let mut budget = self.cfg.prefill_per_step;
+        let (mut prefill, mut decode): (Vec<&mut Running>, Vec<&mut Running>) = (vec![], vec![]);
         for r in self.running.iter_mut() {
-            while budget > 0 && r.seq.next() == Next::Prefill {
-                let before = r.seq.positions();
-                let hidden = match r.seq.prefill_step(&model.model) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        r.fail(Some(e.to_string()));
-                        break;
-                    }
-                };
-                budget = budget.saturating_sub(r.seq.positions() - before);
-                if r.seq.prefill_left() == 0 {
-                    let first = first_logits(model, &hidden);
-                    match first {
-                        Ok((last, logits)) => r.step(model, &last, &logits),
-                        Err(e) => r.fail(Some(e.to_string())),
-                    }
+            match r.seq.next() {
+                Next::Prefill if budget > 0 => {
+                    let at = r.seq.positions();
+                    let chunk = agora_model::llama::prefill_chunk_len(at, r.seq.prefill_left());
+                    budget = budget.saturating_sub(chunk);
+                    prefill.push(r);
                 }
-            }
-            if budget == 0 {
-                break;
+                Next::Decode(_) => decode.push(r),
+                Next::Prefill | Next::Finished(_) => {}
             }
         }
-    }
-
-    /// One decode pass over every request that is generating.
-    fn decode(&mut self) {
-        let model = &*self.model;
-        let mut batch: Vec<&mut Running> = self
-            .running
-            .iter_mut()
-            .filter(|r| matches!(r.seq.next(), Next::Decode(_)))
-            .collect();
-        if batch.is_empty() {
+        if prefill.is_empty() && decode.is_empty() {
             return;
         }
-        agora_metrics::provider()
-            .batch_size
-            .observe(batch.len() as f64);
+        if !decode.is_empty() {
+            agora_metrics::provider()
+                .batch_size
+                .observe(decode.len() as f64);
+        }
         let result = {
-            let mut seqs: Vec<&mut Sequence> = batch.iter_mut().map(|r| &mut r.seq).collect();
-            Sequence::decode_many(&model.model, &mut seqs)
+            let mut p: Vec<&mut Sequence> = prefill.iter_mut().map(|r| &mut r.seq).collect();
+            let mut d: Vec<&mut Sequence> = decode.iter_mut().map(|r| &mut r.seq).collect();
+            Sequence::pass_many(&model.model, &mut p, &mut d)
         };
-        match result {
-            Ok((hidden, logits)) => {
-                for (i, r) in batch.into_iter().enumerate() {
-                    match (hidden.i(i), logits.get(i)) {
-                        (Ok(h), Some(l)) => r.step(model, &h, l),
-                        _ => r.fail(Some("the batched pass lost a row".into())),
-                    }
-                }
-            }
+        let pass = match result {
+            Ok(pass) => pass,
             Err(e) => {
-                tracing::error!("a batched decode pass failed: {e}");
-                for r in batch {
+                tracing::error!("a batched pass failed: {e}");
+                for r in prefill.into_iter().chain(decode) {
                     r.fail(Some(e.to_string()));
                 }
+                return;
+            }
+        };
+        for (r, hidden) in prefill.into_iter().zip(&pass.prefill) {
+            if r.seq.prefill_left() == 0 {
+                match first_logits(model, hidden) {
+                    Ok((last, logits)) => r.step(model, &last, &logits),
+                    Err(e) => r.fail(Some(e.to_string())),
+                }
+            }
+        }
+        for (i, r) in decode.into_iter().enumerate() {
+            match (pass.decode.i(i), pass.decode_logits.get(i)) {
+                (Ok(h), Some(l)) => r.step(model, &h, l),
+                _ => r.fail(Some("the batched pass lost a row".into())),
             }
         }
     }
@@ -516,7 +510,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_answers_equal_lone_generations_and_pass_their_audit() {
-        let model = model();
+        concurrent_answers_are_lone_generations(model()).await;
+    }
+
+    async fn concurrent_answers_are_lone_generations(model: Arc<LoadedModel>) {
         let worker = Worker::start_with(
             model.clone(),
             WorkerConfig {
