@@ -1,8 +1,8 @@
 //! The model thread: a continuous-batching scheduler. Requests share forward passes: every
-//! step is one pass over a decode row of every request that is generating and the next
-//! prefill chunk of newly admitted requests (in the order they arrived, up to a number of
-//! prompt positions per step), so a new request's first token does not wait for the others'
-//! answers and their next tokens do not wait for its whole prompt. A request is admitted when the KV memory it could come to hold fits the
+//! step runs the next prefill chunk of newly admitted requests (in the order they arrived,
+//! up to a number of prompt positions per step), each in its own pass, and one decode row of
+//! every request that is generating, in the same pass as the step's last prefill chunk
+//! where the model's kernels allow it. A request is admitted when the KV memory it could come to hold fits the
 //! budget beside the running ones; the rest wait in arrival order, so none is passed over
 //! for ever. A request whose reader went away is dropped at the next step and its memory
 //! freed. Every request computes exactly the bits it computes alone
@@ -296,6 +296,44 @@ impl Running {
     }
 }
 
+/// One forward pass over the next prefill chunk of `prefill` and a decode row of each of
+/// `decode`; samples the tokens that pass yields and sends them.
+fn run_pass(model: &LoadedModel, prefill: Option<&mut Running>, decode: &mut [&mut Running]) {
+    let mut prefill: Vec<&mut Running> = prefill.into_iter().collect();
+    let result = {
+        let mut p: Vec<&mut Sequence> = prefill.iter_mut().map(|r| &mut r.seq).collect();
+        let mut d: Vec<&mut Sequence> = decode.iter_mut().map(|r| &mut r.seq).collect();
+        Sequence::pass_many(&model.model, &mut p, &mut d)
+    };
+    let pass = match result {
+        Ok(pass) => pass,
+        Err(e) => {
+            tracing::error!("a batched pass failed: {e}");
+            for r in prefill.iter_mut() {
+                r.fail(Some(e.to_string()));
+            }
+            for r in decode.iter_mut() {
+                r.fail(Some(e.to_string()));
+            }
+            return;
+        }
+    };
+    for (r, hidden) in prefill.into_iter().zip(&pass.prefill) {
+        if r.seq.prefill_left() == 0 {
+            match first_logits(model, hidden) {
+                Ok((last, logits)) => r.step(model, &last, &logits),
+                Err(e) => r.fail(Some(e.to_string())),
+            }
+        }
+    }
+    for (i, r) in decode.iter_mut().enumerate() {
+        match (pass.decode.i(i), pass.decode_logits.get(i)) {
+            (Ok(h), Some(l)) => r.step(model, &h, l),
+            _ => r.fail(Some("the batched pass lost a row".into())),
+        }
+    }
+}
+
 struct Scheduler {
     model: Arc<LoadedModel>,
     cfg: WorkerConfig,
@@ -375,11 +413,13 @@ impl Scheduler {
         }
     }
 
-    /// One step: a decode row for every request generating and the next prefill chunk of
-    /// requests still prefilling, in admission order, up to the step's budget of prompt
-    /// positions (at least one chunk), all in one forward pass where the model's kernels
-    /// allow it ([`Sequence::pass_many`]). A request whose prefill completes samples its
-    /// first token.
+    /// One step: the next prefill chunk of requests still prefilling, in admission order, up
+    /// to the step's budget of prompt positions (at least one chunk), and a decode row for
+    /// every request generating. Each prefill chunk is its own pass, so its first token goes
+    /// out as soon as it is sampled (on these compute-bound kernels a pass costs about the
+    /// sum of its rows, so sharing one pass among prompts would only hold the earlier first
+    /// tokens back); the decode rows ride along in the last prefill's pass
+    /// ([`Sequence::pass_many`]), or run alone when nothing is prefilling.
     fn step(&mut self) {
         let model = &*self.model;
         let mut budget = self.cfg.prefill_per_step;
@@ -396,42 +436,17 @@ impl Scheduler {
                 Next::Prefill | Next::Finished(_) => {}
             }
         }
-        if prefill.is_empty() && decode.is_empty() {
-            return;
-        }
         if !decode.is_empty() {
             agora_metrics::provider()
                 .batch_size
                 .observe(decode.len() as f64);
         }
-        let result = {
-            let mut p: Vec<&mut Sequence> = prefill.iter_mut().map(|r| &mut r.seq).collect();
-            let mut d: Vec<&mut Sequence> = decode.iter_mut().map(|r| &mut r.seq).collect();
-            Sequence::pass_many(&model.model, &mut p, &mut d)
-        };
-        let pass = match result {
-            Ok(pass) => pass,
-            Err(e) => {
-                tracing::error!("a batched pass failed: {e}");
-                for r in prefill.into_iter().chain(decode) {
-                    r.fail(Some(e.to_string()));
-                }
-                return;
-            }
-        };
-        for (r, hidden) in prefill.into_iter().zip(&pass.prefill) {
-            if r.seq.prefill_left() == 0 {
-                match first_logits(model, hidden) {
-                    Ok((last, logits)) => r.step(model, &last, &logits),
-                    Err(e) => r.fail(Some(e.to_string())),
-                }
-            }
+        let last = prefill.pop();
+        for r in prefill {
+            run_pass(model, Some(r), &mut []);
         }
-        for (i, r) in decode.into_iter().enumerate() {
-            match (pass.decode.i(i), pass.decode_logits.get(i)) {
-                (Ok(h), Some(l)) => r.step(model, &h, l),
-                _ => r.fail(Some("the batched pass lost a row".into())),
-            }
+        if last.is_some() || !decode.is_empty() {
+            run_pass(model, last, &mut decode);
         }
     }
 
