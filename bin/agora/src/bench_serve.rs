@@ -99,10 +99,6 @@ pub fn run(args: ServeArgs, threads: usize) -> anyhow::Result<()> {
             // A request waiting for its first token behind many others is not a dead provider.
             "--stall-ms",
             "300000",
-            // Long epochs: a provider whose cores are saturated refreshes its view of the epoch
-            // late, and a receipt two epochs stale is refused; that race is not what is measured.
-            "--epoch-secs",
-            "120",
             // One API key stands for every client: let it have them all in flight.
             "--key-concurrency",
             (most + 1).to_string().as_str(),
@@ -136,17 +132,9 @@ pub fn run(args: ServeArgs, threads: usize) -> anyhow::Result<()> {
             "stream_options": {"include_usage": true}})
         .to_string()
     };
-    // The warm-up opens the payment channel and the libp2p connection. A provider just
-    // started may not have read the ledger's epoch yet (its receipt is then refused): retry.
-    let mut warm = Err(anyhow::anyhow!("not tried"));
-    for _ in 0..10 {
-        warm = http_client::stream(&endpoint, &key, "/v1/chat/completions", &body(0, 0));
-        if warm.is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    warm.context("the warm-up request")?;
+    // The warm-up opens the payment channel and the libp2p connection.
+    http_client::stream(&endpoint, &key, "/v1/chat/completions", &body(0, 0))
+        .context("the warm-up request")?;
 
     let mut levels: Vec<usize> = vec![1];
     levels.extend(args.clients.iter().copied().filter(|&c| c != 1 && c > 0));

@@ -340,6 +340,7 @@ impl Broker {
             max_tokens: job.max_tokens,
             client_gone: false,
             epoch: self.epoch.load(Ordering::Relaxed),
+            ledger_epoch: self.epoch.clone(),
         };
         let mut receipts = Vec::new();
         // Providers that failed this answer are not asked again; busy ones are, after a pause.
@@ -403,6 +404,8 @@ impl Broker {
                 price_out: cand.offer.offer.price_out,
                 issued_ms: now_ms(),
             };
+            // This attempt starts now: after a busy wait or a failover the epoch may have moved.
+            answer.epoch = self.epoch.load(Ordering::Relaxed);
             self.with_book(|b| b.begin_request(&provider));
             let outcome = self
                 .attempt(&payer, &cand.offer, req, &mut answer, job.budget.as_ref())
@@ -745,7 +748,7 @@ where
                     req,
                     &answer.delivered,
                     answer.prompt,
-                    answer.epoch,
+                    (answer.epoch, answer.ledger_epoch.load(Ordering::Relaxed)),
                 ) {
                     Ok(p) => p,
                     Err(m) => {
@@ -809,8 +812,11 @@ struct Answer {
     /// The client went away; the answer still runs to its receipt so the provider is paid
     /// for what it served.
     client_gone: bool,
-    /// The ledger epoch when the answer started: a receipt must name it or a neighbour.
+    /// The ledger epoch when the current attempt started: its receipt must name it or a
+    /// neighbour.
     epoch: u64,
+    /// The ledger's epoch as the gateway follows it.
+    ledger_epoch: Arc<AtomicU64>,
 }
 
 impl Answer {
@@ -1030,15 +1036,18 @@ fn check_receipt(
     req: &InferenceRequest,
     delivered: &[u32],
     prompt: PromptCount,
-    epoch: u64,
+    (started, now): (u64, u64),
 ) -> Result<u128, &'static str> {
     receipt.verify().map_err(|_| "signature")?;
     let r = &receipt.receipt;
     // The receipt must land in a root the payer can still challenge (the ledger's inclusion
     // window runs from the receipt's epoch): an epoch long past or far ahead would dodge it.
-    // One epoch of slack either way covers a boundary crossed while the answer streamed.
-    if r.epoch.saturating_add(1) < epoch || r.epoch > epoch.saturating_add(1) {
-        return Err("receipt names an epoch other than the ledger's");
+    // The provider names the epoch its answer ended in, so the receipt goes into the root of
+    // that epoch or the next: an epoch the answer ran in, between the gateway's views when
+    // this attempt started and now, with one epoch of slack either way for the two views
+    // straddling a boundary.
+    if r.epoch.saturating_add(1) < started || r.epoch > started.max(now).saturating_add(1) {
+        return Err("receipt names an epoch outside the answer's");
     }
     if r.chain_id != req.chain_id
         || r.provider != req.provider

@@ -117,6 +117,7 @@ fn answer(
         max_tokens: req.max_tokens,
         client_gone: false,
         epoch: 0,
+        ledger_epoch: Arc::new(AtomicU64::new(0)),
     };
     (a, first_rx)
 }
@@ -290,6 +291,42 @@ async fn receipt_naming_an_epoch_out_of_the_challenge_window_is_not_paid() {
         a.epoch = 10;
         let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
         assert_eq!(got.is_ok(), paid, "receipt for epoch {named} at epoch 10");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_that_outlived_epochs_is_paid_for_an_epoch_it_ran_in() {
+    // The provider names the epoch its answer ended in; the gateway used to check it against
+    // the epoch the answer started in alone, so every answer that outlived an epoch (a long
+    // one, or any under load) was refused and its payer left "behind". An epoch the answer
+    // ran in, give or take one, is paid; one before its start or past its end is not.
+    let m = model();
+    let req = request(vec![], 4);
+    let ids = chat_ids(&m);
+    let out = m.tokenizer.encode(" or").expect("enc");
+    for (named, paid) in [
+        (8u64, false),
+        (9, true),
+        (10, true),
+        (12, true),
+        (13, true),
+        (14, true),
+        (15, false),
+        (50, false),
+    ] {
+        let mut r = receipt(&req, &ids, ids.len() as u32, &out, None).receipt;
+        r.epoch = named;
+        let r = r.sign(&provider());
+        let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
+        let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
+        a.epoch = 10;
+        a.ledger_epoch.store(13, Ordering::Relaxed);
+        let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
+        assert_eq!(
+            got.is_ok(),
+            paid,
+            "receipt for epoch {named}, answer from epoch 10 to 13"
+        );
     }
 }
 

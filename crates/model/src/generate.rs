@@ -148,6 +148,16 @@ pub enum Next {
     Finished(FinishReason),
 }
 
+/// What [`Sequence::pass_many`] computed.
+pub struct MixedPass {
+    /// Per prefilling sequence, the hidden states of the positions computed, (t, hidden).
+    pub prefill: Vec<Tensor>,
+    /// The decoding sequences' hidden states, (b, hidden).
+    pub decode: Tensor,
+    /// Their logits, row i for decoding sequence i.
+    pub decode_logits: Vec<Vec<f32>>,
+}
+
 /// One generation between forward passes: its cache, its output so far, its text stream.
 /// [`generate`] drives one; a serving scheduler drives many, running each one's prefill
 /// passes on their own and their decode steps together ([`Sequence::decode_many`]). Each
@@ -312,6 +322,68 @@ impl Sequence {
         }
         let logits = llama.logits_audit(&hidden)?.to_vec2()?;
         Ok((hidden, logits))
+    }
+
+    /// One pass over the next prefill chunk of each of `prefill` (each at [`Next::Prefill`])
+    /// and a decode step of each of `decode` (each at [`Next::Decode`]): returns the hidden
+    /// states of each prefill's positions, (t, hidden) as [`Sequence::prefill_step`] does,
+    /// and those of the decode rows with their logits as [`Sequence::decode_many`] does,
+    /// every one the bits its sequence computes alone. The rows share one forward pass where
+    /// the model's kernels allow it ([`crate::Llama::mixes_rows`]); otherwise each prefill
+    /// runs its own pass, then the decodes one together.
+    pub fn pass_many(
+        llama: &crate::Llama,
+        prefill: &mut [&mut Sequence],
+        decode: &mut [&mut Sequence],
+    ) -> Result<MixedPass> {
+        if prefill.is_empty() || !llama.mixes_rows() {
+            let mut hidden = Vec::with_capacity(prefill.len());
+            for s in prefill.iter_mut() {
+                hidden.push(s.prefill_step(llama)?);
+            }
+            let (decode_hidden, decode_logits) = Sequence::decode_many(llama, decode)?;
+            return Ok(MixedPass {
+                prefill: hidden,
+                decode: decode_hidden,
+                decode_logits,
+            });
+        }
+        let mut chunks = Vec::with_capacity(prefill.len());
+        for s in prefill.iter_mut() {
+            let at = s.cache.len();
+            if s.next != Next::Prefill || at >= s.input.len() {
+                return Err(ModelError::InvalidRequest(
+                    "a sequence in the batch has no prefill left".into(),
+                ));
+            }
+            let n = crate::llama::prefill_chunk_len(at, s.input.len() - at);
+            chunks.push((&s.input[at..at + n], &mut s.cache));
+        }
+        let mut rows = Vec::with_capacity(decode.len());
+        for s in decode.iter_mut() {
+            let Next::Decode(token) = s.next else {
+                return Err(ModelError::InvalidRequest(
+                    "a sequence in the batch is not decoding".into(),
+                ));
+            };
+            rows.push((token, &mut s.cache));
+        }
+        let (hidden, decode_hidden) = llama.forward_mixed(&mut chunks, &mut rows)?;
+        for s in prefill.iter_mut() {
+            if s.cache.len() == s.input.len() {
+                s.prefilled_at = Some(Instant::now());
+            }
+        }
+        let decode_logits = if decode_hidden.dim(0)? == 0 {
+            vec![]
+        } else {
+            llama.logits_audit(&decode_hidden)?.to_vec2()?
+        };
+        Ok(MixedPass {
+            prefill: hidden,
+            decode: decode_hidden,
+            decode_logits,
+        })
     }
 
     /// Samples the next token from `logits` (those of the state `hidden`, (hidden,), of the

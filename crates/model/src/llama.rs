@@ -64,6 +64,12 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// Whether every row of a call computes the bits it computes alone in every mode: the
+    /// int8 and packed kernels do; candle's GEMMs (dense, or dequantized from many rows) do not.
+    fn rows_exact(&self) -> bool {
+        matches!(self.weight, Weight::Int8(_) | Weight::Packed(_))
+    }
+
     fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
         let many_rows = mode != Mode::Audit && rows(xs) >= DEQUANTIZE_FROM_ROWS;
         let ys = match &self.weight {
@@ -269,6 +275,21 @@ impl Attention {
             .contiguous()?;
         let q = rotary.apply(&q, offset, mode)?;
         let k = rotary.apply(&k, offset, mode)?;
+        let out = self.attend(&q, k, v, cache, mode)?;
+        self.o_proj.forward(&out, mode)
+    }
+
+    /// Attention of the rotated queries `q` (b, heads, t, d) over the cache extended by the
+    /// rotated keys `k` and values `v` (b, kv_heads, t, d): (b, t, heads * d), before `o_proj`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, _, t, _) = q.dims4()?;
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
@@ -287,8 +308,8 @@ impl Attention {
                 t,
                 total,
             };
-            if let Some(out) = exact_attention(&q, &k, &v, shape, scale as f32)? {
-                return self.o_proj.forward(&out, mode);
+            if let Some(out) = exact_attention(q, &k, &v, shape, scale as f32)? {
+                return Ok(out);
             }
         }
 
@@ -299,7 +320,7 @@ impl Attention {
             .reshape((b, self.num_kv_heads, rep * t, self.head_dim))?;
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let scores = if t > 1 {
-            let mask = causal_mask(t, total, rep, xs.device())?;
+            let mask = causal_mask(t, total, rep, q.device())?;
             scores.broadcast_add(&mask)?
         } else {
             scores
@@ -309,11 +330,10 @@ impl Attention {
             Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
         let out = probs.matmul(&v)?; // (b, kv_heads, rep * t, d)
-        let out = out
+        Ok(out
             .reshape((b, self.num_heads, t, self.head_dim))?
             .transpose(1, 2)?
-            .reshape((b, t, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&out, mode)
+            .reshape((b, t, self.num_heads * self.head_dim))?)
     }
 }
 
@@ -339,6 +359,21 @@ impl Attention {
         let v = v.reshape((b, 1, kvh, d))?.transpose(1, 2)?.contiguous()?;
         let q = rotary.apply_rows(&q, positions)?;
         let k = rotary.apply_rows(&k, positions)?;
+        let out = self.attend_rows(&q, &k, &v, caches)?;
+        self.o_proj.forward(&out, Mode::Audit)
+    }
+
+    /// Row i of the rotated `q` (b, heads, 1, d), `k` and `v` (b, kv_heads, 1, d) appended to
+    /// `caches[i]` and attending over it alone with the exact attention: (b, 1, heads * d).
+    fn attend_rows(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        let b = q.dim(0)?;
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
         let scale = (1.0 / (d as f64).sqrt()) as f32;
         let mut out = Vec::with_capacity(b * h * d);
@@ -367,8 +402,58 @@ impl Attention {
                 .ok_or_else(|| unsupported("attention shapes"))?;
             out.extend_from_slice(&row);
         }
-        let out = Tensor::from_vec(out, (b, 1, h * d), xs.device())?;
-        self.o_proj.forward(&out, Mode::Audit)
+        Ok(Tensor::from_vec(out, (b, 1, h * d), q.device())?)
+    }
+
+    /// The attention of a mixed pass, `h` (1, n, hidden) normed: the rows of `prefill[j]`
+    /// (its next `t` positions) are rotated from its cache's length and attend as
+    /// [`Attention::forward`] computes them alone; the `decode` rows that follow, one per
+    /// cache, as [`Attention::forward_rows`] does. Returns (1, n, hidden) after `o_proj`.
+    fn forward_mixed(
+        &self,
+        h: &Tensor,
+        rotary: &Rotary,
+        prefill: &mut [(usize, usize, &mut KvCache)],
+        decode: (&[usize], &mut [&mut KvCache]),
+    ) -> Result<Tensor> {
+        let (nh, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(h, Mode::Serve)?;
+        let k = self.k_proj.forward(h, Mode::Serve)?;
+        let v = self.v_proj.forward(h, Mode::Serve)?;
+        let mut parts = Vec::with_capacity(prefill.len() + 1);
+        let mut at = 0;
+        for (t, offset, cache) in prefill.iter_mut() {
+            let (t, offset) = (*t, *offset);
+            let seg = |x: &Tensor, heads: usize| -> Result<Tensor> {
+                Ok(x.narrow(1, at, t)?
+                    .reshape((1, t, heads, d))?
+                    .transpose(1, 2)?)
+            };
+            let qs = rotary.apply(&seg(&q, nh)?, offset, Mode::Serve)?;
+            let ks = rotary.apply(&seg(&k, kvh)?, offset, Mode::Serve)?;
+            let vs = seg(&v, kvh)?.contiguous()?;
+            parts.push(self.attend(&qs, ks, vs, Some(&mut **cache), Mode::Serve)?);
+            at += t;
+        }
+        let (positions, caches) = decode;
+        let b = positions.len();
+        if b > 0 {
+            let rows = |x: &Tensor, heads: usize| -> Result<Tensor> {
+                Ok(x.narrow(1, at, b)?
+                    .reshape((b, 1, heads, d))?
+                    .transpose(1, 2)?)
+            };
+            let qd = rotary.apply_rows(&rows(&q, nh)?, positions)?;
+            let kd = rotary.apply_rows(&rows(&k, kvh)?, positions)?;
+            let vd = rows(&v, kvh)?.contiguous()?;
+            let out = self.attend_rows(&qd, &kd, &vd, caches)?;
+            parts.push(out.reshape((1, b, nh * d))?);
+        }
+        let out = match parts.len() {
+            1 => parts.remove(0),
+            _ => Tensor::cat(&parts, 1)?,
+        };
+        self.o_proj.forward(&out, Mode::Serve)
     }
 }
 
@@ -533,6 +618,37 @@ impl Block {
         let xs = (xs + self.self_attn.forward_rows(&h, rotary, positions, caches)?)?;
         let h = self.post_attention_layernorm.forward(&xs, Mode::Audit)?;
         Ok((&xs + self.mlp.forward(&h, Mode::Audit)?)?)
+    }
+}
+
+impl Block {
+    fn forward_mixed(
+        &self,
+        xs: &Tensor,
+        rotary: &Rotary,
+        prefill: &mut [(usize, usize, &mut KvCache)],
+        decode: (&[usize], &mut [&mut KvCache]),
+    ) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let h = self.input_layernorm.forward(xs, Mode::Serve)?;
+        let xs = (xs + self.self_attn.forward_mixed(&h, rotary, prefill, decode)?)?;
+        let h = self.post_attention_layernorm.forward(&xs, Mode::Serve)?;
+        Ok((&xs + self.mlp.forward(&h, Mode::Serve)?)?)
+    }
+
+    fn rows_exact(&self) -> bool {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+        .iter()
+        .all(|l| l.rows_exact())
     }
 }
 
@@ -708,6 +824,94 @@ impl Llama {
             cache.len += 1;
         }
         Ok(self.norm.forward(&xs, Mode::Audit)?.squeeze(1)?)
+    }
+
+    /// Whether [`Llama::forward_mixed`] may run: every matmul of the blocks computes each
+    /// row's bits whatever rows share the call (int8 and packed weights).
+    pub fn mixes_rows(&self) -> bool {
+        self.blocks.iter().all(Block::rows_exact)
+    }
+
+    /// One pass over the next prefill chunk of several sequences and a decode step of
+    /// several others: `prefill[j]` feeds its tokens (at most up to the next multiple of
+    /// [`PREFILL_CHUNK`]) after what its cache holds, `decode[i]` one token. The matmuls run
+    /// over all rows at once; each sequence's rotation, cache and attention are its own.
+    /// Returns the hidden states of each prefill's positions, (t_j, hidden), and of the
+    /// decode rows, (b, hidden): each the bits that [`Llama::forward_hidden`] in
+    /// [`Mode::Serve`] computes for that sequence alone. Only for a model whose
+    /// [`Llama::mixes_rows`] holds.
+    pub fn forward_mixed(
+        &self,
+        prefill: &mut [(&[u32], &mut Cache)],
+        decode: &mut [(u32, &mut Cache)],
+    ) -> Result<(Vec<Tensor>, Tensor)> {
+        if !self.mixes_rows() {
+            return Err(unsupported(
+                "mixed passes over weights without row-exact kernels",
+            ));
+        }
+        let mut ids: Vec<u32> = vec![];
+        let mut spans = Vec::with_capacity(prefill.len());
+        for (tokens, cache) in prefill.iter() {
+            let at = cache.len();
+            if tokens.is_empty() || tokens.len() != prefill_chunk_len(at, tokens.len()) {
+                return Err(unsupported("a prefill chunk across a chunk boundary"));
+            }
+            if at + tokens.len() > self.config.max_seq_len {
+                return Err(crate::ModelError::InvalidRequest(format!(
+                    "sequence of {} tokens exceeds the model's context of {}",
+                    at + tokens.len(),
+                    self.config.max_seq_len
+                )));
+            }
+            spans.push((tokens.len(), at));
+            ids.extend_from_slice(tokens);
+        }
+        let positions: Vec<usize> = decode.iter().map(|(_, c)| c.len()).collect();
+        if let Some(&p) = positions.iter().find(|&&p| p >= self.config.max_seq_len) {
+            return Err(crate::ModelError::InvalidRequest(format!(
+                "sequence of {} tokens exceeds the model's context of {}",
+                p + 1,
+                self.config.max_seq_len
+            )));
+        }
+        ids.extend(decode.iter().map(|(t, _)| *t));
+        let n = ids.len();
+        if n == 0 {
+            return Ok((vec![], self.decode_batch(decode)?));
+        }
+        let mut xs = self.embed(&Tensor::from_vec(ids, (1, n), &self.device)?)?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let mut segs = Vec::with_capacity(prefill.len());
+            for ((_, cache), &(t, at)) in prefill.iter_mut().zip(&spans) {
+                let layer = cache
+                    .layers
+                    .get_mut(l)
+                    .ok_or_else(|| unsupported("a cache of another model"))?;
+                segs.push((t, at, layer));
+            }
+            let mut caches: Vec<&mut KvCache> = Vec::with_capacity(decode.len());
+            for (_, cache) in decode.iter_mut() {
+                let layer = cache
+                    .layers
+                    .get_mut(l)
+                    .ok_or_else(|| unsupported("a cache of another model"))?;
+                caches.push(layer);
+            }
+            xs = block.forward_mixed(&xs, &self.rotary, &mut segs, (&positions, &mut caches))?;
+        }
+        let xs = self.norm.forward(&xs, Mode::Serve)?.squeeze(0)?;
+        let mut out = Vec::with_capacity(prefill.len());
+        let mut at = 0;
+        for ((_, cache), &(t, _)) in prefill.iter_mut().zip(&spans) {
+            cache.len += t;
+            out.push(xs.narrow(0, at, t)?);
+            at += t;
+        }
+        for (_, cache) in decode.iter_mut() {
+            cache.len += 1;
+        }
+        Ok((out, xs.narrow(0, at, decode.len())?))
     }
 
     /// Logits (…, vocab) from hidden states (…, hidden).

@@ -29,6 +29,8 @@ use tokio::sync::Semaphore;
 const INFERENCE_STREAMS_PER_SLOT: usize = 4;
 /// Audit streams open at once.
 const AUDIT_STREAMS: usize = 16;
+/// The longest the provider's view of the ledger epoch may go unrefreshed.
+const EPOCH_POLL: Duration = Duration::from_secs(1);
 
 pub use payments::Payments;
 pub use serve::Service;
@@ -110,6 +112,13 @@ impl Provider {
         let ledger =
             Client::new(&cfg.ledger_url).map_err(|e| ProviderError::Config(e.to_string()))?;
         bond_stake(&ledger, cfg.chain_id, &key, cfg.stake).await?;
+        // Receipts name the epoch their answer started in: know it before serving any.
+        let l = ledger.clone();
+        let epoch = tokio::task::spawn_blocking(move || l.status())
+            .await
+            .map_err(|e| ProviderError::Config(e.to_string()))?
+            .map_err(|e| ProviderError::Config(format!("reading the ledger's epoch: {e}")))?
+            .epoch;
         let model = Arc::new(model);
         let model_id =
             Hash32::from_slice(&model.id.0).map_err(|e| ProviderError::Config(e.to_string()))?;
@@ -140,7 +149,7 @@ impl Provider {
             worker,
             payments,
             seen: Mutex::new(HashMap::new()),
-            epoch: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::sync::atomic::AtomicU64::new(epoch),
             receipts,
             audit_gate: audits::AuditGate::default(),
             canary: cfg
@@ -225,6 +234,12 @@ impl Provider {
                 });
             }
         });
+        // The epoch receipts name is followed apart from the claim loop, whose ledger calls
+        // take long under load: a stale view would stamp receipts the gateway refuses.
+        let follow = tokio::spawn(follow_epoch(
+            self.service.clone(),
+            cfg.claim_every.min(EPOCH_POLL),
+        ));
         let mut audits = self
             .node
             .control()
@@ -298,6 +313,7 @@ impl Provider {
         }
         accept.abort();
         audit_accept.abort();
+        follow.abort();
         self.claim().await;
         tracing::info!("provider stopped");
         Ok(())
@@ -325,11 +341,11 @@ impl Provider {
         let result = tokio::task::spawn_blocking(move || -> Result<Option<u64>, String> {
             let ledger = service.payments.ledger();
             let epoch = ledger.status().map_err(|e| e.to_string())?.epoch;
-            // Receipts name the epoch they were served in; the root that holds them must be
-            // for that epoch or the next (the ledger's non-inclusion challenge).
+            // Receipts name the epoch their answer started in; the root that holds them must
+            // be for that epoch or the next (the ledger's non-inclusion challenge).
             service
                 .epoch
-                .store(epoch, std::sync::atomic::Ordering::Relaxed);
+                .fetch_max(epoch, std::sync::atomic::Ordering::Relaxed);
             if done.is_some_and(|d| d >= epoch) {
                 return Ok(None);
             }
@@ -551,4 +567,23 @@ pub fn features(model: &LoadedModel) -> Features {
         f = f.union(Features::GRAMMAR);
     }
     f
+}
+
+/// Keeps `service.epoch` at the ledger's epoch, read every `every`.
+async fn follow_epoch(service: Arc<Service>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ledger = service.payments.ledger().clone();
+        match tokio::task::spawn_blocking(move || ledger.status()).await {
+            Ok(Ok(s)) => {
+                service
+                    .epoch
+                    .fetch_max(s.epoch, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(Err(e)) => tracing::debug!("reading the ledger's epoch: {e}"),
+            Err(e) => tracing::warn!("epoch task: {e}"),
+        }
+    }
 }

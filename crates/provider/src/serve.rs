@@ -42,7 +42,8 @@ pub struct Service {
     pub payments: Payments,
     /// Request ids seen recently (replay protection), with when they were seen.
     pub seen: Mutex<HashMap<RequestId, u64>>,
-    /// The ledger epoch last read by the root-posting loop; receipts name it.
+    /// The ledger epoch as last read (kept fresh apart from the claim loop); a receipt names
+    /// its value when the answer ends, so it lands in the root of that epoch or the next.
     pub epoch: std::sync::atomic::AtomicU64,
     /// Every answer's audit material.
     pub receipts: crate::receipts::ReceiptLog,

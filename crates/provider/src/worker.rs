@@ -1,7 +1,8 @@
 //! The model thread: a continuous-batching scheduler. Requests share forward passes: every
-//! step runs prefill passes of newly admitted requests (in the order they arrived, up to a
-//! number of prompt positions per step) and then one decode pass over every request that is
-//! generating. A request is admitted when the KV memory it could come to hold fits the
+//! step runs the next prefill chunk of newly admitted requests (in the order they arrived,
+//! up to a number of prompt positions per step), each in its own pass, and one decode row of
+//! every request that is generating, in the same pass as the step's last prefill chunk
+//! where the model's kernels allow it. A request is admitted when the KV memory it could come to hold fits the
 //! budget beside the running ones; the rest wait in arrival order, so none is passed over
 //! for ever. A request whose reader went away is dropped at the next step and its memory
 //! freed. Every request computes exactly the bits it computes alone
@@ -92,8 +93,8 @@ pub struct WorkerConfig {
     /// the most it could hold (prompt plus `max_tokens`), so a running request never runs
     /// out.
     pub kv_budget: usize,
-    /// Prompt positions prefilled between two decode steps (at least one prefill pass), so a
-    /// long prompt delays the others' next tokens by a bounded amount.
+    /// Prompt positions prefilled in one step beside the decode rows (at least one prefill
+    /// chunk), so a long prompt delays the others' next tokens by a bounded amount.
     pub prefill_per_step: usize,
 }
 
@@ -295,6 +296,44 @@ impl Running {
     }
 }
 
+/// One forward pass over the next prefill chunk of `prefill` and a decode row of each of
+/// `decode`; samples the tokens that pass yields and sends them.
+fn run_pass(model: &LoadedModel, prefill: Option<&mut Running>, decode: &mut [&mut Running]) {
+    let mut prefill: Vec<&mut Running> = prefill.into_iter().collect();
+    let result = {
+        let mut p: Vec<&mut Sequence> = prefill.iter_mut().map(|r| &mut r.seq).collect();
+        let mut d: Vec<&mut Sequence> = decode.iter_mut().map(|r| &mut r.seq).collect();
+        Sequence::pass_many(&model.model, &mut p, &mut d)
+    };
+    let pass = match result {
+        Ok(pass) => pass,
+        Err(e) => {
+            tracing::error!("a batched pass failed: {e}");
+            for r in prefill.iter_mut() {
+                r.fail(Some(e.to_string()));
+            }
+            for r in decode.iter_mut() {
+                r.fail(Some(e.to_string()));
+            }
+            return;
+        }
+    };
+    for (r, hidden) in prefill.into_iter().zip(&pass.prefill) {
+        if r.seq.prefill_left() == 0 {
+            match first_logits(model, hidden) {
+                Ok((last, logits)) => r.step(model, &last, &logits),
+                Err(e) => r.fail(Some(e.to_string())),
+            }
+        }
+    }
+    for (i, r) in decode.iter_mut().enumerate() {
+        match (pass.decode.i(i), pass.decode_logits.get(i)) {
+            (Ok(h), Some(l)) => r.step(model, &h, l),
+            _ => r.fail(Some("the batched pass lost a row".into())),
+        }
+    }
+}
+
 struct Scheduler {
     model: Arc<LoadedModel>,
     cfg: WorkerConfig,
@@ -321,8 +360,7 @@ impl Scheduler {
             agora_metrics::provider()
                 .queue_depth
                 .set(i64::try_from(self.waiting.len()).unwrap_or(i64::MAX));
-            self.prefill();
-            self.decode();
+            self.step();
             self.reap();
         }
     }
@@ -375,69 +413,40 @@ impl Scheduler {
         }
     }
 
-    /// Prefill passes in admission order, up to the step's budget of positions; a request
-    /// whose prefill completes samples its first token.
-    fn prefill(&mut self) {
+    /// One step: the next prefill chunk of requests still prefilling, in admission order, up
+    /// to the step's budget of prompt positions (at least one chunk), and a decode row for
+    /// every request generating. Each prefill chunk is its own pass, so its first token goes
+    /// out as soon as it is sampled (on these compute-bound kernels a pass costs about the
+    /// sum of its rows, so sharing one pass among prompts would only hold the earlier first
+    /// tokens back); the decode rows ride along in the last prefill's pass
+    /// ([`Sequence::pass_many`]), or run alone when nothing is prefilling.
+    fn step(&mut self) {
         let model = &*self.model;
         let mut budget = self.cfg.prefill_per_step;
+        let (mut prefill, mut decode): (Vec<&mut Running>, Vec<&mut Running>) = (vec![], vec![]);
         for r in self.running.iter_mut() {
-            while budget > 0 && r.seq.next() == Next::Prefill {
-                let before = r.seq.positions();
-                let hidden = match r.seq.prefill_step(&model.model) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        r.fail(Some(e.to_string()));
-                        break;
-                    }
-                };
-                budget = budget.saturating_sub(r.seq.positions() - before);
-                if r.seq.prefill_left() == 0 {
-                    let first = first_logits(model, &hidden);
-                    match first {
-                        Ok((last, logits)) => r.step(model, &last, &logits),
-                        Err(e) => r.fail(Some(e.to_string())),
-                    }
+            match r.seq.next() {
+                Next::Prefill if budget > 0 => {
+                    let at = r.seq.positions();
+                    let chunk = agora_model::llama::prefill_chunk_len(at, r.seq.prefill_left());
+                    budget = budget.saturating_sub(chunk);
+                    prefill.push(r);
                 }
-            }
-            if budget == 0 {
-                break;
+                Next::Decode(_) => decode.push(r),
+                Next::Prefill | Next::Finished(_) => {}
             }
         }
-    }
-
-    /// One decode pass over every request that is generating.
-    fn decode(&mut self) {
-        let model = &*self.model;
-        let mut batch: Vec<&mut Running> = self
-            .running
-            .iter_mut()
-            .filter(|r| matches!(r.seq.next(), Next::Decode(_)))
-            .collect();
-        if batch.is_empty() {
-            return;
+        if !decode.is_empty() {
+            agora_metrics::provider()
+                .batch_size
+                .observe(decode.len() as f64);
         }
-        agora_metrics::provider()
-            .batch_size
-            .observe(batch.len() as f64);
-        let result = {
-            let mut seqs: Vec<&mut Sequence> = batch.iter_mut().map(|r| &mut r.seq).collect();
-            Sequence::decode_many(&model.model, &mut seqs)
-        };
-        match result {
-            Ok((hidden, logits)) => {
-                for (i, r) in batch.into_iter().enumerate() {
-                    match (hidden.i(i), logits.get(i)) {
-                        (Ok(h), Some(l)) => r.step(model, &h, l),
-                        _ => r.fail(Some("the batched pass lost a row".into())),
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!("a batched decode pass failed: {e}");
-                for r in batch {
-                    r.fail(Some(e.to_string()));
-                }
-            }
+        let last = prefill.pop();
+        for r in prefill {
+            run_pass(model, Some(r), &mut []);
+        }
+        if last.is_some() || !decode.is_empty() {
+            run_pass(model, last, &mut decode);
         }
     }
 
@@ -516,7 +525,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_answers_equal_lone_generations_and_pass_their_audit() {
-        let model = model();
+        concurrent_answers_are_lone_generations(model()).await;
+    }
+
+    async fn concurrent_answers_are_lone_generations(model: Arc<LoadedModel>) {
         let worker = Worker::start_with(
             model.clone(),
             WorkerConfig {

@@ -18,7 +18,7 @@ use agora_provider::{Provider, ProviderConfig};
 use futures::AsyncWriteExt;
 
 mod common;
-use common::{ledger, CHAIN};
+use common::{ledger, ledger_with_epochs, CHAIN};
 
 fn tiny_model(dir: &std::path::Path) -> agora_model::LoadedModel {
     agora_train::trainer::write_tiny_model(dir).expect("tiny model");
@@ -537,4 +537,169 @@ async fn vouchers_survive_a_restart_and_are_claimed() {
         .expect("ledger")
         .expect("channel");
     assert_eq!(c.claimed, Amount::new(40));
+}
+
+/// The writing half of an in-memory stream that holds one write at a time: a reader that
+/// reads slowly holds the provider's answer back, as a slow client or a long answer does.
+struct SlowPipe {
+    request: futures::io::Cursor<Vec<u8>>,
+    out: futures::channel::mpsc::Sender<Vec<u8>>,
+}
+
+impl futures::AsyncRead for SlowPipe {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.request).poll_read(cx, buf)
+    }
+}
+
+impl futures::AsyncWrite for SlowPipe {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        match self.out.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            Poll::Ready(Ok(())) => Poll::Ready(
+                self.out
+                    .start_send(buf.to_vec())
+                    .map(|()| buf.len())
+                    .map_err(|_| std::io::ErrorKind::BrokenPipe.into()),
+            ),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A receipt names the provider's view of the epoch when its answer ends, which used to come
+/// from the claim loop alone (slow under load, and 0 until its first tick): the gateway
+/// refuses an epoch outside the answer's life, give or take one. An answer held back across
+/// three epoch boundaries must still name an epoch it ran in, and one recent enough to land
+/// in the root of its epoch or the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_names_an_epoch_its_answer_ran_in() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (seq, provider_key, payer) = (
+        Keypair::from_seed([1; 32]),
+        Keypair::from_seed([2; 32]),
+        Keypair::from_seed([3; 32]),
+    );
+    let epoch_ms = 150;
+    let url = ledger_with_epochs(
+        dir.path(),
+        &seq,
+        &[&provider_key, &payer],
+        1_000_000_000,
+        Some(Duration::from_millis(epoch_ms)),
+    )
+    .await;
+    let channel = open_channel(&url, &payer, &provider_key, 10_000).await;
+    let model = tiny_model(&dir.path().join("model"));
+    let model_id = Hash32::from_slice(&model.id.0).expect("id");
+    let cfg = ProviderConfig {
+        chain_id: CHAIN,
+        ledger_url: url.clone(),
+        account_seed: provider_key.seed(),
+        net: net(12, vec![]),
+        model_name: "tiny".into(),
+        price_in: Amount::new(1_000_000),
+        price_out: Amount::new(3_000_000),
+        stake: Amount::new(500),
+        capacity: 4,
+        hardware: "cpu".into(),
+        region: "test".into(),
+        offer_ttl: Duration::from_secs(30),
+        renew_every: Duration::from_secs(5),
+        claim_every: Duration::from_millis(50),
+        data_dir: dir.path().join("provider"),
+        plant_one_in: None,
+        #[cfg(feature = "adversary")]
+        refuse_audits: false,
+    };
+    let provider = Provider::start(&cfg, model).await.expect("provider");
+    let service = provider.service().clone();
+    tokio::spawn(provider.run(cfg.clone(), std::future::pending()));
+    let ledger = Client::new(&url).expect("client");
+    let epoch_now = || {
+        let l = ledger.clone();
+        async move {
+            tokio::task::spawn_blocking(move || l.status().expect("status").epoch)
+                .await
+                .expect("join")
+        }
+    };
+    // Let the provider settle into following the ledger.
+    tokio::time::sleep(Duration::from_millis(4 * epoch_ms)).await;
+
+    let request = InferenceRequest {
+        chain_id: CHAIN,
+        request_id: new_request_id(),
+        payer: payer.account(),
+        channel,
+        provider: provider_key.account(),
+        model: model_id,
+        prompt: PromptSpec::Text("Hark, who goes".into()),
+        resume: vec![],
+        max_tokens: 8,
+        stop: vec![],
+        sampling: Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 5,
+            ..Default::default()
+        },
+        price_in: Amount::new(1_000_000),
+        price_out: Amount::new(3_000_000),
+        issued_ms: now_ms(),
+    };
+    let (out, mut chunks) = futures::channel::mpsc::channel(0);
+    let pipe = SlowPipe {
+        request: futures::io::Cursor::new(encode_frame(&request.sign(&payer))),
+        out,
+    };
+    let started = epoch_now().await;
+    let answer = tokio::spawn(service.handle(pipe));
+    use futures::StreamExt;
+    let mut bytes = chunks.next().await.expect("the provider answers");
+    // The answer is held back until three epoch boundaries have passed and the provider has
+    // had time to see them.
+    while epoch_now().await < started + 3 {
+        tokio::time::sleep(Duration::from_millis(epoch_ms / 3)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(4 * 50)).await;
+    while let Some(chunk) = chunks.next().await {
+        bytes.extend(chunk);
+    }
+    answer.await.expect("served");
+    let mut frames = futures::io::Cursor::new(bytes);
+    let receipt = loop {
+        match read_frame::<_, Frame>(&mut frames).await.expect("frame") {
+            Some(Frame::Done { receipt, .. }) => break receipt,
+            Some(Frame::Error { message, .. }) => panic!("refused: {message}"),
+            Some(_) => {}
+            None => panic!("no receipt"),
+        }
+    };
+    let (named, ended) = (receipt.receipt.epoch, epoch_now().await);
+    assert!(
+        named + 1 >= ended && named >= started && named <= ended,
+        "the answer ran from epoch {started} to {ended}; its receipt names {named}"
+    );
 }

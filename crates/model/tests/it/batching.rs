@@ -297,3 +297,133 @@ fn a_request_computes_the_same_bits_alone_and_in_any_batch() {
         }
     }
 }
+
+/// Runs `requests` as a mixed-pass scheduler does: every step is ONE pass over the next
+/// prefill chunk of every sequence still prefilling and a decode step of every sequence
+/// generating ([`Sequence::pass_many`]).
+fn batched_mixed(m: &LoadedModel, requests: &[Request]) -> Vec<Trace> {
+    let llama = &m.model;
+    let mut seqs: Vec<Option<Sequence>> = requests.iter().map(|_| None).collect();
+    let mut hidden: Vec<Vec<Vec<u32>>> = requests.iter().map(|_| vec![]).collect();
+    let mut done: Vec<Option<Trace>> = requests.iter().map(|_| None).collect();
+    let mut step = 0;
+    while done.iter().any(Option::is_none) {
+        for (i, r) in requests.iter().enumerate() {
+            if r.arrives == step {
+                seqs[i] = Some(Sequence::new(m, &r.prompt, &r.opts).expect("admit"));
+            }
+        }
+        let is = |s: &Option<Sequence>, prefill: bool| {
+            s.as_ref().is_some_and(|s| match s.next() {
+                Next::Prefill => prefill,
+                Next::Decode(_) => !prefill,
+                Next::Finished(_) => false,
+            })
+        };
+        let pre: Vec<usize> = (0..seqs.len()).filter(|&i| is(&seqs[i], true)).collect();
+        let dec: Vec<usize> = (0..seqs.len()).filter(|&i| is(&seqs[i], false)).collect();
+        if !pre.is_empty() || !dec.is_empty() {
+            let pass = {
+                let (mut p, mut d): (Vec<&mut Sequence>, Vec<&mut Sequence>) = (vec![], vec![]);
+                for (i, s) in seqs.iter_mut().enumerate() {
+                    if let Some(s) = s.as_mut() {
+                        if pre.contains(&i) {
+                            p.push(s);
+                        } else if dec.contains(&i) {
+                            d.push(s);
+                        }
+                    }
+                }
+                Sequence::pass_many(llama, &mut p, &mut d).expect("pass")
+            };
+            let finished_prefill: Vec<bool> = pre
+                .iter()
+                .map(|&i| seqs[i].as_ref().expect("running").prefill_left() == 0)
+                .collect();
+            let mut sample = |i: usize, h: &candle_core::Tensor, logits: &[f32]| {
+                let s = seqs[i].as_mut().expect("running");
+                s.step(m, h, logits, |e| {
+                    if let Event::Token { hidden: h, .. } = e {
+                        hidden[i].push(bits(h));
+                    }
+                    ControlFlow::Continue(())
+                })
+                .expect("step");
+            };
+            for (row, &i) in pre.iter().enumerate() {
+                if !finished_prefill[row] {
+                    continue;
+                }
+                let h = &pass.prefill[row];
+                let last = h.get(h.dim(0).expect("rows") - 1).expect("last");
+                let logits: Vec<f32> = llama
+                    .logits(&last.unsqueeze(0).expect("row"))
+                    .expect("logits")
+                    .squeeze(0)
+                    .expect("squeeze")
+                    .to_vec1()
+                    .expect("logits");
+                sample(i, &last, &logits);
+            }
+            for (row, &i) in dec.iter().enumerate() {
+                let h = pass.decode.get(row).expect("row");
+                sample(i, &h, &pass.decode_logits[row]);
+            }
+        }
+        for i in 0..seqs.len() {
+            if seqs[i]
+                .as_ref()
+                .is_some_and(|s| matches!(s.next(), Next::Finished(_)))
+            {
+                let g = seqs[i]
+                    .take()
+                    .expect("finished")
+                    .finish(|_| ControlFlow::Continue(()));
+                done[i] = Some(Trace {
+                    tokens: g.tokens,
+                    text: g.text,
+                    finish: g.finish_reason,
+                    hidden: std::mem::take(&mut hidden[i]),
+                });
+            }
+        }
+        step += 1;
+        assert!(step < 10_000, "the batch never finished");
+    }
+    done.into_iter().map(|t| t.expect("done")).collect()
+}
+
+/// The mixed scheduler: prefill chunks of several sequences and decode steps of others in
+/// one forward pass. Every request, and every neighbour, computes the bits it computes
+/// alone, on 1 and 2 threads; row-exact weights (Q8_0, Q4_1) really share the pass.
+#[test]
+fn a_request_computes_the_same_bits_alone_and_in_mixed_prefill_and_decode_passes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for (name, m) in models(dir.path()) {
+        assert_eq!(m.model.mixes_rows(), name != "f32", "{name}");
+        let vocab = m.model.config().vocab_size as u32;
+        for threads in [1, 2] {
+            let mut rng = SeededRng::new(0x313D + threads as u64);
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            pool.install(|| {
+                for others in [3usize, 12] {
+                    let batch: Vec<Request> = (0..=others)
+                        .map(|k| random_request(&mut rng, vocab, k == 1))
+                        .collect();
+                    let got = batched_mixed(&m, &batch);
+                    for (k, (r, g)) in batch.iter().zip(&got).enumerate() {
+                        if let Some(d) = difference(g, &alone(&m, r)) {
+                            panic!(
+                                "{name}, {threads} threads: request {k} of {}: {d}",
+                                others + 1
+                            );
+                        }
+                    }
+                }
+            });
+        }
+    }
+}

@@ -14,6 +14,18 @@ pub async fn ledger(
     accounts: &[&Keypair],
     each: u128,
 ) -> String {
+    ledger_with_epochs(dir, seq, accounts, each, None).await
+}
+
+/// [`ledger`] whose sequencer advances the epoch every `epoch_interval`.
+#[allow(dead_code)] // not every test binary advances epochs
+pub async fn ledger_with_epochs(
+    dir: &std::path::Path,
+    seq: &Keypair,
+    accounts: &[&Keypair],
+    each: u128,
+    epoch_interval: Option<std::time::Duration>,
+) -> String {
     let genesis = Genesis {
         chain_id: CHAIN,
         sequencer: seq.account(),
@@ -31,7 +43,10 @@ pub async fn ledger(
         db: dir.join("ledger.redb"),
         genesis: Some(genesis),
         sequencer_key: Some(seq.clone()),
-        sequencer: SequencerConfig::default(),
+        sequencer: SequencerConfig {
+            epoch_interval,
+            ..SequencerConfig::default()
+        },
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
