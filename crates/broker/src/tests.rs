@@ -271,10 +271,6 @@ async fn overclaimed_prompt_in_the_receipt_alone_is_not_paid() {
 async fn receipt_naming_an_epoch_out_of_the_challenge_window_is_not_paid() {
     // A receipt for an epoch long past (or far ahead) could never be challenged for
     // missing from the provider's roots: the payer refuses it. A neighbouring epoch is fine.
-    let m = model();
-    let req = request(vec![], 4);
-    let ids = chat_ids(&m);
-    let out = m.tokenizer.encode(" or").expect("enc");
     for (named, paid) in [
         (0u64, false),
         (8, false),
@@ -283,15 +279,30 @@ async fn receipt_naming_an_epoch_out_of_the_challenge_window_is_not_paid() {
         (11, true),
         (50, false),
     ] {
-        let mut r = receipt(&req, &ids, ids.len() as u32, &out, None).receipt;
-        r.epoch = named;
-        let r = r.sign(&provider());
-        let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
-        let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
-        a.epoch = 10;
-        let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
-        assert_eq!(got.is_ok(), paid, "receipt for epoch {named} at epoch 10");
+        let got = is_paid_for_epoch(named, 10, None).await;
+        assert_eq!(got, paid, "receipt for epoch {named} at epoch 10");
     }
+}
+
+/// Whether an answer started at epoch `start` is paid with a receipt naming epoch `named`,
+/// the gateway's view of the ledger having moved to `now` (if given) when the receipt came.
+async fn is_paid_for_epoch(named: u64, start: u64, now: Option<u64>) -> bool {
+    let m = model();
+    let req = request(vec![], 4);
+    let ids = chat_ids(&m);
+    let out = m.tokenizer.encode(" or").expect("enc");
+    let mut r = receipt(&req, &ids, ids.len() as u32, &out, None).receipt;
+    r.epoch = named;
+    let r = r.sign(&provider());
+    let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
+    let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
+    a.epoch = start;
+    if let Some(now) = now {
+        a.ledger_epoch.store(now, Ordering::Relaxed);
+    }
+    relay(&mut s, &payer(), &req, &mut a, T, || {})
+        .await
+        .is_ok()
 }
 
 #[tokio::test]
@@ -300,10 +311,6 @@ async fn an_answer_that_outlived_epochs_is_paid_for_an_epoch_it_ran_in() {
     // the epoch the answer started in alone, so every answer that outlived an epoch (a long
     // one, or any under load) was refused and its payer left "behind". An epoch the answer
     // ran in, give or take one, is paid; one before its start or past its end is not.
-    let m = model();
-    let req = request(vec![], 4);
-    let ids = chat_ids(&m);
-    let out = m.tokenizer.encode(" or").expect("enc");
     for (named, paid) in [
         (8u64, false),
         (9, true),
@@ -314,17 +321,9 @@ async fn an_answer_that_outlived_epochs_is_paid_for_an_epoch_it_ran_in() {
         (15, false),
         (50, false),
     ] {
-        let mut r = receipt(&req, &ids, ids.len() as u32, &out, None).receipt;
-        r.epoch = named;
-        let r = r.sign(&provider());
-        let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
-        let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
-        a.epoch = 10;
-        a.ledger_epoch.store(13, Ordering::Relaxed);
-        let got = relay(&mut s, &payer(), &req, &mut a, T, || {}).await;
+        let got = is_paid_for_epoch(named, 10, Some(13)).await;
         assert_eq!(
-            got.is_ok(),
-            paid,
+            got, paid,
             "receipt for epoch {named}, answer from epoch 10 to 13"
         );
     }

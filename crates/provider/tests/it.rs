@@ -75,26 +75,7 @@ async fn provider_refuses_bad_messages_and_serves_a_paid_request() {
     let ledger_url = ledger(dir.path(), &seq, &[&provider_key, &payer], 1_000_000_000).await;
     let model = tiny_model(&dir.path().join("model"));
     let model_id = Hash32::from_slice(&model.id.0).expect("id");
-    let cfg = ProviderConfig {
-        chain_id: CHAIN,
-        ledger_url: ledger_url.clone(),
-        account_seed: provider_key.seed(),
-        net: net(10, vec![]),
-        model_name: "tiny".into(),
-        price_in: Amount::new(1_000_000),
-        price_out: Amount::new(3_000_000),
-        stake: Amount::new(500),
-        capacity: 4,
-        hardware: "cpu".into(),
-        region: "test".into(),
-        offer_ttl: Duration::from_secs(30),
-        renew_every: Duration::from_secs(5),
-        claim_every: Duration::from_millis(200),
-        data_dir: dir.path().join("provider"),
-        plant_one_in: None,
-        #[cfg(feature = "adversary")]
-        refuse_audits: false,
-    };
+    let cfg = provider_config(&ledger_url, &provider_key, 10, dir.path(), 200);
     let provider = Provider::start(&cfg, model).await.expect("provider");
     let addr = provider.node().listen_addrs().await.expect("addrs")[0].clone();
     let peer = peer_id_of([10; 32]);
@@ -613,26 +594,7 @@ async fn a_receipt_names_an_epoch_its_answer_ran_in() {
     let channel = open_channel(&url, &payer, &provider_key, 10_000).await;
     let model = tiny_model(&dir.path().join("model"));
     let model_id = Hash32::from_slice(&model.id.0).expect("id");
-    let cfg = ProviderConfig {
-        chain_id: CHAIN,
-        ledger_url: url.clone(),
-        account_seed: provider_key.seed(),
-        net: net(12, vec![]),
-        model_name: "tiny".into(),
-        price_in: Amount::new(1_000_000),
-        price_out: Amount::new(3_000_000),
-        stake: Amount::new(500),
-        capacity: 4,
-        hardware: "cpu".into(),
-        region: "test".into(),
-        offer_ttl: Duration::from_secs(30),
-        renew_every: Duration::from_secs(5),
-        claim_every: Duration::from_millis(50),
-        data_dir: dir.path().join("provider"),
-        plant_one_in: None,
-        #[cfg(feature = "adversary")]
-        refuse_audits: false,
-    };
+    let cfg = provider_config(&url, &provider_key, 12, dir.path(), 50);
     let provider = Provider::start(&cfg, model).await.expect("provider");
     let service = provider.service().clone();
     tokio::spawn(provider.run(cfg.clone(), std::future::pending()));
@@ -702,4 +664,35 @@ async fn a_receipt_names_an_epoch_its_answer_ran_in() {
         named + 1 >= ended && named >= started && named <= ended,
         "the answer ran from epoch {started} to {ended}; its receipt names {named}"
     );
+}
+
+/// The tiny model's provider on `ledger_url`, listening with network seed `net_seed` and
+/// claiming every `claim_ms`.
+fn provider_config(
+    ledger_url: &str,
+    provider_key: &Keypair,
+    net_seed: u8,
+    dir: &std::path::Path,
+    claim_ms: u64,
+) -> ProviderConfig {
+    ProviderConfig {
+        chain_id: CHAIN,
+        ledger_url: ledger_url.into(),
+        account_seed: provider_key.seed(),
+        net: net(net_seed, vec![]),
+        model_name: "tiny".into(),
+        price_in: Amount::new(1_000_000),
+        price_out: Amount::new(3_000_000),
+        stake: Amount::new(500),
+        capacity: 4,
+        hardware: "cpu".into(),
+        region: "test".into(),
+        offer_ttl: Duration::from_secs(30),
+        renew_every: Duration::from_secs(5),
+        claim_every: Duration::from_millis(claim_ms),
+        data_dir: dir.join("provider"),
+        plant_one_in: None,
+        #[cfg(feature = "adversary")]
+        refuse_audits: false,
+    }
 }
