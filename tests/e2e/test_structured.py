@@ -218,8 +218,11 @@ class AnthropicTools(unittest.TestCase):
     def test_tool_use_round_trip(self):
         messages = [{"role": "user", "content": "What is the weather in Paris?"}]
         m = claude().messages.create(
-            model=DEVNET["model"], max_tokens=40, tools=[WEATHER_ANTHROPIC],
+            model=DEVNET["model"], max_tokens=80, tools=[WEATHER_ANTHROPIC],
             tool_choice={"type": "any"}, messages=messages,
+            # Greedy, so the call always closes well inside max_tokens (a sampled city can
+            # run on and leave the call cut off, which then comes back as text).
+            extra_body={"temperature": 0},
         )
         self.assertEqual(m.stop_reason, "tool_use")
         calls = [b for b in m.content if b.type == "tool_use"]
@@ -233,8 +236,9 @@ class AnthropicTools(unittest.TestCase):
     def test_streamed_tool_use_round_trip(self):
         messages = [{"role": "user", "content": "Weather in Oslo?"}]
         with claude().messages.stream(
-            model=DEVNET["model"], max_tokens=40, tools=[WEATHER_ANTHROPIC],
+            model=DEVNET["model"], max_tokens=80, tools=[WEATHER_ANTHROPIC],
             tool_choice={"type": "tool", "name": "get_weather"}, messages=messages,
+            extra_body={"temperature": 0},
         ) as s:
             kinds = [e.type for e in s]
             m = s.get_final_message()
