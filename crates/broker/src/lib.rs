@@ -1295,6 +1295,11 @@ fn unserved(served: Features, need: Features) -> Option<String> {
     Some(words.join(" and "))
 }
 
+/// The features at least one of `offers` serves.
+fn features_served<'a>(offers: impl Iterator<Item = &'a SignedOffer>) -> Features {
+    offers.fold(Features::NONE, |f, o| f.union(o.offer.features))
+}
+
 /// What some live offer serves, as the gateway lists it.
 fn capabilities(f: Features) -> Capabilities {
     Capabilities {
@@ -1328,10 +1333,7 @@ impl Backend for BrokerBackend {
                         context_length: m.context_len,
                         providers: m.providers,
                         quantization: broker.models.get(&m.model).map(|p| p.quantization.clone()),
-                        capabilities: capabilities(
-                            live.iter()
-                                .fold(Features::NONE, |f, o| f.union(o.offer.features)),
-                        ),
+                        capabilities: capabilities(features_served(live.iter().copied())),
                         pricing: Pricing {
                             prompt: PriceRange::of(
                                 live.iter().map(|o| o.offer.price_in.units()).collect(),
@@ -1364,9 +1366,7 @@ impl Backend for BrokerBackend {
             }
             let need = needs(&job);
             let served = broker.with_book(|b| {
-                b.offers_for(&model)
-                    .filter(|o| o.offer.expires_ms > now)
-                    .fold(Features::NONE, |f, o| f.union(o.offer.features))
+                features_served(b.offers_for(&model).filter(|o| o.offer.expires_ms > now))
             });
             // Needs no live offer meets are refused before any auction: a provider that
             // cannot apply a constraint must never be asked to (and could not be paid for

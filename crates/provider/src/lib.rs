@@ -112,7 +112,7 @@ impl Provider {
         let ledger =
             Client::new(&cfg.ledger_url).map_err(|e| ProviderError::Config(e.to_string()))?;
         bond_stake(&ledger, cfg.chain_id, &key, cfg.stake).await?;
-        // Receipts name the epoch their answer started in: know it before serving any.
+        // Receipts name the epoch their answer ends in: know it before serving any.
         let l = ledger.clone();
         let epoch = tokio::task::spawn_blocking(move || l.status())
             .await
@@ -341,7 +341,7 @@ impl Provider {
         let result = tokio::task::spawn_blocking(move || -> Result<Option<u64>, String> {
             let ledger = service.payments.ledger();
             let epoch = ledger.status().map_err(|e| e.to_string())?.epoch;
-            // Receipts name the epoch their answer started in; the root that holds them must
+            // Receipts name the epoch their answer ended in; the root that holds them must
             // be for that epoch or the next (the ledger's non-inclusion challenge).
             service
                 .epoch
