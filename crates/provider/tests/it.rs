@@ -103,27 +103,8 @@ async fn provider_refuses_bad_messages_and_serves_a_paid_request() {
         .expect("open");
     let channel = channel_id(CHAIN, &payer.account(), nonce);
 
-    let request = |max_tokens: u32| InferenceRequest {
-        chain_id: CHAIN,
-        request_id: new_request_id(),
-        payer: payer.account(),
-        channel,
-        provider: provider_key.account(),
-        model: model_id,
-        prompt: PromptSpec::Text("Hark, who goes".into()),
-        resume: vec![],
-        max_tokens,
-        stop: vec![],
-        sampling: Sampling {
-            temperature: 1.0,
-            top_p: 1.0,
-            seed: 5,
-            ..Default::default()
-        },
-        price_in: Amount::new(1_000_000),
-        price_out: Amount::new(3_000_000),
-        issued_ms: now_ms(),
-    };
+    let request =
+        |max_tokens: u32| hark_request(&payer, &provider_key, channel, model_id, max_tokens);
 
     // Garbage, an oversized length, an unsigned (tampered) request.
     let (code, _) = refusal(exchange(&client, peer, &[0, 0, 0, 5, 1, 2, 3, 4, 5]).await);
@@ -610,27 +591,7 @@ async fn a_receipt_names_an_epoch_its_answer_ran_in() {
     // Let the provider settle into following the ledger.
     tokio::time::sleep(Duration::from_millis(4 * epoch_ms)).await;
 
-    let request = InferenceRequest {
-        chain_id: CHAIN,
-        request_id: new_request_id(),
-        payer: payer.account(),
-        channel,
-        provider: provider_key.account(),
-        model: model_id,
-        prompt: PromptSpec::Text("Hark, who goes".into()),
-        resume: vec![],
-        max_tokens: 8,
-        stop: vec![],
-        sampling: Sampling {
-            temperature: 1.0,
-            top_p: 1.0,
-            seed: 5,
-            ..Default::default()
-        },
-        price_in: Amount::new(1_000_000),
-        price_out: Amount::new(3_000_000),
-        issued_ms: now_ms(),
-    };
+    let request = hark_request(&payer, &provider_key, channel, model_id, 8);
     let (out, mut chunks) = futures::channel::mpsc::channel(0);
     let pipe = SlowPipe {
         request: futures::io::Cursor::new(encode_frame(&request.sign(&payer))),
@@ -694,5 +655,36 @@ fn provider_config(
         plant_one_in: None,
         #[cfg(feature = "adversary")]
         refuse_audits: false,
+    }
+}
+
+/// "Hark, who goes" from `payer` to `provider_key` over `channel`, at the config's prices.
+fn hark_request(
+    payer: &Keypair,
+    provider_key: &Keypair,
+    channel: Hash32,
+    model_id: Hash32,
+    max_tokens: u32,
+) -> InferenceRequest {
+    InferenceRequest {
+        chain_id: CHAIN,
+        request_id: new_request_id(),
+        payer: payer.account(),
+        channel,
+        provider: provider_key.account(),
+        model: model_id,
+        prompt: PromptSpec::Text("Hark, who goes".into()),
+        resume: vec![],
+        max_tokens,
+        stop: vec![],
+        sampling: Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 5,
+            ..Default::default()
+        },
+        price_in: Amount::new(1_000_000),
+        price_out: Amount::new(3_000_000),
+        issued_ms: now_ms(),
     }
 }
