@@ -14,6 +14,8 @@ use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use sha2::{Digest, Sha512};
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 /// A signature's decoded parts, or `None` when the encoding alone makes it invalid.
 struct Parsed {
@@ -27,11 +29,38 @@ struct Parsed {
     k: Scalar,
 }
 
-fn parse(account: &AccountId, msg: &[u8], sig: &Signature) -> Option<Parsed> {
-    let a = CompressedEdwardsY(*account.as_bytes()).decompress()?;
-    if a.is_small_order() {
-        return None;
+/// Most decoded account keys a thread keeps (about 200 bytes each).
+const KEY_CACHE: usize = 4096;
+
+thread_local! {
+    /// Account keys already decoded on this thread, `None` for an invalid or small-order one:
+    /// a node checks the same few senders over and over, and decoding a key (a square root in
+    /// the field) is a tenth of a verification. Decoding is a pure function of the bytes, so a
+    /// remembered answer is the one a fresh decode gives.
+    static KEYS: RefCell<HashMap<[u8; 32], Option<EdwardsPoint>>> = RefCell::new(HashMap::new());
+}
+
+/// The account's key as a point, if it is a valid encoding of a point of large order.
+fn account_point(account: &AccountId) -> Option<EdwardsPoint> {
+    let bytes = *account.as_bytes();
+    if let Some(known) = KEYS.with(|k| k.borrow().get(&bytes).copied()) {
+        return known;
     }
+    let a = CompressedEdwardsY(bytes)
+        .decompress()
+        .filter(|a| !a.is_small_order());
+    KEYS.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.len() >= KEY_CACHE {
+            k.clear();
+        }
+        k.insert(bytes, a);
+    });
+    a
+}
+
+fn parse(account: &AccountId, msg: &[u8], sig: &Signature) -> Option<Parsed> {
+    let a = account_point(account)?;
     let sb = sig.as_bytes();
     let mut r_bytes = [0u8; 32];
     r_bytes.copy_from_slice(&sb[..32]);
@@ -193,6 +222,36 @@ mod tests {
                 "batch of {}",
                 n + 1
             );
+        }
+    }
+
+    /// The decoded-key cache answers what a fresh decode does: for a valid key, a small-order
+    /// key and a non-point, checked again from the cache, and after the cache was cleared.
+    #[test]
+    fn cached_keys_give_the_verdicts_of_a_fresh_decode() {
+        let k = Keypair::from_seed([21; 32]);
+        let sig = k.sign_bytes(b"m");
+        let mut small = [0u8; 32];
+        small[0] = 1;
+        let cases = [
+            (k.account(), true),
+            (AccountId::from_bytes(small), false),
+            (AccountId::from_bytes([0xff; 32]), false),
+        ];
+        for round in 0..3 {
+            for (a, want) in &cases {
+                assert_eq!(verify_one(a, b"m", &sig), *want, "round {round}");
+                let batch = verify_many(&[(*a, b"m", sig), (k.account(), b"m", sig)]);
+                assert_eq!(batch, vec![*want, true], "round {round}");
+            }
+            if round == 1 {
+                // Past the cap the cache starts over.
+                for i in 0..KEY_CACHE as u64 {
+                    let mut b = [0u8; 32];
+                    b[..8].copy_from_slice(&i.to_le_bytes());
+                    let _ = account_point(&AccountId::from_bytes(b));
+                }
+            }
         }
     }
 
