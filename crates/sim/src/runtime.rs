@@ -5,8 +5,8 @@ use crate::net::{Network, NodeId};
 use crate::rng::Rng;
 use agora_core::{AccountId, Hash32, Keypair, Signature};
 use agora_ledger::block::tx_root;
-use agora_ledger::tx::verify_batch;
-use agora_ledger::{BlockHeader, Event, Ledger, Tx, TxBody, TxError};
+use agora_ledger::tx::VerifiedTx;
+use agora_ledger::{BlockCtx, BlockHeader, Event, Ledger, SignedTx, Tx, TxBody, TxError};
 use agora_wire::protocol::{Material, SignedReceipt};
 use agora_wire::settle::Verdict;
 use std::cmp::Ordering;
@@ -241,6 +241,14 @@ impl Ord for Item {
     }
 }
 
+/// A block's transactions, signed and waiting for their signature check.
+pub struct PendingBlock {
+    ctx: BlockCtx,
+    /// The signed transactions, in block order.
+    pub signed: Vec<SignedTx>,
+    senders: Vec<NodeId>,
+}
+
 /// The runtime every actor acts through.
 pub struct Runtime {
     /// Virtual now, ms.
@@ -333,19 +341,17 @@ impl Runtime {
         self.mempool.push((from, body));
     }
 
-    /// The sequencer's step: signs each pending transaction with its sender's key and next
-    /// nonce, applies it through the real state machine, seals the block, and checks the
-    /// ledger's conservation invariant. Returns the block's events.
-    pub fn build_block(&mut self) -> Vec<Event> {
+    /// The sequencer's step, first half: the block's pending transactions, each signed with
+    /// its sender's key and the nonce the sender expects, for [`agora_ledger::tx::verify_batch`] (runs build
+    /// their blocks in lockstep so that one batch checks many runs' blocks; see
+    /// [`crate::world::World::run_lockstep`]).
+    pub fn sign_block(&mut self) -> PendingBlock {
         let ctx = self.ledger.next_ctx();
         let mut txs = std::mem::take(&mut self.mempool);
         if ctx.height.is_multiple_of(EPOCH_BLOCKS) {
             txs.insert(0, (0, TxBody::AdvanceEpoch));
         }
         let chain_id = self.ledger.state.chain_id;
-        let mut ids = Vec::with_capacity(txs.len());
-        let mut events = Vec::new();
-        // Sign with the nonces the senders expect, check every signature in one batch.
         let mut next: BTreeMap<AccountId, u64> = BTreeMap::new();
         let mut signed = Vec::with_capacity(txs.len());
         let mut senders = Vec::with_capacity(txs.len());
@@ -369,11 +375,31 @@ impl Runtime {
             *nonce += 1;
             senders.push(node);
         }
-        for (node, checked) in senders
-            .into_iter()
-            .zip(verify_batch(signed.clone()).into_iter().zip(signed))
-        {
-            let (checked, stx) = checked;
+        PendingBlock {
+            ctx,
+            signed,
+            senders,
+        }
+    }
+
+    /// The sequencer's step, second half: applies through the real state machine each
+    /// transaction whose signatures `checked` (the verdicts of [`agora_ledger::tx::verify_batch`] on
+    /// `block.signed`, in order) accepted, seals the block, and checks the ledger's
+    /// conservation invariant. Returns the block's events.
+    pub fn apply_block(
+        &mut self,
+        block: PendingBlock,
+        checked: Vec<Result<VerifiedTx, TxError>>,
+    ) -> Vec<Event> {
+        let PendingBlock {
+            ctx,
+            signed,
+            senders,
+        } = block;
+        let chain_id = self.ledger.state.chain_id;
+        let mut ids = Vec::with_capacity(signed.len());
+        let mut events = Vec::new();
+        for (node, (checked, stx)) in senders.into_iter().zip(checked.into_iter().zip(signed)) {
             let mut applied =
                 checked.and_then(|v| Ok((v.id(), self.ledger.state.apply_verified(&v, &ctx)?)));
             if let Err(TxError::FutureNonce { expected, .. }) = applied {
@@ -424,6 +450,13 @@ impl Runtime {
         self.ledger.tip = header.hash();
         self.events.extend(events.iter().cloned());
         events
+    }
+
+    /// Whether the next event is the sequencer's block (and no later than `end`).
+    pub fn block_next(&self, end: u64) -> bool {
+        self.queue
+            .peek()
+            .is_some_and(|top| top.at <= end && matches!(top.ev, Ev::Block))
     }
 
     /// A per-run stream of randomness for one purpose.

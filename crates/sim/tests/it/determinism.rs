@@ -1,7 +1,7 @@
-//! Same seed, same final hash, bit for bit; different seeds, different runs; the thread
-//! count never changes a result.
+//! Same seed, same final hash, bit for bit; different seeds, different runs; neither the
+//! thread count nor the runs stepped beside it in lockstep ever change a result.
 
-use agora_sim::{run_seeds, scenario};
+use agora_sim::{run_seeds, scenario, World};
 
 #[test]
 fn same_seed_same_hash_in_every_scenario() {
@@ -38,6 +38,15 @@ fn thread_count_does_not_change_results() {
         .map(|r| r.hash)
         .collect();
     assert_eq!(one, three);
+    // Runs alone, and all sixteen in one lockstep group (one signature batch for every block).
+    let alone: Vec<String> = seeds.iter().map(|&s| sc.run(s).hash).collect();
+    assert_eq!(one, alone);
+    let worlds = seeds.iter().map(|&s| World::new(&sc.setup(s), s)).collect();
+    let together: Vec<String> = World::run_lockstep(worlds)
+        .into_iter()
+        .map(|r| r.hash)
+        .collect();
+    assert_eq!(together, alone);
 }
 
 #[test]
