@@ -453,7 +453,7 @@ impl World {
     /// exactly what [`World::run`] makes of it, but the runs build their blocks in lockstep (a
     /// block every [`BLOCK_MS`] in every run) and one batch checks the signatures of all
     /// their blocks' transactions. A batch gives every signature the verdict a single check
-    /// gives (`agora_core::sig`), at about half the cost per signature.
+    /// gives (`agora_core::sig`), at half to two thirds of a single check's cost per signature.
     pub fn run_lockstep(mut worlds: Vec<World>) -> Vec<RunResult> {
         for w in worlds.iter_mut() {
             w.start();
