@@ -3,20 +3,22 @@
 
 use crate::bindings::{
     AgoraSettlement::{self, AgoraSettlementErrors},
+    PlantConfirmation,
     TestStablecoin::{self, TestStablecoinErrors},
-    Voucher,
+    Verdict, Voucher,
 };
 use crate::deploy::Deployment;
 use crate::error::{EvmError, Refusal};
+use crate::receipts::ReceiptLeaf;
 use agora_core::{AccountId, Keypair, Signature};
 use alloy::eips::eip2718::Encodable2718;
 use alloy::network::{Ethereum, EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
-use alloy::primitives::{Address, Bytes, TxHash, TxKind, B256, U256};
+use alloy::primitives::{keccak256, Address, Bytes, TxHash, TxKind, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::signers::SignerSync;
-use alloy::sol_types::{eip712_domain, SolCall, SolEvent, SolInterface, SolStruct};
+use alloy::sol_types::{eip712_domain, SolCall, SolEvent, SolInterface, SolStruct, SolValue};
 use alloy::transports::TransportError;
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
@@ -72,6 +74,12 @@ pub struct Account {
     pub release_epoch: u64,
     /// Registered verifier.
     pub verifier: bool,
+    /// Its leaves that passed a revealed audit.
+    pub clean_audits: u64,
+    /// Confirmed frauds against it.
+    pub frauds: u64,
+    /// Its revealed failures neither confirmed nor expired yet (withdrawal waits for them).
+    pub open_alarms: u32,
 }
 
 /// A payment channel, as the contract holds it.
@@ -91,6 +99,8 @@ pub struct Channel {
     pub closes_epoch: u64,
     /// Closed and refunded.
     pub closed: bool,
+    /// Refunded to the payer by fraud verdicts.
+    pub refunded: u128,
 }
 
 impl Channel {
@@ -113,6 +123,107 @@ pub struct ReceiptRoot {
     pub receipts: u64,
     /// Posted as a late root (every leaf audited).
     pub full: bool,
+    /// The audit probability of each leaf, parts per million, fixed when posted.
+    pub audit_ppm: u32,
+    /// A plant was opened under it.
+    pub plant_opened: bool,
+}
+
+/// The audit of one leaf, as the contract holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeafAudit {
+    /// The verifier that committed (zero: none).
+    pub verifier: Address,
+    /// The epoch it committed in.
+    pub committed_epoch: u64,
+    /// The revealed outcome (`None` until revealed).
+    pub passed: Option<bool>,
+    /// Judged by a verdict or an opened plant.
+    pub judged: bool,
+    /// A revealed failure waiting for a verdict or a plant.
+    pub alarm: bool,
+}
+
+/// A fraud verdict's evidence: leaf `index` of `provider`'s root of `epoch` is `leaf`,
+/// by `proof`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FraudEvidence {
+    /// The provider.
+    pub provider: Address,
+    /// The root's epoch.
+    pub epoch: u64,
+    /// The leaf.
+    pub index: u64,
+    /// The receipt leaf (receipt hash, channel, cost).
+    pub leaf: ReceiptLeaf,
+    /// Its path to the root.
+    pub proof: Vec<B256>,
+}
+
+impl FraudEvidence {
+    fn to_sol(&self) -> AgoraSettlement::Fraud {
+        AgoraSettlement::Fraud {
+            provider: self.provider,
+            epoch: self.epoch,
+            index: self.index,
+            receipt: self.leaf.receipt,
+            channel: self.leaf.channel,
+            cost: self.leaf.cost,
+            proof: self.proof.clone(),
+        }
+    }
+}
+
+/// What a verifier commits to before revealing an audit outcome (the contract's
+/// `auditCommitment`), computed here so the outcome never leaves this process before the reveal.
+#[allow(clippy::too_many_arguments)]
+pub fn audit_commitment(
+    chain_id: u64,
+    settlement: Address,
+    verifier: Address,
+    provider: Address,
+    epoch: u64,
+    index: u64,
+    passed: bool,
+    salt: B256,
+) -> B256 {
+    keccak256(
+        (
+            keccak256("agora/evm/audit-commit/v1"),
+            U256::from(chain_id),
+            settlement,
+            verifier,
+            provider,
+            epoch,
+            index,
+            passed,
+            salt,
+        )
+            .abi_encode(),
+    )
+}
+
+/// What a planter commits to (the contract's `plantCommitment`).
+pub fn plant_commitment(
+    chain_id: u64,
+    settlement: Address,
+    provider: Address,
+    epoch: u64,
+    index: u64,
+    salt: B256,
+) -> B256 {
+    keccak256(
+        (
+            keccak256("agora/evm/plant/v1"),
+            U256::from(chain_id),
+            settlement,
+            provider,
+            epoch,
+            index,
+            salt,
+        )
+            .abi_encode(),
+    )
 }
 
 /// One account's client for the deployed contracts.
@@ -674,20 +785,24 @@ impl SettlementClient {
         .await
     }
 
-    /// The EIP-712 digest of a voucher on these contracts.
-    pub fn voucher_digest(&self, channel: B256, cumulative: u128) -> Result<B256, EvmError> {
+    /// The EIP-712 domain of these contracts: ("Agora", "1", chain id, settlement contract).
+    fn domain(&self) -> Result<alloy::sol_types::Eip712Domain, EvmError> {
         let d = self.contracts()?;
-        let domain = eip712_domain! {
+        Ok(eip712_domain! {
             name: "Agora",
             version: "1",
             chain_id: d.chain_id,
             verifying_contract: d.settlement,
-        };
+        })
+    }
+
+    /// The EIP-712 digest of a voucher on these contracts.
+    pub fn voucher_digest(&self, channel: B256, cumulative: u128) -> Result<B256, EvmError> {
         Ok(Voucher {
             channel,
             cumulative: amount(cumulative),
         }
-        .eip712_signing_hash(&domain))
+        .eip712_signing_hash(&self.domain()?))
     }
 
     /// Signs a voucher as the payer: 65 bytes (r, s, v).
@@ -755,6 +870,275 @@ impl SettlementClient {
         .await
     }
 
+    // ----- audits -----
+
+    /// Records the beacon of `epoch` (selects the roots of `epoch - 1`).
+    pub async fn record_beacon(&self, epoch: u64) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::recordBeaconCall { epoch })
+            .await
+    }
+
+    /// Commits this verifier's outcome for a leaf it was assigned; the salt keeps it secret
+    /// until [`SettlementClient::reveal_audit`].
+    pub async fn commit_audit(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+        passed: bool,
+        salt: B256,
+    ) -> Result<Submitted, EvmError> {
+        let d = self.contracts()?;
+        let commitment = audit_commitment(
+            d.chain_id,
+            d.settlement,
+            self.address(),
+            provider,
+            epoch,
+            index,
+            passed,
+            salt,
+        );
+        self.commit_audit_raw(provider, epoch, index, commitment)
+            .await
+    }
+
+    /// Commits any 32 bytes (what an attacker can send).
+    pub async fn commit_audit_raw(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+        commitment: B256,
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::commitAuditCall {
+            provider,
+            epoch,
+            index,
+            commitment,
+        })
+        .await
+    }
+
+    /// Reveals the outcome committed to.
+    pub async fn reveal_audit(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+        passed: bool,
+        salt: B256,
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::revealAuditCall {
+            provider,
+            epoch,
+            index,
+            passed,
+            salt,
+        })
+        .await
+    }
+
+    /// Signs, as a confirming verifier, that the evidence's leaf failed its audit (EIP-712
+    /// `Verdict`).
+    pub fn sign_verdict(&self, v: &FraudEvidence) -> Result<[u8; 65], EvmError> {
+        let digest = Verdict {
+            provider: v.provider,
+            epoch: v.epoch,
+            index: v.index,
+            receipt: v.leaf.receipt,
+            channel: v.leaf.channel,
+            cost: v.leaf.cost,
+        }
+        .eip712_signing_hash(&self.domain()?);
+        Ok(self.signer.sign_hash_sync(&digest)?.as_bytes())
+    }
+
+    /// Signs, as a confirming verifier, that a planted answer fails its audit (EIP-712
+    /// `PlantConfirmation`).
+    pub fn sign_plant_confirmation(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<[u8; 65], EvmError> {
+        let digest = PlantConfirmation {
+            provider,
+            epoch,
+            index,
+        }
+        .eip712_signing_hash(&self.domain()?);
+        Ok(self.signer.sign_hash_sync(&digest)?.as_bytes())
+    }
+
+    /// Brings a fraud verdict as the verifier that revealed the leaf's failure, with
+    /// `confirmer`'s signature from [`SettlementClient::sign_verdict`].
+    pub async fn fraud_verdict(
+        &self,
+        v: &FraudEvidence,
+        confirmer: Address,
+        confirmer_sig: &[u8],
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::fraudVerdictCall {
+            v: v.to_sol(),
+            confirmer,
+            confirmerSig: Bytes::copy_from_slice(confirmer_sig),
+        })
+        .await
+    }
+
+    /// Charges an unconfirmed failure to its verifier, once the verdict window closed.
+    pub async fn expire_alarm(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(AgoraSettlement::expireAlarmCall {
+            provider,
+            epoch,
+            index,
+        })
+        .await
+    }
+
+    /// Commits a plant (escrowing the plant bond, approved first if needed).
+    pub async fn plant(&self, commitment: B256) -> Result<Submitted, EvmError> {
+        let bond = self.contracts()?.params.plant_bond;
+        if bond > 0 {
+            self.ensure_allowance(bond).await?;
+        }
+        self.call_settlement(AgoraSettlement::plantCall { commitment })
+            .await
+    }
+
+    /// The commitment of a plant at `provider`'s leaf on these contracts.
+    pub fn plant_commitment(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+        salt: B256,
+    ) -> Result<B256, EvmError> {
+        let d = self.contracts()?;
+        Ok(plant_commitment(
+            d.chain_id,
+            d.settlement,
+            provider,
+            epoch,
+            index,
+            salt,
+        ))
+    }
+
+    /// Opens this provider's plant at its leaf; `confirmation`: a third verifier and its
+    /// [`SettlementClient::sign_plant_confirmation`] signature.
+    pub async fn reveal_plant(
+        &self,
+        epoch: u64,
+        index: u64,
+        salt: B256,
+        confirmation: Option<(Address, [u8; 65])>,
+    ) -> Result<Submitted, EvmError> {
+        let (confirmer, sig) = match confirmation {
+            Some((a, s)) => (a, Bytes::copy_from_slice(&s)),
+            None => (Address::ZERO, Bytes::new()),
+        };
+        self.call_settlement(AgoraSettlement::revealPlantCall {
+            epoch,
+            index,
+            salt,
+            confirmer,
+            confirmerSig: sig,
+        })
+        .await
+    }
+
+    /// The verifier assigned to a leaf, if it is selected (and its beacon can be drawn).
+    pub async fn assignee(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Option<Address>, EvmError> {
+        let a = self
+            .settlement()?
+            .assignee(provider, epoch, index)
+            .call()
+            .await
+            .map_err(call_err("assignee"))?;
+        Ok((a != Address::ZERO).then_some(a))
+    }
+
+    /// The verifier set that assigns the roots of `epoch`.
+    pub async fn verifier_set_at(&self, epoch: u64) -> Result<Vec<Address>, EvmError> {
+        self.settlement()?
+            .verifierSetAt(epoch)
+            .call()
+            .await
+            .map_err(call_err("verifierSetAt"))
+    }
+
+    /// The recorded beacon of `epoch`, if any.
+    pub async fn beacon(&self, epoch: u64) -> Result<Option<B256>, EvmError> {
+        let b = self
+            .settlement()?
+            .beacons(epoch)
+            .call()
+            .await
+            .map_err(call_err("beacons"))?;
+        Ok((!b.is_zero()).then_some(b))
+    }
+
+    /// The audit of `provider`'s leaf `index` of `epoch`.
+    pub async fn leaf_audit(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<LeafAudit, EvmError> {
+        let s = self.settlement()?;
+        let key = s
+            .leafKey(provider, epoch, index)
+            .call()
+            .await
+            .map_err(call_err("leafKey"))?;
+        let l = s.leaves(key).call().await.map_err(call_err("leaves"))?;
+        Ok(LeafAudit {
+            verifier: l.verifier,
+            committed_epoch: l.committedEpoch,
+            passed: match l.outcome {
+                1 => Some(true),
+                2 => Some(false),
+                _ => None,
+            },
+            judged: l.judged,
+            alarm: l.alarm,
+        })
+    }
+
+    /// Slashed tokens the contract holds for ever.
+    pub async fn burned(&self) -> Result<u128, EvmError> {
+        to_u128(
+            self.settlement()?
+                .burned()
+                .call()
+                .await
+                .map_err(call_err("burned"))?,
+        )
+    }
+
+    /// Bonds of open plants.
+    pub async fn plant_bonds(&self) -> Result<u128, EvmError> {
+        to_u128(
+            self.settlement()?
+                .plantBonds()
+                .call()
+                .await
+                .map_err(call_err("plantBonds"))?,
+        )
+    }
+
     // ----- reads -----
 
     fn settlement(
@@ -791,6 +1175,9 @@ impl SettlementClient {
             unbonding: a.unbonding,
             release_epoch: a.releaseEpoch,
             verifier: a.verifier,
+            clean_audits: a.cleanAudits,
+            frauds: a.frauds,
+            open_alarms: a.openAlarms,
         })
     }
 
@@ -813,6 +1200,7 @@ impl SettlementClient {
             expires_epoch: c.expiresEpoch,
             closes_epoch: c.closesEpoch,
             closed: c.closed,
+            refunded: c.refunded,
         }))
     }
 
@@ -832,6 +1220,8 @@ impl SettlementClient {
             root: r.root,
             receipts: r.receipts,
             full: r.full,
+            audit_ppm: r.auditPpm,
+            plant_opened: r.plantOpened,
         }))
     }
 

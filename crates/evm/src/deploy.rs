@@ -9,8 +9,8 @@ use alloy::sol_types::SolConstructor;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The settlement contract's rules, fixed at deployment (the ledger's genesis parameters that
-/// phase 1 enforces, plus the epoch length in blocks). The constructor refuses the same
+/// The settlement contract's rules, fixed at deployment (the ledger's genesis parameters, plus
+/// the epoch length in blocks). The constructor refuses the same
 /// invalid sets the ledger's genesis validation refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Params {
@@ -32,6 +32,22 @@ pub struct Params {
     pub min_verifier_stake: u128,
     /// Share of every claim that goes to the audit pool, in basis points.
     pub audit_fee_bps: u16,
+    /// Share of a provider's bonded and unbonding stake slashed per confirmed fraud (bps).
+    pub slash_bps: u16,
+    /// Share of the slashed amount paid to the verifier that found the fraud (bps).
+    pub bounty_bps: u16,
+    /// Share of a verifier's stake burned when it passed a planted fraud (bps).
+    pub lazy_slash_bps: u16,
+    /// Share of a verifier's stake burned for a revealed failure nothing confirmed (bps).
+    pub false_alarm_bps: u16,
+    /// Audit probability after probation, parts per million.
+    pub audit_floor_ppm: u32,
+    /// A provider's first this many clean audits are all audited (and again after a fraud).
+    pub probation_jobs: u64,
+    /// Paid from the audit pool to the assigned verifier per revealed audit.
+    pub audit_fee: u128,
+    /// What a plant escrows.
+    pub plant_bond: u128,
 }
 
 impl Params {
@@ -48,6 +64,14 @@ impl Params {
             min_provider_stake: 100,
             min_verifier_stake: 100,
             audit_fee_bps: 0,
+            slash_bps: 5_000,
+            bounty_bps: 2_000,
+            lazy_slash_bps: 5_000,
+            false_alarm_bps: 100,
+            audit_floor_ppm: 20_000,
+            probation_jobs: 50,
+            audit_fee: 0,
+            plant_bond: 50,
         }
     }
 
@@ -62,6 +86,14 @@ impl Params {
             minProviderStake: self.min_provider_stake,
             minVerifierStake: self.min_verifier_stake,
             auditFeeBps: self.audit_fee_bps,
+            slashBps: self.slash_bps,
+            bountyBps: self.bounty_bps,
+            lazySlashBps: self.lazy_slash_bps,
+            falseAlarmBps: self.false_alarm_bps,
+            auditFloorPpm: self.audit_floor_ppm,
+            probationJobs: self.probation_jobs,
+            auditFee: self.audit_fee,
+            plantBond: self.plant_bond,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Agora settlement on an EVM chain: the compiled contracts' bindings, deployment, and a
-//! client for stake, channels, vouchers and receipt roots.
+//! client for stake, channels, vouchers, receipt roots and audits.
 //!
 //! The contracts live in `contracts/src` and are compiled by `scripts/build-contracts` into
 //! `contracts/out/*.json`, which [`bindings`] binds at compile time. [`deploy`] puts a test
@@ -25,16 +25,20 @@ pub mod anvil;
 mod client;
 mod deploy;
 mod error;
+pub mod receipts;
 
 pub use client::{
-    sign_key_binding, verify_key_binding, Account, Channel, ClientOptions, ReceiptRoot,
-    SettlementClient, Submitted, KEY_BINDING_DOMAIN,
+    audit_commitment, plant_commitment, sign_key_binding, verify_key_binding, Account, Channel,
+    ClientOptions, FraudEvidence, LeafAudit, ReceiptRoot, SettlementClient, Submitted,
+    KEY_BINDING_DOMAIN,
 };
 pub use deploy::{deploy, deploy_with_token, Deployment, Params};
 pub use error::{EvmError, Refusal};
 
 /// Bindings generated from the committed artifacts in `contracts/out`.
 pub mod bindings {
+    // Generated from the ABI: the `Slashed` event's constructor takes its ten fields.
+    #![allow(clippy::too_many_arguments)]
     alloy::sol!(
         #[sol(rpc, all_derives)]
         AgoraSettlement,
@@ -52,6 +56,26 @@ pub mod bindings {
         struct Voucher {
             bytes32 channel;
             uint256 cumulative;
+        }
+
+        /// What a confirming verifier signs (EIP-712): leaf `index` of `provider`'s root of
+        /// `epoch` is the receipt leaf (receipt, channel, cost), and it failed its audit.
+        #[derive(Debug, PartialEq, Eq)]
+        struct Verdict {
+            address provider;
+            uint64 epoch;
+            uint64 index;
+            bytes32 receipt;
+            bytes32 channel;
+            uint128 cost;
+        }
+
+        /// What a confirming verifier signs (EIP-712): the planted answer at the leaf fails.
+        #[derive(Debug, PartialEq, Eq)]
+        struct PlantConfirmation {
+            address provider;
+            uint64 epoch;
+            uint64 index;
         }
     }
 }

@@ -1,8 +1,9 @@
 //! An EVM chain as [`Settlement`]: the `AgoraSettlement` contract through `agora-evm`.
 
-use crate::{ChannelView, Refusal, Settlement, SettlementError, StakeView};
+use crate::{ChannelView, Refusal, Settlement, SettlementError, SignedReceipt, StakeView};
 use agora_evm::bindings::AgoraSettlement::AgoraSettlementErrors as E;
-use agora_evm::{EvmError, SettlementClient};
+use agora_evm::receipts::{receipt_proof, receipt_root, ReceiptLeaf};
+use agora_evm::{EvmError, FraudEvidence, SettlementClient};
 use alloy::primitives::{Address, B256};
 use alloy::providers::Provider;
 use std::sync::Arc;
@@ -43,13 +44,27 @@ fn refusal(e: &E) -> Refusal {
         E::ChannelTimeoutTooShort(_) => Refusal::ChannelTimeout,
         E::WrongEpoch(_) => Refusal::WrongEpoch,
         E::RootAlreadyPosted(_) => Refusal::RootAlreadyPosted,
+        E::NotAssigned(_) => Refusal::NotAssigned,
+        E::AuditWindow(_) => Refusal::AuditWindow,
+        E::AlreadyCommitted(_) => Refusal::AlreadyCommitted,
+        E::BadReveal(_) => Refusal::BadReveal,
+        E::ConflictedVerdict(_) => Refusal::ConflictedVerdict,
+        E::NotVerifier(_) => Refusal::NotVerifier,
+        E::BadConfirmation(_) => Refusal::BadSignature,
+        E::UnknownReceiptRoot(_) => Refusal::UnknownReceiptRoot,
+        E::BadReceiptProof(_) => Refusal::BadReceiptProof,
+        E::AlreadyJudged(_) => Refusal::AlreadyJudged,
+        E::UnrevealedVerdict(_) => Refusal::UnrevealedVerdict,
         // The token refused to move the sender's tokens: not enough of them.
         E::TokenCallFailed(_) => Refusal::Overdraft,
         E::ZeroAmount(_)
         | E::AmountTooLarge(_)
         | E::BadChannelParty(_)
         | E::BadReceiptCount(_)
-        | E::BadNetworkKeyBinding(_) => Refusal::Malformed,
+        | E::BadNetworkKeyBinding(_)
+        | E::BadLeafIndex(_)
+        | E::PlantExists(_)
+        | E::OnePlantPerRoot(_) => Refusal::Malformed,
         other => Refusal::Other {
             code: format!("{other:?}"),
         },
@@ -72,6 +87,8 @@ impl Settlement for EvmSettlement {
     type Account = Address;
     type ChannelId = B256;
     type VoucherSig = [u8; 65];
+    type Receipt = ReceiptLeaf;
+    type Confirmation = (Address, [u8; 65]);
 
     fn account(&self) -> Address {
         self.client.address()
@@ -193,6 +210,7 @@ impl Settlement for EvmSettlement {
             deposit: c.deposit,
             claimed: c.claimed,
             closed: c.closed,
+            refunded: c.refunded,
         }))
     }
 
@@ -210,5 +228,190 @@ impl Settlement for EvmSettlement {
             self.client.post_root(epoch, root, receipts).await
         };
         r.map(drop).map_err(evm_err)
+    }
+
+    fn chain_id(&self) -> u64 {
+        self.client.chain_id()
+    }
+
+    fn channel_hash(channel: B256) -> [u8; 32] {
+        channel.0
+    }
+
+    fn receipt(receipt: &SignedReceipt) -> ReceiptLeaf {
+        ReceiptLeaf::of(receipt)
+    }
+
+    fn receipt_root(receipts: &[ReceiptLeaf]) -> [u8; 32] {
+        receipt_root(receipts).0
+    }
+
+    fn receipt_proof(receipts: &[ReceiptLeaf], index: usize) -> Vec<[u8; 32]> {
+        receipt_proof(receipts, index)
+            .unwrap_or_default()
+            .iter()
+            .map(|h| h.0)
+            .collect()
+    }
+
+    async fn assignee(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Option<Address>, SettlementError> {
+        self.client
+            .assignee(provider, epoch, index)
+            .await
+            .map_err(evm_err)
+    }
+
+    async fn commit_audit(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+        passed: bool,
+        salt: [u8; 32],
+    ) -> Result<(), SettlementError> {
+        self.client
+            .commit_audit(provider, epoch, index, passed, B256::from(salt))
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+
+    async fn reveal_audit(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+        passed: bool,
+        salt: [u8; 32],
+    ) -> Result<(), SettlementError> {
+        self.client
+            .reveal_audit(provider, epoch, index, passed, B256::from(salt))
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+
+    fn confirm_fraud(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+        receipt: &ReceiptLeaf,
+        proof: &[[u8; 32]],
+    ) -> Result<(Address, [u8; 65]), SettlementError> {
+        let sig = self
+            .client
+            .sign_verdict(&evidence(provider, epoch, index, receipt, proof))
+            .map_err(evm_err)?;
+        Ok((self.client.address(), sig))
+    }
+
+    async fn fraud_verdict(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+        receipt: &ReceiptLeaf,
+        proof: &[[u8; 32]],
+        confirmation: &(Address, [u8; 65]),
+    ) -> Result<(), SettlementError> {
+        self.client
+            .fraud_verdict(
+                &evidence(provider, epoch, index, receipt, proof),
+                confirmation.0,
+                &confirmation.1,
+            )
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+
+    async fn expire_alarm(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<(), SettlementError> {
+        self.client
+            .expire_alarm(provider, epoch, index)
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+
+    fn plant_commitment(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+        salt: [u8; 32],
+    ) -> [u8; 32] {
+        agora_evm::plant_commitment(
+            self.client.chain_id(),
+            self.client
+                .deployment()
+                .map_or(Address::ZERO, |d| d.settlement),
+            provider,
+            epoch,
+            index,
+            B256::from(salt),
+        )
+        .0
+    }
+
+    async fn plant(&self, commitment: [u8; 32]) -> Result<(), SettlementError> {
+        self.client
+            .plant(B256::from(commitment))
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+
+    fn confirm_plant(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<(Address, [u8; 65]), SettlementError> {
+        let sig = self
+            .client
+            .sign_plant_confirmation(provider, epoch, index)
+            .map_err(evm_err)?;
+        Ok((self.client.address(), sig))
+    }
+
+    async fn reveal_plant(
+        &self,
+        epoch: u64,
+        index: u64,
+        salt: [u8; 32],
+        confirmation: Option<&(Address, [u8; 65])>,
+    ) -> Result<(), SettlementError> {
+        self.client
+            .reveal_plant(epoch, index, B256::from(salt), confirmation.copied())
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+}
+
+fn evidence(
+    provider: Address,
+    epoch: u64,
+    index: u64,
+    receipt: &ReceiptLeaf,
+    proof: &[[u8; 32]],
+) -> FraudEvidence {
+    FraudEvidence {
+        provider,
+        epoch,
+        index,
+        leaf: *receipt,
+        proof: proof.iter().map(|h| B256::from(*h)).collect(),
     }
 }

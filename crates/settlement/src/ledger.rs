@@ -1,10 +1,13 @@
 //! The embedded ledger as [`Settlement`]: signed ledger transactions over its HTTP API.
 
-use crate::{ChannelView, Refusal, Settlement, SettlementError, StakeView};
+use crate::{ChannelView, Refusal, Settlement, SettlementError, SignedReceipt, StakeView};
 use agora_core::{AccountId, Amount, Hash32, Keypair, Signature};
 use agora_ledger::api::SubmitReceipt;
 use agora_ledger::client::Client;
-use agora_ledger::{ClientError, Event, Tx, TxBody, Voucher};
+use agora_ledger::{
+    audit_commitment, plant_commitment, sign_plant_confirmation, ClientError, Event, Fault, Tx,
+    TxBody, Verdict, Voucher,
+};
 
 /// One account on an `agora ledger serve` node.
 #[derive(Clone)]
@@ -30,6 +33,17 @@ fn refusal(code: &str) -> Refusal {
         "wrong_epoch" => Refusal::WrongEpoch,
         "root_already_posted" => Refusal::RootAlreadyPosted,
         "malformed" => Refusal::Malformed,
+        "not_assigned" => Refusal::NotAssigned,
+        "audit_window" => Refusal::AuditWindow,
+        "already_committed" => Refusal::AlreadyCommitted,
+        "bad_reveal" => Refusal::BadReveal,
+        "conflicted_verdict" => Refusal::ConflictedVerdict,
+        "not_verifier" => Refusal::NotVerifier,
+        "bad_signature" => Refusal::BadSignature,
+        "unknown_receipt_root" => Refusal::UnknownReceiptRoot,
+        "bad_receipt_proof" => Refusal::BadReceiptProof,
+        "already_judged" => Refusal::AlreadyJudged,
+        "unrevealed_verdict" => Refusal::UnrevealedVerdict,
         other => Refusal::Other { code: other.into() },
     }
 }
@@ -77,6 +91,26 @@ impl LedgerSettlement {
         self.blocking(move |me| me.send_blocking(body)).await
     }
 
+    fn verdict(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        receipt: &SignedReceipt,
+        proof: &[[u8; 32]],
+    ) -> Verdict {
+        Verdict {
+            chain_id: self.chain_id,
+            provider,
+            epoch,
+            index,
+            fault: Fault::Fraud {
+                receipt: receipt.clone(),
+                proof: proof.iter().map(|h| Hash32::from_bytes(*h)).collect(),
+            },
+        }
+    }
+
     /// Advances the epoch until it is at least `epoch` (the sequencer's key only).
     pub async fn advance_to_epoch(&self, epoch: u64) -> Result<(), SettlementError> {
         while self.epoch().await? < epoch {
@@ -94,6 +128,8 @@ impl Settlement for LedgerSettlement {
     type Account = AccountId;
     type ChannelId = Hash32;
     type VoucherSig = (AccountId, Signature);
+    type Receipt = SignedReceipt;
+    type Confirmation = (AccountId, Signature);
 
     fn account(&self) -> AccountId {
         self.key.account()
@@ -245,6 +281,7 @@ impl Settlement for LedgerSettlement {
                 deposit: c.deposit.units(),
                 claimed: c.claimed.units(),
                 closed: c.closed,
+                refunded: c.refunded.units(),
             }))
         })
         .await
@@ -266,4 +303,187 @@ impl Settlement for LedgerSettlement {
         .await
         .map(drop)
     }
+
+    fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    fn channel_hash(channel: Hash32) -> [u8; 32] {
+        *channel.as_bytes()
+    }
+
+    fn receipt(receipt: &SignedReceipt) -> SignedReceipt {
+        receipt.clone()
+    }
+
+    fn receipt_root(receipts: &[SignedReceipt]) -> [u8; 32] {
+        *agora_core::merkle::root(&hashes(receipts)).as_bytes()
+    }
+
+    fn receipt_proof(receipts: &[SignedReceipt], index: usize) -> Vec<[u8; 32]> {
+        agora_core::merkle::proof(&hashes(receipts), index)
+            .unwrap_or_default()
+            .iter()
+            .map(|h| *h.as_bytes())
+            .collect()
+    }
+
+    async fn assignee(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Option<AccountId>, SettlementError> {
+        self.blocking(move |me| {
+            let plan = me.client.audit_plan(&provider, epoch).map_err(ledger_err)?;
+            Ok(plan.and_then(|p| p.leaves.iter().find(|(i, _)| *i == index).map(|(_, v)| *v)))
+        })
+        .await
+    }
+
+    async fn commit_audit(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        passed: bool,
+        salt: [u8; 32],
+    ) -> Result<(), SettlementError> {
+        let commitment = audit_commitment(
+            self.chain_id,
+            &self.key.account(),
+            &provider,
+            epoch,
+            index,
+            passed,
+            &Hash32::from_bytes(salt),
+        );
+        self.send(TxBody::CommitAudit {
+            provider,
+            epoch,
+            index,
+            commitment,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn reveal_audit(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        passed: bool,
+        salt: [u8; 32],
+    ) -> Result<(), SettlementError> {
+        self.send(TxBody::RevealAudit {
+            provider,
+            epoch,
+            index,
+            passed,
+            salt: Hash32::from_bytes(salt),
+        })
+        .await
+        .map(drop)
+    }
+
+    fn confirm_fraud(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        receipt: &SignedReceipt,
+        proof: &[[u8; 32]],
+    ) -> Result<(AccountId, Signature), SettlementError> {
+        let v = self.verdict(provider, epoch, index, receipt, proof);
+        Ok((self.key.account(), v.sign(&self.key)))
+    }
+
+    async fn fraud_verdict(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        receipt: &SignedReceipt,
+        proof: &[[u8; 32]],
+        confirmation: &(AccountId, Signature),
+    ) -> Result<(), SettlementError> {
+        self.send(TxBody::AuditVerdict {
+            verdict: self.verdict(provider, epoch, index, receipt, proof),
+            confirmer: confirmation.0,
+            confirmer_sig: confirmation.1,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The ledger charges an unconfirmed failure itself when the epoch after its verdict
+    /// window starts; nothing to send.
+    async fn expire_alarm(
+        &self,
+        _provider: AccountId,
+        _epoch: u64,
+        _index: u64,
+    ) -> Result<(), SettlementError> {
+        Ok(())
+    }
+
+    fn plant_commitment(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        salt: [u8; 32],
+    ) -> [u8; 32] {
+        *plant_commitment(
+            self.chain_id,
+            &provider,
+            epoch,
+            index,
+            &Hash32::from_bytes(salt),
+        )
+        .as_bytes()
+    }
+
+    async fn plant(&self, commitment: [u8; 32]) -> Result<(), SettlementError> {
+        self.send(TxBody::PlantFraud {
+            commitment: Hash32::from_bytes(commitment),
+        })
+        .await
+        .map(drop)
+    }
+
+    fn confirm_plant(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+    ) -> Result<(AccountId, Signature), SettlementError> {
+        Ok((
+            self.key.account(),
+            sign_plant_confirmation(&self.key, self.chain_id, &provider, epoch, index),
+        ))
+    }
+
+    async fn reveal_plant(
+        &self,
+        epoch: u64,
+        index: u64,
+        salt: [u8; 32],
+        confirmation: Option<&(AccountId, Signature)>,
+    ) -> Result<(), SettlementError> {
+        self.send(TxBody::RevealPlant {
+            provider: self.key.account(),
+            epoch,
+            index,
+            salt: Hash32::from_bytes(salt),
+            confirmation: confirmation.copied(),
+        })
+        .await
+        .map(drop)
+    }
+}
+
+fn hashes(receipts: &[SignedReceipt]) -> Vec<Hash32> {
+    receipts.iter().map(SignedReceipt::hash).collect()
 }

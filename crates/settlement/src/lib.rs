@@ -1,6 +1,7 @@
-//! One settlement interface for Agora's phase-1 operations (stake, unbonding, verifiers,
-//! payment channels and vouchers, receipt roots), implemented by the embedded ledger and by
-//! an EVM chain.
+//! One settlement interface for Agora's operations (stake, unbonding, verifiers, payment
+//! channels and vouchers, receipt roots, and the audits: selection, commit, reveal, fraud
+//! verdicts with slash, bounty and refund, false alarms, plants), implemented by the embedded
+//! ledger and by an EVM chain.
 //!
 //! [`Settlement`] is one account's view of settlement. [`ledger::LedgerSettlement`] signs
 //! ledger transactions with the account's ed25519 key and submits them to an `agora ledger
@@ -13,13 +14,21 @@
 //! side checks what its state machine already did: the ledger releases matured unbonding
 //! and closes due channels itself when an epoch ends, so [`Settlement::withdraw`] and
 //! [`Settlement::finalize_close`] there only confirm it happened (refusing like the contract
-//! when it has not).
+//! when it has not); it also charges unconfirmed failures itself, so
+//! [`Settlement::expire_alarm`] there does nothing the chain's call does not.
+//!
+//! Receipts differ in what each settlement checks: the ledger takes the provider-signed
+//! receipt and its BLAKE3 path; the chain takes [`agora_evm::receipts::ReceiptLeaf`] (the
+//! receipt's BLAKE3 hash, channel and cost) and its keccak path. [`Settlement::receipt`] turns a
+//! signed receipt into the settlement's own, and roots and paths come from
+//! [`Settlement::receipt_root`] and [`Settlement::receipt_proof`].
 //!
 //! Provider, broker, verifier and gateway do not use this trait yet.
 
 pub mod evm;
 pub mod ledger;
 
+pub use agora_wire::protocol::SignedReceipt;
 use std::fmt::Debug;
 use std::future::Future;
 
@@ -56,8 +65,32 @@ pub enum Refusal {
     WrongEpoch,
     /// A root for this provider and epoch exists.
     RootAlreadyPosted,
-    /// A zero amount, a channel to oneself, a bad receipt count.
+    /// A zero amount, a channel to oneself, a bad receipt count, a leaf past the root's count,
+    /// a plant committed twice, a second plant opened under one root.
     Malformed,
+    /// The sender is not the verifier the beacon assigned to this selected leaf.
+    NotAssigned,
+    /// Outside the epochs this audit step is open in.
+    AuditWindow,
+    /// The leaf's audit was committed already.
+    AlreadyCommitted,
+    /// A reveal (of an audit or a plant) that does not open the sender's commitment.
+    BadReveal,
+    /// A verdict or plant confirmation whose parties conflict (the sender, the provider or the
+    /// verifier judged confirming itself).
+    ConflictedVerdict,
+    /// A confirmer that is not a registered verifier.
+    NotVerifier,
+    /// A confirmer's signature that does not verify.
+    BadSignature,
+    /// No root for this provider and epoch.
+    UnknownReceiptRoot,
+    /// The receipt is not the leaf under the provider's root.
+    BadReceiptProof,
+    /// The leaf was judged already (by a verdict or an opened plant).
+    AlreadyJudged,
+    /// The sender did not reveal a failed audit of this leaf.
+    UnrevealedVerdict,
     /// Any other refusal, by the implementation's own name for it.
     Other {
         /// The ledger's error code or the contract's error name.
@@ -115,9 +148,11 @@ pub struct ChannelView {
     pub claimed: u128,
     /// Closed and refunded.
     pub closed: bool,
+    /// Refunded to the payer by fraud verdicts.
+    pub refunded: u128,
 }
 
-/// One account's settlement: the operations of phase 1.
+/// One account's settlement.
 pub trait Settlement: Send + Sync {
     /// How accounts are named (an ed25519 key, an EVM address).
     type Account: Copy + Eq + Debug + Send + Sync;
@@ -125,6 +160,10 @@ pub trait Settlement: Send + Sync {
     type ChannelId: Copy + Eq + Debug + Send + Sync;
     /// A payer's signature over a voucher.
     type VoucherSig: Clone + Debug + Send + Sync;
+    /// A receipt as this settlement's verdicts carry it.
+    type Receipt: Clone + Debug + Send + Sync;
+    /// A second verifier's signed confirmation (of a verdict or a plant), with its account.
+    type Confirmation: Clone + Debug + Send + Sync;
 
     /// This client's account.
     fn account(&self) -> Self::Account;
@@ -199,5 +238,98 @@ pub trait Settlement: Send + Sync {
         root: [u8; 32],
         receipts: u64,
         late: bool,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+
+    // ----- audits -----
+
+    /// The chain id receipts must name.
+    fn chain_id(&self) -> u64;
+    /// The 32 bytes a receipt names its channel by.
+    fn channel_hash(channel: Self::ChannelId) -> [u8; 32];
+    /// The settlement's form of a provider-signed receipt.
+    fn receipt(receipt: &SignedReceipt) -> Self::Receipt;
+    /// The root a provider posts over `receipts`.
+    fn receipt_root(receipts: &[Self::Receipt]) -> [u8; 32];
+    /// The path of leaf `index` (empty when out of range).
+    fn receipt_proof(receipts: &[Self::Receipt], index: usize) -> Vec<[u8; 32]>;
+    /// The verifier assigned to `provider`'s leaf `index` of `epoch`, if the leaf is selected
+    /// and its beacon exists.
+    fn assignee(
+        &self,
+        provider: Self::Account,
+        epoch: u64,
+        index: u64,
+    ) -> impl Future<Output = Result<Option<Self::Account>, SettlementError>> + Send;
+    /// Commits this verifier's outcome for a leaf (salted, hidden until revealed).
+    fn commit_audit(
+        &self,
+        provider: Self::Account,
+        epoch: u64,
+        index: u64,
+        passed: bool,
+        salt: [u8; 32],
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Reveals a committed outcome.
+    fn reveal_audit(
+        &self,
+        provider: Self::Account,
+        epoch: u64,
+        index: u64,
+        passed: bool,
+        salt: [u8; 32],
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Signs, as a second verifier, that leaf `index` (`receipt` by `proof`) failed its audit.
+    fn confirm_fraud(
+        &self,
+        provider: Self::Account,
+        epoch: u64,
+        index: u64,
+        receipt: &Self::Receipt,
+        proof: &[[u8; 32]],
+    ) -> Result<Self::Confirmation, SettlementError>;
+    /// Brings a fraud verdict, as the verifier that revealed the leaf's failure.
+    fn fraud_verdict(
+        &self,
+        provider: Self::Account,
+        epoch: u64,
+        index: u64,
+        receipt: &Self::Receipt,
+        proof: &[[u8; 32]],
+        confirmation: &Self::Confirmation,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Charges an unconfirmed failure to its verifier once the verdict window closed.
+    fn expire_alarm(
+        &self,
+        provider: Self::Account,
+        epoch: u64,
+        index: u64,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// The commitment of a plant at `provider`'s leaf.
+    fn plant_commitment(
+        &self,
+        provider: Self::Account,
+        epoch: u64,
+        index: u64,
+        salt: [u8; 32],
+    ) -> [u8; 32];
+    /// Commits a plant, escrowing the plant bond.
+    fn plant(
+        &self,
+        commitment: [u8; 32],
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Signs, as a verifier, that the planted answer at the leaf fails its audit.
+    fn confirm_plant(
+        &self,
+        provider: Self::Account,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Self::Confirmation, SettlementError>;
+    /// Opens this provider's plant at its leaf.
+    fn reveal_plant(
+        &self,
+        epoch: u64,
+        index: u64,
+        salt: [u8; 32],
+        confirmation: Option<&Self::Confirmation>,
     ) -> impl Future<Output = Result<(), SettlementError>> + Send;
 }

@@ -122,12 +122,14 @@ async fn provider_of(actors: &[SettlementClient], id: B256) -> Result<usize, Evm
 }
 
 /// Every token is somewhere: with the actors, or held by the contract for exactly the stake,
-/// unbonding stake, channel escrow and audit pool it records.
+/// unbonding stake, channel escrow, audit pool, plant bonds and burned slashes it records.
 async fn check(actors: &[SettlementClient], channels: &[B256]) -> Result<(), TestCaseError> {
     let c = &actors[0];
     let settlement = c.deployment().expect("deployed").settlement;
     let held = c.token_balance(settlement).await.map_err(fail)?;
-    let mut owed = c.audit_pool().await.map_err(fail)?;
+    let mut owed = c.audit_pool().await.map_err(fail)?
+        + c.plant_bonds().await.map_err(fail)?
+        + c.burned().await.map_err(fail)?;
     let mut outside = 0;
     for a in actors {
         let acct = c.account(a.address()).await.map_err(fail)?;

@@ -5,6 +5,8 @@
 
 /// Each rule's attack, refused by the contract.
 mod attacks;
+/// Audits on chain: selection, commit, reveal, verdicts, false alarms, plants.
+mod audits;
 /// Starting a chain, deploying, funding accounts.
 mod common;
 /// Random operation sequences keep every token accounted for.

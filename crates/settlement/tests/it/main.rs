@@ -1,7 +1,7 @@
-//! The conformance suite: one scenario of every phase-1 operation and refusal runs on the
-//! embedded ledger (a real `agora ledger serve` node on loopback) and on the EVM contracts (a
-//! real Anvil); both must give the same outcome at every step and end with the same
-//! balances. Without Anvil installed the EVM half prints why and the test passes.
+//! The conformance suite: scenarios of every operation and refusal run on the embedded ledger
+//! (a real `agora ledger serve` node on loopback) and on the EVM contracts (a real Anvil);
+//! both must give the same outcome at every step and end with the same balances. Without
+//! Anvil installed the EVM half prints why and the test passes.
 
 use agora_core::{Amount, Keypair};
 use agora_evm::anvil::{find_anvil, Anvil};
@@ -11,7 +11,9 @@ use agora_ledger::server::{run, SequencerConfig, ServeConfig};
 use agora_ledger::{Allocation, Genesis, Params};
 use agora_settlement::evm::EvmSettlement;
 use agora_settlement::ledger::LedgerSettlement;
-use agora_settlement::{ChannelView, Refusal, Settlement, SettlementError, StakeView};
+use agora_settlement::{
+    ChannelView, Refusal, Settlement, SettlementError, SignedReceipt, StakeView,
+};
 use std::future::Future;
 use std::time::Duration;
 
@@ -152,7 +154,7 @@ struct LedgerNode {
     _dir: tempfile::TempDir,
 }
 
-async fn ledger(keys: &[Keypair]) -> anyhow::Result<LedgerNode> {
+async fn ledger(keys: &[Keypair], params: Params) -> anyhow::Result<LedgerNode> {
     let dir = tempfile::tempdir()?;
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -162,7 +164,7 @@ async fn ledger(keys: &[Keypair]) -> anyhow::Result<LedgerNode> {
         genesis: Some(Genesis {
             chain_id: CHAIN,
             sequencer: keys[0].account(),
-            params: Params::default(),
+            params,
             allocations: keys
                 .iter()
                 .map(|k| Allocation {
@@ -200,7 +202,7 @@ async fn ledger(keys: &[Keypair]) -> anyhow::Result<LedgerNode> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_and_evm_agree_on_every_phase1_operation() -> anyhow::Result<()> {
     let keys: Vec<Keypair> = (0..4).map(|i| Keypair::from_seed([i + 1; 32])).collect();
-    let node = ledger(&keys).await?;
+    let node = ledger(&keys, Params::default()).await?;
     let client = Client::new(&node.url)?;
     let sequencer = LedgerSettlement::new(client.clone(), keys[0].clone(), CHAIN);
     let on_ledger: Vec<LedgerSettlement> = keys[1..]
@@ -257,7 +259,8 @@ async fn ledger_and_evm_agree_on_every_phase1_operation() -> anyhow::Result<()> 
         Some(ChannelView {
             deposit: 400,
             claimed: 350,
-            closed: true
+            closed: true,
+            refunded: 0,
         })
     );
 
@@ -281,5 +284,338 @@ async fn ledger_and_evm_agree_on_every_phase1_operation() -> anyhow::Result<()> 
         assert_eq!(l, e, "the ledger and the contracts disagree");
     }
     assert_eq!(ledger_outcome, evm_outcome);
+    Ok(())
+}
+
+fn salt(i: u8) -> [u8; 32] {
+    [0xa0 + i; 32]
+}
+
+/// A receipt of `provider` (its ed25519 key) to `payer` on `channel`, served in `epoch`.
+fn signed_receipt(
+    chain_id: u64,
+    provider: &Keypair,
+    payer: &Keypair,
+    channel: [u8; 32],
+    epoch: u64,
+    cost: u128,
+    i: u8,
+) -> SignedReceipt {
+    use agora_core::Hash32;
+    agora_wire::Receipt {
+        chain_id,
+        epoch,
+        request_id: [i; 16],
+        provider: provider.account(),
+        payer: payer.account(),
+        channel: Hash32::from_bytes(channel),
+        model: Hash32::of(b"model"),
+        prompt_hash: Hash32::of(&[i, 1]),
+        output_hash: Hash32::of(&[i, 2]),
+        prompt_tokens: 3,
+        resumed_tokens: 0,
+        output_tokens: 2,
+        sampling: agora_wire::Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: u64::from(i),
+            ..Default::default()
+        },
+        fingerprint_hash: Hash32::of(&[i, 3]),
+        price_in: Amount::new(1),
+        price_out: Amount::new(2),
+        cost_micros: cost * agora_wire::MICROS_PER_UNIT,
+        started_ms: 1,
+        finished_ms: 2,
+    }
+    .sign(provider)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct AuditOutcome {
+    steps: Vec<(&'static str, Result<(), Refusal>)>,
+    /// Whether each leaf of the root went to the one verifier of the frozen set.
+    selection: Vec<bool>,
+    balances: Vec<(u128, StakeView)>,
+    channel: Option<ChannelView>,
+}
+
+/// The audits in one story: a payer (also the canary's planter), a provider on probation
+/// (every leaf selected), the one verifier of the frozen set, and a confirmer registered in
+/// the root's epoch. `net` are the ed25519 keys receipts are signed with (payer, provider).
+async fn audit_scenario<S: Settlement>(
+    who: &[S],
+    net: &[Keypair],
+    clock: &impl Clock,
+) -> anyhow::Result<AuditOutcome> {
+    let (payer, prov, ver, conf) = (&who[0], &who[1], &who[2], &who[3]);
+    let p = prov.account();
+    let mut steps = Vec::new();
+    macro_rules! step {
+        ($name:literal, $e:expr) => {
+            steps.push(($name, outcome($e.await)?))
+        };
+    }
+    let e0 = prov.epoch().await? + 1;
+    clock.advance_to(e0).await?;
+    step!("stake", prov.stake(500));
+    step!("register the verifier", ver.register_verifier(200));
+    let e = e0 + 1;
+    clock.advance_to(e).await?;
+    step!(
+        "register the confirmer in the root's epoch",
+        conf.register_verifier(100)
+    );
+    let ch = payer.open_channel(p, 300, 30).await?;
+    let v = payer.sign_voucher(ch, 100)?;
+    step!("claim", prov.claim(ch, 100, &v));
+    let leaves: Vec<S::Receipt> = (0..4u8)
+        .map(|i| {
+            let cost = if i == 1 { 40 } else { 10 };
+            let r = signed_receipt(
+                prov.chain_id(),
+                &net[1],
+                &net[0],
+                S::channel_hash(ch),
+                e,
+                cost,
+                i,
+            );
+            S::receipt(&r)
+        })
+        .collect();
+    let proof = |i: usize| S::receipt_proof(&leaves, i);
+    step!(
+        "plant at leaf 2",
+        payer.plant(payer.plant_commitment(p, e, 2, salt(7)))
+    );
+    step!(
+        "plant at leaf 0",
+        payer.plant(payer.plant_commitment(p, e, 0, salt(8)))
+    );
+    step!(
+        "plant twice",
+        payer.plant(payer.plant_commitment(p, e, 2, salt(7)))
+    );
+    step!(
+        "root",
+        prov.post_root(e, S::receipt_root(&leaves), 4, false)
+    );
+    step!(
+        "commit in the root's epoch",
+        ver.commit_audit(p, e, 0, true, salt(0))
+    );
+    clock.advance_to(e + 1).await?;
+    step!(
+        "plant after the root's epoch",
+        payer.plant(payer.plant_commitment(p, e, 3, salt(9)))
+    );
+    // Selection once the selecting beacon exists (on a chain: one block into the epoch).
+    let mut selection = Vec::new();
+    for i in 0..4 {
+        selection.push(ver.assignee(p, e, i).await? == Some(ver.account()));
+    }
+    step!(
+        "commit by a verifier not assigned",
+        conf.commit_audit(p, e, 0, true, salt(0))
+    );
+    step!("commit a pass", ver.commit_audit(p, e, 0, true, salt(0)));
+    step!(
+        "commit a failure",
+        ver.commit_audit(p, e, 1, false, salt(1))
+    );
+    step!(
+        "commit the plant's failure",
+        ver.commit_audit(p, e, 2, false, salt(2))
+    );
+    step!(
+        "commit a false alarm",
+        ver.commit_audit(p, e, 3, false, salt(3))
+    );
+    step!("commit twice", ver.commit_audit(p, e, 0, false, salt(5)));
+    step!(
+        "reveal in the commit's epoch",
+        ver.reveal_audit(p, e, 0, true, salt(0))
+    );
+    step!(
+        "reveal without a commit",
+        conf.reveal_audit(p, e, 1, false, salt(1))
+    );
+    clock.advance_to(e + 2).await?;
+    step!(
+        "reveal another outcome",
+        ver.reveal_audit(p, e, 0, false, salt(0))
+    );
+    step!("reveal the pass", ver.reveal_audit(p, e, 0, true, salt(0)));
+    step!(
+        "reveal the failure",
+        ver.reveal_audit(p, e, 1, false, salt(1))
+    );
+    step!(
+        "reveal the plant's failure",
+        ver.reveal_audit(p, e, 2, false, salt(2))
+    );
+    step!(
+        "reveal the false alarm",
+        ver.reveal_audit(p, e, 3, false, salt(3))
+    );
+    step!("reveal twice", ver.reveal_audit(p, e, 0, true, salt(0)));
+    clock.advance_to(e + 4).await?;
+    let c1 = conf.confirm_fraud(p, e, 1, &leaves[1], &proof(1))?;
+    step!(
+        "verdict in the plant epoch",
+        ver.fraud_verdict(p, e, 1, &leaves[1], &proof(1), &c1)
+    );
+    step!(
+        "plant opened by another than its provider",
+        payer.reveal_plant(e, 2, salt(7), None)
+    );
+    step!(
+        "plant committed after the root's epoch",
+        prov.reveal_plant(e, 3, salt(9), None)
+    );
+    step!(
+        "open the caught plant",
+        prov.reveal_plant(e, 2, salt(7), None)
+    );
+    let lazy = conf.confirm_plant(p, e, 0)?;
+    step!(
+        "second plant under the root",
+        prov.reveal_plant(e, 0, salt(8), Some(&lazy))
+    );
+    clock.advance_to(e + 5).await?;
+    let own = ver.confirm_fraud(p, e, 1, &leaves[1], &proof(1))?;
+    step!(
+        "verdict confirmed by its own sender",
+        ver.fraud_verdict(p, e, 1, &leaves[1], &proof(1), &own)
+    );
+    let by_payer = payer.confirm_fraud(p, e, 1, &leaves[1], &proof(1))?;
+    step!(
+        "verdict confirmed by a non-verifier",
+        ver.fraud_verdict(p, e, 1, &leaves[1], &proof(1), &by_payer)
+    );
+    let swapped = conf.confirm_fraud(p, e, 1, &leaves[0], &proof(1))?;
+    step!(
+        "verdict on another receipt of the provider",
+        ver.fraud_verdict(p, e, 1, &leaves[0], &proof(1), &swapped)
+    );
+    let c0 = conf.confirm_fraud(p, e, 0, &leaves[0], &proof(0))?;
+    step!(
+        "verdict on a leaf the verifier passed",
+        ver.fraud_verdict(p, e, 0, &leaves[0], &proof(0), &c0)
+    );
+    step!(
+        "verdict: slash, bounty, refund",
+        ver.fraud_verdict(p, e, 1, &leaves[1], &proof(1), &c1)
+    );
+    step!(
+        "verdict twice",
+        ver.fraud_verdict(p, e, 1, &leaves[1], &proof(1), &c1)
+    );
+    let c2 = conf.confirm_fraud(p, e, 2, &leaves[2], &proof(2))?;
+    step!(
+        "verdict on the opened plant",
+        ver.fraud_verdict(p, e, 2, &leaves[2], &proof(2), &c2)
+    );
+    clock.advance_to(e + 7).await?;
+    step!("charge the unconfirmed alarm", payer.expire_alarm(p, e, 3));
+    let mut balances = Vec::new();
+    for s in who {
+        balances.push((
+            s.balance(s.account()).await?,
+            s.stake_of(s.account()).await?,
+        ));
+    }
+    Ok(AuditOutcome {
+        steps,
+        selection,
+        balances,
+        channel: payer.channel(ch).await?,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_and_evm_agree_on_the_audits() -> anyhow::Result<()> {
+    let keys: Vec<Keypair> = (0..5).map(|i| Keypair::from_seed([i + 1; 32])).collect();
+    // 10% of claims to the audit pool, 5 per audit: fees are part of what must agree.
+    let params = Params {
+        audit_fee_bps: 1_000,
+        audit_fee: Amount::new(5),
+        ..Params::default()
+    };
+    let node = ledger(&keys, params).await?;
+    let client = Client::new(&node.url)?;
+    let sequencer = LedgerSettlement::new(client.clone(), keys[0].clone(), CHAIN);
+    let on_ledger: Vec<LedgerSettlement> = keys[1..]
+        .iter()
+        .map(|k| LedgerSettlement::new(client.clone(), k.clone(), CHAIN))
+        .collect();
+    let l = audit_scenario(&on_ledger, &keys[1..], &sequencer).await?;
+    use Refusal::*;
+    #[rustfmt::skip]
+    let expected: Vec<Result<(), Refusal>> = vec![
+        Ok(()), Ok(()), Ok(()), Ok(()), Ok(()), Ok(()), Err(Malformed), Ok(()), Err(AuditWindow),
+        Ok(()), Err(NotAssigned), Ok(()), Ok(()), Ok(()), Ok(()), Err(AlreadyCommitted),
+        Err(AuditWindow), Err(BadReveal),
+        Err(BadReveal), Ok(()), Ok(()), Ok(()), Ok(()), Err(BadReveal),
+        Err(AuditWindow), Err(BadReveal), Err(BadReveal), Ok(()), Err(Malformed),
+        Err(ConflictedVerdict), Err(NotVerifier), Err(BadReceiptProof), Err(UnrevealedVerdict),
+        Ok(()), Err(AlreadyJudged), Err(AlreadyJudged), Ok(()),
+    ];
+    let got: Vec<_> = l.steps.iter().map(|(_, r)| r.clone()).collect();
+    assert_eq!(got, expected, "the ledger's outcomes: {:?}", l.steps);
+    assert_eq!(l.selection, vec![true; 4]);
+    let view = |stake, verifier| StakeView {
+        stake,
+        unbonding: 0,
+        verifier,
+    };
+    // Payer: 300 escrowed, three plant bonds (one caught, two never opened), refunded the
+    // receipt's 40. Provider: paid 90 (10 to the pool), half its 500 slashed. Verifier: fees
+    // 5 + 5, the caught plant's bond 50, the bounty 50 (20% of 250), 1% of 200 for the alarm
+    // nothing confirmed.
+    assert_eq!(
+        l.balances,
+        vec![
+            (590, view(0, false)),
+            (590, view(250, false)),
+            (910, view(198, true)),
+            (900, view(100, true)),
+        ]
+    );
+    assert_eq!(
+        l.channel,
+        Some(ChannelView {
+            deposit: 300,
+            claimed: 100,
+            closed: false,
+            refunded: 40,
+        })
+    );
+
+    let Some(bin) = find_anvil() else {
+        eprintln!("SKIP (EVM half): anvil not found (run scripts/install-evm-tools)");
+        return Ok(());
+    };
+    let anvil = Anvil::start(&bin, 31_337)?;
+    let p = EvmParams {
+        audit_fee_bps: 1_000,
+        audit_fee: 5,
+        ..EvmParams::devnet(50)
+    };
+    let d = deploy(anvil.url(), anvil.keys()[0].clone(), p).await?;
+    let admin = SettlementClient::connect(anvil.url(), anvil.keys()[0].clone(), d.clone()).await?;
+    let mut on_evm = Vec::new();
+    for k in &anvil.keys()[1..5] {
+        admin.mint(k.address(), EACH).await?;
+        on_evm.push(EvmSettlement::new(
+            SettlementClient::connect(anvil.url(), k.clone(), d.clone()).await?,
+        ));
+    }
+    let evm = audit_scenario(&on_evm, &keys[1..], &Miner(admin)).await?;
+    for (l, e) in l.steps.iter().zip(&evm.steps) {
+        assert_eq!(l, e, "the ledger and the contracts disagree");
+    }
+    assert_eq!(l, evm);
     Ok(())
 }
