@@ -93,6 +93,7 @@ impl Root {
             posted: PostedRoot {
                 root: agora_core::merkle::root(&hashes),
                 receipts: 3,
+                full_audit: false,
             },
             leaves,
             middle,
@@ -494,8 +495,10 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
     let f = fixture();
     let judge = Judge {
         chain_id: CHAIN,
-        models: HashMap::from([(f.model_id, f.model.clone())]),
-        thresholds: Thresholds::default(),
+        auditor: ModelAuditor {
+            models: HashMap::from([(f.model_id, f.model.clone())]),
+            thresholds: Thresholds::default(),
+        },
     };
     assert_eq!(
         judge.judge(&f.provider.account(), EPOCH, &f.honest),
@@ -534,6 +537,7 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
     let posted = PostedRoot {
         root: agora_core::merkle::root(&hashes),
         receipts: 2,
+        full_audit: false,
     };
     let next = NextLeaf {
         receipt: leaves[1].clone(),
@@ -565,6 +569,7 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
     let single = PostedRoot {
         root: agora_core::merkle::root(&[f.honest.receipt.hash()]),
         receipts: 1,
+        full_audit: false,
     };
     *lock(&source.0) = Fetched::Material {
         material: Box::new(f.honest.clone()),
