@@ -257,3 +257,19 @@ impl ReceiptLog {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::leaf_order;
+
+    #[test]
+    fn leaves_go_in_request_id_order_and_a_repeated_request_is_dropped() {
+        // A provider that recorded one request twice must not post it twice: the verifier's
+        // order check would fail the root.
+        let ids = [[5u8; 16], [1; 16], [5; 16], [3; 16]];
+        let (kept, dropped) = leaf_order(&ids);
+        assert_eq!(kept, vec![1, 3, 0]);
+        assert_eq!(dropped, vec![2]);
+        assert_eq!(leaf_order(&[]), (vec![], vec![]));
+    }
+}

@@ -205,7 +205,7 @@ impl Payer {
                 reserved,
             },
         );
-        rt.send(self.node, provider, Msg::Request(req));
+        rt.send(self.node, provider, Msg::Request(Box::new(req)));
     }
 
     fn close_expired(&self, rt: &mut Runtime) {

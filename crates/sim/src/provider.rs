@@ -158,7 +158,7 @@ impl Provider {
     /// A message arrived.
     pub fn on_msg(&mut self, rt: &mut Runtime, k: &Knobs, from: NodeId, msg: Msg) {
         match msg {
-            Msg::Request(req) => self.serve(rt, k, from, req),
+            Msg::Request(req) => self.serve(rt, k, from, *req),
             Msg::Voucher {
                 channel,
                 cumulative,

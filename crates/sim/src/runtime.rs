@@ -45,7 +45,7 @@ pub enum Claim {
 #[derive(Debug, Clone)]
 pub enum Msg {
     /// Payer to provider.
-    Request(Req),
+    Request(Box<Req>),
     /// Provider to payer: the tokens and the signed receipt.
     Answer {
         /// The request.

@@ -290,7 +290,8 @@ impl<A: Auditor> Judge<A> {
         // from an outage posts its overdue receipts so): one named for another epoch could
         // sit under two roots.
         let own = r.epoch == epoch || r.epoch.checked_add(1) == Some(epoch);
-        if !own && !(full_audit && r.epoch < epoch) {
+        let overdue = full_audit && r.epoch < epoch;
+        if !(own || overdue) {
             return Judgement::Failed(format!(
                 "the receipt names epoch {} but is under the root of epoch {epoch}",
                 r.epoch

@@ -531,6 +531,17 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
             j => panic!("a receipt of epoch {EPOCH} under the root of {e}: {j:?}"),
         }
     }
+    // A provider back from an outage posts its overdue receipts under a late root, every
+    // leaf audited (the ledger's inclusion challenge accepts them there): an honest one
+    // passes. Never under a root of an earlier epoch than its own.
+    assert_eq!(
+        judge.judge_under(&f.provider.account(), EPOCH + 40, true, &f.honest),
+        Judgement::Passed
+    );
+    assert!(matches!(
+        judge.judge_under(&f.provider.account(), EPOCH - 1, true, &f.honest),
+        Judgement::Failed(_)
+    ));
     // Two copies of one receipt side by side under a root.
     let leaves = [f.honest.receipt.clone(), f.honest.receipt.clone()];
     let hashes: Vec<Hash32> = leaves.iter().map(SignedReceipt::hash).collect();
