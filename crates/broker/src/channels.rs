@@ -498,11 +498,8 @@ impl Channels {
         if cost_micros == 0 {
             return None;
         }
-        // A charge never exceeds what was reserved for it, and never more than the channel holds.
-        let cost_micros = cost_micros.min(reservation.amount.units().saturating_mul(1_000_000));
-        let spent = b.spent_micros.saturating_add(cost_micros);
-        let cap = b.deposit.units().saturating_mul(1_000_000);
-        b.spent_micros = spent.min(cap);
+        b.spent_micros =
+            crate::rules::charge(b.spent_micros, cost_micros, reservation.amount, b.deposit);
         // Written before the voucher leaves: a restart continues from here, never below.
         if let Err(e) = self.persist(&(payer.account(), provider), &b) {
             tracing::error!(channel = %b.id, "voucher withheld, books not written: {e}");

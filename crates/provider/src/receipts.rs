@@ -43,6 +43,24 @@ pub struct Batch {
     pub oldest_epoch: u64,
 }
 
+/// The leaves of a root from the answers waiting for it, given their request ids in the order
+/// they were recorded: in strictly increasing request id order, the first answer recorded for
+/// a request id kept. Returns the positions kept, in leaf order, and the positions dropped.
+/// Pure, so the deterministic simulation builds its roots with it too.
+pub fn leaf_order(request_ids: &[RequestId]) -> (Vec<usize>, Vec<usize>) {
+    let mut by_request: BTreeMap<RequestId, usize> = BTreeMap::new();
+    let mut dropped = vec![];
+    for (i, id) in request_ids.iter().enumerate() {
+        match by_request.entry(*id) {
+            std::collections::btree_map::Entry::Occupied(_) => dropped.push(i),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(i);
+            }
+        }
+    }
+    (by_request.into_values().collect(), dropped)
+}
+
 /// Trees of recent epochs kept built, so an audit request costs a lookup, not a rebuild.
 const CACHED_TREES: usize = 8;
 
@@ -91,30 +109,26 @@ impl ReceiptLog {
     pub fn pending_batch(&self) -> Result<Option<Batch>, LogError> {
         let r = self.db.begin_read().map_err(db_err)?;
         let t = r.open_table(PENDING).map_err(db_err)?;
-        let mut by_request: BTreeMap<RequestId, (u64, Hash32)> = BTreeMap::new();
-        let mut dropped = vec![];
+        let mut rows = vec![];
         let mut oldest_epoch = u64::MAX;
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
             let m = Material::try_from_slice(v.value()).map_err(db_err)?;
-            let id = m.receipt.receipt.request_id;
             oldest_epoch = oldest_epoch.min(m.receipt.receipt.epoch);
-            match by_request.entry(id) {
-                std::collections::btree_map::Entry::Occupied(_) => dropped.push(k.value()),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert((k.value(), m.receipt.hash()));
-                }
-            }
+            rows.push((k.value(), m.receipt.receipt.request_id, m.receipt.hash()));
         }
-        if by_request.is_empty() {
+        let ids: Vec<RequestId> = rows.iter().map(|r| r.1).collect();
+        let (kept, dropped) = leaf_order(&ids);
+        if kept.is_empty() {
             return Ok(None);
         }
-        let (keys, leaves): (Vec<u64>, Vec<Hash32>) = by_request.into_values().unzip();
+        let (keys, leaves): (Vec<u64>, Vec<Hash32>) =
+            kept.iter().map(|&i| (rows[i].0, rows[i].2)).unzip();
         Ok(Some(Batch {
             root: merkle::root(&leaves),
             leaves,
             keys,
-            dropped,
+            dropped: dropped.iter().map(|&i| rows[i].0).collect(),
             oldest_epoch,
         }))
     }
@@ -241,5 +255,21 @@ impl ReceiptLog {
             return Ok(Some((epoch.value(), index as u64, proof)));
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leaf_order;
+
+    #[test]
+    fn leaves_go_in_request_id_order_and_a_repeated_request_is_dropped() {
+        // A provider that recorded one request twice must not post it twice: the verifier's
+        // order check would fail the root.
+        let ids = [[5u8; 16], [1; 16], [5; 16], [3; 16]];
+        let (kept, dropped) = leaf_order(&ids);
+        assert_eq!(kept, vec![1, 3, 0]);
+        assert_eq!(dropped, vec![2]);
+        assert_eq!(leaf_order(&[]), (vec![], vec![]));
     }
 }

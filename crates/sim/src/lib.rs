@@ -9,12 +9,21 @@
 //! hash-chained, epochs advance on the virtual clock. Receipts and vouchers are the real
 //! `agora_wire` messages with real signatures; roots and proofs are real Merkle trees.
 //!
-//! Modelled rather than run: generation and the audit. Token `i` of an answer is a hash of
-//! (model, prompt, seed, i); an audit replays it with the model the receipt names, so an
-//! honest answer always passes and an answer from another model always fails (see
-//! [`model`]). The payer models the gateway and its broker, and the provider and verifier
-//! model theirs, keeping the rules issue 13 asks of them; the ledger is the only production
-//! code in the loop. Same seed, same final hash, bit for bit.
+//! Production decision code runs in the loop: the broker's [`agora_broker::rules`] (the
+//! reservation, the receipt check, the charge to a channel's books) decides what the payer
+//! pays; the provider builds its roots with [`agora_provider::receipts::leaf_order`]; the
+//! verifier decides with [`agora_verifier::judge`] (what it makes of a provider's material,
+//! the judgement, whether to co-sign another's failure). So a regression in those functions
+//! shows up here as a violation.
+//!
+//! Modelled rather than run: generation and the audit's replay, transport, and scheduling.
+//! Token `i` of an answer is a hash of (model, prompt, seed, i); the replay ([`model::Replay`],
+//! the production `Auditor` trait) regenerates it with the model the receipt names, so an
+//! honest answer always passes and an answer from another model always fails. Messages are
+//! [`runtime::Msg`]s on simulated links rather than libp2p and HTTP, and each actor's timing
+//! (fetch retries, commit and reveal, routing, top-ups, inclusion follow-up, claims) and the
+//! provider's admission rule are the simulation's own (see each module). Same seed, same final
+//! hash, bit for bit.
 //!
 //! ```
 //! let sc = agora_sim::scenario::find("honest").unwrap();

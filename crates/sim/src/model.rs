@@ -1,18 +1,21 @@
-//! Generation and audit, modelled: no network weights run in the simulation.
+//! Generation and the replay of the audit, modelled: no network weights run in the simulation.
 //!
 //! A model is its `ModelId` hash. Token `i` of an answer is a keyed hash of (model, prompt,
 //! sampling seed, i), and the answer stops where a hash of (prompt, seed) says (possibly at
-//! 0 tokens: empty answers are honest answers). The fingerprint is a hash of the model and
-//! every token. An audit replays the answer with the model the receipt names: an honest
+//! 0 tokens: empty answers are honest answers). The fingerprint is a well-formed
+//! [`agora_verify::Fingerprint`] whose entries are a hash of the model and every token. The
+//! replay ([`Replay`]) regenerates the answer with the model the receipt names: an honest
 //! answer always passes, an answer from another model (or with other counts) always fails.
 //! That is the property the real one-prefill audit (`agora_verify`) is measured to have on the
-//! real model; the simulation takes it as given and tests the protocol around it.
+//! real model; the simulation takes it as given. Every rule around the replay (the material
+//! under the root, signatures, counts, epochs, the fingerprint's shape, the second
+//! verifier's decision) is the production verifier's [`agora_verifier::judge`].
 
 use agora_core::{codec, Amount, Hash32};
-use agora_wire::price::cost_micros;
-use agora_wire::protocol::{fingerprint_hash, tokens_hash, Material, SignedReceipt};
-use std::cell::RefCell;
-use std::collections::BTreeSet;
+use agora_verifier::judge::{Auditor, Judge, Judgement};
+use agora_verify::fingerprint::ChunkPrint;
+use agora_verify::Fingerprint;
+use agora_wire::protocol::{tokens_hash, Material};
 
 const TOKEN_DOMAIN: &[u8] = b"agora/sim/token/v1";
 const LEN_DOMAIN: &[u8] = b"agora/sim/len/v1";
@@ -50,84 +53,74 @@ pub fn generate(model: &Hash32, prompt: &[u32], seed: u64, n: u32) -> Vec<u32> {
         .collect()
 }
 
-/// The fingerprint bytes of an answer by `model`.
+/// The fingerprint bytes of an answer by `model`: one chunk of eight (index, value) entries
+/// taken from a hash of the model and the tokens.
 pub fn fingerprint(model: &Hash32, prompt: &[u32], output: &[u32]) -> Vec<u8> {
-    codec::hash(FP_DOMAIN, &(model, prompt, output))
+    let h = codec::hash(FP_DOMAIN, &(model, prompt, output));
+    let words: Vec<u16> = h
         .as_bytes()
-        .to_vec()
+        .chunks_exact(2)
+        .map(|w| u16::from_le_bytes([w[0], w[1]]))
+        .collect();
+    let (indices, values) = words.split_at(words.len() / 2);
+    Fingerprint {
+        chunks: vec![ChunkPrint {
+            indices: indices.to_vec(),
+            values: values.to_vec(),
+        }],
+    }
+    .to_bytes()
 }
 
-/// What an audit of one answer finds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Audit {
-    /// The answer is what the named model produces and is charged right.
-    Pass,
-    /// It is not.
-    Fail,
-    /// The material does not hold together (it cannot be judged: never a fraud by itself).
-    CannotJudge,
+/// The modelled audit: the production verifier's [`Auditor`], replaying with the modelled
+/// generation. It audits the model payers ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay {
+    /// The `max_tokens` every request carries (where the modelled answer stops).
+    pub max_tokens: u32,
 }
 
-/// The audit: replay with the receipt's model and check every count and the charge.
-pub fn audit(m: &Material, max_tokens: u32) -> Audit {
-    let r = &m.receipt.receipt;
-    // Material that is not what the receipt commits to cannot be judged.
-    let all: Vec<u32> = m.resumed.iter().chain(&m.output).copied().collect();
-    if !receipt_signed(&m.receipt)
-        || tokens_hash(&m.prompt) != r.prompt_hash
-        || tokens_hash(&all) != r.output_hash
-        || fingerprint_hash(&m.fingerprint) != r.fingerprint_hash
-    {
-        return Audit::CannotJudge;
+impl Auditor for Replay {
+    fn audits(&self, model: &Hash32) -> bool {
+        *model == real_model()
     }
-    // The committed answer, replayed: other tokens, other counts or another charge fail.
-    let n = answer_len(&m.prompt, r.sampling.seed, max_tokens);
-    let want = generate(&r.model, &m.prompt, r.sampling.seed, n);
-    let cost = cost_micros(
-        r.price_in,
-        r.price_out,
-        u64::from(r.prompt_tokens),
-        u64::from(r.output_tokens),
-    );
-    if m.output != want
-        || m.fingerprint != fingerprint(&r.model, &m.prompt, &want)
-        || r.prompt_tokens as usize != m.prompt.len()
-        || r.output_tokens as usize != want.len()
-        || cost != Some(r.cost_micros)
-    {
-        return Audit::Fail;
+
+    fn audit(&self, m: &Material, _print: &Fingerprint) -> Judgement {
+        let r = &m.receipt.receipt;
+        let n = answer_len(&m.prompt, r.sampling.seed, self.max_tokens);
+        let want = generate(&r.model, &m.prompt, r.sampling.seed, n);
+        if m.output != want {
+            return Judgement::Failed("the tokens are not the named model's".into());
+        }
+        if m.fingerprint != fingerprint(&r.model, &m.prompt, &want) {
+            return Judgement::Failed("the fingerprint is not the named model's".into());
+        }
+        if r.output_tokens as usize != want.len() {
+            return Judgement::Failed("the output count is not the tokens'".into());
+        }
+        Judgement::Passed
     }
-    Audit::Pass
+}
+
+/// The production verifier's judge for chain `chain_id`, auditing with [`Replay`].
+pub fn judge(chain_id: u64, max_tokens: u32) -> Judge<Replay> {
+    Judge {
+        chain_id,
+        auditor: Replay { max_tokens },
+    }
+}
+
+/// What the production judge finds of one answer under the root of its receipt's epoch, on
+/// its receipt's chain: the audit alone, without the root and order checks around it.
+pub fn audit(m: &Material, max_tokens: u32) -> Judgement {
+    judge(m.receipt.receipt.chain_id, max_tokens).judge(
+        &m.receipt.receipt.provider,
+        m.receipt.receipt.epoch,
+        m,
+    )
 }
 
 /// The whole-unit cost of an answer, for refunds: `floor(micros / 1e6)`, at least the charge.
 pub fn amount_of(micros: u128) -> Amount {
     agora_wire::price::micros_to_amount(micros)
-}
-
-thread_local! {
-    /// Hashes of signed receipts whose signature verified on this thread.
-    static SIGNED: RefCell<BTreeSet<Hash32>> = const { RefCell::new(BTreeSet::new()) };
-}
-
-/// Whether the receipt's provider signed it, remembering the ones that verified: the payer,
-/// the assigned verifier and every confirmer check the same bytes. The key is the hash of
-/// the receipt and its signature together, and verification is a pure function of them, so
-/// the answer is the one a fresh check gives.
-pub fn receipt_signed(r: &SignedReceipt) -> bool {
-    let key = r.hash();
-    if SIGNED.with(|s| s.borrow().contains(&key)) {
-        return true;
-    }
-    let ok = r.verify().is_ok();
-    if ok {
-        SIGNED.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() >= 1 << 16 {
-                s.clear();
-            }
-            s.insert(key);
-        });
-    }
-    ok
 }

@@ -1,17 +1,22 @@
-//! Payers: the gateway and its broker, modelled. The honest payer counts tokens itself, pays
-//! (counted tokens) x (agreed price) and never the provider's claim, routes only to providers
-//! bonded on the ledger with no confirmed fraud, and checks every receipt. The non-paying
-//! payer takes answers and signs no voucher, or closes its channel as soon as it may.
+//! Payers: the gateway and its broker. The broker's decisions are production code
+//! ([`agora_broker::rules`]): the escrow reserved before asking, the receipt check (prompt
+//! count, output within `max_tokens`, token counts and hashes, prices, the epoch window, and
+//! a charge no more than tokens times prices), and what a charge adds to the channel's books.
+//! Routing (bonded on the ledger, no confirmed fraud) and the inclusion follow-up are
+//! modelled here. The honest payer pays what the receipt check returns and nothing for a
+//! receipt it refuses; the non-paying payer takes answers and signs no voucher, or closes
+//! its channel as soon as it may.
 
 use crate::model;
 use crate::net::NodeId;
 use crate::rng::Rng;
 use crate::runtime::{Msg, Req, Runtime, Timer};
 use crate::world::{Dir, Knobs};
+use agora_broker::rules::{self, PromptCount};
 use agora_core::{merkle, AccountId, Amount, Hash32, Signature};
 use agora_ledger::{Event, TxBody};
 use agora_wire::price::{cost_micros, micros_to_amount};
-use agora_wire::protocol::{tokens_hash, SignedReceipt};
+use agora_wire::protocol::{tokens_hash, InferenceRequest, PromptSpec, Sampling};
 use agora_wire::settle::Voucher;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +32,16 @@ pub enum PayerKind {
     CloseEarly,
 }
 
+/// A request awaiting its answer.
+struct Inflight {
+    provider: NodeId,
+    req: Req,
+    /// The ledger epoch when it was sent: the receipt must name an epoch the answer ran in.
+    started_epoch: u64,
+    /// Escrow reserved for it.
+    reserved: Amount,
+}
+
 /// A payer node.
 pub struct Payer {
     /// Its node.
@@ -34,14 +49,16 @@ pub struct Payer {
     /// Its behaviour.
     pub kind: PayerKind,
     rng: Rng,
-    inflight: BTreeMap<[u8; 16], (NodeId, Req)>,
-    /// Counted cost per channel, micro-units.
+    inflight: BTreeMap<[u8; 16], Inflight>,
+    /// Counted cost per channel, micro-units: the tokens it counted times the agreed price.
     pub counted_micros: BTreeMap<Hash32, u128>,
+    /// What its vouchers promise per channel, micro-units (the broker's books).
+    spent_micros: BTreeMap<Hash32, u128>,
     vouched: BTreeMap<Hash32, (Amount, Signature)>,
     banned: BTreeSet<NodeId>,
     /// (provider node, receipt hash) of every answer it paid for.
     pub paid: Vec<(NodeId, Hash32)>,
-    receipts: BTreeMap<Hash32, (NodeId, SignedReceipt)>,
+    receipts: BTreeMap<Hash32, (NodeId, agora_wire::protocol::SignedReceipt)>,
     proven: BTreeSet<Hash32>,
     challenged: BTreeSet<Hash32>,
     /// Answers received.
@@ -60,6 +77,7 @@ impl Payer {
             rng: Rng::new(seed, &format!("payer/{node}")),
             inflight: BTreeMap::new(),
             counted_micros: BTreeMap::new(),
+            spent_micros: BTreeMap::new(),
             vouched: BTreeMap::new(),
             banned: BTreeSet::new(),
             paid: Vec::new(),
@@ -134,12 +152,36 @@ impl Payer {
         let prompt: Vec<u32> = (0..plen)
             .map(|_| u32::try_from(self.rng.below(49_152)).unwrap_or(0))
             .collect();
+        let price = Amount::new(k.price_per_mtok);
+        let request = InferenceRequest {
+            chain_id: rt.ledger.state.chain_id,
+            request_id: self.rng.bytes16(),
+            payer: rt.accounts[self.node],
+            channel,
+            provider: rt.accounts[provider],
+            model: model::real_model(),
+            prompt: PromptSpec::Text(String::new()),
+            resume: Vec::new(),
+            max_tokens: k.max_tokens,
+            stop: Vec::new(),
+            sampling: Sampling {
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: self.rng.next_u64(),
+                ..Default::default()
+            },
+            price_in: price,
+            price_out: price,
+            issued_ms: rt.now,
+        };
+        let Some(reserved) = rules::reservation(&request, prompt_count(&prompt)) else {
+            return;
+        };
         // Top up when the escrow left would not cover the reservation.
-        let reservation = micros_to_amount(k.reservation_micros(plen));
         if let Some(ch) = rt.ledger.state.channel(&channel) {
-            let counted = micros_to_amount(self.counted_micros.get(&channel).copied().unwrap_or(0));
-            let left = ch.deposit.checked_sub(counted).unwrap_or(Amount::ZERO);
-            if left < reservation.checked_add(reservation).unwrap_or(Amount::MAX) {
+            let spent = micros_to_amount(self.spent_micros.get(&channel).copied().unwrap_or(0));
+            let left = ch.deposit.checked_sub(spent).unwrap_or(Amount::ZERO);
+            if left < reserved.checked_add(reserved).unwrap_or(Amount::MAX) {
                 rt.submit(
                     self.node,
                     TxBody::TopUpChannel {
@@ -150,15 +192,20 @@ impl Payer {
             }
         }
         let req = Req {
-            id: self.rng.bytes16(),
-            channel,
+            request,
             prompt,
-            max_tokens: k.max_tokens,
-            seed: self.rng.next_u64(),
             voucher: self.vouched.get(&channel).copied(),
         };
-        self.inflight.insert(req.id, (provider, req.clone()));
-        rt.send(self.node, provider, Msg::Request(req));
+        self.inflight.insert(
+            req.request.request_id,
+            Inflight {
+                provider,
+                req: req.clone(),
+                started_epoch: rt.ledger.state.epoch,
+                reserved,
+            },
+        );
+        rt.send(self.node, provider, Msg::Request(Box::new(req)));
     }
 
     fn close_expired(&self, rt: &mut Runtime) {
@@ -175,27 +222,6 @@ impl Payer {
         for channel in due {
             rt.submit(self.node, TxBody::CloseChannel { channel });
         }
-    }
-
-    /// What the gateway checks in a receipt against what it sent and counted.
-    fn receipt_ok(
-        rt: &Runtime,
-        provider: AccountId,
-        req: &Req,
-        out: &[u32],
-        r: &SignedReceipt,
-    ) -> bool {
-        let x = &r.receipt;
-        model::receipt_signed(r)
-            && x.chain_id == rt.ledger.state.chain_id
-            && x.provider == provider
-            && x.channel == req.channel
-            && x.request_id == req.id
-            && x.model == model::real_model()
-            && x.prompt_hash == tokens_hash(&req.prompt)
-            && x.output_hash == tokens_hash(out)
-            && x.prompt_tokens as usize == req.prompt.len()
-            && x.output_tokens as usize == out.len()
     }
 
     /// At each epoch: ask each provider to show its receipts under its roots once they are
@@ -230,7 +256,7 @@ impl Payer {
     }
 
     /// An answer arrived: count it, check the receipt, pay for what was counted.
-    pub fn on_msg(&mut self, rt: &mut Runtime, k: &Knobs, from: NodeId, msg: Msg) {
+    pub fn on_msg(&mut self, rt: &mut Runtime, from: NodeId, msg: Msg) {
         if let Msg::InclusionProof {
             receipt,
             epoch,
@@ -261,45 +287,64 @@ impl Payer {
         else {
             return;
         };
-        let Some((provider, req)) = self.inflight.remove(&id) else {
+        let Some(Inflight {
+            provider,
+            req,
+            started_epoch,
+            reserved,
+        }) = self.inflight.remove(&id)
+        else {
             return;
         };
         if provider != from {
             return;
         }
         self.answers += 1;
-        // The gateway counts: prompt tokens it tokenized, output tokens it received, capped.
-        let out_n = output.len().min(req.max_tokens as usize);
-        let price = Amount::new(k.price_per_mtok);
-        let cost = cost_micros(price, price, req.prompt.len() as u64, out_n as u64).unwrap_or(0);
-        let ok = Self::receipt_ok(rt, rt.accounts[from], &req, &output, &receipt)
-            && receipt.receipt.payer == rt.accounts[self.node];
-        if !ok {
+        let r = &req.request;
+        // What the answer is worth by the gateway's own count: the prompt it tokenized, the
+        // output tokens it received up to max_tokens, at the agreed price.
+        let out_n = output.len().min(r.max_tokens as usize);
+        let worth = cost_micros(
+            r.price_in,
+            r.price_out,
+            req.prompt.len() as u64,
+            out_n as u64,
+        )
+        .unwrap_or(0);
+        *self.counted_micros.entry(r.channel).or_insert(0) += worth;
+        // The broker's receipt check decides what is paid; a refused receipt is not paid.
+        let window = (started_epoch, rt.ledger.state.epoch);
+        let checked = rules::check_receipt(&receipt, r, &output, prompt_count(&req.prompt), window);
+        let Ok(paid) = checked else {
             self.bad_receipts += 1;
             self.banned.insert(from);
-        }
-        let total = self.counted_micros.entry(req.channel).or_insert(0);
-        *total += cost;
-        let cumulative = micros_to_amount(*total);
+            return;
+        };
         self.paid.push((from, receipt.hash()));
-        if ok {
-            self.receipts.insert(receipt.hash(), (from, *receipt));
-        }
+        self.receipts.insert(receipt.hash(), (from, *receipt));
         if self.kind == PayerKind::NonPaying {
             return;
         }
+        let deposit = rt
+            .ledger
+            .state
+            .channel(&r.channel)
+            .map_or(Amount::ZERO, |c| c.deposit);
+        let spent = self.spent_micros.entry(r.channel).or_insert(0);
+        *spent = rules::charge(*spent, paid, reserved, deposit);
+        let cumulative = micros_to_amount(*spent);
         let voucher = Voucher {
             chain_id: rt.ledger.state.chain_id,
-            channel: req.channel,
+            channel: r.channel,
             cumulative,
         };
         let sig = voucher.sign(&rt.keys[self.node]);
-        self.vouched.insert(req.channel, (cumulative, sig));
+        self.vouched.insert(r.channel, (cumulative, sig));
         rt.send(
             self.node,
             from,
             Msg::Voucher {
-                channel: req.channel,
+                channel: r.channel,
                 cumulative,
                 sig,
             },
@@ -309,5 +354,13 @@ impl Payer {
     /// What it counted, whole units per channel.
     pub fn counted(&self, channel: &Hash32) -> Amount {
         micros_to_amount(self.counted_micros.get(channel).copied().unwrap_or(0))
+    }
+}
+
+/// The gateway counted the prompt itself: a provider must claim exactly these tokens.
+fn prompt_count(prompt: &[u32]) -> PromptCount {
+    PromptCount::Exact {
+        tokens: u32::try_from(prompt.len()).unwrap_or(u32::MAX),
+        hash: tokens_hash(prompt),
     }
 }

@@ -2,7 +2,7 @@
 //! the root, unstaking right after posting, withholding audit material, serving a cheaper
 //! model), plus the canary that plants fake frauds to catch lazy verifiers.
 
-use crate::model::{self, Audit};
+use crate::model;
 use crate::net::NodeId;
 use crate::rng::Rng;
 use crate::runtime::{Msg, Req, Runtime, Timer, EPOCH_MS};
@@ -10,8 +10,10 @@ use crate::world::{Dir, Knobs};
 use agora_core::{merkle, AccountId, Amount, Hash32, Signature};
 use agora_ledger::audit::Windows;
 use agora_ledger::{leaf_key, plant_commitment, Event, TxBody};
+use agora_provider::receipts::leaf_order;
+use agora_verifier::judge::Judgement;
 use agora_wire::price::{cost_micros, micros_to_amount};
-use agora_wire::protocol::{fingerprint_hash, tokens_hash, Material, Receipt, Sampling};
+use agora_wire::protocol::{fingerprint_hash, tokens_hash, Material, NextLeaf, Receipt, RequestId};
 use agora_wire::settle::Voucher;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -156,7 +158,7 @@ impl Provider {
     /// A message arrived.
     pub fn on_msg(&mut self, rt: &mut Runtime, k: &Knobs, from: NodeId, msg: Msg) {
         match msg {
-            Msg::Request(req) => self.serve(rt, k, from, req),
+            Msg::Request(req) => self.serve(rt, k, from, *req),
             Msg::Voucher {
                 channel,
                 cumulative,
@@ -226,6 +228,11 @@ impl Provider {
             return;
         };
         let material = Box::new(leaf.material.clone());
+        let next = index.checked_add(1).and_then(|i| {
+            let receipt = self.leaf(epoch, i)?.material.receipt.clone();
+            let proof = self.proof(epoch, i)?;
+            Some(Box::new(NextLeaf { receipt, proof }))
+        });
         rt.send(
             self.node,
             to,
@@ -234,6 +241,7 @@ impl Provider {
                 index,
                 material,
                 proof,
+                next,
             },
         );
     }
@@ -415,7 +423,7 @@ impl Provider {
     /// outstanding beyond the vouchers it holds.
     fn admit(&self, rt: &Runtime, k: &Knobs, from: NodeId, req: &Req) -> bool {
         let st = &rt.ledger.state;
-        let Some(ch) = st.channel(&req.channel) else {
+        let Some(ch) = st.channel(&req.request.channel) else {
             return false;
         };
         if ch.closed || ch.provider != self.me(rt) || ch.payer != rt.accounts[from] {
@@ -426,9 +434,14 @@ impl Provider {
         }
         let vouched = self
             .vouchers
-            .get(&req.channel)
+            .get(&req.request.channel)
             .map_or(Amount::ZERO, |v| v.0);
-        let owed = micros_to_amount(self.owed_micros.get(&req.channel).copied().unwrap_or(0));
+        let owed = micros_to_amount(
+            self.owed_micros
+                .get(&req.request.channel)
+                .copied()
+                .unwrap_or(0),
+        );
         if owed > vouched {
             return false;
         }
@@ -439,14 +452,15 @@ impl Provider {
     }
 
     fn serve(&mut self, rt: &mut Runtime, k: &Knobs, from: NodeId, req: Req) {
+        let r = &req.request;
         if let Some(v) = req.voucher {
-            self.take_voucher(rt, from, (req.channel, v.0, v.1));
+            self.take_voucher(rt, from, (r.channel, v.0, v.1));
         }
-        if !self.seen.insert(req.id) {
+        if !self.seen.insert(r.request_id) {
             return;
         }
         if !self.admit(rt, k, from, &req) {
-            rt.send(self.node, from, Msg::Refused { id: req.id });
+            rt.send(self.node, from, Msg::Refused { id: r.request_id });
             return;
         }
         // One plant per root: at most one planted answer among those its next root holds.
@@ -459,8 +473,9 @@ impl Provider {
         } else {
             model::real_model()
         };
-        let n = model::answer_len(&req.prompt, req.seed, req.max_tokens);
-        let output = model::generate(&model, &req.prompt, req.seed, n);
+        let seed = r.sampling.seed;
+        let n = model::answer_len(&req.prompt, seed, r.max_tokens);
+        let output = model::generate(&model, &req.prompt, seed, n);
         let fp = model::fingerprint(&model, &req.prompt, &output);
         let honest_prompt = u32::try_from(req.prompt.len()).unwrap_or(u32::MAX);
         let prompt_tokens = if self.kind == ProviderKind::Overcharge {
@@ -468,38 +483,34 @@ impl Provider {
         } else {
             honest_prompt
         };
-        let price = Amount::new(k.price_per_mtok);
-        let honest_cost =
-            cost_micros(price, price, u64::from(honest_prompt), u64::from(n)).unwrap_or(u128::MAX);
-        let cost =
-            cost_micros(price, price, u64::from(prompt_tokens), u64::from(n)).unwrap_or(u128::MAX);
+        let (price_in, price_out) = (r.price_in, r.price_out);
+        let honest_cost = cost_micros(price_in, price_out, u64::from(honest_prompt), u64::from(n))
+            .unwrap_or(u128::MAX);
+        let cost = cost_micros(price_in, price_out, u64::from(prompt_tokens), u64::from(n))
+            .unwrap_or(u128::MAX);
         if cheat && !planted {
             self.cheats += 1;
             self.saved_micros += honest_cost * u128::from(k.cheat_saving_ppm) / 1_000_000;
         }
-        *self.owed_micros.entry(req.channel).or_insert(0) += honest_cost;
+        *self.owed_micros.entry(r.channel).or_insert(0) += honest_cost;
         let receipt = Receipt {
             chain_id: rt.ledger.state.chain_id,
             epoch: rt.ledger.state.epoch,
-            request_id: req.id,
+            request_id: r.request_id,
             provider: self.me(rt),
             payer: rt.accounts[from],
-            channel: req.channel,
-            model: model::real_model(),
+            channel: r.channel,
+            // The model asked for, whichever ran.
+            model: r.model,
             prompt_hash: tokens_hash(&req.prompt),
             output_hash: tokens_hash(&output),
             prompt_tokens,
             resumed_tokens: 0,
             output_tokens: n,
-            sampling: Sampling {
-                temperature: 0.0,
-                top_p: 1.0,
-                seed: req.seed,
-                ..Default::default()
-            },
+            sampling: r.sampling.clone(),
             fingerprint_hash: fingerprint_hash(&fp),
-            price_in: price,
-            price_out: price,
+            price_in,
+            price_out,
             cost_micros: cost,
             started_ms: rt.now,
             finished_ms: rt.now,
@@ -512,7 +523,7 @@ impl Provider {
             output: output.clone(),
             fingerprint: fp,
         };
-        debug_assert!(cheat || model::audit(&material, req.max_tokens) != Audit::Fail);
+        debug_assert!(cheat || model::audit(&material, r.max_tokens) == Judgement::Passed);
         let hash = receipt.hash();
         self.served.push(hash);
         self.pending.push(Leaf {
@@ -524,7 +535,7 @@ impl Provider {
             self.node,
             from,
             Msg::Answer {
-                id: req.id,
+                id: r.request_id,
                 output,
                 receipt: Box::new(receipt),
             },
@@ -576,6 +587,14 @@ impl Provider {
             self.held = still;
             leaves.extend(out);
         }
+        // The production provider's leaf order: by request id, one receipt per request.
+        let ids: Vec<RequestId> = leaves
+            .iter()
+            .map(|l| l.material.receipt.receipt.request_id)
+            .collect();
+        let (order, _) = leaf_order(&ids);
+        let mut slots: Vec<Option<Leaf>> = leaves.into_iter().map(Some).collect();
+        let leaves: Vec<Leaf> = order.iter().filter_map(|&i| slots[i].take()).collect();
         if late {
             self.pending = leaves;
         } else if !leaves.is_empty() && staked && !self.posted.contains_key(&epoch) {

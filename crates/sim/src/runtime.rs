@@ -7,7 +7,7 @@ use agora_core::{AccountId, Hash32, Keypair, Signature};
 use agora_ledger::block::tx_root;
 use agora_ledger::tx::VerifiedTx;
 use agora_ledger::{BlockCtx, BlockHeader, Event, Ledger, SignedTx, Tx, TxBody, TxError};
-use agora_wire::protocol::{Material, SignedReceipt};
+use agora_wire::protocol::{InferenceRequest, Material, NextLeaf, SignedReceipt};
 use agora_wire::settle::Verdict;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -19,19 +19,15 @@ pub const EPOCH_BLOCKS: u64 = 10;
 /// Virtual ms per epoch.
 pub const EPOCH_MS: u64 = BLOCK_MS * EPOCH_BLOCKS;
 
-/// A request from a payer (modelling the gateway and its broker) to a provider.
+/// A request from a payer (the gateway's broker) to a provider.
 #[derive(Debug, Clone)]
 pub struct Req {
-    /// Request id.
-    pub id: [u8; 16],
-    /// The paying channel.
-    pub channel: Hash32,
+    /// The request as the broker sends it: its id, channel, model, sampling, prices and
+    /// `max_tokens` are what the receipt must repeat (its `prompt` text is unused here: the
+    /// simulation's prompts are the token ids in `prompt`).
+    pub request: InferenceRequest,
     /// Prompt token ids (the gateway counts them itself).
     pub prompt: Vec<u32>,
-    /// Most output tokens.
-    pub max_tokens: u32,
-    /// Sampling seed.
-    pub seed: u64,
     /// The payer's latest voucher on this channel, so a lost one is made good.
     pub voucher: Option<(agora_core::Amount, Signature)>,
 }
@@ -49,7 +45,7 @@ pub enum Claim {
 #[derive(Debug, Clone)]
 pub enum Msg {
     /// Payer to provider.
-    Request(Req),
+    Request(Box<Req>),
     /// Provider to payer: the tokens and the signed receipt.
     Answer {
         /// The request.
@@ -90,6 +86,8 @@ pub enum Msg {
         material: Box<Material>,
         /// Merkle path to the posted root.
         proof: Vec<Hash32>,
+        /// The next leaf and its path (none for the last), for the verifier's order check.
+        next: Option<Box<NextLeaf>>,
     },
     /// Verifier to verifier: confirm this failed leaf.
     ConfirmReq {

@@ -3,16 +3,24 @@
 //! material it fetched itself against the ledger's root), and its byzantine variants: lazy
 //! (passes without auditing), always-fail (fails without auditing), framer (accuses honest
 //! providers and co-signs any accusation), and sybil (a provider's own verifier: passes all).
+//!
+//! The honest verifier's decisions are the production verifier's ([`agora_verifier::judge`]):
+//! what it makes of the material a provider sends for an assigned leaf (`take_material`,
+//! the receipt seen under another leaf, `Judge::judge`, `leaf_outcome`) and whether it
+//! co-signs another's failure (`Judge::decide`), with the audit's replay modelled
+//! ([`model::Replay`]). Scheduling (fetch retries, commit and reveal timing, whom to ask)
+//! and the ledger-fact checks before a re-check are modelled here.
 
-use crate::model::{self, Audit};
+use crate::model;
 use crate::net::NodeId;
 use crate::rng::Rng;
 use crate::runtime::{Claim, Msg, Runtime, Timer};
 use crate::world::{Dir, Knobs};
-use agora_core::{merkle, AccountId, Amount, Hash32};
+use agora_core::{AccountId, Amount, Hash32};
 use agora_ledger::audit::Windows;
 use agora_ledger::tx::sign_plant_confirmation;
 use agora_ledger::{audit_commitment, leaf_key, Event, TxBody};
+use agora_verifier::judge::{self, Fetched, LeafOutcome, PostedRoot, Seen};
 use agora_wire::protocol::Material;
 use agora_wire::settle::{Fault, Verdict};
 use std::collections::BTreeMap;
@@ -51,6 +59,9 @@ struct Commit {
 
 struct Confirm {
     requester: NodeId,
+    /// The requester's material and path: evidence used only if the provider cannot be
+    /// reached, and only if it holds together under the ledger's root.
+    hint: Option<(Material, Vec<Hash32>)>,
 }
 
 /// A co-signed verdict waiting for its window.
@@ -73,6 +84,7 @@ pub struct Verifier {
     material: BTreeMap<LeafId, (Material, Vec<Hash32>)>,
     demanded: BTreeMap<LeafId, bool>,
     held: Vec<Held>,
+    seen: Seen,
     /// Audits it ran.
     pub audits_run: u64,
     /// Assigned leaves it judged without running the audit.
@@ -99,6 +111,7 @@ impl Verifier {
             material: BTreeMap::new(),
             demanded: BTreeMap::new(),
             held: Vec::new(),
+            seen: Seen::default(),
             audits_run: 0,
             audits_skipped: 0,
             fees: 0,
@@ -331,16 +344,6 @@ impl Verifier {
         );
     }
 
-    /// Material checked against the root the ledger holds, never one a peer names.
-    fn judge(rt: &Runtime, k: &Knobs, id: LeafId, m: &Material, proof: &[Hash32]) -> Option<Audit> {
-        let root = rt.ledger.state.roots.get(&(id.0, id.1))?;
-        let leaf = m.receipt.hash();
-        if m.receipt.receipt.provider != id.0 || !merkle::verify(&root.root, &leaf, id.2, proof) {
-            return None;
-        }
-        Some(model::audit(m, k.max_tokens))
-    }
-
     /// A message arrived.
     pub fn on_msg(&mut self, rt: &mut Runtime, k: &Knobs, dir: &Dir, from: NodeId, msg: Msg) {
         let chain = rt.ledger.state.chain_id;
@@ -350,33 +353,22 @@ impl Verifier {
                 index,
                 material,
                 proof,
+                next,
             } => {
                 let id = (rt.accounts[from], epoch, index);
-                let Some(outcome) = Self::judge(rt, k, id, &material, &proof) else {
+                let Some(posted) = posted_root(rt, id) else {
                     return;
                 };
+                let fetched = || Fetched::Material {
+                    material: material.clone(),
+                    proof: proof.clone(),
+                    next: next.clone(),
+                };
                 if self.fetching.remove(&id).is_some() {
-                    self.audits_run += 1;
-                    match outcome {
-                        Audit::Pass => self.commit(rt, chain, id, true, Claim::Fraud),
-                        Audit::Fail => {
-                            self.material.insert(id, (*material.clone(), proof.clone()));
-                            self.commit(rt, chain, id, false, Claim::Fraud)
-                        }
-                        // The provider's own signed receipt under its own root, with material
-                        // that does not match it: demand it on the ledger.
-                        Audit::CannotJudge => self.demand(rt, id),
-                    }
+                    self.assess(rt, k, id, &posted, fetched());
                 }
                 if let Some(c) = self.confirming.remove(&id) {
-                    self.audits_run += 1;
-                    if outcome == Audit::Fail {
-                        let fault = Fault::Fraud {
-                            receipt: material.receipt.clone(),
-                            proof,
-                        };
-                        self.cosign(rt, c.requester, id, fault);
-                    }
+                    self.recheck(rt, k, id, &posted, c, fetched());
                 }
             }
             Msg::PlantConfirmReq {
@@ -385,10 +377,20 @@ impl Verifier {
                 material,
             } => {
                 let id = (rt.accounts[from], epoch, index);
+                let Some(posted) = posted_root(rt, id) else {
+                    return;
+                };
                 let (m, proof) = *material;
-                if self.kind == VerifierKind::Honest
-                    && Self::judge(rt, k, id, &m, &proof) == Some(Audit::Fail)
-                {
+                let fault = Fault::Fraud {
+                    receipt: m.receipt.clone(),
+                    proof,
+                };
+                // The canary's material is evidence, judged against the ledger's root.
+                let fetched = Fetched::Unreachable("the provider sent the material itself".into());
+                let fails = model::judge(chain, k.max_tokens)
+                    .decide(&id.0, epoch, index, &fault, &posted, fetched, Some(&m))
+                    .is_ok();
+                if self.kind == VerifierKind::Honest && fails {
                     self.audits_run += 1;
                     let sig =
                         sign_plant_confirmation(&rt.keys[self.node], chain, &id.0, epoch, index);
@@ -444,23 +446,14 @@ impl Verifier {
                         if !revealed_failed {
                             return;
                         }
-                        if let Some(m) = material {
-                            let (m, proof) = *m;
-                            match Self::judge(rt, k, id, &m, &proof) {
-                                Some(Audit::Fail) => {
-                                    self.audits_run += 1;
-                                    let fault = Fault::Fraud {
-                                        receipt: m.receipt.clone(),
-                                        proof,
-                                    };
-                                    self.cosign(rt, from, id, fault);
-                                }
-                                Some(_) => self.audits_run += 1,
-                                None => {}
-                            }
-                            return;
-                        }
-                        self.confirming.insert(id, Confirm { requester: from });
+                        let hint = material.map(|m| *m);
+                        self.confirming.insert(
+                            id,
+                            Confirm {
+                                requester: from,
+                                hint,
+                            },
+                        );
                         self.fetch(rt, dir, id, 0, true);
                     }
                 }
@@ -502,6 +495,78 @@ impl Verifier {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The production verifier's decision on an assigned leaf from what the provider sent.
+    fn assess(&mut self, rt: &mut Runtime, k: &Knobs, id: LeafId, posted: &PostedRoot, f: Fetched) {
+        let chain = rt.ledger.state.chain_id;
+        let outcome = match judge::take_material(posted, id.2, f) {
+            Err(outcome) => outcome,
+            Ok((m, proof)) => match self.seen.elsewhere(id.0, id.1, id.2, &m) {
+                Some(skip) => skip,
+                None => {
+                    self.audits_run += 1;
+                    let judged = model::judge(chain, k.max_tokens).judge_under(
+                        &id.0,
+                        id.1,
+                        posted.full_audit,
+                        &m,
+                    );
+                    judge::leaf_outcome(judged, m, proof)
+                }
+            },
+        };
+        match outcome {
+            LeafOutcome::Passed => self.commit(rt, chain, id, true, Claim::Fraud),
+            LeafOutcome::Failed(_, evidence) => {
+                self.material.insert(id, *evidence);
+                self.commit(rt, chain, id, false, Claim::Fraud)
+            }
+            // Nothing that holds together came: demand it on the ledger.
+            LeafOutcome::Demand(_) => self.demand(rt, id),
+            LeafOutcome::Skip(_) => {}
+        }
+    }
+
+    /// The production verifier's re-check of another's failure: co-signs only what its own
+    /// audit of the provider's material (or, the provider unreachable, the requester's
+    /// evidence under the ledger's root) fails.
+    fn recheck(
+        &mut self,
+        rt: &mut Runtime,
+        k: &Knobs,
+        id: LeafId,
+        posted: &PostedRoot,
+        c: Confirm,
+        fetched: Fetched,
+    ) {
+        // The verdict names the requester's evidence, or the leaf as the provider showed it.
+        let fault = match (&c.hint, &fetched) {
+            (Some((m, proof)), _) => Fault::Fraud {
+                receipt: m.receipt.clone(),
+                proof: proof.clone(),
+            },
+            (
+                None,
+                Fetched::Material {
+                    material, proof, ..
+                },
+            ) => Fault::Fraud {
+                receipt: material.receipt.clone(),
+                proof: proof.clone(),
+            },
+            (None, _) => return,
+        };
+        if matches!(fetched, Fetched::Material { .. }) {
+            self.audits_run += 1;
+        }
+        let hint = c.hint.as_ref().map(|(m, _)| m);
+        let chain = rt.ledger.state.chain_id;
+        let decided = model::judge(chain, k.max_tokens)
+            .decide(&id.0, id.1, id.2, &fault, posted, fetched, hint);
+        if decided.is_ok() {
+            self.cosign(rt, c.requester, id, fault);
         }
     }
 
@@ -618,6 +683,7 @@ impl Verifier {
     pub fn on_timeout(
         &mut self,
         rt: &mut Runtime,
+        k: &Knobs,
         dir: &Dir,
         id: LeafId,
         attempt: u32,
@@ -634,9 +700,12 @@ impl Verifier {
         if confirm {
             if attempt + 1 < FETCH_ATTEMPTS {
                 self.fetch(rt, dir, id, attempt + 1, true);
-            } else {
-                // "I cannot judge" is never "guilty": decline.
-                self.confirming.remove(&id);
+            } else if let Some(c) = self.confirming.remove(&id) {
+                // The provider is unreachable: only the requester's evidence is left.
+                if let Some(posted) = posted_root(rt, id) {
+                    let down = Fetched::Unreachable("no answer".into());
+                    self.recheck(rt, k, id, &posted, c, down);
+                }
             }
             return;
         }
@@ -651,4 +720,14 @@ impl Verifier {
             self.fetching.remove(&id);
         }
     }
+}
+
+/// The root the ledger holds for `id`'s provider and epoch, never one a peer names.
+fn posted_root(rt: &Runtime, id: LeafId) -> Option<PostedRoot> {
+    let r = rt.ledger.state.roots.get(&(id.0, id.1))?;
+    Some(PostedRoot {
+        root: r.root,
+        receipts: r.receipts,
+        full_audit: r.audit_ppm == agora_ledger::FULL_AUDIT_PPM,
+    })
 }

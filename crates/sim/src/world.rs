@@ -607,7 +607,7 @@ impl World {
                 }
                 match self.roles.get(to).copied() {
                     Some(Role::Provider(i)) => self.providers[i].on_msg(&mut self.rt, k, from, msg),
-                    Some(Role::Payer(i)) => self.payers[i].on_msg(&mut self.rt, k, from, msg),
+                    Some(Role::Payer(i)) => self.payers[i].on_msg(&mut self.rt, from, msg),
                     Some(Role::Verifier(i)) => {
                         self.verifiers[i].on_msg(&mut self.rt, k, &self.dir, from, msg)
                     }
@@ -665,6 +665,7 @@ impl World {
                 },
             ) => self.verifiers[i].on_timeout(
                 &mut self.rt,
+                &self.knobs,
                 &self.dir,
                 (provider, epoch, index),
                 attempt,

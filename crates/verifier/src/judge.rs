@@ -13,7 +13,7 @@ use std::sync::Arc;
 use agora_core::{merkle, AccountId, Hash32};
 use agora_ledger::Fault;
 use agora_model::{LoadedModel, SamplingParams};
-use agora_net::protocol::{Material, NextLeaf, SignedReceipt};
+use agora_net::protocol::{Material, NextLeaf, RequestId, SignedReceipt};
 use agora_verify::{audit, Answer, Fingerprint, Thresholds};
 
 /// The largest fingerprint a receipt may carry, in bytes.
@@ -56,16 +56,159 @@ pub struct PostedRoot {
     pub root: Hash32,
     /// Leaves under it.
     pub receipts: u64,
+    /// Every leaf is audited (a late root, or a provider in probation): like the ledger's
+    /// inclusion challenge, it may hold receipts of epochs before the one it is for.
+    pub full_audit: bool,
 }
 
-/// The models and thresholds one verifier judges with.
-pub struct Judge {
-    /// The chain.
-    pub chain_id: u64,
+/// The audit itself: replays an answer with the model its receipt names. The real one is
+/// [`ModelAuditor`]; the deterministic simulation (`agora-sim`) plugs in its modelled
+/// generation, so every rule around the replay is the same code in both.
+pub trait Auditor {
+    /// Whether it can replay answers of `model`.
+    fn audits(&self, model: &Hash32) -> bool;
+    /// Judges `material`, which holds together, names a model it [`audits`](Auditor::audits),
+    /// and whose fingerprint parsed as `print`.
+    fn audit(&self, material: &Material, print: &Fingerprint) -> Judgement;
+}
+
+/// The real audit: `agora_verify`'s replay on the models this verifier loaded.
+pub struct ModelAuditor {
     /// The models it can audit, by ModelId.
     pub models: HashMap<Hash32, Arc<LoadedModel>>,
     /// Where honest ends and fraud begins.
     pub thresholds: Thresholds,
+}
+
+impl Auditor for ModelAuditor {
+    fn audits(&self, model: &Hash32) -> bool {
+        self.models.contains_key(model)
+    }
+
+    fn audit(&self, material: &Material, print: &Fingerprint) -> Judgement {
+        let r = &material.receipt.receipt;
+        let Some(model) = self.models.get(&r.model) else {
+            return Judgement::CannotJudge(format!("model {} is not loaded", r.model));
+        };
+        let answer = Answer {
+            model: agora_model::ModelId(*r.model.as_bytes()),
+            prompt: &material.prompt,
+            resumed: &material.resumed,
+            output: &material.output,
+            claimed_tokens: r.output_tokens as usize,
+            sampling: SamplingParams {
+                temperature: f64::from(r.sampling.temperature),
+                top_k: 0,
+                top_p: f64::from(r.sampling.top_p),
+                seed: r.sampling.seed,
+                constraint: r.sampling.constraint.clone(),
+                logprobs: None,
+            },
+            fingerprint: print,
+            // The receipt does not say how the answer ended, so no end-of-sequence claim is
+            // checked (an empty output still implies one).
+            ended_at_eos: false,
+        };
+        match audit(model, &answer, &self.thresholds) {
+            // No verdict (another model, the auditor's own model failing): never a failure.
+            Err(e) => Judgement::CannotJudge(format!("no verdict: {e}")),
+            Ok(report) if report.passed => Judgement::Passed,
+            Ok(report) => Judgement::Failed(report.reasons.join("; ")),
+        }
+    }
+}
+
+/// What one verifier judges with: its chain and its audit.
+pub struct Judge<A = ModelAuditor> {
+    /// The chain.
+    pub chain_id: u64,
+    /// The audit.
+    pub auditor: A,
+}
+
+/// How one leaf's audit came out for the verifier it was assigned to.
+#[derive(Debug)]
+pub enum LeafOutcome {
+    /// Passed: committed as passed.
+    Passed,
+    /// Failed, with the material and path the provider handed over (a fraud).
+    Failed(String, Box<(Material, Vec<Hash32>)>),
+    /// No material that holds together came (refused, unreachable, or not what the root
+    /// holds): nothing is committed; the material is demanded on the ledger instead, where
+    /// only an unanswered demand is a fault.
+    Demand(String),
+    /// Not judged here: nothing is committed.
+    Skip(String),
+}
+
+/// The assigned verifier's first look at what the provider answered for leaf `index` of
+/// `posted`: the material and its path when they hold together under the root, or the
+/// outcome without an audit (a demand when nothing that holds together came, a failure
+/// when the leaves are out of order).
+pub fn take_material(
+    posted: &PostedRoot,
+    index: u64,
+    fetched: Fetched,
+) -> Result<(Material, Vec<Hash32>), LeafOutcome> {
+    let (material, proof, next) = match fetched {
+        Fetched::Material {
+            material,
+            proof,
+            next,
+        } => (*material, proof, next),
+        Fetched::Refused(why) => return Err(LeafOutcome::Demand(format!("refused: {why}"))),
+        // Unreachable is not a failure: a false alarm costs stake, and the provider gets its
+        // chance to answer on the ledger.
+        Fetched::Unreachable(why) => return Err(LeafOutcome::Demand(why)),
+    };
+    if let Err(why) = holds_together(&posted.root, index, &material, &proof) {
+        // Not what the provider committed to: no evidence a second verifier could check.
+        return Err(LeafOutcome::Demand(format!(
+            "the material does not hold together: {why}"
+        )));
+    }
+    if let Err(why) = check_order(posted, index, &material.receipt, next.as_deref()) {
+        return Err(LeafOutcome::Failed(why, Box::new((material, proof))));
+    }
+    Ok((material, proof))
+}
+
+/// The assigned verifier's outcome once the audit judged `material`: "cannot judge" is not
+/// committed at all.
+pub fn leaf_outcome(judged: Judgement, material: Material, proof: Vec<Hash32>) -> LeafOutcome {
+    match judged {
+        Judgement::Passed => LeafOutcome::Passed,
+        Judgement::Failed(why) => LeafOutcome::Failed(why, Box::new((material, proof))),
+        Judgement::CannotJudge(why) => LeafOutcome::Skip(why),
+    }
+}
+
+/// The receipts a verifier has audited, by (provider, request id), and the leaf each was
+/// under: one met again under another leaf is not counted as another clean audit.
+#[derive(Debug, Default)]
+pub struct Seen(HashMap<(AccountId, RequestId), (u64, u64)>);
+
+impl Seen {
+    /// `Some(skip)` when `material`'s receipt was already audited under another leaf;
+    /// otherwise records it under leaf `index` of `provider`'s root of `epoch`.
+    pub fn elsewhere(
+        &mut self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        material: &Material,
+    ) -> Option<LeafOutcome> {
+        let id = material.receipt.receipt.request_id;
+        match self.0.get(&(provider, id)) {
+            Some(&(e, i)) if (e, i) != (epoch, index) => Some(LeafOutcome::Skip(format!(
+                "a receipt already audited under leaf {i} of epoch {e}"
+            ))),
+            _ => {
+                self.0.insert((provider, id), (epoch, index));
+                None
+            }
+        }
+    }
 }
 
 /// Whether material is what the provider committed to under `root` at leaf `index`: the
@@ -116,9 +259,22 @@ pub fn check_order(
     }
 }
 
-impl Judge {
-    /// Judges material that holds together under `provider`'s root of `epoch`.
+impl<A: Auditor> Judge<A> {
+    /// Judges material that holds together under `provider`'s root of `epoch`, a root
+    /// sampled at the floor.
     pub fn judge(&self, provider: &AccountId, epoch: u64, material: &Material) -> Judgement {
+        self.judge_under(provider, epoch, false, material)
+    }
+
+    /// Judges material that holds together under `provider`'s root of `epoch`, a root whose
+    /// every leaf is audited when `full_audit`.
+    pub fn judge_under(
+        &self,
+        provider: &AccountId,
+        epoch: u64,
+        full_audit: bool,
+        material: &Material,
+    ) -> Judgement {
         let r = &material.receipt.receipt;
         if r.provider != *provider {
             return Judgement::Failed(format!(
@@ -129,9 +285,13 @@ impl Judge {
         if r.chain_id != self.chain_id {
             return Judgement::Failed(format!("the receipt is for chain {}", r.chain_id));
         }
-        // A receipt of epoch r belongs under the root of r or r + 1 (what an inclusion
-        // challenge accepts): one named for another epoch could sit under two roots.
-        if r.epoch != epoch && r.epoch.checked_add(1) != Some(epoch) {
+        // A receipt of epoch r belongs under the root of r or r + 1, or of a later epoch
+        // whose every leaf is audited (what an inclusion challenge accepts: a provider back
+        // from an outage posts its overdue receipts so): one named for another epoch could
+        // sit under two roots.
+        let own = r.epoch == epoch || r.epoch.checked_add(1) == Some(epoch);
+        let overdue = full_audit && r.epoch < epoch;
+        if !(own || overdue) {
             return Judgement::Failed(format!(
                 "the receipt names epoch {} but is under the root of epoch {epoch}",
                 r.epoch
@@ -143,41 +303,17 @@ impl Judge {
         if let Err(e) = material.matches_receipt() {
             return Judgement::Failed(e.into());
         }
-        let Some(model) = self.models.get(&r.model) else {
+        if !self.auditor.audits(&r.model) {
             return Judgement::CannotJudge(format!(
                 "model {} is not one this verifier audits",
                 r.model
             ));
-        };
+        }
         let Some(print) = Fingerprint::from_bytes(&material.fingerprint, MAX_FINGERPRINT_BYTES)
         else {
             return Judgement::Failed("the fingerprint does not parse".into());
         };
-        let answer = Answer {
-            model: agora_model::ModelId(*r.model.as_bytes()),
-            prompt: &material.prompt,
-            resumed: &material.resumed,
-            output: &material.output,
-            claimed_tokens: r.output_tokens as usize,
-            sampling: SamplingParams {
-                temperature: f64::from(r.sampling.temperature),
-                top_k: 0,
-                top_p: f64::from(r.sampling.top_p),
-                seed: r.sampling.seed,
-                constraint: r.sampling.constraint.clone(),
-                logprobs: None,
-            },
-            fingerprint: &print,
-            // The receipt does not say how the answer ended, so no end-of-sequence claim is
-            // checked (an empty output still implies one).
-            ended_at_eos: false,
-        };
-        match audit(model, &answer, &self.thresholds) {
-            // No verdict (another model, the auditor's own model failing): never a failure.
-            Err(e) => Judgement::CannotJudge(format!("no verdict: {e}")),
-            Ok(report) if report.passed => Judgement::Passed,
-            Ok(report) => Judgement::Failed(report.reasons.join("; ")),
-        }
+        self.auditor.audit(material, &print)
     }
 
     /// The second verifier's decision on a verdict about leaf `index` of `posted` (read from
@@ -244,7 +380,7 @@ impl Judge {
                 return Ok(why);
             }
         }
-        match self.judge(provider, epoch, &material) {
+        match self.judge_under(provider, epoch, posted.full_audit, &material) {
             Judgement::Failed(why) => Ok(why),
             Judgement::Passed => Err("the answer passes my audit".into()),
             Judgement::CannotJudge(why) => Err(format!("cannot judge: {why}")),

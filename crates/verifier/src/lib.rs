@@ -28,7 +28,7 @@ use agora_market::SignedOffer;
 use agora_model::LoadOptions;
 use agora_net::protocol::{
     now_ms, read_frame, write_frame, AuditGossip, AuditOutcome, AuditRequest, AuditResponse,
-    ConfirmRequest, ConfirmResponse, Material, RequestId, Signed, VerifierHello, AUDIT_PROTOCOL,
+    ConfirmRequest, ConfirmResponse, Material, Signed, VerifierHello, AUDIT_PROTOCOL,
     CONFIRM_PROTOCOL,
 };
 use agora_net::{audits_topic, offers_topic, GossipMessage, Multiaddr, NetConfig, Node, PeerId};
@@ -37,7 +37,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
-pub use judge::{Fetched, Judge, Judgement, PostedRoot};
+pub use judge::{Auditor, Fetched, Judge, Judgement, LeafOutcome, ModelAuditor, PostedRoot};
 
 const SALT_DOMAIN: &[u8] = b"agora/verifier/salt/v1";
 /// One exchange with a provider (open, ask, read the material).
@@ -183,7 +183,7 @@ struct Shared {
     registry: Mutex<HashMap<AccountId, (bool, Instant)>>,
     record: Mutex<Record>,
     /// Receipts this verifier audited, by (provider, request id): the leaf it was under.
-    seen: Mutex<HashMap<(AccountId, RequestId), (u64, u64)>>,
+    seen: Mutex<judge::Seen>,
     committed: Mutex<Vec<Committed>>,
     /// Failures and demands waiting for their verdict window.
     pending: Mutex<Vec<Pending>>,
@@ -389,19 +389,6 @@ impl Verifier {
     }
 }
 
-/// How one leaf's audit came out for the verifier it was assigned to.
-enum LeafOutcome {
-    Passed,
-    /// Failed, with the material and path the provider handed over (a fraud).
-    Failed(String, Box<(Material, Vec<Hash32>)>),
-    /// No material that holds together came (refused, unreachable, or not what the root
-    /// holds): nothing is committed; the material is demanded on the ledger instead, where
-    /// only an unanswered demand is a fault.
-    Demand(String),
-    /// Not judged here: nothing is committed.
-    Skip(String),
-}
-
 /// The metrics label of an audit's outcome.
 fn outcome_label(o: &LeafOutcome) -> &'static str {
     match o {
@@ -426,8 +413,10 @@ impl Shared {
     ) -> Shared {
         let judge = Judge {
             chain_id: cfg.chain_id,
-            models,
-            thresholds: cfg.thresholds,
+            auditor: ModelAuditor {
+                models,
+                thresholds: cfg.thresholds,
+            },
         };
         Shared {
             cfg,
@@ -549,6 +538,8 @@ impl Shared {
                     PostedRoot {
                         root: *root,
                         receipts: *receipts,
+                        // Not in the event: a re-check reads it from the root's plan.
+                        full_audit: false,
                     },
                 );
             }
@@ -707,6 +698,7 @@ impl Shared {
         let posted = PostedRoot {
             root: plan.root,
             receipts: plan.receipts,
+            full_audit: plan.audit_ppm == agora_ledger::FULL_AUDIT_PPM,
         };
         for index in mine {
             self.clone()
@@ -940,38 +932,22 @@ impl Shared {
         if self.cfg.lazy {
             return LeafOutcome::Passed;
         }
-        let (material, proof, next) =
-            match self.fetch_with_retries(provider, epoch, index, None).await {
-                Fetched::Material {
-                    material,
-                    proof,
-                    next,
-                } => (*material, proof, next),
-                Fetched::Refused(why) => return LeafOutcome::Demand(format!("refused: {why}")),
-                // Unreachable is not a failure: a false alarm costs stake, and the provider
-                // gets its chance to answer on the ledger.
-                Fetched::Unreachable(why) => return LeafOutcome::Demand(why),
-            };
-        if let Err(why) = judge::holds_together(&posted.root, index, &material, &proof) {
-            // Not what the provider committed to: no evidence a second verifier could check.
-            return LeafOutcome::Demand(format!("the material does not hold together: {why}"));
-        }
-        if let Err(why) = judge::check_order(&posted, index, &material.receipt, next.as_deref()) {
-            return LeafOutcome::Failed(why, Box::new((material, proof)));
-        }
+        let fetched = self.fetch_with_retries(provider, epoch, index, None).await;
+        let (material, proof) = match judge::take_material(&posted, index, fetched) {
+            Ok(taken) => taken,
+            Err(outcome) => return outcome,
+        };
         if let Some(skip) = self.seen_elsewhere(provider, epoch, index, &material) {
             return skip;
         }
         // The audit is CPU work; run it off the async threads.
         let (me, m) = (self.clone(), material.clone());
-        let judged = tokio::task::spawn_blocking(move || me.judge.judge(&provider, epoch, &m))
-            .await
-            .unwrap_or_else(|e| Judgement::CannotJudge(e.to_string()));
-        match judged {
-            Judgement::Passed => LeafOutcome::Passed,
-            Judgement::Failed(why) => LeafOutcome::Failed(why, Box::new((material, proof))),
-            Judgement::CannotJudge(why) => LeafOutcome::Skip(why),
-        }
+        let full = posted.full_audit;
+        let judged =
+            tokio::task::spawn_blocking(move || me.judge.judge_under(&provider, epoch, full, &m))
+                .await
+                .unwrap_or_else(|e| Judgement::CannotJudge(e.to_string()));
+        judge::leaf_outcome(judged, material, proof)
     }
 
     /// A receipt this verifier already audited under another leaf is not counted again.
@@ -982,17 +958,7 @@ impl Shared {
         index: u64,
         material: &Material,
     ) -> Option<LeafOutcome> {
-        let id = material.receipt.receipt.request_id;
-        let mut seen = lock(&self.seen);
-        match seen.get(&(provider, id)) {
-            Some(&(e, i)) if (e, i) != (epoch, index) => Some(LeafOutcome::Skip(format!(
-                "a receipt already audited under leaf {i} of epoch {e}"
-            ))),
-            _ => {
-                seen.insert((provider, id), (epoch, index));
-                None
-            }
-        }
+        lock(&self.seen).elsewhere(provider, epoch, index, material)
     }
 
     async fn fetch_with_retries(
@@ -1228,13 +1194,27 @@ impl Shared {
         else {
             return Err("the ledger shows no failed reveal of this leaf by the requester".into());
         };
-        let Some(posted) = lock(&self.record)
+        let Some(mut posted) = lock(&self.record)
             .roots
             .get(&(v.provider, v.epoch))
             .copied()
         else {
             return Err("the ledger shows no such root".into());
         };
+        // Whether every leaf of the root is audited decides which receipt epochs it may hold.
+        let ledger = self.ledger.clone();
+        let (provider, epoch) = (v.provider, v.epoch);
+        let plan = blocking(move || {
+            ledger
+                .audit_plan(&provider, epoch)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        // Unknown (the ledger not answering): the floor root's stricter rule, as before.
+        if let Ok(Some(plan)) = plan {
+            posted.full_audit =
+                plan.root == posted.root && plan.audit_ppm == agora_ledger::FULL_AUDIT_PPM;
+        }
         // Audits are expensive: a few at a time, the rest declined as busy.
         let Ok(_slot) = self.confirm_slots.clone().try_acquire_owned() else {
             return Err("busy: try again later".into());

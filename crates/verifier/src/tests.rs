@@ -93,6 +93,7 @@ impl Root {
             posted: PostedRoot {
                 root: agora_core::merkle::root(&hashes),
                 receipts: 3,
+                full_audit: false,
             },
             leaves,
             middle,
@@ -494,8 +495,10 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
     let f = fixture();
     let judge = Judge {
         chain_id: CHAIN,
-        models: HashMap::from([(f.model_id, f.model.clone())]),
-        thresholds: Thresholds::default(),
+        auditor: ModelAuditor {
+            models: HashMap::from([(f.model_id, f.model.clone())]),
+            thresholds: Thresholds::default(),
+        },
     };
     assert_eq!(
         judge.judge(&f.provider.account(), EPOCH, &f.honest),
@@ -528,12 +531,24 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
             j => panic!("a receipt of epoch {EPOCH} under the root of {e}: {j:?}"),
         }
     }
+    // A provider back from an outage posts its overdue receipts under a late root, every
+    // leaf audited (the ledger's inclusion challenge accepts them there): an honest one
+    // passes. Never under a root of an earlier epoch than its own.
+    assert_eq!(
+        judge.judge_under(&f.provider.account(), EPOCH + 40, true, &f.honest),
+        Judgement::Passed
+    );
+    assert!(matches!(
+        judge.judge_under(&f.provider.account(), EPOCH - 1, true, &f.honest),
+        Judgement::Failed(_)
+    ));
     // Two copies of one receipt side by side under a root.
     let leaves = [f.honest.receipt.clone(), f.honest.receipt.clone()];
     let hashes: Vec<Hash32> = leaves.iter().map(SignedReceipt::hash).collect();
     let posted = PostedRoot {
         root: agora_core::merkle::root(&hashes),
         receipts: 2,
+        full_audit: false,
     };
     let next = NextLeaf {
         receipt: leaves[1].clone(),
@@ -565,6 +580,7 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
     let single = PostedRoot {
         root: agora_core::merkle::root(&[f.honest.receipt.hash()]),
         receipts: 1,
+        full_audit: false,
     };
     *lock(&source.0) = Fetched::Material {
         material: Box::new(f.honest.clone()),

@@ -2,8 +2,9 @@
 //! fail (a check that cannot fail proves nothing).
 
 use agora_core::{Amount, Keypair};
-use agora_sim::model::{self, Audit};
+use agora_sim::model;
 use agora_sim::net::{LinkSpec, Network};
+use agora_verifier::judge::Judgement;
 use agora_wire::price::cost_micros;
 use agora_wire::protocol::{fingerprint_hash, tokens_hash, Material, Receipt, Sampling};
 
@@ -57,35 +58,45 @@ fn material(model_used: agora_core::Hash32, prompt_tokens: u32, n_shift: u32) ->
 }
 
 #[test]
-fn modelled_audit_passes_honest_and_fails_cheats() {
-    assert_eq!(
-        model::audit(&material(model::real_model(), 20, 0), 64),
-        Audit::Pass
-    );
-    assert_eq!(
-        model::audit(&material(model::cheap_model(), 20, 0), 64),
-        Audit::Fail
-    );
-    assert_eq!(
-        model::audit(&material(model::real_model(), 20, 1), 64),
-        Audit::Fail
-    );
-    // Charging more prompt tokens than the committed prompt has is a fraud.
-    assert_eq!(
-        model::audit(&material(model::real_model(), 80, 0), 64),
-        Audit::Fail
-    );
-    // Material that is not what the receipt commits to cannot be judged.
+fn production_judge_with_modelled_replay_passes_honest_and_fails_cheats() {
+    let passed = |m: &Material| model::audit(m, 64) == Judgement::Passed;
+    let failed = |m: &Material| matches!(model::audit(m, 64), Judgement::Failed(_));
+    assert!(passed(&material(model::real_model(), 20, 0)));
+    assert!(failed(&material(model::cheap_model(), 20, 0)));
+    assert!(failed(&material(model::real_model(), 20, 1)));
+    // Charging more prompt tokens than the committed prompt has is a fault.
+    assert!(failed(&material(model::real_model(), 80, 0)));
+    // Material that is not what the receipt commits to, or a receipt whose signature does
+    // not verify, is not a pass.
     let mut tampered = material(model::real_model(), 20, 0);
     tampered.output.push(1);
-    assert_eq!(model::audit(&tampered, 64), Audit::CannotJudge);
+    assert!(failed(&tampered));
     let mut forged = material(model::real_model(), 20, 0);
     forged.receipt.receipt.output_tokens += 1;
-    assert_eq!(
-        model::audit(&forged, 64),
-        Audit::CannotJudge,
-        "bad signature"
-    );
+    assert!(failed(&forged), "bad signature");
+    // A fingerprint that does not parse is a fault, whatever the tokens.
+    let mut garbled = material(model::real_model(), 20, 0);
+    garbled.fingerprint = vec![0xff; 5];
+    let key = Keypair::from_seed([9; 32]);
+    let mut r = garbled.receipt.receipt.clone();
+    r.fingerprint_hash = fingerprint_hash(&garbled.fingerprint);
+    garbled.receipt = r.sign(&key);
+    match model::audit(&garbled, 64) {
+        Judgement::Failed(why) => assert!(why.contains("fingerprint"), "{why}"),
+        j => panic!("an unparseable fingerprint: {j:?}"),
+    }
+    // Another chain's receipt, or another provider's, never passes.
+    let other_chain = model::judge(2, 64);
+    let honest = material(model::real_model(), 20, 0);
+    assert!(matches!(
+        other_chain.judge(&honest.receipt.receipt.provider, 0, &honest),
+        Judgement::Failed(_)
+    ));
+    let thief = Keypair::from_seed([8; 32]).account();
+    assert!(matches!(
+        model::judge(1, 64).judge(&thief, 0, &honest),
+        Judgement::Failed(_)
+    ));
 }
 
 #[test]
