@@ -44,7 +44,10 @@ const MAX_ADDRS: usize = 4;
 /// Finds the payer key of an account after a restart (the gateway's key store): a receipt
 /// recovered from the store is challenged with it.
 #[derive(Clone)]
-pub struct PayerSeeds(pub Arc<dyn Fn(&AccountId) -> Option<[u8; 32]> + Send + Sync>);
+pub struct PayerSeeds(pub Arc<SeedOf>);
+
+/// An account's seed, if known.
+pub type SeedOf = dyn Fn(&AccountId) -> Option<[u8; 32]> + Send + Sync;
 
 impl std::fmt::Debug for PayerSeeds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -240,10 +243,8 @@ impl Inclusion {
                 epoch,
                 root,
                 receipts,
-            } => {
-                if s.roots.len() < MAX_ROOTS {
-                    s.roots.insert((*provider, *epoch), (*root, *receipts));
-                }
+            } if s.roots.len() < MAX_ROOTS => {
+                s.roots.insert((*provider, *epoch), (*root, *receipts));
             }
             Event::EpochAdvanced { epoch, .. } => {
                 s.epoch = s.epoch.max(*epoch);
