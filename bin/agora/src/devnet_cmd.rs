@@ -75,6 +75,10 @@ pub struct DevnetArgs {
     /// it). Needs a build with `--features adversary`.
     #[arg(long)]
     lazy_verifier: bool,
+    /// Make the last verifier a framer: it reveals every leaf it audits as failed (to watch
+    /// the confirmer decline and the framer pay). Needs a build with `--features adversary`.
+    #[arg(long, conflicts_with = "lazy_verifier")]
+    framing_verifier: bool,
     /// Share of every payment that funds audits, in basis points.
     #[arg(long, default_value_t = 200)]
     audit_fee_bps: u16,
@@ -90,6 +94,10 @@ pub enum CheaterKind {
     Quantized,
     /// Honest answers, but the audit material is withheld.
     Refuse,
+    /// Honest answers, but every second receipt is left out of the posted roots.
+    Omit,
+    /// Honest answers, but a thousand times the prompt's tokens claimed and charged.
+    Overcharge,
 }
 
 impl CheaterKind {
@@ -97,6 +105,8 @@ impl CheaterKind {
         match self {
             CheaterKind::Quantized => "quantized",
             CheaterKind::Refuse => "refuse",
+            CheaterKind::Omit => "omit",
+            CheaterKind::Overcharge => "overcharge",
         }
     }
 }
@@ -243,11 +253,12 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     if args.providers == 0 {
         bail!("--providers must be at least 1");
     }
-    if (args.cheater.is_some() || args.lazy_verifier) && !cfg!(feature = "adversary") {
-        bail!("this agora was built without the test-only adversaries; rebuild with `--features adversary` to use --cheater or --lazy-verifier");
+    let odd_verifier = args.lazy_verifier || args.framing_verifier;
+    if (args.cheater.is_some() || odd_verifier) && !cfg!(feature = "adversary") {
+        bail!("this agora was built without the test-only adversaries; rebuild with `--features adversary` to use --cheater, --lazy-verifier or --framing-verifier");
     }
-    if args.lazy_verifier && args.verifiers == 0 {
-        bail!("--lazy-verifier needs at least one verifier");
+    if odd_verifier && args.verifiers == 0 {
+        bail!("--lazy-verifier and --framing-verifier need at least one verifier");
     }
     let mut models = args.models.clone();
     if models.is_empty() {
@@ -514,13 +525,13 @@ fn start_and_wait(
 
     let mut verifier_accounts = Vec::new();
     for (i, (key, key_path)) in verifiers.iter().enumerate() {
-        let lazy = args.lazy_verifier && i + 1 == verifiers.len();
-        let name = if lazy {
-            "lazy-verifier".to_string()
-        } else {
-            format!("verifier-{}", i + 1)
+        let last = i + 1 == verifiers.len();
+        let (name, extra): (String, Vec<String>) = match (args.lazy_verifier, args.framing_verifier)
+        {
+            (true, _) if last => ("lazy-verifier".into(), vec!["--lazy".into()]),
+            (_, true) if last => ("framing-verifier".into(), vec!["--frame".into()]),
+            _ => (format!("verifier-{}", i + 1), vec![]),
         };
-        let extra: Vec<String> = if lazy { vec!["--lazy".into()] } else { vec![] };
         let node = Node::spawn(
             &name,
             &[

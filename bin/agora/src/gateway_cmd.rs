@@ -194,6 +194,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.min_deposit = args.min_deposit;
     cfg.min_stake = args.min_stake;
     cfg.channel_store = Some(args.channels.clone());
+    let seeds = keys.clone();
+    cfg.payer_seeds = Some(agora_broker::PayerSeeds(Arc::new(move |a| {
+        seeds.seed_of(a)
+    })));
     cfg.stall_timeout = Duration::from_millis(args.stall_ms.max(1));
     for path in &args.models {
         let m = agora_model::PromptModel::load(path)

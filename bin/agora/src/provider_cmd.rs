@@ -81,6 +81,10 @@ pub enum Cheat {
     Quantized,
     /// Serve honestly but refuse to hand over audit material.
     Refuse,
+    /// Serve honestly but leave every second receipt out of the posted roots.
+    Omit,
+    /// Serve honestly but claim and charge a thousand times the prompt's tokens.
+    Overcharge,
 }
 
 /// Runs a provider until interrupted.
@@ -131,6 +135,10 @@ pub fn run(args: ProviderArgs) -> anyhow::Result<()> {
         plant_one_in: args.plant_one_in,
         #[cfg(feature = "adversary")]
         refuse_audits: matches!(args.cheat, Some(Cheat::Refuse)),
+        #[cfg(feature = "adversary")]
+        omit_receipts: matches!(args.cheat, Some(Cheat::Omit)),
+        #[cfg(feature = "adversary")]
+        overcharge: matches!(args.cheat, Some(Cheat::Overcharge)),
     };
     tracing::info!(model = %model.id, %name, "model loaded");
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -28,6 +28,10 @@ pub struct VerifierArgs {
     #[cfg(feature = "adversary")]
     #[arg(long)]
     lazy: bool,
+    /// Test builds only (feature `adversary`): reveal every audited leaf as failed.
+    #[cfg(feature = "adversary")]
+    #[arg(long)]
+    frame: bool,
     #[command(flatten)]
     net: NetArgs,
     /// Serve Prometheus metrics on http://ADDR/metrics (port 0 picks one).
@@ -51,6 +55,8 @@ pub fn run(args: VerifierArgs) -> anyhow::Result<()> {
         thresholds: Thresholds::default(),
         #[cfg(feature = "adversary")]
         lazy: args.lazy,
+        #[cfg(feature = "adversary")]
+        framer: args.frame,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -87,7 +87,8 @@ fn key_of(payer: &AccountId, provider: &AccountId) -> Vec<u8> {
 
 /// The durable channel books (redb, crash-safe: each write is one committed transaction).
 pub struct ChannelStore {
-    db: Database,
+    /// Also holds the receipts awaiting proof of inclusion ([`crate::inclusion`]).
+    pub(crate) db: Database,
 }
 
 impl ChannelStore {
@@ -314,6 +315,23 @@ impl Channels {
             _ => store.remove(&key_of(&key.0, &key.1))?,
         }
         Ok(())
+    }
+
+    /// The durable store, if any.
+    pub(crate) fn store(&self) -> Option<Arc<ChannelStore>> {
+        self.store.clone()
+    }
+
+    /// Submits a transaction from `payer` in its turn (its nonces in order with the
+    /// channel transactions); returns the nonce it used.
+    pub(crate) async fn submit_in_turn(
+        &self,
+        payer: &Keypair,
+        body: TxBody,
+    ) -> Result<u64, ChannelError> {
+        let lock = self.payer_lock(payer.account()).await;
+        let _guard = lock.lock().await;
+        self.submit(payer, body).await
     }
 
     async fn payer_lock(&self, payer: AccountId) -> Arc<Mutex<()>> {

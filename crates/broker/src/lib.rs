@@ -2,9 +2,12 @@
 //! has heard on gossip, streams the answer from the winner over libp2p, fails over to the
 //! next provider if the stream dies or stalls (resuming from the tokens already delivered),
 //! checks each provider's signed receipt, and pays it with a cumulative voucher on a ledger
-//! channel. It implements the gateway's [`Backend`].
+//! channel. It then follows each paid receipt until it is proven under its provider's posted
+//! root, or challenges its inclusion on the ledger ([`inclusion`]). It implements the
+//! gateway's [`Backend`].
 
 pub mod channels;
+pub mod inclusion;
 pub mod routing;
 pub mod rules;
 pub mod stakes;
@@ -32,6 +35,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 pub use channels::{ChannelError, Channels};
+pub use inclusion::{Inclusion, PayerSeeds};
 pub use rules::{check_receipt, most_micros, PromptCount};
 pub use stakes::Stakes;
 
@@ -71,6 +75,12 @@ pub struct BrokerConfig {
     /// A channel no answer used for this long is closed (once the ledger allows and its
     /// provider has claimed what it was vouched) and its escrow returned.
     pub idle_channel: Duration,
+    /// The ledger's `escalation_epochs`: a receipt naming epoch `r` may be challenged for
+    /// leaving the provider's roots until epoch `r + 1 + escalation_epochs`.
+    pub escalation_epochs: u64,
+    /// Finds a payer's key by account after a restart, to challenge the receipts it paid
+    /// before (`None`: only payers seen since the start can challenge).
+    pub payer_seeds: Option<PayerSeeds>,
 }
 
 impl BrokerConfig {
@@ -91,9 +101,14 @@ impl BrokerConfig {
             min_stake: Amount::new(100),
             channel_store: None,
             idle_channel: Duration::from_secs(600),
+            escalation_epochs: agora_ledger::Params::default().escalation_epochs,
+            payer_seeds: None,
         }
     }
 }
+
+/// How often paid receipts are checked against their providers' roots.
+const INCLUSION_SWEEP: Duration = Duration::from_secs(2);
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +129,8 @@ pub struct Broker {
     node: Node,
     book: Arc<Mutex<OfferBook>>,
     channels: Channels,
+    /// Paid receipts followed until they are proven under their roots or challenged.
+    inclusion: Arc<Inclusion>,
     stakes: Stakes,
     /// The ledger's current epoch, as `follow_ledger` last saw it.
     epoch: Arc<AtomicU64>,
@@ -153,21 +170,38 @@ impl Broker {
             Ok(Ok(s)) => s.epoch,
             _ => 0,
         }));
-        tokio::spawn(follow_ledger(
-            ledger.clone(),
-            book.clone(),
-            banned.clone(),
-            epoch.clone(),
-        ));
         let channels = match &cfg.channel_store {
             Some(path) => {
                 let store = channels::ChannelStore::open(path)
                     .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
-                Channels::durable(cfg.chain_id, ledger, cfg.min_deposit, store)
+                Channels::durable(cfg.chain_id, ledger.clone(), cfg.min_deposit, store)
                     .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?
             }
-            None => Channels::new(cfg.chain_id, ledger, cfg.min_deposit),
+            None => Channels::new(cfg.chain_id, ledger.clone(), cfg.min_deposit),
         };
+        let inclusion = Arc::new(
+            Inclusion::new(
+                channels.store(),
+                cfg.escalation_epochs,
+                cfg.payer_seeds.clone(),
+            )
+            .map_err(|e| BrokerError::Config(format!("inclusion store: {e}")))?,
+        );
+        tokio::spawn(follow_ledger(
+            ledger,
+            book.clone(),
+            banned.clone(),
+            epoch.clone(),
+            inclusion.clone(),
+        ));
+        let (checker, node_for_checks, channels_for_checks) =
+            (inclusion.clone(), node.clone(), channels.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(INCLUSION_SWEEP).await;
+                checker.sweep(&node_for_checks, &channels_for_checks).await;
+            }
+        });
         let sweeper = channels.clone();
         let idle = cfg.idle_channel;
         tokio::spawn(async move {
@@ -187,6 +221,7 @@ impl Broker {
             node,
             book,
             channels,
+            inclusion,
             stakes,
             epoch,
             throughput: Mutex::default(),
@@ -201,6 +236,11 @@ impl Broker {
     /// The payer's channels.
     pub fn channels(&self) -> &Channels {
         &self.channels
+    }
+
+    /// The paid receipts awaiting proof of inclusion.
+    pub fn inclusion(&self) -> &Inclusion {
+        &self.inclusion
     }
 
     /// Runs `f` on the offer book.
@@ -420,6 +460,8 @@ impl Broker {
                     paid_micros,
                 } => {
                     self.with_book(|b| b.record_success(&provider));
+                    // Paid: it must now show up under the provider's root.
+                    self.inclusion.track(&payer, &receipt, &cand.offer);
                     receipts.push(ReceiptRef {
                         provider: provider.to_string(),
                         receipt: receipt.hash().to_string(),
@@ -1096,6 +1138,7 @@ async fn follow_ledger(
     book: Arc<Mutex<OfferBook>>,
     banned: Arc<Mutex<std::collections::HashSet<AccountId>>>,
     epoch: Arc<AtomicU64>,
+    inclusion: Arc<Inclusion>,
 ) {
     let mut from = 0u64;
     let mut audits: std::collections::HashMap<AccountId, (u64, u64)> = Default::default();
@@ -1113,6 +1156,7 @@ async fn follow_ledger(
             from = from.max(block.height + 1);
             for tx in &block.txs {
                 for ev in &tx.events {
+                    inclusion.observe(ev);
                     if let agora_ledger::Event::EpochAdvanced { epoch: e, .. } = ev {
                         epoch.fetch_max(*e, Ordering::Relaxed);
                     }

@@ -622,6 +622,16 @@ impl KeyStore {
         })
     }
 
+    /// The seed of the account `account` pays from, if a key of this store (revoked or not)
+    /// pays from it: the broker signs the inclusion challenges of receipts it paid before a
+    /// restart with it.
+    pub fn seed_of(&self, account: &AccountId) -> Option<[u8; 32]> {
+        let keys = self.keys.read().ok()?;
+        keys.values()
+            .find(|k| k.account == *account)
+            .map(|k| k.seed)
+    }
+
     /// Who pays for requests made with `record`'s key: its id, account and account seed.
     /// The seed comes from the store (records from [`KeyStore::list`] carry none). A record
     /// whose seed is unknown, or does not make its account, is an error: never a default

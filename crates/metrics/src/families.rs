@@ -115,9 +115,17 @@ pub struct GatewayMetrics {
     pub auction: Histogram,
     /// `agora_gateway_live_offers`: offers in the book at the last scrape or auction.
     pub live_offers: Gauge,
+    /// `agora_gateway_inclusion{outcome}`: paid receipts the broker followed to their roots,
+    /// by how that ended: `proven` (the provider showed the leaf), `challenged`
+    /// (`ChallengeInclusion` submitted), `expired` (the challenge window passed first),
+    /// `untracked` (refused at the cap).
+    pub inclusion: CounterFamily,
+    /// `agora_gateway_inclusion_pending`: paid receipts awaiting their roots.
+    pub inclusion_pending: Gauge,
 }
 
-static GATEWAY: LazyLock<GatewayMetrics> = LazyLock::new(|| GatewayMetrics {
+static GATEWAY: LazyLock<GatewayMetrics> = LazyLock::new(|| {
+    GatewayMetrics {
     jobs: counters(
         "agora_gateway_jobs",
         "Generation jobs, by outcome (completed, failed, or the error that refused them).",
@@ -155,6 +163,15 @@ static GATEWAY: LazyLock<GatewayMetrics> = LazyLock::new(|| GatewayMetrics {
         "agora_gateway_live_offers",
         "Live offers in the gateway's book.",
     ),
+    inclusion: counters(
+        "agora_gateway_inclusion",
+        "Paid receipts followed to their providers' roots, by outcome (proven, challenged, expired, untracked).",
+    ),
+    inclusion_pending: gauge(
+        "agora_gateway_inclusion_pending",
+        "Paid receipts awaiting proof that they sit under their providers' roots.",
+    ),
+}
 });
 
 /// The gateway families.

@@ -25,6 +25,11 @@ pub fn audits_topic(chain_id: u64) -> String {
     format!("agora/audits/v1/{chain_id}")
 }
 
+/// The stream protocol of an inclusion query (payer to provider).
+pub fn inclusion_protocol() -> StreamProtocol {
+    StreamProtocol::new(protocol::INCLUSION_PROTOCOL)
+}
+
 /// The stream protocol of an inference.
 pub fn inference_protocol() -> StreamProtocol {
     StreamProtocol::new(protocol::INFERENCE_PROTOCOL)

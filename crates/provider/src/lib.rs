@@ -5,6 +5,7 @@
 pub mod audits;
 pub mod canary;
 pub mod duties;
+pub mod inclusion;
 pub mod payments;
 pub mod receipts;
 pub mod serve;
@@ -21,7 +22,7 @@ use agora_ledger::{Tx, TxBody};
 use agora_market::{Features, Offer, MAX_OFFER_TTL_MS};
 use agora_model::LoadedModel;
 use agora_net::protocol::now_ms;
-use agora_net::{inference_protocol, offers_topic, NetConfig, Node};
+use agora_net::{offers_topic, NetConfig, Node};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
@@ -29,6 +30,8 @@ use tokio::sync::Semaphore;
 const INFERENCE_STREAMS_PER_SLOT: usize = 4;
 /// Audit streams open at once.
 const AUDIT_STREAMS: usize = 16;
+/// Inclusion queries answered at once.
+const INCLUSION_STREAMS: usize = 8;
 /// The longest the provider's view of the ledger epoch may go unrefreshed.
 const EPOCH_POLL: Duration = Duration::from_secs(1);
 
@@ -76,6 +79,12 @@ pub struct ProviderConfig {
     /// to show a withheld leaf is slashed.
     #[cfg(feature = "adversary")]
     pub refuse_audits: bool,
+    /// Test builds only: leave every second receipt out of the posted roots.
+    #[cfg(feature = "adversary")]
+    pub omit_receipts: bool,
+    /// Test builds only: claim a thousand times the prompt's token count.
+    #[cfg(feature = "adversary")]
+    pub overcharge: bool,
 }
 
 /// Why the provider stopped.
@@ -157,6 +166,12 @@ impl Provider {
                 .map(|n| canary::Canary::new(cfg.account_seed, n)),
             #[cfg(feature = "adversary")]
             refuse_audits: cfg.refuse_audits,
+            #[cfg(feature = "adversary")]
+            omit_receipts: cfg
+                .omit_receipts
+                .then(|| std::sync::atomic::AtomicU64::new(0)),
+            #[cfg(feature = "adversary")]
+            overcharge: cfg.overcharge,
         });
         tracing::info!(
             account = %key.account(),
@@ -209,60 +224,28 @@ impl Provider {
         cfg: ProviderConfig,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ProviderError> {
-        let mut incoming = self
-            .node
-            .control()
-            .accept(inference_protocol())
-            .map_err(|e| ProviderError::Config(e.to_string()))?;
-        let service = self.service.clone();
-        // Streams beyond these bounds are dropped unread: an unauthenticated peer cannot make
-        // the provider hold unbounded tasks.
-        let inference_streams = Arc::new(Semaphore::new(
+        // Streams beyond these bounds are dropped unread (see `accept_bounded`).
+        let accept = self.accept_bounded(
+            agora_net::protocol::INFERENCE_PROTOCOL,
             INFERENCE_STREAMS_PER_SLOT * cfg.capacity.max(1) as usize,
-        ));
-        let accept = tokio::spawn(async move {
-            while let Some((peer, stream)) = incoming.next().await {
-                let Ok(permit) = inference_streams.clone().try_acquire_owned() else {
-                    tracing::debug!(%peer, "too many inference streams; dropped one");
-                    continue;
-                };
-                tracing::debug!(%peer, "inference stream");
-                let service = service.clone();
-                tokio::spawn(async move {
-                    service.handle(stream).await;
-                    drop(permit);
-                });
-            }
-        });
+            |service, stream| service.handle(stream),
+        )?;
         // The epoch receipts name is followed apart from the claim loop, whose ledger calls
         // take long under load: a stale view would stamp receipts the gateway refuses.
         let follow = tokio::spawn(follow_epoch(
             self.service.clone(),
             cfg.claim_every.min(EPOCH_POLL),
         ));
-        let mut audits = self
-            .node
-            .control()
-            .accept(agora_net::StreamProtocol::new(
-                agora_net::protocol::AUDIT_PROTOCOL,
-            ))
-            .map_err(|e| ProviderError::Config(e.to_string()))?;
-        let service = self.service.clone();
-        let audit_streams = Arc::new(Semaphore::new(AUDIT_STREAMS));
-        let audit_accept = tokio::spawn(async move {
-            while let Some((peer, stream)) = audits.next().await {
-                let Ok(permit) = audit_streams.clone().try_acquire_owned() else {
-                    tracing::debug!(%peer, "too many audit streams; dropped one");
-                    continue;
-                };
-                tracing::debug!(%peer, "audit stream");
-                let service = service.clone();
-                tokio::spawn(async move {
-                    service.answer_audit(stream).await;
-                    drop(permit);
-                });
-            }
-        });
+        let audit_accept = self.accept_bounded(
+            agora_net::protocol::AUDIT_PROTOCOL,
+            AUDIT_STREAMS,
+            |service, stream| service.answer_audit(stream),
+        )?;
+        let inclusion_accept = self.accept_bounded(
+            agora_net::protocol::INCLUSION_PROTOCOL,
+            INCLUSION_STREAMS,
+            |service, stream| service.answer_inclusion(stream),
+        )?;
         // Demands and inclusion challenges left unanswered slash even an honest provider.
         // (The adversary that refuses audits refuses them on the ledger too.)
         #[cfg(feature = "adversary")]
@@ -313,10 +296,47 @@ impl Provider {
         }
         accept.abort();
         audit_accept.abort();
+        inclusion_accept.abort();
         follow.abort();
         self.claim().await;
         tracing::info!("provider stopped");
         Ok(())
+    }
+
+    /// Answers streams of `protocol` with `answer`, at most `limit` at once: streams beyond
+    /// that are dropped unread, so an unauthenticated peer cannot make the provider hold
+    /// unbounded tasks.
+    fn accept_bounded<F, Fut>(
+        &self,
+        protocol: &'static str,
+        limit: usize,
+        answer: F,
+    ) -> Result<tokio::task::JoinHandle<()>, ProviderError>
+    where
+        F: Fn(Arc<Service>, agora_net::Stream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut incoming = self
+            .node
+            .control()
+            .accept(agora_net::StreamProtocol::new(protocol))
+            .map_err(|e| ProviderError::Config(e.to_string()))?;
+        let service = self.service.clone();
+        let streams = Arc::new(Semaphore::new(limit));
+        Ok(tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                let Ok(permit) = streams.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, protocol, "too many streams; dropped one");
+                    continue;
+                };
+                tracing::debug!(%peer, protocol, "stream");
+                let work = answer(service.clone(), stream);
+                tokio::spawn(async move {
+                    work.await;
+                    drop(permit);
+                });
+            }
+        }))
     }
 
     /// Claims every voucher that adds to what was claimed.

@@ -241,9 +241,19 @@ impl ReceiptLog {
     /// Newest roots first (a challenged receipt is under a recent one); `None` if no posted
     /// root holds it.
     pub fn locate(&self, receipt: &Hash32) -> Result<Option<(u64, u64, Vec<Hash32>)>, LogError> {
+        self.locate_between(receipt, 0, u64::MAX)
+    }
+
+    /// [`ReceiptLog::locate`] among the roots of epochs `from ..= to` only.
+    pub fn locate_between(
+        &self,
+        receipt: &Hash32,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<(u64, u64, Vec<Hash32>)>, LogError> {
         let r = self.db.begin_read().map_err(db_err)?;
         let t = r.open_table(LEAVES).map_err(db_err)?;
-        for row in t.iter().map_err(db_err)?.rev() {
+        for row in t.range(from..=to).map_err(db_err)?.rev() {
             let (epoch, leaves) = row.map_err(db_err)?;
             let leaves = Vec::<Hash32>::try_from_slice(leaves.value()).map_err(db_err)?;
             let Some(index) = leaves.iter().position(|l| l == receipt) else {

@@ -54,6 +54,14 @@ pub struct Service {
     /// Test builds only: refuse every audit.
     #[cfg(feature = "adversary")]
     pub refuse_audits: bool,
+    /// Test builds only: leave every second receipt out of the receipt log, so out of the
+    /// posted roots (the answers are still served and paid).
+    #[cfg(feature = "adversary")]
+    pub omit_receipts: Option<std::sync::atomic::AtomicU64>,
+    /// Test builds only: claim a thousand times the prompt's real token count, in the
+    /// acceptance and in the receipt (and its cost).
+    #[cfg(feature = "adversary")]
+    pub overcharge: bool,
 }
 
 /// What the model thread produced for one answer.
@@ -68,6 +76,17 @@ struct Finished {
 struct Refusal(ErrorCode, String);
 
 impl Service {
+    /// The prompt tokens this provider charges for: the prompt's own count (test builds: the
+    /// overcharging adversary claims a thousand times more).
+    fn claimed_prompt(&self, real: usize) -> u32 {
+        let real = u32::try_from(real).unwrap_or(u32::MAX);
+        #[cfg(feature = "adversary")]
+        if self.overcharge {
+            return real.saturating_mul(1000);
+        }
+        real
+    }
+
     /// Serves one inference stream to its end. Errors are logged, never propagated: a bad
     /// peer cannot take the provider down.
     pub async fn handle<S>(self: Arc<Self>, mut stream: S)
@@ -105,7 +124,7 @@ impl Service {
         let _reservation = reservation;
         let r = &signed.request;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let prompt_tokens = prompt.len() as u32;
+        let prompt_tokens = self.claimed_prompt(prompt.len());
         self.worker
             .submit(Job {
                 prompt: prompt.clone(),
@@ -313,10 +332,11 @@ impl Service {
             fingerprint,
         } = answer;
         // Resumed tokens are prefilled like the prompt and priced like it.
+        let prompt_tokens = self.claimed_prompt(prompt.len());
         let cost_micros = agora_market::cost_micros(
             r.price_in,
             r.price_out,
-            (prompt.len() + r.resume.len()) as u64,
+            u64::from(prompt_tokens) + r.resume.len() as u64,
             tokens.len() as u64,
         )
         .unwrap_or(u128::MAX);
@@ -339,7 +359,7 @@ impl Service {
             model: self.model_id,
             prompt_hash: tokens_hash(prompt),
             output_hash: tokens_hash(&all),
-            prompt_tokens: prompt.len() as u32,
+            prompt_tokens,
             resumed_tokens: r.resume.len() as u32,
             output_tokens: tokens.len() as u32,
             sampling: r.sampling.clone(),
@@ -362,7 +382,16 @@ impl Service {
             output: tokens,
             fingerprint,
         };
-        if let Err(e) = self.receipts.record(&material) {
+        #[cfg(feature = "adversary")]
+        let omitted = self
+            .omit_receipts
+            .as_ref()
+            .is_some_and(|n| n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 1);
+        #[cfg(not(feature = "adversary"))]
+        let omitted = false;
+        if omitted {
+            tracing::info!(receipt = %receipt.hash(), "adversary: receipt left out of the roots");
+        } else if let Err(e) = self.receipts.record(&material) {
             // Without its material the answer cannot pass an audit; refuse to go on silently.
             tracing::error!("recording a receipt: {e}");
             return Err(Refusal(

@@ -655,6 +655,10 @@ fn provider_config(
         plant_one_in: None,
         #[cfg(feature = "adversary")]
         refuse_audits: false,
+        #[cfg(feature = "adversary")]
+        omit_receipts: false,
+        #[cfg(feature = "adversary")]
+        overcharge: false,
     }
 }
 

@@ -79,6 +79,11 @@ pub struct VerifierConfig {
     /// verifier would, so the tests can show planted frauds catch it.
     #[cfg(feature = "adversary")]
     pub lazy: bool,
+    /// Test builds only: reveal every leaf it audited as failed, honest or not, and ask
+    /// another verifier to confirm, so the tests can show a framer neither gets an honest
+    /// provider slashed nor goes unpunished.
+    #[cfg(feature = "adversary")]
+    pub framer: bool,
 }
 
 /// Why the verifier stopped.
@@ -947,6 +952,11 @@ impl Shared {
             tokio::task::spawn_blocking(move || me.judge.judge_under(&provider, epoch, full, &m))
                 .await
                 .unwrap_or_else(|e| Judgement::CannotJudge(e.to_string()));
+        #[cfg(feature = "adversary")]
+        if self.cfg.framer && matches!(judged, Judgement::Passed) {
+            tracing::info!(%provider, epoch, index, "adversary: an honest leaf revealed as failed");
+            return LeafOutcome::Failed("framed".into(), Box::new((material, proof)));
+        }
         judge::leaf_outcome(judged, material, proof)
     }
 

@@ -767,5 +767,7 @@ fn offline_config(key_seed: [u8; 32]) -> VerifierConfig {
         thresholds: Thresholds::default(),
         #[cfg(feature = "adversary")]
         lazy: false,
+        #[cfg(feature = "adversary")]
+        framer: false,
     }
 }

@@ -527,6 +527,34 @@ pub enum AuditResponse {
     },
 }
 
+/// The stream protocol on which a payer asks a provider where a paid receipt sits under its
+/// posted roots, before (instead of) challenging its inclusion on the ledger.
+pub const INCLUSION_PROTOCOL: &str = "/agora/inclusion/1";
+
+/// A payer's question: under which of your roots is this receipt? It carries the receipt
+/// itself, which the provider signed, so only a holder of one of its receipts makes it look.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct InclusionQuery {
+    /// The receipt, signed by the provider asked.
+    pub receipt: SignedReceipt,
+}
+
+/// A provider's answer to an [`InclusionQuery`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub enum InclusionAnswer {
+    /// The receipt is leaf `index` of the provider's root for `epoch`.
+    Included {
+        /// The root's epoch.
+        epoch: u64,
+        /// The leaf.
+        index: u64,
+        /// Its Merkle path.
+        proof: Vec<Hash32>,
+    },
+    /// No posted root of the provider holds it (or the query was not its to answer).
+    Missing,
+}
+
 /// The stream protocol on which a verifier asks another to confirm a fraud.
 pub const CONFIRM_PROTOCOL: &str = "/agora/confirm/1";
 /// Domain of signatures over the audit gossip and confirm messages.
