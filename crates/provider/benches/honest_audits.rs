@@ -19,8 +19,9 @@
 //! of the run is spread over the whole range. The prompt
 //! is a real chat (a multi-turn conversation, a document to summarise, or one question) made
 //! from the sentences below and tokenized as the provider tokenizes chats; the output is
-//! mostly short and log-uniform (prefill is far cheaper than decode), and one answer in
-//! [`LONG_EVERY`] generates at least 1,000 tokens. Temperatures 0, 0.7 and 1, top-p 1, 0.95
+//! mostly short and log-uniform (prefill is far cheaper than decode), except that every
+//! document of more than 1,064 positions after the first five answers is answered in at least
+//! 1,000 tokens. Temperatures 0, 0.7 and 1, top-p 1, 0.95
 //! and 0.9, a seed of its own. The output runs to its planned length (no stop at the end of
 //! text) except one answer in [`EOS_EVERY`], which stops there as the provider's requests do.
 //!
@@ -48,8 +49,7 @@ const FIRST_TOTALS: [usize; 5] = [255, 256, 257, 513, 2048];
 /// The shortest and longest answer (prompt plus output).
 const SHORTEST: usize = 48;
 const LONGEST: usize = 2048;
-/// One answer in this many generates at least [`LONG_OUTPUT`] tokens.
-const LONG_EVERY: usize = 40;
+/// Documents longer than this plus a short prompt are answered in at least this many tokens.
 const LONG_OUTPUT: usize = 1000;
 /// The other outputs are log-uniform over 1 ..= this (or what the total leaves).
 const SHORT_OUTPUT_MAX: usize = 384;
@@ -249,9 +249,7 @@ fn messages(kind: Kind, rng_seed: u64, words: &[String], keep: usize) -> Vec<Cha
         }
         Kind::Question => vec![ChatMessage::new(
             "user",
-            &format!("{}\n\n{question}", text(&words[..keep]))
-                .trim()
-                .to_string(),
+            format!("{}\n\n{question}", text(&words[..keep])).trim(),
         )],
     }
 }
@@ -277,7 +275,9 @@ impl Spec {
             .unwrap_or_else(|| mostly_short(SHORTEST, LONGEST, (index as f64 * golden).fract()));
         let kind = [Kind::Chat, Kind::Document, Kind::Question][index % 3];
         let stop_at_eos = index >= FIRST_TOTALS.len() && index % EOS_EVERY == EOS_EVERY - 1;
-        let long = index % LONG_EVERY == LONG_EVERY - 1 && total > LONG_OUTPUT + 64;
+        let long = index >= FIRST_TOTALS.len()
+            && matches!(kind, Kind::Document)
+            && total > LONG_OUTPUT + 64;
         let output = if long {
             LONG_OUTPUT + rng.below(total - LONG_OUTPUT - 64)
         } else {
