@@ -91,24 +91,9 @@ fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
 }
 
+/// Who served one answer.
 fn ask(devnet: &Devnet, model: &str, seed: u64) -> String {
-    let (status, body) = http(
-        &devnet.endpoint(),
-        "POST",
-        "/v1/chat/completions",
-        Some(&devnet.key()),
-        Some(
-            &json!({"model": model, "messages": [{"role": "user", "content": "Speak."}],
-                     "max_tokens": 40, "seed": seed})
-            .to_string(),
-        ),
-    );
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("json");
-    v["agora"]["receipts"][0]["provider"]
-        .as_str()
-        .expect("provider")
-        .to_string()
+    answer(devnet, model, seed).0
 }
 
 #[test]
