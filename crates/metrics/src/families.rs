@@ -20,6 +20,8 @@ pub type CounterFamily = Family<Labels, Counter>;
 pub type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 fn register<M: Metric + Clone>(name: &str, help: &str, metric: M) -> M {
+    // The encoder ends every help text with a full stop itself.
+    let help = help.strip_suffix('.').unwrap_or(help);
     crate::registry().register(name, help, metric.clone());
     metric
 }
@@ -470,5 +472,25 @@ impl DilocoMetrics {
         }
         self.delta_bytes.inc_by(bytes);
         self.heldout_bits_per_byte.set(heldout_bpb);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_help_text_ends_in_one_full_stop() {
+        // Touch every service's families so that all are registered.
+        super::http();
+        super::gateway();
+        super::provider();
+        super::verifier();
+        super::ledger();
+        super::diloco();
+        let text = crate::encode();
+        let helps: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
+        assert!(helps.len() > 30, "{text}");
+        for help in helps {
+            assert!(help.ends_with('.') && !help.ends_with(".."), "{help}");
+        }
     }
 }
