@@ -37,8 +37,8 @@ fn stake(devnet: &Devnet, account: &str) -> u128 {
     account_amount(devnet, account, "stake")
 }
 
-/// One answer: who served it, its receipt id and what it was charged (base units).
-fn answer(devnet: &Devnet, model: &str, seed: u64) -> (String, String, u128) {
+/// One 40-token chat answer, as the gateway returned it (status 200 asserted).
+fn chat(devnet: &Devnet, model: &str, seed: u64) -> Value {
     let (status, body) = http(
         &devnet.endpoint(),
         "POST",
@@ -51,7 +51,12 @@ fn answer(devnet: &Devnet, model: &str, seed: u64) -> (String, String, u128) {
         ),
     );
     assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("json");
+    serde_json::from_str(&body).expect("json")
+}
+
+/// One answer: who served it, its receipt id and what it was charged (base units).
+fn answer(devnet: &Devnet, model: &str, seed: u64) -> (String, String, u128) {
+    let v = chat(devnet, model, seed);
     let r = &v["agora"]["receipts"][0];
     let field = |k: &str| r[k].as_str().expect(k).to_string();
     (
@@ -261,19 +266,7 @@ fn a_cheater_claiming_a_thousand_times_the_prompt_is_never_paid() {
     let cheater_balance = crate::network::balance(&devnet, &cheater);
 
     for seed in 0..3 {
-        let (status, body) = http(
-            &devnet.endpoint(),
-            "POST",
-            "/v1/chat/completions",
-            Some(&devnet.key()),
-            Some(
-                &json!({"model": model, "messages": [{"role": "user", "content": "Speak."}],
-                         "max_tokens": 40, "seed": seed})
-                .to_string(),
-            ),
-        );
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).expect("json");
+        let v = chat(&devnet, &model, seed);
         let receipts = v["agora"]["receipts"].as_array().expect("receipts");
         assert!(
             receipts.iter().all(|r| r["provider"] == honest.as_str()),
