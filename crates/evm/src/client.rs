@@ -161,8 +161,8 @@ pub struct FraudEvidence {
 }
 
 impl FraudEvidence {
-    fn to_sol(&self) -> AgoraSettlement::Fraud {
-        AgoraSettlement::Fraud {
+    fn to_sol(&self) -> crate::bindings::AgoraState::Fraud {
+        crate::bindings::AgoraState::Fraud {
             provider: self.provider,
             epoch: self.epoch,
             index: self.index,
@@ -1072,7 +1072,8 @@ impl SettlementClient {
 
     /// The verifier set that assigns the roots of `epoch`.
     pub async fn verifier_set_at(&self, epoch: u64) -> Result<Vec<Address>, EvmError> {
-        self.settlement()?
+        // Served by AgoraDisputes through the settlement's fallback.
+        self.disputes()?
             .verifierSetAt(epoch)
             .call()
             .await
@@ -1281,5 +1282,253 @@ impl SettlementClient {
             self.mine(target - now).await?;
         }
         Ok(())
+    }
+}
+
+/// A material demand on a leaf, as the contract holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demand {
+    /// The assigned verifier that made it.
+    pub verifier: Address,
+    /// The last epoch the provider may answer in.
+    pub due_epoch: u64,
+    /// The BLAKE3 hash of the material the provider committed to, once it answered.
+    pub answered: Option<B256>,
+}
+
+/// An inclusion challenge, as the contract holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Challenge {
+    /// The challenger: the payer of the receipt's channel.
+    pub payer: Address,
+    /// The provider that signed the receipt.
+    pub provider: Address,
+    /// The receipt leaf's channel and cost, as the provider signed them.
+    pub channel: B256,
+    /// The receipt's cost.
+    pub cost: u128,
+    /// The epoch the receipt names.
+    pub receipt_epoch: u64,
+    /// The last epoch the provider may answer in.
+    pub due_epoch: u64,
+    /// The challenger's escrowed bond.
+    pub bond: u128,
+    /// Neither answered nor charged yet.
+    pub open: bool,
+}
+
+/// A provider's secp256k1 commitment to a receipt it served (EIP-712 `Receipt`): what a payer
+/// carries to an inclusion challenge on the chain, beside the ed25519-signed receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiptCommitment {
+    /// The receipt leaf (BLAKE3 hash of the signed receipt, its channel, its cost).
+    pub leaf: ReceiptLeaf,
+    /// The epoch the receipt names.
+    pub epoch: u64,
+    /// The provider's signature over [`SettlementClient::receipt_digest`].
+    pub sig: [u8; 65],
+}
+
+// ----- disputes: material demands, Withheld verdicts, inclusion challenges -----
+
+impl SettlementClient {
+    /// The dispute functions at the settlement's address (AgoraSettlement's fallback runs them
+    /// on its own storage).
+    fn disputes(
+        &self,
+    ) -> Result<crate::bindings::AgoraDisputes::AgoraDisputesInstance<&DynProvider>, EvmError> {
+        Ok(crate::bindings::AgoraDisputes::new(
+            self.contracts()?.settlement,
+            &self.provider,
+        ))
+    }
+
+    /// Where AgoraSettlement's constructor deployed AgoraDisputes (its first creation): the
+    /// code its fallback delegates to. Calls at this address itself are refused.
+    pub fn disputes_code_address(&self) -> Result<Address, EvmError> {
+        Ok(self.contracts()?.settlement.create(1))
+    }
+
+    /// The EIP-712 digest a provider signs for a receipt it served in `epoch`.
+    pub fn receipt_digest(&self, leaf: &ReceiptLeaf, epoch: u64) -> Result<B256, EvmError> {
+        Ok(crate::bindings::Receipt {
+            receipt: leaf.receipt,
+            channel: leaf.channel,
+            cost: leaf.cost,
+            epoch,
+        }
+        .eip712_signing_hash(&self.domain()?))
+    }
+
+    /// Signs, as the provider, a receipt served in `epoch`: handed to the payer with the
+    /// ed25519-signed receipt, so the payer can challenge its omission on the chain.
+    pub fn sign_receipt(
+        &self,
+        leaf: &ReceiptLeaf,
+        epoch: u64,
+    ) -> Result<ReceiptCommitment, EvmError> {
+        let digest = self.receipt_digest(leaf, epoch)?;
+        Ok(ReceiptCommitment {
+            leaf: *leaf,
+            epoch,
+            sig: self.signer.sign_hash_sync(&digest)?.as_bytes(),
+        })
+    }
+
+    /// Signs, as a confirming verifier, that the provider withheld a leaf's material from it too
+    /// (EIP-712 `Withheld`).
+    pub fn sign_withheld(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<[u8; 65], EvmError> {
+        let digest = crate::bindings::Withheld {
+            provider,
+            epoch,
+            index,
+        }
+        .eip712_signing_hash(&self.domain()?);
+        Ok(self.signer.sign_hash_sync(&digest)?.as_bytes())
+    }
+
+    /// As the assigned verifier, demands a selected leaf's material on the chain.
+    pub async fn demand_material(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(crate::bindings::AgoraDisputes::demandMaterialCall {
+            provider,
+            epoch,
+            index,
+        })
+        .await
+    }
+
+    /// As the provider, answers a demand on its leaf with the leaf, its path and the BLAKE3
+    /// hash of the material it hands the verifier.
+    pub async fn answer_demand(
+        &self,
+        epoch: u64,
+        index: u64,
+        leaf: &ReceiptLeaf,
+        proof: &[B256],
+        material: B256,
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(crate::bindings::AgoraDisputes::answerDemandCall {
+            epoch,
+            index,
+            receipt: leaf.receipt,
+            channel: leaf.channel,
+            cost: leaf.cost,
+            proof: proof.to_vec(),
+            material,
+        })
+        .await
+    }
+
+    /// As the verifier whose demand went unanswered, brings a Withheld verdict with
+    /// `confirmer`'s signature from [`SettlementClient::sign_withheld`].
+    pub async fn withheld_verdict(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+        confirmer: Address,
+        confirmer_sig: &[u8],
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(crate::bindings::AgoraDisputes::withheldVerdictCall {
+            provider,
+            epoch,
+            index,
+            confirmer,
+            confirmerSig: Bytes::copy_from_slice(confirmer_sig),
+        })
+        .await
+    }
+
+    /// As the payer of the receipt's channel, challenges the receipt's omission from the
+    /// provider's roots, escrowing the challenge bond (approved first if needed).
+    pub async fn challenge_inclusion(
+        &self,
+        receipt: &ReceiptCommitment,
+    ) -> Result<Submitted, EvmError> {
+        let bond = self.contracts()?.params.challenge_bond;
+        if bond > 0 {
+            self.ensure_allowance(bond).await?;
+        }
+        self.call_settlement(crate::bindings::AgoraDisputes::challengeInclusionCall {
+            receipt: receipt.leaf.receipt,
+            channel: receipt.leaf.channel,
+            cost: receipt.leaf.cost,
+            epoch: receipt.epoch,
+            providerSig: Bytes::copy_from_slice(&receipt.sig),
+        })
+        .await
+    }
+
+    /// As the challenged provider, proves the receipt is leaf `index` of its root of `epoch`.
+    pub async fn answer_inclusion(
+        &self,
+        receipt: B256,
+        epoch: u64,
+        index: u64,
+        proof: &[B256],
+    ) -> Result<Submitted, EvmError> {
+        self.call_settlement(crate::bindings::AgoraDisputes::answerInclusionCall {
+            receipt,
+            epoch,
+            index,
+            proof: proof.to_vec(),
+        })
+        .await
+    }
+
+    /// Slashes the provider of a challenge left unanswered past its deadline (anyone may).
+    pub async fn expire_challenge(&self, receipt: B256) -> Result<Submitted, EvmError> {
+        self.call_settlement(crate::bindings::AgoraDisputes::expireChallengeCall { receipt })
+            .await
+    }
+
+    /// The demand on `provider`'s leaf, if one was made.
+    pub async fn demand(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Option<Demand>, EvmError> {
+        let d = self
+            .disputes()?
+            .demandOf(provider, epoch, index)
+            .call()
+            .await
+            .map_err(call_err("demandOf"))?;
+        Ok((d.verifier != Address::ZERO).then_some(Demand {
+            verifier: d.verifier,
+            due_epoch: d.dueEpoch,
+            answered: d.answered.then_some(d.material),
+        }))
+    }
+
+    /// The challenge of a receipt, if one was made.
+    pub async fn challenge(&self, receipt: B256) -> Result<Option<Challenge>, EvmError> {
+        let c = self
+            .disputes()?
+            .challengeOf(receipt)
+            .call()
+            .await
+            .map_err(call_err("challengeOf"))?;
+        Ok((c.payer != Address::ZERO).then_some(Challenge {
+            payer: c.payer,
+            provider: c.provider,
+            channel: c.channel,
+            cost: c.cost,
+            receipt_epoch: c.receiptEpoch,
+            due_epoch: c.dueEpoch,
+            bond: c.bond,
+            open: c.open,
+        }))
     }
 }

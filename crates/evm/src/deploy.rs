@@ -48,6 +48,10 @@ pub struct Params {
     pub audit_fee: u128,
     /// What a plant escrows.
     pub plant_bond: u128,
+    /// What a payer escrows with an inclusion challenge (the provider's if it answers).
+    /// Absent from deployment files written before it existed: read as 0.
+    #[serde(default)]
+    pub challenge_bond: u128,
 }
 
 impl Params {
@@ -72,11 +76,12 @@ impl Params {
             probation_jobs: 50,
             audit_fee: 0,
             plant_bond: 50,
+            challenge_bond: 5,
         }
     }
 
-    pub(crate) fn to_sol(self) -> AgoraSettlement::Params {
-        AgoraSettlement::Params {
+    pub(crate) fn to_sol(self) -> crate::bindings::AgoraState::Params {
+        crate::bindings::AgoraState::Params {
             epochBlocks: self.epoch_blocks,
             unbondingEpochs: self.unbonding_epochs,
             auditWindowEpochs: self.audit_window_epochs,
@@ -94,6 +99,7 @@ impl Params {
             probationJobs: self.probation_jobs,
             auditFee: self.audit_fee,
             plantBond: self.plant_bond,
+            challengeBond: self.challenge_bond,
         }
     }
 }

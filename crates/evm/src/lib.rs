@@ -28,9 +28,9 @@ mod error;
 pub mod receipts;
 
 pub use client::{
-    audit_commitment, plant_commitment, sign_key_binding, verify_key_binding, Account, Channel,
-    ClientOptions, FraudEvidence, LeafAudit, ReceiptRoot, SettlementClient, Submitted,
-    KEY_BINDING_DOMAIN,
+    audit_commitment, plant_commitment, sign_key_binding, verify_key_binding, Account, Challenge,
+    Channel, ClientOptions, Demand, FraudEvidence, LeafAudit, ReceiptCommitment, ReceiptRoot,
+    SettlementClient, Submitted, KEY_BINDING_DOMAIN,
 };
 pub use deploy::{deploy, deploy_with_token, Deployment, Params};
 pub use error::{EvmError, Refusal};
@@ -44,6 +44,16 @@ pub mod bindings {
         AgoraSettlement,
         "../../contracts/out/AgoraSettlement.json"
     );
+    // The dispute functions, called at the settlement's address (its fallback runs them). In
+    // a module of their own: their shared structs (`AgoraState::*`) are AgoraSettlement's too.
+    pub use disputes::AgoraDisputes;
+    mod disputes {
+        alloy::sol!(
+            #[sol(rpc, all_derives)]
+            AgoraDisputes,
+            "../../contracts/out/AgoraDisputes.json"
+        );
+    }
     alloy::sol!(
         #[sol(rpc, all_derives)]
         TestStablecoin,
@@ -68,6 +78,25 @@ pub mod bindings {
             bytes32 receipt;
             bytes32 channel;
             uint128 cost;
+        }
+
+        /// What a provider signs (EIP-712) with each receipt it hands out: the receipt leaf it
+        /// must put under its root of `epoch` or the next.
+        #[derive(Debug, PartialEq, Eq)]
+        struct Receipt {
+            bytes32 receipt;
+            bytes32 channel;
+            uint128 cost;
+            uint64 epoch;
+        }
+
+        /// What a confirming verifier signs (EIP-712): the provider withheld the leaf's
+        /// material from it too.
+        #[derive(Debug, PartialEq, Eq)]
+        struct Withheld {
+            address provider;
+            uint64 epoch;
+            uint64 index;
         }
 
         /// What a confirming verifier signs (EIP-712): the planted answer at the leaf fails.

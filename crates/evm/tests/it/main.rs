@@ -11,6 +11,8 @@ mod audits;
 mod common;
 /// Random operation sequences keep every token accounted for.
 mod conservation;
+/// Material demands, Withheld verdicts and inclusion challenges.
+mod disputes;
 /// Gas per operation, printed for docs/settlement.md.
 mod gas;
 /// RPC failures and lost answers are retried without a second transaction.
