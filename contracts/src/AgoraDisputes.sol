@@ -117,9 +117,8 @@ contract AgoraDisputes is AgoraState {
         bytes32 key = leafKey(msg.sender, epoch, index);
         Demand storage d = demands[key];
         if (d.verifier == address(0)) revert NoDemand(key);
-        if (d.answered) revert DemandClosed(key);
-        uint64 now_ = currentEpoch();
-        if (now_ > d.dueEpoch) revert AuditWindow(now_, 0, d.dueEpoch);
+        // Answered already, or past its deadline.
+        if (d.answered || currentEpoch() > d.dueEpoch) revert DemandClosed(key);
         Root storage r = _root(msg.sender, epoch);
         if (index >= r.receipts) revert BadLeafIndex(index, r.receipts);
         if (!_underRoot(r, index, receiptLeaf(receipt, channel, cost), proof)) revert BadReceiptProof(receipt);

@@ -3,7 +3,7 @@
 use crate::{ChannelView, Refusal, Settlement, SettlementError, SignedReceipt, StakeView};
 use agora_evm::bindings::AgoraSettlement::AgoraSettlementErrors as E;
 use agora_evm::receipts::{receipt_proof, receipt_root, ReceiptLeaf};
-use agora_evm::{EvmError, FraudEvidence, SettlementClient};
+use agora_evm::{EvmError, FraudEvidence, ReceiptCommitment, SettlementClient};
 use alloy::primitives::{Address, B256};
 use alloy::providers::Provider;
 use std::sync::Arc;
@@ -55,6 +55,11 @@ fn refusal(e: &E) -> Refusal {
         E::BadReceiptProof(_) => Refusal::BadReceiptProof,
         E::AlreadyJudged(_) => Refusal::AlreadyJudged,
         E::UnrevealedVerdict(_) => Refusal::UnrevealedVerdict,
+        E::NoDemand(_) | E::DemandClosed(_) | E::AnswerStillDue(_) => Refusal::Demand,
+        E::ForgedReceipt(_) => Refusal::ForgedReceipt,
+        E::LateReceiptRoot(_) => Refusal::LateReceiptRoot,
+        // The ledger's words for these: a malformed challenge or answer.
+        E::AlreadyChallenged(_) | E::NoChallenge(_) | E::NotOpenToAnswer(_) => Refusal::Malformed,
         // The token refused to move the sender's tokens: not enough of them.
         E::TokenCallFailed(_) => Refusal::Overdraft,
         E::ZeroAmount(_)
@@ -394,6 +399,107 @@ impl Settlement for EvmSettlement {
     ) -> Result<(), SettlementError> {
         self.client
             .reveal_plant(epoch, index, B256::from(salt), confirmation.copied())
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+
+    // ----- disputes -----
+
+    type ServedReceipt = ReceiptCommitment;
+
+    /// This account's EIP-712 signature over the receipt's leaf and epoch.
+    fn serve_receipt(&self, receipt: &SignedReceipt) -> Result<ReceiptCommitment, SettlementError> {
+        self.client
+            .sign_receipt(&ReceiptLeaf::of(receipt), receipt.receipt.epoch)
+            .map_err(evm_err)
+    }
+
+    async fn demand_material(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<(), SettlementError> {
+        self.client
+            .demand_material(provider, epoch, index)
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+
+    async fn answer_demand(
+        &self,
+        epoch: u64,
+        index: u64,
+        receipt: &ReceiptLeaf,
+        proof: &[[u8; 32]],
+        material: [u8; 32],
+    ) -> Result<(), SettlementError> {
+        let proof: Vec<B256> = proof.iter().map(|h| B256::from(*h)).collect();
+        self.client
+            .answer_demand(epoch, index, receipt, &proof, B256::from(material))
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+
+    fn confirm_withheld(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+    ) -> Result<(Address, [u8; 65]), SettlementError> {
+        let sig = self
+            .client
+            .sign_withheld(provider, epoch, index)
+            .map_err(evm_err)?;
+        Ok((self.client.address(), sig))
+    }
+
+    async fn withheld_verdict(
+        &self,
+        provider: Address,
+        epoch: u64,
+        index: u64,
+        confirmation: &(Address, [u8; 65]),
+    ) -> Result<(), SettlementError> {
+        self.client
+            .withheld_verdict(provider, epoch, index, confirmation.0, &confirmation.1)
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+
+    async fn challenge_inclusion(
+        &self,
+        receipt: &ReceiptCommitment,
+    ) -> Result<(), SettlementError> {
+        self.client
+            .challenge_inclusion(receipt)
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+
+    async fn answer_inclusion(
+        &self,
+        receipt: [u8; 32],
+        epoch: u64,
+        index: u64,
+        proof: &[[u8; 32]],
+    ) -> Result<(), SettlementError> {
+        let proof: Vec<B256> = proof.iter().map(|h| B256::from(*h)).collect();
+        self.client
+            .answer_inclusion(B256::from(receipt), epoch, index, &proof)
+            .await
+            .map(drop)
+            .map_err(evm_err)
+    }
+
+    async fn expire_challenge(&self, receipt: [u8; 32]) -> Result<(), SettlementError> {
+        self.client
+            .expire_challenge(B256::from(receipt))
             .await
             .map(drop)
             .map_err(evm_err)

@@ -44,6 +44,9 @@ fn refusal(code: &str) -> Refusal {
         "bad_receipt_proof" => Refusal::BadReceiptProof,
         "already_judged" => Refusal::AlreadyJudged,
         "unrevealed_verdict" => Refusal::UnrevealedVerdict,
+        "demand" => Refusal::Demand,
+        "forged_receipt" => Refusal::ForgedReceipt,
+        "late_receipt_root" => Refusal::LateReceiptRoot,
         other => Refusal::Other { code: other.into() },
     }
 }
@@ -108,6 +111,16 @@ impl LedgerSettlement {
                 receipt: receipt.clone(),
                 proof: proof.iter().map(|h| Hash32::from_bytes(*h)).collect(),
             },
+        }
+    }
+
+    fn withheld(&self, provider: AccountId, epoch: u64, index: u64) -> Verdict {
+        Verdict {
+            chain_id: self.chain_id,
+            provider,
+            epoch,
+            index,
+            fault: Fault::Withheld,
         }
     }
 
@@ -481,6 +494,107 @@ impl Settlement for LedgerSettlement {
         })
         .await
         .map(drop)
+    }
+
+    // ----- disputes -----
+
+    type ServedReceipt = SignedReceipt;
+
+    /// The receipt signed with this account's key: the provider's own signature for the
+    /// provider, a forgery for anyone else.
+    fn serve_receipt(&self, receipt: &SignedReceipt) -> Result<SignedReceipt, SettlementError> {
+        Ok(receipt.receipt.clone().sign(&self.key))
+    }
+
+    async fn demand_material(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+    ) -> Result<(), SettlementError> {
+        self.send(TxBody::DemandMaterial {
+            provider,
+            epoch,
+            index,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn answer_demand(
+        &self,
+        epoch: u64,
+        index: u64,
+        receipt: &SignedReceipt,
+        proof: &[[u8; 32]],
+        material: [u8; 32],
+    ) -> Result<(), SettlementError> {
+        self.send(TxBody::AnswerDemand {
+            epoch,
+            index,
+            receipt: receipt.clone(),
+            proof: proof.iter().map(|h| Hash32::from_bytes(*h)).collect(),
+            material: Hash32::from_bytes(material),
+        })
+        .await
+        .map(drop)
+    }
+
+    fn confirm_withheld(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+    ) -> Result<(AccountId, Signature), SettlementError> {
+        let v = self.withheld(provider, epoch, index);
+        Ok((self.key.account(), v.sign(&self.key)))
+    }
+
+    async fn withheld_verdict(
+        &self,
+        provider: AccountId,
+        epoch: u64,
+        index: u64,
+        confirmation: &(AccountId, Signature),
+    ) -> Result<(), SettlementError> {
+        self.send(TxBody::AuditVerdict {
+            verdict: self.withheld(provider, epoch, index),
+            confirmer: confirmation.0,
+            confirmer_sig: confirmation.1,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn challenge_inclusion(&self, receipt: &SignedReceipt) -> Result<(), SettlementError> {
+        self.send(TxBody::ChallengeInclusion {
+            receipt: receipt.clone(),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn answer_inclusion(
+        &self,
+        receipt: [u8; 32],
+        epoch: u64,
+        index: u64,
+        proof: &[[u8; 32]],
+    ) -> Result<(), SettlementError> {
+        self.send(TxBody::AnswerInclusion {
+            receipt: Hash32::from_bytes(receipt),
+            epoch,
+            index,
+            proof: proof.iter().map(|h| Hash32::from_bytes(*h)).collect(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The ledger slashes for an unanswered challenge itself when the epoch after its
+    /// deadline starts; nothing to send.
+    async fn expire_challenge(&self, _receipt: [u8; 32]) -> Result<(), SettlementError> {
+        Ok(())
     }
 }
 

@@ -96,6 +96,13 @@ pub enum Refusal {
         /// The ledger's error code or the contract's error name.
         code: String,
     },
+    /// A material demand that is absent, answered, past its deadline, made twice or made by
+    /// another verifier, where the operation needs otherwise.
+    Demand,
+    /// A receipt (or, on a chain, the provider's commitment to it) not signed by the provider.
+    ForgedReceipt,
+    /// A receipt answered from a root more than one epoch after it that is not audited in full.
+    LateReceiptRoot,
 }
 
 /// Errors of a settlement operation.
@@ -331,5 +338,73 @@ pub trait Settlement: Send + Sync {
         index: u64,
         salt: [u8; 32],
         confirmation: Option<&Self::Confirmation>,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+
+    // ----- disputes: material demands, Withheld verdicts, inclusion challenges -----
+
+    /// What a payer carries to an inclusion challenge: the provider's own commitment to a
+    /// receipt it served (the ed25519-signed receipt on the ledger; on a chain, the provider's
+    /// EIP-712 signature over the receipt leaf and epoch).
+    type ServedReceipt: Clone + Debug + Send + Sync;
+
+    /// This account's commitment to `receipt` as the server that signed it (a provider hands
+    /// it out with each receipt; signed by any other account it is a forgery).
+    fn serve_receipt(
+        &self,
+        receipt: &SignedReceipt,
+    ) -> Result<Self::ServedReceipt, SettlementError>;
+    /// As the assigned verifier, in the commit window, demands a selected leaf's material on
+    /// settlement: the provider's fair chance to answer before a `Withheld` verdict.
+    fn demand_material(
+        &self,
+        provider: Self::Account,
+        epoch: u64,
+        index: u64,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// As the provider, answers a demand on its leaf: the leaf's receipt by `proof`, and the
+    /// BLAKE3 hash of the material it hands the verifier (never the material itself).
+    fn answer_demand(
+        &self,
+        epoch: u64,
+        index: u64,
+        receipt: &Self::Receipt,
+        proof: &[[u8; 32]],
+        material: [u8; 32],
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Signs, as a second verifier, that the provider withheld a leaf's material from it too.
+    fn confirm_withheld(
+        &self,
+        provider: Self::Account,
+        epoch: u64,
+        index: u64,
+    ) -> Result<Self::Confirmation, SettlementError>;
+    /// Brings a `Withheld` verdict, as the verifier whose demand went unanswered.
+    fn withheld_verdict(
+        &self,
+        provider: Self::Account,
+        epoch: u64,
+        index: u64,
+        confirmation: &Self::Confirmation,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// As the payer of the receipt's channel, challenges its omission from the provider's
+    /// roots, escrowing the challenge bond.
+    fn challenge_inclusion(
+        &self,
+        receipt: &Self::ServedReceipt,
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// As the challenged provider, proves the receipt (its BLAKE3 hash) is leaf `index` of its
+    /// root of `epoch`, taking the bond.
+    fn answer_inclusion(
+        &self,
+        receipt: [u8; 32],
+        epoch: u64,
+        index: u64,
+        proof: &[[u8; 32]],
+    ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Slashes the provider of a challenge left unanswered past its deadline (the ledger does
+    /// it itself when the next epoch starts).
+    fn expire_challenge(
+        &self,
+        receipt: [u8; 32],
     ) -> impl Future<Output = Result<(), SettlementError>> + Send;
 }

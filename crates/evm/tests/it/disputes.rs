@@ -529,7 +529,7 @@ async fn answers_by_anyone_but_the_provider_in_time_do_nothing() -> anyhow::Resu
         s.prov
             .answer_demand(s.e, 1, &s.leaves[1], &s.proof(1), material)
             .await,
-        "AuditWindow"
+        "DemandClosed"
     );
     Ok(())
 }

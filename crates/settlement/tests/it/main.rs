@@ -619,3 +619,266 @@ async fn ledger_and_evm_agree_on_the_audits() -> anyhow::Result<()> {
     assert_eq!(l, evm);
     Ok(())
 }
+
+/// Material demands, `Withheld` verdicts and inclusion challenges in one story: a payer, a
+/// provider on probation, the one verifier of the frozen set, and a confirmer registered in
+/// the root's epoch. The provider's root of epoch `e` holds four receipts; a fifth, of `e` and
+/// costing 30, it signed for the payer and left out of every root.
+async fn dispute_scenario<S: Settlement>(
+    who: &[S],
+    net: &[Keypair],
+    clock: &impl Clock,
+) -> anyhow::Result<Outcome> {
+    let (payer, prov, ver, conf) = (&who[0], &who[1], &who[2], &who[3]);
+    let p = prov.account();
+    let mut steps = Vec::new();
+    macro_rules! step {
+        ($name:literal, $e:expr) => {
+            steps.push(($name, outcome($e.await)?))
+        };
+    }
+    let e0 = prov.epoch().await? + 1;
+    clock.advance_to(e0).await?;
+    step!("stake", prov.stake(500));
+    step!("register the verifier", ver.register_verifier(200));
+    let e = e0 + 1;
+    clock.advance_to(e).await?;
+    step!(
+        "register the confirmer in the root's epoch",
+        conf.register_verifier(100)
+    );
+    let ch = payer.open_channel(p, 300, 30).await?;
+    let v = payer.sign_voucher(ch, 100)?;
+    step!("claim", prov.claim(ch, 100, &v));
+    let receipt = |i: u8, cost: u128| {
+        signed_receipt(
+            prov.chain_id(),
+            &net[1],
+            &net[0],
+            S::channel_hash(ch),
+            e,
+            cost,
+            i,
+        )
+    };
+    let signed: Vec<SignedReceipt> = (0..4u8).map(|i| receipt(i, 10)).collect();
+    let leaves: Vec<S::Receipt> = signed.iter().map(S::receipt).collect();
+    let proof = |i: usize| S::receipt_proof(&leaves, i);
+    let omitted = receipt(9, 30);
+    let omitted_hash = *omitted.hash().as_bytes();
+    step!(
+        "root",
+        prov.post_root(e, S::receipt_root(&leaves), 4, false)
+    );
+    step!("demand in the root's epoch", ver.demand_material(p, e, 0));
+    clock.advance_to(e + 1).await?;
+    step!(
+        "demand by a verifier not assigned",
+        conf.demand_material(p, e, 0)
+    );
+    step!("demand leaf 0", ver.demand_material(p, e, 0));
+    step!("demand leaf 1", ver.demand_material(p, e, 1));
+    step!("demand leaf 2", ver.demand_material(p, e, 2));
+    step!("demand twice", ver.demand_material(p, e, 0));
+    let m = [0x99; 32];
+    step!(
+        "answer by another than the provider",
+        payer.answer_demand(e, 0, &leaves[0], &proof(0), m)
+    );
+    step!(
+        "answer with another leaf's receipt",
+        prov.answer_demand(e, 0, &leaves[1], &proof(0), m)
+    );
+    step!(
+        "answer a leaf not demanded",
+        prov.answer_demand(e, 3, &leaves[3], &proof(3), m)
+    );
+    step!(
+        "answer leaf 0",
+        prov.answer_demand(e, 0, &leaves[0], &proof(0), m)
+    );
+    step!(
+        "answer twice",
+        prov.answer_demand(e, 0, &leaves[0], &proof(0), m)
+    );
+    let served = prov.serve_receipt(&omitted)?;
+    step!(
+        "challenge before the receipt's next epoch ends",
+        payer.challenge_inclusion(&served)
+    );
+    clock.advance_to(e + 2).await?;
+    step!(
+        "answer leaf 1 at its deadline",
+        prov.answer_demand(e, 1, &leaves[1], &proof(1), m)
+    );
+    step!(
+        "challenge by another than the payer",
+        ver.challenge_inclusion(&served)
+    );
+    let forged = payer.serve_receipt(&omitted)?;
+    step!(
+        "challenge a receipt the payer signed",
+        payer.challenge_inclusion(&forged)
+    );
+    step!(
+        "challenge the omitted receipt",
+        payer.challenge_inclusion(&served)
+    );
+    step!("challenge twice", payer.challenge_inclusion(&served));
+    let included = prov.serve_receipt(&signed[3])?;
+    step!(
+        "challenge a receipt under the root",
+        payer.challenge_inclusion(&included)
+    );
+    let h3 = *signed[3].hash().as_bytes();
+    step!(
+        "answer a challenge by another than the provider",
+        ver.answer_inclusion(h3, e, 3, &proof(3))
+    );
+    step!(
+        "answer the false challenge",
+        prov.answer_inclusion(h3, e, 3, &proof(3))
+    );
+    step!(
+        "answer the omitted receipt with another leaf's path",
+        prov.answer_inclusion(omitted_hash, e, 0, &proof(0))
+    );
+    clock.advance_to(e + 3).await?;
+    step!(
+        "answer a demand past its deadline",
+        prov.answer_demand(e, 2, &leaves[2], &proof(2), m)
+    );
+    clock.advance_to(e + 4).await?;
+    step!(
+        "charge the unanswered challenge",
+        payer.expire_challenge(omitted_hash)
+    );
+    step!(
+        "answer the challenge past its deadline",
+        prov.answer_inclusion(omitted_hash, e, 0, &proof(0))
+    );
+    let w2 = conf.confirm_withheld(p, e, 2)?;
+    step!(
+        "withheld verdict in the plant epoch",
+        ver.withheld_verdict(p, e, 2, &w2)
+    );
+    clock.advance_to(e + 5).await?;
+    let w3 = conf.confirm_withheld(p, e, 3)?;
+    step!(
+        "withheld verdict without a demand",
+        ver.withheld_verdict(p, e, 3, &w3)
+    );
+    let w0 = conf.confirm_withheld(p, e, 0)?;
+    step!(
+        "withheld verdict on an answered demand",
+        ver.withheld_verdict(p, e, 0, &w0)
+    );
+    let own = ver.confirm_withheld(p, e, 2)?;
+    step!(
+        "withheld verdict confirmed by its own sender",
+        ver.withheld_verdict(p, e, 2, &own)
+    );
+    let by_payer = payer.confirm_withheld(p, e, 2)?;
+    step!(
+        "withheld verdict confirmed by a non-verifier",
+        ver.withheld_verdict(p, e, 2, &by_payer)
+    );
+    step!(
+        "withheld verdict by another than the demander",
+        conf.withheld_verdict(p, e, 2, &own)
+    );
+    step!(
+        "withheld verdict: slash, bounty",
+        ver.withheld_verdict(p, e, 2, &w2)
+    );
+    step!("withheld verdict twice", ver.withheld_verdict(p, e, 2, &w2));
+    let mut balances = Vec::new();
+    for s in who {
+        balances.push((
+            s.balance(s.account()).await?,
+            s.stake_of(s.account()).await?,
+        ));
+    }
+    Ok(Outcome {
+        steps,
+        balances,
+        channel: payer.channel(ch).await?,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_and_evm_agree_on_disputes() -> anyhow::Result<()> {
+    let keys: Vec<Keypair> = (0..5).map(|i| Keypair::from_seed([i + 11; 32])).collect();
+    let node = ledger(&keys, Params::default()).await?;
+    let client = Client::new(&node.url)?;
+    let sequencer = LedgerSettlement::new(client.clone(), keys[0].clone(), CHAIN);
+    let on_ledger: Vec<LedgerSettlement> = keys[1..]
+        .iter()
+        .map(|k| LedgerSettlement::new(client.clone(), k.clone(), CHAIN))
+        .collect();
+    let l = dispute_scenario(&on_ledger, &keys[1..], &sequencer).await?;
+    use Refusal::*;
+    #[rustfmt::skip]
+    let expected: Vec<Result<(), Refusal>> = vec![
+        Ok(()), Ok(()), Ok(()), Ok(()), Ok(()),
+        Err(AuditWindow), Err(NotAssigned), Ok(()), Ok(()), Ok(()), Err(Demand),
+        Err(Demand), Err(BadReceiptProof), Err(Demand), Ok(()), Err(Demand),
+        Err(AuditWindow),
+        Ok(()), Err(NotChannelPayer), Err(ForgedReceipt), Ok(()), Err(Malformed), Ok(()),
+        Err(Malformed), Ok(()), Err(BadReceiptProof),
+        Err(Demand),
+        Ok(()), Err(Malformed), Err(AuditWindow),
+        Err(Demand), Err(Demand), Err(ConflictedVerdict), Err(NotVerifier), Err(Demand),
+        Ok(()), Err(AlreadyJudged),
+    ];
+    let got: Vec<_> = l.steps.iter().map(|(_, r)| r.clone()).collect();
+    assert_eq!(got, expected, "the ledger's outcomes: {:?}", l.steps);
+    let view = |stake, verifier| StakeView {
+        stake,
+        unbonding: 0,
+        verifier,
+    };
+    // Payer: 300 escrowed, two bonds of 5 (one lost to the answered challenge, one back), the
+    // omitted receipt's 30 refunded. Provider: paid 100 and the false challenge's bond; half
+    // its 500 slashed for the omission, then half of the rest for the withheld material.
+    // Verifier: the bounty, 20% of 125.
+    assert_eq!(
+        l.balances,
+        vec![
+            (725, view(0, false)),
+            (605, view(125, false)),
+            (825, view(200, true)),
+            (900, view(100, true)),
+        ]
+    );
+    assert_eq!(
+        l.channel,
+        Some(ChannelView {
+            deposit: 300,
+            claimed: 100,
+            closed: false,
+            refunded: 30,
+        })
+    );
+
+    let Some(bin) = find_anvil() else {
+        eprintln!("SKIP (EVM half): anvil not found (run scripts/install-evm-tools)");
+        return Ok(());
+    };
+    let anvil = Anvil::start(&bin, 31_337)?;
+    let d = deploy(anvil.url(), anvil.keys()[0].clone(), EvmParams::devnet(50)).await?;
+    let admin = SettlementClient::connect(anvil.url(), anvil.keys()[0].clone(), d.clone()).await?;
+    let mut on_evm = Vec::new();
+    for k in &anvil.keys()[1..5] {
+        admin.mint(k.address(), EACH).await?;
+        on_evm.push(EvmSettlement::new(
+            SettlementClient::connect(anvil.url(), k.clone(), d.clone()).await?,
+        ));
+    }
+    let evm = dispute_scenario(&on_evm, &keys[1..], &Miner(admin)).await?;
+    for (l, e) in l.steps.iter().zip(&evm.steps) {
+        assert_eq!(l, e, "the ledger and the contracts disagree");
+    }
+    assert_eq!(l, evm);
+    Ok(())
+}
