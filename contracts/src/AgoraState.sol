@@ -64,7 +64,8 @@ abstract contract AgoraState {
         uint64 cleanAudits;
         /// Confirmed frauds against it.
         uint64 frauds;
-        /// Its revealed failures not yet confirmed or expired: withdrawal waits for them.
+        /// Its revealed failures not yet confirmed or expired, and the open inclusion challenges
+        /// against it: withdrawal waits for them.
         uint32 openAlarms;
     }
 

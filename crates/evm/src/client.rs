@@ -78,7 +78,8 @@ pub struct Account {
     pub clean_audits: u64,
     /// Confirmed frauds against it.
     pub frauds: u64,
-    /// Its revealed failures neither confirmed nor expired yet (withdrawal waits for them).
+    /// Its revealed failures neither confirmed nor expired yet, and the open inclusion
+    /// challenges against it (withdrawal waits for them).
     pub open_alarms: u32,
 }
 

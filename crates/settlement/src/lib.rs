@@ -1,7 +1,8 @@
 //! One settlement interface for Agora's operations (stake, unbonding, verifiers, payment
 //! channels and vouchers, receipt roots, and the audits: selection, commit, reveal, fraud
-//! verdicts with slash, bounty and refund, false alarms, plants), implemented by the embedded
-//! ledger and by an EVM chain.
+//! verdicts with slash, bounty and refund, false alarms, plants, material demands with
+//! `Withheld` verdicts, inclusion challenges), implemented by the embedded ledger and by an
+//! EVM chain.
 //!
 //! [`Settlement`] is one account's view of settlement. [`ledger::LedgerSettlement`] signs
 //! ledger transactions with the account's ed25519 key and submits them to an `agora ledger
