@@ -630,6 +630,19 @@ async fn the_disputes_code_refuses_calls_at_its_own_address() -> anyhow::Result<
         direct.expire_challenge(s.omitted.receipt).await,
         "NotSettlement"
     );
+    // Its reads are served at the settlement's address, with the settlement's rules.
+    let d = &s.chain.deployment;
+    let at_settlement = AgoraDisputes::new(d.settlement, s.chain.admin.provider());
+    let p = at_settlement.params().call().await?;
+    assert_eq!(
+        (p.epochBlocks, p.challengeBond, p.plantBond, p.answerEpochs),
+        (
+            d.params.epoch_blocks,
+            d.params.challenge_bond,
+            d.params.plant_bond,
+            d.params.answer_epochs
+        )
+    );
     Ok(())
 }
 
