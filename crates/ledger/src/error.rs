@@ -179,8 +179,9 @@ pub enum TxError {
         epoch: u64,
     },
     /// A receipt answered under a root later than its epoch's next one, and that root is not
-    /// audited in full: only a late root (every leaf audited) may hold a late receipt.
-    #[error("receipt of epoch {receipt_epoch} is answered under {provider}'s epoch {epoch} root, which is neither that epoch's nor the next and not audited in full")]
+    /// a late root (`PostLateRoot`, every leaf audited): only a late root may hold a late
+    /// receipt (a root audited in full because of probation is not one).
+    #[error("receipt of epoch {receipt_epoch} is answered under {provider}'s epoch {epoch} root, which is neither that epoch's nor the next and not a late root")]
     LateReceiptRoot {
         /// The provider.
         provider: AccountId,
