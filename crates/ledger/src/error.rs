@@ -71,6 +71,9 @@ pub enum TxError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The receipt's inclusion was already challenged (once per receipt).
+    #[error("receipt {0} already challenged")]
+    AlreadyChallenged(Hash32),
     /// No channel with this id.
     #[error("unknown channel {0}")]
     UnknownChannel(Hash32),
@@ -263,6 +266,7 @@ impl TxError {
             TxError::InsufficientStake { .. } => "insufficient_stake",
             TxError::Overflow { .. } => "overflow",
             TxError::Malformed { .. } => "malformed",
+            TxError::AlreadyChallenged(_) => "already_challenged",
             TxError::UnknownChannel(_) => "unknown_channel",
             TxError::ChannelClosed(_) => "channel_closed",
             TxError::NotChannelPayer { .. } => "not_channel_payer",

@@ -58,9 +58,7 @@ impl State {
         self.window("the inclusion challenge", span(2)?, last)?;
         let key = receipt.hash();
         if self.challenges.contains_key(&key) {
-            return Err(TxError::Malformed {
-                reason: "receipt already challenged",
-            });
+            return Err(TxError::AlreadyChallenged(key));
         }
         let due_epoch = self.answer_due_epoch()?;
         let bond = self.params.challenge_bond;
