@@ -43,6 +43,14 @@ pub enum ChannelError {
     /// The ledger refused or was unreachable.
     #[error("ledger: {0}")]
     Ledger(String),
+    /// The ledger refused the transaction, with its stable code (`TxError::code`).
+    #[error("ledger refused ({code}): {message}")]
+    Refused {
+        /// The ledger's code, e.g. `already_challenged`.
+        code: String,
+        /// The reason in words.
+        message: String,
+    },
     /// The durable books failed; nothing is promised that was not written.
     #[error("channel store: {0}")]
     Store(String),
@@ -54,6 +62,16 @@ fn store_err(e: impl std::fmt::Display) -> ChannelError {
 
 /// (payer, provider).
 type BookKey = (AccountId, AccountId);
+
+/// What settling an answer did.
+#[derive(Debug)]
+pub struct Settled {
+    /// The voucher for the channel's new total, if anything was charged.
+    pub voucher: Option<SignedVoucher>,
+    /// What the answer was charged, in micro-units: its cost capped at the reservation
+    /// (and the books at the deposit).
+    pub charged_micros: u128,
+}
 
 /// What is kept of a channel across restarts.
 #[derive(Debug, Clone, PartialEq, BorshSerialize, BorshDeserialize)]
@@ -484,51 +502,66 @@ impl Channels {
                 body,
             }
             .sign(&key);
-            ledger
-                .submit(&tx)
-                .map_err(|e| ChannelError::Ledger(e.to_string()))?;
+            ledger.submit(&tx).map_err(|e| match e {
+                agora_ledger::ClientError::Rejected { code, message } => {
+                    ChannelError::Refused { code, message }
+                }
+                e => ChannelError::Ledger(e.to_string()),
+            })?;
             Ok(account.nonce)
         })
         .await
         .map_err(|e| ChannelError::Ledger(e.to_string()))?
     }
 
-    /// Releases a reservation and adds what the answer actually cost; returns the voucher
-    /// for the channel's new cumulative total, signed by `payer`.
+    /// Releases a reservation and adds what the answer actually cost, at most the
+    /// reservation; returns the voucher for the channel's new cumulative total, signed by
+    /// `payer`, and what was charged (the figure to report, never the uncapped cost).
     pub async fn settle(
         &self,
         payer: &Keypair,
         provider: AccountId,
         reservation: Reservation,
         cost_micros: u128,
-    ) -> Option<SignedVoucher> {
-        let books = self
+    ) -> Settled {
+        let none = Settled {
+            voucher: None,
+            charged_micros: 0,
+        };
+        let Some(books) = self
             .books
             .lock()
             .await
             .get(&(payer.account(), provider))
-            .cloned()?;
+            .cloned()
+        else {
+            return none;
+        };
         let mut b = books.lock().await;
         b.reserved = b
             .reserved
             .checked_sub(reservation.amount)
             .unwrap_or(Amount::ZERO);
         if cost_micros == 0 {
-            return None;
+            return none;
         }
+        let before = b.spent_micros;
         b.spent_micros =
             crate::rules::charge(b.spent_micros, cost_micros, reservation.amount, b.deposit);
         // Written before the voucher leaves: a restart continues from here, never below.
         if let Err(e) = self.persist(&(payer.account(), provider), &b) {
             tracing::error!(channel = %b.id, "voucher withheld, books not written: {e}");
-            return None;
+            return none;
         }
         let voucher = Voucher {
             chain_id: self.chain_id,
             channel: b.id,
             cumulative: b.vouched(),
         };
-        Some(SignedVoucher::new(voucher, payer))
+        Settled {
+            voucher: Some(SignedVoucher::new(voucher, payer)),
+            charged_micros: b.spent_micros.saturating_sub(before),
+        }
     }
 
     /// Closes channels no answer has used for `idle`, returning their escrow to the payer:

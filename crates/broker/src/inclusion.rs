@@ -124,12 +124,18 @@ pub enum Verdict {
     Challenged,
     /// Neither yet (no payer key, or the ledger refused for now): checked again next sweep.
     Retry,
+    /// The provider names a root this broker did not remember (past [`MAX_ROOTS`]): it
+    /// cannot tell, so it does not challenge (a challenge of an honest provider costs the
+    /// payer its bond); forgotten and counted `unverified`.
+    Unverified,
 }
 
 #[derive(Default)]
 struct State {
     tracked: HashMap<Hash32, Tracked>,
     roots: Roots,
+    /// Epochs with a posted root left out of `roots` because it was full.
+    unremembered: std::collections::BTreeSet<u64>,
     /// Payer keys seen since the start.
     payers: HashMap<AccountId, Keypair>,
     /// The ledger epoch as the event stream that fed `roots` last reached it.
@@ -243,14 +249,20 @@ impl Inclusion {
                 epoch,
                 root,
                 receipts,
-            } if s.roots.len() < MAX_ROOTS => {
-                s.roots.insert((*provider, *epoch), (*root, *receipts));
+            } => {
+                if s.roots.len() < MAX_ROOTS {
+                    s.roots.insert((*provider, *epoch), (*root, *receipts));
+                } else {
+                    // Remembered as unknown, so no receipt under it is challenged for it.
+                    s.unremembered.insert(*epoch);
+                }
             }
             Event::EpochAdvanced { epoch, .. } => {
                 s.epoch = s.epoch.max(*epoch);
                 // Roots too old to hold any receipt still inside its window.
                 let oldest = epoch.saturating_sub(self.escalation_epochs.saturating_add(2));
                 s.roots.retain(|(_, e), _| *e >= oldest);
+                s.unremembered.retain(|e| *e >= oldest);
             }
             _ => {}
         }
@@ -346,11 +358,30 @@ impl Inclusion {
     ) -> Verdict {
         let key = t.receipt.hash();
         let r = &t.receipt.receipt;
-        let proven = answer.is_some_and(|a| proves(a, &t.receipt, &self.lock().roots));
+        let (proven, unknown) = {
+            let s = self.lock();
+            let proven = answer.is_some_and(|a| proves(a, &t.receipt, &s.roots));
+            // The answer names an on-time root this broker could not remember: it cannot
+            // tell, and "cannot tell" never costs the provider a challenge.
+            let unknown = match answer {
+                Some(InclusionAnswer::Included { epoch, .. }) => {
+                    (*epoch == r.epoch || Some(*epoch) == r.epoch.checked_add(1))
+                        && !s.roots.contains_key(&(r.provider, *epoch))
+                        && s.unremembered.contains(epoch)
+                }
+                _ => false,
+            };
+            (proven, unknown)
+        };
         if proven {
             tracing::debug!(receipt = %key, provider = %r.provider, "receipt proven under its root");
             self.forget(&key, "proven");
             return Verdict::Proven;
+        }
+        if unknown {
+            tracing::warn!(receipt = %key, provider = %r.provider, "the provider names a root past the roots remembered; not challenged");
+            self.forget(&key, "unverified");
+            return Verdict::Unverified;
         }
         let Some(payer) = self.payer(&r.payer) else {
             tracing::debug!(receipt = %key, "no key for the receipt's payer yet; challenge deferred");
@@ -371,7 +402,10 @@ impl Inclusion {
                 self.forget(&key, "challenged");
                 Verdict::Challenged
             }
-            Err(ChannelError::Ledger(e)) if e.contains("already challenged") => {
+            // The ledger's typed refusal, never its words.
+            Err(ChannelError::Refused { code, .. })
+                if code == agora_ledger::TxError::AlreadyChallenged(key).code() =>
+            {
                 self.forget(&key, "challenged");
                 Verdict::Challenged
             }
@@ -649,6 +683,28 @@ mod tests {
             Verdict::Challenged
         );
         assert_eq!(inclusion.pending(), 0);
+        // Met again (a second sweep, a store recovered after a crash): the ledger refuses a
+        // second challenge with its typed code, and the receipt counts as challenged.
+        let again = channels
+            .submit_in_turn(
+                &k[2],
+                TxBody::ChallengeInclusion {
+                    receipt: served[2].receipt.clone(),
+                },
+            )
+            .await;
+        assert!(
+            matches!(&again, Err(ChannelError::Refused { code, .. }) if code == "already_challenged"),
+            "{again:?}"
+        );
+        inclusion.keep(&k[2], served[2].clone());
+        assert_eq!(
+            inclusion
+                .settle(&served[2], Some(&leaf(1)), &channels)
+                .await,
+            Verdict::Challenged
+        );
+        assert_eq!(inclusion.pending(), 0);
         // The provider cannot answer the challenge; its deadline passes.
         advance(&l, &k[0]).await;
         advance(&l, &k[0]).await;
@@ -688,6 +744,111 @@ mod tests {
         assert_eq!(
             balance,
             balance_before.checked_add(Amount::new(50)).expect("sum")
+        );
+    }
+
+    /// The broker remembers at most [`MAX_ROOTS`] posted roots; past it a root's event was
+    /// ignored, so an honest provider's receipt under that root, shown with a path that
+    /// holds, was challenged (each challenge of an honest provider costs the payer its bond).
+    /// Now a root left out because of the bound is an unknown: the receipt is not challenged,
+    /// and is counted `unverified`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_root_past_the_bound_never_turns_into_a_challenge() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let k: Vec<Keypair> = (1..=3u8).map(|i| Keypair::from_seed([i; 32])).collect();
+        let (seq, provider, payer) = (k[0].clone(), k[1].clone(), k[2].clone());
+        let l = ledger(dir.path(), &seq, &[&provider, &payer]).await;
+        let channels = Channels::new(CHAIN, l.clone(), Amount::new(1));
+        let inclusion =
+            Inclusion::new(None, Params::default().escalation_epochs, None).expect("inclusion");
+        let ll = l.clone();
+        let served = tokio::task::spawn_blocking(move || {
+            let l = ll;
+            send(
+                &l,
+                &provider,
+                TxBody::Stake {
+                    amount: Amount::new(1000),
+                },
+            );
+            let nonce = l.next_nonce(&payer.account()).expect("nonce");
+            let channel = channel_id(CHAIN, &payer.account(), nonce);
+            send(
+                &l,
+                &payer,
+                TxBody::OpenChannel {
+                    provider: provider.account(),
+                    amount: Amount::new(500),
+                    timeout_epochs: 20,
+                },
+            );
+            send(&l, &seq, TxBody::AdvanceEpoch);
+            let r = l.status().expect("status").epoch;
+            let served = receipt(&provider, &payer, channel, 1, r);
+            send(
+                &l,
+                &provider,
+                TxBody::PostReceiptRoot {
+                    epoch: r,
+                    root: merkle::root(&[served.receipt.hash()]),
+                    receipts: 1,
+                },
+            );
+            served
+        })
+        .await
+        .expect("setup");
+        inclusion.keep(&k[2], served.clone());
+        let r = served.receipt.receipt.epoch;
+        // Other providers' roots fill what the broker remembers before this one's arrives.
+        for i in 0..MAX_ROOTS {
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            inclusion.observe(&Event::ReceiptRootPosted {
+                provider: AccountId::from_bytes(id),
+                epoch: r,
+                root: Hash32::of(&id),
+                receipts: 1,
+            });
+        }
+        advance(&l, &k[0]).await;
+        advance(&l, &k[0]).await;
+        for e in &events(&l).await {
+            inclusion.observe(e);
+        }
+        assert_eq!(
+            due(r, inclusion.lock().epoch, inclusion.escalation_epochs),
+            Due::Check
+        );
+        // The honest provider's answer: the leaf under its on-time root, with a path that holds.
+        let answer = InclusionAnswer::Included {
+            epoch: r,
+            index: 0,
+            proof: merkle::proof(&[served.receipt.hash()], 0).expect("path"),
+        };
+        assert_eq!(
+            inclusion.settle(&served, Some(&answer), &channels).await,
+            Verdict::Unverified
+        );
+        assert_eq!(inclusion.pending(), 0);
+        let challenged = events(&l)
+            .await
+            .iter()
+            .filter(|e| matches!(e, Event::InclusionChallenged { .. }))
+            .count();
+        assert_eq!(challenged, 0, "an honest receipt was challenged");
+        // A provider that answers nothing is still challenged, bound or not.
+        let silent = {
+            let mut t = served.clone();
+            let mut r2 = t.receipt.receipt.clone();
+            r2.request_id = [2; 16];
+            t.receipt = r2.sign(&k[1]);
+            t
+        };
+        inclusion.keep(&k[2], silent.clone());
+        assert_eq!(
+            inclusion.settle(&silent, None, &channels).await,
+            Verdict::Challenged
         );
     }
 

@@ -580,17 +580,21 @@ impl Broker {
         };
         // A provider that did not finish is not paid: without its receipt nothing proves
         // what it served, and the next provider charges for the rest.
-        let voucher = self
+        let settled = self
             .channels
             .settle(payer, provider, reservation, cost)
             .await;
+        // What was charged, capped at the reservation: the figure the budget and the client
+        // see, never the receipt's cost before the cap.
+        let paid_micros = settled.charged_micros;
         // Rounded up: vouchers pay accumulated micro-units, so a budget counting each
         // answer's floor could fall behind what actually left the account.
         if let Some(h) = hold {
-            h.settle(cost.div_ceil(agora_market::MICROS_PER_UNIT));
+            h.settle(paid_micros.div_ceil(agora_market::MICROS_PER_UNIT));
         }
-        let (finish, receipt, paid_micros, mut stream) = match result {
-            Ok(done) => done,
+        let voucher = settled.voucher;
+        let (finish, receipt, mut stream) = match result {
+            Ok((finish, receipt, _, stream)) => (finish, receipt, stream),
             Err(outcome) => return outcome,
         };
         if let Some(v) = voucher {

@@ -444,11 +444,12 @@ async fn settle_never_charges_more_than_the_reservation() {
         channel: id,
         amount: Amount::new(10),
     };
-    let v = channels
-        .settle(&p, q, reservation, u128::MAX)
-        .await
-        .expect("voucher");
+    let settled = channels.settle(&p, q, reservation, u128::MAX).await;
+    let v = settled.voucher.expect("voucher");
     assert_eq!(v.voucher.cumulative, Amount::new(10));
+    // The charge reported to the client (`charged`) and to the key's budget is the settled
+    // one: the reservation, not the cost claimed before the cap.
+    assert_eq!(settled.charged_micros, 10 * agora_market::MICROS_PER_UNIT);
 }
 
 #[tokio::test]
@@ -467,14 +468,22 @@ async fn restart_continues_vouchers_from_the_durable_books() {
         let store = channels::ChannelStore::open(&path).expect("store");
         let ch = Channels::durable(9, ledger.clone(), Amount::new(1), store).expect("open");
         ch.insert_open(p.account(), q, id, Amount::new(1_000)).await;
-        let v = ch.settle(&p, q, r, 7_500_000).await.expect("voucher");
+        let v = ch
+            .settle(&p, q, r, 7_500_000)
+            .await
+            .voucher
+            .expect("voucher");
         assert_eq!(v.voucher.cumulative, Amount::new(7));
     }
     let store = channels::ChannelStore::open(&path).expect("store");
     let ch = Channels::durable(9, ledger, Amount::new(1), store).expect("reopen");
     assert_eq!(ch.channel_of(&p.account(), &q).await, Some(id));
     assert_eq!(ch.spent_micros(&p.account(), &q).await, Some(7_500_000));
-    let v = ch.settle(&p, q, r, 2_500_000).await.expect("voucher");
+    let v = ch
+        .settle(&p, q, r, 2_500_000)
+        .await
+        .voucher
+        .expect("voucher");
     assert_eq!(v.voucher.cumulative, Amount::new(10));
 }
 

@@ -74,6 +74,10 @@ pub struct AuditPlan {
     pub audit_ppm: u32,
     /// The selected leaves and their assigned verifiers.
     pub leaves: Vec<(u64, AccountId)>,
+    /// A late root (`PostLateRoot`): the only kind that may hold receipts of epochs before
+    /// the previous one.
+    #[serde(default)]
+    pub late: bool,
 }
 
 /// The inputs of an audit plan, copied out of the state.
@@ -103,6 +107,7 @@ impl PlanParts {
             beacon: *beacon,
             audit_ppm: self.root.audit_ppm,
             leaves,
+            late: self.root.late,
         }
     }
 }
@@ -319,8 +324,14 @@ impl State {
             },
         );
         let fee = if passed {
-            let p = Self::acct_mut(&mut self.accounts, j, provider);
-            p.clean_audits = p.clean_audits.saturating_add(1);
+            // A late root may re-post receipts already audited under their own roots: its
+            // passes earn no probation credit, so a receipt counts at most under the roots
+            // of its epoch and the next.
+            let late = self.roots.get(&(provider, epoch)).is_some_and(|r| r.late);
+            if !late {
+                let p = Self::acct_mut(&mut self.accounts, j, provider);
+                p.clean_audits = p.clean_audits.saturating_add(1);
+            }
             self.pay_fee(j, from)?
         } else {
             // A failure is paid only once a verdict or a plant confirms it; unconfirmed by the

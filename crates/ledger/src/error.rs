@@ -71,6 +71,9 @@ pub enum TxError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The receipt's inclusion was already challenged (once per receipt).
+    #[error("receipt {0} already challenged")]
+    AlreadyChallenged(Hash32),
     /// No channel with this id.
     #[error("unknown channel {0}")]
     UnknownChannel(Hash32),
@@ -179,8 +182,9 @@ pub enum TxError {
         epoch: u64,
     },
     /// A receipt answered under a root later than its epoch's next one, and that root is not
-    /// audited in full: only a late root (every leaf audited) may hold a late receipt.
-    #[error("receipt of epoch {receipt_epoch} is answered under {provider}'s epoch {epoch} root, which is neither that epoch's nor the next and not audited in full")]
+    /// a late root (`PostLateRoot`, every leaf audited): only a late root may hold a late
+    /// receipt (a root audited in full because of probation is not one).
+    #[error("receipt of epoch {receipt_epoch} is answered under {provider}'s epoch {epoch} root, which is neither that epoch's nor the next and not a late root")]
     LateReceiptRoot {
         /// The provider.
         provider: AccountId,
@@ -262,6 +266,7 @@ impl TxError {
             TxError::InsufficientStake { .. } => "insufficient_stake",
             TxError::Overflow { .. } => "overflow",
             TxError::Malformed { .. } => "malformed",
+            TxError::AlreadyChallenged(_) => "already_challenged",
             TxError::UnknownChannel(_) => "unknown_channel",
             TxError::ChannelClosed(_) => "channel_closed",
             TxError::NotChannelPayer { .. } => "not_channel_payer",

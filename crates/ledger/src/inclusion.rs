@@ -2,13 +2,14 @@
 //! provider-signed receipt can make the provider prove it sits under one of its roots.
 //!
 //! A receipt names the epoch `r` it was served in. The provider must put it under its root for
-//! `r` or `r + 1`, or (back from an outage) under a later root audited in full
-//! (`PostLateRoot`, or any root while on probation), so a late receipt is audited for sure. From epoch `r + 2` to `r + 1 + escalation_epochs` the payer of the receipt's
-//! channel may challenge it, escrowing `challenge_bond`; the provider answers within
-//! `answer_epochs` with a Merkle path (and takes the bond), or at the start of the epoch after
-//! the deadline it is slashed `slash_bps` of its stake, the payer gets back the receipt's cost
-//! (at most what the channel paid and was not yet refunded, at most the slash) and its bond,
-//! and the rest is burned.
+//! `r` or `r + 1`, or (back from an outage) under a later late root (`PostLateRoot`, audited in
+//! full, its passes earning no probation credit), so a late receipt is audited for sure and
+//! an old one cannot be counted again. From epoch `r + 2` to `r + 1 + escalation_epochs` the
+//! payer of the receipt's channel may challenge it, escrowing `challenge_bond`; the provider
+//! answers within `answer_epochs` with a Merkle path (and takes the bond), or at the start of
+//! the epoch after the deadline it is slashed `slash_bps` of its stake, the payer gets back the
+//! receipt's cost (at most what the channel paid and was not yet refunded, at most the slash)
+//! and its bond, and the rest is burned.
 
 use crate::error::TxError;
 use crate::state::{Challenge, Event, Journal, State};
@@ -57,9 +58,7 @@ impl State {
         self.window("the inclusion challenge", span(2)?, last)?;
         let key = receipt.hash();
         if self.challenges.contains_key(&key) {
-            return Err(TxError::Malformed {
-                reason: "receipt already challenged",
-            });
+            return Err(TxError::AlreadyChallenged(key));
         }
         let due_epoch = self.answer_due_epoch()?;
         let bond = self.params.challenge_bond;
@@ -127,11 +126,13 @@ impl State {
                 provider: from,
                 epoch,
             })?;
-        // A receipt that missed its epoch's root and the next one counts only under a root
-        // audited in full: arriving late must not lower its chance of an audit. That root's
-        // probability was fixed before the beacon that selects it was drawn.
+        // A receipt that missed its epoch's root and the next one counts only under a late
+        // root, audited in full: arriving late must not lower its chance of an audit (that
+        // root's probability was fixed before the beacon that selects it was drawn). A root
+        // audited in full only because of probation is not one: its passes count toward
+        // leaving probation, and an old receipt re-posted under it would count again.
         let on_time = epoch - c.receipt_epoch <= 1;
-        if !on_time && posted.audit_ppm < crate::state::FULL_AUDIT_PPM {
+        if !on_time && !posted.late {
             return Err(TxError::LateReceiptRoot {
                 provider: from,
                 receipt_epoch: c.receipt_epoch,

@@ -106,6 +106,10 @@ pub struct ReceiptRoot {
     pub receipts: u64,
     /// The audit probability of each leaf, in parts per million, fixed when it was posted.
     pub audit_ppm: u32,
+    /// Posted as a late root (`PostLateRoot`): it may hold receipts that missed the roots of
+    /// their epoch and the next; every leaf is audited, and a pass earns no probation credit.
+    #[serde(default)]
+    pub late: bool,
 }
 
 /// The audit of one selected leaf: a commitment, then its reveal.
@@ -834,6 +838,7 @@ impl State {
                 root,
                 receipts,
                 audit_ppm,
+                late: full,
             },
         );
         Ok(vec![Event::ReceiptRootPosted {

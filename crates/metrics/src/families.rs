@@ -120,7 +120,8 @@ pub struct GatewayMetrics {
     /// `agora_gateway_inclusion{outcome}`: paid receipts the broker followed to their roots,
     /// by how that ended: `proven` (the provider showed the leaf), `challenged`
     /// (`ChallengeInclusion` submitted), `expired` (the challenge window passed first),
-    /// `untracked` (refused at the cap).
+    /// `untracked` (refused at the cap), `unverified` (the provider named a root past the
+    /// roots the broker remembers: not challenged).
     pub inclusion: CounterFamily,
     /// `agora_gateway_inclusion_pending`: paid receipts awaiting their roots.
     pub inclusion_pending: Gauge,
@@ -167,7 +168,7 @@ static GATEWAY: LazyLock<GatewayMetrics> = LazyLock::new(|| {
     ),
     inclusion: counters(
         "agora_gateway_inclusion",
-        "Paid receipts followed to their providers' roots, by outcome (proven, challenged, expired, untracked).",
+        "Paid receipts followed to their providers' roots, by outcome (proven, challenged, expired, untracked, unverified).",
     ),
     inclusion_pending: gauge(
         "agora_gateway_inclusion_pending",

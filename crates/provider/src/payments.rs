@@ -5,6 +5,10 @@
 //! for (after a short grace for a voucher on its way) and the escrow left beyond the best
 //! voucher covers the requests in flight plus this one: a payer that stops paying gets at
 //! most the answers already in flight. A voucher is kept only if the deposit can pay it.
+//! A channel the payer has asked to close is refused: its escrow goes back to the payer at
+//! the end of the ledger's claim window, before a voucher for a new answer could be claimed
+//! for sure. Once a channel has expired (the payer may ask to close it at any time) its state
+//! is read from the ledger for every request.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +32,8 @@ struct ChannelView {
     payer: AccountId,
     deposit: Amount,
     claimed: Amount,
+    /// The payer may ask to close it from this epoch on: the cached view is trusted before.
+    expires_epoch: u64,
     best: Option<SignedVoucher>,
     /// What answers served on it cost, in millionths of a base unit.
     served_micros: u128,
@@ -71,6 +77,15 @@ pub enum PaymentError {
         left: Amount,
         /// The request's most cost.
         need: Amount,
+    },
+    /// The payer asked to close the channel: its escrow goes back at `closes_epoch`, and a
+    /// voucher for an answer served now might not be claimed before then.
+    #[error("channel {channel} is closing (its escrow returns to the payer at epoch {closes_epoch}): open another channel")]
+    Closing {
+        /// The channel.
+        channel: Hash32,
+        /// The epoch at whose start the rest goes back to the payer.
+        closes_epoch: u64,
     },
     /// Answers already served on the channel are not vouched for.
     #[error("channel has {owed} served and not vouched for; pay for it first")]
@@ -162,10 +177,11 @@ impl Payments {
         };
         for v in kept {
             let id = v.voucher.channel;
-            let (deposit, claimed) = match payments.ledger.channel(&id) {
-                Ok(Some(c)) => (c.deposit, c.claimed),
-                // Unknown now: keep the voucher; a claim will tell.
-                _ => (v.voucher.cumulative, Amount::ZERO),
+            let (deposit, claimed, expires_epoch) = match payments.ledger.channel(&id) {
+                Ok(Some(c)) => (c.deposit, c.claimed, c.expires_epoch),
+                // Unknown now: keep the voucher; a claim will tell (and admission asks the
+                // ledger again).
+                _ => (v.voucher.cumulative, Amount::ZERO, 0),
             };
             tracing::info!(channel = %id, cumulative = %v.voucher.cumulative, "recovered a voucher");
             payments.lock().insert(
@@ -174,6 +190,7 @@ impl Payments {
                     payer: v.payer,
                     deposit,
                     claimed,
+                    expires_epoch,
                     served_micros: v
                         .voucher
                         .cumulative
@@ -213,12 +230,26 @@ impl Payments {
     /// finished answer on the channel must be vouched for (waiting briefly for a voucher on
     /// its way) and the free escrow must cover `need`, asking the ledger when the cached view
     /// is missing or short (it may have been topped up). Holds `need` until the returned
-    /// reservation is dropped.
+    /// reservation is dropped. The current epoch is not known here: the ledger is asked
+    /// whether the channel is closing every time ([`Payments::check_at`]).
     pub async fn check(
         &self,
         channel: Hash32,
         payer: AccountId,
         need: Amount,
+    ) -> Result<Reservation, PaymentError> {
+        self.check_at(channel, payer, need, u64::MAX).await
+    }
+
+    /// [`Payments::check`] at ledger epoch `epoch`: a channel the payer has asked to close is
+    /// refused ([`PaymentError::Closing`]); once it has expired at `epoch` (the payer may ask
+    /// to close it at any time) the ledger is asked for every request.
+    pub async fn check_at(
+        &self,
+        channel: Hash32,
+        payer: AccountId,
+        need: Amount,
+        epoch: u64,
     ) -> Result<Reservation, PaymentError> {
         let waited = tokio::time::Instant::now();
         loop {
@@ -235,7 +266,7 @@ impl Payments {
             }
             let _ = tokio::time::timeout(Duration::from_millis(100), self.paid.notified()).await;
         }
-        if let Some(r) = self.reserve(&channel, &payer, need)? {
+        if let Some(r) = self.reserve(&channel, &payer, need, Some(epoch))? {
             return Ok(r);
         }
         let ledger = self.ledger.clone();
@@ -249,20 +280,30 @@ impl Payments {
         if c.closed || c.payer != payer || c.provider != self.me {
             return Err(PaymentError::NoChannel(channel));
         }
+        // Closing: the rest goes back to the payer at the end of the claim window, and a
+        // voucher for this answer might only arrive after it.
+        if let Some(closes_epoch) = c.closes_epoch {
+            return Err(PaymentError::Closing {
+                channel,
+                closes_epoch,
+            });
+        }
         {
             let mut map = self.lock();
             let view = map.entry(channel).or_insert(ChannelView {
                 payer,
                 deposit: c.deposit,
                 claimed: c.claimed,
+                expires_epoch: c.expires_epoch,
                 best: None,
                 served_micros: 0,
                 inflight: Amount::ZERO,
             });
             view.deposit = c.deposit;
             view.claimed = view.claimed.max(c.claimed);
+            view.expires_epoch = c.expires_epoch;
         }
-        match self.reserve(&channel, &payer, need)? {
+        match self.reserve(&channel, &payer, need, None)? {
             Some(r) => Ok(r),
             None => {
                 let left = self
@@ -274,12 +315,15 @@ impl Payments {
         }
     }
 
-    /// A reservation when the cached view covers `need`; `None` when it must be refreshed.
+    /// A reservation when the cached view covers `need`; `None` when it must be refreshed:
+    /// also when, at `epoch`, the channel has expired (the payer may have asked to close it
+    /// since the view was read). `epoch` is `None` for a view just read from the ledger.
     fn reserve(
         &self,
         channel: &Hash32,
         payer: &AccountId,
         need: Amount,
+        epoch: Option<u64>,
     ) -> Result<Option<Reservation>, PaymentError> {
         let mut map = self.lock();
         let Some(v) = map.get_mut(channel) else {
@@ -288,7 +332,7 @@ impl Payments {
         if &v.payer != payer {
             return Err(PaymentError::NoChannel(*channel));
         }
-        if v.free() < need {
+        if epoch.is_some_and(|e| e >= v.expires_epoch) || v.free() < need {
             return Ok(None);
         }
         v.inflight = v

@@ -273,7 +273,12 @@ impl Service {
         .ok_or_else(|| bad("cost overflows"))?;
         let reservation = self
             .payments
-            .check(r.channel, r.payer, need)
+            .check_at(
+                r.channel,
+                r.payer,
+                need,
+                self.epoch.load(std::sync::atomic::Ordering::Relaxed),
+            )
             .await
             .map_err(|e| Refusal(ErrorCode::Payment, e.to_string()))?;
         let opts = GenerateOptions {

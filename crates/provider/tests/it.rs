@@ -692,3 +692,153 @@ fn hark_request(
         issued_ms: now_ms(),
     }
 }
+
+/// Sends `request` to `service` through an in-memory stream; the provider's last frame: its
+/// refusal, or the answer's `Done`.
+async fn answer_of(
+    service: &std::sync::Arc<agora_provider::Service>,
+    request: InferenceRequest,
+    payer: &Keypair,
+) -> Frame {
+    use futures::StreamExt;
+    let (out, chunks) = futures::channel::mpsc::channel(0);
+    let pipe = SlowPipe {
+        request: futures::io::Cursor::new(encode_frame(&request.sign(payer))),
+        out,
+    };
+    let served = tokio::spawn({
+        let service = service.clone();
+        async move { service.handle(pipe).await }
+    });
+    let bytes: Vec<u8> = chunks.concat().await;
+    served.await.expect("handled");
+    let mut frames = futures::io::Cursor::new(bytes);
+    let mut last = None;
+    while let Some(f) = read_frame::<_, Frame>(&mut frames).await.expect("frame") {
+        last = Some(f);
+    }
+    last.expect("the provider answered")
+}
+
+/// Issue 13, item 4 (provider part): the provider checked that a channel existed and was not
+/// closed, never whether the payer had asked to close it. A payer whose channel has expired
+/// asks to close it and keeps sending requests: the escrow goes back to it at the end of the
+/// claim window, possibly before the provider holds, or can land, a voucher for what it
+/// served. Now a closing channel is refused with a payment error naming it, while a channel
+/// that stays open is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_the_payer_is_closing_is_not_served() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (seq, provider_key, payer, other) = (
+        Keypair::from_seed([1; 32]),
+        Keypair::from_seed([2; 32]),
+        Keypair::from_seed([3; 32]),
+        Keypair::from_seed([4; 32]),
+    );
+    let epoch_ms = 400;
+    let url = ledger_with_epochs(
+        dir.path(),
+        &seq,
+        &[&provider_key, &payer, &other],
+        1_000_000_000,
+        Some(Duration::from_millis(epoch_ms)),
+    )
+    .await;
+    let closing = open_channel(&url, &payer, &provider_key, 10_000).await;
+    let open = open_channel(&url, &other, &provider_key, 10_000).await;
+    let model = tiny_model(&dir.path().join("model"));
+    let model_id = Hash32::from_slice(&model.id.0).expect("id");
+    let cfg = provider_config(&url, &provider_key, 13, dir.path(), 50);
+    let provider = Provider::start(&cfg, model).await.expect("provider");
+    let service = provider.service().clone();
+    tokio::spawn(provider.run(cfg.clone(), std::future::pending()));
+    let ledger = Client::new(&url).expect("client");
+    let epoch_now = || {
+        let l = ledger.clone();
+        async move {
+            tokio::task::spawn_blocking(move || l.status().expect("status").epoch)
+                .await
+                .expect("join")
+        }
+    };
+    // A view of the channel cached while it was young must not outlive its expiry.
+    let payments = agora_provider::Payments::new(
+        CHAIN,
+        provider_key.account(),
+        Client::new(&url).expect("client"),
+    );
+    drop(
+        payments
+            .check_at(closing, payer.account(), Amount::new(1), epoch_now().await)
+            .await
+            .expect("a young channel is admitted"),
+    );
+    // Wait for the channel to expire, then ask to close it.
+    let closes_epoch = loop {
+        let (l, p) = (ledger.clone(), payer.clone());
+        let closed = tokio::task::spawn_blocking(move || {
+            let c = l.channel(&closing).expect("ledger").expect("channel");
+            if l.status().expect("status").epoch < c.expires_epoch {
+                return None;
+            }
+            let close = Tx {
+                chain_id: CHAIN,
+                from: p.account(),
+                nonce: l.next_nonce(&p.account()).expect("nonce"),
+                body: TxBody::CloseChannel { channel: closing },
+            }
+            .sign(&p);
+            l.submit(&close).expect("close");
+            loop {
+                let c = l.channel(&closing).expect("ledger").expect("channel");
+                if let Some(e) = c.closes_epoch {
+                    return Some(e);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .expect("join");
+        if let Some(e) = closed {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(epoch_ms / 4)).await;
+    };
+    let frame = answer_of(
+        &service,
+        hark_request(&payer, &provider_key, closing, model_id, 8),
+        &payer,
+    )
+    .await;
+    let cached = payments
+        .check_at(closing, payer.account(), Amount::new(1), epoch_now().await)
+        .await;
+    assert!(
+        matches!(
+            cached,
+            Err(agora_provider::payments::PaymentError::Closing { .. })
+        ),
+        "the cached view admitted a closing channel"
+    );
+    assert!(
+        epoch_now().await < closes_epoch,
+        "the test asked after the channel had closed"
+    );
+    match frame {
+        Frame::Error { code, message } => {
+            assert_eq!(code, ErrorCode::Payment, "{message}");
+            assert!(message.contains("closing"), "{message}");
+        }
+        other => panic!("served on a closing channel: {other:?}"),
+    }
+    let frame = answer_of(
+        &service,
+        hark_request(&other, &provider_key, open, model_id, 8),
+        &other,
+    )
+    .await;
+    assert!(
+        matches!(frame, Frame::Done { .. }),
+        "an open channel is served: {frame:?}"
+    );
+}

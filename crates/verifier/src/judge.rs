@@ -56,9 +56,21 @@ pub struct PostedRoot {
     pub root: Hash32,
     /// Leaves under it.
     pub receipts: u64,
-    /// Every leaf is audited (a late root, or a provider in probation): like the ledger's
-    /// inclusion challenge, it may hold receipts of epochs before the one it is for.
+    /// A late root (`PostLateRoot`, every leaf audited): like the ledger's inclusion
+    /// challenge, it may hold receipts of epochs before the one it is for. A root audited in
+    /// full only because its provider is on probation is not one: its passes count toward
+    /// leaving probation, so an old receipt re-posted under it would count again.
     pub full_audit: bool,
+}
+
+/// The root a plan on the ledger describes, with the receipt epochs it may hold: older ones
+/// only under a late root, as the ledger's inclusion challenge has it.
+pub fn posted_root(plan: &agora_ledger::AuditPlan) -> PostedRoot {
+    PostedRoot {
+        root: plan.root,
+        receipts: plan.receipts,
+        full_audit: plan.late && plan.audit_ppm == agora_ledger::FULL_AUDIT_PPM,
+    }
 }
 
 /// The audit itself: replays an answer with the model its receipt names. The real one is
@@ -266,8 +278,8 @@ impl<A: Auditor> Judge<A> {
         self.judge_under(provider, epoch, false, material)
     }
 
-    /// Judges material that holds together under `provider`'s root of `epoch`, a root whose
-    /// every leaf is audited when `full_audit`.
+    /// Judges material that holds together under `provider`'s root of `epoch`, a late root
+    /// (every leaf audited) when `full_audit`.
     pub fn judge_under(
         &self,
         provider: &AccountId,
@@ -285,10 +297,10 @@ impl<A: Auditor> Judge<A> {
         if r.chain_id != self.chain_id {
             return Judgement::Failed(format!("the receipt is for chain {}", r.chain_id));
         }
-        // A receipt of epoch r belongs under the root of r or r + 1, or of a later epoch
-        // whose every leaf is audited (what an inclusion challenge accepts: a provider back
-        // from an outage posts its overdue receipts so): one named for another epoch could
-        // sit under two roots.
+        // A receipt of epoch r belongs under the root of r or r + 1, or of a later late root
+        // (what an inclusion challenge accepts: a provider back from an outage posts its
+        // overdue receipts so; its passes earn no probation credit): one named for another
+        // epoch could sit under more roots and count again.
         let own = r.epoch == epoch || r.epoch.checked_add(1) == Some(epoch);
         let overdue = full_audit && r.epoch < epoch;
         if !(own || overdue) {

@@ -700,11 +700,7 @@ impl Shared {
         if !mine.is_empty() {
             tracing::info!(%provider, epoch, leaves = mine.len(), of = plan.receipts, "auditing my assigned leaves");
         }
-        let posted = PostedRoot {
-            root: plan.root,
-            receipts: plan.receipts,
-            full_audit: plan.audit_ppm == agora_ledger::FULL_AUDIT_PPM,
-        };
+        let posted = judge::posted_root(&plan);
         for index in mine {
             self.clone()
                 .commit_leaf(provider, epoch, index, posted)
@@ -1211,7 +1207,7 @@ impl Shared {
         else {
             return Err("the ledger shows no such root".into());
         };
-        // Whether every leaf of the root is audited decides which receipt epochs it may hold.
+        // Whether it is a late root decides which receipt epochs it may hold.
         let ledger = self.ledger.clone();
         let (provider, epoch) = (v.provider, v.epoch);
         let plan = blocking(move || {
@@ -1222,8 +1218,7 @@ impl Shared {
         .await;
         // Unknown (the ledger not answering): the floor root's stricter rule, as before.
         if let Ok(Some(plan)) = plan {
-            posted.full_audit =
-                plan.root == posted.root && plan.audit_ppm == agora_ledger::FULL_AUDIT_PPM;
+            posted.full_audit = plan.root == posted.root && judge::posted_root(&plan).full_audit;
         }
         // Audits are expensive: a few at a time, the rest declined as busy.
         let Ok(_slot) = self.confirm_slots.clone().try_acquire_owned() else {

@@ -771,3 +771,55 @@ fn offline_config(key_seed: [u8; 32]) -> VerifierConfig {
         framer: false,
     }
 }
+
+/// The probation re-post: a provider on probation (every leaf of its roots audited) posts
+/// old honest receipts again under its ordinary probation roots, so each passes once more and
+/// counts toward leaving probation. Only a late root (`PostLateRoot`, whose passes the ledger
+/// does not count toward probation) may hold receipts of epochs before its previous one; under
+/// a probation root such a receipt fails, whatever the answer.
+#[tokio::test]
+async fn old_receipts_reposted_under_a_probation_root_fail() {
+    let f = fixture();
+    let judge = Judge {
+        chain_id: CHAIN,
+        auditor: ModelAuditor {
+            models: HashMap::from([(f.model_id, f.model.clone())]),
+            thresholds: Thresholds::default(),
+        },
+    };
+    let root = agora_core::merkle::root(&[f.honest.receipt.hash()]);
+    let plan = |late: bool| agora_ledger::AuditPlan {
+        provider: f.provider.account(),
+        epoch: EPOCH + 5,
+        root,
+        receipts: 1,
+        beacon: Hash32::of(b"beacon"),
+        audit_ppm: agora_ledger::FULL_AUDIT_PPM,
+        leaves: vec![(0, Keypair::from_seed([5; 32]).account())],
+        late,
+    };
+    let probation = judge::posted_root(&plan(false));
+    match judge.judge_under(
+        &f.provider.account(),
+        EPOCH + 5,
+        probation.full_audit,
+        &f.honest,
+    ) {
+        Judgement::Failed(why) => assert!(why.contains("epoch"), "{why}"),
+        j => panic!("an old receipt re-posted under a probation root: {j:?}"),
+    }
+    // Under a late root the same receipt is audited and passes (an honest provider back from
+    // an outage is never failed for its overdue receipts).
+    let late = judge::posted_root(&plan(true));
+    assert_eq!(
+        judge.judge_under(&f.provider.account(), EPOCH + 5, late.full_audit, &f.honest),
+        Judgement::Passed
+    );
+    // Receipts of the root's own epoch and the one before still pass under a probation root.
+    for e in [EPOCH, EPOCH + 1] {
+        assert_eq!(
+            judge.judge_under(&f.provider.account(), e, probation.full_audit, &f.honest),
+            Judgement::Passed
+        );
+    }
+}

@@ -369,10 +369,10 @@ fn a_receipt_left_out_of_the_roots_is_slashed_and_an_included_one_costs_the_chal
     let payer0 = crate::trust::bal(&l, &k[4]);
     ok!(l, &challenge(&l, 4, &kept));
     ok!(l, &challenge(&l, 4, &omitted));
-    assert!(matches!(
+    assert_eq!(
         rejected!(l, &challenge(&l, 4, &omitted)),
-        TxError::Malformed { .. }
-    ));
+        TxError::AlreadyChallenged(omitted.hash())
+    );
     assert_eq!(crate::trust::bal(&l, &k[4]), payer0 - 10);
     let answer = |l: &Ledger, r: &SignedReceipt, epoch: u64, leaves: &[SignedReceipt], i: usize| {
         tx(
@@ -876,4 +876,147 @@ fn unbonding_before_a_late_answer_does_not_outrun_its_verdict() {
         e + u > last_verdict,
         "stake outlives the late root's verdicts"
     );
+}
+
+/// A provider on probation (every leaf of its roots audited) and the payer `k[4]` of one of
+/// its channels; `k[2]`, `k[3]` are verifiers registered before the first root.
+fn probation_world() -> (Ledger, Vec<Keypair>, Hash32) {
+    let k = keys(5);
+    let g = crate::common::genesis(&k, 10_000);
+    assert!(g.params.probation_jobs > 4, "the default keeps a probation");
+    let mut l = Ledger::from_genesis(&g).expect("valid genesis");
+    ok!(l, &tx(&l, &k[1], TxBody::Stake { amount: amt(1000) }));
+    for v in [2, 3] {
+        ok!(
+            l,
+            &tx(&l, &k[v], TxBody::RegisterVerifier { stake: amt(1000) })
+        );
+    }
+    advance(&mut l, &k[0], 1);
+    let c = crate::rules::open_channel(&mut l, &k[4], &k[1], 500, 10);
+    (l, k, c.id)
+}
+
+/// Every selected leaf of k[1]'s root of `epoch` is committed to and revealed as passed by
+/// its assigned verifier (the ledger is in the root's epoch: it advances to the beacon).
+fn pass_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64) {
+    advance(l, &k[0], 1);
+    let provider = k[1].account();
+    let plan = l.state.audit_plan(&provider, epoch).expect("plan");
+    let who = |v: &agora_core::AccountId| k.iter().position(|x| x.account() == *v).expect("key");
+    for (i, v) in &plan.leaves {
+        let by = who(v);
+        let salt = crate::rules::salt(*i);
+        let commitment = agora_ledger::audit_commitment(
+            crate::common::CHAIN,
+            v,
+            &provider,
+            epoch,
+            *i,
+            true,
+            &salt,
+        );
+        crate::rules::ok_fn(
+            l,
+            &tx(
+                l,
+                &k[by],
+                TxBody::CommitAudit {
+                    provider,
+                    epoch,
+                    index: *i,
+                    commitment,
+                },
+            ),
+        );
+    }
+    advance(l, &k[0], 1);
+    for (i, v) in &plan.leaves {
+        crate::rules::ok_fn(
+            l,
+            &tx(
+                l,
+                &k[who(v)],
+                TxBody::RevealAudit {
+                    provider,
+                    epoch,
+                    index: *i,
+                    passed: true,
+                    salt: crate::rules::salt(*i),
+                },
+            ),
+        );
+    }
+}
+
+fn clean_audits(l: &Ledger, k: &Keypair) -> u64 {
+    l.state.account(&k.account()).map_or(0, |a| a.clean_audits)
+}
+
+/// The probation re-post: a provider on probation serves two answers honestly, has them
+/// audited under their own root, then posts the same (old, honest) receipts again and again
+/// under late roots, every leaf audited and passing, to count its way out of probation
+/// without serving new work. A late root holds receipts that missed their own roots: it is
+/// audited in full (a fraud in it is slashed), but its passes earn no probation credit, so
+/// each receipt counts at most under the roots of its own epoch and the next.
+#[test]
+fn receipts_reposted_under_late_roots_earn_no_probation_credit() {
+    let (mut l, k, ch) = probation_world();
+    let e = l.state.epoch;
+    let served: Vec<SignedReceipt> = (1..=2)
+        .map(|i| crate::common::receipt_at(&k[1], &k[4], ch, 50, i, e))
+        .collect();
+    ok!(l, &post_root(&l, &k[1], &served, false));
+    pass_every_leaf(&mut l, &k, e);
+    assert_eq!(clean_audits(&l, &k[1]), 2, "the honest work counts once");
+    for _ in 0..3 {
+        let late = l.state.epoch;
+        ok!(l, &post_root(&l, &k[1], &served, true));
+        assert_eq!(ppm(&l, &k[1], late), Some(1_000_000));
+        pass_every_leaf(&mut l, &k, late);
+        assert_eq!(
+            l.state
+                .audit_plan(&k[1].account(), late)
+                .map(|p| p.leaves.len()),
+            Some(2),
+            "every leaf of a late root is still audited"
+        );
+    }
+    assert_eq!(
+        clean_audits(&l, &k[1]),
+        2,
+        "re-posted receipts under late roots counted toward probation"
+    );
+}
+
+/// A root posted on probation is audited in full, but it is not a late root: a receipt that
+/// missed the roots of its epoch and the next answers its inclusion challenge only under a
+/// `PostLateRoot` (whose passes count nothing toward probation). Were a probation root
+/// accepted, a provider could re-post old receipts under it and count them again.
+#[test]
+fn a_probation_root_is_not_a_late_root() {
+    let (mut l, k, ch) = probation_world();
+    let served = crate::common::receipt_at(&k[1], &k[4], ch, 50, 1, l.state.epoch);
+    advance(&mut l, &k[0], 2);
+    ok!(
+        l,
+        &tx(
+            &l,
+            &k[4],
+            TxBody::ChallengeInclusion {
+                receipt: served.clone()
+            }
+        )
+    );
+    let leaves = [served.clone()];
+    ok!(l, &post_root(&l, &k[1], &leaves, false));
+    assert_eq!(
+        ppm(&l, &k[1], l.state.epoch),
+        Some(1_000_000),
+        "on probation"
+    );
+    assert!(matches!(
+        rejected!(l, &answer_inclusion(&l, &k[1], &served, &leaves)),
+        TxError::LateReceiptRoot { .. }
+    ));
 }
