@@ -29,7 +29,7 @@ pub mod receipts;
 
 pub use client::{
     audit_commitment, plant_commitment, sign_key_binding, verify_key_binding, Account, Channel,
-    ClientOptions, FraudEvidence, LeafAudit, ReceiptRoot, SettlementClient, Submitted,
+    ClientOptions, Finality, FraudEvidence, LeafAudit, ReceiptRoot, SettlementClient, Submitted,
     KEY_BINDING_DOMAIN,
 };
 pub use deploy::{deploy, deploy_with_token, Deployment, Params};

@@ -11,6 +11,8 @@ mod audits;
 mod common;
 /// Random operation sequences keep every token accounted for.
 mod conservation;
+/// Faults of the chain: Anvil restarted from its state, reorgs, a failing node.
+mod faults;
 /// Gas per operation, printed for docs/settlement.md.
 mod gas;
 /// RPC failures and lost answers are retried without a second transaction.
