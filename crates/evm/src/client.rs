@@ -1089,11 +1089,13 @@ impl SettlementClient {
         .await
     }
 
-    /// Claims a voucher and returns the channel once the claimed total `depth` blocks deep
-    /// (the latest block is depth 1) reaches `cumulative`. A claim a reorg or a restarted node
-    /// dropped is put back ([`SettlementClient::ensure_included`]); a claim the contract finds
-    /// already covered (`DoubleClaim`: this voucher or a later one is in) is not sent again,
-    /// and the wait goes on until that one is final. Gives up after
+    /// Claims a voucher and returns the channel once the claim that brought its claimed
+    /// total to `cumulative` is `depth` blocks deep (the latest block is depth 1). A claim a
+    /// reorg or a restarted node dropped is put back: this client's own transactions by
+    /// [`SettlementClient::ensure_included`] and the next submission, and a claim the
+    /// contract finds already covered (`DoubleClaim`: this voucher or a later one is in, by
+    /// any transaction) is not sent again. Needs no historical state: the claims of the last
+    /// `depth - 1` blocks come from the `VoucherClaimed` events. Gives up after
     /// [`ClientOptions::final_timeout`] with [`EvmError::NotFinal`].
     pub async fn claim_until_final(
         &self,
@@ -1106,29 +1108,26 @@ impl SettlementClient {
         let mut sent: Option<Submitted> = None;
         loop {
             let latest = self.latest_block().await?;
-            let deep = (latest + 1).saturating_sub(depth.max(1));
-            if let Some(c) = self.channel_at(channel, Some(deep)).await? {
-                if c.claimed >= cumulative {
-                    return Ok(c);
+            let now = self.channel_at(channel, Some(latest)).await?;
+            match now {
+                Some(c) if c.claimed >= cumulative => {
+                    if self.claimed_before(channel, latest, depth).await? >= cumulative {
+                        return Ok(c);
+                    }
                 }
-            }
-            let now = self
-                .channel_at(channel, None)
-                .await?
-                .map(|c| c.claimed)
-                .unwrap_or(0);
-            if now < cumulative {
-                let r = match &sent {
-                    None => self.claim(channel, cumulative, payer_sig).await,
-                    Some(s) => self.ensure_included(s).await,
-                };
-                match r {
-                    Ok(s) => sent = Some(s),
-                    // Covered by a claim already in the chain: wait for it to be deep enough.
-                    Err(EvmError::Refused(Refusal::Settlement(
-                        AgoraSettlementErrors::DoubleClaim(_),
-                    ))) => {}
-                    Err(e) => return Err(e),
+                _ => {
+                    let r = match &sent {
+                        None => self.claim(channel, cumulative, payer_sig).await,
+                        Some(s) => self.ensure_included(s).await,
+                    };
+                    match r {
+                        Ok(s) => sent = Some(s),
+                        // Covered by a claim in the chain now: wait for it to be deep enough.
+                        Err(EvmError::Refused(Refusal::Settlement(
+                            AgoraSettlementErrors::DoubleClaim(_),
+                        ))) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             if start.elapsed() > self.options.final_timeout {
@@ -1140,6 +1139,40 @@ impl SettlementClient {
             }
             tokio::time::sleep(self.options.poll).await;
         }
+    }
+
+    /// What `channel` had claimed before the blocks less than `depth` deep under `latest`:
+    /// its claimed total at `latest` (read by the caller) less what their `VoucherClaimed`
+    /// events added, found from the first of them (`cumulative - amount`); `u128::MAX` when
+    /// none of those blocks holds a claim (nothing recent to undo).
+    async fn claimed_before(
+        &self,
+        channel: B256,
+        latest: u64,
+        depth: u64,
+    ) -> Result<u128, EvmError> {
+        if depth <= 1 {
+            return Ok(u128::MAX);
+        }
+        let from = (latest + 2).saturating_sub(depth);
+        let filter = alloy::rpc::types::Filter::new()
+            .address(self.contracts()?.settlement)
+            .event_signature(AgoraSettlement::VoucherClaimed::SIGNATURE_HASH)
+            .topic1(channel)
+            .from_block(from)
+            .to_block(latest);
+        let logs = self
+            .retry("eth_getLogs", || {
+                self.provider.get_logs(&filter).into_future()
+            })
+            .await?;
+        let first = logs
+            .iter()
+            .find_map(|l| AgoraSettlement::VoucherClaimed::decode_log_data(l.data()).ok());
+        Ok(match first {
+            None => u128::MAX,
+            Some(ev) => to_u128(ev.cumulative.saturating_sub(ev.amount))?,
+        })
     }
 
     /// A channel at block `block` (`None`: the latest), retried while the node is unreachable.

@@ -69,6 +69,12 @@ impl Node {
         Ok(())
     }
 
+    /// Kills it outright: it writes nothing, so a restart comes back without the blocks
+    /// mined since its state was last written.
+    fn crash(&mut self) {
+        drop(self.anvil.take());
+    }
+
     /// Starts it again on the same port from the state it wrote.
     fn restart(&mut self) -> anyhow::Result<()> {
         self.anvil = Some(Anvil::start_with(&self.bin, &self.config)?);
@@ -263,6 +269,70 @@ async fn anvil_restarted_from_its_state_mid_run_loses_nothing_and_sends_nothing_
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_without_its_last_blocks_gets_them_back_from_the_clients(
+) -> anyhow::Result<()> {
+    let Some(mut node) = Node::start("crash")? else {
+        return Ok(());
+    };
+    let url = node.url();
+    let d = deploy(&url, node.keys[0].clone(), params()).await?;
+    let admin = client(&url, &node.keys[0], &d, fast()).await?;
+    let payer = client(&url, &node.keys[1], &d, fast()).await?;
+    let prov = client(&url, &node.keys[2], &d, fast()).await?;
+    let accounts = [admin.address(), payer.address(), prov.address()];
+    admin.mint(payer.address(), 10_000).await?;
+    admin.mint(prov.address(), 1_000).await?;
+    let minted = 11_000;
+    prov.stake(500).await?;
+    payer.ensure_allowance(10_000).await?;
+    let (id, _) = payer.open_channel(prov.address(), 4_000, 10).await?;
+    // The state written here is what the node comes back with.
+    node.stop()?;
+    node.restart()?;
+    let (payer_n, prov_n) = (
+        nonce(&admin, payer.address()).await?,
+        nonce(&admin, prov.address()).await?,
+    );
+
+    // A root, a claim and a top-up after the last save, then the node dies without writing.
+    let e = next_epoch(&prov).await?;
+    let root = prov.post_root(e, B256::repeat_byte(3), 2).await?;
+    let v1000 = payer.sign_voucher(id, 1_000)?;
+    let claim = prov.claim(id, 1_000, &v1000).await?;
+    let top_up = payer.top_up(id, 500).await?;
+    node.crash();
+    node.restart()?;
+    assert_eq!(
+        prov.root(prov.address(), e).await?,
+        None,
+        "lost with the node"
+    );
+    assert_eq!(prov.finality(&claim, 1).await?, Finality::NotIncluded);
+    assert_eq!(nonce(&admin, prov.address()).await?, prov_n);
+
+    // The clients put them back, the same transactions, once.
+    {
+        let _miner = Miner::start(admin.clone());
+        let deep = prov.claim_until_final(id, 1_000, &v1000, 3).await?;
+        assert_eq!(deep.claimed, 1_000);
+        assert!(matches!(prov.finality(&root, 1).await?, Finality::Final(_)));
+        let again = payer.until_final(top_up.clone(), 3).await?;
+        assert_eq!(again.hash, top_up.hash);
+    }
+    assert_eq!(
+        prov.root(prov.address(), e).await?.map(|r| r.receipts),
+        Some(2)
+    );
+    let c = payer.channel(id).await?.expect("channel");
+    assert_eq!((c.deposit, c.claimed), (4_500, 1_000));
+    assert_eq!(nonce(&admin, prov.address()).await?, prov_n + 2);
+    assert_eq!(nonce(&admin, payer.address()).await?, payer_n + 1);
+    assert_eq!(prov.token_balance(prov.address()).await?, 500 + 900);
+    assert_conserved(&admin, &accounts, &[id], minted).await?;
+    Ok(())
+}
+
 async fn reorg(
     c: &SettlementClient,
     depth: u64,
@@ -436,6 +506,36 @@ async fn a_reorg_of_the_last_blocks_loses_no_voucher_and_pays_nothing_twice() ->
     }
     assert_eq!(prov.token_balance(prov.address()).await?, before);
     assert_eq!(payer.channel(a).await?.expect("channel").claimed, 3_000);
+    assert_conserved(&admin, &accounts, &[a, b], minted).await?;
+
+    // A claim is not final before its depth: a provider that cannot wait is told so.
+    let hasty = client(
+        &url,
+        &node.keys[2],
+        &d,
+        ClientOptions {
+            final_timeout: Duration::from_millis(300),
+            ..fast()
+        },
+    )
+    .await?;
+    let v3500 = payer.sign_voucher(a, 3_500)?;
+    let prov_n = nonce(&admin, prov.address()).await?;
+    match hasty.claim_until_final(a, 3_500, &v3500, 3).await {
+        Err(EvmError::NotFinal { depth: 3, .. }) => {}
+        other => panic!("final without depth: {other:?}"),
+    }
+    {
+        let _miner = Miner::start(admin.clone());
+        let deep = prov.claim_until_final(a, 3_500, &v3500, 3).await?;
+        assert_eq!(deep.claimed, 3_500);
+    }
+    assert_eq!(
+        nonce(&admin, prov.address()).await?,
+        prov_n + 1,
+        "claimed once"
+    );
+    assert_eq!(prov.token_balance(prov.address()).await?, before + 450);
     assert_conserved(&admin, &accounts, &[a, b], minted).await?;
     Ok(())
 }
