@@ -188,6 +188,20 @@ impl Settlement for EvmSettlement {
             .map_err(evm_err)
     }
 
+    async fn claim_until_final(
+        &self,
+        channel: B256,
+        cumulative: u128,
+        sig: &[u8; 65],
+        depth: u64,
+    ) -> Result<u128, SettlementError> {
+        self.client
+            .claim_until_final(channel, cumulative, sig, depth)
+            .await
+            .map(|c| c.claimed)
+            .map_err(evm_err)
+    }
+
     async fn request_close(&self, channel: B256) -> Result<(), SettlementError> {
         self.client
             .request_close(channel)

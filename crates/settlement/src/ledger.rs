@@ -261,6 +261,26 @@ impl Settlement for LedgerSettlement {
         .map(drop)
     }
 
+    /// A committed claim is final: the ledger's sequencer does not reorder its blocks.
+    async fn claim_until_final(
+        &self,
+        channel: Hash32,
+        cumulative: u128,
+        sig: &(AccountId, Signature),
+        _depth: u64,
+    ) -> Result<u128, SettlementError> {
+        let sent = self.claim(channel, cumulative, sig).await;
+        let claimed = self.channel(channel).await?.map_or(0, |c| c.claimed);
+        match sent {
+            Ok(()) => Ok(claimed),
+            // Covered by an earlier claim of this voucher or a later one.
+            Err(SettlementError::Refused(Refusal::DoubleClaim)) if claimed >= cumulative => {
+                Ok(claimed)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn request_close(&self, channel: Hash32) -> Result<(), SettlementError> {
         self.send(TxBody::CloseChannel { channel }).await.map(drop)
     }
