@@ -317,6 +317,10 @@ async fn a_node_restarted_without_its_last_blocks_gets_them_back_from_the_client
         let deep = prov.claim_until_final(id, 1_000, &v1000, 3).await?;
         assert_eq!(deep.claimed, 1_000);
         assert!(matches!(prov.finality(&root, 1).await?, Finality::Final(_)));
+        assert!(matches!(
+            prov.finality(&claim, 1).await?,
+            Finality::Final(_)
+        ));
         let again = payer.until_final(top_up.clone(), 3).await?;
         assert_eq!(again.hash, top_up.hash);
     }
