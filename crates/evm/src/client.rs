@@ -737,13 +737,21 @@ impl SettlementClient {
         if mined <= s.nonce {
             sent.remember(s.nonce, s.hash, s.raw.clone());
             let next = self.resend_dropped(&mut sent).await?;
-            if next > s.nonce || self.known(s.hash).await {
-                let receipt = self.wait_receipt(s.hash, &s.raw).await?;
-                if !receipt.status() {
-                    return Err(EvmError::RevertedOnChain { hash: s.hash });
-                }
-                return Ok(s.clone().with_receipt(receipt));
+            if next <= s.nonce {
+                // A nonce before it is missing and not this client's to re-send: it waits in
+                // the pool for that gap. Never signed anew while it could still be mined.
+                self.broadcast(s.hash, &s.raw).await?;
             }
+            let receipt = self.wait_receipt(s.hash, &s.raw).await?;
+            if !receipt.status() {
+                return Err(EvmError::RevertedOnChain { hash: s.hash });
+            }
+            return Ok(s.clone().with_receipt(receipt));
+        }
+        // Its nonce is used: by itself (mined since the last look; it cannot be mined after
+        // this count) or by another transaction.
+        if let Some(r) = self.canonical_receipt(s.hash).await? {
+            return Ok(s.clone().with_receipt(r));
         }
         tracing::info!(hash = %s.hash, nonce = s.nonce, mined, "its nonce was taken; signing the call anew");
         self.submit_locked(&mut sent, s.to, s.input.clone(), s.value)
