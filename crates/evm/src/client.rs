@@ -1,5 +1,6 @@
 //! One account's handle on the deployed contracts: transactions signed locally with explicit
-//! nonces and re-sent byte for byte on RPC failure, and the reads the network needs.
+//! nonces and re-sent byte for byte on RPC failure or when a reorg or a restarted node dropped
+//! them, finality at a depth, and the reads the network needs.
 
 use crate::bindings::{
     AgoraSettlement::{self, AgoraSettlementErrors},
