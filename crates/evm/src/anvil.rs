@@ -38,10 +38,23 @@ pub fn find_anvil() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// How to start Anvil.
+#[derive(Debug, Clone, Default)]
+pub struct AnvilConfig {
+    /// Chain id.
+    pub chain_id: u64,
+    /// Port on 127.0.0.1; 0 lets the OS pick one.
+    pub port: u16,
+    /// A state file: loaded at start if it exists, written when Anvil is stopped
+    /// ([`Anvil::stop`]), so a restart from it continues the same chain.
+    pub state: Option<PathBuf>,
+}
+
 /// A running Anvil process.
 pub struct Anvil {
     child: Child,
     url: String,
+    port: u16,
     keys: Vec<PrivateKeySigner>,
 }
 
@@ -49,9 +62,25 @@ impl Anvil {
     /// Starts `binary` on 127.0.0.1 with a port the OS picks, chain id `chain_id`, one block
     /// per transaction, and waits until it listens.
     pub fn start(binary: &std::path::Path, chain_id: u64) -> Result<Anvil, EvmError> {
-        let mut child = Command::new(binary)
-            .args(["--host", "127.0.0.1", "--port", "0", "--accounts", "10"])
-            .args(["--chain-id", &chain_id.to_string()])
+        Self::start_with(
+            binary,
+            &AnvilConfig {
+                chain_id,
+                ..AnvilConfig::default()
+            },
+        )
+    }
+
+    /// [`Anvil::start`] on a chosen port, optionally from (and to) a state file.
+    pub fn start_with(binary: &std::path::Path, config: &AnvilConfig) -> Result<Anvil, EvmError> {
+        let mut cmd = Command::new(binary);
+        cmd.args(["--host", "127.0.0.1", "--accounts", "10"])
+            .args(["--port", &config.port.to_string()])
+            .args(["--chain-id", &config.chain_id.to_string()]);
+        if let Some(state) = &config.state {
+            cmd.arg("--state").arg(state);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .stdin(Stdio::null())
@@ -69,6 +98,7 @@ impl Anvil {
         let mut anvil = Anvil {
             child,
             url: String::new(),
+            port: 0,
             keys: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -92,7 +122,13 @@ impl Anvil {
                 }
             }
             if let Some(addr) = line.strip_prefix("Listening on ") {
-                anvil.url = format!("http://{}", addr.trim());
+                let addr = addr.trim();
+                anvil.url = format!("http://{addr}");
+                anvil.port = addr
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
                 break;
             }
             if Instant::now() > deadline {
@@ -113,6 +149,31 @@ impl Anvil {
     /// The HTTP RPC endpoint.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops Anvil the way an operator would (SIGTERM, so it writes its state file if it has
+    /// one) and waits for it to exit. Killed outright if the signal cannot be sent.
+    pub fn stop(&mut self) -> Result<(), EvmError> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !sent {
+            let _ = self.child.kill();
+        }
+        self.child.wait().map_err(|source| EvmError::AnvilStart {
+            what: "wait for exit",
+            source,
+        })?;
+        Ok(())
     }
 
     /// Anvil's funded dev keys (10 of them, 10,000 ETH each).

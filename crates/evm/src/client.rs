@@ -1,5 +1,6 @@
 //! One account's handle on the deployed contracts: transactions signed locally with explicit
-//! nonces and re-sent byte for byte on RPC failure, and the reads the network needs.
+//! nonces and re-sent byte for byte on RPC failure or when a reorg or a restarted node dropped
+//! them, finality at a depth, and the reads the network needs.
 
 use crate::bindings::{
     AgoraSettlement::{self, AgoraSettlementErrors},
@@ -27,14 +28,25 @@ use tokio::sync::Mutex;
 /// How hard the client tries.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientOptions {
-    /// Attempts of each RPC call before giving up.
+    /// Attempts of each RPC call before giving up (at least this many).
     pub attempts: u32,
-    /// Wait between attempts (doubled each time).
+    /// Wait between attempts (doubled each time, up to `max_backoff`).
     pub backoff: Duration,
+    /// The longest wait between attempts.
+    pub max_backoff: Duration,
+    /// A failing RPC call is retried for at least this long (a node restarting) before the
+    /// client gives up with [`EvmError::Rpc`]; zero: only `attempts` count.
+    pub patience: Duration,
+    /// How long one RPC request may take before it counts as failed (and is retried): a node
+    /// that accepts a connection and never answers must not hang the client.
+    pub request_timeout: Duration,
     /// How long to wait for a sent transaction's receipt.
     pub receipt_timeout: Duration,
     /// How often to ask for it.
     pub poll: Duration,
+    /// How long [`SettlementClient::until_final`] and
+    /// [`SettlementClient::claim_until_final`] wait for their depth.
+    pub final_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -42,10 +54,60 @@ impl Default for ClientOptions {
         ClientOptions {
             attempts: 5,
             backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            patience: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(10),
             receipt_timeout: Duration::from_secs(60),
             poll: Duration::from_millis(50),
+            final_timeout: Duration::from_secs(600),
         }
     }
+}
+
+/// The attempts of one RPC call: at least `attempts`, for at least `patience`.
+struct Attempts {
+    options: ClientOptions,
+    start: Instant,
+    wait: Duration,
+    made: u32,
+}
+
+impl Attempts {
+    fn new(options: ClientOptions) -> Attempts {
+        Attempts {
+            options,
+            start: Instant::now(),
+            wait: options.backoff,
+            made: 1,
+        }
+    }
+
+    /// Waits before the next attempt; `false` when it is time to give up.
+    async fn again(&mut self) -> bool {
+        if self.made >= self.options.attempts && self.start.elapsed() >= self.options.patience {
+            return false;
+        }
+        tokio::time::sleep(self.wait).await;
+        self.wait = self
+            .wait
+            .saturating_mul(2)
+            .min(self.options.max_backoff.max(self.options.backoff));
+        self.made += 1;
+        true
+    }
+}
+
+/// How far a sent transaction is from final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finality {
+    /// Not in the canonical chain: never mined, waiting in a pool, or dropped by a reorg or a
+    /// node that lost its last blocks.
+    NotIncluded,
+    /// In a canonical block with this many confirmations (1: the latest block), fewer than
+    /// asked.
+    Confirming(u64),
+    /// In a canonical block with at least the confirmations asked.
+    Final(u64),
 }
 
 /// A mined, successful transaction.
@@ -61,6 +123,27 @@ pub struct Submitted {
     pub address: Address,
     /// The full receipt (logs included).
     pub receipt: TransactionReceipt,
+    /// Its nonce.
+    pub nonce: u64,
+    /// The signed bytes: re-sent as they are while the nonce is free (the same transaction).
+    pub raw: Bytes,
+    /// What it calls (or creates), with what input and value: signed anew if another
+    /// transaction took its nonce.
+    pub to: TxKind,
+    /// Its input.
+    pub input: Bytes,
+    /// Its value.
+    pub value: U256,
+}
+
+impl Submitted {
+    fn with_receipt(mut self, receipt: TransactionReceipt) -> Submitted {
+        self.gas_used = receipt.gas_used;
+        self.block = receipt.block_number.unwrap_or_default();
+        self.address = receipt.contract_address.unwrap_or_default();
+        self.receipt = receipt;
+        self
+    }
 }
 
 /// An account's stake, as the contract holds it.
@@ -227,6 +310,26 @@ pub fn plant_commitment(
     )
 }
 
+/// How many of its last transactions a client keeps to put back after a reorg.
+const RECENT: usize = 256;
+
+/// This client's last transactions by nonce, with their hash and signed bytes: the ones a
+/// reorg or a restarted node dropped are sent again as they are, in nonce order, before any
+/// new transaction takes their nonces.
+#[derive(Default)]
+struct Sent {
+    recent: std::collections::BTreeMap<u64, (TxHash, Bytes)>,
+}
+
+impl Sent {
+    fn remember(&mut self, nonce: u64, hash: TxHash, raw: Bytes) {
+        self.recent.insert(nonce, (hash, raw));
+        while self.recent.len() > RECENT {
+            self.recent.pop_first();
+        }
+    }
+}
+
 /// One account's client for the deployed contracts.
 pub struct SettlementClient {
     provider: DynProvider<Ethereum>,
@@ -234,9 +337,9 @@ pub struct SettlementClient {
     wallet: EthereumWallet,
     chain_id: u64,
     deployment: Option<Deployment>,
-    /// The next nonce to use; `None` means read it from the chain first. Held across a whole
-    /// submission, so this client's transactions are strictly ordered.
-    nonce: Mutex<Option<u64>>,
+    /// This client's recent transactions. Held across a whole submission, so this client's
+    /// transactions are strictly ordered.
+    nonce: Mutex<Sent>,
     options: ClientOptions,
 }
 
@@ -361,11 +464,15 @@ impl SettlementClient {
         let url = rpc_url.parse().map_err(|_| EvmError::BadUrl {
             url: rpc_url.to_owned(),
         })?;
+        let http = alloy::transports::http::reqwest::Client::builder()
+            .timeout(options.request_timeout)
+            .build()
+            .map_err(|e| EvmError::HttpClient(e.to_string()))?;
         // No fillers: this client sets nonce, gas and fees itself, so it can re-send the
         // very same signed transaction after an RPC failure.
         let provider = ProviderBuilder::new()
             .disable_recommended_fillers()
-            .connect_http(url)
+            .connect_reqwest(http, url)
             .erased();
         let wallet = EthereumWallet::from(signer.clone());
         let mut c = SettlementClient {
@@ -374,7 +481,7 @@ impl SettlementClient {
             wallet,
             chain_id: 0,
             deployment: None,
-            nonce: Mutex::new(None),
+            nonce: Mutex::new(Sent::default()),
             options,
         };
         c.chain_id = c
@@ -412,24 +519,44 @@ impl SettlementClient {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, TransportError>>,
     {
-        let mut wait = self.options.backoff;
-        let mut attempt = 1;
+        let mut attempts = Attempts::new(self.options);
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
-                Err(source) if attempt >= self.options.attempts => {
-                    return Err(EvmError::Rpc {
-                        what,
-                        attempts: attempt,
-                        source,
-                    })
-                }
                 Err(e) => {
-                    tracing::debug!(what, attempt, error = %e, "rpc call failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = wait.saturating_mul(2);
-                    attempt += 1;
+                    tracing::debug!(what, attempt = attempts.made, error = %e, "rpc call failed; retrying");
+                    if !attempts.again().await {
+                        return Err(EvmError::Rpc {
+                            what,
+                            attempts: attempts.made,
+                            source: e,
+                        });
+                    }
                 }
+            }
+        }
+    }
+
+    /// A contract read, retried like any RPC call when the transport fails.
+    async fn read<T, F, Fut>(&self, what: &'static str, mut f: F) -> Result<T, EvmError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, alloy::contract::Error>>,
+    {
+        let mut attempts = Attempts::new(self.options);
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(alloy::contract::Error::TransportError(e)) if revert_of(&e).is_none() => {
+                    if !attempts.again().await {
+                        return Err(EvmError::Rpc {
+                            what,
+                            attempts: attempts.made,
+                            source: e,
+                        });
+                    }
+                }
+                Err(other) => return Err(call_err(what)(other)),
             }
         }
     }
@@ -438,34 +565,70 @@ impl SettlementClient {
 
     /// Signs and sends one transaction, waits for its receipt, and returns it if it succeeded.
     ///
-    /// The transaction is signed once, with the next nonce; every re-send after an RPC error
-    /// or timeout sends the same bytes (the same hash), and a "known"/"nonce too low" answer
-    /// is resolved by looking the hash up, so one call never makes two transactions. A
-    /// refusal found while estimating gas sends nothing.
+    /// The transaction is signed once, with the account's next nonce as the chain counts it
+    /// (pending transactions included); every re-send after an RPC error or timeout sends the
+    /// same bytes (the same hash), and a "known"/"nonce too low" answer is resolved by looking
+    /// the hash up, so one call never makes two transactions. A refusal found while
+    /// estimating gas sends nothing. While the node is unreachable every step is retried for
+    /// [`ClientOptions::patience`].
     pub async fn submit(
         &self,
         to: TxKind,
         input: Bytes,
         value: U256,
     ) -> Result<Submitted, EvmError> {
-        let mut slot = self.nonce.lock().await;
+        let mut sent = self.nonce.lock().await;
+        self.submit_locked(&mut sent, to, input, value).await
+    }
+
+    async fn pending_nonce(&self) -> Result<u64, EvmError> {
         let from = self.address();
-        let nonce = match *slot {
-            Some(n) => n,
-            None => {
-                self.retry("eth_getTransactionCount", || {
-                    self.provider
-                        .get_transaction_count(from)
-                        .pending()
-                        .into_future()
-                })
-                .await?
+        self.retry("eth_getTransactionCount", || {
+            self.provider
+                .get_transaction_count(from)
+                .pending()
+                .into_future()
+        })
+        .await
+    }
+
+    /// Sends again, byte for byte and in nonce order, this client's transactions the node
+    /// no longer counts (a reorg dropped them, or a restarted node lost them); returns the
+    /// account's next nonce after them. The nonce always comes from the chain: a local count
+    /// would leave a gap that never mines.
+    async fn resend_dropped(&self, sent: &mut Sent) -> Result<u64, EvmError> {
+        let mut next = self.pending_nonce().await?;
+        let dropped: Vec<(u64, TxHash, Bytes)> = sent
+            .recent
+            .range(next..)
+            .map(|(n, (h, raw))| (*n, *h, raw.clone()))
+            .collect();
+        for (nonce, hash, raw) in dropped {
+            if nonce != next {
+                // A nonce before it is not ours to re-send: it cannot mine; let its
+                // owner's `until_final` sign it anew.
+                break;
             }
-        };
+            tracing::warn!(%hash, nonce, "the node lost this transaction (reorg or restart); sending the same bytes again");
+            self.broadcast(hash, &raw).await?;
+            next += 1;
+        }
+        Ok(next)
+    }
+
+    async fn submit_locked(
+        &self,
+        sent: &mut Sent,
+        to: TxKind,
+        input: Bytes,
+        value: U256,
+    ) -> Result<Submitted, EvmError> {
+        let from = self.address();
+        let nonce = self.resend_dropped(sent).await?;
         let mut req = TransactionRequest::default()
             .with_from(from)
             .with_kind(to)
-            .with_input(input)
+            .with_input(input.clone())
             .with_value(value)
             .with_nonce(nonce)
             .with_chain_id(self.chain_id);
@@ -479,20 +642,10 @@ impl SettlementClient {
         req.set_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
         let envelope = req.build(&self.wallet).await?;
         let hash = *envelope.tx_hash();
-        let raw = envelope.encoded_2718();
-        if let Err(e) = self.broadcast(hash, &raw).await {
-            // It may or may not be in a mempool: read the nonce from the chain next time.
-            *slot = None;
-            return Err(e);
-        }
-        let receipt = match self.wait_receipt(hash, &raw).await {
-            Ok(r) => r,
-            Err(e) => {
-                *slot = None;
-                return Err(e);
-            }
-        };
-        *slot = Some(nonce + 1);
+        let raw = Bytes::from(envelope.encoded_2718());
+        sent.remember(nonce, hash, raw.clone());
+        self.broadcast(hash, &raw).await?;
+        let receipt = self.wait_receipt(hash, &raw).await?;
         if !receipt.status() {
             return Err(EvmError::RevertedOnChain { hash });
         }
@@ -502,12 +655,137 @@ impl SettlementClient {
             block: receipt.block_number.unwrap_or_default(),
             address: receipt.contract_address.unwrap_or_default(),
             receipt,
+            nonce,
+            raw,
+            to,
+            input,
+            value,
         })
     }
 
+    /// The receipt of `hash` if its block is in the canonical chain now.
+    async fn canonical_receipt(
+        &self,
+        hash: TxHash,
+    ) -> Result<Option<TransactionReceipt>, EvmError> {
+        let receipt = self
+            .retry("eth_getTransactionReceipt", || {
+                self.provider.get_transaction_receipt(hash).into_future()
+            })
+            .await?;
+        let Some(r) = receipt else {
+            return Ok(None);
+        };
+        let (Some(number), Some(block_hash)) = (r.block_number, r.block_hash) else {
+            return Ok(None);
+        };
+        // A node may still answer the receipt of a block a reorg replaced.
+        let block = self
+            .retry("eth_getBlockByNumber", || {
+                self.provider
+                    .get_block_by_number(number.into())
+                    .into_future()
+            })
+            .await?;
+        Ok(block.filter(|b| b.header.hash == block_hash).map(|_| r))
+    }
+
+    async fn latest_block(&self) -> Result<u64, EvmError> {
+        self.retry("eth_blockNumber", || {
+            self.provider.get_block_number().into_future()
+        })
+        .await
+    }
+
+    /// Whether `s` is in the canonical chain, and `depth` blocks deep (the latest block is
+    /// depth 1).
+    pub async fn finality(&self, s: &Submitted, depth: u64) -> Result<Finality, EvmError> {
+        let Some(r) = self.canonical_receipt(s.hash).await? else {
+            return Ok(Finality::NotIncluded);
+        };
+        let block = r.block_number.unwrap_or_default();
+        let confirmations = self.latest_block().await?.saturating_sub(block) + 1;
+        Ok(if confirmations >= depth {
+            Finality::Final(confirmations)
+        } else {
+            Finality::Confirming(confirmations)
+        })
+    }
+
+    /// Puts `s` back in the chain if it is not there (a reorg or a restarted node dropped it):
+    /// the same signed bytes while its nonce is free (with this client's dropped transactions
+    /// before it), so it stays one transaction; else (another transaction took the nonce) the
+    /// same call signed anew with the next nonce, estimated first so the contract refuses it
+    /// if its effect is already there (a voucher already claimed is `DoubleClaim`). Returns it
+    /// as included now (a re-signed transaction has another hash).
+    pub async fn ensure_included(&self, s: &Submitted) -> Result<Submitted, EvmError> {
+        if let Some(r) = self.canonical_receipt(s.hash).await? {
+            return Ok(s.clone().with_receipt(r));
+        }
+        let mut sent = self.nonce.lock().await;
+        // Again under the lock: it may have landed meanwhile.
+        if let Some(r) = self.canonical_receipt(s.hash).await? {
+            return Ok(s.clone().with_receipt(r));
+        }
+        let from = self.address();
+        let mined = self
+            .retry("eth_getTransactionCount", || {
+                self.provider
+                    .get_transaction_count(from)
+                    .latest()
+                    .into_future()
+            })
+            .await?;
+        if mined <= s.nonce {
+            sent.remember(s.nonce, s.hash, s.raw.clone());
+            let next = self.resend_dropped(&mut sent).await?;
+            if next <= s.nonce {
+                // A nonce before it is missing and not this client's to re-send: it waits in
+                // the pool for that gap. Never signed anew while it could still be mined.
+                self.broadcast(s.hash, &s.raw).await?;
+            }
+            let receipt = self.wait_receipt(s.hash, &s.raw).await?;
+            if !receipt.status() {
+                return Err(EvmError::RevertedOnChain { hash: s.hash });
+            }
+            return Ok(s.clone().with_receipt(receipt));
+        }
+        // Its nonce is used: by itself (mined since the last look; it cannot be mined after
+        // this count) or by another transaction.
+        if let Some(r) = self.canonical_receipt(s.hash).await? {
+            return Ok(s.clone().with_receipt(r));
+        }
+        tracing::info!(hash = %s.hash, nonce = s.nonce, mined, "its nonce was taken; signing the call anew");
+        self.submit_locked(&mut sent, s.to, s.input.clone(), s.value)
+            .await
+    }
+
+    /// Waits until `s` is `depth` blocks deep in the canonical chain, putting it back
+    /// ([`SettlementClient::ensure_included`]) whenever it drops out; returns it as final (a
+    /// re-signed transaction has another hash). Gives up after
+    /// [`ClientOptions::final_timeout`] with [`EvmError::NotFinal`].
+    pub async fn until_final(&self, s: Submitted, depth: u64) -> Result<Submitted, EvmError> {
+        let start = Instant::now();
+        let mut s = s;
+        loop {
+            match self.finality(&s, depth).await? {
+                Finality::Final(_) => return Ok(s),
+                Finality::Confirming(_) => {}
+                Finality::NotIncluded => s = self.ensure_included(&s).await?,
+            }
+            if start.elapsed() > self.options.final_timeout {
+                return Err(EvmError::NotFinal {
+                    hash: s.hash,
+                    depth,
+                    waited_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(self.options.poll).await;
+        }
+    }
+
     async fn estimate(&self, req: &TransactionRequest) -> Result<u64, EvmError> {
-        let mut wait = self.options.backoff;
-        let mut attempt = 1;
+        let mut attempts = Attempts::new(self.options);
         loop {
             match self.provider.estimate_gas(req.clone()).await {
                 Ok(g) => return Ok(g),
@@ -515,16 +793,13 @@ impl SettlementClient {
                     if let Some(r) = revert_of(&e) {
                         return Err(EvmError::Refused(r));
                     }
-                    if attempt >= self.options.attempts {
+                    if !attempts.again().await {
                         return Err(EvmError::Rpc {
                             what: "eth_estimateGas",
-                            attempts: attempt,
+                            attempts: attempts.made,
                             source: e,
                         });
                     }
-                    tokio::time::sleep(wait).await;
-                    wait = wait.saturating_mul(2);
-                    attempt += 1;
                 }
             }
         }
@@ -539,8 +814,7 @@ impl SettlementClient {
     }
 
     async fn broadcast(&self, hash: TxHash, raw: &[u8]) -> Result<(), EvmError> {
-        let mut wait = self.options.backoff;
-        let mut attempt = 1;
+        let mut attempts = Attempts::new(self.options);
         loop {
             match self.provider.send_raw_transaction(raw).await {
                 Ok(_) => return Ok(()),
@@ -553,17 +827,14 @@ impl SettlementClient {
                     if let Some(r) = revert_of(&e) {
                         return Err(EvmError::Refused(r));
                     }
-                    if attempt >= self.options.attempts {
+                    tracing::debug!(%hash, attempt = attempts.made, error = %e, "send failed; re-sending the same bytes");
+                    if !attempts.again().await {
                         return Err(EvmError::Rpc {
                             what: "eth_sendRawTransaction",
-                            attempts: attempt,
+                            attempts: attempts.made,
                             source: e,
                         });
                     }
-                    tracing::debug!(%hash, attempt, error = %e, "send failed; re-sending the same bytes");
-                    tokio::time::sleep(wait).await;
-                    wait = wait.saturating_mul(2);
-                    attempt += 1;
                 }
             }
         }
@@ -644,11 +915,12 @@ impl SettlementClient {
     pub async fn ensure_allowance(&self, value: u128) -> Result<Option<Submitted>, EvmError> {
         let d = self.contracts()?;
         let token = TestStablecoin::new(d.token, &self.provider);
-        let have = token
-            .allowance(self.address(), d.settlement)
-            .call()
-            .await
-            .map_err(call_err("allowance"))?;
+        let me = self.address();
+        let have = self
+            .read("allowance", || async {
+                token.allowance(me, d.settlement).call().await
+            })
+            .await?;
         if have >= amount(value) {
             return Ok(None);
         }
@@ -825,6 +1097,120 @@ impl SettlementClient {
             payerSig: Bytes::copy_from_slice(payer_sig),
         })
         .await
+    }
+
+    /// Claims a voucher and returns the channel once the claim that brought its claimed
+    /// total to `cumulative` is `depth` blocks deep (the latest block is depth 1). A claim a
+    /// reorg or a restarted node dropped is put back: this client's own transactions by
+    /// [`SettlementClient::ensure_included`] and the next submission, and a claim the
+    /// contract finds already covered (`DoubleClaim`: this voucher or a later one is in, by
+    /// any transaction) is not sent again. Needs no historical state: the claims of the last
+    /// `depth - 1` blocks come from the `VoucherClaimed` events. Gives up after
+    /// [`ClientOptions::final_timeout`] with [`EvmError::NotFinal`].
+    pub async fn claim_until_final(
+        &self,
+        channel: B256,
+        cumulative: u128,
+        payer_sig: &[u8],
+        depth: u64,
+    ) -> Result<Channel, EvmError> {
+        let start = Instant::now();
+        let mut sent: Option<Submitted> = None;
+        loop {
+            let latest = self.latest_block().await?;
+            let now = self.channel_at(channel, Some(latest)).await?;
+            match now {
+                Some(c) if c.claimed >= cumulative => {
+                    if self.claimed_before(channel, latest, depth).await? >= cumulative {
+                        return Ok(c);
+                    }
+                }
+                _ => {
+                    let r = match &sent {
+                        None => self.claim(channel, cumulative, payer_sig).await,
+                        Some(s) => self.ensure_included(s).await,
+                    };
+                    match r {
+                        Ok(s) => sent = Some(s),
+                        // Covered by a claim in the chain now: wait for it to be deep enough.
+                        Err(EvmError::Refused(Refusal::Settlement(
+                            AgoraSettlementErrors::DoubleClaim(_),
+                        ))) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            if start.elapsed() > self.options.final_timeout {
+                return Err(EvmError::NotFinal {
+                    hash: sent.map(|s| s.hash).unwrap_or_default(),
+                    depth,
+                    waited_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(self.options.poll).await;
+        }
+    }
+
+    /// What `channel` had claimed before the blocks less than `depth` deep under `latest`:
+    /// its claimed total at `latest` (read by the caller) less what their `VoucherClaimed`
+    /// events added, found from the first of them (`cumulative - amount`); `u128::MAX` when
+    /// none of those blocks holds a claim (nothing recent to undo).
+    async fn claimed_before(
+        &self,
+        channel: B256,
+        latest: u64,
+        depth: u64,
+    ) -> Result<u128, EvmError> {
+        if depth <= 1 {
+            return Ok(u128::MAX);
+        }
+        let from = (latest + 2).saturating_sub(depth);
+        let filter = alloy::rpc::types::Filter::new()
+            .address(self.contracts()?.settlement)
+            .event_signature(AgoraSettlement::VoucherClaimed::SIGNATURE_HASH)
+            .topic1(channel)
+            .from_block(from)
+            .to_block(latest);
+        let logs = self
+            .retry("eth_getLogs", || {
+                self.provider.get_logs(&filter).into_future()
+            })
+            .await?;
+        let first = logs
+            .iter()
+            .find_map(|l| AgoraSettlement::VoucherClaimed::decode_log_data(l.data()).ok());
+        Ok(match first {
+            None => u128::MAX,
+            Some(ev) => to_u128(ev.cumulative.saturating_sub(ev.amount))?,
+        })
+    }
+
+    /// A channel at block `block` (`None`: the latest), retried while the node is unreachable.
+    pub async fn channel_at(
+        &self,
+        id: B256,
+        block: Option<u64>,
+    ) -> Result<Option<Channel>, EvmError> {
+        let s = self.settlement()?;
+        let at = block.map_or(alloy::eips::BlockId::latest(), alloy::eips::BlockId::number);
+        let c = self
+            .read("channels", || async {
+                s.channels(id).block(at).call().await
+            })
+            .await?;
+        if c.payer == Address::ZERO {
+            return Ok(None);
+        }
+        Ok(Some(Channel {
+            payer: c.payer,
+            provider: c.provider,
+            deposit: c.deposit,
+            claimed: c.claimed,
+            expires_epoch: c.expiresEpoch,
+            closes_epoch: c.closesEpoch,
+            closed: c.closed,
+            refunded: c.refunded,
+        }))
     }
 
     /// Asks to close a channel after its timeout (payer).

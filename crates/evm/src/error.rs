@@ -49,6 +49,16 @@ pub enum EvmError {
         /// How long the client waited.
         waited_ms: u64,
     },
+    /// A transaction (or a claim) was not `depth` blocks deep in time; it may still get there.
+    #[error("{hash} not final at depth {depth} after {waited_ms} ms")]
+    NotFinal {
+        /// The last hash sent for it (zero if nothing was sent).
+        hash: TxHash,
+        /// The depth asked for.
+        depth: u64,
+        /// How long the client waited.
+        waited_ms: u64,
+    },
     /// A receipt lacked what the operation must produce.
     #[error("transaction {hash} succeeded without {what}")]
     MissingOutput {
@@ -80,6 +90,9 @@ pub enum EvmError {
         /// The URL.
         url: String,
     },
+    /// The HTTP client for the RPC could not be built.
+    #[error("building the HTTP client: {0}")]
+    HttpClient(String),
     /// The client has no deployment (it was made to deploy one).
     #[error("no contracts: this client was connected without a deployment")]
     NotDeployed,

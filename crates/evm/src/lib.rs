@@ -29,8 +29,8 @@ pub mod receipts;
 
 pub use client::{
     audit_commitment, plant_commitment, sign_key_binding, verify_key_binding, Account, Challenge,
-    Channel, ClientOptions, Demand, FraudEvidence, LeafAudit, ReceiptCommitment, ReceiptRoot,
-    SettlementClient, Submitted, KEY_BINDING_DOMAIN,
+    Channel, ClientOptions, Demand, Finality, FraudEvidence, LeafAudit, ReceiptCommitment,
+    ReceiptRoot, SettlementClient, Submitted, KEY_BINDING_DOMAIN,
 };
 pub use deploy::{deploy, deploy_with_token, Deployment, Params};
 pub use error::{EvmError, Refusal};

@@ -59,7 +59,8 @@ fn refusal(e: &E) -> Refusal {
         E::ForgedReceipt(_) => Refusal::ForgedReceipt,
         E::LateReceiptRoot(_) => Refusal::LateReceiptRoot,
         // The ledger's words for these: a malformed challenge or answer.
-        E::AlreadyChallenged(_) | E::NoChallenge(_) | E::NotOpenToAnswer(_) => Refusal::Malformed,
+        E::AlreadyChallenged(_) => Refusal::AlreadyChallenged,
+        E::NoChallenge(_) | E::NotOpenToAnswer(_) => Refusal::Malformed,
         // The token refused to move the sender's tokens: not enough of them.
         E::TokenCallFailed(_) => Refusal::Overdraft,
         E::ZeroAmount(_)
@@ -190,6 +191,20 @@ impl Settlement for EvmSettlement {
             .claim(channel, cumulative, sig)
             .await
             .map(drop)
+            .map_err(evm_err)
+    }
+
+    async fn claim_until_final(
+        &self,
+        channel: B256,
+        cumulative: u128,
+        sig: &[u8; 65],
+        depth: u64,
+    ) -> Result<u128, SettlementError> {
+        self.client
+            .claim_until_final(channel, cumulative, sig, depth)
+            .await
+            .map(|c| c.claimed)
             .map_err(evm_err)
     }
 

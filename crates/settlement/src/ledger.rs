@@ -43,6 +43,7 @@ fn refusal(code: &str) -> Refusal {
         "unknown_receipt_root" => Refusal::UnknownReceiptRoot,
         "bad_receipt_proof" => Refusal::BadReceiptProof,
         "already_judged" => Refusal::AlreadyJudged,
+        "already_challenged" => Refusal::AlreadyChallenged,
         "unrevealed_verdict" => Refusal::UnrevealedVerdict,
         "demand" => Refusal::Demand,
         "forged_receipt" => Refusal::ForgedReceipt,
@@ -272,6 +273,26 @@ impl Settlement for LedgerSettlement {
         })
         .await
         .map(drop)
+    }
+
+    /// A committed claim is final: the ledger's sequencer does not reorder its blocks.
+    async fn claim_until_final(
+        &self,
+        channel: Hash32,
+        cumulative: u128,
+        sig: &(AccountId, Signature),
+        _depth: u64,
+    ) -> Result<u128, SettlementError> {
+        let sent = self.claim(channel, cumulative, sig).await;
+        let claimed = self.channel(channel).await?.map_or(0, |c| c.claimed);
+        match sent {
+            Ok(()) => Ok(claimed),
+            // Covered by an earlier claim of this voucher or a later one.
+            Err(SettlementError::Refused(Refusal::DoubleClaim)) if claimed >= cumulative => {
+                Ok(claimed)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn request_close(&self, channel: Hash32) -> Result<(), SettlementError> {

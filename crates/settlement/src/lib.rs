@@ -90,6 +90,8 @@ pub enum Refusal {
     BadReceiptProof,
     /// The leaf was judged already (by a verdict or an opened plant).
     AlreadyJudged,
+    /// The receipt's inclusion is challenged already.
+    AlreadyChallenged,
     /// The sender did not reveal a failed audit of this leaf.
     UnrevealedVerdict,
     /// Any other refusal, by the implementation's own name for it.
@@ -224,6 +226,17 @@ pub trait Settlement: Send + Sync {
         cumulative: u128,
         sig: &Self::VoucherSig,
     ) -> impl Future<Output = Result<(), SettlementError>> + Send;
+    /// Claims a voucher as the provider and returns the channel's claimed total once a claim
+    /// covering `cumulative` is final: on the ledger once committed (it has no reorgs); on a
+    /// chain `depth` blocks deep, a claim a reorg or a restarted node dropped sent again. A
+    /// voucher already covered is not claimed again and not an error; nothing is paid twice.
+    fn claim_until_final(
+        &self,
+        channel: Self::ChannelId,
+        cumulative: u128,
+        sig: &Self::VoucherSig,
+        depth: u64,
+    ) -> impl Future<Output = Result<u128, SettlementError>> + Send;
     /// Asks to close a channel after its timeout.
     fn request_close(
         &self,

@@ -13,6 +13,8 @@ mod common;
 mod conservation;
 /// Material demands, Withheld verdicts and inclusion challenges.
 mod disputes;
+/// Faults of the chain: Anvil restarted from its state, reorgs, a failing node.
+mod faults;
 /// Gas per operation, printed for docs/settlement.md.
 mod gas;
 /// RPC failures and lost answers are retried without a second transaction.

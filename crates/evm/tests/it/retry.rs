@@ -181,6 +181,7 @@ async fn unreachable_rpc_fails_with_the_attempt_count() -> anyhow::Result<()> {
     let fast = ClientOptions {
         attempts: 3,
         backoff: Duration::from_millis(5),
+        patience: Duration::ZERO,
         ..ClientOptions::default()
     };
     let r =

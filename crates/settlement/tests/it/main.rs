@@ -824,7 +824,7 @@ async fn ledger_and_evm_agree_on_disputes() -> anyhow::Result<()> {
         Err(AuditWindow), Err(NotAssigned), Ok(()), Ok(()), Ok(()), Err(Demand),
         Err(Demand), Err(BadReceiptProof), Err(Demand), Ok(()), Err(Demand),
         Err(AuditWindow),
-        Ok(()), Err(NotChannelPayer), Err(ForgedReceipt), Ok(()), Err(Malformed), Ok(()),
+        Ok(()), Err(NotChannelPayer), Err(ForgedReceipt), Ok(()), Err(AlreadyChallenged), Ok(()),
         Err(Malformed), Ok(()), Err(BadReceiptProof),
         Err(Demand),
         Ok(()), Err(Malformed), Err(AuditWindow),
@@ -880,5 +880,75 @@ async fn ledger_and_evm_agree_on_disputes() -> anyhow::Result<()> {
         assert_eq!(l, e, "the ledger and the contracts disagree");
     }
     assert_eq!(l, evm);
+    Ok(())
+}
+
+/// A provider claims until final: a voucher, the same again, a later one, an earlier one,
+/// one above the deposit. Returns each outcome and the payer's and provider's balances.
+async fn final_claims<S: Settlement>(
+    who: &[S],
+    depth: u64,
+) -> anyhow::Result<(Vec<Result<u128, Refusal>>, Vec<u128>)> {
+    let (payer, prov) = (&who[0], &who[1]);
+    let ch = payer.open_channel(prov.account(), 300, 5).await?;
+    let mut got = Vec::new();
+    for v in [100, 100, 250, 100, 400] {
+        let sig = payer.sign_voucher(ch, v)?;
+        got.push(match prov.claim_until_final(ch, v, &sig, depth).await {
+            Ok(claimed) => Ok(claimed),
+            Err(SettlementError::Refused(r)) => Err(r),
+            Err(e) => return Err(e.into()),
+        });
+    }
+    let balances = vec![
+        payer.balance(payer.account()).await?,
+        prov.balance(prov.account()).await?,
+    ];
+    Ok((got, balances))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_and_evm_agree_on_claims_until_final() -> anyhow::Result<()> {
+    let keys: Vec<Keypair> = (0..3).map(|i| Keypair::from_seed([i + 21; 32])).collect();
+    let node = ledger(&keys, Params::default()).await?;
+    let client = Client::new(&node.url)?;
+    let on_ledger: Vec<LedgerSettlement> = keys[1..]
+        .iter()
+        .map(|k| LedgerSettlement::new(client.clone(), k.clone(), CHAIN))
+        .collect();
+    let on_ledger = final_claims(&on_ledger, 3).await?;
+    use Refusal::*;
+    assert_eq!(
+        on_ledger,
+        (
+            vec![Ok(100), Ok(100), Ok(250), Ok(250), Err(OverClaim)],
+            vec![700, 1_250]
+        )
+    );
+
+    let Some(bin) = find_anvil() else {
+        eprintln!("SKIP (EVM half): anvil not found (run scripts/install-evm-tools)");
+        return Ok(());
+    };
+    let anvil = Anvil::start(&bin, 31_337)?;
+    let d = deploy(anvil.url(), anvil.keys()[0].clone(), EvmParams::devnet(50)).await?;
+    let admin = SettlementClient::connect(anvil.url(), anvil.keys()[0].clone(), d.clone()).await?;
+    let mut on_evm = Vec::new();
+    for k in &anvil.keys()[1..3] {
+        admin.mint(k.address(), EACH).await?;
+        on_evm.push(EvmSettlement::new(
+            SettlementClient::connect(anvil.url(), k.clone(), d.clone()).await?,
+        ));
+    }
+    // Blocks keep coming, so claims get deep.
+    let miner = tokio::spawn(async move {
+        loop {
+            let _ = admin.mine(1).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let on_evm = final_claims(&on_evm, 3).await;
+    miner.abort();
+    assert_eq!(on_ledger, on_evm?);
     Ok(())
 }
