@@ -15,7 +15,7 @@ use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use sha2::{Digest, Sha512};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A signature's decoded parts, or `None` when the encoding alone makes it invalid.
 struct Parsed {
@@ -38,6 +38,43 @@ thread_local! {
     /// the field) is a tenth of a verification. Decoding is a pure function of the bytes, so a
     /// remembered answer is the one a fresh decode gives.
     static KEYS: RefCell<HashMap<[u8; 32], Option<EdwardsPoint>>> = RefCell::new(HashMap::new());
+}
+
+/// Most verified signatures a thread remembers (32 bytes each, plus the table's overhead).
+const VERIFIED_CACHE: usize = 1 << 14;
+
+thread_local! {
+    /// Digests of (key, signature, message) triples this thread has verified as valid. The
+    /// same signature is often checked again on one thread (a receipt by the payer, then by
+    /// the verifier's material check and its judgement; a voucher by the provider, then by the
+    /// ledger in the claim that carries it). A triple's verdict is a pure function of its
+    /// bytes, and the digest binds all of them (a BLAKE3 collision is needed to reuse an
+    /// entry for other bytes), so a hit answers what a fresh check would. Only acceptances
+    /// are kept: a bad signature costs its full check every time, and costs no memory.
+    static VERIFIED: RefCell<HashSet<[u8; 32]>> = RefCell::new(HashSet::new());
+}
+
+/// The cache key of one (key, message, signature) triple.
+fn triple_digest(account: &AccountId, msg: &[u8], sig: &Signature) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("agora ed25519 verified triple v1");
+    h.update(account.as_bytes());
+    h.update(sig.as_bytes());
+    h.update(msg);
+    *h.finalize().as_bytes()
+}
+
+fn known_valid(digest: &[u8; 32]) -> bool {
+    VERIFIED.with(|v| v.borrow().contains(digest))
+}
+
+fn remember_valid(digest: [u8; 32]) {
+    VERIFIED.with(|v| {
+        let mut v = v.borrow_mut();
+        if v.len() >= VERIFIED_CACHE {
+            v.clear();
+        }
+        v.insert(digest);
+    });
 }
 
 /// The account's key as a point, if it is a valid encoding of a point of large order.
@@ -91,13 +128,49 @@ fn check(p: &Parsed) -> bool {
 
 /// Verifies one signature over raw `msg`.
 pub fn verify_one(account: &AccountId, msg: &[u8], sig: &Signature) -> bool {
+    let digest = triple_digest(account, msg, sig);
+    if known_valid(&digest) {
+        return true;
+    }
+    let ok = check_one(account, msg, sig);
+    if ok {
+        remember_valid(digest);
+    }
+    ok
+}
+
+/// The single check proper, without the cache.
+fn check_one(account: &AccountId, msg: &[u8], sig: &Signature) -> bool {
     parse(account, msg, sig).is_some_and(|p| check(&p))
 }
 
 /// Verifies many signatures; `out[i]` is exactly `verify_one(items[i])`. When all are valid it
-/// costs one multi-scalar multiplication instead of one check per signature.
+/// costs one multi-scalar multiplication instead of one check per signature; signatures this
+/// thread already verified are not checked again.
 pub fn verify_many(items: &[(AccountId, &[u8], Signature)]) -> Vec<bool> {
-    let parsed: Vec<Option<Parsed>> = items.iter().map(|(a, m, s)| parse(a, m, s)).collect();
+    let digests: Vec<[u8; 32]> = items
+        .iter()
+        .map(|(a, m, s)| triple_digest(a, m, s))
+        .collect();
+    let mut out = vec![true; items.len()];
+    let fresh: Vec<usize> = (0..items.len())
+        .filter(|&i| !known_valid(&digests[i]))
+        .collect();
+    let checked = check_many(fresh.iter().map(|&i| &items[i]));
+    for (&i, ok) in fresh.iter().zip(checked) {
+        out[i] = ok;
+        if ok {
+            remember_valid(digests[i]);
+        }
+    }
+    out
+}
+
+/// The batch check proper, without the cache: one verdict per item, in order.
+fn check_many<'a, 'm: 'a>(
+    items: impl Iterator<Item = &'a (AccountId, &'m [u8], Signature)>,
+) -> Vec<bool> {
+    let parsed: Vec<Option<Parsed>> = items.map(|(a, m, s)| parse(a, m, s)).collect();
     let live: Vec<&Parsed> = parsed.iter().flatten().collect();
     if live.len() >= 2 {
         // Weights derived from every input, so no signer can choose them.
@@ -150,7 +223,7 @@ mod tests {
             .zip(&msgs)
             .map(|(k, m)| (k.account(), m.as_slice(), k.sign_bytes(m)))
             .collect();
-        assert!(verify_many(&items).iter().all(|ok| *ok));
+        assert!(check_many(items.iter()).iter().all(|ok| *ok));
         // Break some: wrong message, wrong key, non-canonical s, invalid point.
         items[3].1 = b"other";
         items[7].0 = keys[8].account();
@@ -158,9 +231,9 @@ mod tests {
         s[63] = 0xff;
         items[11].2 = Signature::from_bytes(s);
         items[15].0 = AccountId::from_bytes([0xff; 32]);
-        let got = verify_many(&items);
+        let got = check_many(items.iter());
         for (i, (a, m, s)) in items.iter().enumerate() {
-            assert_eq!(got[i], verify_one(a, m, s), "item {i}");
+            assert_eq!(got[i], check_one(a, m, s), "item {i}");
             assert_eq!(got[i], ![3, 7, 11, 15].contains(&i), "item {i}");
         }
     }
@@ -199,7 +272,7 @@ mod tests {
     fn torsion_signature_gets_one_verdict_in_every_batch() {
         let (acct, sig) = torsion_signature([5; 32], b"torsion");
         // Cofactored: valid. dalek's cofactorless verify_strict: refused.
-        assert!(verify_one(&acct, b"torsion", &sig));
+        assert!(check_one(&acct, b"torsion", &sig));
         let vk = ed25519_dalek::VerifyingKey::from_bytes(acct.as_bytes())
             .map_err(|_| ())
             .and_then(|vk| {
@@ -218,7 +291,7 @@ mod tests {
                 .collect();
             items.insert(n / 2, (acct, b"torsion".as_slice(), sig));
             assert!(
-                verify_many(&items).iter().all(|ok| *ok),
+                check_many(items.iter()).iter().all(|ok| *ok),
                 "batch of {}",
                 n + 1
             );
@@ -240,8 +313,9 @@ mod tests {
         ];
         for round in 0..3 {
             for (a, want) in &cases {
-                assert_eq!(verify_one(a, b"m", &sig), *want, "round {round}");
-                let batch = verify_many(&[(*a, b"m", sig), (k.account(), b"m", sig)]);
+                assert_eq!(check_one(a, b"m", &sig), *want, "round {round}");
+                let batch =
+                    check_many([(*a, &b"m"[..], sig), (k.account(), &b"m"[..], sig)].iter());
                 assert_eq!(batch, vec![*want, true], "round {round}");
             }
             if round == 1 {
@@ -270,5 +344,78 @@ mod tests {
             b"anything",
             &Signature::from_bytes(trivial)
         ));
+    }
+
+    /// The attack on a cache of verdicts: get one signature accepted, then present it with
+    /// another message, another key or altered bytes and hope the cache answers. Every variant
+    /// must get the verdict a fresh check gives (refused), alone and in a batch, before and
+    /// after the valid triple is cached, and after the cache starts over.
+    #[test]
+    fn cached_verdicts_never_accept_other_bytes() {
+        let k = Keypair::from_seed([31; 32]);
+        let other = Keypair::from_seed([32; 32]);
+        let sig = k.sign_bytes(b"pay 5");
+        let other_sig = k.sign_bytes(b"pay 6");
+        let mut flipped_r = *sig.as_bytes();
+        flipped_r[0] ^= 1;
+        let mut flipped_s = *sig.as_bytes();
+        flipped_s[40] ^= 1;
+        let variants: Vec<(AccountId, &[u8], Signature)> = vec![
+            (k.account(), b"pay 50", sig),
+            (k.account(), b"pay 5 ", sig),
+            (k.account(), b"pay ", sig),
+            (other.account(), b"pay 5", sig),
+            (k.account(), b"pay 5", other_sig),
+            (k.account(), b"pay 5", Signature::from_bytes(flipped_r)),
+            (k.account(), b"pay 5", Signature::from_bytes(flipped_s)),
+        ];
+        for round in 0..3 {
+            assert!(verify_one(&k.account(), b"pay 5", &sig), "round {round}");
+            for (i, (a, m, s)) in variants.iter().enumerate() {
+                assert!(!check_one(a, m, s), "variant {i} is not a valid signature");
+                assert!(!verify_one(a, m, s), "round {round} variant {i}");
+            }
+            let mut batch = variants.clone();
+            batch.insert(3, (k.account(), b"pay 5", sig));
+            let got = verify_many(&batch);
+            for (i, ok) in got.iter().enumerate() {
+                assert_eq!(*ok, i == 3, "round {round} batch item {i}");
+            }
+            if round == 1 {
+                for i in 0..VERIFIED_CACHE as u64 {
+                    let m = i.to_le_bytes();
+                    let _ = verify_one(&k.account(), &m, &sig);
+                    remember_valid(triple_digest(&k.account(), &m, &other_sig));
+                }
+            }
+        }
+    }
+
+    /// A batch that mixes remembered and fresh signatures gives every item the single check's
+    /// verdict, and remembers only the valid ones.
+    #[test]
+    fn batches_mixing_cached_and_fresh_items_agree_with_single_checks() {
+        let keys: Vec<Keypair> = (0..12u8)
+            .map(|i| Keypair::from_seed([i + 60; 32]))
+            .collect();
+        let msgs: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 33]).collect();
+        let mut items: Vec<(AccountId, &[u8], Signature)> = keys
+            .iter()
+            .zip(&msgs)
+            .map(|(k, m)| (k.account(), m.as_slice(), k.sign_bytes(m)))
+            .collect();
+        items[5].1 = b"forged";
+        for (a, m, s) in items.iter().step_by(3) {
+            let _ = verify_one(a, m, s);
+        }
+        for pass in 0..2 {
+            let got = verify_many(&items);
+            for (i, (a, m, s)) in items.iter().enumerate() {
+                assert_eq!(got[i], check_one(a, m, s), "pass {pass} item {i}");
+                assert_eq!(got[i], i != 5, "pass {pass} item {i}");
+            }
+        }
+        let (a, m, s) = &items[5];
+        assert!(!known_valid(&triple_digest(a, m, s)));
     }
 }
