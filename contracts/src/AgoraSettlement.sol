@@ -311,7 +311,9 @@ contract AgoraSettlement is AgoraState {
         uint256 fee;
         if (passed) {
             l.outcome = PASSED;
-            accounts[provider].cleanAudits += 1;
+            // A late root's passes earn no probation credit: an old receipt re-posted under
+            // one would count again (the ledger's rule).
+            if (!roots[provider][epoch].full) accounts[provider].cleanAudits += 1;
             fee = _takeFee();
         } else {
             l.outcome = FAILED;

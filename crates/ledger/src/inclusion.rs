@@ -131,8 +131,7 @@ impl State {
         // root's probability was fixed before the beacon that selects it was drawn). A root
         // audited in full only because of probation is not one: its passes count toward
         // leaving probation, and an old receipt re-posted under it would count again.
-        let on_time = epoch - c.receipt_epoch <= 1;
-        if !on_time && !posted.late {
+        if !posted.may_hold(epoch, c.receipt_epoch) {
             return Err(TxError::LateReceiptRoot {
                 provider: from,
                 receipt_epoch: c.receipt_epoch,
@@ -142,7 +141,7 @@ impl State {
         if index >= posted.receipts || !merkle::verify(&posted.root, &receipt, index, proof) {
             return Err(TxError::BadReceiptProof { receipt });
         }
-        if !on_time {
+        if epoch - c.receipt_epoch > 1 {
             // Its verdicts come later than the receipt's own root's would have.
             self.hold_unbonding(j, from, epoch)?;
         }

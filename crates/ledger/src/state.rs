@@ -112,6 +112,16 @@ pub struct ReceiptRoot {
     pub late: bool,
 }
 
+impl ReceiptRoot {
+    /// Whether this root, posted for `epoch`, may hold a receipt of `receipt_epoch`: the root
+    /// of the receipt's epoch or the next, or a later late root (audited in full). A root
+    /// audited in full only because of probation is not late: an old receipt re-posted under
+    /// it would earn probation credit again.
+    pub fn may_hold(&self, epoch: u64, receipt_epoch: u64) -> bool {
+        epoch >= receipt_epoch && (epoch - receipt_epoch <= 1 || self.late)
+    }
+}
+
 /// The audit of one selected leaf: a commitment, then its reveal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct LeafAudit {

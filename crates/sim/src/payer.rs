@@ -267,12 +267,9 @@ impl Payer {
             let provider = rt.accounts[from];
             let root = rt.ledger.state.roots.get(&(provider, *epoch));
             let under = root.is_some_and(|r| merkle::verify(&r.root, receipt, *index, proof));
-            // The ledger's rule: the receipt's epoch or the next, or later under a root
-            // audited in full.
-            let full = root.is_some_and(|r| r.audit_ppm == agora_ledger::FULL_AUDIT_PPM);
+            // The ledger's rule: the receipt's epoch or the next, or later under a late root.
             let ok_epoch = self.receipts.get(receipt).is_some_and(|(_, r)| {
-                let served = r.receipt.epoch;
-                *epoch == served || *epoch == served + 1 || (*epoch > served && full)
+                root.is_some_and(|root| root.may_hold(*epoch, r.receipt.epoch))
             });
             if under && ok_epoch {
                 self.proven.insert(*receipt);

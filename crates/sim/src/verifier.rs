@@ -728,6 +728,7 @@ fn posted_root(rt: &Runtime, id: LeafId) -> Option<PostedRoot> {
     Some(PostedRoot {
         root: r.root,
         receipts: r.receipts,
-        full_audit: r.audit_ppm == agora_ledger::FULL_AUDIT_PPM,
+        // As `agora_verifier::judge::posted_root`: only a late root holds older receipts.
+        full_audit: r.late && r.audit_ppm == agora_ledger::FULL_AUDIT_PPM,
     })
 }

@@ -806,3 +806,41 @@ async fn gas_of_audit_operations() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A provider on probation re-posts an audited honest receipt under late roots (audited in
+/// full) to collect clean audits without serving anyone: a late root's passes earn no
+/// probation credit, as on the ledger.
+#[tokio::test]
+async fn passes_under_a_late_root_earn_no_probation_credit() -> anyhow::Result<()> {
+    let s = scene_or_skip!(params());
+    let p = s.prov.address();
+    s.at(1).await?;
+    // The same honest leaf, re-posted alone under a late root of the next epoch.
+    let again = vec![s.leaves[0]];
+    s.prov
+        .post_late_root(s.e + 1, receipt_root(&again), 1)
+        .await?;
+    s.ver.record_beacon(s.e + 1).await?;
+    s.ver.commit_audit(p, s.e, 0, true, salt(0)).await?;
+    s.at(2).await?;
+    s.ver.record_beacon(s.e + 2).await?;
+    s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await?;
+    // The late root's epoch froze both verifiers: the beacon picks one.
+    let who = s
+        .ver
+        .assignee(p, s.e + 1, 0)
+        .await?
+        .expect("a late leaf is selected");
+    let late = if who == s.ver.address() {
+        &s.ver
+    } else {
+        &s.conf
+    };
+    late.commit_audit(p, s.e + 1, 0, true, salt(1)).await?;
+    s.at(3).await?;
+    late.reveal_audit(p, s.e + 1, 0, true, salt(1)).await?;
+    // The root of its own epoch counted; the late root's pass did not.
+    assert_eq!(s.chain.admin.account(p).await?.clean_audits, 1);
+    s.conserved().await?;
+    Ok(())
+}
