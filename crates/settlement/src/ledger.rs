@@ -48,7 +48,7 @@ fn refusal(code: &str) -> Refusal {
     }
 }
 
-fn ledger_err(e: ClientError) -> SettlementError {
+pub(crate) fn ledger_err(e: ClientError) -> SettlementError {
     match e {
         ClientError::Rejected { code, .. } => SettlementError::Refused(refusal(&code)),
         other => SettlementError::Ledger(other),
@@ -63,6 +63,11 @@ impl LedgerSettlement {
             key,
             chain_id,
         }
+    }
+
+    /// The ledger client underneath.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Runs a blocking ledger call off the async runtime's threads.
