@@ -65,6 +65,19 @@ impl LedgerSettlement {
         }
     }
 
+    /// A handle for reads and checks only (stake, channels, events, voucher signers): its
+    /// key is fresh and has no account, so nothing it could sign is worth anything.
+    pub fn reader(
+        client: Client,
+        chain_id: u64,
+    ) -> Result<LedgerSettlement, agora_core::CoreError> {
+        Ok(LedgerSettlement::new(
+            client,
+            Keypair::generate()?,
+            chain_id,
+        ))
+    }
+
     /// The ledger client underneath.
     pub fn client(&self) -> &Client {
         &self.client

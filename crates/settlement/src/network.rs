@@ -22,7 +22,7 @@
 
 use crate::evm::EvmSettlement;
 use crate::ledger::LedgerSettlement;
-use crate::{Settlement, SettlementError};
+use crate::{Settlement, SettlementError, SignedReceipt};
 use agora_core::{AccountId, Amount, Hash32, Signature};
 use agora_evm::bindings::AgoraSettlement;
 use agora_evm::EvmError;
@@ -180,6 +180,45 @@ pub trait NetworkSettlement: Send + Sync {
     ) -> Option<Party>;
     /// A channel's parties and money, if it exists.
     fn channel_parties(&self, channel: Hash32) -> SettlementFuture<'_, Option<ChannelParties>>;
+    /// The root this settlement expects over `receipts`, in leaf order (BLAKE3 tree of the
+    /// receipts' hashes on the ledger; keccak tree of their `ReceiptLeaf`s on a chain).
+    fn receipt_root_of(&self, receipts: &[SignedReceipt]) -> Hash32;
+    /// Posts this account's receipt root for the current epoch (`late`: every leaf audited).
+    fn post_receipt_root(
+        &self,
+        epoch: u64,
+        root: Hash32,
+        receipts: u64,
+        late: bool,
+    ) -> SettlementFuture<'_, ()>;
+    /// Opens a channel from this account to the account network key `provider` stands for;
+    /// refused as `UnknownAccount` when no account does.
+    fn open_channel_to(
+        &self,
+        provider: AccountId,
+        amount: Amount,
+        timeout_epochs: u64,
+    ) -> SettlementFuture<'_, Hash32>;
+    /// Adds to this account's channel.
+    fn top_up_channel(&self, channel: Hash32, amount: Amount) -> SettlementFuture<'_, ()>;
+    /// Claims a voucher as the channel's provider; a signature of another settlement's kind
+    /// is refused as `ForgedVoucher` before anything is sent.
+    fn claim_voucher(
+        &self,
+        channel: Hash32,
+        cumulative: Amount,
+        sig: VoucherSignature,
+    ) -> SettlementFuture<'_, ()>;
+}
+
+fn refused(r: crate::Refusal) -> SettlementError {
+    SettlementError::Refused(r)
+}
+
+fn unknown_account() -> SettlementError {
+    refused(crate::Refusal::Other {
+        code: "UnknownAccount".into(),
+    })
 }
 
 /// Whether `sig` is `payer`'s voucher for (`channel`, `cumulative`) on `s`: what a provider
@@ -283,6 +322,67 @@ impl NetworkSettlement for LedgerSettlement {
                 closed: c.closed,
             }))
         })
+    }
+
+    fn receipt_root_of(&self, receipts: &[SignedReceipt]) -> Hash32 {
+        Hash32::from_bytes(<LedgerSettlement as Settlement>::receipt_root(receipts))
+    }
+
+    fn post_receipt_root(
+        &self,
+        epoch: u64,
+        root: Hash32,
+        receipts: u64,
+        late: bool,
+    ) -> SettlementFuture<'_, ()> {
+        Box::pin(Settlement::post_root(
+            self,
+            epoch,
+            *root.as_bytes(),
+            receipts,
+            late,
+        ))
+    }
+
+    /// On the ledger the key is the account: any key may be paid (an unknown one has no
+    /// stake, which the broker checks before it pays).
+    fn open_channel_to(
+        &self,
+        provider: AccountId,
+        amount: Amount,
+        timeout_epochs: u64,
+    ) -> SettlementFuture<'_, Hash32> {
+        Box::pin(Settlement::open_channel(
+            self,
+            provider,
+            amount.units(),
+            timeout_epochs,
+        ))
+    }
+
+    fn top_up_channel(&self, channel: Hash32, amount: Amount) -> SettlementFuture<'_, ()> {
+        Box::pin(Settlement::top_up(self, channel, amount.units()))
+    }
+
+    fn claim_voucher(
+        &self,
+        channel: Hash32,
+        cumulative: Amount,
+        sig: VoucherSignature,
+    ) -> SettlementFuture<'_, ()> {
+        Box::pin(async move {
+            let VoucherSignature::Ed25519 { payer, sig } = sig else {
+                return Err(refused(crate::Refusal::ForgedVoucher));
+            };
+            Settlement::claim(self, channel, cumulative.units(), &(payer, sig)).await
+        })
+    }
+}
+
+impl SettlementEvent {
+    /// The service event a ledger event is, if the services follow it.
+    pub fn from_ledger(e: &agora_ledger::Event) -> Option<SettlementEvent> {
+        ledger_event(e)
     }
 }
 
@@ -635,6 +735,76 @@ impl NetworkSettlement for EvmSettlement {
                 claimed: Amount::new(c.claimed),
                 closed: c.closed,
             }))
+        })
+    }
+
+    fn receipt_root_of(&self, receipts: &[SignedReceipt]) -> Hash32 {
+        let leaves: Vec<_> = receipts
+            .iter()
+            .map(<EvmSettlement as Settlement>::receipt)
+            .collect();
+        Hash32::from_bytes(<EvmSettlement as Settlement>::receipt_root(&leaves))
+    }
+
+    fn post_receipt_root(
+        &self,
+        epoch: u64,
+        root: Hash32,
+        receipts: u64,
+        late: bool,
+    ) -> SettlementFuture<'_, ()> {
+        Box::pin(Settlement::post_root(
+            self,
+            epoch,
+            *root.as_bytes(),
+            receipts,
+            late,
+        ))
+    }
+
+    /// Pays only the account whose binding of `provider` verifies: a channel to an account
+    /// that merely recorded someone's key would pay the wrong party.
+    fn open_channel_to(
+        &self,
+        provider: AccountId,
+        amount: Amount,
+        timeout_epochs: u64,
+    ) -> SettlementFuture<'_, Hash32> {
+        Box::pin(async move {
+            let Some(account) = self.account_of_key(provider).await? else {
+                return Err(unknown_account());
+            };
+            let id =
+                Settlement::open_channel(self, account, amount.units(), timeout_epochs).await?;
+            Ok(Hash32::from_bytes(id.0))
+        })
+    }
+
+    fn top_up_channel(&self, channel: Hash32, amount: Amount) -> SettlementFuture<'_, ()> {
+        Box::pin(Settlement::top_up(
+            self,
+            B256::from(*channel.as_bytes()),
+            amount.units(),
+        ))
+    }
+
+    fn claim_voucher(
+        &self,
+        channel: Hash32,
+        cumulative: Amount,
+        sig: VoucherSignature,
+    ) -> SettlementFuture<'_, ()> {
+        Box::pin(async move {
+            let VoucherSignature::Eip712(sig) = sig else {
+                return Err(refused(crate::Refusal::ForgedVoucher));
+            };
+            Settlement::claim(
+                self,
+                B256::from(*channel.as_bytes()),
+                cumulative.units(),
+                &sig,
+            )
+            .await
         })
     }
 }

@@ -367,3 +367,141 @@ async fn evm_events_name_providers_by_their_network_keys() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// The money path on both settlements through the services' interface: a channel opened to a
+/// network key, a voucher of the settlement's own kind claimed (the other kind refused before
+/// anything is sent), and a root of real signed receipts in the settlement's own tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_claims_and_roots_through_the_services_interface() -> anyhow::Result<()> {
+    use agora_settlement::Refusal;
+    let refusal = |r: Result<(), agora_settlement::SettlementError>| {
+        r.err().and_then(|e| e.refusal().cloned())
+    };
+    // The ledger.
+    let keys: Vec<Keypair> = (0..3).map(|i| Keypair::from_seed([i + 71; 32])).collect();
+    let node = ledger(&keys, Params::default()).await?;
+    let client = Client::new(&node.url)?;
+    let payer = LedgerSettlement::new(client.clone(), keys[1].clone(), CHAIN);
+    let prov = LedgerSettlement::new(client.clone(), keys[2].clone(), CHAIN);
+    prov.stake(500).await?;
+    let ch = payer
+        .open_channel_to(keys[2].account(), Amount::new(300), 3)
+        .await?;
+    let v = payer.sign_voucher_for(ch, Amount::new(120))?;
+    assert_eq!(
+        refusal(
+            prov.claim_voucher(ch, Amount::new(120), VoucherSignature::Eip712([1; 65]))
+                .await
+        ),
+        Some(Refusal::ForgedVoucher)
+    );
+    prov.claim_voucher(ch, Amount::new(120), v).await?;
+    assert_eq!(
+        NetworkSettlement::channel_parties(&prov, ch)
+            .await?
+            .map(|c| c.claimed),
+        Some(Amount::new(120))
+    );
+    let e = prov.current_epoch().await?;
+    let receipts: Vec<_> = (0..3)
+        .map(|i| crate::signed_receipt(CHAIN, &keys[2], &keys[1], *ch.as_bytes(), e, 40, i))
+        .collect();
+    let root = prov.receipt_root_of(&receipts);
+    let hashes: Vec<Hash32> = receipts.iter().map(|r| r.hash()).collect();
+    assert_eq!(
+        root,
+        agora_core::merkle::root(&hashes),
+        "the ledger's BLAKE3 tree"
+    );
+    prov.post_receipt_root(e, root, 3, false).await?;
+    let (mut from, mut posted) = (0, None);
+    while posted.is_none() {
+        let got = prov.events_from(from, Duration::from_millis(200)).await?;
+        anyhow::ensure!(got.next > from, "the root never showed");
+        from = got.next;
+        posted = got.events.into_iter().find_map(|ev| match ev {
+            SettlementEvent::ReceiptRootPosted { provider, root, .. }
+                if provider == keys[2].account() =>
+            {
+                Some(root)
+            }
+            _ => None,
+        });
+    }
+    assert_eq!(posted, Some(root));
+
+    // An EVM chain.
+    let Some(bin) = find_anvil() else {
+        eprintln!("SKIP (EVM half): anvil not found (run scripts/install-evm-tools)");
+        return Ok(());
+    };
+    let c = chain(&bin, 31_337).await?;
+    let (payer, prov, thief) = (
+        c.account(1).await?,
+        c.account(2).await?,
+        c.account(3).await?,
+    );
+    let key = Keypair::from_seed([72; 32]);
+    let stolen = Keypair::from_seed([73; 32]);
+    prov.client().bind_network_key(&key).await?;
+    prov.stake(500).await?;
+    // A key the thief recorded without its owner's binding: no channel can be opened to it.
+    thief
+        .client()
+        .bind_network_key_raw(*stolen.account().as_bytes(), [5; 64])
+        .await?;
+    assert_eq!(
+        payer
+            .open_channel_to(stolen.account(), Amount::new(300), 3)
+            .await
+            .err()
+            .and_then(|e| e.refusal().cloned()),
+        Some(Refusal::Other {
+            code: "UnknownAccount".into()
+        })
+    );
+    let ch = payer
+        .open_channel_to(key.account(), Amount::new(300), 3)
+        .await?;
+    let parties = NetworkSettlement::channel_parties(&prov, ch)
+        .await?
+        .expect("the channel exists");
+    assert_eq!(parties.provider, Party::Address(prov.account().0 .0));
+    let ed = LedgerSettlement::new(client.clone(), keys[1].clone(), CHAIN)
+        .sign_voucher_for(ch, Amount::new(120))?;
+    assert_eq!(
+        refusal(prov.claim_voucher(ch, Amount::new(120), ed).await),
+        Some(Refusal::ForgedVoucher)
+    );
+    let v = payer.sign_voucher_for(ch, Amount::new(120))?;
+    prov.claim_voucher(ch, Amount::new(120), v).await?;
+    assert_eq!(
+        NetworkSettlement::channel_parties(&prov, ch)
+            .await?
+            .map(|c| c.claimed),
+        Some(Amount::new(120))
+    );
+    let e = prov.current_epoch().await?;
+    let receipts: Vec<_> = (0..3)
+        .map(|i| crate::signed_receipt(31_337, &key, &keys[1], *ch.as_bytes(), e, 40, i))
+        .collect();
+    let root = prov.receipt_root_of(&receipts);
+    let leaves: Vec<_> = receipts
+        .iter()
+        .map(agora_evm::receipts::ReceiptLeaf::of)
+        .collect();
+    assert_eq!(
+        root.as_bytes(),
+        &agora_evm::receipts::receipt_root(&leaves).0,
+        "the chain's keccak tree of receipt leaves"
+    );
+    prov.post_receipt_root(e, root, 3, false).await?;
+    assert_eq!(
+        prov.client()
+            .root(prov.account(), e)
+            .await?
+            .map(|r| r.root.0),
+        Some(*root.as_bytes())
+    );
+    Ok(())
+}
