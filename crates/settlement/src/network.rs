@@ -435,6 +435,9 @@ fn ledger_event(e: &agora_ledger::Event) -> Option<SettlementEvent> {
 
 /// Most blocks read in one `eth_getLogs` (public RPCs refuse wide ranges).
 const MAX_LOG_BLOCKS: u64 = 2_000;
+/// Most distinct accounts that recorded one key checked; more and the key stands for nobody
+/// (each costs its recorder a transaction's gas, see docs/settlement.md).
+const MAX_BINDERS: usize = 256;
 /// Most accounts remembered per direction of the key binding.
 const MAX_BINDINGS: usize = 16_384;
 /// How often an EVM events read looks for a new block while waiting.
@@ -505,25 +508,28 @@ impl EvmSettlement {
             .get_logs(&filter)
             .await
             .map_err(rpc("eth_getLogs"))?;
+        // Each account is checked once however often it recorded the key, so one account
+        // binding the key many times cannot hide the genuine binding.
+        let accounts: std::collections::BTreeSet<Address> = logs
+            .iter()
+            .filter_map(|l| AgoraSettlement::NetworkKeyBound::decode_log_data(l.data()).ok())
+            .map(|e| e.account)
+            .collect();
+        if accounts.len() > MAX_BINDERS {
+            return Ok(None);
+        }
         let mut found: Option<Address> = None;
-        let mut seen = std::collections::HashSet::new();
-        for l in logs.iter().take(64) {
-            let Ok(e) = AgoraSettlement::NetworkKeyBound::decode_log_data(l.data()) else {
-                continue;
-            };
-            if !seen.insert(e.account) {
-                continue;
-            }
+        for account in accounts {
             let now = self
                 .client()
-                .verified_network_key(e.account)
+                .verified_network_key(account)
                 .await
                 .map_err(evm)?;
             if now == Some(key) {
                 if found.is_some() {
                     return Ok(None);
                 }
-                found = Some(e.account);
+                found = Some(account);
             }
         }
         Ok(found)

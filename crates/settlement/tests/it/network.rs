@@ -173,6 +173,17 @@ async fn evm_offer_keys_stand_only_for_their_verified_staked_account() -> anyhow
     thief.stake(5_000).await?;
     assert_eq!(net.stake_of_key(key.account()).await?, None);
 
+    // The thief records the key 70 times more from its one account, before its owner
+    // binds it, to push the genuine binding out of what peers look at: each account is
+    // checked once.
+    for _ in 0..70 {
+        thief
+            .client()
+            .bind_network_key_raw(*key.account().as_bytes(), [8; 64])
+            .await?;
+    }
+    assert_eq!(net.stake_of_key(key.account()).await?, None);
+
     // The provider binds it for real, unstaked: the key stands for an account with no stake
     // (the broker's minimum refuses it).
     prov.client().bind_network_key(&key).await?;
