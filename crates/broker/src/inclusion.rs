@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_core::{merkle, AccountId, Hash32, Keypair};
-use agora_ledger::{Event, TxBody};
+use agora_ledger::TxBody;
 use agora_market::SignedOffer;
 use agora_net::protocol::SignedReceipt;
 use agora_net::protocol::{read_frame, write_frame, InclusionAnswer, InclusionQuery};
 use agora_net::{inclusion_protocol, Multiaddr, Node, PeerId};
+use agora_settlement::network::SettlementEvent as Event;
 use borsh::{BorshDeserialize, BorshSerialize};
 use futures::StreamExt;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -257,7 +258,7 @@ impl Inclusion {
                     s.unremembered.insert(*epoch);
                 }
             }
-            Event::EpochAdvanced { epoch, .. } => {
+            Event::EpochAdvanced { epoch } => {
                 s.epoch = s.epoch.max(*epoch);
                 // Roots too old to hold any receipt still inside its window.
                 let oldest = epoch.saturating_sub(self.escalation_epochs.saturating_add(2));
@@ -457,8 +458,9 @@ mod tests {
     use agora_ledger::server::{run, SequencerConfig, ServeConfig};
     use agora_ledger::tx::channel_id;
     use agora_ledger::Voucher;
-    use agora_ledger::{Allocation, Genesis, Params, Tx};
+    use agora_ledger::{Allocation, Event, Genesis, Params, Tx};
     use agora_net::protocol::{Receipt, Sampling, SignedVoucher};
+    use agora_settlement::network::SettlementEvent;
 
     const CHAIN: u64 = 9;
 
@@ -645,8 +647,8 @@ mod tests {
         }
         let r = served[0].receipt.receipt.epoch;
         let follow = |events: Vec<Event>| {
-            for e in &events {
-                inclusion.observe(e);
+            for e in events.iter().filter_map(SettlementEvent::from_ledger) {
+                inclusion.observe(&e);
             }
             inclusion.lock().epoch
         };

@@ -31,6 +31,8 @@ use agora_net::protocol::{
 use agora_net::{
     inference_protocol, offers_topic, GossipMessage, Multiaddr, NetConfig, Node, PeerId, Stream,
 };
+use agora_settlement::ledger::LedgerSettlement;
+use agora_settlement::network::{SettlementEvent, SharedSettlement};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
@@ -132,7 +134,7 @@ pub struct Broker {
     /// Paid receipts followed until they are proven under their roots or challenged.
     inclusion: Arc<Inclusion>,
     stakes: Stakes,
-    /// The ledger's current epoch, as `follow_ledger` last saw it.
+    /// The settlement's current epoch, as `follow_settlement` last saw it.
     epoch: Arc<AtomicU64>,
     /// Output tokens per second by provider (a moving average over its answers), for
     /// `provider.sort: throughput`.
@@ -149,9 +151,17 @@ impl Broker {
         let (node, gossip) = Node::start(net).await?;
         let book = Arc::new(Mutex::new(OfferBook::new().with_chain(cfg.chain_id)));
         let banned = Arc::new(Mutex::new(std::collections::HashSet::new()));
-        let reader = ledger.clone();
+        // Stake and the events the market follows come through the settlement interface,
+        // which names providers by their network keys on either settlement.
+        let settlement: SharedSettlement = Arc::new(
+            LedgerSettlement::reader(ledger.clone(), cfg.chain_id)
+                .map_err(|e| BrokerError::Config(e.to_string()))?,
+        );
+        let reader = settlement.clone();
+        let runtime = tokio::runtime::Handle::current();
         let stakes = Stakes::new(
-            Arc::new(move |a: &AccountId| reader.account(a).ok().flatten().map(|v| v.stake)),
+            // Runs on a blocking thread (`Stakes::check`), so it may wait on the runtime.
+            Arc::new(move |a: &AccountId| runtime.block_on(reader.stake_of_key(*a)).ok().flatten()),
             cfg.min_stake,
         );
         tokio::spawn(ingest_gossip(
@@ -187,8 +197,8 @@ impl Broker {
             )
             .map_err(|e| BrokerError::Config(format!("inclusion store: {e}")))?,
         );
-        tokio::spawn(follow_ledger(
-            ledger,
+        tokio::spawn(follow_settlement(
+            settlement,
             book.clone(),
             banned.clone(),
             epoch.clone(),
@@ -1061,7 +1071,7 @@ fn seed_for(request_id: &RequestId) -> u64 {
 
 /// Offers into the book, unless their provider was slashed or its bonded stake on the
 /// ledger is under the minimum (checked before an unknown key's offer takes any room).
-/// Reputation does not come from gossip: see [`follow_ledger`].
+/// Reputation does not come from gossip: see [`follow_settlement`].
 async fn ingest_gossip(
     mut gossip: mpsc::Receiver<GossipMessage>,
     book: Arc<Mutex<OfferBook>>,
@@ -1134,11 +1144,11 @@ fn lock_book(book: &Mutex<OfferBook>) -> std::sync::MutexGuard<'_, OfferBook> {
     book.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Watches the ledger: a slashed provider leaves the market for good; audit outcomes the
-/// ledger records as revealed become reputation, (clean + 1) / (audited + 2), so an
+/// Watches settlement: a slashed provider leaves the market for good; audit outcomes
+/// settlement records as revealed become reputation, (clean + 1) / (audited + 2), so an
 /// unaudited provider sits at the market's middle. Nothing gossiped moves reputation.
-async fn follow_ledger(
-    ledger: Client,
+async fn follow_settlement(
+    settlement: SharedSettlement,
     book: Arc<Mutex<OfferBook>>,
     banned: Arc<Mutex<std::collections::HashSet<AccountId>>>,
     epoch: Arc<AtomicU64>,
@@ -1147,49 +1157,44 @@ async fn follow_ledger(
     let mut from = 0u64;
     let mut audits: std::collections::HashMap<AccountId, (u64, u64)> = Default::default();
     loop {
-        let l = ledger.clone();
-        let got = tokio::task::spawn_blocking(move || l.events(from, Duration::from_secs(5))).await;
-        let blocks = match got {
-            Ok(Ok(b)) => b,
-            _ => {
+        let got = match settlement.events_from(from, Duration::from_secs(5)).await {
+            Ok(got) => got,
+            Err(_) => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        for block in blocks {
-            from = from.max(block.height + 1);
-            for tx in &block.txs {
-                for ev in &tx.events {
-                    inclusion.observe(ev);
-                    if let agora_ledger::Event::EpochAdvanced { epoch: e, .. } = ev {
-                        epoch.fetch_max(*e, Ordering::Relaxed);
-                    }
-                    if let agora_ledger::Event::AuditRevealed {
-                        provider, passed, ..
-                    } = ev
-                    {
-                        let e = audits.entry(*provider).or_default();
-                        e.0 += 1;
-                        if *passed {
-                            e.1 += 1;
-                        }
-                        let rep = (e.1 + 1) as f64 / (e.0 + 2) as f64;
-                        lock_book(&book).set_reputation(provider, rep);
-                    }
-                    if let agora_ledger::Event::Slashed {
-                        provider, amount, ..
-                    } = ev
-                    {
-                        banned
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(*provider);
-                        let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
-                        b.remove_provider(provider);
-                        b.set_reputation(provider, 0.0);
-                        tracing::warn!(%provider, %amount, "provider slashed for fraud; dropped from the market");
-                    }
+        from = from.max(got.next);
+        for ev in &got.events {
+            inclusion.observe(ev);
+            match ev {
+                SettlementEvent::EpochAdvanced { epoch: e } => {
+                    epoch.fetch_max(*e, Ordering::Relaxed);
                 }
+                SettlementEvent::AuditRevealed {
+                    provider, passed, ..
+                } => {
+                    let e = audits.entry(*provider).or_default();
+                    e.0 += 1;
+                    if *passed {
+                        e.1 += 1;
+                    }
+                    let rep = (e.1 + 1) as f64 / (e.0 + 2) as f64;
+                    lock_book(&book).set_reputation(provider, rep);
+                }
+                SettlementEvent::Slashed {
+                    provider, amount, ..
+                } => {
+                    banned
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(*provider);
+                    let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+                    b.remove_provider(provider);
+                    b.set_reputation(provider, 0.0);
+                    tracing::warn!(%provider, %amount, "provider slashed for fraud; dropped from the market");
+                }
+                SettlementEvent::ReceiptRootPosted { .. } => {}
             }
         }
     }

@@ -1,6 +1,7 @@
-//! Who may be routed to: a provider whose bonded stake on the ledger is under the minimum
-//! has nothing to lose by cheating, so it gets no work and its offers take no room. Stake is
-//! read from the ledger and kept for a short TTL.
+//! Who may be routed to: a provider whose bonded stake is under the minimum has nothing to
+//! lose by cheating, so it gets no work and its offers take no room. Stake is read from
+//! settlement for the offer's network key (on an EVM chain: the account whose key binding
+//! verifies, `agora_settlement::network`) and kept for a short TTL.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -140,5 +141,72 @@ mod tests {
         assert!(!stakes.check(ghost).await);
         assert!(stakes.check(rich).await);
         assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
+
+    /// On an EVM chain an offer's key is routed to only through the account whose binding
+    /// of it verifies and whose stake reaches the minimum: not through a thief that recorded
+    /// the key with a bad or replayed signature and staked, nor an unstaked binder.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn evm_offer_keys_without_a_verified_staked_account_are_not_routed() {
+        use agora_evm::anvil::{find_anvil, Anvil};
+        use agora_evm::{deploy, sign_key_binding, Params, SettlementClient};
+        use agora_settlement::evm::EvmSettlement;
+        use agora_settlement::network::NetworkSettlement;
+        let Some(bin) = find_anvil() else {
+            eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+            return;
+        };
+        let anvil = Anvil::start(&bin, 31_337).expect("anvil");
+        let d = deploy(anvil.url(), anvil.keys()[0].clone(), Params::devnet(5))
+            .await
+            .expect("deploy");
+        let admin = SettlementClient::connect(anvil.url(), anvil.keys()[0].clone(), d.clone())
+            .await
+            .expect("admin");
+        let mut who = Vec::new();
+        for k in &anvil.keys()[1..4] {
+            admin.mint(k.address(), 10_000).await.expect("mint");
+            who.push(
+                SettlementClient::connect(anvil.url(), k.clone(), d.clone())
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let (prov, thief) = (&who[0], &who[1]);
+        let net: Arc<dyn NetworkSettlement> = Arc::new(EvmSettlement::new(
+            SettlementClient::connect(anvil.url(), anvil.keys()[3].clone(), d.clone())
+                .await
+                .expect("reader"),
+        ));
+        let key = agora_core::Keypair::from_seed([61; 32]);
+        // A fresh cache for each look, as after the TTL.
+        let stakes = || {
+            let (net, rt) = (net.clone(), tokio::runtime::Handle::current());
+            Stakes::new(
+                Arc::new(move |a: &AccountId| rt.block_on(net.stake_of_key(*a)).ok().flatten()),
+                Amount::new(100),
+            )
+        };
+        assert!(!stakes().check(key.account()).await, "a key nobody bound");
+        thief.stake(5_000).await.expect("stake");
+        thief
+            .bind_network_key_raw(*key.account().as_bytes(), [3; 64])
+            .await
+            .expect("the chain records any binding");
+        assert!(!stakes().check(key.account()).await, "a bad binding");
+        let genuine = sign_key_binding(&key, d.chain_id, d.settlement, prov.address());
+        thief
+            .bind_network_key_raw(*key.account().as_bytes(), *genuine.as_bytes())
+            .await
+            .expect("the chain records any binding");
+        assert!(!stakes().check(key.account()).await, "a replayed binding");
+        prov.bind_network_key(&key).await.expect("bind");
+        prov.stake(99).await.expect("stake");
+        assert!(
+            !stakes().check(key.account()).await,
+            "bound, under the minimum"
+        );
+        prov.stake(1).await.expect("stake");
+        assert!(stakes().check(key.account()).await, "bound and staked");
     }
 }

@@ -23,6 +23,9 @@ use agora_market::{Features, Offer, MAX_OFFER_TTL_MS};
 use agora_model::LoadedModel;
 use agora_net::protocol::now_ms;
 use agora_net::{offers_topic, NetConfig, Node};
+use agora_settlement::ledger::LedgerSettlement;
+use agora_settlement::network::SharedSettlement;
+use agora_settlement::Refusal;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
@@ -108,6 +111,8 @@ pub enum ProviderError {
 pub struct Provider {
     node: Node,
     service: Arc<Service>,
+    /// Where receipt roots are posted, in this provider's account.
+    settlement: SharedSettlement,
 }
 
 impl Provider {
@@ -179,7 +184,13 @@ impl Provider {
             model = %model_id,
             "provider started"
         );
-        Ok(Provider { node, service })
+        let settlement: SharedSettlement =
+            Arc::new(LedgerSettlement::new(ledger, key, cfg.chain_id));
+        Ok(Provider {
+            node,
+            service,
+            settlement,
+        })
     }
 
     /// The network handle.
@@ -356,45 +367,50 @@ impl Provider {
     /// Once per epoch: posts the Merkle root of the receipts waiting for one, then files
     /// their material under that epoch for audits.
     pub async fn post_root(&self, last: &mut Option<u64>) {
+        match self.try_post_root(*last).await {
+            Ok(Some(epoch)) => *last = Some(epoch),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("posting the receipt root: {e}"),
+        }
+    }
+
+    async fn try_post_root(&self, done: Option<u64>) -> Result<Option<u64>, String> {
+        let epoch = self
+            .settlement
+            .current_epoch()
+            .await
+            .map_err(|e| e.to_string())?;
+        // Receipts name the epoch their answer ended in; the root that holds them must be
+        // for that epoch or the next (the ledger's non-inclusion challenge).
+        self.service
+            .epoch
+            .fetch_max(epoch, std::sync::atomic::Ordering::Relaxed);
+        if done.is_some_and(|d| d >= epoch) {
+            return Ok(None);
+        }
         let service = self.service.clone();
-        let done = *last;
-        let result = tokio::task::spawn_blocking(move || -> Result<Option<u64>, String> {
-            let ledger = service.payments.ledger();
-            let epoch = ledger.status().map_err(|e| e.to_string())?.epoch;
-            // Receipts name the epoch their answer ended in; the root that holds them must
-            // be for that epoch or the next (the ledger's non-inclusion challenge).
-            service
-                .epoch
-                .fetch_max(epoch, std::sync::atomic::Ordering::Relaxed);
-            if done.is_some_and(|d| d >= epoch) {
-                return Ok(None);
-            }
-            let Some(batch) = service.receipts.pending_batch().map_err(|e| e.to_string())? else {
-                return Ok(None);
-            };
-            let me = service.key.account();
-            let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
-            let (root, receipts) = (batch.root, batch.leaves.len() as u64);
-            // Back from an outage: receipts that missed the roots of their epoch and the next
-            // answer a challenge only under a late root, whose every leaf is audited.
-            let late = batch.oldest_epoch.saturating_add(1) < epoch;
-            let body = TxBody::receipt_root(epoch, root, receipts, late);
-            let tx = Tx {
-                chain_id: service.chain_id,
-                from: me,
-                nonce,
-                body,
-            }
-            .sign(&service.key);
-            match ledger.submit(&tx) {
-                Ok(_) => {}
-                Err(agora_ledger::ClientError::Rejected { code, .. })
-                    if code.contains("root_already_posted") || code.contains("RootAlreadyPosted") =>
-                {
-                    return Ok(Some(epoch));
-                }
-                Err(e) => return Err(e.to_string()),
-            }
+        let batch = tokio::task::spawn_blocking(move || service.receipts.pending_batch())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let Some(batch) = batch else {
+            return Ok(None);
+        };
+        let (root, receipts) = (batch.root, batch.leaves.len() as u64);
+        // Back from an outage: receipts that missed the roots of their epoch and the next
+        // answer a challenge only under a late root, whose every leaf is audited.
+        let late = batch.oldest_epoch.saturating_add(1) < epoch;
+        match self
+            .settlement
+            .post_receipt_root(epoch, root, receipts, late)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.refusal() == Some(&Refusal::RootAlreadyPosted) => return Ok(Some(epoch)),
+            Err(e) => return Err(e.to_string()),
+        }
+        let service = self.service.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
             service
                 .receipts
                 .mark_posted(&batch, epoch)
@@ -404,15 +420,11 @@ impl Provider {
             if let Some(canary) = &service.canary {
                 commit_plants(&service, canary, &batch.leaves, epoch)?;
             }
-            Ok(Some(epoch))
+            Ok(())
         })
-        .await;
-        match result {
-            Ok(Ok(Some(epoch))) => *last = Some(epoch),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!("posting the receipt root: {e}"),
-            Err(e) => tracing::warn!("root task: {e}"),
-        }
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok(Some(epoch))
     }
 }
 

@@ -12,6 +12,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct EvmSettlement {
     client: Arc<SettlementClient>,
+    /// Network keys verified for accounts (`crate::network`).
+    pub(crate) keys: Arc<std::sync::Mutex<crate::network::KeyCache>>,
 }
 
 impl EvmSettlement {
@@ -19,6 +21,7 @@ impl EvmSettlement {
     pub fn new(client: SettlementClient) -> EvmSettlement {
         EvmSettlement {
             client: Arc::new(client),
+            keys: Arc::default(),
         }
     }
 

@@ -52,7 +52,7 @@ fn refusal(code: &str) -> Refusal {
     }
 }
 
-fn ledger_err(e: ClientError) -> SettlementError {
+pub(crate) fn ledger_err(e: ClientError) -> SettlementError {
     match e {
         ClientError::Rejected { code, .. } => SettlementError::Refused(refusal(&code)),
         other => SettlementError::Ledger(other),
@@ -67,6 +67,24 @@ impl LedgerSettlement {
             key,
             chain_id,
         }
+    }
+
+    /// A handle for reads and checks only (stake, channels, events, voucher signers): its
+    /// key is fresh and has no account, so nothing it could sign is worth anything.
+    pub fn reader(
+        client: Client,
+        chain_id: u64,
+    ) -> Result<LedgerSettlement, agora_core::CoreError> {
+        Ok(LedgerSettlement::new(
+            client,
+            Keypair::generate()?,
+            chain_id,
+        ))
+    }
+
+    /// The ledger client underneath.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Runs a blocking ledger call off the async runtime's threads.

@@ -24,10 +24,12 @@
 //! signed receipt into the settlement's own, and roots and paths come from
 //! [`Settlement::receipt_root`] and [`Settlement::receipt_proof`].
 //!
-//! Provider, broker, verifier and gateway do not use this trait yet.
+//! The network's services see settlement through [`network::NetworkSettlement`] instead:
+//! parties named by their ed25519 network keys, implemented by the same two types.
 
 pub mod evm;
 pub mod ledger;
+pub mod network;
 
 pub use agora_wire::protocol::SignedReceipt;
 use std::fmt::Debug;

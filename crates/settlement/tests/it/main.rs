@@ -17,6 +17,8 @@ use agora_settlement::{
 use std::future::Future;
 use std::time::Duration;
 
+mod network;
+
 const CHAIN: u64 = 7;
 const EACH: u128 = 1_000;
 
