@@ -806,7 +806,7 @@ mod tests {
         for i in 0..MAX_ROOTS {
             let mut id = [0u8; 32];
             id[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            inclusion.observe(&Event::ReceiptRootPosted {
+            inclusion.observe(&SettlementEvent::ReceiptRootPosted {
                 provider: AccountId::from_bytes(id),
                 epoch: r,
                 root: Hash32::of(&id),
@@ -815,8 +815,12 @@ mod tests {
         }
         advance(&l, &k[0]).await;
         advance(&l, &k[0]).await;
-        for e in &events(&l).await {
-            inclusion.observe(e);
+        for e in events(&l)
+            .await
+            .iter()
+            .filter_map(SettlementEvent::from_ledger)
+        {
+            inclusion.observe(&e);
         }
         assert_eq!(
             due(r, inclusion.lock().epoch, inclusion.escalation_epochs),

@@ -1569,27 +1569,9 @@ impl SettlementClient {
         })
     }
 
-    /// A channel, if it exists.
+    /// A channel, if it exists (the latest block; retried while the node is unreachable).
     pub async fn channel(&self, id: B256) -> Result<Option<Channel>, EvmError> {
-        let c = self
-            .settlement()?
-            .channels(id)
-            .call()
-            .await
-            .map_err(call_err("channels"))?;
-        if c.payer == Address::ZERO {
-            return Ok(None);
-        }
-        Ok(Some(Channel {
-            payer: c.payer,
-            provider: c.provider,
-            deposit: c.deposit,
-            claimed: c.claimed,
-            expires_epoch: c.expiresEpoch,
-            closes_epoch: c.closesEpoch,
-            closed: c.closed,
-            refunded: c.refunded,
-        }))
+        self.channel_at(id, None).await
     }
 
     /// The root `provider` posted for `epoch`, if any.
