@@ -111,7 +111,7 @@ pub enum ProviderError {
 pub struct Provider {
     node: Node,
     service: Arc<Service>,
-    /// Where receipt roots are posted, in this provider's account.
+    /// Where receipt roots are posted and vouchers claimed, in this provider's account.
     settlement: SharedSettlement,
 }
 
@@ -352,13 +352,10 @@ impl Provider {
 
     /// Claims every voucher that adds to what was claimed.
     pub async fn claim(&self) {
-        let payments = self.service.payments.clone();
-        let key = self.service.key.clone();
-        match tokio::task::spawn_blocking(move || payments.claim_all(&key)).await {
-            Ok(Ok(total)) if !total.is_zero() => tracing::info!(%total, "claimed"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("claiming vouchers: {e}"),
-            Err(e) => tracing::warn!("claim task: {e}"),
+        match self.service.payments.claim_all(&*self.settlement).await {
+            Ok(total) if !total.is_zero() => tracing::info!(%total, "claimed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("claiming vouchers: {e}"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The provider's side of payment: which channels may pay for a request, the best voucher
-//! held for each (durable, so a crash loses no revenue), and claiming them on the ledger.
+//! held for each (durable, so a crash loses no revenue), and claiming them through the
+//! services' settlement interface ([`NetworkSettlement::claim_voucher`]).
 //!
 //! A channel's next request is admitted only when every finished answer on it is vouched
 //! for (after a short grace for a voucher on its way) and the escrow left beyond the best
@@ -15,10 +16,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agora_core::{AccountId, Amount, Hash32, Keypair};
+use agora_core::{AccountId, Amount, Hash32};
 use agora_ledger::client::Client;
-use agora_ledger::{Tx, TxBody};
 use agora_net::protocol::SignedVoucher;
+use agora_settlement::network::{NetworkSettlement, VoucherSignature};
 use borsh::BorshDeserialize;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -389,10 +390,14 @@ impl Payments {
         Ok(short)
     }
 
-    /// Claims every voucher worth more than what was claimed; returns the total claimed now.
-    /// A channel whose claim fails is logged and skipped: it never stops another's.
-    /// Blocking (ledger HTTP); run it off the async threads.
-    pub fn claim_all(&self, key: &Keypair) -> Result<Amount, PaymentError> {
+    /// Claims every voucher worth more than what was claimed, as this provider's account on
+    /// `settlement`; returns the total claimed now. A channel whose claim fails (refused or
+    /// unreachable) is logged and skipped: it never stops another's, and its voucher stays
+    /// kept, so the next round retries it.
+    pub async fn claim_all(
+        &self,
+        settlement: &dyn NetworkSettlement,
+    ) -> Result<Amount, PaymentError> {
         let pending: Vec<(Hash32, SignedVoucher)> = self
             .lock()
             .iter()
@@ -404,7 +409,14 @@ impl Payments {
         let mut total = Amount::ZERO;
         let mut first_error = None;
         for (id, best) in pending {
-            match self.claim_one(key, &best) {
+            let sig = VoucherSignature::Ed25519 {
+                payer: best.payer,
+                sig: best.sig,
+            };
+            match settlement
+                .claim_voucher(id, best.voucher.cumulative, sig)
+                .await
+            {
                 Ok(()) => {
                     let mut map = self.lock();
                     if let Some(v) = map.get_mut(&id) {
@@ -415,12 +427,14 @@ impl Payments {
                             .unwrap_or(Amount::ZERO);
                         total = total.checked_add(gained).unwrap_or(total);
                         v.claimed = v.claimed.max(best.voucher.cumulative);
+                        let units = agora_metrics::amount_counter(gained.units());
+                        agora_metrics::provider().claimed.inc_by(units);
                     }
                     tracing::info!(channel = %id, cumulative = %best.voucher.cumulative, "claimed voucher");
                 }
                 Err(e) => {
                     tracing::warn!(channel = %id, "claiming its voucher: {e}");
-                    first_error.get_or_insert(e);
+                    first_error.get_or_insert(PaymentError::Ledger(e.to_string()));
                 }
             }
         }
@@ -428,34 +442,5 @@ impl Payments {
             Some(e) if total.is_zero() => Err(e),
             _ => Ok(total),
         }
-    }
-
-    fn claim_one(&self, key: &Keypair, best: &SignedVoucher) -> Result<(), PaymentError> {
-        let nonce = self
-            .ledger
-            .next_nonce(&self.me)
-            .map_err(|e| PaymentError::Ledger(e.to_string()))?;
-        let tx = Tx {
-            chain_id: self.chain_id,
-            from: self.me,
-            nonce,
-            body: TxBody::ClaimVoucher {
-                voucher: best.voucher.clone(),
-                payer: best.payer,
-                payer_sig: best.sig,
-            },
-        }
-        .sign(key);
-        let receipt = self
-            .ledger
-            .submit(&tx)
-            .map_err(|e| PaymentError::Ledger(e.to_string()))?;
-        for e in &receipt.events {
-            if let agora_ledger::Event::VoucherClaimed { amount, .. } = e {
-                let units = agora_metrics::amount_counter(amount.units());
-                agora_metrics::provider().claimed.inc_by(units);
-            }
-        }
-        Ok(())
     }
 }

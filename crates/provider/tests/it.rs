@@ -15,6 +15,7 @@ use agora_net::protocol::{
 };
 use agora_net::{inference_protocol, peer_id_of, Multiaddr, NetConfig, Node, PeerId};
 use agora_provider::{Provider, ProviderConfig};
+use agora_settlement::ledger::LedgerSettlement;
 use futures::AsyncWriteExt;
 
 mod common;
@@ -345,6 +346,11 @@ async fn open_channel(url: &str, payer: &Keypair, provider: &Keypair, deposit: u
     .expect("join")
 }
 
+/// `provider`'s account on the ledger at `url`, as the services see settlement.
+fn settlement_of(url: &str, provider: &Keypair) -> LedgerSettlement {
+    LedgerSettlement::new(Client::new(url).expect("client"), provider.clone(), CHAIN)
+}
+
 fn voucher(payer: &Keypair, channel: Hash32, cumulative: u128) -> SignedVoucher {
     SignedVoucher::new(
         Voucher {
@@ -438,13 +444,81 @@ async fn a_voucher_above_the_deposit_is_refused_and_blocks_no_other_claim() {
     payments
         .accept_voucher(voucher(&other, good, 10))
         .expect("good voucher");
-    let p = payments.clone();
-    let key = provider.clone();
-    let total = tokio::task::spawn_blocking(move || p.claim_all(&key))
+    let total = payments
+        .claim_all(&settlement_of(&url, &provider))
         .await
-        .expect("join")
         .expect("claim");
     assert_eq!(total, Amount::new(10));
+}
+
+/// A kept voucher whose claim the ledger refuses (here: recovered from the store for a
+/// channel the ledger does not know) must not stop another channel's claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_claim_blocks_no_other_channels_claim() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (seq, provider, payer) = (
+        Keypair::from_seed([1; 32]),
+        Keypair::from_seed([2; 32]),
+        Keypair::from_seed([3; 32]),
+    );
+    let url = ledger(dir.path(), &seq, &[&provider, &payer], 1_000_000_000).await;
+    let good = open_channel(&url, &payer, &provider, 1_000).await;
+    let path = dir.path().join("vouchers.redb");
+    {
+        let (u, p) = (url.clone(), path.clone());
+        let me = provider.account();
+        let payments = tokio::task::spawn_blocking(move || {
+            agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
+        })
+        .await
+        .expect("join")
+        .expect("open");
+        let _r = payments
+            .check(good, payer.account(), Amount::new(10))
+            .await
+            .expect("admit");
+        payments.served(&good, 30_000_000);
+        payments
+            .accept_voucher(voucher(&payer, good, 30))
+            .expect("voucher");
+    }
+    // A voucher, validly signed, for a channel the ledger has never seen, kept beside it.
+    let unknown = Hash32::from_bytes([9; 32]);
+    {
+        let db = redb::Database::create(&path).expect("store");
+        let t: redb::TableDefinition<&[u8; 32], &[u8]> = redb::TableDefinition::new("vouchers");
+        let w = db.begin_write().expect("write");
+        let bytes = borsh::to_vec(&voucher(&payer, unknown, 500)).expect("encode");
+        w.open_table(t)
+            .expect("table")
+            .insert(unknown.as_bytes(), bytes.as_slice())
+            .expect("insert");
+        w.commit().expect("commit");
+    }
+    let (u, p) = (url.clone(), path.clone());
+    let me = provider.account();
+    let payments = tokio::task::spawn_blocking(move || {
+        agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
+    })
+    .await
+    .expect("join")
+    .expect("reopen");
+    let total = payments
+        .claim_all(&settlement_of(&url, &provider))
+        .await
+        .expect("claim");
+    assert_eq!(
+        total,
+        Amount::new(30),
+        "the good channel's claim was blocked"
+    );
+    let l = Client::new(&url).expect("client");
+    let c = tokio::task::spawn_blocking(move || l.channel(&good))
+        .await
+        .expect("join")
+        .expect("ledger")
+        .expect("channel");
+    assert_eq!(c.claimed, Amount::new(30));
 }
 
 /// Vouchers lived in memory: a crash lost the revenue they promised. Now the best voucher of
@@ -481,16 +555,16 @@ async fn vouchers_survive_a_restart_and_are_claimed() {
     }
     let (u, p) = (url.clone(), path.clone());
     let me = provider.account();
-    let key = provider.clone();
-    let total = tokio::task::spawn_blocking(move || {
-        let payments =
-            agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
-                .expect("reopen");
-        payments.claim_all(&key)
+    let payments = tokio::task::spawn_blocking(move || {
+        agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
     })
     .await
     .expect("join")
-    .expect("claim");
+    .expect("reopen");
+    let total = payments
+        .claim_all(&settlement_of(&url, &provider))
+        .await
+        .expect("claim");
     assert_eq!(total, Amount::new(40));
     let l = Client::new(&url).expect("client");
     let c = tokio::task::spawn_blocking(move || l.channel(&channel))
