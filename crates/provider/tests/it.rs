@@ -512,6 +512,14 @@ async fn a_refused_claim_blocks_no_other_channels_claim() {
         Amount::new(30),
         "the good channel's claim was blocked"
     );
+    // The refused voucher is still kept and retried: alone now, its refusal is the answer.
+    assert!(
+        payments
+            .claim_all(&settlement_of(&url, &provider))
+            .await
+            .is_err(),
+        "a voucher for an unknown channel was claimed"
+    );
     let l = Client::new(&url).expect("client");
     let c = tokio::task::spawn_blocking(move || l.channel(&good))
         .await
