@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use agora_core::{Amount, Hash32, Keypair};
+use agora_core::{AccountId, Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
 use agora_ledger::tx::channel_id;
 use agora_ledger::{Tx, TxBody, Voucher};
@@ -63,6 +63,21 @@ fn refusal(f: Option<Frame>) -> (ErrorCode, String) {
         Some(Frame::Error { code, message }) => (code, message),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// The provider's payments over the ledger at `url`, kept in `path`.
+async fn open_payments(
+    url: &str,
+    me: AccountId,
+    path: &std::path::Path,
+) -> agora_provider::Payments {
+    let (u, p) = (url.to_string(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
+    })
+    .await
+    .expect("join")
+    .expect("open payments")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,14 +480,7 @@ async fn a_refused_claim_blocks_no_other_channels_claim() {
     let good = open_channel(&url, &payer, &provider, 1_000).await;
     let path = dir.path().join("vouchers.redb");
     {
-        let (u, p) = (url.clone(), path.clone());
-        let me = provider.account();
-        let payments = tokio::task::spawn_blocking(move || {
-            agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
-        })
-        .await
-        .expect("join")
-        .expect("open");
+        let payments = open_payments(&url, provider.account(), &path).await;
         let _r = payments
             .check(good, payer.account(), Amount::new(10))
             .await
@@ -495,14 +503,7 @@ async fn a_refused_claim_blocks_no_other_channels_claim() {
             .expect("insert");
         w.commit().expect("commit");
     }
-    let (u, p) = (url.clone(), path.clone());
-    let me = provider.account();
-    let payments = tokio::task::spawn_blocking(move || {
-        agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
-    })
-    .await
-    .expect("join")
-    .expect("reopen");
+    let payments = open_payments(&url, provider.account(), &path).await;
     let total = payments
         .claim_all(&settlement_of(&url, &provider))
         .await
@@ -543,14 +544,7 @@ async fn vouchers_survive_a_restart_and_are_claimed() {
     let channel = open_channel(&url, &payer, &provider, 1_000).await;
     let path = dir.path().join("vouchers.redb");
     {
-        let (u, p) = (url.clone(), path.clone());
-        let me = provider.account();
-        let payments = tokio::task::spawn_blocking(move || {
-            agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
-        })
-        .await
-        .expect("join")
-        .expect("open");
+        let payments = open_payments(&url, provider.account(), &path).await;
         let _r = payments
             .check(channel, payer.account(), Amount::new(10))
             .await
@@ -561,14 +555,7 @@ async fn vouchers_survive_a_restart_and_are_claimed() {
             .expect("voucher");
         // The process dies here, before any claim.
     }
-    let (u, p) = (url.clone(), path.clone());
-    let me = provider.account();
-    let payments = tokio::task::spawn_blocking(move || {
-        agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
-    })
-    .await
-    .expect("join")
-    .expect("reopen");
+    let payments = open_payments(&url, provider.account(), &path).await;
     let total = payments
         .claim_all(&settlement_of(&url, &provider))
         .await
