@@ -17,6 +17,14 @@ pub struct EvmSettlement {
 }
 
 impl EvmSettlement {
+    /// This verifier's signed confirmation, with its address.
+    fn confirmation(
+        &self,
+        sig: Result<[u8; 65], EvmError>,
+    ) -> Result<(Address, [u8; 65]), SettlementError> {
+        Ok((self.client.address(), sig.map_err(evm_err)?))
+    }
+
     /// Wraps a connected client.
     pub fn new(client: SettlementClient) -> EvmSettlement {
         EvmSettlement {
@@ -327,11 +335,10 @@ impl Settlement for EvmSettlement {
         receipt: &ReceiptLeaf,
         proof: &[[u8; 32]],
     ) -> Result<(Address, [u8; 65]), SettlementError> {
-        let sig = self
-            .client
-            .sign_verdict(&evidence(provider, epoch, index, receipt, proof))
-            .map_err(evm_err)?;
-        Ok((self.client.address(), sig))
+        self.confirmation(
+            self.client
+                .sign_verdict(&evidence(provider, epoch, index, receipt, proof)),
+        )
     }
 
     async fn fraud_verdict(
@@ -401,11 +408,7 @@ impl Settlement for EvmSettlement {
         epoch: u64,
         index: u64,
     ) -> Result<(Address, [u8; 65]), SettlementError> {
-        let sig = self
-            .client
-            .sign_plant_confirmation(provider, epoch, index)
-            .map_err(evm_err)?;
-        Ok((self.client.address(), sig))
+        self.confirmation(self.client.sign_plant_confirmation(provider, epoch, index))
     }
 
     async fn reveal_plant(
@@ -468,11 +471,7 @@ impl Settlement for EvmSettlement {
         epoch: u64,
         index: u64,
     ) -> Result<(Address, [u8; 65]), SettlementError> {
-        let sig = self
-            .client
-            .sign_withheld(provider, epoch, index)
-            .map_err(evm_err)?;
-        Ok((self.client.address(), sig))
+        self.confirmation(self.client.sign_withheld(provider, epoch, index))
     }
 
     async fn withheld_verdict(
