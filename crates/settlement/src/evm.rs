@@ -88,7 +88,7 @@ fn refusal(e: &E) -> Refusal {
     }
 }
 
-fn evm_err(e: EvmError) -> SettlementError {
+pub(crate) fn evm_err(e: EvmError) -> SettlementError {
     match &e {
         EvmError::Refused(agora_evm::Refusal::Settlement(s)) => {
             SettlementError::Refused(refusal(s))

@@ -30,6 +30,7 @@
 pub mod evm;
 pub mod ledger;
 pub mod network;
+pub mod open;
 
 pub use agora_wire::protocol::SignedReceipt;
 use std::fmt::Debug;

@@ -25,6 +25,7 @@ use crate::ledger::LedgerSettlement;
 use crate::{Settlement, SettlementError, SignedReceipt};
 use agora_core::{AccountId, Amount, Hash32, Signature};
 use agora_evm::bindings::AgoraSettlement;
+use agora_evm::receipts::ReceiptLeaf;
 use agora_evm::EvmError;
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::Provider;
@@ -183,6 +184,19 @@ pub trait NetworkSettlement: Send + Sync {
     /// The root this settlement expects over `receipts`, in leaf order (BLAKE3 tree of the
     /// receipts' hashes on the ledger; keccak tree of their `ReceiptLeaf`s on a chain).
     fn receipt_root_of(&self, receipts: &[SignedReceipt]) -> Hash32;
+    /// The path of leaf `index` in this settlement's tree over `receipts`, bottom up (`None`
+    /// out of range): what a provider hands its auditor with the material.
+    fn receipt_proof_of(&self, receipts: &[SignedReceipt], index: usize) -> Option<Vec<Hash32>>;
+    /// Whether `receipt` is leaf `index` of `root`, a root over `leaves` receipts in this
+    /// settlement's tree, by `proof`: what a verifier checks before it judges material.
+    fn receipt_proof_holds(
+        &self,
+        root: &Hash32,
+        leaves: u64,
+        index: u64,
+        receipt: &SignedReceipt,
+        proof: &[Hash32],
+    ) -> bool;
     /// Posts this account's receipt root for the current epoch (`late`: every leaf audited).
     fn post_receipt_root(
         &self,
@@ -326,6 +340,23 @@ impl NetworkSettlement for LedgerSettlement {
 
     fn receipt_root_of(&self, receipts: &[SignedReceipt]) -> Hash32 {
         Hash32::from_bytes(<LedgerSettlement as Settlement>::receipt_root(receipts))
+    }
+
+    fn receipt_proof_of(&self, receipts: &[SignedReceipt], index: usize) -> Option<Vec<Hash32>> {
+        let hashes: Vec<Hash32> = receipts.iter().map(SignedReceipt::hash).collect();
+        agora_core::merkle::proof(&hashes, index)
+    }
+
+    /// The ledger's check (`leaves` bounds the index; the BLAKE3 path fixes the rest).
+    fn receipt_proof_holds(
+        &self,
+        root: &Hash32,
+        leaves: u64,
+        index: u64,
+        receipt: &SignedReceipt,
+        proof: &[Hash32],
+    ) -> bool {
+        index < leaves && agora_core::merkle::verify(root, &receipt.hash(), index, proof)
     }
 
     fn post_receipt_root(
@@ -750,6 +781,31 @@ impl NetworkSettlement for EvmSettlement {
             .map(<EvmSettlement as Settlement>::receipt)
             .collect();
         Hash32::from_bytes(<EvmSettlement as Settlement>::receipt_root(&leaves))
+    }
+
+    fn receipt_proof_of(&self, receipts: &[SignedReceipt], index: usize) -> Option<Vec<Hash32>> {
+        let leaves: Vec<_> = receipts.iter().map(ReceiptLeaf::of).collect();
+        let path = agora_evm::receipts::receipt_proof(&leaves, index)?;
+        Some(path.iter().map(|h| Hash32::from_bytes(h.0)).collect())
+    }
+
+    /// The contract's check, over the receipt's `ReceiptLeaf`.
+    fn receipt_proof_holds(
+        &self,
+        root: &Hash32,
+        leaves: u64,
+        index: u64,
+        receipt: &SignedReceipt,
+        proof: &[Hash32],
+    ) -> bool {
+        let path: Vec<B256> = proof.iter().map(|h| B256::from(*h.as_bytes())).collect();
+        agora_evm::receipts::verify_receipt_proof(
+            &B256::from(*root.as_bytes()),
+            leaves,
+            index,
+            &ReceiptLeaf::of(receipt),
+            &path,
+        )
     }
 
     fn post_receipt_root(
