@@ -171,7 +171,8 @@ pub trait VerifierSettlement: NetworkSettlement {
         provider: AccountId,
         epoch: u64,
     ) -> SettlementFuture<'_, Vec<u64>>;
-    /// Commits this verifier's outcome for a leaf.
+    /// Commits this verifier's outcome for a leaf; answers the epoch the commitment counts
+    /// in (its reveal is accepted from the next one on).
     fn commit_leaf_audit(
         &self,
         provider: AccountId,
@@ -179,7 +180,7 @@ pub trait VerifierSettlement: NetworkSettlement {
         index: u64,
         passed: bool,
         salt: Hash32,
-    ) -> SettlementFuture<'_, ()>;
+    ) -> SettlementFuture<'_, u64>;
     /// Reveals a committed outcome.
     fn reveal_leaf_audit(
         &self,
@@ -353,15 +354,14 @@ impl VerifierSettlement for LedgerSettlement {
         index: u64,
         passed: bool,
         salt: Hash32,
-    ) -> SettlementFuture<'_, ()> {
-        Box::pin(Settlement::commit_audit(
-            self,
-            provider,
-            epoch,
-            index,
-            passed,
-            *salt.as_bytes(),
-        ))
+    ) -> SettlementFuture<'_, u64> {
+        Box::pin(async move {
+            Settlement::commit_audit(self, provider, epoch, index, passed, *salt.as_bytes())
+                .await?;
+            // At or after the block just committed: a later epoch only delays the reveal,
+            // which stays inside its window.
+            Settlement::epoch(self).await
+        })
     }
 
     fn reveal_leaf_audit(
@@ -815,10 +815,19 @@ impl VerifierSettlement for EvmSettlement {
         index: u64,
         passed: bool,
         salt: Hash32,
-    ) -> SettlementFuture<'_, ()> {
+    ) -> SettlementFuture<'_, u64> {
         Box::pin(async move {
             let provider = self.account_for(provider).await?;
-            Settlement::commit_audit(self, provider, epoch, index, passed, *salt.as_bytes()).await
+            Settlement::commit_audit(self, provider, epoch, index, passed, *salt.as_bytes())
+                .await?;
+            // The epoch the contract recorded for it, not the epoch now: a reveal waits only
+            // for the epoch after the commitment's own.
+            let leaf = self
+                .client()
+                .leaf_audit(provider, epoch, index)
+                .await
+                .map_err(evm_err)?;
+            Ok(leaf.committed_epoch)
         })
     }
 

@@ -643,11 +643,11 @@ impl Shared {
     }
 
     /// Sends one operation of this verifier to settlement (`kind` names it in the metrics).
-    async fn send(
+    async fn send<T>(
         &self,
         kind: &'static str,
-        op: agora_settlement::network::SettlementFuture<'_, ()>,
-    ) -> Result<(), SettlementError> {
+        op: agora_settlement::network::SettlementFuture<'_, T>,
+    ) -> Result<T, SettlementError> {
         // Audits of several roots commit at once: one submission at a time keeps nonces in
         // order.
         let _turn = self.submitting.lock().await;
@@ -728,9 +728,8 @@ impl Shared {
                 .settlement
                 .commit_leaf_audit(provider, epoch, index, passed, salt);
             match self.send("CommitAudit", op).await {
-                Ok(_) => {
+                Ok(committed_epoch) => {
                     tracing::info!(%provider, epoch, index, "audit committed");
-                    let committed_epoch = self.current_epoch().await;
                     lock(&self.committed).push(Committed {
                         provider,
                         epoch,
@@ -745,12 +744,6 @@ impl Shared {
                 Err(e) => tracing::warn!(%provider, epoch, index, "committing the audit: {e}"),
             }
         }
-    }
-
-    /// The epoch settlement is in now (at or after the block just committed; a later epoch
-    /// only delays the reveal, which stays inside its window).
-    async fn current_epoch(&self) -> u64 {
-        self.settlement.current_epoch().await.unwrap_or(u64::MAX)
     }
 
     /// Reveals every commitment made before `epoch`, gossips the outcome, and takes failures

@@ -292,9 +292,10 @@ async fn two_verifiers_audit_on_chain_pass_the_honest_and_slash_the_cheat() {
     let (prov, materials, _root) = provider_root(&chain, &f, e).await;
     *lock(&shared_source) = materials;
     let prov_addr = prov.account();
+    let admin = &chain.admin;
     let balance_before = |who: [u8; 32]| {
         let addr = evm_signer_for(&who).address();
-        async move { chain.admin.token_balance(addr).await.expect("balance") }
+        async move { admin.token_balance(addr).await.expect("balance") }
     };
     let before = [
         balance_before([41; 32]).await,
