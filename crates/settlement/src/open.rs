@@ -16,6 +16,8 @@ use alloy::signers::local::PrivateKeySigner;
 use std::sync::Arc;
 
 /// Where settlement lives.
+// Made once per process: the deployment's size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum SettlementTarget {
     /// An `agora ledger serve` node.
