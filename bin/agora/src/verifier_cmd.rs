@@ -7,12 +7,14 @@ use agora_verifier::{Verifier, VerifierConfig};
 use agora_verify::Thresholds;
 use clap::Args;
 
-use crate::net_args::{announce, chain_id, NetArgs};
+use crate::net_args::{announce, NetArgs};
+use crate::settlement_args::SettlementArgs;
 
 /// Arguments of `agora verifier`.
 #[derive(Args, Debug)]
 pub struct VerifierArgs {
-    /// The verifier's ledger key file (`agora keys new`); bounties are paid to it.
+    /// The verifier's key file (`agora keys new`); bounties are paid to its account (on an
+    /// EVM chain, the account derived from it).
     #[arg(long)]
     key: PathBuf,
     /// Stake to bond when registering, in base units.
@@ -21,9 +23,10 @@ pub struct VerifierArgs {
     /// A model it can audit (repeatable): a .gguf file or a Hugging Face directory.
     #[arg(long = "model", required = true)]
     models: Vec<PathBuf>,
-    /// The ledger node.
-    #[arg(long, default_value = "http://127.0.0.1:7420")]
-    ledger: String,
+    /// Where it audits: `--settlement ledger --ledger URL` (the default) or
+    /// `--settlement evm --rpc URL --contracts FILE`.
+    #[command(flatten)]
+    settlement: SettlementArgs,
     /// Test builds only (feature `adversary`): approve every assigned leaf without auditing.
     #[cfg(feature = "adversary")]
     #[arg(long)]
@@ -46,8 +49,7 @@ pub struct VerifierArgs {
 pub fn run(args: VerifierArgs) -> anyhow::Result<()> {
     let key = crate::keys_cmd::load_key(&args.key)?;
     let cfg = VerifierConfig {
-        chain_id: chain_id(&args.ledger)?,
-        ledger_url: args.ledger.clone(),
+        settlement: args.settlement.target()?,
         account_seed: key.seed(),
         net: args.net.config()?,
         models: args.models.clone(),

@@ -509,7 +509,7 @@ impl EvmSettlement {
     }
 
     /// The verified network key of `who`, remembered.
-    async fn key_of(&self, who: Address) -> Result<Option<AccountId>, SettlementError> {
+    pub(crate) async fn key_of(&self, who: Address) -> Result<Option<AccountId>, SettlementError> {
         if let Some(k) = lock(&self.keys).by_address.get(&who) {
             return Ok(*k);
         }

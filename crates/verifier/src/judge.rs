@@ -63,6 +63,39 @@ pub struct PostedRoot {
     pub full_audit: bool,
 }
 
+/// The Merkle tree a posted root is over: what says whether a receipt is leaf `index` of a
+/// root over `leaves` receipts by a path. Each settlement has its own (BLAKE3 over the
+/// receipts' hashes on the ledger, keccak over their `ReceiptLeaf`s on an EVM chain), so a
+/// verifier checks paths in the tree of the settlement the root was posted on.
+pub trait ReceiptTree {
+    /// Whether `receipt` is leaf `index` of `root` (a root over `leaves` receipts) by `proof`.
+    fn holds(
+        &self,
+        root: &Hash32,
+        leaves: u64,
+        index: u64,
+        receipt: &SignedReceipt,
+        proof: &[Hash32],
+    ) -> bool;
+}
+
+/// The ledger's tree: BLAKE3 over the signed receipts' hashes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Blake3Tree;
+
+impl ReceiptTree for Blake3Tree {
+    fn holds(
+        &self,
+        root: &Hash32,
+        leaves: u64,
+        index: u64,
+        receipt: &SignedReceipt,
+        proof: &[Hash32],
+    ) -> bool {
+        index < leaves && merkle::verify(root, &receipt.hash(), index, proof)
+    }
+}
+
 /// The root a plan on the ledger describes, with the receipt epochs it may hold: older ones
 /// only under a late root, as the ledger's inclusion challenge has it.
 pub fn posted_root(plan: &agora_ledger::AuditPlan) -> PostedRoot {
@@ -162,6 +195,16 @@ pub fn take_material(
     index: u64,
     fetched: Fetched,
 ) -> Result<(Material, Vec<Hash32>), LeafOutcome> {
+    take_material_in(&Blake3Tree, posted, index, fetched)
+}
+
+/// [`take_material`] with paths checked in `tree` (the settlement's own).
+pub fn take_material_in(
+    tree: &(impl ReceiptTree + ?Sized),
+    posted: &PostedRoot,
+    index: u64,
+    fetched: Fetched,
+) -> Result<(Material, Vec<Hash32>), LeafOutcome> {
     let (material, proof, next) = match fetched {
         Fetched::Material {
             material,
@@ -173,13 +216,13 @@ pub fn take_material(
         // chance to answer on the ledger.
         Fetched::Unreachable(why) => return Err(LeafOutcome::Demand(why)),
     };
-    if let Err(why) = holds_together(&posted.root, index, &material, &proof) {
+    if let Err(why) = holds_together_in(tree, posted, index, &material, &proof) {
         // Not what the provider committed to: no evidence a second verifier could check.
         return Err(LeafOutcome::Demand(format!(
             "the material does not hold together: {why}"
         )));
     }
-    if let Err(why) = check_order(posted, index, &material.receipt, next.as_deref()) {
+    if let Err(why) = check_order_in(tree, posted, index, &material.receipt, next.as_deref()) {
         return Err(LeafOutcome::Failed(why, Box::new((material, proof))));
     }
     Ok((material, proof))
@@ -235,6 +278,31 @@ pub fn holds_together(
     if !merkle::verify(root, &material.receipt.hash(), index, proof) {
         return Err("the receipt is not under the posted root".into());
     }
+    material_matches(material)
+}
+
+/// [`holds_together`] under `posted` (its root and leaf count as settlement recorded them),
+/// the path checked in `tree`.
+pub fn holds_together_in(
+    tree: &(impl ReceiptTree + ?Sized),
+    posted: &PostedRoot,
+    index: u64,
+    material: &Material,
+    proof: &[Hash32],
+) -> Result<(), String> {
+    if !tree.holds(
+        &posted.root,
+        posted.receipts,
+        index,
+        &material.receipt,
+        proof,
+    ) {
+        return Err("the receipt is not under the posted root".into());
+    }
+    material_matches(material)
+}
+
+fn material_matches(material: &Material) -> Result<(), String> {
     if material.receipt.verify().is_err() {
         return Err("the receipt's signature is bad".into());
     }
@@ -250,13 +318,30 @@ pub fn check_order(
     this: &SignedReceipt,
     next: Option<&NextLeaf>,
 ) -> Result<(), String> {
+    check_order_in(&Blake3Tree, posted, index, this, next)
+}
+
+/// [`check_order`] with the next leaf's path checked in `tree`.
+pub fn check_order_in(
+    tree: &(impl ReceiptTree + ?Sized),
+    posted: &PostedRoot,
+    index: u64,
+    this: &SignedReceipt,
+    next: Option<&NextLeaf>,
+) -> Result<(), String> {
     let last = index.saturating_add(1) >= posted.receipts;
     match next {
         None if last => Ok(()),
         None => Err("the provider did not show the next leaf".into()),
         Some(_) if last => Ok(()),
         Some(n) => {
-            if !merkle::verify(&posted.root, &n.receipt.hash(), index + 1, &n.proof) {
+            if !tree.holds(
+                &posted.root,
+                posted.receipts,
+                index + 1,
+                &n.receipt,
+                &n.proof,
+            ) {
                 return Err("the next leaf is not under the posted root".into());
             }
             if n.receipt.receipt.request_id <= this.receipt.request_id {
@@ -344,6 +429,31 @@ impl<A: Auditor> Judge<A> {
         fetched: Fetched,
         hint: Option<&Material>,
     ) -> Result<String, String> {
+        self.decide_in(
+            &Blake3Tree,
+            provider,
+            epoch,
+            index,
+            fault,
+            posted,
+            fetched,
+            hint,
+        )
+    }
+
+    /// [`Judge::decide`] with every path checked in `tree` (the settlement's own).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_in(
+        &self,
+        tree: &(impl ReceiptTree + ?Sized),
+        provider: &AccountId,
+        epoch: u64,
+        index: u64,
+        fault: &Fault,
+        posted: &PostedRoot,
+        fetched: Fetched,
+        hint: Option<&Material>,
+    ) -> Result<String, String> {
         if index >= posted.receipts {
             return Err("the leaf is past the root's receipt count".into());
         }
@@ -353,7 +463,7 @@ impl<A: Auditor> Judge<A> {
                 material,
                 proof,
                 next,
-            } => match holds_together(&posted.root, index, &material, &proof) {
+            } => match holds_together_in(tree, posted, index, &material, &proof) {
                 Ok(()) => (Some(material), Some(next)),
                 // The provider answered with something that is not what it committed to:
                 // the committed material is withheld from this verifier too.
@@ -378,7 +488,7 @@ impl<A: Auditor> Judge<A> {
                 let Some(h) = hint else {
                     return Err("cannot judge: the provider is unreachable and no material came with the request".into());
                 };
-                holds_together(&posted.root, index, h, proof)
+                holds_together_in(tree, posted, index, h, proof)
                     .map_err(|why| format!("the evidence does not hold together: {why}"))?;
                 h.clone()
             }
@@ -388,7 +498,9 @@ impl<A: Auditor> Judge<A> {
             return Err("the verdict names another receipt than the leaf's".into());
         }
         if let Some(next) = next {
-            if let Err(why) = check_order(posted, index, &material.receipt, next.as_deref()) {
+            if let Err(why) =
+                check_order_in(tree, posted, index, &material.receipt, next.as_deref())
+            {
                 return Ok(why);
             }
         }

@@ -1,4 +1,5 @@
-//! An Agora verifier. It follows the ledger: when a provider posts a receipt root, the next
+//! An Agora verifier. It follows settlement (the embedded ledger or the Agora contracts on an
+//! EVM chain, through [`VerifierSettlement`]; "the ledger" below is either): when a provider posts a receipt root, the next
 //! epoch's beacon (unknown when the root was posted) selects the leaves to audit, with the
 //! probability the ledger fixed from the provider's record (every job while it is new, then a
 //! floor), and assigns each to one verifier (`agora_ledger::audit`). For each leaf assigned
@@ -22,8 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_core::{codec, AccountId, Amount, Hash32, Keypair};
-use agora_ledger::client::Client;
-use agora_ledger::{audit_commitment, Event, Fault, Params, Tx, TxBody, Verdict, Windows};
+use agora_ledger::{Fault, Verdict};
 use agora_market::SignedOffer;
 use agora_model::LoadOptions;
 use agora_net::protocol::{
@@ -32,12 +32,19 @@ use agora_net::protocol::{
     CONFIRM_PROTOCOL,
 };
 use agora_net::{audits_topic, offers_topic, GossipMessage, Multiaddr, NetConfig, Node, PeerId};
+use agora_settlement::open::{Opened, SettlementTarget};
+use agora_settlement::role_verifier::{
+    AuditTimeline, VerdictSignature, VerifierEvent, VerifierSettlement,
+};
+use agora_settlement::{Refusal, SettlementError};
 use agora_verify::Thresholds;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
-pub use judge::{Auditor, Fetched, Judge, Judgement, LeafOutcome, ModelAuditor, PostedRoot};
+pub use judge::{
+    Auditor, Fetched, Judge, Judgement, LeafOutcome, ModelAuditor, PostedRoot, ReceiptTree,
+};
 
 const SALT_DOMAIN: &[u8] = b"agora/verifier/salt/v1";
 /// One exchange with a provider (open, ask, read the material).
@@ -61,11 +68,10 @@ const CONFIRM_STREAMS: usize = 16;
 /// How a verifier runs.
 #[derive(Debug, Clone)]
 pub struct VerifierConfig {
-    /// The chain.
-    pub chain_id: u64,
-    /// The ledger node.
-    pub ledger_url: String,
-    /// The verifier's ledger key seed.
+    /// Where settlement lives (the chain id comes from it).
+    pub settlement: SettlementTarget,
+    /// The verifier's key seed (its ed25519 network key; on an EVM chain its account is the
+    /// secp256k1 key derived from it).
     pub account_seed: [u8; 32],
     /// The network.
     pub net: NetConfig,
@@ -92,27 +98,41 @@ pub enum VerifierError {
     /// The network failed.
     #[error(transparent)]
     Net(#[from] agora_net::NetError),
-    /// The ledger failed.
-    #[error("ledger: {0}")]
-    Ledger(String),
+    /// Settlement failed.
+    #[error("settlement: {0}")]
+    Settlement(String),
     /// A model could not load.
     #[error("model: {0}")]
     Model(String),
 }
 
-/// What the verifier asks the ledger beyond its event stream (the HTTP client in production,
-/// a fake in tests). Blocking.
-pub trait LedgerView: Send + Sync + 'static {
-    /// Whether `who` is a registered verifier now.
-    fn is_verifier(&self, who: &AccountId) -> Result<bool, String>;
+/// What the verifier asks settlement about other verifiers (settlement in production, a
+/// fake in tests).
+pub trait RegistryView: Send + Sync + 'static {
+    /// Whether network key `who` stands for a registered verifier now.
+    fn is_verifier(&self, who: AccountId) -> BoxFuture<'_, Result<bool, String>>;
 }
 
-impl LedgerView for Client {
-    fn is_verifier(&self, who: &AccountId) -> Result<bool, String> {
-        Ok(self
-            .account(who)
-            .map_err(|e| e.to_string())?
-            .is_some_and(|a| a.verifier))
+/// The registry as settlement keeps it.
+struct SettlementRegistry(Arc<dyn VerifierSettlement>);
+
+impl RegistryView for SettlementRegistry {
+    fn is_verifier(&self, who: AccountId) -> BoxFuture<'_, Result<bool, String>> {
+        Box::pin(async move { self.0.is_verifier_key(who).await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// Paths are checked in the tree of the settlement the root was posted on.
+impl ReceiptTree for dyn VerifierSettlement {
+    fn holds(
+        &self,
+        root: &Hash32,
+        leaves: u64,
+        index: u64,
+        receipt: &agora_net::protocol::SignedReceipt,
+        proof: &[Hash32],
+    ) -> bool {
+        self.receipt_proof_holds(root, leaves, index, receipt, proof)
     }
 }
 
@@ -168,7 +188,7 @@ struct Record {
     failed: HashMap<(AccountId, u64, u64), (AccountId, Hash32)>,
     /// Material demands by leaf.
     demands: HashMap<(AccountId, u64, u64), Demanded>,
-    /// The ledger's epoch, as its events say.
+    /// Settlement's epoch, as its events say.
     epoch: u64,
 }
 
@@ -176,9 +196,11 @@ type Peers = Arc<Mutex<HashMap<AccountId, (PeerId, Vec<Multiaddr>)>>>;
 
 struct Shared {
     cfg: VerifierConfig,
+    /// The chain receipts, requests and verdicts name (settlement's).
+    chain_id: u64,
     key: Keypair,
-    ledger: Client,
-    view: Arc<dyn LedgerView>,
+    settlement: Arc<dyn VerifierSettlement>,
+    view: Arc<dyn RegistryView>,
     source: Arc<dyn MaterialSource>,
     node: Node,
     judge: Judge,
@@ -192,8 +214,8 @@ struct Shared {
     committed: Mutex<Vec<Committed>>,
     /// Failures and demands waiting for their verdict window.
     pending: Mutex<Vec<Pending>>,
-    /// The ledger's rule parameters (audit windows), read from its status at start.
-    params: Params,
+    /// Settlement's audit windows, read at start.
+    timeline: AuditTimeline,
     submitting: tokio::sync::Mutex<()>,
     confirm_slots: Arc<Semaphore>,
     /// How long a confirmer waits for a failed reveal to reach it.
@@ -208,14 +230,6 @@ pub struct Verifier {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| e.to_string())?
 }
 
 /// Fetches material from providers over libp2p.
@@ -283,11 +297,14 @@ impl MaterialSource for NetSource {
 }
 
 impl Verifier {
-    /// Loads the models, registers on the ledger (bonding the stake) and joins the network.
+    /// Loads the models, opens settlement, registers there (bonding the stake; on an EVM
+    /// chain binding the network key first) and joins the network.
     pub async fn start(cfg: VerifierConfig) -> Result<Verifier, VerifierError> {
         let key = Keypair::from_seed(cfg.account_seed);
-        let ledger =
-            Client::new(&cfg.ledger_url).map_err(|e| VerifierError::Ledger(e.to_string()))?;
+        let settlement = Opened::open(&cfg.settlement, &key)
+            .await
+            .map_err(|e| VerifierError::Settlement(e.to_string()))?
+            .verifier();
         let mut models = HashMap::new();
         for path in &cfg.models {
             let m = agora_model::load(path, &LoadOptions::default())
@@ -297,47 +314,30 @@ impl Verifier {
             tracing::info!(model = %id, path = %path.display(), "can audit");
             models.insert(id, Arc::new(m));
         }
-        let (l, k, chain, stake) = (ledger.clone(), key.clone(), cfg.chain_id, cfg.stake);
-        blocking(move || {
-            let me = k.account();
-            let acct = l
-                .account(&me)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("account {me} does not exist; fund it first"))?;
-            if acct.verifier {
-                return Ok(());
-            }
-            let tx = Tx {
-                chain_id: chain,
-                from: me,
-                nonce: acct.nonce,
-                body: TxBody::RegisterVerifier { stake },
-            }
-            .sign(&k);
-            l.submit(&tx).map_err(|e| e.to_string())?;
-            Ok(())
-        })
-        .await
-        .map_err(VerifierError::Ledger)?;
+        settlement
+            .register_verifier_key(&key, cfg.stake)
+            .await
+            .map_err(|e| VerifierError::Settlement(format!("registering: {e}")))?;
+        let timeline = settlement
+            .audit_timeline()
+            .await
+            .map_err(|e| VerifierError::Settlement(e.to_string()))?;
+        let chain_id = settlement.network_chain_id();
         let mut net = cfg.net.clone();
-        net.topics.push(offers_topic(cfg.chain_id));
-        net.topics.push(audits_topic(cfg.chain_id));
+        net.topics.push(offers_topic(chain_id));
+        net.topics.push(audits_topic(chain_id));
         let (node, gossip) = Node::start(net).await?;
-        tracing::info!(account = %key.account(), peer = %node.peer_id(), "verifier registered");
+        tracing::info!(account = %key.account(), peer = %node.peer_id(), settlement = %settlement.kind(), "verifier registered");
         let providers = Peers::default();
         let source = Arc::new(NetSource {
-            chain_id: cfg.chain_id,
+            chain_id,
             key: key.clone(),
             node: node.clone(),
             providers: providers.clone(),
         });
-        let view = Arc::new(ledger.clone());
-        let l = ledger.clone();
-        let params = blocking(move || l.status().map(|s| s.params).map_err(|e| e.to_string()))
-            .await
-            .map_err(VerifierError::Ledger)?;
-        let mut shared = Shared::new(cfg, key, ledger, view, source, node, models, providers);
-        shared.params = params;
+        let view = Arc::new(SettlementRegistry(settlement.clone()));
+        let mut shared = Shared::new(cfg, key, settlement, view, source, node, models, providers);
+        shared.timeline = timeline;
         Ok(Verifier {
             shared: Arc::new(shared),
             gossip,
@@ -356,7 +356,7 @@ impl Verifier {
             .node
             .control()
             .accept(agora_net::StreamProtocol::new(CONFIRM_PROTOCOL))
-            .map_err(|e| VerifierError::Ledger(e.to_string()))?;
+            .map_err(|e| VerifierError::Settlement(e.to_string()))?;
         let s2 = shared.clone();
         let confirm_task = tokio::spawn(async move {
             let streams = Arc::new(Semaphore::new(CONFIRM_STREAMS));
@@ -384,7 +384,7 @@ impl Verifier {
             }
         });
         let s5 = shared.clone();
-        let follow_task = tokio::spawn(async move { s5.follow_ledger().await });
+        let follow_task = tokio::spawn(async move { s5.follow_settlement().await });
         shutdown.await;
         for t in [confirm_task, gossip_task, hello_task, follow_task] {
             t.abort();
@@ -409,15 +409,16 @@ impl Shared {
     fn new(
         cfg: VerifierConfig,
         key: Keypair,
-        ledger: Client,
-        view: Arc<dyn LedgerView>,
+        settlement: Arc<dyn VerifierSettlement>,
+        view: Arc<dyn RegistryView>,
         source: Arc<dyn MaterialSource>,
         node: Node,
         models: HashMap<Hash32, Arc<agora_model::LoadedModel>>,
         providers: Peers,
     ) -> Shared {
+        let chain_id = settlement.network_chain_id();
         let judge = Judge {
-            chain_id: cfg.chain_id,
+            chain_id,
             auditor: ModelAuditor {
                 models,
                 thresholds: cfg.thresholds,
@@ -425,8 +426,9 @@ impl Shared {
         };
         Shared {
             cfg,
+            chain_id,
             key,
-            ledger,
+            settlement,
             view,
             source,
             node,
@@ -438,7 +440,10 @@ impl Shared {
             seen: Mutex::default(),
             committed: Mutex::default(),
             pending: Mutex::default(),
-            params: Params::default(),
+            timeline: AuditTimeline {
+                audit_window_epochs: agora_ledger::Params::default().audit_window_epochs,
+                escalation_epochs: agora_ledger::Params::default().escalation_epochs,
+            },
             submitting: tokio::sync::Mutex::new(()),
             confirm_slots: Arc::new(Semaphore::new(CONFIRM_SLOTS)),
             reveal_wait: REVEAL_WAIT,
@@ -450,7 +455,7 @@ impl Shared {
             return;
         };
         let hello = VerifierHello {
-            chain_id: self.cfg.chain_id,
+            chain_id: self.chain_id,
             peer_id: self.node.peer_id().to_bytes(),
             addrs: addrs.iter().take(8).map(|a| a.to_string()).collect(),
             issued_ms: now_ms(),
@@ -458,7 +463,7 @@ impl Shared {
         let msg = AuditGossip::Hello(Signed::new(hello, &self.key));
         let _ = self
             .node
-            .publish(&audits_topic(self.cfg.chain_id), codec::encode(&msg))
+            .publish(&audits_topic(self.chain_id), codec::encode(&msg))
             .await;
     }
 
@@ -470,8 +475,7 @@ impl Shared {
                 return yes;
             }
         }
-        let view = self.view.clone();
-        let Ok(yes) = blocking(move || view.is_verifier(&who)).await else {
+        let Ok(yes) = self.view.is_verifier(who).await else {
             return false;
         };
         let mut reg = lock(&self.registry);
@@ -487,7 +491,7 @@ impl Shared {
 
     async fn listen(self: Arc<Self>, mut gossip: tokio::sync::mpsc::Receiver<GossipMessage>) {
         while let Some(msg) = gossip.recv().await {
-            if msg.topic == offers_topic(self.cfg.chain_id) {
+            if msg.topic == offers_topic(self.chain_id) {
                 let Ok(offer) = SignedOffer::from_bytes(&msg.data) else {
                     continue;
                 };
@@ -500,7 +504,7 @@ impl Shared {
             } else if let Ok(AuditGossip::Hello(h)) = borsh::from_slice::<AuditGossip>(&msg.data) {
                 if h.verify().is_err()
                     || h.signer == self.key.account()
-                    || h.value.chain_id != self.cfg.chain_id
+                    || h.value.chain_id != self.chain_id
                 {
                     continue;
                 }
@@ -529,10 +533,10 @@ impl Shared {
         Some((peer, addrs))
     }
 
-    /// Records what a block's events say about roots and failed reveals.
-    fn note_event(&self, tx_id: Hash32, ev: &Event) {
+    /// Records what settlement's events say about roots, failed reveals and demands.
+    fn note_event(&self, ev: &VerifierEvent) {
         match ev {
-            Event::ReceiptRootPosted {
+            VerifierEvent::RootPosted {
                 provider,
                 epoch,
                 root,
@@ -543,24 +547,24 @@ impl Shared {
                     PostedRoot {
                         root: *root,
                         receipts: *receipts,
-                        // Not in the event: a re-check reads it from the root's plan.
+                        // Not in the event: a re-check reads it from settlement.
                         full_audit: false,
                     },
                 );
             }
-            Event::AuditRevealed {
+            VerifierEvent::AuditRevealed {
                 verifier,
                 provider,
                 epoch,
                 index,
                 passed: false,
-                ..
+                tx,
             } => {
                 lock(&self.record)
                     .failed
-                    .insert((*provider, *epoch, *index), (*verifier, tx_id));
+                    .insert((*provider, *epoch, *index), (*verifier, *tx));
             }
-            Event::MaterialDemanded {
+            VerifierEvent::MaterialDemanded {
                 verifier,
                 provider,
                 epoch,
@@ -576,11 +580,10 @@ impl Shared {
                     },
                 );
             }
-            Event::MaterialAnswered {
+            VerifierEvent::MaterialAnswered {
                 provider,
                 epoch,
                 index,
-                ..
             } => {
                 if let Some(d) = lock(&self.record)
                     .demands
@@ -589,118 +592,102 @@ impl Shared {
                     d.answered = true;
                 }
             }
-            Event::EpochAdvanced { epoch, .. } => {
+            VerifierEvent::EpochAdvanced { epoch } => {
                 let mut r = lock(&self.record);
                 r.epoch = r.epoch.max(*epoch);
             }
-            _ => {}
+            VerifierEvent::AuditRevealed { passed: true, .. } => {}
         }
     }
 
-    /// Follows the ledger's events: roots wait for the next beacon, then get audited.
-    async fn follow_ledger(self: Arc<Self>) {
+    /// Follows settlement's events: roots wait for the next beacon, then get audited.
+    async fn follow_settlement(self: Arc<Self>) {
         let mut from = 0u64;
         let mut waiting: Vec<(AccountId, u64)> = vec![];
         loop {
-            let ledger = self.ledger.clone();
-            let batch = blocking(move || {
-                ledger
-                    .events(from, Duration::from_secs(5))
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-            let blocks = match batch {
+            let batch = self
+                .settlement
+                .verifier_events_from(from, Duration::from_secs(5))
+                .await;
+            let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::warn!("following the ledger: {e}");
+                    tracing::warn!("following settlement: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            for block in blocks {
-                from = from.max(block.height + 1);
-                for tx in &block.txs {
-                    for ev in &tx.events {
-                        self.note_event(tx.tx_id, ev);
-                        match ev {
-                            Event::ReceiptRootPosted {
-                                provider, epoch, ..
-                            } if *provider != self.key.account() => {
-                                waiting.push((*provider, *epoch))
-                            }
-                            Event::EpochAdvanced { epoch, .. } => {
-                                // Reveal first: those commitments were made in earlier epochs.
-                                self.clone().reveal_due(*epoch).await;
-                                self.clone().verdicts_due(*epoch);
-                                let due: Vec<_> =
-                                    waiting.iter().filter(|w| w.1 < *epoch).copied().collect();
-                                waiting.retain(|w| w.1 >= *epoch);
-                                for (provider, e) in due {
-                                    // Audits run beside the loop, so reveals stay on time.
-                                    tokio::spawn(self.clone().audit_root(provider, e));
-                                }
-                            }
-                            _ => {}
+            from = from.max(batch.next);
+            for ev in &batch.events {
+                self.note_event(ev);
+                match ev {
+                    VerifierEvent::RootPosted {
+                        provider, epoch, ..
+                    } if *provider != self.key.account() => waiting.push((*provider, *epoch)),
+                    VerifierEvent::EpochAdvanced { epoch } => {
+                        // Reveal first: those commitments were made in earlier epochs.
+                        self.clone().reveal_due(*epoch).await;
+                        self.clone().verdicts_due(*epoch);
+                        let due: Vec<_> =
+                            waiting.iter().filter(|w| w.1 < *epoch).copied().collect();
+                        waiting.retain(|w| w.1 >= *epoch);
+                        for (provider, e) in due {
+                            // Audits run beside the loop, so reveals stay on time.
+                            tokio::spawn(self.clone().audit_root(provider, e));
                         }
                     }
+                    _ => {}
                 }
             }
         }
     }
 
-    /// Submits one transaction from this verifier with its next nonce.
-    async fn submit(&self, body: TxBody) -> Result<agora_ledger::api::SubmitReceipt, String> {
-        let (ledger, key, chain) = (self.ledger.clone(), self.key.clone(), self.cfg.chain_id);
+    /// Sends one operation of this verifier to settlement (`kind` names it in the metrics).
+    async fn send<T>(
+        &self,
+        kind: &'static str,
+        op: agora_settlement::network::SettlementFuture<'_, T>,
+    ) -> Result<T, SettlementError> {
         // Audits of several roots commit at once: one submission at a time keeps nonces in
         // order.
         let _turn = self.submitting.lock().await;
-        let kind = agora_ledger::metrics::tx_kind(&body);
-        let result = blocking(move || {
-            let me = key.account();
-            let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
-            let tx = Tx {
-                chain_id: chain,
-                from: me,
-                nonce,
-                body,
-            }
-            .sign(&key);
-            ledger.submit(&tx).map_err(|e| e.to_string())
-        })
-        .await;
+        let result = op.await;
         agora_metrics::verifier().ledger_tx(kind, result.is_ok());
         result
     }
 
-    /// Audits the leaves of `provider`'s `epoch` root that the ledger assigned to this
+    /// Audits the leaves of `provider`'s `epoch` root that settlement assigned to this
     /// verifier, and commits to each outcome.
     async fn audit_root(self: Arc<Self>, provider: AccountId, epoch: u64) {
-        let ledger = self.ledger.clone();
-        let plan = match blocking(move || {
-            ledger
-                .audit_plan(&provider, epoch)
-                .map_err(|e| e.to_string())
-        })
-        .await
+        let me = self.key.account();
+        let mine = match self
+            .settlement
+            .leaves_assigned_to_me(me, provider, epoch)
+            .await
         {
-            Ok(Some(plan)) => plan,
-            Ok(None) => return,
+            Ok(mine) => mine,
             Err(e) => {
-                tracing::warn!(%provider, epoch, "no audit plan: {e}");
+                tracing::warn!(%provider, epoch, "no audit assignment: {e}");
                 return;
             }
         };
-        let me = self.key.account();
-        let mine: Vec<u64> = plan
-            .leaves
-            .iter()
-            .filter(|(_, v)| *v == me)
-            .map(|(i, _)| *i)
-            .collect();
-        if !mine.is_empty() {
-            tracing::info!(%provider, epoch, leaves = mine.len(), of = plan.receipts, "auditing my assigned leaves");
+        if mine.is_empty() {
+            return;
         }
-        let posted = judge::posted_root(&plan);
+        // The root and its leaf count as settlement recorded them, never as anyone says.
+        let posted = match self.settlement.posted_root(provider, epoch).await {
+            Ok(Some(r)) => PostedRoot {
+                root: r.root,
+                receipts: r.receipts,
+                full_audit: r.full_audit,
+            },
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(%provider, epoch, "reading the posted root: {e}");
+                return;
+            }
+        };
+        tracing::info!(%provider, epoch, leaves = mine.len(), of = posted.receipts, "auditing my assigned leaves");
         for index in mine {
             self.clone()
                 .commit_leaf(provider, epoch, index, posted)
@@ -717,7 +704,6 @@ impl Shared {
         index: u64,
         posted: PostedRoot,
     ) {
-        let me = self.key.account();
         {
             let audit_started = std::time::Instant::now();
             let outcome = self.audit_leaf(provider, epoch, index, posted).await;
@@ -738,25 +724,12 @@ impl Shared {
                 SALT_DOMAIN,
                 &(self.cfg.account_seed, provider, epoch, index),
             );
-            let commitment = audit_commitment(
-                self.cfg.chain_id,
-                &me,
-                &provider,
-                epoch,
-                index,
-                passed,
-                &salt,
-            );
-            let body = TxBody::CommitAudit {
-                provider,
-                epoch,
-                index,
-                commitment,
-            };
-            match self.submit(body).await {
-                Ok(_) => {
+            let op = self
+                .settlement
+                .commit_leaf_audit(provider, epoch, index, passed, salt);
+            match self.send("CommitAudit", op).await {
+                Ok(committed_epoch) => {
                     tracing::info!(%provider, epoch, index, "audit committed");
-                    let committed_epoch = self.current_epoch().await;
                     lock(&self.committed).push(Committed {
                         provider,
                         epoch,
@@ -773,16 +746,6 @@ impl Shared {
         }
     }
 
-    /// The epoch the ledger is in now (at or after the block just committed; a later epoch
-    /// only delays the reveal, which stays inside its window).
-    async fn current_epoch(&self) -> u64 {
-        let ledger = self.ledger.clone();
-        blocking(move || ledger.status().map_err(|e| e.to_string()))
-            .await
-            .map(|s| s.epoch)
-            .unwrap_or(u64::MAX)
-    }
-
     /// Reveals every commitment made before `epoch`, gossips the outcome, and takes failures
     /// to a second verifier.
     async fn reveal_due(self: Arc<Self>, epoch: u64) {
@@ -793,15 +756,11 @@ impl Shared {
             due
         };
         for c in due {
-            let body = TxBody::RevealAudit {
-                provider: c.provider,
-                epoch: c.epoch,
-                index: c.index,
-                passed: c.passed,
-                salt: c.salt,
-            };
             let (provider, e, index) = (c.provider, c.epoch, c.index);
-            match self.submit(body).await {
+            let op = self
+                .settlement
+                .reveal_leaf_audit(provider, e, index, c.passed, c.salt);
+            match self.send("RevealAudit", op).await {
                 Ok(_) if c.passed => {
                     tracing::info!(%provider, epoch = e, index, "audit passed (revealed)")
                 }
@@ -814,7 +773,7 @@ impl Shared {
                 }
             }
             let outcome = AuditOutcome {
-                chain_id: self.cfg.chain_id,
+                chain_id: self.chain_id,
                 provider,
                 epoch: e,
                 index,
@@ -825,7 +784,7 @@ impl Shared {
             let msg = AuditGossip::Outcome(Signed::new(outcome, &self.key));
             let _ = self
                 .node
-                .publish(&audits_topic(self.cfg.chain_id), codec::encode(&msg))
+                .publish(&audits_topic(self.chain_id), codec::encode(&msg))
                 .await;
             if !c.passed {
                 // The verdict waits for its window, after the canary's plant epoch.
@@ -843,14 +802,8 @@ impl Shared {
     /// is still open); the verdict waits until the demand's deadline has passed unanswered.
     async fn demand(&self, provider: AccountId, epoch: u64, index: u64, why: &str) {
         tracing::warn!(%provider, epoch, index, "no material ({why}): demanding it on the ledger");
-        match self
-            .submit(TxBody::DemandMaterial {
-                provider,
-                epoch,
-                index,
-            })
-            .await
-        {
+        let op = self.settlement.demand_leaf_material(provider, epoch, index);
+        match self.send("DemandMaterial", op).await {
             Ok(_) => lock(&self.pending).push(Pending {
                 provider,
                 epoch,
@@ -868,7 +821,7 @@ impl Shared {
         let pending: Vec<Pending> = std::mem::take(&mut *lock(&self.pending));
         let mut keep = vec![];
         for p in pending {
-            let Ok(w) = Windows::of(&self.params, p.epoch) else {
+            let Some(w) = self.timeline.windows(p.epoch) else {
                 continue;
             };
             if epoch > w.verdict.1 {
@@ -934,10 +887,11 @@ impl Shared {
             return LeafOutcome::Passed;
         }
         let fetched = self.fetch_with_retries(provider, epoch, index, None).await;
-        let (material, proof) = match judge::take_material(&posted, index, fetched) {
-            Ok(taken) => taken,
-            Err(outcome) => return outcome,
-        };
+        let (material, proof) =
+            match judge::take_material_in(&*self.settlement, &posted, index, fetched) {
+                Ok(taken) => taken,
+                Err(outcome) => return outcome,
+            };
         if let Some(skip) = self.seen_elsewhere(provider, epoch, index, &material) {
             return skip;
         }
@@ -1009,7 +963,7 @@ impl Shared {
             None => (Fault::Withheld, None),
         };
         let verdict = Verdict {
-            chain_id: self.cfg.chain_id,
+            chain_id: self.chain_id,
             provider,
             epoch,
             index,
@@ -1021,7 +975,7 @@ impl Shared {
         };
         // Other verifiers may not have announced themselves yet, or a stream may drop: try
         // until the verdict window closes.
-        let last = Windows::of(&self.params, epoch).map_or(0, |w| w.verdict.1);
+        let last = self.timeline.windows(epoch).map_or(0, |w| w.verdict.1);
         let mut round = 0u64;
         while lock(&self.record).epoch <= last {
             if self.try_confirm(&request, &verdict).await {
@@ -1077,7 +1031,16 @@ impl Shared {
                     .ok_or_else(|| "closed".to_string())
             };
             let sig = match tokio::time::timeout(CONFIRM_TIMEOUT, exchange).await {
-                Ok(Ok(ConfirmResponse::Confirmed { sig })) => sig,
+                Ok(Ok(ConfirmResponse::Confirmed { sig })) => VerdictSignature::Ed25519(sig),
+                Ok(Ok(ConfirmResponse::ConfirmedEip712 { sig })) => {
+                    match <[u8; 65]>::try_from(sig.as_slice()) {
+                        Ok(sig) => VerdictSignature::Eip712(sig),
+                        Err(_) => {
+                            tracing::warn!(%confirmer, "a confirmation signature of the wrong length");
+                            continue;
+                        }
+                    }
+                }
                 Ok(Ok(ConfirmResponse::Declined { reason })) => {
                     tracing::warn!(%confirmer, "declined to confirm: {reason}");
                     continue;
@@ -1088,19 +1051,13 @@ impl Shared {
                 }
                 Err(_) => continue,
             };
-            let result = self
-                .submit(TxBody::AuditVerdict {
-                    verdict: verdict.clone(),
-                    confirmer,
-                    confirmer_sig: sig,
-                })
-                .await;
-            match result {
-                Ok(_) => {
+            let op = self.settlement.submit_verdict(&verdict, confirmer, &sig);
+            match self.send("AuditVerdict", op).await {
+                Ok(()) => {
                     tracing::warn!(%provider, epoch, index, %confirmer, withheld = matches!(verdict.fault, Fault::Withheld), "verdict confirmed: provider slashed");
                     return true;
                 }
-                Err(e) if e.contains("already_judged") => {
+                Err(SettlementError::Refused(Refusal::AlreadyJudged)) => {
                     tracing::info!(%provider, epoch, index, "already judged by another verifier");
                     return true;
                 }
@@ -1177,7 +1134,7 @@ impl Shared {
     ) -> Result<String, String> {
         let v = &c.verdict;
         let me = self.key.account();
-        if v.chain_id != self.cfg.chain_id
+        if v.chain_id != self.chain_id
             || v.provider == me
             || requester == me
             || requester == v.provider
@@ -1200,26 +1157,26 @@ impl Shared {
         else {
             return Err("the ledger shows no failed reveal of this leaf by the requester".into());
         };
-        let Some(mut posted) = lock(&self.record)
+        // The root, its leaf count and whether it is a late root (which decides the receipt
+        // epochs it may hold), read from settlement itself: never the requester's.
+        let followed = lock(&self.record)
             .roots
             .get(&(v.provider, v.epoch))
-            .copied()
-        else {
-            return Err("the ledger shows no such root".into());
+            .copied();
+        let posted = match (
+            self.settlement.posted_root(v.provider, v.epoch).await,
+            followed,
+        ) {
+            (Ok(Some(r)), _) => PostedRoot {
+                root: r.root,
+                receipts: r.receipts,
+                full_audit: r.full_audit,
+            },
+            // Settlement not answering now: the root its events showed, under the floor
+            // root's stricter rule.
+            (_, Some(followed)) => followed,
+            (_, None) => return Err("the ledger shows no such root".into()),
         };
-        // Whether it is a late root decides which receipt epochs it may hold.
-        let ledger = self.ledger.clone();
-        let (provider, epoch) = (v.provider, v.epoch);
-        let plan = blocking(move || {
-            ledger
-                .audit_plan(&provider, epoch)
-                .map_err(|e| e.to_string())
-        })
-        .await;
-        // Unknown (the ledger not answering): the floor root's stricter rule, as before.
-        if let Ok(Some(plan)) = plan {
-            posted.full_audit = plan.root == posted.root && judge::posted_root(&plan).full_audit;
-        }
         // Audits are expensive: a few at a time, the rest declined as busy.
         let Ok(_slot) = self.confirm_slots.clone().try_acquire_owned() else {
             return Err("busy: try again later".into());
@@ -1228,6 +1185,7 @@ impl Shared {
             .fetch_with_retries(v.provider, v.epoch, v.index, Some(reveal_tx))
             .await;
         let me2 = self.clone();
+        let tree = self.settlement.clone();
         let (provider, epoch, index, fault, hint) = (
             v.provider,
             v.epoch,
@@ -1236,7 +1194,8 @@ impl Shared {
             c.material.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            me2.judge.decide(
+            me2.judge.decide_in(
+                &*tree,
                 &provider,
                 epoch,
                 index,
@@ -1275,9 +1234,20 @@ impl Shared {
         match self.recheck(requester, &req.value).await {
             Ok(reason) => {
                 let v = &req.value.verdict;
-                tracing::warn!(provider = %v.provider, %requester, "confirming the failure: {reason}");
-                ConfirmResponse::Confirmed {
-                    sig: v.sign(&self.key),
+                // The settlement's own signature kind: ed25519 on the ledger, EIP-712 on a
+                // chain.
+                match self.settlement.confirm_verdict(v).await {
+                    Ok(VerdictSignature::Ed25519(sig)) => {
+                        tracing::warn!(provider = %v.provider, %requester, "confirming the failure: {reason}");
+                        ConfirmResponse::Confirmed { sig }
+                    }
+                    Ok(VerdictSignature::Eip712(sig)) => {
+                        tracing::warn!(provider = %v.provider, %requester, "confirming the failure: {reason}");
+                        ConfirmResponse::ConfirmedEip712 { sig: sig.to_vec() }
+                    }
+                    Err(e) => ConfirmResponse::Declined {
+                        reason: format!("cannot sign on settlement: {e}"),
+                    },
                 }
             }
             Err(reason) => ConfirmResponse::Declined { reason },

@@ -22,10 +22,21 @@ fn shipped() -> LoadedModel {
 
 struct FakeLedger(Vec<AccountId>);
 
-impl LedgerView for FakeLedger {
-    fn is_verifier(&self, who: &AccountId) -> Result<bool, String> {
-        Ok(self.0.contains(who))
+impl RegistryView for FakeLedger {
+    fn is_verifier(&self, who: AccountId) -> BoxFuture<'_, Result<bool, String>> {
+        let yes = self.0.contains(&who);
+        Box::pin(async move { Ok(yes) })
     }
+}
+
+/// A ledger settlement that cannot be reached (the tests feed the verifier's events
+/// themselves), for the key of seed 5.
+fn offline_settlement() -> Arc<dyn VerifierSettlement> {
+    Arc::new(agora_settlement::ledger::LedgerSettlement::new(
+        agora_ledger::client::Client::new("http://127.0.0.1:1").expect("client"),
+        Keypair::from_seed([5; 32]),
+        CHAIN,
+    ))
 }
 
 /// Answers every fetch with what the test set.
@@ -206,7 +217,7 @@ async fn confirmer(
     let mut shared = Shared::new(
         cfg,
         Keypair::from_seed([5; 32]),
-        Client::new("http://127.0.0.1:1").expect("client"),
+        offline_settlement(),
         view,
         source.clone(),
         node,
@@ -215,27 +226,21 @@ async fn confirmer(
     );
     shared.reveal_wait = Duration::from_millis(200);
     let shared = Arc::new(shared);
-    shared.note_event(
-        Hash32::ZERO,
-        &Event::ReceiptRootPosted {
+    shared.note_event(&VerifierEvent::RootPosted {
+        provider: f.provider.account(),
+        epoch: EPOCH,
+        root: root.posted.root,
+        receipts: root.posted.receipts,
+    });
+    if revealed {
+        shared.note_event(&VerifierEvent::AuditRevealed {
+            verifier: f.requester.account(),
             provider: f.provider.account(),
             epoch: EPOCH,
-            root: root.posted.root,
-            receipts: root.posted.receipts,
-        },
-    );
-    if revealed {
-        shared.note_event(
-            Hash32::of(b"reveal"),
-            &Event::AuditRevealed {
-                verifier: f.requester.account(),
-                provider: f.provider.account(),
-                epoch: EPOCH,
-                index: 1,
-                passed: false,
-                fee: Amount::ZERO,
-            },
-        );
+            index: 1,
+            passed: false,
+            tx: Hash32::of(b"reveal"),
+        });
     }
     (shared, source)
 }
@@ -382,26 +387,15 @@ async fn withheld_is_confirmed_only_from_an_unanswered_demand_past_its_deadline(
     let root = Root::new(&f.provider, f.honest.clone());
     let withheld = || request(&f, Fault::Withheld, None);
     let demand = |c: &Shared, by: AccountId| {
-        c.note_event(
-            Hash32::of(b"demand"),
-            &Event::MaterialDemanded {
-                verifier: by,
-                provider: f.provider.account(),
-                epoch: EPOCH,
-                index: 1,
-                due_epoch: EPOCH + 2,
-            },
-        )
+        c.note_event(&VerifierEvent::MaterialDemanded {
+            verifier: by,
+            provider: f.provider.account(),
+            epoch: EPOCH,
+            index: 1,
+            due_epoch: EPOCH + 2,
+        })
     };
-    let epoch = |c: &Shared, e: u64| {
-        c.note_event(
-            Hash32::ZERO,
-            &Event::EpochAdvanced {
-                epoch: e,
-                beacon: Hash32::ZERO,
-            },
-        )
-    };
+    let epoch = |c: &Shared, e: u64| c.note_event(&VerifierEvent::EpochAdvanced { epoch: e });
 
     // The provider refuses the confirmer too, but nothing was demanded on the ledger.
     let refused = Fetched::Refused("CHEATING".into());
@@ -431,16 +425,11 @@ async fn withheld_is_confirmed_only_from_an_unanswered_demand_past_its_deadline(
     // Answered on the ledger: never withheld, even if the provider refuses the confirmer.
     let (c, _) = confirmer(&f, &root, true, refused, true).await;
     demand(&c, f.requester.account());
-    c.note_event(
-        Hash32::of(b"answer"),
-        &Event::MaterialAnswered {
-            provider: f.provider.account(),
-            epoch: EPOCH,
-            index: 1,
-            receipt: f.honest.receipt.hash(),
-            material: Hash32::ZERO,
-        },
-    );
+    c.note_event(&VerifierEvent::MaterialAnswered {
+        provider: f.provider.account(),
+        epoch: EPOCH,
+        index: 1,
+    });
     epoch(&c, EPOCH + 3);
     let r = c.recheck(f.requester.account(), &withheld()).await;
     assert!(r.unwrap_err().contains("answered"));
@@ -631,7 +620,7 @@ async fn unauthenticated_confirm_requests_cost_no_audit() {
     let mut shared = Shared::new(
         cfg,
         Keypair::from_seed([5; 32]),
-        Client::new("http://127.0.0.1:1").expect("client"),
+        offline_settlement(),
         Arc::new(FakeLedger(vec![f.requester.account()])),
         source.clone(),
         node,
@@ -752,8 +741,9 @@ async fn hellos_from_unregistered_keys_are_ignored() {
 /// A verifier's settings for tests: its ledger is unreachable and its network key is `key_seed`.
 fn offline_config(key_seed: [u8; 32]) -> VerifierConfig {
     VerifierConfig {
-        chain_id: CHAIN,
-        ledger_url: "http://127.0.0.1:1".into(),
+        settlement: SettlementTarget::Ledger {
+            url: "http://127.0.0.1:1".into(),
+        },
         account_seed: [5; 32],
         net: NetConfig {
             key_seed,
@@ -823,3 +813,5 @@ async fn old_receipts_reposted_under_a_probation_root_fail() {
         );
     }
 }
+
+mod evm;

@@ -656,6 +656,12 @@ pub enum ConfirmResponse {
         /// Why.
         reason: String,
     },
+    /// It re-audited and agrees, on an EVM settlement: its EIP-712 `Verdict` (fraud) or
+    /// `Withheld` signature, 65 bytes (r, s, v).
+    ConfirmedEip712 {
+        /// The confirmer's signature.
+        sig: Vec<u8>,
+    },
 }
 
 /// Milliseconds since the Unix epoch.
