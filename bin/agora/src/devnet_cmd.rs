@@ -194,8 +194,8 @@ struct EvmInfo {
     evm_accounts: BTreeMap<String, Address>,
     /// Tokens minted to each party, by the same names.
     evm_funds: BTreeMap<String, Amount>,
-    /// Native currency sent to each party for gas, in wei.
-    evm_gas_wei: u128,
+    /// Native currency sent to each party for gas, in wei (a decimal string).
+    evm_gas_wei: String,
 }
 
 /// What `devnet.json` records after `--prepare-only`: the chain and nothing else.
@@ -367,7 +367,9 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
 
     // Keys and genesis.
     let sequencer = Keypair::generate()?;
-    crate::keys_cmd::write_key(&dir.join("sequencer.json"), &sequencer)?;
+    if !on_evm {
+        crate::keys_cmd::write_key(&dir.join("sequencer.json"), &sequencer)?;
+    }
     let keys_path = dir.join("keys.redb");
     let _ = std::fs::remove_file(&keys_path);
     let (api_key, user, user_seed) = {
@@ -641,7 +643,7 @@ fn start_evm_chain(
         epoch_blocks: params.epoch_blocks,
         evm_accounts: accounts,
         evm_funds: funds.clone(),
-        evm_gas_wei: EVM_GAS_WEI,
+        evm_gas_wei: EVM_GAS_WEI.to_string(),
     };
     Ok(EvmChain {
         anvil,

@@ -110,7 +110,11 @@ fn evm_devnet_deploys_funds_every_party_and_advances_epochs_with_time() {
         serde_json::from_str(&std::fs::read_to_string(&info_path).expect("read")).expect("json");
     assert_eq!(info["settlement"], "evm");
     assert_eq!(info["prepared_only"], true);
-    let contracts_path = dir.path().canonicalize().expect("dir").join("contracts.json");
+    let contracts_path = dir
+        .path()
+        .canonicalize()
+        .expect("dir")
+        .join("contracts.json");
     assert_eq!(
         info["contracts"].as_str(),
         Some(contracts_path.to_str().expect("utf-8"))
@@ -157,14 +161,24 @@ fn evm_devnet_deploys_funds_every_party_and_advances_epochs_with_time() {
             "the devnet's default --audit-fee-bps"
         );
         assert_eq!(
-            settlement.unbondingEpochs().call().await.expect("unbonding"),
+            settlement
+                .unbondingEpochs()
+                .call()
+                .await
+                .expect("unbonding"),
             ledger.unbonding_epochs
         );
 
         // Every party's account is the one its key file's seed derives (as the services
         // open it), funded with its tokens and gas.
         let mut parties: Vec<(String, [u8; 32], u128)> = Vec::new();
-        for name in ["provider-1", "provider-2", "canary", "verifier-1", "verifier-2"] {
+        for name in [
+            "provider-1",
+            "provider-2",
+            "canary",
+            "verifier-1",
+            "verifier-2",
+        ] {
             let seed = seed_of_key_file(&dir.path().join(format!("{name}.json")));
             parties.push((name.into(), seed, PARTY_FUNDS));
         }
@@ -190,7 +204,11 @@ fn evm_devnet_deploys_funds_every_party_and_advances_epochs_with_time() {
                 "{name}'s tokens"
             );
             assert_eq!(
-                chain.provider().get_balance(account).await.expect("balance"),
+                chain
+                    .provider()
+                    .get_balance(account)
+                    .await
+                    .expect("balance"),
                 U256::from(GAS_WEI),
                 "{name}'s gas money"
             );
@@ -292,12 +310,15 @@ async fn channels_of(chain: &SettlementClient, d: &Deployment, payer: Address) -
 }
 
 /// Waits until `account` holds exactly `want` tokens (providers claim every second).
-fn wait_tokens(rt: &tokio::runtime::Runtime, chain: &SettlementClient, account: Address, want: u128) {
+fn wait_tokens(
+    rt: &tokio::runtime::Runtime,
+    chain: &SettlementClient,
+    account: Address,
+    want: u128,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let got = rt
-            .block_on(chain.token_balance(account))
-            .expect("balance");
+        let got = rt.block_on(chain.token_balance(account)).expect("balance");
         if got == want {
             return;
         }
@@ -342,10 +363,7 @@ fn evm_devnet_serves_pays_exactly_and_fails_over_mid_stream() {
     // Each provider's wallet after staking.
     let start_tokens = PARTY_FUNDS - STAKE;
     for a in [cheap_addr, pricey_addr] {
-        assert_eq!(
-            rt.block_on(chain.account(a)).expect("account").stake,
-            STAKE
-        );
+        assert_eq!(rt.block_on(chain.account(a)).expect("account").stake, STAKE);
     }
     // What a provider's wallet gains for `claimed`: the claims less the contract's fee share.
     let net = |p: Address| {
@@ -380,7 +398,10 @@ fn evm_devnet_serves_pays_exactly_and_fails_over_mid_stream() {
     let cheap_earned = charged(receipts, &cheap_id);
     let deadline = Instant::now() + Duration::from_secs(60);
     while net(cheap_addr).0 < cheap_earned {
-        assert!(Instant::now() < deadline, "the cheap provider never claimed");
+        assert!(
+            Instant::now() < deadline,
+            "the cheap provider never claimed"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     let (claimed, _, gained) = net(cheap_addr);
@@ -430,7 +451,10 @@ fn evm_devnet_serves_pays_exactly_and_fails_over_mid_stream() {
     let pricey_total = pricey_earned + charged(&again_last["agora"]["receipts"], &pricey_id);
     let deadline = Instant::now() + Duration::from_secs(60);
     while net(pricey_addr).0 < pricey_total {
-        assert!(Instant::now() < deadline, "the pricier provider never claimed");
+        assert!(
+            Instant::now() < deadline,
+            "the pricier provider never claimed"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     let (pricey_claimed, pricey_fees, pricey_gained) = net(pricey_addr);
@@ -439,7 +463,8 @@ fn evm_devnet_serves_pays_exactly_and_fails_over_mid_stream() {
     let (cheap_claimed, cheap_fees, cheap_gained) = net(cheap_addr);
     assert_eq!(cheap_claimed, cheap_earned);
     assert_eq!(
-        rt.block_on(chain.token_balance(cheap_addr)).expect("balance"),
+        rt.block_on(chain.token_balance(cheap_addr))
+            .expect("balance"),
         start_tokens + cheap_gained
     );
 
@@ -452,7 +477,10 @@ fn evm_devnet_serves_pays_exactly_and_fails_over_mid_stream() {
             .expect("channel")
             .expect("exists");
         assert_eq!(ch.payer, user_addr);
-        assert!(!ch.closed && ch.refunded == 0, "no channel closed or refunded");
+        assert!(
+            !ch.closed && ch.refunded == 0,
+            "no channel closed or refunded"
+        );
         spent += ch.claimed;
         escrowed += ch.deposit;
     }
@@ -463,7 +491,8 @@ fn evm_devnet_serves_pays_exactly_and_fails_over_mid_stream() {
     );
     assert_eq!(spent, cheap_earned + pricey_total);
     assert_eq!(
-        rt.block_on(chain.token_balance(user_addr)).expect("balance"),
+        rt.block_on(chain.token_balance(user_addr))
+            .expect("balance"),
         USER_FUNDS - escrowed
     );
 
