@@ -746,19 +746,16 @@ fn start_and_wait(
         ]
         .into_iter()
         .chain(settle_flags.iter().cloned())
-        .chain(
-            [
-                "--p2p-listen".into(),
-                "/ip4/127.0.0.1/tcp/0".into(),
-                "--stall-ms".into(),
-                args.stall_ms.to_string(),
-                "--key-concurrency".into(),
-                args.key_concurrency.to_string(),
-                "--key-burst".into(),
-                args.key_burst.to_string(),
-            ]
-            .into_iter(),
-        )
+        .chain([
+            "--p2p-listen".into(),
+            "/ip4/127.0.0.1/tcp/0".into(),
+            "--stall-ms".into(),
+            args.stall_ms.to_string(),
+            "--key-concurrency".into(),
+            args.key_concurrency.to_string(),
+            "--key-burst".into(),
+            args.key_burst.to_string(),
+        ])
         // The explorer follows the ledger only.
         .chain(chain.map(|_| "--no-explorer".to_string()))
         // The gateway counts prompt tokens and renders text with the models' own files.
