@@ -1,7 +1,13 @@
 //! `agora devnet`: a whole network on one machine. A ledger, a gateway and N providers run as
 //! separate processes joined by real libp2p over loopback, serving a real model; a genesis
 //! funds an API key's account and the providers' stake.
+//!
+//! With `--settlement evm` an Anvil chain stands in for the ledger: the devnet deploys the
+//! test stablecoin and the settlement contract with the rules its ledger genesis would have,
+//! funds every party's EVM account (tokens and gas), and starts the services with
+//! `--settlement evm --rpc URL --contracts FILE`.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -9,14 +15,28 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use agora_core::{AccountId, Amount, Keypair};
+use agora_evm::anvil::{find_anvil, Anvil, AnvilConfig};
+use agora_evm::{Deployment, SettlementClient};
 use agora_ledger::{Allocation, Genesis, Params};
+use agora_settlement::open::evm_signer_for;
+use alloy::primitives::{Address, U256};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::Serialize;
 
+use crate::settlement_args::SettlementChoice;
+
 /// Arguments of `agora devnet`.
 #[derive(Args, Debug)]
 pub struct DevnetArgs {
+    /// Where the network settles: `ledger` starts a ledger node; `evm` starts a local Anvil
+    /// chain (a block a second), deploys the Agora contracts on it and funds every party.
+    #[arg(long, value_enum, default_value_t = SettlementChoice::Ledger)]
+    settlement: SettlementChoice,
+    /// With `--settlement evm`: start the chain, deploy, fund, write `contracts.json` and
+    /// `devnet.json`, and wait for Ctrl-C without starting any service.
+    #[arg(long, hide = true)]
+    prepare_only: bool,
     /// How many providers to start (the last one charges twice the price); raised to the
     /// number of models when smaller.
     #[arg(long, default_value_t = 3)]
@@ -59,7 +79,8 @@ pub struct DevnetArgs {
     /// How many verifiers audit the providers (a fraud needs two to slash).
     #[arg(long, default_value_t = 2)]
     verifiers: usize,
-    /// Seconds per ledger epoch (receipt roots are posted, and audited, once per epoch).
+    /// Seconds per ledger epoch (receipt roots are posted, and audited, once per epoch). On
+    /// EVM, epochs are counted in blocks: this many one-second blocks.
     #[arg(long, default_value_t = 10)]
     epoch_secs: u64,
     /// Add a cheating provider at the cheapest price, to watch it get caught, slashed and
@@ -120,17 +141,29 @@ const USER_FUNDS: u128 = 1_000_000_000_000;
 /// What each provider starts with, and bonds as stake.
 const PROVIDER_FUNDS: u128 = 1_000_000_000;
 const PROVIDER_STAKE: u128 = 100_000_000;
+/// Seconds between the blocks of an EVM devnet's chain.
+const EVM_BLOCK_SECS: u64 = 1;
+/// Native currency each party gets on an EVM devnet to pay its gas (10 ETH, in wei).
+const EVM_GAS_WEI: u128 = 10_000_000_000_000_000_000;
 
 /// What `devnet.json` records for tests and scripts.
 #[derive(Serialize)]
 struct DevnetInfo {
+    /// `ledger` or `evm`.
+    settlement: &'static str,
     endpoint: String,
-    /// The explorer's pages.
-    explorer: String,
+    /// The explorer's pages (none on EVM: the explorer follows the ledger only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explorer: Option<String>,
     /// Each process's Prometheus /metrics URL, by name.
-    metrics: std::collections::BTreeMap<String, String>,
+    metrics: BTreeMap<String, String>,
     api_key: String,
-    ledger: String,
+    /// The ledger node's URL (ledger settlement).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger: Option<String>,
+    /// The chain, its contracts and the parties' accounts (EVM settlement).
+    #[serde(flatten)]
+    evm: Option<EvmInfo>,
     chain_id: u64,
     /// The first model's name (what the banner's example asks for).
     model: String,
@@ -139,9 +172,42 @@ struct DevnetInfo {
     user_account: AccountId,
     user_funds: Amount,
     gateway_pid: u32,
-    ledger_pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger_pid: Option<u32>,
     providers: Vec<ProviderInfo>,
     verifiers: Vec<AccountId>,
+}
+
+/// What `devnet.json` records about an EVM devnet's chain.
+#[derive(Serialize, Clone)]
+struct EvmInfo {
+    /// Anvil's JSON-RPC URL (what the services get as `--rpc`).
+    rpc: String,
+    /// The deployment file (what the services get as `--contracts`).
+    contracts: PathBuf,
+    anvil_pid: u32,
+    /// Seconds between blocks; an epoch is `epoch_blocks` of them.
+    block_secs: u64,
+    epoch_blocks: u64,
+    /// Every funded party's EVM account, by key file stem (`provider-1`, `verifier-1`,
+    /// `canary`, `cheater`) and `user` for the API key's account.
+    evm_accounts: BTreeMap<String, Address>,
+    /// Tokens minted to each party, by the same names.
+    evm_funds: BTreeMap<String, Amount>,
+    /// Native currency sent to each party for gas, in wei (a decimal string).
+    evm_gas_wei: String,
+}
+
+/// What `devnet.json` records after `--prepare-only`: the chain and nothing else.
+#[derive(Serialize)]
+struct PreparedInfo {
+    settlement: &'static str,
+    prepared_only: bool,
+    #[serde(flatten)]
+    evm: EvmInfo,
+    chain_id: u64,
+    api_key: String,
+    user_account: AccountId,
 }
 
 #[derive(Serialize)]
@@ -260,6 +326,20 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     if odd_verifier && args.verifiers == 0 {
         bail!("--lazy-verifier and --framing-verifier need at least one verifier");
     }
+    let on_evm = args.settlement == SettlementChoice::Evm;
+    if args.prepare_only && !on_evm {
+        bail!("--prepare-only prepares an EVM chain; it needs --settlement evm");
+    }
+    // Before any file is written: without Anvil there is no EVM devnet.
+    let anvil_bin = if on_evm {
+        Some(find_anvil().context(
+            "Anvil not found: run `bash scripts/install-evm-tools` (it installs the npm package \
+             @foundry-rs/anvil under ~/.cache/agora/npm), put `anvil` on PATH, or set \
+             AGORA_ANVIL to an anvil binary",
+        )?)
+    } else {
+        None
+    };
     let mut models = args.models.clone();
     if models.is_empty() {
         models.push(PathBuf::from(DEFAULT_MODEL));
@@ -287,13 +367,18 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
 
     // Keys and genesis.
     let sequencer = Keypair::generate()?;
-    crate::keys_cmd::write_key(&dir.join("sequencer.json"), &sequencer)?;
+    if !on_evm {
+        crate::keys_cmd::write_key(&dir.join("sequencer.json"), &sequencer)?;
+    }
     let keys_path = dir.join("keys.redb");
     let _ = std::fs::remove_file(&keys_path);
-    let (api_key, user) = {
+    let (api_key, user, user_seed) = {
         let store = agora_gateway::KeyStore::open(&keys_path)?;
         let (secret, record) = store.create("devnet")?;
-        (secret, record.account)
+        let seed = store
+            .seed_of(&record.account)
+            .context("the new API key's account seed")?;
+        (secret, record.account, seed)
     };
     let mut providers = Vec::new();
     for i in 0..n_providers {
@@ -351,12 +436,59 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
         allocations,
     };
     genesis.validate()?;
-    std::fs::write(
-        dir.join("genesis.json"),
-        serde_json::to_string_pretty(&genesis)?,
-    )?;
-    let ledger_db = dir.join("ledger.redb");
-    let _ = std::fs::remove_file(&ledger_db);
+
+    let mut chain = None;
+    if let Some(bin) = anvil_bin {
+        // The same parties, funds and rules on the chain: every party's account is the one
+        // its key's seed derives, as the services open it.
+        let mut parties = vec![("user".to_string(), user_seed, user)];
+        for (key, path) in providers
+            .iter()
+            .map(|p| (&p.0, &p.1))
+            .chain(verifiers.iter().map(|v| (&v.0, &v.1)))
+        {
+            parties.push((stem_of(path), key.seed(), key.account()));
+        }
+        let funds: BTreeMap<String, Amount> = parties
+            .iter()
+            .map(|(name, _, account)| {
+                let genesis_funds = genesis
+                    .allocations
+                    .iter()
+                    .find(|a| a.account == *account)
+                    .map_or(Amount::ZERO, |a| a.amount);
+                (name.clone(), genesis_funds)
+            })
+            .collect();
+        let parties: Vec<(String, [u8; 32])> = parties
+            .into_iter()
+            .map(|(name, seed, _)| (name, seed))
+            .collect();
+        chain = Some(start_evm_chain(
+            &bin,
+            &dir,
+            &genesis.params,
+            args.epoch_secs,
+            &parties,
+            &funds,
+        )?);
+    } else {
+        std::fs::write(
+            dir.join("genesis.json"),
+            serde_json::to_string_pretty(&genesis)?,
+        )?;
+        let ledger_db = dir.join("ledger.redb");
+        let _ = std::fs::remove_file(&ledger_db);
+    }
+
+    if args.prepare_only {
+        let Some(chain) = chain.as_mut() else {
+            bail!("--prepare-only needs --settlement evm");
+        };
+        let result = wait_prepared(&dir, chain, &api_key, user);
+        stop_chain(chain);
+        return result;
+    }
 
     let mut nodes: Vec<Node> = Vec::new();
     let result = start_and_wait(
@@ -368,16 +500,202 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
         user,
         &providers,
         &verifiers,
+        chain.as_ref(),
         &mut nodes,
     );
     // Providers first (they claim their vouchers on the way out), then gateway, then ledger.
     for node in nodes.iter_mut().rev() {
         node.stop(Duration::from_secs(15));
     }
+    // The chain last: the services settle on it until they stop.
+    if let Some(chain) = chain.as_mut() {
+        stop_chain(chain);
+    }
     if result.is_ok() {
         eprintln!("devnet stopped; its files are in {}", dir.display());
     }
     result
+}
+
+/// An EVM devnet's chain: Anvil (killed on drop), the contracts on it, and the parties'
+/// accounts.
+struct EvmChain {
+    anvil: Anvil,
+    deployment: Deployment,
+    /// Anvil's first dev key: it deployed the contracts and may mint the test stablecoin.
+    deployer: alloy::signers::local::PrivateKeySigner,
+    info: EvmInfo,
+}
+
+/// The settlement contract's rules for a devnet whose ledger genesis has `ledger`, with
+/// epochs of `epoch_secs` seconds counted as one-second blocks: the same stake minimums
+/// and fee shares, and windows (counted in epochs) as long in seconds.
+fn evm_params(ledger: &Params, epoch_secs: u64) -> agora_evm::Params {
+    agora_evm::Params {
+        epoch_blocks: (epoch_secs / EVM_BLOCK_SECS).max(1),
+        unbonding_epochs: ledger.unbonding_epochs,
+        audit_window_epochs: ledger.audit_window_epochs,
+        escalation_epochs: ledger.escalation_epochs,
+        answer_epochs: ledger.answer_epochs,
+        claim_window_epochs: ledger.claim_window_epochs,
+        min_provider_stake: ledger.min_provider_stake.units(),
+        min_verifier_stake: ledger.min_verifier_stake.units(),
+        audit_fee_bps: ledger.audit_fee_bps,
+        slash_bps: ledger.slash_bps,
+        bounty_bps: ledger.bounty_bps,
+        lazy_slash_bps: ledger.lazy_slash_bps,
+        false_alarm_bps: ledger.false_alarm_bps,
+        audit_floor_ppm: ledger.audit_floor_ppm,
+        probation_jobs: ledger.probation_jobs,
+        audit_fee: ledger.audit_fee.units(),
+        plant_bond: ledger.plant_bond.units(),
+        challenge_bond: ledger.challenge_bond.units(),
+    }
+}
+
+/// Starts Anvil mining a block every [`EVM_BLOCK_SECS`], deploys the test stablecoin and
+/// the settlement contract, writes `contracts.json`, and funds each of `parties` (name,
+/// ed25519 seed) with its `funds` in tokens and [`EVM_GAS_WEI`] for gas.
+fn start_evm_chain(
+    bin: &Path,
+    dir: &Path,
+    ledger_params: &Params,
+    epoch_secs: u64,
+    parties: &[(String, [u8; 32])],
+    funds: &BTreeMap<String, Amount>,
+) -> anyhow::Result<EvmChain> {
+    let params = evm_params(ledger_params, epoch_secs);
+    let anvil = Anvil::start_with(
+        bin,
+        &AnvilConfig {
+            chain_id: DEVNET_CHAIN_ID,
+            port: 0,
+            state: None,
+            block_time: Some(Duration::from_secs(EVM_BLOCK_SECS)),
+        },
+    )
+    .with_context(|| format!("starting {}", bin.display()))?;
+    let rpc = anvil.url().to_string();
+    tracing::info!(%rpc, "anvil up");
+    let keys = anvil.keys().to_vec();
+    let (deployer, gas_payers) = keys
+        .split_first()
+        .filter(|(_, rest)| !rest.is_empty())
+        .context("anvil printed fewer than two dev keys")?;
+    let accounts: BTreeMap<String, Address> = parties
+        .iter()
+        .map(|(name, seed)| (name.clone(), evm_signer_for(seed).address()))
+        .collect();
+    let contracts = dir.join("contracts.json");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let deployment = rt.block_on(async {
+        let deployment = agora_evm::deploy(&rpc, deployer.clone(), params)
+            .await
+            .context("deploying the contracts")?;
+        deployment.save(&contracts)?;
+        tracing::info!(settlement = %deployment.settlement, token = %deployment.token, "contracts deployed");
+        // Gas from the other dev keys, in parallel with the deployer's mints (one
+        // transaction a block per sender).
+        let mut gas = tokio::task::JoinSet::new();
+        for (k, payer) in gas_payers.iter().enumerate() {
+            let to: Vec<Address> = accounts
+                .values()
+                .enumerate()
+                .filter(|(i, _)| i % gas_payers.len() == k)
+                .map(|(_, a)| *a)
+                .collect();
+            if to.is_empty() {
+                continue;
+            }
+            let (rpc, payer) = (rpc.clone(), payer.clone());
+            gas.spawn(async move {
+                let c = SettlementClient::connect_bare(&rpc, payer).await?;
+                for a in to {
+                    c.send_native(a, U256::from(EVM_GAS_WEI))
+                        .await
+                        .with_context(|| format!("sending gas money to {a}"))?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        let minter = SettlementClient::connect(&rpc, deployer.clone(), deployment.clone()).await?;
+        for (name, account) in &accounts {
+            let value = funds.get(name).map(|a| a.units()).unwrap_or(0);
+            if value > 0 {
+                minter
+                    .mint(*account, value)
+                    .await
+                    .with_context(|| format!("minting {value} to {name} ({account})"))?;
+            }
+        }
+        while let Some(done) = gas.join_next().await {
+            done??;
+        }
+        anyhow::Ok(deployment)
+    })?;
+    let info = EvmInfo {
+        rpc,
+        contracts,
+        anvil_pid: anvil.pid(),
+        block_secs: EVM_BLOCK_SECS,
+        epoch_blocks: params.epoch_blocks,
+        evm_accounts: accounts,
+        evm_funds: funds.clone(),
+        evm_gas_wei: EVM_GAS_WEI.to_string(),
+    };
+    Ok(EvmChain {
+        anvil,
+        deployment,
+        deployer: deployer.clone(),
+        info,
+    })
+}
+
+/// Stops Anvil (its chain lives in memory only, and goes with it).
+fn stop_chain(chain: &mut EvmChain) {
+    if let Err(e) = chain.anvil.stop() {
+        tracing::warn!(error = %e, "stopping anvil");
+    }
+}
+
+/// `--prepare-only`: records the chain in `devnet.json`, prints it, and waits for Ctrl-C.
+fn wait_prepared(
+    dir: &Path,
+    chain: &EvmChain,
+    api_key: &str,
+    user: AccountId,
+) -> anyhow::Result<()> {
+    let info_path = dir.join("devnet.json");
+    let info = PreparedInfo {
+        settlement: "evm",
+        prepared_only: true,
+        evm: chain.info.clone(),
+        chain_id: chain.deployment.chain_id,
+        api_key: api_key.into(),
+        user_account: user,
+    };
+    std::fs::write(&info_path, serde_json::to_string_pretty(&info)?)?;
+    println!(
+        "\nAgora devnet chain is ready (no services started).\n\n  settlement evm\n  rpc        {}\n  contracts  {}\n  details    {}\n\nCtrl-C stops Anvil.\n",
+        chain.info.rpc,
+        chain.info.contracts.display(),
+        info_path.display()
+    );
+    let _ = std::io::stdout().flush();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(crate::shutdown::signal(false));
+    Ok(())
+}
+
+/// A key file's stem (`provider-1.json` -> `provider-1`).
+fn stem_of(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -390,31 +708,30 @@ fn start_and_wait(
     user: AccountId,
     providers: &[(Keypair, PathBuf, Amount, Amount)],
     verifiers: &[(Keypair, PathBuf)],
+    chain: Option<&EvmChain>,
     nodes: &mut Vec<Node>,
 ) -> anyhow::Result<()> {
     let path = |p: &Path| p.display().to_string();
-    let mut ledger = Node::spawn(
-        "ledger",
-        &[
-            "ledger".into(),
-            "serve".into(),
-            "--db".into(),
-            path(&dir.join("ledger.redb")),
-            "--genesis".into(),
-            path(&dir.join("genesis.json")),
-            "--sequencer-key".into(),
-            path(&dir.join("sequencer.json")),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--epoch-secs".into(),
-            args.epoch_secs.to_string(),
-        ],
-        None,
-    )?;
-    let ledger_url = ledger.wait_for("listening on ", Duration::from_secs(60))?;
-    let ledger_pid = ledger.child.id();
-    nodes.push(ledger);
-    tracing::info!(url = %ledger_url, "ledger up");
+    let mut metrics = BTreeMap::new();
+    // What every service is told about settlement, and the ledger node if there is one.
+    let (settle_flags, ledger_node): (Vec<String>, Option<(String, u32)>) = match chain {
+        Some(c) => (
+            vec![
+                "--settlement".into(),
+                "evm".into(),
+                "--rpc".into(),
+                c.info.rpc.clone(),
+                "--contracts".into(),
+                path(&c.info.contracts),
+            ],
+            None,
+        ),
+        None => {
+            let (url, pid) = start_ledger(args, dir, nodes)?;
+            metrics.insert("ledger".to_string(), format!("{url}/metrics"));
+            (vec!["--ledger".into(), url.clone()], Some((url, pid)))
+        }
+    };
 
     let mut gateway = Node::spawn(
         "gateway",
@@ -426,8 +743,10 @@ fn start_and_wait(
             path(&dir.join("keys.redb")),
             "--channels".into(),
             path(&dir.join("channels.redb")),
-            "--ledger".into(),
-            ledger_url.clone(),
+        ]
+        .into_iter()
+        .chain(settle_flags.iter().cloned())
+        .chain([
             "--p2p-listen".into(),
             "/ip4/127.0.0.1/tcp/0".into(),
             "--stall-ms".into(),
@@ -436,8 +755,9 @@ fn start_and_wait(
             args.key_concurrency.to_string(),
             "--key-burst".into(),
             args.key_burst.to_string(),
-        ]
-        .into_iter()
+        ])
+        // The explorer follows the ledger only.
+        .chain(chain.map(|_| "--no-explorer".to_string()))
         // The gateway counts prompt tokens and renders text with the models' own files.
         .chain(models.iter().flat_map(|m| ["--model".to_string(), path(m)]))
         .collect::<Vec<String>>(),
@@ -449,8 +769,6 @@ fn start_and_wait(
     nodes.push(gateway);
     tracing::info!(%endpoint, "gateway up");
 
-    let mut metrics = std::collections::BTreeMap::new();
-    metrics.insert("ledger".to_string(), format!("{ledger_url}/metrics"));
     metrics.insert("gateway".to_string(), format!("{endpoint}/metrics"));
     let mut infos = Vec::new();
     for (i, (key, key_path, price_in, price_out)) in providers.iter().enumerate() {
@@ -479,8 +797,10 @@ fn start_and_wait(
                 path(model),
                 "--key".into(),
                 path(key_path),
-                "--ledger".into(),
-                ledger_url.clone(),
+            ]
+            .into_iter()
+            .chain(settle_flags.iter().cloned())
+            .chain([
                 "--price-in".into(),
                 price_in.to_string(),
                 "--price-out".into(),
@@ -499,8 +819,7 @@ fn start_and_wait(
                 bootstrap.clone(),
                 "--metrics".into(),
                 "127.0.0.1:0".into(),
-            ]
-            .into_iter()
+            ])
             .chain(extra)
             .collect::<Vec<String>>(),
             args.provider_threads,
@@ -534,25 +853,22 @@ fn start_and_wait(
         };
         let node = Node::spawn(
             &name,
-            &[
-                "verifier".into(),
-                "--key".into(),
-                path(key_path),
-                "--ledger".into(),
-                ledger_url.clone(),
-                "--stake".into(),
-                PROVIDER_STAKE.to_string(),
-                "--p2p-listen".into(),
-                "/ip4/127.0.0.1/tcp/0".into(),
-                "--bootstrap".into(),
-                bootstrap.clone(),
-                "--metrics".into(),
-                "127.0.0.1:0".into(),
-            ]
-            .into_iter()
-            .chain(models.iter().flat_map(|m| ["--model".to_string(), path(m)]))
-            .chain(extra)
-            .collect::<Vec<String>>(),
+            &["verifier".into(), "--key".into(), path(key_path)]
+                .into_iter()
+                .chain(settle_flags.iter().cloned())
+                .chain([
+                    "--stake".into(),
+                    PROVIDER_STAKE.to_string(),
+                    "--p2p-listen".into(),
+                    "/ip4/127.0.0.1/tcp/0".into(),
+                    "--bootstrap".into(),
+                    bootstrap.clone(),
+                    "--metrics".into(),
+                    "127.0.0.1:0".into(),
+                ])
+                .chain(models.iter().flat_map(|m| ["--model".to_string(), path(m)]))
+                .chain(extra)
+                .collect::<Vec<String>>(),
             args.provider_threads,
         )?;
         let mut node = node;
@@ -594,8 +910,101 @@ fn start_and_wait(
     // And when every verifier is in the set that audits new roots: the ledger freezes each
     // epoch's verifier set at its start, so a root posted in the epoch a verifier registered
     // in is audited without it (in a fresh devnet, by nobody).
-    let ledger = agora_ledger::client::Client::new(&ledger_url)?;
-    let deadline = Instant::now() + Duration::from_secs(60 + 3 * args.epoch_secs);
+    match (chain, &ledger_node) {
+        (Some(chain), _) => {
+            let accounts: Vec<Address> = verifiers
+                .iter()
+                .filter_map(|(_, p)| chain.info.evm_accounts.get(&stem_of(p)).copied())
+                .collect();
+            wait_evm_audit_set(chain, &accounts, args.epoch_secs)?;
+        }
+        (None, Some((ledger_url, _))) => {
+            wait_ledger_audit_set(ledger_url, &verifier_accounts, args.epoch_secs)?;
+        }
+        (None, None) => bail!("a devnet settles on a ledger or a chain"),
+    }
+    // The explorer follows the ledger only: on a chain the gateway serves none.
+    let explorer = chain.is_none().then(|| format!("{endpoint}/explorer"));
+    let metrics_lines: String = metrics
+        .iter()
+        .map(|(name, url)| format!("  metrics   {name:<14} {url}\n"))
+        .collect();
+    let info = DevnetInfo {
+        settlement: if chain.is_some() { "evm" } else { "ledger" },
+        endpoint: endpoint.clone(),
+        explorer: explorer.clone(),
+        metrics,
+        api_key: api_key.into(),
+        ledger: ledger_node.as_ref().map(|(url, _)| url.clone()),
+        evm: chain.map(|c| c.info.clone()),
+        chain_id: chain.map_or(DEVNET_CHAIN_ID, |c| c.deployment.chain_id),
+        model: model_name.clone(),
+        models: models
+            .iter()
+            .map(|m| ModelInfo {
+                name: name_of(m),
+                path: m.clone(),
+                providers: infos
+                    .iter()
+                    .filter(|p| p.model == name_of(m))
+                    .map(|p| p.name.clone())
+                    .collect(),
+            })
+            .collect(),
+        user_account: user,
+        user_funds: Amount::new(USER_FUNDS),
+        gateway_pid,
+        ledger_pid: ledger_node.as_ref().map(|(_, pid)| *pid),
+        providers: infos,
+        verifiers: verifier_accounts,
+    };
+    let info_path = dir.join("devnet.json");
+    std::fs::write(&info_path, serde_json::to_string_pretty(&info)?)?;
+    let (settled_by, settlement_lines) = match (chain, &explorer) {
+        (Some(c), _) => (
+            "an EVM chain (Anvil)",
+            format!(
+                "  settlement evm: a block every {} s, {} blocks an epoch\n  rpc       {}\n  contracts {}\n  explorer  not started: it follows the ledger only (--settlement ledger)\n",
+                c.info.block_secs,
+                c.info.epoch_blocks,
+                c.info.rpc,
+                c.info.contracts.display()
+            ),
+        ),
+        (None, Some(explorer)) => ("a ledger", format!("  explorer  {explorer}\n")),
+        (None, None) => ("a ledger", String::new()),
+    };
+    let banner = format!(
+        "\nAgora devnet is up: {settled_by}, a gateway, {n} providers serving {served} and {v} verifiers auditing them.\n\n  endpoint  {endpoint}/v1\n  API key   {api_key}\n{settlement_lines}  details   {info}\n{metrics_lines}\nTry it:\n\n  curl {endpoint}/v1/chat/completions \\\n    -H \"Authorization: Bearer {api_key}\" -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model_name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Speak, ROMEO.\"}}], \"max_tokens\": 60}}'\n\nOr any OpenAI client with base_url={endpoint}/v1. Ctrl-C stops everything.\n",
+        n = providers.len(),
+        served = models
+            .iter()
+            .map(|m| format!("`{}`", name_of(m)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        v = verifiers.len(),
+        info = info_path.display(),
+    );
+    println!("{banner}");
+    let _ = std::io::stdout().flush();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::shutdown::signal(false));
+    Ok(())
+}
+
+/// Waits until every verifier is in the set that audits new roots: the ledger freezes each
+/// epoch's verifier set at its start, so a root posted in the epoch a verifier registered
+/// in is audited without it (in a fresh devnet, by nobody).
+fn wait_ledger_audit_set(
+    ledger_url: &str,
+    verifier_accounts: &[AccountId],
+    epoch_secs: u64,
+) -> anyhow::Result<()> {
+    let ledger = agora_ledger::client::Client::new(ledger_url)?;
+    let deadline = Instant::now() + Duration::from_secs(60 + 3 * epoch_secs);
     let mut registered_by: Option<u64> = None;
     while !verifier_accounts.is_empty() {
         let status = ledger.status().ok();
@@ -616,59 +1025,84 @@ fn start_and_wait(
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let explorer = format!("{endpoint}/explorer");
-    let metrics_lines: String = metrics
-        .iter()
-        .map(|(name, url)| format!("  metrics   {name:<14} {url}\n"))
-        .collect();
-    let info = DevnetInfo {
-        endpoint: endpoint.clone(),
-        explorer: explorer.clone(),
-        metrics,
-        api_key: api_key.into(),
-        ledger: ledger_url,
-        chain_id: DEVNET_CHAIN_ID,
-        model: model_name.clone(),
-        models: models
-            .iter()
-            .map(|m| ModelInfo {
-                name: name_of(m),
-                path: m.clone(),
-                providers: infos
-                    .iter()
-                    .filter(|p| p.model == name_of(m))
-                    .map(|p| p.name.clone())
-                    .collect(),
-            })
-            .collect(),
-        user_account: user,
-        user_funds: Amount::new(USER_FUNDS),
-        gateway_pid,
-        ledger_pid,
-        providers: infos,
-        verifiers: verifier_accounts,
-    };
-    let info_path = dir.join("devnet.json");
-    std::fs::write(&info_path, serde_json::to_string_pretty(&info)?)?;
-    let banner = format!(
-        "\nAgora devnet is up: a ledger, a gateway, {n} providers serving {served} and {v} verifiers auditing them.\n\n  endpoint  {endpoint}/v1\n  API key   {api_key}\n  explorer  {explorer}\n  details   {info}\n{metrics_lines}\nTry it:\n\n  curl {endpoint}/v1/chat/completions \\\n    -H \"Authorization: Bearer {api_key}\" -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model_name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Speak, ROMEO.\"}}], \"max_tokens\": 60}}'\n\nOr any OpenAI client with base_url={endpoint}/v1. Ctrl-C stops everything.\n",
-        n = providers.len(),
-        served = models
-            .iter()
-            .map(|m| format!("`{}`", name_of(m)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        v = verifiers.len(),
-        info = info_path.display(),
-    );
-    println!("{banner}");
-    let _ = std::io::stdout().flush();
+    Ok(())
+}
 
+/// [`wait_ledger_audit_set`] on the chain: every verifier account registered, then the
+/// next epoch begun (the contract freezes each epoch's verifier set too).
+fn wait_evm_audit_set(
+    chain: &EvmChain,
+    verifiers: &[Address],
+    epoch_secs: u64,
+) -> anyhow::Result<()> {
+    if verifiers.is_empty() {
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(crate::shutdown::signal(false));
-    Ok(())
+    rt.block_on(async {
+        let reader = SettlementClient::connect(
+            &chain.info.rpc,
+            chain.deployer.clone(),
+            chain.deployment.clone(),
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(60 + 3 * epoch_secs);
+        let mut registered_by: Option<u64> = None;
+        loop {
+            let epoch = reader.current_epoch().await.ok();
+            match (registered_by, epoch) {
+                (None, Some(e)) => {
+                    let mut all = true;
+                    for v in verifiers {
+                        all &= reader.account(*v).await.is_ok_and(|a| a.verifier);
+                    }
+                    if all {
+                        registered_by = Some(e);
+                    }
+                }
+                (Some(e), Some(now)) if now > e => return Ok(()),
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                bail!("the verifiers did not join the contract's audit set in time");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+}
+
+/// Starts the ledger node from the devnet's genesis; returns its URL and process id.
+fn start_ledger(
+    args: &DevnetArgs,
+    dir: &Path,
+    nodes: &mut Vec<Node>,
+) -> anyhow::Result<(String, u32)> {
+    let path = |p: &Path| p.display().to_string();
+    let mut ledger = Node::spawn(
+        "ledger",
+        &[
+            "ledger".into(),
+            "serve".into(),
+            "--db".into(),
+            path(&dir.join("ledger.redb")),
+            "--genesis".into(),
+            path(&dir.join("genesis.json")),
+            "--sequencer-key".into(),
+            path(&dir.join("sequencer.json")),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--epoch-secs".into(),
+            args.epoch_secs.to_string(),
+        ],
+        None,
+    )?;
+    let ledger_url = ledger.wait_for("listening on ", Duration::from_secs(60))?;
+    let ledger_pid = ledger.child.id();
+    nodes.push(ledger);
+    tracing::info!(url = %ledger_url, "ledger up");
+    Ok((ledger_url, ledger_pid))
 }
 
 /// The name a provider announces for `path` (its file stem, as `agora provider` does).

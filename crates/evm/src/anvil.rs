@@ -48,6 +48,10 @@ pub struct AnvilConfig {
     /// A state file: loaded at start if it exists, written when Anvil is stopped
     /// ([`Anvil::stop`]), so a restart from it continues the same chain.
     pub state: Option<PathBuf>,
+    /// Mine a block every this long, with or without transactions (interval mining), so a
+    /// chain whose epochs are counted in blocks advances with time alone. `None`: one block
+    /// per transaction, and none without (so is a zero duration).
+    pub block_time: Option<Duration>,
 }
 
 /// A running Anvil process.
@@ -79,6 +83,9 @@ impl Anvil {
             .args(["--chain-id", &config.chain_id.to_string()]);
         if let Some(state) = &config.state {
             cmd.arg("--state").arg(state);
+        }
+        if let Some(every) = config.block_time.filter(|d| !d.is_zero()) {
+            cmd.args(["--block-time", &every.as_secs_f64().to_string()]);
         }
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -149,6 +156,11 @@ impl Anvil {
     /// The HTTP RPC endpoint.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The port it listens on.

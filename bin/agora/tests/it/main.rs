@@ -9,6 +9,9 @@ mod cli;
 mod default_model;
 /// `agora train --islands`: DiLoCo across processes, with a killed island and a joiner.
 mod diloco;
+/// `agora devnet --settlement evm`: the chain it prepares (contracts, funded parties, epochs
+/// in time), and the network end to end on it.
+mod evm_devnet;
 /// `agora explorer --ledger URL`: the standalone explorer over a ledger process.
 mod explorer;
 /// The binary's own HTTP client, shared with the tests.

@@ -86,7 +86,7 @@ impl Devnet {
         self.info["ledger"].as_str().expect("ledger").into()
     }
 
-    fn stop(&mut self) -> std::process::ExitStatus {
+    pub fn stop(&mut self) -> std::process::ExitStatus {
         signal(self.child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -107,7 +107,7 @@ impl Drop for Devnet {
     }
 }
 
-fn signal(pid: u32, sig: &str) {
+pub fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -117,7 +117,7 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid}");
 }
 
-fn alive(pid: u32) -> bool {
+pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .unwrap_or_default()

@@ -44,6 +44,7 @@ impl Node {
             chain_id: CHAIN_ID,
             port: 0,
             state: Some(dir.join("state.json")),
+            ..AnvilConfig::default()
         };
         let anvil = Anvil::start_with(&bin, &config)?;
         config.port = anvil.port();
