@@ -521,9 +521,8 @@ fn payments_ledger(
 ) -> Result<Client, ProviderError> {
     match settlement.ledger_client() {
         Some(c) => Ok(c),
-        None => Client::new("http://127.0.0.1:9").map_err(|e| {
-            ProviderError::Config(format!("{target:?}: {e}"))
-        }),
+        None => Client::new("http://127.0.0.1:9")
+            .map_err(|e| ProviderError::Config(format!("{target:?}: {e}"))),
     }
 }
 
@@ -542,7 +541,11 @@ pub fn features(model: &LoadedModel) -> Features {
 }
 
 /// Keeps `service.epoch` at the settlement's epoch, read every `every`.
-async fn follow_epoch(service: Arc<Service>, settlement: Arc<dyn ProviderSettlement>, every: Duration) {
+async fn follow_epoch(
+    service: Arc<Service>,
+    settlement: Arc<dyn ProviderSettlement>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

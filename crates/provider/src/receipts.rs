@@ -155,7 +155,9 @@ impl ReceiptLog {
         let i = usize::try_from(index).ok()?;
         match tree {
             EpochTree::Blake3(t) => t.proof(i),
-            EpochTree::Receipts(receipts) => self.settlement.as_ref()?.receipt_proof_of(receipts, i),
+            EpochTree::Receipts(receipts) => {
+                self.settlement.as_ref()?.receipt_proof_of(receipts, i)
+            }
         }
     }
 

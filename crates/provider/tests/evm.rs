@@ -176,7 +176,11 @@ async fn a_provider_on_the_contracts_binds_its_key_posts_keccak_roots_and_answer
         Opened::Ledger(_) => unreachable!("an EVM target opens an EVM settlement"),
     };
     assert_eq!(
-        reader.network().stake_of_key(honest.account()).await.expect("stake"),
+        reader
+            .network()
+            .stake_of_key(honest.account())
+            .await
+            .expect("stake"),
         None
     );
     let provider = Provider::start(
@@ -186,23 +190,37 @@ async fn a_provider_on_the_contracts_binds_its_key_posts_keccak_roots_and_answer
     .await
     .expect("the provider starts on the contracts");
     assert_eq!(
-        reader.network().stake_of_key(honest.account()).await.expect("stake"),
+        reader
+            .network()
+            .stake_of_key(honest.account())
+            .await
+            .expect("stake"),
         Some(Amount::new(STAKE)),
         "stake bonded and the network key bound: brokers find the stake by the key"
     );
     // A restart bonds nothing more and binds nothing again.
-    let again = Opened::open(&target, &honest).await.expect("open").provider();
+    let again = Opened::open(&target, &honest)
+        .await
+        .expect("open")
+        .provider();
     again
         .bond_provider_stake(&honest, Amount::new(STAKE))
         .await
         .expect("idempotent");
     assert_eq!(
-        reader.network().stake_of_key(honest.account()).await.expect("stake"),
+        reader
+            .network()
+            .stake_of_key(honest.account())
+            .await
+            .expect("stake"),
         Some(Amount::new(STAKE))
     );
 
     // The stale provider, bonded and bound the same way, its log in the BLAKE3 tree.
-    let stale = Opened::open(&target, &blake3).await.expect("open").provider();
+    let stale = Opened::open(&target, &blake3)
+        .await
+        .expect("open")
+        .provider();
     stale
         .bond_provider_stake(&blake3, Amount::new(STAKE))
         .await
@@ -239,7 +257,10 @@ async fn a_provider_on_the_contracts_binds_its_key_posts_keccak_roots_and_answer
     let mut last = None;
     provider.post_root(&mut last).await;
     let posted = last.expect("a root was posted");
-    assert!(posted == r || posted == r + 1, "in the receipts' epoch or the next");
+    assert!(
+        posted == r || posted == r + 1,
+        "in the receipts' epoch or the next"
+    );
     let receipts: Vec<SignedReceipt> = honest_served.iter().map(|m| m.receipt.clone()).collect();
     let leaves: Vec<ReceiptLeaf> = receipts.iter().map(ReceiptLeaf::of).collect();
     let honest_addr = evm_signer_for(&honest.seed()).address();
@@ -248,7 +269,11 @@ async fn a_provider_on_the_contracts_binds_its_key_posts_keccak_roots_and_answer
         .await
         .expect("root")
         .expect("a root on chain");
-    assert_eq!(on_chain.root, receipt_root(&leaves), "the keccak ReceiptLeaf tree");
+    assert_eq!(
+        on_chain.root,
+        receipt_root(&leaves),
+        "the keccak ReceiptLeaf tree"
+    );
     assert_eq!(on_chain.receipts, 3);
     let blake3_root =
         agora_core::merkle::root(&receipts.iter().map(SignedReceipt::hash).collect::<Vec<_>>());
@@ -274,8 +299,10 @@ async fn a_provider_on_the_contracts_binds_its_key_posts_keccak_roots_and_answer
     assert!(payer_evm.receipt_proof_holds(&root, 3, 1, &material.receipt, &proof));
     let next = next.expect("leaf 2 follows");
     assert!(payer_evm.receipt_proof_holds(&root, 3, 2, &next.receipt, &next.proof));
-    let (stale_material, stale_proof, _) =
-        stale_log.material(stale_epoch, 1).expect("log").expect("leaf");
+    let (stale_material, stale_proof, _) = stale_log
+        .material(stale_epoch, 1)
+        .expect("log")
+        .expect("leaf");
     assert!(!payer_evm.receipt_proof_holds(
         &batch.root,
         3,
@@ -319,7 +346,10 @@ async fn a_provider_on_the_contracts_binds_its_key_posts_keccak_roots_and_answer
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(duties);
-    assert!(answered, "the duty loop answered the inclusion challenge on chain");
+    assert!(
+        answered,
+        "the duty loop answered the inclusion challenge on chain"
+    );
 
     // The stale provider answers with its BLAKE3 path: the contract refuses it.
     let stale_duties = Duties::new(stale.clone(), stale_log.clone(), None);

@@ -15,8 +15,8 @@ use agora_net::protocol::{
 };
 use agora_net::{inference_protocol, peer_id_of, Multiaddr, NetConfig, Node, PeerId};
 use agora_provider::{Provider, ProviderConfig};
-use agora_settlement::open::SettlementTarget;
 use agora_settlement::ledger::LedgerSettlement;
+use agora_settlement::open::SettlementTarget;
 use futures::AsyncWriteExt;
 
 mod common;

@@ -52,8 +52,11 @@ pub trait ProviderSettlement: NetworkSettlement {
     /// Bonds stake up to `want` if less is bonded. On a chain, also binds `key` (this
     /// account's network key) unless its binding already verifies: brokers find a
     /// provider's stake through that binding only.
-    fn bond_provider_stake<'a>(&'a self, key: &'a Keypair, want: Amount)
-        -> SettlementFuture<'a, ()>;
+    fn bond_provider_stake<'a>(
+        &'a self,
+        key: &'a Keypair,
+        want: Amount,
+    ) -> SettlementFuture<'a, ()>;
     /// The chain's own commitment to a receipt this provider served: its 65-byte EIP-712
     /// `Receipt` signature on a chain, what a payer's inclusion challenge carries there;
     /// `None` on the ledger (the ed25519-signed receipt is the commitment).
@@ -177,10 +180,9 @@ pub fn ledger_duties_of(
                 )),
                 Event::InclusionChallenged {
                     receipt, provider, ..
-                } if provider == me => out.push((
-                    b.height,
-                    ProviderDuty::Inclusion { receipt: *receipt },
-                )),
+                } if provider == me => {
+                    out.push((b.height, ProviderDuty::Inclusion { receipt: *receipt }))
+                }
                 _ => {}
             }
         }
@@ -258,14 +260,7 @@ impl ProviderSettlement for LedgerSettlement {
         let proof = hashes(proof);
         Box::pin(async move {
             nonce_retrying(|| {
-                Settlement::answer_demand(
-                    self,
-                    epoch,
-                    index,
-                    receipt,
-                    &proof,
-                    *material.as_bytes(),
-                )
+                Settlement::answer_demand(self, epoch, index, receipt, &proof, *material.as_bytes())
             })
             .await
         })
@@ -294,8 +289,7 @@ impl ProviderSettlement for LedgerSettlement {
     fn commit_plant(&self, epoch: u64, index: u64, salt: Hash32) -> SettlementFuture<'_, ()> {
         Box::pin(async move {
             let me = Settlement::account(self);
-            let commitment =
-                Settlement::plant_commitment(self, me, epoch, index, *salt.as_bytes());
+            let commitment = Settlement::plant_commitment(self, me, epoch, index, *salt.as_bytes());
             nonce_retrying(|| Settlement::plant(self, commitment)).await
         })
     }
@@ -538,8 +532,7 @@ impl ProviderSettlement for EvmSettlement {
     fn commit_plant(&self, epoch: u64, index: u64, salt: Hash32) -> SettlementFuture<'_, ()> {
         Box::pin(async move {
             let me = self.client().address();
-            let commitment =
-                Settlement::plant_commitment(self, me, epoch, index, *salt.as_bytes());
+            let commitment = Settlement::plant_commitment(self, me, epoch, index, *salt.as_bytes());
             Settlement::plant(self, commitment).await
         })
     }
@@ -548,9 +541,7 @@ impl ProviderSettlement for EvmSettlement {
     fn plant_epoch(&self, root_epoch: u64) -> SettlementFuture<'_, Option<u64>> {
         Box::pin(async move {
             let w = self.contracts()?.params.audit_window_epochs;
-            Ok(root_epoch
-                .checked_add(3)
-                .and_then(|e| e.checked_add(w)))
+            Ok(root_epoch.checked_add(3).and_then(|e| e.checked_add(w)))
         })
     }
 
