@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 /// Where settlement lives.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // built once per process
 pub enum SettlementTarget {
     /// An `agora ledger serve` node.
     Ledger {
