@@ -27,6 +27,7 @@ use agora_provider::receipts::ReceiptLog;
 use agora_provider::{Provider, ProviderConfig};
 use agora_settlement::network::NetworkSettlement;
 use agora_settlement::open::{evm_signer_for, Opened, SettlementTarget};
+use agora_settlement::role_provider::ProviderSettlement;
 use agora_settlement::{Refusal, SettlementError};
 use agora_wire::{Receipt, Sampling, SignedReceipt, MICROS_PER_UNIT};
 use alloy::primitives::{B256, U256};
@@ -237,6 +238,9 @@ async fn a_provider_on_the_contracts_binds_its_key_posts_keccak_roots_and_answer
         .open_channel_to(blake3.account(), Amount::new(1000), 20)
         .await
         .expect("channel");
+    // A fresh epoch: room for the root, the plant and the stale root in it.
+    let start = reader.network().current_epoch().await.expect("epoch");
+    admin.mine_to_epoch(start + 1).await.expect("mine");
     let r = reader.network().current_epoch().await.expect("epoch");
     let service = provider.service().clone();
     let honest_served: Vec<Material> = (1..=3)
@@ -257,6 +261,12 @@ async fn a_provider_on_the_contracts_binds_its_key_posts_keccak_roots_and_answer
     let mut last = None;
     provider.post_root(&mut last).await;
     let posted = last.expect("a root was posted");
+    // The canary's plant on leaf 1, committed in the root's own epoch (the contract's rule).
+    let plant_salt = Hash32::of(b"plant salt");
+    again
+        .commit_plant(posted, 1, plant_salt)
+        .await
+        .expect("plant committed in the root's epoch");
     assert!(
         posted == r || posted == r + 1,
         "in the receipts' epoch or the next"
@@ -368,6 +378,27 @@ async fn a_provider_on_the_contracts_binds_its_key_posts_keccak_roots_and_answer
         ),
         "{refused}"
     );
+    // The canary opens its plant in the one epoch the contract allows.
+    let plant_epoch = again
+        .plant_epoch(posted)
+        .await
+        .expect("read")
+        .expect("an epoch");
+    assert_eq!(plant_epoch, posted + 3 + d.params.audit_window_epochs);
+    admin.mine_to_epoch(plant_epoch).await.expect("mine");
+    again
+        .reveal_plant_at(posted, 1, plant_salt)
+        .await
+        .expect("the plant opens in its epoch");
+    assert!(
+        admin
+            .root(honest_addr, posted)
+            .await
+            .expect("root")
+            .expect("root")
+            .plant_opened
+    );
+
     let stale_hash = B256::from(*stale_served[0].receipt.hash().as_bytes());
     assert!(
         admin
