@@ -27,7 +27,6 @@ use agora_provider::receipts::ReceiptLog;
 use agora_provider::{Provider, ProviderConfig};
 use agora_settlement::network::NetworkSettlement;
 use agora_settlement::open::{evm_signer_for, Opened, SettlementTarget};
-use agora_settlement::role_provider::ProviderSettlement;
 use agora_settlement::{Refusal, SettlementError};
 use agora_wire::{Receipt, Sampling, SignedReceipt, MICROS_PER_UNIT};
 use alloy::primitives::{B256, U256};
