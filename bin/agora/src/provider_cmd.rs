@@ -8,7 +8,8 @@ use agora_provider::{Provider, ProviderConfig};
 use anyhow::Context;
 use clap::Args;
 
-use crate::net_args::{announce, chain_id, NetArgs};
+use crate::net_args::{announce, NetArgs};
+use crate::settlement_args::SettlementArgs;
 
 /// Arguments of `agora provider`.
 #[derive(Args, Debug)]
@@ -19,12 +20,12 @@ pub struct ProviderArgs {
     /// The name clients ask for (default: the file or directory name).
     #[arg(long)]
     name: Option<String>,
-    /// The provider's ledger key file (`agora keys new`); it is paid into this account.
+    /// The provider's key file (`agora keys new`): its ledger account, or on an EVM chain
+    /// the seed of the account it is paid into.
     #[arg(long)]
     key: PathBuf,
-    /// The ledger node.
-    #[arg(long, default_value = "http://127.0.0.1:7420")]
-    ledger: String,
+    #[command(flatten)]
+    settlement: SettlementArgs,
     /// Price per million prompt tokens, in base units.
     #[arg(long, default_value = "1000000")]
     price_in: Amount,
@@ -49,7 +50,7 @@ pub struct ProviderArgs {
     /// Seconds between offer renewals.
     #[arg(long, default_value_t = 5)]
     renew_secs: u64,
-    /// Seconds between voucher claims on the ledger.
+    /// Seconds between voucher claims on settlement.
     #[arg(long, default_value_t = 10)]
     claim_secs: u64,
     /// Where the receipt log (audit material) is kept.
@@ -64,7 +65,7 @@ pub struct ProviderArgs {
     #[arg(long, hide = true)]
     stop_on_stdin_eof: bool,
     /// Plant a fake fraud in about one answer in N, to catch verifiers that approve without
-    /// auditing. The key must be the ledger's planter; users still get honest answers.
+    /// auditing. On the ledger the key must be its planter; users still get honest answers.
     #[arg(long, value_name = "N")]
     plant_one_in: Option<u32>,
     /// Test builds only (feature `adversary`): cheat this way, to show audits catch it.
@@ -114,8 +115,7 @@ pub fn run(args: ProviderArgs) -> anyhow::Result<()> {
     };
     let key = crate::keys_cmd::load_key(&args.key)?;
     let cfg = ProviderConfig {
-        chain_id: chain_id(&args.ledger)?,
-        ledger_url: args.ledger.clone(),
+        settlement: args.settlement.target()?,
         account_seed: key.seed(),
         net: args.net.config()?,
         model_name: name.clone(),

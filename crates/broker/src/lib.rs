@@ -783,6 +783,7 @@ where
                 finish,
                 tail,
                 receipt,
+                ..
             } => {
                 if !accepted {
                     return Err(failed(format!("provider {provider} finished unasked")));

@@ -186,6 +186,7 @@ fn frames(
             finish: Finish::Stop,
             tail: String::new(),
             receipt: Box::new(r),
+            chain_sig: None,
         });
     }
     f

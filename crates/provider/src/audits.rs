@@ -1,4 +1,5 @@
-//! Audit material on request, to the verifiers the ledger names only. A leaf's prompt and
+//! Audit material on request, to the verifiers settlement names only (on a chain: the
+//! contract's assignee, or a registered verifier once the leaf has a revealed failure). A leaf's prompt and
 //! answer go to the verifier the ledger's plan assigns to that leaf, or to a confirmer: any
 //! other registered verifier, once the ledger holds a reveal that the leaf failed its audit
 //! (the confirmer names that reveal's transaction). Everyone else is denied. A request the
@@ -208,22 +209,44 @@ impl Service {
         if r.issued_ms.abs_diff(now_ms()) > REQUEST_WINDOW_MS {
             return deny("outside the replay window");
         }
-        let service = self.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            service.audit_gate.allow(
-                service.payments.ledger(),
-                &service.key.account(),
-                &r.verifier,
-                r.epoch,
-                r.index,
-                r.reveal_tx,
-            )
-        })
-        .await;
-        match checked {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => return deny(&why),
-            Err(e) => return deny(&e.to_string()),
+        let checked = match self.receipts.settlement() {
+            // A chain: its contract's assignment, or a failed reveal of the leaf on it.
+            Some(s) if s.ledger_client().is_none() => {
+                let entitled = match r.reveal_tx {
+                    None => s.assigned_to(r.verifier, r.epoch, r.index).await,
+                    Some(_) => s.may_confirm(r.verifier, r.epoch, r.index).await,
+                };
+                match entitled {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(match r.reveal_tx {
+                        None => "the chain does not assign this leaf to you",
+                        Some(_) => "not a registered verifier, or no failed reveal of this leaf",
+                    }
+                    .to_string()),
+                    Err(e) => Err(format!("cannot check settlement now: {e}")),
+                }
+            }
+            settlement => {
+                let ledger = settlement
+                    .and_then(|s| s.ledger_client())
+                    .unwrap_or_else(|| self.payments.ledger().clone());
+                let service = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    service.audit_gate.allow(
+                        &ledger,
+                        &service.key.account(),
+                        &r.verifier,
+                        r.epoch,
+                        r.index,
+                        r.reveal_tx,
+                    )
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+            }
+        };
+        if let Err(why) = checked {
+            return deny(&why);
         }
         #[cfg(feature = "adversary")]
         if self.refuse_audits {

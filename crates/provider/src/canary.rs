@@ -84,9 +84,20 @@ pub enum PlantStep {
 
 /// The plant's step, from the ledger's own windows (`agora_ledger::audit::Windows::plant`).
 pub fn plant_step(params: &agora_ledger::Params, root_epoch: u64, now: u64) -> PlantStep {
-    match agora_ledger::audit::Windows::of(params, root_epoch) {
-        Ok(w) if now < w.plant => PlantStep::Wait,
-        Ok(w) if now == w.plant => PlantStep::Open,
+    plant_step_at(
+        agora_ledger::audit::Windows::of(params, root_epoch)
+            .ok()
+            .map(|w| w.plant),
+        now,
+    )
+}
+
+/// The plant's step at epoch `now`, given the one epoch it opens in (on either settlement:
+/// `ProviderSettlement::plant_epoch`; `None`: no such epoch).
+pub fn plant_step_at(plant_epoch: Option<u64>, now: u64) -> PlantStep {
+    match plant_epoch {
+        Some(at) if now < at => PlantStep::Wait,
+        Some(at) if now == at => PlantStep::Open,
         _ => PlantStep::Missed,
     }
 }

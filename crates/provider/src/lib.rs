@@ -1,6 +1,8 @@
 //! An Agora provider: joins the network, announces signed offers for its model, serves
 //! inference streams from one model thread, signs a receipt for every answer, and claims the
-//! vouchers that pay for them on the ledger.
+//! vouchers that pay for them on settlement: the embedded ledger or the Agora contracts on an
+//! EVM chain (`ProviderConfig::settlement`), through the provider's role trait
+//! [`ProviderSettlement`].
 
 pub mod audits;
 pub mod canary;
@@ -18,13 +20,12 @@ use std::time::Duration;
 
 use agora_core::{Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
-use agora_ledger::{Tx, TxBody};
 use agora_market::{Features, Offer, MAX_OFFER_TTL_MS};
 use agora_model::LoadedModel;
 use agora_net::protocol::now_ms;
 use agora_net::{offers_topic, NetConfig, Node};
-use agora_settlement::ledger::LedgerSettlement;
-use agora_settlement::network::SharedSettlement;
+use agora_settlement::open::{Opened, SettlementTarget};
+use agora_settlement::role_provider::ProviderSettlement;
 use agora_settlement::Refusal;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
@@ -45,11 +46,10 @@ pub use worker::Worker;
 /// How a provider runs.
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
-    /// The ledger chain.
-    pub chain_id: u64,
-    /// The ledger node's URL.
-    pub ledger_url: String,
-    /// The provider's ledger key seed.
+    /// Where settlement lives (the chain id comes from it).
+    pub settlement: SettlementTarget,
+    /// The provider's key seed: its ed25519 network key (the ledger account), and on an EVM
+    /// chain the seed its account is derived from.
     pub account_seed: [u8; 32],
     /// The network.
     pub net: NetConfig,
@@ -75,8 +75,8 @@ pub struct ProviderConfig {
     pub claim_every: Duration,
     /// Where the receipt log lives.
     pub data_dir: std::path::PathBuf,
-    /// Plant a fake fraud in about one answer in this many (the account must be the
-    /// ledger's planter): the canary that catches verifiers who approve without auditing.
+    /// Plant a fake fraud in about one answer in this many (on the ledger the account must be
+    /// its planter; a chain takes plants from any account, one opened per root): the canary that catches verifiers who approve without auditing.
     pub plant_one_in: Option<u32>,
     /// Test builds only: refuse every audit request and every on-ledger demand for material,
     /// to show a withheld leaf is slashed.
@@ -96,8 +96,8 @@ pub enum ProviderError {
     /// The network failed.
     #[error(transparent)]
     Net(#[from] agora_net::NetError),
-    /// The ledger refused or could not be reached.
-    #[error("ledger: {0}")]
+    /// Settlement refused or could not be reached.
+    #[error("settlement: {0}")]
     Ledger(String),
     /// The model thread could not start.
     #[error("model thread: {0}")]
@@ -112,7 +112,7 @@ pub struct Provider {
     node: Node,
     service: Arc<Service>,
     /// Where receipt roots are posted and vouchers claimed, in this provider's account.
-    settlement: SharedSettlement,
+    settlement: Arc<dyn ProviderSettlement>,
 }
 
 impl Provider {
@@ -123,27 +123,40 @@ impl Provider {
         model: LoadedModel,
     ) -> Result<Provider, ProviderError> {
         let key = Keypair::from_seed(cfg.account_seed);
-        let ledger =
-            Client::new(&cfg.ledger_url).map_err(|e| ProviderError::Config(e.to_string()))?;
-        bond_stake(&ledger, cfg.chain_id, &key, cfg.stake).await?;
-        // Receipts name the epoch their answer ends in: know it before serving any.
-        let l = ledger.clone();
-        let epoch = tokio::task::spawn_blocking(move || l.status())
+        let opened = Opened::open(&cfg.settlement, &key)
             .await
-            .map_err(|e| ProviderError::Config(e.to_string()))?
-            .map_err(|e| ProviderError::Config(format!("reading the ledger's epoch: {e}")))?
-            .epoch;
+            .map_err(|e| ProviderError::Ledger(format!("opening settlement: {e}")))?;
+        let settlement = opened.provider();
+        let chain_id = settlement.network_chain_id();
+        settlement
+            .bond_provider_stake(&key, cfg.stake)
+            .await
+            .map_err(|e| match e.refusal() {
+                Some(Refusal::Overdraft) => ProviderError::Ledger(format!(
+                    "account {} cannot bond {} stake: fund it first",
+                    key.account(),
+                    cfg.stake
+                )),
+                _ => ProviderError::Ledger(format!("bonding {} stake: {e}", cfg.stake)),
+            })?;
+        tracing::info!(stake = %cfg.stake, settlement = %settlement.kind(), "stake bonded");
+        // Receipts name the epoch their answer ends in: know it before serving any.
+        let epoch = settlement
+            .current_epoch()
+            .await
+            .map_err(|e| ProviderError::Config(format!("reading the settlement's epoch: {e}")))?;
         let model = Arc::new(model);
         let model_id =
             Hash32::from_slice(&model.id.0).map_err(|e| ProviderError::Config(e.to_string()))?;
         let worker = Worker::start(model.clone(), cfg.capacity.max(1) as usize)?;
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let receipts = receipts::ReceiptLog::open(&cfg.data_dir.join("receipts.redb"))
-            .map_err(|e| ProviderError::Config(e.to_string()))?;
+        let receipts =
+            receipts::ReceiptLog::open_on(&cfg.data_dir.join("receipts.redb"), settlement.clone())
+                .map_err(|e| ProviderError::Config(e.to_string()))?;
         let (chain, me, l, path) = (
-            cfg.chain_id,
+            chain_id,
             key.account(),
-            ledger.clone(),
+            payments_ledger(&settlement, &cfg.settlement)?,
             cfg.data_dir.join("vouchers.redb"),
         );
         let payments = tokio::task::spawn_blocking(move || Payments::open(chain, me, l, &path))
@@ -151,10 +164,10 @@ impl Provider {
             .map_err(|e| ProviderError::Config(e.to_string()))?
             .map_err(|e| ProviderError::Config(e.to_string()))?;
         let mut net = cfg.net.clone();
-        net.topics.push(offers_topic(cfg.chain_id));
+        net.topics.push(offers_topic(chain_id));
         let (node, _gossip) = Node::start(net).await?;
         let service = Arc::new(Service {
-            chain_id: cfg.chain_id,
+            chain_id,
             key: key.clone(),
             model,
             model_id,
@@ -184,8 +197,6 @@ impl Provider {
             model = %model_id,
             "provider started"
         );
-        let settlement: SharedSettlement =
-            Arc::new(LedgerSettlement::new(ledger, key, cfg.chain_id));
         Ok(Provider {
             node,
             service,
@@ -209,7 +220,7 @@ impl Provider {
         let now = now_ms();
         let ttl = (cfg.offer_ttl.as_millis() as u64).clamp(1, MAX_OFFER_TTL_MS);
         Ok(Offer {
-            chain_id: cfg.chain_id,
+            chain_id: self.service.chain_id,
             provider: self.service.key.account(),
             peer_id: self.node.peer_id().to_bytes(),
             addrs: addrs.iter().take(8).map(|a| a.to_string()).collect(),
@@ -245,6 +256,7 @@ impl Provider {
         // take long under load: a stale view would stamp receipts the gateway refuses.
         let follow = tokio::spawn(follow_epoch(
             self.service.clone(),
+            self.settlement.clone(),
             cfg.claim_every.min(EPOCH_POLL),
         ));
         let audit_accept = self.accept_bounded(
@@ -258,7 +270,7 @@ impl Provider {
             |service, stream| service.answer_inclusion(stream),
         )?;
         // Demands and inclusion challenges left unanswered slash even an honest provider.
-        // (The adversary that refuses audits refuses them on the ledger too.)
+        // (The adversary that refuses audits refuses them on settlement too.)
         #[cfg(feature = "adversary")]
         let answers_duties = !cfg.refuse_audits;
         #[cfg(not(feature = "adversary"))]
@@ -266,9 +278,7 @@ impl Provider {
         let _duties = match answers_duties {
             true => Some(
                 duties::Duties::new(
-                    cfg.chain_id,
-                    self.service.key.clone(),
-                    self.service.payments.ledger().clone(),
+                    self.settlement.clone(),
                     self.service.clone(),
                     Some(cfg.data_dir.join("duties.height")),
                 )
@@ -276,7 +286,7 @@ impl Provider {
             ),
             false => None,
         };
-        let topic = offers_topic(cfg.chain_id);
+        let topic = offers_topic(self.service.chain_id);
         let mut claim = tokio::time::interval(cfg.claim_every);
         // Sequence numbers only grow, across restarts too.
         let mut seq = now_ms();
@@ -406,7 +416,7 @@ impl Provider {
             Err(e) if e.refusal() == Some(&Refusal::RootAlreadyPosted) => return Ok(Some(epoch)),
             Err(e) => return Err(e.to_string()),
         }
-        let service = self.service.clone();
+        let (service, leaves) = (self.service.clone(), batch.leaves.clone());
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             service
                 .receipts
@@ -414,47 +424,37 @@ impl Provider {
                 .map_err(|e| e.to_string())?;
             tracing::info!(epoch, receipts = batch.leaves.len(), root = %batch.root, "posted receipt root");
             agora_metrics::provider().receipt_roots.inc();
-            if let Some(canary) = &service.canary {
-                commit_plants(&service, canary, &batch.leaves, epoch)?;
-            }
             Ok(())
         })
         .await
         .map_err(|e| e.to_string())??;
+        if let Some(canary) = &self.service.canary {
+            commit_plants(&*self.settlement, canary, &leaves, epoch).await?;
+        }
         Ok(Some(epoch))
     }
 }
 
-/// Commits, in the root's own epoch, to the planted leaves under the root just posted.
-fn commit_plants(
-    service: &Service,
+/// Commits, in the root's own epoch, to the planted leaves under the root just posted (as
+/// many as the settlement opens per root).
+async fn commit_plants(
+    settlement: &dyn ProviderSettlement,
     canary: &canary::Canary,
     leaves: &[Hash32],
     epoch: u64,
 ) -> Result<(), String> {
-    let ledger = service.payments.ledger();
-    let me = service.key.account();
+    let most = settlement.plants_per_root().unwrap_or(usize::MAX);
+    let mut committed = 0;
     for (index, leaf) in leaves.iter().enumerate() {
-        if !canary::lock(&canary.planted).remove(leaf) {
+        if !canary::lock(&canary.planted).remove(leaf) || committed >= most {
             continue;
         }
         let index = index as u64;
-        let commitment = agora_ledger::plant_commitment(
-            service.chain_id,
-            &me,
-            epoch,
-            index,
-            &canary.salt(epoch, index),
-        );
-        let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
-        let tx = Tx {
-            chain_id: service.chain_id,
-            from: me,
-            nonce,
-            body: TxBody::PlantFraud { commitment },
-        }
-        .sign(&service.key);
-        ledger.submit(&tx).map_err(|e| e.to_string())?;
+        settlement
+            .commit_plant(epoch, index, canary.salt(epoch, index))
+            .await
+            .map_err(|e| e.to_string())?;
+        committed += 1;
         tracing::info!(epoch, index, "planted a fake fraud (canary)");
         canary::lock(&canary.committed).push((epoch, index));
     }
@@ -462,126 +462,68 @@ fn commit_plants(
 }
 
 impl Provider {
-    /// Opens every committed plant whose reveals are all in; the ledger slashes a verifier
+    /// Opens every committed plant whose reveals are all in; settlement slashes a verifier
     /// that passed one. Plants not yet openable stay for the next tick.
     pub async fn open_plants(&self) {
-        if self.service.canary.is_none() {
+        let Some(canary) = &self.service.canary else {
             return;
-        }
-        let service = self.service.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let Some(canary) = &service.canary else {
-                return Ok(());
-            };
-            let due: Vec<(u64, u64)> = canary::lock(&canary.committed).clone();
-            let ledger = service.payments.ledger();
-            let status = ledger.status().map_err(|e| e.to_string())?;
-            let me = service.key.account();
-            for (epoch, index) in due {
-                match canary::plant_step(&status.params, epoch, status.epoch) {
-                    canary::PlantStep::Wait => continue,
-                    canary::PlantStep::Missed => {
-                        tracing::warn!(epoch, index, now = status.epoch, "missed the plant's opening epoch");
-                        canary::lock(&canary.committed).retain(|p| *p != (epoch, index));
-                        continue;
-                    }
-                    canary::PlantStep::Open => {}
-                }
-                let nonce = ledger.next_nonce(&me).map_err(|e| e.to_string())?;
-                let tx = Tx {
-                    chain_id: service.chain_id,
-                    from: me,
-                    nonce,
-                    body: TxBody::RevealPlant {
-                        provider: me,
-                        epoch,
-                        index,
-                        salt: canary.salt(epoch, index),
-                        // Slashing a verifier that passed the plant needs a second
-                        // verifier's signed re-audit; without one the plant only pays.
-                        confirmation: None,
-                    },
-                }
-                .sign(&service.key);
-                let done = match ledger.submit(&tx) {
-                    Ok(r) => {
-                        for ev in r.events {
-                            if let agora_ledger::Event::PlantRevealed {
-                                lazy: Some(v),
-                                slashed,
-                                ..
-                            } = ev
-                            {
-                                tracing::warn!(verifier = %v, %slashed, epoch, index, "a verifier passed a planted fraud: slashed");
-                            } else {
-                                tracing::info!(epoch, index, "plant opened: caught");
-                            }
-                        }
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(epoch, index, "opening a plant: {e}");
-                        true
-                    }
-                };
-                if done {
-                    canary::lock(&canary.committed).retain(|p| *p != (epoch, index));
-                }
-            }
-            Ok(())
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("opening plants: {e}"),
-            Err(e) => tracing::warn!("plant task: {e}"),
+        };
+        if let Err(e) = open_due_plants(&*self.settlement, canary).await {
+            tracing::warn!("opening plants: {e}");
         }
     }
 }
 
-/// Bonds stake up to `want` if the account holds less.
-async fn bond_stake(
-    ledger: &Client,
-    chain_id: u64,
-    key: &Keypair,
-    want: Amount,
-) -> Result<(), ProviderError> {
-    if want.is_zero() {
+async fn open_due_plants(
+    settlement: &dyn ProviderSettlement,
+    canary: &canary::Canary,
+) -> Result<(), String> {
+    let due: Vec<(u64, u64)> = canary::lock(&canary.committed).clone();
+    if due.is_empty() {
         return Ok(());
     }
-    let ledger = ledger.clone();
-    let key = key.clone();
-    tokio::task::spawn_blocking(move || {
-        let me = key.account();
-        let account = ledger
-            .account(&me)
-            .map_err(|e| ProviderError::Ledger(e.to_string()))?
-            .ok_or_else(|| {
-                ProviderError::Ledger(format!(
-                    "account {me} does not exist on the ledger; fund it first"
-                ))
-            })?;
-        let Ok(short) = want.checked_sub(account.stake) else {
-            return Ok(());
-        };
-        if short.is_zero() {
-            return Ok(());
+    let now = settlement
+        .current_epoch()
+        .await
+        .map_err(|e| e.to_string())?;
+    for (epoch, index) in due {
+        let at = settlement
+            .plant_epoch(epoch)
+            .await
+            .map_err(|e| e.to_string())?;
+        match canary::plant_step_at(at, now) {
+            canary::PlantStep::Wait => continue,
+            canary::PlantStep::Missed => {
+                tracing::warn!(epoch, index, now, "missed the plant's opening epoch");
+                canary::lock(&canary.committed).retain(|p| *p != (epoch, index));
+                continue;
+            }
+            canary::PlantStep::Open => {}
         }
-        let tx = Tx {
-            chain_id,
-            from: me,
-            nonce: account.nonce,
-            body: TxBody::Stake { amount: short },
+        match settlement
+            .reveal_plant_at(epoch, index, canary.salt(epoch, index))
+            .await
+        {
+            Ok(()) => tracing::info!(epoch, index, "plant opened"),
+            Err(e) => tracing::warn!(epoch, index, "opening a plant: {e}"),
         }
-        .sign(&key);
-        ledger
-            .submit(&tx)
-            .map_err(|e| ProviderError::Ledger(format!("bonding {short} stake: {e}")))?;
-        tracing::info!(stake = %want, "stake bonded");
-        Ok(())
-    })
-    .await
-    .map_err(|e| ProviderError::Ledger(e.to_string()))?
+        canary::lock(&canary.committed).retain(|p| *p != (epoch, index));
+    }
+    Ok(())
+}
+
+/// The ledger client payments read channels from. On a chain there is none: until the
+/// payments check channels through the settlement (`payments.rs`), a client that reaches
+/// nothing stands in, so every channel check fails closed (nothing is served unpaid).
+fn payments_ledger(
+    settlement: &Arc<dyn ProviderSettlement>,
+    target: &SettlementTarget,
+) -> Result<Client, ProviderError> {
+    match settlement.ledger_client() {
+        Some(c) => Ok(c),
+        None => Client::new("http://127.0.0.1:9")
+            .map_err(|e| ProviderError::Config(format!("{target:?}: {e}"))),
+    }
 }
 
 /// The request features `model` is served with: log-probabilities always; tools when the
@@ -598,21 +540,23 @@ pub fn features(model: &LoadedModel) -> Features {
     f
 }
 
-/// Keeps `service.epoch` at the ledger's epoch, read every `every`.
-async fn follow_epoch(service: Arc<Service>, every: Duration) {
+/// Keeps `service.epoch` at the settlement's epoch, read every `every`.
+async fn follow_epoch(
+    service: Arc<Service>,
+    settlement: Arc<dyn ProviderSettlement>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let ledger = service.payments.ledger().clone();
-        match tokio::task::spawn_blocking(move || ledger.status()).await {
-            Ok(Ok(s)) => {
+        match settlement.current_epoch().await {
+            Ok(epoch) => {
                 service
                     .epoch
-                    .fetch_max(s.epoch, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_max(epoch, std::sync::atomic::Ordering::Relaxed);
             }
-            Ok(Err(e)) => tracing::debug!("reading the ledger's epoch: {e}"),
-            Err(e) => tracing::warn!("epoch task: {e}"),
+            Err(e) => tracing::debug!("reading the settlement's epoch: {e}"),
         }
     }
 }

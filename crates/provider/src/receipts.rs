@@ -1,6 +1,8 @@
 //! The provider's durable receipt log: every answer's audit material, batched under one
-//! Merkle root per epoch (posted on the ledger), kept so verifiers can fetch any leaf with
-//! its proof. Leaves are in strictly increasing request id order, one receipt per request,
+//! Merkle root per epoch (posted on settlement), kept so verifiers can fetch any leaf with
+//! its proof. Roots and paths are in the settlement's own tree: BLAKE3 over the receipts'
+//! hashes on the ledger, keccak over their `ReceiptLeaf`s on a chain (what its contract and
+//! verifiers check). Leaves are in strictly increasing request id order, one receipt per request,
 //! so an auditor shown a leaf and the next one knows no receipt is counted twice.
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,13 +10,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use agora_core::{merkle, Hash32};
-use agora_net::protocol::{Material, NextLeaf, RequestId};
+use agora_net::protocol::{Material, NextLeaf, RequestId, SignedReceipt};
+use agora_settlement::network::SettlementKind;
+use agora_settlement::role_provider::ProviderSettlement;
 use borsh::BorshDeserialize;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
 const POSTED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("posted");
 const LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("leaves");
+/// Per posted epoch, the receipts in leaf order (a chain's tree is over more than the hashes).
+const LEAF_RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("leaf_receipts");
 
 /// Why the log failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +41,8 @@ pub struct Batch {
     pub root: Hash32,
     /// The receipt hashes (the leaves).
     pub leaves: Vec<Hash32>,
+    /// The receipts, in leaf order.
+    pub receipts: Vec<SignedReceipt>,
     /// The pending keys, in leaf order.
     keys: Vec<u64>,
     /// Pending keys of receipts for a request already in the batch: dropped, not posted.
@@ -64,22 +72,48 @@ pub fn leaf_order(request_ids: &[RequestId]) -> (Vec<usize>, Vec<usize>) {
 /// Trees of recent epochs kept built, so an audit request costs a lookup, not a rebuild.
 const CACHED_TREES: usize = 8;
 
+/// One posted root's tree, kept built.
+enum EpochTree {
+    /// The ledger's: BLAKE3 over the receipt hashes.
+    Blake3(merkle::Tree),
+    /// A chain's, computed by its settlement from the receipts.
+    Receipts(Vec<SignedReceipt>),
+}
+
 /// Receipts and their material, durable in redb.
 pub struct ReceiptLog {
     db: Database,
     next: Mutex<u64>,
-    trees: Mutex<HashMap<u64, Arc<merkle::Tree>>>,
+    trees: Mutex<HashMap<u64, Arc<EpochTree>>>,
+    /// Whose tree roots and paths are in (`None`: the ledger's BLAKE3 tree).
+    settlement: Option<Arc<dyn ProviderSettlement>>,
 }
 
 impl ReceiptLog {
-    /// Opens (or creates) the log at `path`.
+    /// Opens (or creates) the log at `path`, its roots in the ledger's BLAKE3 tree.
     pub fn open(path: &Path) -> Result<ReceiptLog, LogError> {
+        ReceiptLog::open_with(path, None)
+    }
+
+    /// Opens (or creates) the log at `path`, its roots and paths in `settlement`'s tree.
+    pub fn open_on(
+        path: &Path,
+        settlement: Arc<dyn ProviderSettlement>,
+    ) -> Result<ReceiptLog, LogError> {
+        ReceiptLog::open_with(path, Some(settlement))
+    }
+
+    fn open_with(
+        path: &Path,
+        settlement: Option<Arc<dyn ProviderSettlement>>,
+    ) -> Result<ReceiptLog, LogError> {
         let db = Database::create(path).map_err(db_err)?;
         let w = db.begin_write().map_err(db_err)?;
         let next = {
             let pending = w.open_table(PENDING).map_err(db_err)?;
             let _ = w.open_table(POSTED).map_err(db_err)?;
             let _ = w.open_table(LEAVES).map_err(db_err)?;
+            let _ = w.open_table(LEAF_RECEIPTS).map_err(db_err)?;
             let last = pending.last().map_err(db_err)?.map(|(k, _)| k.value());
             last.map_or(0, |k| k + 1)
         };
@@ -88,7 +122,43 @@ impl ReceiptLog {
             db,
             next: Mutex::new(next),
             trees: Mutex::default(),
+            settlement,
         })
+    }
+
+    /// The settlement whose tree this log builds, if not the ledger's default.
+    pub fn settlement(&self) -> Option<&Arc<dyn ProviderSettlement>> {
+        self.settlement.as_ref()
+    }
+
+    /// Whether paths are in a chain's tree (over the receipts, not only their hashes).
+    fn chain_tree(&self) -> bool {
+        self.settlement
+            .as_ref()
+            .is_some_and(|s| s.kind() != SettlementKind::Ledger)
+    }
+
+    /// The root over `receipts` (leaf order) in this log's tree.
+    pub fn root_of(&self, receipts: &[SignedReceipt]) -> Hash32 {
+        match &self.settlement {
+            Some(s) => s.receipt_root_of(receipts),
+            None => merkle::root(&receipts.iter().map(SignedReceipt::hash).collect::<Vec<_>>()),
+        }
+    }
+
+    /// The chain's commitment to a receipt served (`None` on the ledger).
+    pub fn chain_receipt_sig(&self, receipt: &SignedReceipt) -> Option<Vec<u8>> {
+        self.settlement.as_ref()?.chain_receipt_sig(receipt)
+    }
+
+    fn path(&self, tree: &EpochTree, index: u64) -> Option<Vec<Hash32>> {
+        let i = usize::try_from(index).ok()?;
+        match tree {
+            EpochTree::Blake3(t) => t.proof(i),
+            EpochTree::Receipts(receipts) => {
+                self.settlement.as_ref()?.receipt_proof_of(receipts, i)
+            }
+        }
     }
 
     /// Records one answer's material durably, waiting for the next root.
@@ -115,18 +185,20 @@ impl ReceiptLog {
             let (k, v) = row.map_err(db_err)?;
             let m = Material::try_from_slice(v.value()).map_err(db_err)?;
             oldest_epoch = oldest_epoch.min(m.receipt.receipt.epoch);
-            rows.push((k.value(), m.receipt.receipt.request_id, m.receipt.hash()));
+            rows.push((k.value(), m.receipt.receipt.request_id, m.receipt));
         }
         let ids: Vec<RequestId> = rows.iter().map(|r| r.1).collect();
         let (kept, dropped) = leaf_order(&ids);
         if kept.is_empty() {
             return Ok(None);
         }
-        let (keys, leaves): (Vec<u64>, Vec<Hash32>) =
-            kept.iter().map(|&i| (rows[i].0, rows[i].2)).unzip();
+        let (keys, receipts): (Vec<u64>, Vec<SignedReceipt>) =
+            kept.iter().map(|&i| (rows[i].0, rows[i].2.clone())).unzip();
+        let leaves: Vec<Hash32> = receipts.iter().map(SignedReceipt::hash).collect();
         Ok(Some(Batch {
-            root: merkle::root(&leaves),
+            root: self.root_of(&receipts),
             leaves,
+            receipts,
             keys,
             dropped: dropped.iter().map(|&i| rows[i].0).collect(),
             oldest_epoch,
@@ -157,6 +229,13 @@ impl ReceiptLog {
                 .map_err(db_err)?
                 .insert(epoch, leaves.as_slice())
                 .map_err(db_err)?;
+            if self.chain_tree() {
+                let receipts = borsh::to_vec(&batch.receipts).map_err(db_err)?;
+                w.open_table(LEAF_RECEIPTS)
+                    .map_err(db_err)?
+                    .insert(epoch, receipts.as_slice())
+                    .map_err(db_err)?;
+            }
         }
         w.commit().map_err(db_err)
     }
@@ -166,7 +245,7 @@ impl ReceiptLog {
         &self,
         r: &redb::ReadTransaction,
         epoch: u64,
-    ) -> Result<Option<Arc<merkle::Tree>>, LogError> {
+    ) -> Result<Option<Arc<EpochTree>>, LogError> {
         if let Some(t) = self
             .trees
             .lock()
@@ -175,16 +254,31 @@ impl ReceiptLog {
         {
             return Ok(Some(t.clone()));
         }
-        let Some(leaves) = r
-            .open_table(LEAVES)
-            .map_err(db_err)?
-            .get(epoch)
-            .map_err(db_err)?
-        else {
-            return Ok(None);
+        let tree = if self.chain_tree() {
+            let Some(receipts) = r
+                .open_table(LEAF_RECEIPTS)
+                .map_err(db_err)?
+                .get(epoch)
+                .map_err(db_err)?
+            else {
+                return Ok(None);
+            };
+            EpochTree::Receipts(
+                Vec::<SignedReceipt>::try_from_slice(receipts.value()).map_err(db_err)?,
+            )
+        } else {
+            let Some(leaves) = r
+                .open_table(LEAVES)
+                .map_err(db_err)?
+                .get(epoch)
+                .map_err(db_err)?
+            else {
+                return Ok(None);
+            };
+            let leaves = Vec::<Hash32>::try_from_slice(leaves.value()).map_err(db_err)?;
+            EpochTree::Blake3(merkle::Tree::new(&leaves))
         };
-        let leaves = Vec::<Hash32>::try_from_slice(leaves.value()).map_err(db_err)?;
-        let tree = Arc::new(merkle::Tree::new(&leaves));
+        let tree = Arc::new(tree);
         let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
         if trees.len() >= CACHED_TREES {
             if let Some(oldest) = trees.keys().min().copied() {
@@ -212,16 +306,15 @@ impl ReceiptLog {
             return Ok(None);
         };
         let material = Material::try_from_slice(bytes.value()).map_err(db_err)?;
-        let Some(proof) = usize::try_from(index).ok().and_then(|i| tree.proof(i)) else {
+        let Some(proof) = self.path(&tree, index) else {
             return Ok(None);
         };
         let next = match index.checked_add(1) {
             Some(n) => match posted.get((epoch, n)).map_err(db_err)? {
                 Some(bytes) => {
                     let m = Material::try_from_slice(bytes.value()).map_err(db_err)?;
-                    let proof = usize::try_from(n)
-                        .ok()
-                        .and_then(|i| tree.proof(i))
+                    let proof = self
+                        .path(&tree, n)
                         .ok_or_else(|| LogError::Db(format!("leaf {n} has no path")))?;
                     Some(NextLeaf {
                         receipt: m.receipt,
@@ -259,7 +352,10 @@ impl ReceiptLog {
             let Some(index) = leaves.iter().position(|l| l == receipt) else {
                 continue;
             };
-            let Some(proof) = merkle::proof(&leaves, index) else {
+            let Some(tree) = self.tree(&r, epoch.value())? else {
+                continue;
+            };
+            let Some(proof) = self.path(&tree, index as u64) else {
                 continue;
             };
             return Ok(Some((epoch.value(), index as u64, proof)));

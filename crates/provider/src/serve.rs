@@ -409,6 +409,7 @@ impl Service {
             &Frame::Done {
                 finish,
                 tail,
+                chain_sig: self.receipts.chain_receipt_sig(&receipt),
                 receipt: Box::new(receipt),
             },
         )

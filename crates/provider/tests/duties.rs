@@ -14,6 +14,7 @@ use agora_ledger::{ClientError, Event, Fault, Params, Tx, TxBody, Verdict, Windo
 use agora_net::protocol::Material;
 use agora_provider::duties::{material_hash, Duties};
 use agora_provider::receipts::ReceiptLog;
+use agora_settlement::open::{Opened, SettlementTarget};
 use agora_wire::{Receipt, Sampling, SignedReceipt, MICROS_PER_UNIT};
 
 mod common;
@@ -97,11 +98,13 @@ async fn scenario(answer: bool) -> Outcome {
     let url = ledger(dir.path(), seq, &[provider, payer, v1, v2], 1_000_000).await;
     let l = Client::new(&url).expect("client");
     let log = Arc::new(ReceiptLog::open(&dir.path().join("receipts.redb")).expect("log"));
+    let settlement = Opened::open(&SettlementTarget::Ledger { url: url.clone() }, provider)
+        .await
+        .expect("settlement")
+        .provider();
     let duties = answer.then(|| {
         Duties::new(
-            CHAIN,
-            provider.clone(),
-            l.clone(),
+            settlement,
             log.clone(),
             Some(dir.path().join("duties.height")),
         )

@@ -16,6 +16,7 @@ use agora_net::protocol::{
 use agora_net::{inference_protocol, peer_id_of, Multiaddr, NetConfig, Node, PeerId};
 use agora_provider::{Provider, ProviderConfig};
 use agora_settlement::ledger::LedgerSettlement;
+use agora_settlement::open::SettlementTarget;
 use futures::AsyncWriteExt;
 
 mod common;
@@ -706,8 +707,9 @@ fn provider_config(
     claim_ms: u64,
 ) -> ProviderConfig {
     ProviderConfig {
-        chain_id: CHAIN,
-        ledger_url: ledger_url.into(),
+        settlement: SettlementTarget::Ledger {
+            url: ledger_url.into(),
+        },
         account_seed: provider_key.seed(),
         net: net(net_seed, vec![]),
         model_name: "tiny".into(),

@@ -32,6 +32,7 @@ pub mod ledger;
 pub mod network;
 pub mod open;
 pub mod role_verifier;
+pub mod role_provider;
 
 pub use agora_wire::protocol::SignedReceipt;
 use std::fmt::Debug;

@@ -343,6 +343,9 @@ pub enum Frame {
         tail: String,
         /// The signed receipt (boxed: it dwarfs the other frames).
         receipt: Box<SignedReceipt>,
+        /// The provider's EIP-712 `Receipt` signature (65 bytes) on an EVM settlement; `None` on the
+        /// ledger.
+        chain_sig: Option<Vec<u8>>,
     },
     /// The request failed.
     Error {
