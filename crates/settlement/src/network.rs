@@ -502,7 +502,8 @@ fn evm(e: EvmError) -> SettlementError {
 }
 
 impl EvmSettlement {
-    fn deployment(&self) -> Result<&agora_evm::Deployment, SettlementError> {
+    /// The contracts this client was connected to.
+    pub(crate) fn deployment(&self) -> Result<&agora_evm::Deployment, SettlementError> {
         self.client()
             .deployment()
             .ok_or_else(|| evm(EvmError::NotDeployed))

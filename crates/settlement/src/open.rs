@@ -19,7 +19,6 @@ use std::sync::Arc;
 // Made once per process: the size of a variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // built once per process
 pub enum SettlementTarget {
     /// An `agora ledger serve` node.
     Ledger {

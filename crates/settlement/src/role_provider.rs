@@ -359,14 +359,6 @@ fn rpc(what: &'static str) -> impl Fn(alloy::transports::TransportError) -> Sett
     }
 }
 
-impl EvmSettlement {
-    fn contracts(&self) -> Result<&agora_evm::Deployment, SettlementError> {
-        self.client()
-            .deployment()
-            .ok_or_else(|| SettlementError::Evm(Box::new(EvmError::NotDeployed)))
-    }
-}
-
 impl ProviderSettlement for EvmSettlement {
     fn bond_provider_stake<'a>(
         &'a self,
@@ -400,7 +392,7 @@ impl ProviderSettlement for EvmSettlement {
 
     fn duties_start(&self, lookback: u64) -> SettlementFuture<'_, u64> {
         Box::pin(async move {
-            let start = self.contracts()?.start_block;
+            let start = self.deployment()?.start_block;
             let tip = self
                 .client()
                 .provider()
@@ -413,7 +405,7 @@ impl ProviderSettlement for EvmSettlement {
 
     fn duties_from(&self, from: u64, wait: Duration) -> SettlementFuture<'_, ProviderDuties> {
         Box::pin(async move {
-            let d = self.contracts()?.clone();
+            let d = self.deployment()?.clone();
             let provider = self.client().provider();
             let from = from.max(d.start_block);
             let deadline = tokio::time::Instant::now() + wait;
@@ -540,7 +532,7 @@ impl ProviderSettlement for EvmSettlement {
     /// `e + 3 + auditWindowEpochs` (docs/settlement.md, "Audits on chain").
     fn plant_epoch(&self, root_epoch: u64) -> SettlementFuture<'_, Option<u64>> {
         Box::pin(async move {
-            let w = self.contracts()?.params.audit_window_epochs;
+            let w = self.deployment()?.params.audit_window_epochs;
             Ok(root_epoch.checked_add(3).and_then(|e| e.checked_add(w)))
         })
     }

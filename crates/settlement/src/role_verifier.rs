@@ -531,12 +531,6 @@ fn rpc(what: &'static str) -> impl Fn(alloy::transports::TransportError) -> Sett
 }
 
 impl EvmSettlement {
-    fn contracts(&self) -> Result<&agora_evm::Deployment, SettlementError> {
-        self.client()
-            .deployment()
-            .ok_or_else(|| evm_err(agora_evm::EvmError::NotDeployed))
-    }
-
     /// The account network key `key` stands for, or `UnknownAccount`.
     async fn account_for(&self, key: AccountId) -> Result<Address, SettlementError> {
         self.account_of_key(key).await?.ok_or_else(unknown_account)
@@ -567,7 +561,7 @@ impl EvmSettlement {
         from: u64,
         wait: Duration,
     ) -> Result<VerifierEvents, SettlementError> {
-        let d = self.contracts()?.clone();
+        let d = self.deployment()?.clone();
         let provider = self.client().provider();
         let from = from.max(d.start_block);
         let deadline = tokio::time::Instant::now() + wait;
@@ -739,7 +733,7 @@ impl VerifierSettlement for EvmSettlement {
 
     fn audit_timeline(&self) -> SettlementFuture<'_, AuditTimeline> {
         Box::pin(async move {
-            let p = &self.contracts()?.params;
+            let p = &self.deployment()?.params;
             Ok(AuditTimeline {
                 audit_window_epochs: p.audit_window_epochs,
                 escalation_epochs: p.escalation_epochs,
