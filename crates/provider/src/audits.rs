@@ -211,7 +211,7 @@ impl Service {
         let service = self.clone();
         let checked = tokio::task::spawn_blocking(move || {
             service.audit_gate.allow(
-                service.payments.ledger(),
+                &service.ledger,
                 &service.key.account(),
                 &r.verifier,
                 r.epoch,

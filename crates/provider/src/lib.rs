@@ -140,16 +140,18 @@ impl Provider {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let receipts = receipts::ReceiptLog::open(&cfg.data_dir.join("receipts.redb"))
             .map_err(|e| ProviderError::Config(e.to_string()))?;
-        let (chain, me, l, path) = (
-            cfg.chain_id,
-            key.account(),
+        let settlement: SharedSettlement = Arc::new(LedgerSettlement::new(
             ledger.clone(),
-            cfg.data_dir.join("vouchers.redb"),
-        );
-        let payments = tokio::task::spawn_blocking(move || Payments::open(chain, me, l, &path))
-            .await
-            .map_err(|e| ProviderError::Config(e.to_string()))?
-            .map_err(|e| ProviderError::Config(e.to_string()))?;
+            key.clone(),
+            cfg.chain_id,
+        ));
+        let payments = Payments::open(
+            key.account(),
+            settlement.clone(),
+            &cfg.data_dir.join("vouchers.redb"),
+        )
+        .await
+        .map_err(|e| ProviderError::Config(e.to_string()))?;
         let mut net = cfg.net.clone();
         net.topics.push(offers_topic(cfg.chain_id));
         let (node, _gossip) = Node::start(net).await?;
@@ -162,6 +164,7 @@ impl Provider {
             price_out: cfg.price_out,
             worker,
             payments,
+            ledger: ledger.clone(),
             seen: Mutex::new(HashMap::new()),
             epoch: std::sync::atomic::AtomicU64::new(epoch),
             receipts,
@@ -184,8 +187,6 @@ impl Provider {
             model = %model_id,
             "provider started"
         );
-        let settlement: SharedSettlement =
-            Arc::new(LedgerSettlement::new(ledger, key, cfg.chain_id));
         Ok(Provider {
             node,
             service,
@@ -268,7 +269,7 @@ impl Provider {
                 duties::Duties::new(
                     cfg.chain_id,
                     self.service.key.clone(),
-                    self.service.payments.ledger().clone(),
+                    self.service.ledger.clone(),
                     self.service.clone(),
                     Some(cfg.data_dir.join("duties.height")),
                 )
@@ -432,7 +433,7 @@ fn commit_plants(
     leaves: &[Hash32],
     epoch: u64,
 ) -> Result<(), String> {
-    let ledger = service.payments.ledger();
+    let ledger = &service.ledger;
     let me = service.key.account();
     for (index, leaf) in leaves.iter().enumerate() {
         if !canary::lock(&canary.planted).remove(leaf) {
@@ -474,7 +475,7 @@ impl Provider {
                 return Ok(());
             };
             let due: Vec<(u64, u64)> = canary::lock(&canary.committed).clone();
-            let ledger = service.payments.ledger();
+            let ledger = &service.ledger;
             let status = ledger.status().map_err(|e| e.to_string())?;
             let me = service.key.account();
             for (epoch, index) in due {
@@ -604,7 +605,7 @@ async fn follow_epoch(service: Arc<Service>, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let ledger = service.payments.ledger().clone();
+        let ledger = service.ledger.clone();
         match tokio::task::spawn_blocking(move || ledger.status()).await {
             Ok(Ok(s)) => {
                 service

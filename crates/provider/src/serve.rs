@@ -40,6 +40,8 @@ pub struct Service {
     pub worker: Worker,
     /// Channels and vouchers.
     pub payments: Payments,
+    /// The ledger (the duties not yet read through settlement).
+    pub ledger: agora_ledger::client::Client,
     /// Request ids seen recently (replay protection), with when they were seen.
     pub seen: Mutex<HashMap<RequestId, u64>>,
     /// The ledger epoch as last read (kept fresh apart from the claim loop); a receipt names
@@ -410,6 +412,7 @@ impl Service {
                 finish,
                 tail,
                 receipt: Box::new(receipt),
+                chain_sig: None,
             },
         )
         .await

@@ -31,6 +31,7 @@ pub mod evm;
 pub mod ledger;
 pub mod network;
 pub mod open;
+pub mod role_broker;
 
 pub use agora_wire::protocol::SignedReceipt;
 use std::fmt::Debug;
