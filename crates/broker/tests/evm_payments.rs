@@ -10,10 +10,10 @@ use agora_broker::channels::{opener_for, Channels};
 use agora_core::{Amount, Hash32, Keypair};
 use agora_evm::anvil::{find_anvil, Anvil};
 use agora_evm::{deploy, Params as EvmParams, SettlementClient};
-use agora_net::protocol::{SignedVoucher, VoucherSignature};
+use agora_net::protocol::{Receipt, Sampling, SignedReceipt, SignedVoucher, VoucherSignature};
 use agora_provider::Payments;
 use agora_settlement::open::{evm_signer_for, Opened, SettlementTarget};
-use agora_settlement::Refusal;
+use agora_settlement::{Refusal, Settlement};
 use agora_wire::Voucher;
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
@@ -189,5 +189,115 @@ async fn the_broker_pays_a_provider_with_eip712_vouchers_on_anvil() -> anyhow::R
     assert_eq!(admin.token_balance(payer_addr).await?, 1_000_000 - 1_000);
     // Nothing more to claim.
     assert_eq!(payments.claim_all(&*prov_net).await?, Amount::ZERO);
+    Ok(())
+}
+
+fn receipt_of(
+    provider: &Keypair,
+    payer: &Keypair,
+    channel: Hash32,
+    chain_id: u64,
+) -> SignedReceipt {
+    Receipt {
+        chain_id,
+        epoch: 0,
+        request_id: [7; 16],
+        provider: provider.account(),
+        payer: payer.account(),
+        channel,
+        model: Hash32::of(b"model"),
+        prompt_hash: Hash32::of(b"prompt"),
+        output_hash: Hash32::of(b"output"),
+        prompt_tokens: 3,
+        resumed_tokens: 0,
+        output_tokens: 4,
+        sampling: Sampling::default(),
+        fingerprint_hash: Hash32::of(b"fingerprint"),
+        price_in: Amount::new(1),
+        price_out: Amount::new(1),
+        cost_micros: 7,
+        started_ms: 1,
+        finished_ms: 2,
+    }
+    .sign(provider)
+}
+
+/// On a chain the broker can challenge a receipt's omission only with the provider's EIP-712
+/// signature over it, so it pays for no receipt without a valid one: a missing signature,
+/// one by another account and one over another receipt are refused, and a challenge
+/// without one is refused before anything is sent. The provider's own holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_chain_only_a_receipt_the_provider_signed_in_eip712_is_paid() -> anyhow::Result<()> {
+    let Some(bin) = find_anvil() else {
+        eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+        return Ok(());
+    };
+    let anvil = Anvil::start(&bin, 31_337)?;
+    let d = deploy(anvil.url(), anvil.keys()[0].clone(), EvmParams::devnet(5)).await?;
+    let admin = SettlementClient::connect(anvil.url(), anvil.keys()[0].clone(), d.clone()).await?;
+    let target = SettlementTarget::Evm {
+        rpc: anvil.url().to_string(),
+        deployment: d.clone(),
+    };
+    let (payer, provider, stranger) = (
+        Keypair::from_seed([3; 32]),
+        Keypair::from_seed([2; 32]),
+        Keypair::from_seed([4; 32]),
+    );
+    let payer_addr = evm_signer_for(&payer.seed()).address();
+    for a in [payer_addr, evm_signer_for(&provider.seed()).address()] {
+        admin.send_native(a, U256::from(ONE_ETH)).await?;
+    }
+    let Opened::Evm(prov) = Opened::open(&target, &provider).await? else {
+        anyhow::bail!("an EVM settlement");
+    };
+    prov.client().bind_network_key(&provider).await?;
+    let Opened::Evm(other) = Opened::open(&target, &stranger).await? else {
+        anyhow::bail!("an EVM settlement");
+    };
+    let broker = Opened::open(&target, &payer).await?.broker();
+    let receipt = receipt_of(&provider, &payer, Hash32::of(b"channel"), d.chain_id);
+    let genuine = Settlement::serve_receipt(&*prov, &receipt)?.sig.to_vec();
+
+    assert!(!broker.receipt_commitment_holds(&receipt, None).await?);
+    assert!(
+        !broker
+            .receipt_commitment_holds(&receipt, Some(&[1; 64]))
+            .await?
+    );
+    let by_other = Settlement::serve_receipt(&*other, &receipt)?.sig.to_vec();
+    assert!(
+        !broker
+            .receipt_commitment_holds(&receipt, Some(&by_other))
+            .await?
+    );
+    let mut another = receipt.receipt.clone();
+    another.cost_micros += 1;
+    let another = another.sign(&provider);
+    assert!(
+        !broker
+            .receipt_commitment_holds(&another, Some(&genuine))
+            .await?
+    );
+    assert!(
+        broker
+            .receipt_commitment_holds(&receipt, Some(&genuine))
+            .await?
+    );
+
+    let sent_before = nonce_of(&admin, payer_addr).await?;
+    let refused = broker.challenge_receipt(&receipt, None).await;
+    assert!(
+        matches!(
+            refused.as_ref().err().and_then(|e| e.refusal()),
+            Some(Refusal::ForgedReceipt)
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        nonce_of(&admin, payer_addr).await?,
+        sent_before,
+        "a challenge was sent"
+    );
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_core::{AccountId, Amount, Hash32, Keypair};
+use agora_core::{Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
 use agora_ledger::tx::channel_id;
 use agora_ledger::{Tx, TxBody, Voucher};
