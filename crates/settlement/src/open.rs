@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 /// Where settlement lives.
 #[derive(Debug, Clone)]
+// Made once per command; boxing the deployment would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SettlementTarget {
     /// An `agora ledger serve` node.
     Ledger {
