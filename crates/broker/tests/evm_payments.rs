@@ -76,16 +76,17 @@ async fn the_broker_pays_a_provider_with_eip712_vouchers_on_anvil() -> anyhow::R
     assert_eq!(parties.deposit, Amount::new(1_000));
     assert_eq!(admin.token_balance(payer_addr).await?, 1_000_000 - 1_000);
 
-    // The provider admits the request: the request's key stands for the channel's payer.
+    // The provider admits the request: the request's key stands for the channel's payer. A
+    // stranger's key naming the payer's channel first is refused (it would run up answers the
+    // payer never vouches for and block the channel).
     let payments = Payments::new(provider.account(), prov_net.clone());
-    let held = payments
-        .check(ch, payer.account(), Amount::new(100))
-        .await?;
-    // A stranger's key naming the payer's channel is refused.
     assert!(payments
         .check(ch, stranger.account(), Amount::new(1))
         .await
         .is_err());
+    let held = payments
+        .check(ch, payer.account(), Amount::new(100))
+        .await?;
     payments.served(&ch, 40_000_000);
     drop(held);
     let s1 = channels
