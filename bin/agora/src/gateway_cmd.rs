@@ -11,7 +11,8 @@ use agora_gateway::{KeyStore, Limits};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::net_args::{announce, chain_id, NetArgs};
+use crate::net_args::{announce, NetArgs};
+use crate::settlement_args::{SettlementArgs, SettlementChoice};
 
 /// Arguments of `agora gateway`.
 #[derive(Args, Debug)]
@@ -33,8 +34,12 @@ enum GatewayCmd {
 
 #[derive(Subcommand, Debug)]
 enum KeysCmd {
-    /// Create an API key and the ledger account it pays from; prints the secret once.
+    /// Create an API key and the settlement account it pays from; prints the secret once.
     Create {
+        /// The settlement the account is named for (an ed25519 account on the ledger, the
+        /// 0x address derived from the same seed on an EVM chain).
+        #[arg(long, value_enum, default_value_t = SettlementChoice::Ledger)]
+        settlement: SettlementChoice,
         /// A label to recognise the key by.
         #[arg(long, default_value = "")]
         label: String,
@@ -79,9 +84,8 @@ struct ServeArgs {
     /// The API key store.
     #[arg(long, default_value = "agora-gateway-keys.redb")]
     keys: PathBuf,
-    /// The ledger node.
-    #[arg(long, default_value = "http://127.0.0.1:7420")]
-    ledger: String,
+    #[command(flatten)]
+    settlement: SettlementArgs,
     /// Highest price per million prompt tokens the gateway pays, in base units.
     #[arg(long)]
     max_price_in: Option<Amount>,
@@ -152,6 +156,7 @@ fn open_keys(path: &std::path::Path) -> anyhow::Result<KeyStore> {
 fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
     match cmd {
         KeysCmd::Create {
+            settlement,
             label,
             keys,
             budget,
@@ -166,11 +171,28 @@ fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
                 expires_ms: expires_at.map(|s| s.saturating_mul(1000)),
                 models: (!models.is_empty()).then_some(models),
             };
-            let (secret, record) = open_keys(&keys)?.create_with(&label, policy)?;
+            let store = open_keys(&keys)?;
+            let (secret, record) = store.create_with(&label, policy)?;
             println!("{secret}");
+            let seed = store
+                .seed_of(&record.account)
+                .context("the new key's account seed")?;
+            let key = agora_core::Keypair::from_seed(seed);
+            let account = match settlement {
+                SettlementChoice::Ledger => format!("ledger account {}", record.account),
+                SettlementChoice::Evm => format!(
+                    "EVM account {} (tokens to spend and a little native gas for its transactions)",
+                    agora_settlement::role_broker::party_label(
+                        &agora_settlement::role_broker::payer_party(
+                            agora_settlement::network::SettlementKind::Evm,
+                            &key
+                        )
+                    )
+                ),
+            };
             eprintln!(
-                "key {} pays from ledger account {}; fund that account to give it credit. The secret is shown only now.",
-                record.id, record.account
+                "key {} pays from {account}; fund that account to give it credit. The secret is shown only now.",
+                record.id
             );
         }
         KeysCmd::List { keys } => {
@@ -188,7 +210,20 @@ fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let keys = Arc::new(open_keys(&args.keys)?);
-    let mut cfg = BrokerConfig::new(chain_id(&args.ledger)?, &args.ledger, args.net.config()?);
+    let target = args.settlement.target()?;
+    if let agora_settlement::open::SettlementTarget::Evm { deployment, .. } = &target {
+        tracing::info!(settlement = %deployment.settlement, chain = deployment.chain_id, "paying providers on the EVM settlement");
+    }
+    let escalation_epochs = match &target {
+        agora_settlement::open::SettlementTarget::Evm { deployment, .. } => {
+            Some(deployment.params.escalation_epochs)
+        }
+        agora_settlement::open::SettlementTarget::Ledger { .. } => None,
+    };
+    let mut cfg = BrokerConfig::new(target, args.net.config()?);
+    if let Some(e) = escalation_epochs {
+        cfg.escalation_epochs = e;
+    }
     cfg.max_price_in = args.max_price_in;
     cfg.max_price_out = args.max_price_out;
     cfg.min_deposit = args.min_deposit;
@@ -240,8 +275,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             agora_explorer::Tapped::new(Arc::new(BrokerBackend(broker.clone())), answers.clone());
         let mut router =
             agora_gateway::router(Arc::new(backend), keys, limits).merge(agora_metrics::router());
-        if !args.no_explorer {
-            let mut cfg = agora_explorer::Config::new(&args.ledger);
+        // The explorer reads the ledger's blocks: served on the ledger only.
+        if !args.no_explorer && args.settlement.settlement == SettlementChoice::Ledger {
+            let mut cfg = agora_explorer::Config::new(&args.settlement.ledger);
             cfg.offers = Some(crate::explorer_cmd::offers_of(broker.clone()));
             cfg.requests = Some(answers);
             cfg.diloco = args.explorer_diloco.clone();

@@ -1,10 +1,16 @@
 //! The payer's side of payment channels: one channel per (payer, provider), opened and topped
-//! up on the ledger as needed, with escrow reserved for answers in flight so a voucher never
+//! up on settlement as needed, with escrow reserved for answers in flight so a voucher never
 //! promises more than the channel holds.
+//!
+//! Each payer (an API key's custodial account) opens its own settlement account through an
+//! [`AccountOpener`] ([`BrokerSettlement`]: the ledger key itself, or on an EVM chain the
+//! account derived from the same seed, which binds the key first), cached for the process.
+//! Channels, vouchers (of the settlement's kind) and closes all go through it.
 //!
 //! With a [`ChannelStore`] the books are durable (redb): a channel's id, deposit and what it
 //! has been charged are written before the voucher that depends on them leaves, and a
-//! channel about to be opened is written (by its nonce) before the ledger sees it. After a
+//! channel about to be opened is written (by the id settlement will give it) before
+//! settlement sees it. After a
 //! restart the gateway reuses its channels and signs vouchers that continue the cumulative
 //! totals: no escrow is orphaned and nothing is paid twice. Reservations of answers in
 //! flight die with the process (their providers were not paid; see `docs/network.md`).
@@ -14,17 +20,21 @@ use std::sync::Arc;
 
 use agora_core::{AccountId, Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
-use agora_ledger::tx::channel_id;
-use agora_ledger::{Tx, TxBody, Voucher};
 use agora_net::protocol::SignedVoucher;
+use agora_settlement::ledger::LedgerSettlement;
+use agora_settlement::open::{Opened, SettlementTarget};
+use agora_settlement::role_broker::SharedBrokerSettlement;
+use agora_settlement::SettlementError;
+use agora_wire::Voucher;
 use borsh::{BorshDeserialize, BorshSerialize};
+use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::Mutex;
 
 /// (payer, provider) -> borsh [`StoredBooks`].
 const BOOKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("channel_books");
-/// (payer, provider) -> the nonce of an `OpenChannel` submitted but not yet booked.
-const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending_opens");
+/// (payer, provider) -> the id of a channel whose open was sent but not yet booked.
+const PENDING: TableDefinition<&[u8], &[u8; 32]> = TableDefinition::new("pending_channel_opens");
 
 /// Why a channel could not be funded.
 #[derive(Debug, thiserror::Error)]
@@ -37,16 +47,16 @@ pub enum ChannelError {
         /// Escrow needed.
         need: Amount,
     },
-    /// The payer's account does not exist.
-    #[error("the account {0} has no funds on the ledger")]
-    NoAccount(AccountId),
-    /// The ledger refused or was unreachable.
-    #[error("ledger: {0}")]
+    /// The payer's account has nothing to spend.
+    #[error("the account {0} has no funds")]
+    NoAccount(String),
+    /// Settlement was unreachable or answered nonsense.
+    #[error("settlement: {0}")]
     Ledger(String),
-    /// The ledger refused the transaction, with its stable code (`TxError::code`).
-    #[error("ledger refused ({code}): {message}")]
+    /// Settlement refused the operation.
+    #[error("settlement refused ({code}): {message}")]
     Refused {
-        /// The ledger's code, e.g. `already_challenged`.
+        /// The refusal's name (`Refusal` in agora-settlement), e.g. `AlreadyChallenged`.
         code: String,
         /// The reason in words.
         message: String,
@@ -58,6 +68,44 @@ pub enum ChannelError {
 
 fn store_err(e: impl std::fmt::Display) -> ChannelError {
     ChannelError::Store(e.to_string())
+}
+
+fn settlement_err(e: SettlementError) -> ChannelError {
+    match e {
+        SettlementError::Refused(r) => ChannelError::Refused {
+            code: match &r {
+                agora_settlement::Refusal::Other { code } => code.clone(),
+                other => format!("{other:?}"),
+            },
+            message: format!("{r:?}"),
+        },
+        other => ChannelError::Ledger(other.to_string()),
+    }
+}
+
+/// Opens a payer's settlement account from its key (see the module docs).
+pub type AccountOpener = Arc<
+    dyn Fn(Keypair) -> BoxFuture<'static, Result<SharedBrokerSettlement, SettlementError>>
+        + Send
+        + Sync,
+>;
+
+/// Payers' accounts on `target` ([`Opened::open`]).
+pub fn opener_for(target: SettlementTarget) -> AccountOpener {
+    Arc::new(move |key: Keypair| {
+        let target = target.clone();
+        Box::pin(async move { Ok(Opened::open(&target, &key).await?.broker()) })
+    })
+}
+
+/// Payers' accounts on the ledger `client` talks to, whose chain id is `chain_id` (nothing
+/// is asked of the ledger to open one).
+pub fn ledger_opener(client: Client, chain_id: u64) -> AccountOpener {
+    Arc::new(move |key: Keypair| {
+        let s: SharedBrokerSettlement =
+            Arc::new(LedgerSettlement::new(client.clone(), key, chain_id));
+        Box::pin(async move { Ok(s) })
+    })
 }
 
 /// (payer, provider).
@@ -82,8 +130,8 @@ struct StoredBooks {
 }
 
 /// Whether the payer may close `c` at `epoch` without taking back what it vouched.
-fn closable(c: &agora_ledger::Channel, epoch: u64, vouched: Amount) -> bool {
-    may_close(c.closed, c.expires_epoch, c.claimed, epoch, vouched)
+fn closable(c: &agora_settlement::network::ChannelParties, epoch: u64, vouched: Amount) -> bool {
+    c.closes_epoch.is_none() && may_close(c.closed, c.expires_epoch, c.claimed, epoch, vouched)
 }
 
 fn may_close(
@@ -132,19 +180,21 @@ impl ChannelStore {
         w.commit().map_err(store_err)
     }
 
-    fn set_pending(&self, key: &[u8], nonce: u64) -> Result<(), ChannelError> {
+    fn set_pending(&self, key: &[u8], id: Hash32) -> Result<(), ChannelError> {
         let w = self.db.begin_write().map_err(store_err)?;
         {
             let mut p = w.open_table(PENDING).map_err(store_err)?;
-            p.insert(key, nonce).map_err(store_err)?;
+            p.insert(key, id.as_bytes()).map_err(store_err)?;
         }
         w.commit().map_err(store_err)
     }
 
-    fn pending(&self, key: &[u8]) -> Result<Option<u64>, ChannelError> {
+    fn pending(&self, key: &[u8]) -> Result<Option<Hash32>, ChannelError> {
         let r = self.db.begin_read().map_err(store_err)?;
         let p = r.open_table(PENDING).map_err(store_err)?;
-        Ok(p.get(key).map_err(store_err)?.map(|v| v.value()))
+        Ok(p.get(key)
+            .map_err(store_err)?
+            .map(|v| Hash32::from_bytes(*v.value())))
     }
 
     fn remove(&self, key: &[u8]) -> Result<(), ChannelError> {
@@ -224,34 +274,51 @@ type Books = HashMap<(AccountId, AccountId), Arc<Mutex<ChannelBooks>>>;
 /// Every channel the gateway's payers hold.
 #[derive(Clone)]
 pub struct Channels {
-    chain_id: u64,
-    ledger: Client,
+    opener: AccountOpener,
+    /// Each payer's opened account.
+    accounts: Arc<Mutex<HashMap<AccountId, SharedBrokerSettlement>>>,
     /// The least escrow to add when opening or topping up.
     pub min_deposit: Amount,
     books: Arc<Mutex<Books>>,
-    /// One lock per payer so its ledger nonces are used in order.
+    /// One lock per payer so its transactions (nonces) go in order.
     payers: Arc<Mutex<HashMap<AccountId, Arc<Mutex<()>>>>>,
     /// Where the books are kept across restarts (none: memory only).
     store: Option<Arc<ChannelStore>>,
+    /// Channels asked to close (by payer), to finalize once their claim window passed.
+    closing: Arc<Mutex<HashMap<Hash32, AccountId>>>,
 }
 
 impl Channels {
-    /// Channels on `chain_id`, funded through the ledger at `ledger`.
-    pub fn new(chain_id: u64, ledger: Client, min_deposit: Amount) -> Channels {
+    /// Channels of the accounts `opener` opens.
+    pub fn new(opener: AccountOpener, min_deposit: Amount) -> Channels {
         Channels {
-            chain_id,
-            ledger,
+            opener,
+            accounts: Arc::default(),
             min_deposit,
             books: Arc::default(),
             payers: Arc::default(),
             store: None,
+            closing: Arc::default(),
         }
+    }
+
+    /// The settlement account `payer` pays from, opened once (on a chain: its key bound).
+    pub async fn account(&self, payer: &Keypair) -> Result<SharedBrokerSettlement, ChannelError> {
+        if let Some(a) = self.accounts.lock().await.get(&payer.account()) {
+            return Ok(a.clone());
+        }
+        let a = (self.opener)(payer.clone()).await.map_err(settlement_err)?;
+        a.prepare_payer(payer).await.map_err(settlement_err)?;
+        self.accounts
+            .lock()
+            .await
+            .insert(payer.account(), a.clone());
+        Ok(a)
     }
 
     /// Channels whose books live in `store`: the ones it holds are recovered now.
     pub fn durable(
-        chain_id: u64,
-        ledger: Client,
+        opener: AccountOpener,
         min_deposit: Amount,
         store: ChannelStore,
     ) -> Result<Channels, ChannelError> {
@@ -273,12 +340,9 @@ impl Channels {
             tracing::info!(channels = books.len(), "recovered channel books");
         }
         Ok(Channels {
-            chain_id,
-            ledger,
-            min_deposit,
-            books: Arc::new(Mutex::new(books)),
-            payers: Arc::default(),
             store: Some(Arc::new(store)),
+            books: Arc::new(Mutex::new(books)),
+            ..Channels::new(opener, min_deposit)
         })
     }
 
@@ -297,22 +361,27 @@ impl Channels {
         }
     }
 
-    /// A channel opened before a crash that left it unbooked: adopt it from the ledger.
-    async fn adopt_pending(&self, key: &(AccountId, AccountId)) -> Result<(), ChannelError> {
+    /// A channel opened before a crash that left it unbooked: adopt it from settlement.
+    async fn adopt_pending(
+        &self,
+        account: &SharedBrokerSettlement,
+        key: &(AccountId, AccountId),
+    ) -> Result<(), ChannelError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let Some(nonce) = store.pending(&key_of(&key.0, &key.1))? else {
+        let Some(id) = store.pending(&key_of(&key.0, &key.1))? else {
             return Ok(());
         };
-        let id = channel_id(self.chain_id, &key.0, nonce);
-        let ledger = self.ledger.clone();
-        let found = tokio::task::spawn_blocking(move || ledger.channel(&id))
-            .await
-            .map_err(|e| ChannelError::Ledger(e.to_string()))?
-            .map_err(|e| ChannelError::Ledger(e.to_string()))?;
+        let found = account.channel_parties(id).await.map_err(settlement_err)?;
+        let provider = account.party_of_key(key.1).await.map_err(settlement_err)?;
         match found {
-            Some(c) if !c.closed && c.payer == key.0 && c.provider == key.1 => {
+            Some(c)
+                if !c.closed
+                    && c.closes_epoch.is_none()
+                    && c.payer == account.own_party()
+                    && Some(c.provider) == provider =>
+            {
                 // What was vouched before the crash is unknown beyond what was claimed;
                 // the claimed amount is a floor the next voucher must not fall under.
                 let b = ChannelBooks {
@@ -340,16 +409,17 @@ impl Channels {
         self.store.clone()
     }
 
-    /// Submits a transaction from `payer` in its turn (its nonces in order with the
-    /// channel transactions); returns the nonce it used.
-    pub(crate) async fn submit_in_turn(
+    /// Runs `op` on `payer`'s account in its turn (its transactions in order with the
+    /// channel ones).
+    pub(crate) async fn in_turn<'a, T>(
         &self,
         payer: &Keypair,
-        body: TxBody,
-    ) -> Result<u64, ChannelError> {
+        op: impl FnOnce(SharedBrokerSettlement) -> BoxFuture<'a, Result<T, SettlementError>>,
+    ) -> Result<T, ChannelError> {
+        let account = self.account(payer).await?;
         let lock = self.payer_lock(payer.account()).await;
         let _guard = lock.lock().await;
-        self.submit(payer, body).await
+        op(account).await.map_err(settlement_err)
     }
 
     async fn payer_lock(&self, payer: AccountId) -> Arc<Mutex<()>> {
@@ -378,11 +448,12 @@ impl Channels {
                 });
             }
         }
-        // Fund on the ledger under the payer's lock, then reserve.
+        // Fund on settlement under the payer's lock, then reserve.
+        let account = self.account(payer).await?;
         let lock = self.payer_lock(payer.account()).await;
         let _guard = lock.lock().await;
         if existing.is_none() {
-            self.adopt_pending(&key).await?;
+            self.adopt_pending(&account, &key).await?;
         }
         let existing = self.books.lock().await.get(&key).cloned();
         let books = match existing {
@@ -393,14 +464,11 @@ impl Channels {
                 };
                 if !short.is_zero() {
                     let add = short.max(self.min_deposit);
-                    self.submit(
-                        payer,
-                        TxBody::TopUpChannel {
-                            channel: id,
-                            amount: add,
-                        },
-                    )
-                    .await?;
+                    Self::can_pay(&account, add).await?;
+                    account
+                        .top_up_channel(id, add)
+                        .await
+                        .map_err(settlement_err)?;
                     let mut b = books.lock().await;
                     b.deposit = b.deposit.checked_add(add).unwrap_or(Amount::MAX);
                     self.persist(&key, &b)?;
@@ -410,21 +478,19 @@ impl Channels {
             }
             None => {
                 let amount = need.max(self.min_deposit);
-                let nonce = self
-                    .submit_with(
-                        payer,
-                        TxBody::OpenChannel {
-                            provider,
-                            amount,
-                            timeout_epochs: 10,
-                        },
-                        |nonce| match &self.store {
-                            Some(s) => s.set_pending(&key_of(&key.0, &key.1), nonce),
-                            None => Ok(()),
-                        },
-                    )
-                    .await?;
-                let id = channel_id(self.chain_id, &payer.account(), nonce);
+                Self::can_pay(&account, amount).await?;
+                // Written before settlement sees the open: a crash in between adopts it.
+                let expected = account.next_channel_id().await.map_err(settlement_err)?;
+                if let Some(s) = &self.store {
+                    s.set_pending(&key_of(&key.0, &key.1), expected)?;
+                }
+                let id = account
+                    .open_channel_to(provider, amount, 10)
+                    .await
+                    .map_err(settlement_err)?;
+                if id != expected {
+                    tracing::warn!(channel = %id, %expected, "the channel opened under another id than expected");
+                }
                 tracing::info!(channel = %id, %provider, deposit = %amount, "opened channel");
                 let b = ChannelBooks {
                     id,
@@ -450,68 +516,16 @@ impl Channels {
         })
     }
 
-    /// Submits a transaction from `payer`; returns the nonce it used.
-    async fn submit(&self, payer: &Keypair, body: TxBody) -> Result<u64, ChannelError> {
-        self.submit_with(payer, body, |_| Ok(())).await
-    }
-
-    /// Submits a transaction from `payer`, running `before(nonce)` first (to record it);
-    /// returns the nonce it used.
-    async fn submit_with(
-        &self,
-        payer: &Keypair,
-        body: TxBody,
-        before: impl FnOnce(u64) -> Result<(), ChannelError>,
-    ) -> Result<u64, ChannelError> {
-        let me = payer.account();
-        let l = self.ledger.clone();
-        let nonce = tokio::task::spawn_blocking(move || l.account(&me))
-            .await
-            .map_err(|e| ChannelError::Ledger(e.to_string()))?
-            .map_err(|e| ChannelError::Ledger(e.to_string()))?
-            .ok_or(ChannelError::NoAccount(me))?
-            .nonce;
-        before(nonce)?;
-        self.submit_raw(payer, body).await
-    }
-
-    async fn submit_raw(&self, payer: &Keypair, body: TxBody) -> Result<u64, ChannelError> {
-        let ledger = self.ledger.clone();
-        let key = payer.clone();
-        let chain_id = self.chain_id;
-        let need = match &body {
-            TxBody::OpenChannel { amount, .. } | TxBody::TopUpChannel { amount, .. } => *amount,
-            _ => Amount::ZERO,
-        };
-        tokio::task::spawn_blocking(move || {
-            let me = key.account();
-            let account = ledger
-                .account(&me)
-                .map_err(|e| ChannelError::Ledger(e.to_string()))?
-                .ok_or(ChannelError::NoAccount(me))?;
-            if account.balance < need {
-                return Err(ChannelError::Insufficient {
-                    balance: account.balance,
-                    need,
-                });
-            }
-            let tx = Tx {
-                chain_id,
-                from: me,
-                nonce: account.nonce,
-                body,
-            }
-            .sign(&key);
-            ledger.submit(&tx).map_err(|e| match e {
-                agora_ledger::ClientError::Rejected { code, message } => {
-                    ChannelError::Refused { code, message }
-                }
-                e => ChannelError::Ledger(e.to_string()),
-            })?;
-            Ok(account.nonce)
-        })
-        .await
-        .map_err(|e| ChannelError::Ledger(e.to_string()))?
+    /// Refuses escrow the account cannot pay, before anything is sent.
+    async fn can_pay(account: &SharedBrokerSettlement, need: Amount) -> Result<(), ChannelError> {
+        let balance = account.own_balance().await.map_err(settlement_err)?;
+        if balance.is_zero() {
+            return Err(ChannelError::NoAccount(account.account_label()));
+        }
+        if balance < need {
+            return Err(ChannelError::Insufficient { balance, need });
+        }
+        Ok(())
     }
 
     /// Releases a reservation and adds what the answer actually cost, at most the
@@ -545,6 +559,14 @@ impl Channels {
         if cost_micros == 0 {
             return none;
         }
+        // The account signs the voucher: opened before anything is charged.
+        let account = match self.account(payer).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(channel = %b.id, "voucher withheld, the payer's account: {e}");
+                return none;
+            }
+        };
         let before = b.spent_micros;
         b.spent_micros =
             crate::rules::charge(b.spent_micros, cost_micros, reservation.amount, b.deposit);
@@ -553,22 +575,35 @@ impl Channels {
             tracing::error!(channel = %b.id, "voucher withheld, books not written: {e}");
             return none;
         }
-        let voucher = Voucher {
-            chain_id: self.chain_id,
-            channel: b.id,
-            cumulative: b.vouched(),
+        let charged_micros = b.spent_micros.saturating_sub(before);
+        let (channel, cumulative) = (b.id, b.vouched());
+        let voucher = match account.sign_voucher_for(channel, cumulative) {
+            Ok(sig) => Some(SignedVoucher {
+                voucher: Voucher {
+                    chain_id: account.network_chain_id(),
+                    channel,
+                    cumulative,
+                },
+                sig,
+            }),
+            Err(e) => {
+                tracing::error!(%channel, "signing a voucher: {e}");
+                None
+            }
         };
         Settled {
-            voucher: Some(SignedVoucher::new(voucher, payer)),
-            charged_micros: b.spent_micros.saturating_sub(before),
+            voucher,
+            charged_micros,
         }
     }
 
     /// Closes channels no answer has used for `idle`, returning their escrow to the payer:
-    /// only once the ledger lets the payer close them and the provider has claimed every
-    /// voucher it was given (closing earlier would take back what it earned). Returns how
-    /// many it closed.
+    /// asks to close them once settlement lets the payer and the provider has claimed every
+    /// voucher it was given (closing earlier would take back what it earned), and finalizes
+    /// the ones asked before once their claim window passed (the ledger does that itself).
+    /// Returns how many it asked to close.
     pub async fn close_idle(&self, idle: std::time::Duration) -> usize {
+        self.finalize_closing().await;
         let all: Vec<_> = self
             .books
             .lock()
@@ -576,10 +611,6 @@ impl Channels {
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        let ledger = self.ledger.clone();
-        let Ok(Ok(status)) = tokio::task::spawn_blocking(move || ledger.status()).await else {
-            return 0;
-        };
         let mut closed = 0;
         for (key, books) in all {
             let (id, payer, vouched) = {
@@ -592,37 +623,42 @@ impl Channels {
                 }
                 (b.id, payer, b.vouched())
             };
-            let ledger = self.ledger.clone();
-            let Ok(Ok(chan)) = tokio::task::spawn_blocking(move || ledger.channel(&id)).await
-            else {
+            let Ok(account) = self.account(&payer).await else {
                 continue;
             };
-            let forget = match chan {
-                None => false,
-                Some(c) if c.closed => true,
-                Some(c) => {
-                    if !closable(&c, status.epoch, vouched) {
-                        continue;
+            let (Ok(Some(c)), Ok(epoch)) = (
+                account.channel_parties(id).await,
+                account.current_epoch().await,
+            ) else {
+                continue;
+            };
+            let forget = if c.closed {
+                true
+            } else if c.closes_epoch.is_some() {
+                // Asked before (by a run that forgot): finalize once due.
+                self.closing.lock().await.insert(id, payer.account());
+                true
+            } else {
+                if !closable(&c, epoch, vouched) {
+                    continue;
+                }
+                let lock = self.payer_lock(payer.account()).await;
+                let _guard = lock.lock().await;
+                // Still idle after waiting for the payer's lock?
+                if !books.lock().await.reserved.is_zero() {
+                    continue;
+                }
+                match account.request_channel_close(id).await {
+                    Ok(()) => {
+                        let refund = c.deposit.checked_sub(c.claimed).unwrap_or(Amount::ZERO);
+                        tracing::info!(channel = %id, %refund, "closing idle channel");
+                        self.closing.lock().await.insert(id, payer.account());
+                        closed += 1;
+                        true
                     }
-                    let lock = self.payer_lock(payer.account()).await;
-                    let _guard = lock.lock().await;
-                    // Still idle after waiting for the payer's lock?
-                    if !books.lock().await.reserved.is_zero() {
-                        continue;
-                    }
-                    match self
-                        .submit(&payer, TxBody::CloseChannel { channel: id })
-                        .await
-                    {
-                        Ok(_) => {
-                            tracing::info!(channel = %id, refund = %c.escrow(), "closed idle channel");
-                            closed += 1;
-                            true
-                        }
-                        Err(e) => {
-                            tracing::warn!(channel = %id, "closing idle channel: {e}");
-                            false
-                        }
+                    Err(e) => {
+                        tracing::warn!(channel = %id, "closing idle channel: {e}");
+                        false
                     }
                 }
             };
@@ -636,6 +672,48 @@ impl Channels {
             }
         }
         closed
+    }
+
+    /// Finalizes the channels asked to close whose claim window has passed.
+    async fn finalize_closing(&self) {
+        let closing: Vec<(Hash32, AccountId)> = self
+            .closing
+            .lock()
+            .await
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (id, payer) in closing {
+            let Some(account) = self.accounts.lock().await.get(&payer).cloned() else {
+                continue;
+            };
+            let Ok(Some(c)) = account.channel_parties(id).await else {
+                continue;
+            };
+            let due = match (c.closed, c.closes_epoch) {
+                (true, _) => true,
+                (false, Some(at)) => account.current_epoch().await.is_ok_and(|e| e >= at),
+                (false, None) => false,
+            };
+            if !due {
+                continue;
+            }
+            let done = c.closed || {
+                let lock = self.payer_lock(payer).await;
+                let _guard = lock.lock().await;
+                match account.finalize_channel_close(id).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(channel = %id, "finalizing a close: {e}");
+                        false
+                    }
+                }
+            };
+            if done {
+                tracing::info!(channel = %id, "channel closed, escrow returned");
+                self.closing.lock().await.remove(&id);
+            }
+        }
     }
 
     /// What the channel from `payer` to `provider` has been charged, in micro-units.

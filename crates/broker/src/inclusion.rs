@@ -9,18 +9,23 @@
 //! (`ChallengeInclusion`, signed by the receipt's payer and bonded). An honest provider that
 //! could not answer the query still answers the challenge and takes the bond; one that left
 //! the receipt out is slashed and the payer refunded (`crates/ledger/src/inclusion.rs`).
+//!
+//! On an EVM chain the same holds through `BrokerSettlement`: paths are checked in the
+//! chain's own (keccak) tree, and a challenge carries the provider's EIP-712 `Receipt`
+//! signature that came with the receipt (`Frame::Done::chain_sig`); the broker pays no
+//! receipt without a valid one, so every paid receipt can be challenged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agora_core::{merkle, AccountId, Hash32, Keypair};
-use agora_ledger::TxBody;
+use agora_core::{AccountId, Hash32, Keypair};
 use agora_market::SignedOffer;
 use agora_net::protocol::SignedReceipt;
 use agora_net::protocol::{read_frame, write_frame, InclusionAnswer, InclusionQuery};
 use agora_net::{inclusion_protocol, Multiaddr, Node, PeerId};
-use agora_settlement::network::SettlementEvent as Event;
+use agora_settlement::network::{SettlementEvent as Event, SharedSettlement};
+use agora_settlement::Refusal;
 use borsh::{BorshDeserialize, BorshSerialize};
 use futures::StreamExt;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -62,6 +67,31 @@ struct Tracked {
     receipt: SignedReceipt,
     peer: Vec<u8>,
     addrs: Vec<String>,
+    /// The provider's EIP-712 receipt signature on a chain (last: older records lack it).
+    chain_sig: Option<Vec<u8>>,
+}
+
+/// What records written before `chain_sig` hold.
+#[derive(BorshDeserialize)]
+struct TrackedBefore {
+    receipt: SignedReceipt,
+    peer: Vec<u8>,
+    addrs: Vec<String>,
+}
+
+impl Tracked {
+    fn decode(bytes: &[u8]) -> Result<Tracked, std::io::Error> {
+        Tracked::try_from_slice(bytes).or_else(|e| {
+            TrackedBefore::try_from_slice(bytes)
+                .map(|t| Tracked {
+                    receipt: t.receipt,
+                    peer: t.peer,
+                    addrs: t.addrs,
+                    chain_sig: None,
+                })
+                .map_err(|_| e)
+        })
+    }
 }
 
 /// Where a receipt naming epoch `receipt_epoch` stands at ledger epoch `now`.
@@ -95,8 +125,14 @@ pub fn due(receipt_epoch: u64, now: u64, escalation_epochs: u64) -> Due {
 type Roots = HashMap<(AccountId, u64), (Hash32, u64)>;
 
 /// Whether `answer` shows `receipt` under the root its provider posted for the receipt's
-/// epoch or the next (the roots that answer an inclusion challenge without a late root).
-fn proves(answer: &InclusionAnswer, receipt: &SignedReceipt, roots: &Roots) -> bool {
+/// epoch or the next (the roots that answer an inclusion challenge without a late root), in
+/// `settlement`'s own tree.
+fn proves(
+    settlement: &SharedSettlement,
+    answer: &InclusionAnswer,
+    receipt: &SignedReceipt,
+    roots: &Roots,
+) -> bool {
     let InclusionAnswer::Included {
         epoch,
         index,
@@ -112,7 +148,7 @@ fn proves(answer: &InclusionAnswer, receipt: &SignedReceipt, roots: &Roots) -> b
     roots
         .get(&(receipt.receipt.provider, *epoch))
         .is_some_and(|(root, leaves)| {
-            *index < *leaves && merkle::verify(root, &receipt.hash(), *index, proof)
+            settlement.receipt_proof_holds(root, *leaves, *index, receipt, proof)
         })
 }
 
@@ -146,6 +182,8 @@ struct State {
 /// The receipts the broker paid and has not yet seen proven under a root.
 pub struct Inclusion {
     state: Mutex<State>,
+    /// Whose tree the providers' paths are checked in.
+    settlement: SharedSettlement,
     store: Option<Arc<ChannelStore>>,
     escalation_epochs: u64,
     payer_seeds: Option<PayerSeeds>,
@@ -159,6 +197,7 @@ impl Inclusion {
     /// Receipts kept in `store` (if any; memory only otherwise), recovered now; challenges
     /// follow the ledger's `escalation_epochs`.
     pub fn new(
+        settlement: SharedSettlement,
         store: Option<Arc<ChannelStore>>,
         escalation_epochs: u64,
         payer_seeds: Option<PayerSeeds>,
@@ -172,7 +211,7 @@ impl Inclusion {
             let t = r.open_table(TRACKED).map_err(store_err)?;
             for row in t.iter().map_err(store_err)?.take(MAX_TRACKED) {
                 let (_, v) = row.map_err(store_err)?;
-                let t = Tracked::try_from_slice(v.value()).map_err(store_err)?;
+                let t = Tracked::decode(v.value()).map_err(store_err)?;
                 tracked.insert(t.receipt.hash(), t);
             }
         }
@@ -190,6 +229,7 @@ impl Inclusion {
                 tracked,
                 ..State::default()
             }),
+            settlement,
             store,
             escalation_epochs,
             payer_seeds,
@@ -205,15 +245,22 @@ impl Inclusion {
         self.lock().tracked.len()
     }
 
-    /// Keeps `receipt`, paid by `payer` to the provider of `offer`, until it is proven under
-    /// a root or challenged.
-    pub fn track(&self, payer: &Keypair, receipt: &SignedReceipt, offer: &SignedOffer) {
+    /// Keeps `receipt`, paid by `payer` to the provider of `offer`, with the provider's
+    /// EIP-712 signature over it on a chain, until it is proven under a root or challenged.
+    pub fn track(
+        &self,
+        payer: &Keypair,
+        receipt: &SignedReceipt,
+        chain_sig: Option<Vec<u8>>,
+        offer: &SignedOffer,
+    ) {
         self.keep(
             payer,
             Tracked {
                 receipt: receipt.clone(),
                 peer: offer.offer.peer_id.clone(),
                 addrs: offer.offer.addrs.iter().take(MAX_ADDRS).cloned().collect(),
+                chain_sig,
             },
         );
     }
@@ -361,7 +408,7 @@ impl Inclusion {
         let r = &t.receipt.receipt;
         let (proven, unknown) = {
             let s = self.lock();
-            let proven = answer.is_some_and(|a| proves(a, &t.receipt, &s.roots));
+            let proven = answer.is_some_and(|a| proves(&self.settlement, a, &t.receipt, &s.roots));
             // The answer names an on-time root this broker could not remember: it cannot
             // tell, and "cannot tell" never costs the provider a challenge.
             let unknown = match answer {
@@ -388,10 +435,15 @@ impl Inclusion {
             tracing::debug!(receipt = %key, "no key for the receipt's payer yet; challenge deferred");
             return Verdict::Retry;
         };
-        let body = TxBody::ChallengeInclusion {
-            receipt: t.receipt.clone(),
-        };
-        match channels.submit_in_turn(&payer, body).await {
+        let challenged = channels
+            .in_turn(&payer, |a| {
+                Box::pin(async move {
+                    a.challenge_receipt(&t.receipt, t.chain_sig.as_deref())
+                        .await
+                })
+            })
+            .await;
+        match challenged {
             Ok(_) => {
                 tracing::warn!(
                     receipt = %key,
@@ -403,9 +455,9 @@ impl Inclusion {
                 self.forget(&key, "challenged");
                 Verdict::Challenged
             }
-            // The ledger's typed refusal, never its words.
+            // Settlement's typed refusal, never its words.
             Err(ChannelError::Refused { code, .. })
-                if code == agora_ledger::TxError::AlreadyChallenged(key).code() =>
+                if code == format!("{:?}", Refusal::AlreadyChallenged) =>
             {
                 self.forget(&key, "challenged");
                 Verdict::Challenged
@@ -453,16 +505,23 @@ async fn ask(node: &Node, t: &Tracked) -> Option<InclusionAnswer> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agora_core::Amount;
+    use agora_core::{merkle, Amount};
     use agora_ledger::client::Client;
     use agora_ledger::server::{run, SequencerConfig, ServeConfig};
     use agora_ledger::tx::channel_id;
+    use agora_ledger::TxBody;
     use agora_ledger::Voucher;
     use agora_ledger::{Allocation, Event, Genesis, Params, Tx};
     use agora_net::protocol::{Receipt, Sampling, SignedVoucher};
+    use agora_settlement::ledger::LedgerSettlement;
     use agora_settlement::network::SettlementEvent;
 
     const CHAIN: u64 = 9;
+
+    /// Reads and checks on the ledger `l` talks to.
+    fn reader(l: &Client) -> SharedSettlement {
+        Arc::new(LedgerSettlement::reader(l.clone(), CHAIN).expect("reader"))
+    }
 
     #[test]
     fn a_receipt_is_checked_only_inside_its_challenge_window() {
@@ -542,6 +601,7 @@ mod tests {
             receipt,
             peer: Vec::new(),
             addrs: Vec::new(),
+            chain_sig: None,
         }
     }
 
@@ -579,9 +639,12 @@ mod tests {
         let k: Vec<Keypair> = (1..=3u8).map(|i| Keypair::from_seed([i; 32])).collect();
         let (seq, provider, payer) = (k[0].clone(), k[1].clone(), k[2].clone());
         let l = ledger(dir.path(), &seq, &[&provider, &payer]).await;
-        let channels = Channels::new(CHAIN, l.clone(), Amount::new(1));
-        let inclusion =
-            Inclusion::new(None, Params::default().escalation_epochs, None).expect("inclusion");
+        let channels = Channels::new(
+            crate::channels::ledger_opener(l.clone(), CHAIN),
+            Amount::new(1),
+        );
+        let inclusion = Inclusion::new(reader(&l), None, Params::default().escalation_epochs, None)
+            .expect("inclusion");
         let ll = l.clone();
         let (served, balance_before, stake_before) = tokio::task::spawn_blocking(move || {
             let l = ll;
@@ -622,8 +685,11 @@ mod tests {
                 &provider,
                 TxBody::ClaimVoucher {
                     voucher: v.voucher,
-                    payer: v.payer,
-                    payer_sig: v.sig,
+                    payer: payer.account(),
+                    payer_sig: match v.sig {
+                        agora_net::protocol::VoucherSignature::Ed25519 { sig, .. } => sig,
+                        other => panic!("an ed25519 voucher, got {other:?}"),
+                    },
                 },
             );
             let posted = [served[0].receipt.hash(), served[1].receipt.hash()];
@@ -688,15 +754,13 @@ mod tests {
         // Met again (a second sweep, a store recovered after a crash): the ledger refuses a
         // second challenge with its typed code, and the receipt counts as challenged.
         let again = channels
-            .submit_in_turn(
-                &k[2],
-                TxBody::ChallengeInclusion {
-                    receipt: served[2].receipt.clone(),
-                },
-            )
+            .in_turn(&k[2], |a| {
+                let receipt = &served[2].receipt;
+                Box::pin(async move { a.challenge_receipt(receipt, None).await })
+            })
             .await;
         assert!(
-            matches!(&again, Err(ChannelError::Refused { code, .. }) if code == "already_challenged"),
+            matches!(&again, Err(ChannelError::Refused { code, .. }) if code == "AlreadyChallenged"),
             "{again:?}"
         );
         inclusion.keep(&k[2], served[2].clone());
@@ -760,9 +824,12 @@ mod tests {
         let k: Vec<Keypair> = (1..=3u8).map(|i| Keypair::from_seed([i; 32])).collect();
         let (seq, provider, payer) = (k[0].clone(), k[1].clone(), k[2].clone());
         let l = ledger(dir.path(), &seq, &[&provider, &payer]).await;
-        let channels = Channels::new(CHAIN, l.clone(), Amount::new(1));
-        let inclusion =
-            Inclusion::new(None, Params::default().escalation_epochs, None).expect("inclusion");
+        let channels = Channels::new(
+            crate::channels::ledger_opener(l.clone(), CHAIN),
+            Amount::new(1),
+        );
+        let inclusion = Inclusion::new(reader(&l), None, Params::default().escalation_epochs, None)
+            .expect("inclusion");
         let ll = l.clone();
         let served = tokio::task::spawn_blocking(move || {
             let l = ll;
@@ -864,15 +931,16 @@ mod tests {
         let path = dir.path().join("channels.redb");
         let (provider, payer) = (Keypair::from_seed([2; 32]), Keypair::from_seed([3; 32]));
         let t = receipt(&provider, &payer, Hash32::of(b"chan"), 1, 4);
+        let l = Client::new("http://127.0.0.1:9").expect("client");
         {
             let store = Arc::new(ChannelStore::open(&path).expect("store"));
-            let inclusion = Inclusion::new(Some(store), 2, None).expect("inclusion");
+            let inclusion = Inclusion::new(reader(&l), Some(store), 2, None).expect("inclusion");
             inclusion.keep(&payer, t.clone());
             assert_eq!(inclusion.pending(), 1);
         }
         let store = Arc::new(ChannelStore::open(&path).expect("store"));
         let seeds = PayerSeeds(Arc::new(|_| Some([3; 32])));
-        let inclusion = Inclusion::new(Some(store), 2, Some(seeds)).expect("inclusion");
+        let inclusion = Inclusion::new(reader(&l), Some(store), 2, Some(seeds)).expect("inclusion");
         assert_eq!(inclusion.pending(), 1);
         assert!(inclusion.lock().tracked.contains_key(&t.receipt.hash()));
         // The payer's key is found again for the challenge.

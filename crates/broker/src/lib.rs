@@ -1,10 +1,11 @@
 //! The gateway's buyer. For each request it runs the reverse auction over the live offers it
 //! has heard on gossip, streams the answer from the winner over libp2p, fails over to the
 //! next provider if the stream dies or stalls (resuming from the tokens already delivered),
-//! checks each provider's signed receipt, and pays it with a cumulative voucher on a ledger
-//! channel. It then follows each paid receipt until it is proven under its provider's posted
-//! root, or challenges its inclusion on the ledger ([`inclusion`]). It implements the
-//! gateway's [`Backend`].
+//! checks each provider's signed receipt, and pays it with a cumulative voucher on a payment
+//! channel, on either settlement (the embedded ledger or the Agora contracts on an EVM
+//! chain, through `agora_settlement::role_broker::BrokerSettlement`). It then follows each
+//! paid receipt until it is proven under its provider's posted root, or challenges its
+//! inclusion on settlement ([`inclusion`]). It implements the gateway's [`Backend`].
 
 pub mod channels;
 pub mod inclusion;
@@ -33,6 +34,7 @@ use agora_net::{
 };
 use agora_settlement::ledger::LedgerSettlement;
 use agora_settlement::network::{SettlementEvent, SharedSettlement};
+use agora_settlement::open::{Opened, SettlementTarget};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,10 +46,8 @@ pub use stakes::Stakes;
 /// How the broker behaves.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// The ledger chain.
-    pub chain_id: u64,
-    /// The ledger node's URL.
-    pub ledger_url: String,
+    /// Where settlement lives (its chain id is read from it).
+    pub settlement: SettlementTarget,
     /// The network.
     pub net: NetConfig,
     /// Escrow added at least when a channel opens or is topped up, in base units.
@@ -86,11 +86,10 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// Defaults for `chain_id`, the ledger at `ledger_url`, and the network `net`.
-    pub fn new(chain_id: u64, ledger_url: &str, net: NetConfig) -> BrokerConfig {
+    /// Defaults for settlement at `settlement` and the network `net`.
+    pub fn new(settlement: SettlementTarget, net: NetConfig) -> BrokerConfig {
         BrokerConfig {
-            chain_id,
-            ledger_url: ledger_url.into(),
+            settlement,
             net,
             min_deposit: Amount::new(1_000_000),
             stall_timeout: Duration::from_secs(10),
@@ -126,6 +125,8 @@ pub enum BrokerError {
 /// The running broker; clone the `Arc` freely.
 pub struct Broker {
     cfg: BrokerConfig,
+    /// The chain id requests and receipts name (the settlement's).
+    chain_id: u64,
     /// Tokenizer and template by ModelId.
     models: std::collections::HashMap<Hash32, Arc<PromptModel>>,
     node: Node,
@@ -144,19 +145,44 @@ pub struct Broker {
 impl Broker {
     /// Joins the network and starts listening for offers.
     pub async fn start(cfg: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
-        let ledger =
-            Client::new(&cfg.ledger_url).map_err(|e| BrokerError::Config(e.to_string()))?;
-        let mut net = cfg.net.clone();
-        net.topics.push(offers_topic(cfg.chain_id));
-        let (node, gossip) = Node::start(net).await?;
-        let book = Arc::new(Mutex::new(OfferBook::new().with_chain(cfg.chain_id)));
-        let banned = Arc::new(Mutex::new(std::collections::HashSet::new()));
         // Stake and the events the market follows come through the settlement interface,
-        // which names providers by their network keys on either settlement.
-        let settlement: SharedSettlement = Arc::new(
-            LedgerSettlement::reader(ledger.clone(), cfg.chain_id)
-                .map_err(|e| BrokerError::Config(e.to_string()))?,
-        );
+        // which names providers by their network keys on either settlement; payers' accounts
+        // are opened per API key by the channels.
+        let (settlement, opener): (SharedSettlement, channels::AccountOpener) = match &cfg
+            .settlement
+        {
+            SettlementTarget::Ledger { url } => {
+                let ledger = Client::new(url).map_err(|e| BrokerError::Config(e.to_string()))?;
+                let l = ledger.clone();
+                let status = tokio::task::spawn_blocking(move || l.status())
+                    .await
+                    .map_err(|e| BrokerError::Config(e.to_string()))?
+                    .map_err(|e| BrokerError::Config(format!("asking the ledger at {url}: {e}")))?;
+                let reader = LedgerSettlement::reader(ledger.clone(), status.chain_id)
+                    .map_err(|e| BrokerError::Config(e.to_string()))?;
+                (
+                    Arc::new(reader),
+                    channels::ledger_opener(ledger, status.chain_id),
+                )
+            }
+            SettlementTarget::Evm { .. } => {
+                // Reads and checks only: a fresh key with no funds.
+                let key = Keypair::generate().map_err(|e| BrokerError::Config(e.to_string()))?;
+                let reader = Opened::open(&cfg.settlement, &key)
+                    .await
+                    .map_err(|e| BrokerError::Config(format!("opening settlement: {e}")))?;
+                (
+                    reader.network(),
+                    channels::opener_for(cfg.settlement.clone()),
+                )
+            }
+        };
+        let chain_id = settlement.network_chain_id();
+        let mut net = cfg.net.clone();
+        net.topics.push(offers_topic(chain_id));
+        let (node, gossip) = Node::start(net).await?;
+        let book = Arc::new(Mutex::new(OfferBook::new().with_chain(chain_id)));
+        let banned = Arc::new(Mutex::new(std::collections::HashSet::new()));
         let reader = settlement.clone();
         let runtime = tokio::runtime::Handle::current();
         let stakes = Stakes::new(
@@ -171,26 +197,22 @@ impl Broker {
             banned.clone(),
             stakes.clone(),
         ));
-        // The ledger epoch receipts are checked against: read once now, then followed.
-        let status = {
-            let l = ledger.clone();
-            tokio::task::spawn_blocking(move || l.status()).await
-        };
-        let epoch = Arc::new(AtomicU64::new(match status {
-            Ok(Ok(s)) => s.epoch,
-            _ => 0,
-        }));
+        // The epoch receipts are checked against: read once now, then followed.
+        let epoch = Arc::new(AtomicU64::new(
+            settlement.current_epoch().await.unwrap_or(0),
+        ));
         let channels = match &cfg.channel_store {
             Some(path) => {
                 let store = channels::ChannelStore::open(path)
                     .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
-                Channels::durable(cfg.chain_id, ledger.clone(), cfg.min_deposit, store)
+                Channels::durable(opener, cfg.min_deposit, store)
                     .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?
             }
-            None => Channels::new(cfg.chain_id, ledger.clone(), cfg.min_deposit),
+            None => Channels::new(opener, cfg.min_deposit),
         };
         let inclusion = Arc::new(
             Inclusion::new(
+                settlement.clone(),
                 channels.store(),
                 cfg.escalation_epochs,
                 cfg.payer_seeds.clone(),
@@ -228,6 +250,7 @@ impl Broker {
         Ok(Arc::new(Broker {
             models,
             cfg,
+            chain_id,
             node,
             book,
             channels,
@@ -435,7 +458,7 @@ impl Broker {
             };
             let provider = cand.provider();
             let req = InferenceRequest {
-                chain_id: self.cfg.chain_id,
+                chain_id: self.chain_id,
                 request_id,
                 payer: payer.account(),
                 channel: Hash32::default(),
@@ -467,11 +490,13 @@ impl Broker {
                 Outcome::Done {
                     finish,
                     receipt,
+                    chain_sig,
                     paid_micros,
                 } => {
                     self.with_book(|b| b.record_success(&provider));
                     // Paid: it must now show up under the provider's root.
-                    self.inclusion.track(&payer, &receipt, &cand.offer);
+                    self.inclusion
+                        .track(&payer, &receipt, chain_sig, &cand.offer);
                     receipts.push(ReceiptRef {
                         provider: provider.to_string(),
                         receipt: receipt.hash().to_string(),
@@ -585,7 +610,7 @@ impl Broker {
         let request_id = hex::encode(req.request_id);
         let result = self.stream_answer(payer, peer, &req, answer).await;
         let cost = match &result {
-            Ok((_, _, paid, _)) => *paid,
+            Ok((_, _, _, paid, _)) => *paid,
             Err(_) => 0,
         };
         // A provider that did not finish is not paid: without its receipt nothing proves
@@ -603,8 +628,8 @@ impl Broker {
             h.settle(paid_micros.div_ceil(agora_market::MICROS_PER_UNIT));
         }
         let voucher = settled.voucher;
-        let (finish, receipt, mut stream) = match result {
-            Ok((finish, receipt, _, stream)) => (finish, receipt, stream),
+        let (finish, receipt, chain_sig, mut stream) = match result {
+            Ok((finish, receipt, chain_sig, _, stream)) => (finish, receipt, chain_sig, stream),
             Err(outcome) => return outcome,
         };
         if let Some(v) = voucher {
@@ -623,6 +648,7 @@ impl Broker {
         Outcome::Done {
             finish,
             receipt: Box::new(receipt),
+            chain_sig,
             paid_micros,
         }
     }
@@ -634,7 +660,7 @@ impl Broker {
         peer: PeerId,
         req: &InferenceRequest,
         answer: &mut Answer,
-    ) -> Result<(Finish, SignedReceipt, u128, Stream), Outcome> {
+    ) -> Result<(Finish, SignedReceipt, Option<Vec<u8>>, u128, Stream), Outcome> {
         let provider = req.provider;
         let started = Instant::now();
         let mut control = self.node.control();
@@ -660,17 +686,38 @@ impl Broker {
             accept: self.cfg.accept_timeout,
             stall: self.cfg.stall_timeout,
         };
-        let (finish, receipt, paid) = relay(&mut stream, payer, req, answer, timeouts, || {
-            let ms = started.elapsed().as_secs_f64() * 1e3;
-            self.with_book(|b| b.record_latency(&provider, ms));
-        })
-        .await?;
+        let (finish, receipt, chain_sig, paid) =
+            relay(&mut stream, payer, req, answer, timeouts, || {
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                self.with_book(|b| b.record_latency(&provider, ms));
+            })
+            .await?;
+        // A receipt whose omission could not be challenged on this settlement (on a chain:
+        // no valid EIP-712 signature by the provider's account) is not paid for.
+        let holds = match self.channels.account(payer).await {
+            Ok(a) => a
+                .receipt_commitment_holds(&receipt, chain_sig.as_deref())
+                .await
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if !holds {
+            return Err(Outcome::Failed(BackendError::Upstream(format!(
+                "provider {provider} sent no valid {} commitment to its receipt",
+                self.channels_kind()
+            ))));
+        }
         self.record_throughput(
             provider,
             receipt.receipt.output_tokens,
             started.elapsed().as_secs_f64(),
         );
-        Ok((finish, receipt, paid, stream))
+        Ok((finish, receipt, chain_sig, paid, stream))
+    }
+
+    /// Which settlement the channels pay on.
+    fn channels_kind(&self) -> agora_settlement::network::SettlementKind {
+        self.cfg.settlement.kind()
     }
 }
 
@@ -694,7 +741,7 @@ async fn relay<S>(
     answer: &mut Answer,
     timeouts: Timeouts,
     mut first_token: impl FnMut(),
-) -> Result<(Finish, SignedReceipt, u128), Outcome>
+) -> Result<(Finish, SignedReceipt, Option<Vec<u8>>, u128), Outcome>
 where
     S: futures::AsyncRead + futures::AsyncWrite + Unpin,
 {
@@ -783,7 +830,7 @@ where
                 finish,
                 tail,
                 receipt,
-                ..
+                chain_sig,
             } => {
                 if !accepted {
                     return Err(failed(format!("provider {provider} finished unasked")));
@@ -807,7 +854,7 @@ where
                     None => tail,
                 };
                 answer.emit(StreamEvent::Text(tail)).await;
-                return Ok((finish, *receipt, paid));
+                return Ok((finish, *receipt, chain_sig, paid));
             }
             Frame::Error { code, message } => {
                 // A provider's words never reach the API client: logged, answered generically.
@@ -934,6 +981,8 @@ enum Outcome {
     Done {
         finish: Finish,
         receipt: Box<SignedReceipt>,
+        /// The provider's EIP-712 receipt signature on a chain (what a challenge carries).
+        chain_sig: Option<Vec<u8>>,
         paid_micros: u128,
     },
     /// The provider streamed past the answer's end (max_tokens or a stop sequence): the

@@ -227,7 +227,7 @@ async fn honest_answer_is_paid_exactly_its_tokens() {
     let r = receipt(&req, &ids, ids.len() as u32, &out, None);
     let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
     let (mut a, first) = answer(exact(&m), Some(m.clone()), &req);
-    let (_, _, paid) = relay(&mut s, &payer(), &req, &mut a, T, || {})
+    let (_, _, _, paid) = relay(&mut s, &payer(), &req, &mut a, T, || {})
         .await
         .unwrap_or_else(|_| panic!("honest answer refused"));
     let want = agora_market::cost_micros(
@@ -355,7 +355,7 @@ async fn resumed_tokens_are_priced_like_prompt() {
     let r = receipt(&req, &ids, ids.len() as u32, &out, None);
     let mut s = script(&frames(&req, ids.len() as u32, &out, &[], Some(r))).await;
     let (mut a, _first) = answer(exact(&m), Some(m.clone()), &req);
-    let (_, _, paid) = relay(&mut s, &payer(), &req, &mut a, T, || {})
+    let (_, _, _, paid) = relay(&mut s, &payer(), &req, &mut a, T, || {})
         .await
         .unwrap_or_else(|_| panic!("honest resumed answer refused"));
     let prefill = (ids.len() + resume.len()) as u64;
@@ -404,7 +404,7 @@ async fn unknown_model_prompt_charge_is_bounded() {
     let r = receipt(&req, &ids, bound, &out, None);
     let mut s = script(&frames(&req, bound, &out, &["a", "b"], Some(r))).await;
     let (mut a, _first) = answer(PromptCount::Bound(bound), None, &req);
-    let (_, _, paid) = relay(&mut s, &payer(), &req, &mut a, T, || {})
+    let (_, _, _, paid) = relay(&mut s, &payer(), &req, &mut a, T, || {})
         .await
         .unwrap_or_else(|_| panic!("bounded answer refused"));
     assert!(paid <= most_micros(&req, PromptCount::Bound(bound)).expect("most"));
@@ -435,7 +435,7 @@ async fn injected_text_never_reaches_the_client() {
 #[tokio::test]
 async fn settle_never_charges_more_than_the_reservation() {
     let ledger = Client::new("http://127.0.0.1:9").expect("client");
-    let channels = Channels::new(9, ledger, Amount::new(1));
+    let channels = Channels::new(channels::ledger_opener(ledger, 9), Amount::new(1));
     let (p, q) = (payer(), provider().account());
     let id = Hash32::of(b"chan");
     channels
@@ -467,7 +467,12 @@ async fn restart_continues_vouchers_from_the_durable_books() {
     };
     {
         let store = channels::ChannelStore::open(&path).expect("store");
-        let ch = Channels::durable(9, ledger.clone(), Amount::new(1), store).expect("open");
+        let ch = Channels::durable(
+            channels::ledger_opener(ledger.clone(), 9),
+            Amount::new(1),
+            store,
+        )
+        .expect("open");
         ch.insert_open(p.account(), q, id, Amount::new(1_000)).await;
         let v = ch
             .settle(&p, q, r, 7_500_000)
@@ -477,7 +482,8 @@ async fn restart_continues_vouchers_from_the_durable_books() {
         assert_eq!(v.voucher.cumulative, Amount::new(7));
     }
     let store = channels::ChannelStore::open(&path).expect("store");
-    let ch = Channels::durable(9, ledger, Amount::new(1), store).expect("reopen");
+    let ch = Channels::durable(channels::ledger_opener(ledger, 9), Amount::new(1), store)
+        .expect("reopen");
     assert_eq!(ch.channel_of(&p.account(), &q).await, Some(id));
     assert_eq!(ch.spent_micros(&p.account(), &q).await, Some(7_500_000));
     let v = ch

@@ -209,9 +209,10 @@ impl Service {
         if r.issued_ms.abs_diff(now_ms()) > REQUEST_WINDOW_MS {
             return deny("outside the replay window");
         }
-        let checked = match self.receipts.settlement() {
+        let settlement = self.receipts.settlement();
+        let checked = match settlement.map(|s| (s, s.ledger_client())) {
             // A chain: its contract's assignment, or a failed reveal of the leaf on it.
-            Some(s) if s.ledger_client().is_none() => {
+            Some((s, None)) => {
                 let entitled = match r.reveal_tx {
                     None => s.assigned_to(r.verifier, r.epoch, r.index).await,
                     Some(_) => s.may_confirm(r.verifier, r.epoch, r.index).await,
@@ -226,10 +227,7 @@ impl Service {
                     Err(e) => Err(format!("cannot check settlement now: {e}")),
                 }
             }
-            settlement => {
-                let ledger = settlement
-                    .and_then(|s| s.ledger_client())
-                    .unwrap_or_else(|| self.payments.ledger().clone());
+            Some((_, Some(ledger))) => {
                 let service = self.clone();
                 tokio::task::spawn_blocking(move || {
                     service.audit_gate.allow(
@@ -244,6 +242,7 @@ impl Service {
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
             }
+            None => Err("this provider has no settlement to check audits against".to_string()),
         };
         if let Err(why) = checked {
             return deny(&why);

@@ -153,16 +153,13 @@ impl Provider {
         let receipts =
             receipts::ReceiptLog::open_on(&cfg.data_dir.join("receipts.redb"), settlement.clone())
                 .map_err(|e| ProviderError::Config(e.to_string()))?;
-        let (chain, me, l, path) = (
-            chain_id,
+        let payments = Payments::open(
             key.account(),
-            payments_ledger(&settlement, &cfg.settlement)?,
-            cfg.data_dir.join("vouchers.redb"),
-        );
-        let payments = tokio::task::spawn_blocking(move || Payments::open(chain, me, l, &path))
-            .await
-            .map_err(|e| ProviderError::Config(e.to_string()))?
-            .map_err(|e| ProviderError::Config(e.to_string()))?;
+            opened.network(),
+            &cfg.data_dir.join("vouchers.redb"),
+        )
+        .await
+        .map_err(|e| ProviderError::Config(e.to_string()))?;
         let mut net = cfg.net.clone();
         net.topics.push(offers_topic(chain_id));
         let (node, _gossip) = Node::start(net).await?;
@@ -510,20 +507,6 @@ async fn open_due_plants(
         canary::lock(&canary.committed).retain(|p| *p != (epoch, index));
     }
     Ok(())
-}
-
-/// The ledger client payments read channels from. On a chain there is none: until the
-/// payments check channels through the settlement (`payments.rs`), a client that reaches
-/// nothing stands in, so every channel check fails closed (nothing is served unpaid).
-fn payments_ledger(
-    settlement: &Arc<dyn ProviderSettlement>,
-    target: &SettlementTarget,
-) -> Result<Client, ProviderError> {
-    match settlement.ledger_client() {
-        Some(c) => Ok(c),
-        None => Client::new("http://127.0.0.1:9")
-            .map_err(|e| ProviderError::Config(format!("{target:?}: {e}"))),
-    }
 }
 
 /// The request features `model` is served with: log-probabilities always; tools when the

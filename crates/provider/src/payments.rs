@@ -9,7 +9,13 @@
 //! A channel the payer has asked to close is refused: its escrow goes back to the payer at
 //! the end of the ledger's claim window, before a voucher for a new answer could be claimed
 //! for sure. Once a channel has expired (the payer may ask to close it at any time) its state
-//! is read from the ledger for every request.
+//! is read from settlement for every request.
+//!
+//! Channels are read and vouchers checked through [`NetworkSettlement`], so the same rules
+//! hold on the ledger and on an EVM chain: a voucher counts only when its signature, of the
+//! settlement's own kind, recovers to the channel's payer ([`NetworkSettlement::voucher_signer`]
+//! against [`NetworkSettlement::channel_parties`]); a request's payer key must stand for that
+//! same payer ([`NetworkSettlement::party_of_key`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,9 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_core::{AccountId, Amount, Hash32};
-use agora_ledger::client::Client;
 use agora_net::protocol::SignedVoucher;
-use agora_settlement::network::{NetworkSettlement, VoucherSignature};
+use agora_settlement::network::{NetworkSettlement, Party, SharedSettlement};
 use borsh::BorshDeserialize;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -30,7 +35,11 @@ const VOUCHER_GRACE: Duration = Duration::from_secs(2);
 /// What the provider knows of one channel.
 #[derive(Debug, Clone)]
 struct ChannelView {
-    payer: AccountId,
+    /// The key that signs the channel's requests (`None` for a view recovered from the store
+    /// on a chain, until a request's key is checked against the channel's payer).
+    payer: Option<AccountId>,
+    /// The channel's payer on settlement, whose signature a voucher must carry.
+    payer_party: Party,
     deposit: Amount,
     claimed: Amount,
     /// The payer may ask to close it from this epoch on: the cached view is trusted before.
@@ -68,7 +77,7 @@ impl ChannelView {
 /// Why a channel cannot pay.
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {
-    /// Not on the ledger, closed, or not between this payer and this provider.
+    /// Not on settlement, closed, or not between this payer and this provider.
     #[error("channel {0} is unknown, closed, or not from this payer to this provider")]
     NoChannel(Hash32),
     /// Too little left in escrow for the most this request could cost.
@@ -94,8 +103,8 @@ pub enum PaymentError {
         /// Served and not vouched.
         owed: Amount,
     },
-    /// The ledger could not be asked.
-    #[error("ledger: {0}")]
+    /// Settlement could not be asked.
+    #[error("settlement: {0}")]
     Ledger(String),
     /// The voucher store failed.
     #[error("voucher store: {0}")]
@@ -110,7 +119,9 @@ pub enum PaymentError {
 pub struct Payments {
     chain_id: u64,
     me: AccountId,
-    ledger: Client,
+    settlement: SharedSettlement,
+    /// The settlement account `me` stands for, once read.
+    my_party: Arc<Mutex<Option<Party>>>,
     channels: Arc<Mutex<HashMap<Hash32, ChannelView>>>,
     paid: Arc<tokio::sync::Notify>,
     store: Option<Arc<Database>>,
@@ -137,13 +148,13 @@ fn store_err<E: std::fmt::Display>(e: E) -> PaymentError {
 }
 
 impl Payments {
-    /// Payments to `me` on `chain_id`, checked against the ledger at `ledger`, held in
-    /// memory only.
-    pub fn new(chain_id: u64, me: AccountId, ledger: Client) -> Payments {
+    /// Payments to network key `me`, checked against `settlement`, held in memory only.
+    pub fn new(me: AccountId, settlement: SharedSettlement) -> Payments {
         Payments {
-            chain_id,
+            chain_id: settlement.network_chain_id(),
             me,
-            ledger,
+            settlement,
+            my_party: Arc::default(),
             channels: Arc::default(),
             paid: Arc::default(),
             store: None,
@@ -151,44 +162,53 @@ impl Payments {
     }
 
     /// Payments whose best vouchers are kept in the redb file at `path`, with the vouchers
-    /// a previous run kept recovered (claimed amounts are read from the ledger when it
-    /// answers). Blocking.
-    pub fn open(
-        chain_id: u64,
+    /// a previous run kept recovered (each channel is read from settlement again before its
+    /// next request; the kept vouchers are claimed meanwhile).
+    pub async fn open(
         me: AccountId,
-        ledger: Client,
+        settlement: SharedSettlement,
         path: &Path,
     ) -> Result<Payments, PaymentError> {
-        let db = Database::create(path).map_err(store_err)?;
-        let mut kept = vec![];
-        {
-            let w = db.begin_write().map_err(store_err)?;
-            w.open_table(VOUCHERS).map_err(store_err)?;
-            w.commit().map_err(store_err)?;
-            let r = db.begin_read().map_err(store_err)?;
-            let t = r.open_table(VOUCHERS).map_err(store_err)?;
-            for row in t.iter().map_err(store_err)? {
-                let (_, v) = row.map_err(store_err)?;
-                kept.push(SignedVoucher::try_from_slice(v.value()).map_err(store_err)?);
-            }
-        }
+        let path = path.to_path_buf();
+        let (db, kept) = tokio::task::spawn_blocking(move || Self::load(&path))
+            .await
+            .map_err(store_err)??;
         let payments = Payments {
             store: Some(Arc::new(db)),
-            ..Payments::new(chain_id, me, ledger)
+            ..Payments::new(me, settlement)
         };
         for v in kept {
             let id = v.voucher.channel;
-            let (deposit, claimed, expires_epoch) = match payments.ledger.channel(&id) {
-                Ok(Some(c)) => (c.deposit, c.claimed, c.expires_epoch),
-                // Unknown now: keep the voucher; a claim will tell (and admission asks the
-                // ledger again).
-                _ => (v.voucher.cumulative, Amount::ZERO, 0),
+            // Checked when it was kept: its signer is the channel's payer.
+            let Some(payer_party) =
+                payments
+                    .settlement
+                    .voucher_signer(id, v.voucher.cumulative, &v.sig)
+            else {
+                tracing::warn!(channel = %id, "a kept voucher of another settlement: dropped");
+                continue;
+            };
+            let read = payments.settlement.channel_parties(id).await.ok().flatten();
+            let (deposit, claimed, expires_epoch) = match read {
+                Some(c) => (c.deposit, c.claimed, c.expires_epoch),
+                // Unknown now: keep the voucher; a claim will tell (and admission asks
+                // settlement again).
+                None => (v.voucher.cumulative, Amount::ZERO, 0),
             };
             tracing::info!(channel = %id, cumulative = %v.voucher.cumulative, "recovered a voucher");
+            // On a chain the request key is not in the voucher: the next request's key is
+            // checked against the channel's payer (expired at epoch 0: read again first).
+            let (payer, expires_epoch) = match &v.sig {
+                agora_net::protocol::VoucherSignature::Ed25519 { payer, .. } => {
+                    (Some(*payer), expires_epoch)
+                }
+                agora_net::protocol::VoucherSignature::Eip712(_) => (None, 0),
+            };
             payments.lock().insert(
                 id,
                 ChannelView {
-                    payer: v.payer,
+                    payer,
+                    payer_party,
                     deposit,
                     claimed,
                     expires_epoch,
@@ -205,6 +225,24 @@ impl Payments {
         Ok(payments)
     }
 
+    /// The store at `path` and the vouchers it keeps. Blocking.
+    fn load(path: &Path) -> Result<(Database, Vec<SignedVoucher>), PaymentError> {
+        let db = Database::create(path).map_err(store_err)?;
+        let mut kept = vec![];
+        {
+            let w = db.begin_write().map_err(store_err)?;
+            w.open_table(VOUCHERS).map_err(store_err)?;
+            w.commit().map_err(store_err)?;
+            let r = db.begin_read().map_err(store_err)?;
+            let t = r.open_table(VOUCHERS).map_err(store_err)?;
+            for row in t.iter().map_err(store_err)? {
+                let (_, v) = row.map_err(store_err)?;
+                kept.push(SignedVoucher::try_from_slice(v.value()).map_err(store_err)?);
+            }
+        }
+        Ok((db, kept))
+    }
+
     fn persist(&self, v: &SignedVoucher) -> Result<(), PaymentError> {
         let Some(db) = &self.store else {
             return Ok(());
@@ -218,9 +256,26 @@ impl Payments {
         w.commit().map_err(store_err)
     }
 
-    /// The ledger client.
-    pub fn ledger(&self) -> &Client {
-        &self.ledger
+    /// The settlement the channels are read from.
+    pub fn settlement(&self) -> &SharedSettlement {
+        &self.settlement
+    }
+
+    /// The settlement account this provider's key stands for (read once).
+    async fn my_party(&self) -> Result<Party, PaymentError> {
+        if let Some(p) = *self.my_party.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(p);
+        }
+        let p = self
+            .settlement
+            .party_of_key(self.me)
+            .await
+            .map_err(|e| PaymentError::Ledger(e.to_string()))?
+            .ok_or_else(|| {
+                PaymentError::Ledger(format!("no settlement account stands for {}", self.me))
+            })?;
+        *self.my_party.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+        Ok(p)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Hash32, ChannelView>> {
@@ -255,7 +310,9 @@ impl Payments {
         let waited = tokio::time::Instant::now();
         loop {
             let unpaid = match self.lock().get(&channel) {
-                Some(v) if v.payer != payer => return Err(PaymentError::NoChannel(channel)),
+                Some(v) if v.payer.is_some_and(|p| p != payer) => {
+                    return Err(PaymentError::NoChannel(channel))
+                }
                 Some(v) => v.unpaid(),
                 None => Amount::ZERO,
             };
@@ -270,15 +327,25 @@ impl Payments {
         if let Some(r) = self.reserve(&channel, &payer, need, Some(epoch))? {
             return Ok(r);
         }
-        let ledger = self.ledger.clone();
-        let fetched = tokio::task::spawn_blocking(move || ledger.channel(&channel))
+        let fetched = self
+            .settlement
+            .channel_parties(channel)
             .await
-            .map_err(|e| PaymentError::Ledger(e.to_string()))?
             .map_err(|e| PaymentError::Ledger(e.to_string()))?;
         let Some(c) = fetched else {
             return Err(PaymentError::NoChannel(channel));
         };
-        if c.closed || c.payer != payer || c.provider != self.me {
+        if c.closed || c.provider != self.my_party().await? {
+            return Err(PaymentError::NoChannel(channel));
+        }
+        // The request's key must stand for the channel's payer: otherwise anyone naming the
+        // channel could run up answers its payer never vouches for and block it.
+        let payer_party = self
+            .settlement
+            .party_of_key(payer)
+            .await
+            .map_err(|e| PaymentError::Ledger(e.to_string()))?;
+        if payer_party != Some(c.payer) {
             return Err(PaymentError::NoChannel(channel));
         }
         // Closing: the rest goes back to the payer at the end of the claim window, and a
@@ -292,7 +359,8 @@ impl Payments {
         {
             let mut map = self.lock();
             let view = map.entry(channel).or_insert(ChannelView {
-                payer,
+                payer: Some(payer),
+                payer_party: c.payer,
                 deposit: c.deposit,
                 claimed: c.claimed,
                 expires_epoch: c.expires_epoch,
@@ -300,6 +368,10 @@ impl Payments {
                 served_micros: 0,
                 inflight: Amount::ZERO,
             });
+            if view.payer_party != c.payer || view.payer.is_some_and(|p| p != payer) {
+                return Err(PaymentError::NoChannel(channel));
+            }
+            view.payer = Some(payer);
             view.deposit = c.deposit;
             view.claimed = view.claimed.max(c.claimed);
             view.expires_epoch = c.expires_epoch;
@@ -330,8 +402,11 @@ impl Payments {
         let Some(v) = map.get_mut(channel) else {
             return Ok(None);
         };
-        if &v.payer != payer {
-            return Err(PaymentError::NoChannel(*channel));
+        match v.payer {
+            Some(p) if &p != payer => return Err(PaymentError::NoChannel(*channel)),
+            Some(_) => {}
+            // Recovered and not yet matched to a request's key: read the channel first.
+            None => return Ok(None),
         }
         if epoch.is_some_and(|e| e >= v.expires_epoch) || v.free() < need {
             return Ok(None);
@@ -361,17 +436,27 @@ impl Payments {
     /// deposit (durably, before it counts). Returns the shortfall against what was served,
     /// if any.
     pub fn accept_voucher(&self, voucher: SignedVoucher) -> Result<Amount, PaymentError> {
-        voucher
-            .verify()
-            .map_err(|e| PaymentError::BadVoucher(e.to_string()))?;
         if voucher.voucher.chain_id != self.chain_id {
             return Err(PaymentError::BadVoucher("another chain".into()));
         }
+        // Recovered before the lock: a signature of another settlement's kind, a forgery or
+        // a malleable twin recovers to nobody.
+        let signer = self.settlement.voucher_signer(
+            voucher.voucher.channel,
+            voucher.voucher.cumulative,
+            &voucher.sig,
+        );
+        let Some(signer) = signer else {
+            return Err(PaymentError::BadVoucher(format!(
+                "not a {} voucher signature that verifies",
+                self.settlement.kind()
+            )));
+        };
         let mut map = self.lock();
         let v = map
             .get_mut(&voucher.voucher.channel)
             .ok_or_else(|| PaymentError::BadVoucher("unknown channel".into()))?;
-        if v.payer != voucher.payer {
+        if v.payer_party != signer {
             return Err(PaymentError::BadVoucher("not the channel's payer".into()));
         }
         if voucher.voucher.cumulative > v.deposit {
@@ -409,12 +494,8 @@ impl Payments {
         let mut total = Amount::ZERO;
         let mut first_error = None;
         for (id, best) in pending {
-            let sig = VoucherSignature::Ed25519 {
-                payer: best.payer,
-                sig: best.sig,
-            };
             match settlement
-                .claim_voucher(id, best.voucher.cumulative, sig)
+                .claim_voucher(id, best.voucher.cumulative, best.sig.clone())
                 .await
             {
                 Ok(()) => {

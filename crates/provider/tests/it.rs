@@ -3,9 +3,10 @@
 //! requests: each gets a clear refusal and the provider goes on serving; then an honest,
 //! paid request streams tokens and a receipt that checks out, and its voucher is claimed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use agora_core::{AccountId, Amount, Hash32, Keypair};
+use agora_core::{Amount, Hash32, Keypair};
 use agora_ledger::client::Client;
 use agora_ledger::tx::channel_id;
 use agora_ledger::{Tx, TxBody, Voucher};
@@ -69,16 +70,12 @@ fn refusal(f: Option<Frame>) -> (ErrorCode, String) {
 /// The provider's payments over the ledger at `url`, kept in `path`.
 async fn open_payments(
     url: &str,
-    me: AccountId,
+    me: &Keypair,
     path: &std::path::Path,
 ) -> agora_provider::Payments {
-    let (u, p) = (url.to_string(), path.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        agora_provider::Payments::open(CHAIN, me, Client::new(&u).expect("client"), &p)
-    })
-    .await
-    .expect("join")
-    .expect("open payments")
+    agora_provider::Payments::open(me.account(), Arc::new(settlement_of(url, me)), path)
+        .await
+        .expect("open payments")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,11 +388,8 @@ async fn a_payer_that_does_not_vouch_is_not_served_again() {
     );
     let url = ledger(dir.path(), &seq, &[&provider, &payer], 1_000_000_000).await;
     let channel = open_channel(&url, &payer, &provider, 10_000).await;
-    let payments = agora_provider::Payments::new(
-        CHAIN,
-        provider.account(),
-        Client::new(&url).expect("client"),
-    );
+    let payments =
+        agora_provider::Payments::new(provider.account(), Arc::new(settlement_of(&url, &provider)));
     {
         let _first = payments
             .check(channel, payer.account(), Amount::new(100))
@@ -439,11 +433,8 @@ async fn a_voucher_above_the_deposit_is_refused_and_blocks_no_other_claim() {
     .await;
     let bad = open_channel(&url, &payer, &provider, 100).await;
     let good = open_channel(&url, &other, &provider, 1_000).await;
-    let payments = agora_provider::Payments::new(
-        CHAIN,
-        provider.account(),
-        Client::new(&url).expect("client"),
-    );
+    let payments =
+        agora_provider::Payments::new(provider.account(), Arc::new(settlement_of(&url, &provider)));
     for (ch, who) in [(bad, &payer), (good, &other)] {
         let _r = payments
             .check(ch, who.account(), Amount::new(10))
@@ -481,7 +472,7 @@ async fn a_refused_claim_blocks_no_other_channels_claim() {
     let good = open_channel(&url, &payer, &provider, 1_000).await;
     let path = dir.path().join("vouchers.redb");
     {
-        let payments = open_payments(&url, provider.account(), &path).await;
+        let payments = open_payments(&url, &provider, &path).await;
         let _r = payments
             .check(good, payer.account(), Amount::new(10))
             .await
@@ -504,7 +495,7 @@ async fn a_refused_claim_blocks_no_other_channels_claim() {
             .expect("insert");
         w.commit().expect("commit");
     }
-    let payments = open_payments(&url, provider.account(), &path).await;
+    let payments = open_payments(&url, &provider, &path).await;
     let total = payments
         .claim_all(&settlement_of(&url, &provider))
         .await
@@ -545,7 +536,7 @@ async fn vouchers_survive_a_restart_and_are_claimed() {
     let channel = open_channel(&url, &payer, &provider, 1_000).await;
     let path = dir.path().join("vouchers.redb");
     {
-        let payments = open_payments(&url, provider.account(), &path).await;
+        let payments = open_payments(&url, &provider, &path).await;
         let _r = payments
             .check(channel, payer.account(), Amount::new(10))
             .await
@@ -556,7 +547,7 @@ async fn vouchers_survive_a_restart_and_are_claimed() {
             .expect("voucher");
         // The process dies here, before any claim.
     }
-    let payments = open_payments(&url, provider.account(), &path).await;
+    let payments = open_payments(&url, &provider, &path).await;
     let total = payments
         .claim_all(&settlement_of(&url, &provider))
         .await
@@ -834,9 +825,8 @@ async fn a_channel_the_payer_is_closing_is_not_served() {
     };
     // A view of the channel cached while it was young must not outlive its expiry.
     let payments = agora_provider::Payments::new(
-        CHAIN,
         provider_key.account(),
-        Client::new(&url).expect("client"),
+        Arc::new(settlement_of(&url, &provider_key)),
     );
     drop(
         payments

@@ -33,6 +33,7 @@ pub mod network;
 pub mod open;
 pub mod role_provider;
 pub mod role_verifier;
+pub mod role_broker;
 
 pub use agora_wire::protocol::SignedReceipt;
 use std::fmt::Debug;

@@ -23,7 +23,7 @@
 use crate::evm::EvmSettlement;
 use crate::ledger::LedgerSettlement;
 use crate::{Settlement, SettlementError, SignedReceipt};
-use agora_core::{AccountId, Amount, Hash32, Signature};
+use agora_core::{AccountId, Amount, Hash32};
 use agora_evm::bindings::AgoraSettlement;
 use agora_evm::receipts::ReceiptLeaf;
 use agora_evm::EvmError;
@@ -68,21 +68,9 @@ pub enum Party {
     Address([u8; 20]),
 }
 
-/// A payer's signature over a cumulative voucher, of one settlement's kind.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VoucherSignature {
-    /// The ledger's: `payer` signs `agora_wire::Voucher` (chain id, channel, cumulative) under
-    /// `agora_wire::VOUCHER_DOMAIN`.
-    Ed25519 {
-        /// The signing (payer's) key.
-        payer: AccountId,
-        /// Its signature.
-        sig: Signature,
-    },
-    /// An EVM chain's: the payer's EIP-712 signature (r, s, v) over `Voucher(bytes32
-    /// channel,uint256 cumulative)` under ("Agora", "1", chain id, settlement contract).
-    Eip712([u8; 65]),
-}
+/// A payer's signature over a cumulative voucher, of one settlement's kind: the wire's type,
+/// so a voucher travels and is checked as one thing.
+pub use agora_wire::protocol::VoucherSignature;
 
 /// A channel's parties and money.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +85,10 @@ pub struct ChannelParties {
     pub claimed: Amount,
     /// Closed and refunded.
     pub closed: bool,
+    /// From this epoch the payer may ask to close it.
+    pub expires_epoch: u64,
+    /// Once the payer asked to close: the epoch from which the rest goes back to it.
+    pub closes_epoch: Option<u64>,
 }
 
 /// What the services follow on settlement, parties named by their network keys.
@@ -223,6 +215,10 @@ pub trait NetworkSettlement: Send + Sync {
         cumulative: Amount,
         sig: VoucherSignature,
     ) -> SettlementFuture<'_, ()>;
+    /// The account network key `key` stands for: itself on the ledger; on a chain the one
+    /// account whose binding of it verifies (`None`: nobody). What a provider compares a
+    /// request's payer with the channel's payer by.
+    fn party_of_key(&self, key: AccountId) -> SettlementFuture<'_, Option<Party>>;
 }
 
 fn refused(r: crate::Refusal) -> SettlementError {
@@ -334,6 +330,8 @@ impl NetworkSettlement for LedgerSettlement {
                 deposit: c.deposit,
                 claimed: c.claimed,
                 closed: c.closed,
+                expires_epoch: c.expires_epoch,
+                closes_epoch: c.closes_epoch,
             }))
         })
     }
@@ -407,6 +405,10 @@ impl NetworkSettlement for LedgerSettlement {
             };
             Settlement::claim(self, channel, cumulative.units(), &(payer, sig)).await
         })
+    }
+
+    fn party_of_key(&self, key: AccountId) -> SettlementFuture<'_, Option<Party>> {
+        Box::pin(async move { Ok(Some(Party::Key(key))) })
     }
 }
 
@@ -691,7 +693,7 @@ impl EvmSettlement {
 
 /// Whether `s` of a secp256k1 signature is in the lower half of the curve order (the contract
 /// refuses the malleable upper twin; so does this check).
-fn low_s(sig: &[u8; 65]) -> bool {
+pub(crate) fn low_s(sig: &[u8; 65]) -> bool {
     // n / 2 for secp256k1.
     const HALF_N: [u8; 32] = [
         0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
@@ -772,6 +774,8 @@ impl NetworkSettlement for EvmSettlement {
                 deposit: Amount::new(c.deposit),
                 claimed: Amount::new(c.claimed),
                 closed: c.closed,
+                expires_epoch: c.expires_epoch,
+                closes_epoch: (c.closes_epoch != 0).then_some(c.closes_epoch),
             }))
         })
     }
@@ -868,6 +872,15 @@ impl NetworkSettlement for EvmSettlement {
                 &sig,
             )
             .await
+        })
+    }
+
+    fn party_of_key(&self, key: AccountId) -> SettlementFuture<'_, Option<Party>> {
+        Box::pin(async move {
+            Ok(self
+                .account_of_key(key)
+                .await?
+                .map(|a| Party::Address(a.0 .0)))
         })
     }
 }

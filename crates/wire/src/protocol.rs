@@ -356,33 +356,72 @@ pub enum Frame {
     },
 }
 
-/// The payer's cumulative voucher for a channel, sent after each answer.
+/// A payer's signature over a cumulative voucher, of one settlement's kind. Each settlement
+/// accepts only its own kind (`NetworkSettlement::voucher_signer` in agora-settlement).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum VoucherSignature {
+    /// The ledger's: `payer` signs [`Voucher`] (chain id, channel, cumulative) under
+    /// [`crate::VOUCHER_DOMAIN`].
+    Ed25519 {
+        /// The signing (payer's) key.
+        payer: AccountId,
+        /// Its signature.
+        sig: Signature,
+    },
+    /// An EVM chain's: the payer's EIP-712 signature (r, s, v) over `Voucher(bytes32
+    /// channel,uint256 cumulative)` under ("Agora", "1", chain id, settlement contract).
+    Eip712(#[serde(with = "sig65_hex")] [u8; 65]),
+}
+
+/// 65 signature bytes as hex in text (serde has no arrays over 32).
+mod sig65_hex {
+    pub fn serialize<S: serde::Serializer>(b: &[u8; 65], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&hex::encode(b))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 65], D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        let bytes = hex::decode(text.trim_start_matches("0x")).map_err(serde::de::Error::custom)?;
+        <[u8; 65]>::try_from(bytes.as_slice())
+            .map_err(|_| serde::de::Error::custom("an EIP-712 signature is 65 bytes"))
+    }
+}
+
+/// The payer's cumulative voucher for a channel, sent after each answer, signed in the
+/// settlement's own kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct SignedVoucher {
     /// The voucher.
     pub voucher: Voucher,
-    /// Who signed it (the channel's payer).
-    pub payer: AccountId,
     /// The payer's signature.
-    pub sig: Signature,
+    pub sig: VoucherSignature,
 }
 
 impl SignedVoucher {
-    /// The payer signs `voucher`.
+    /// The payer signs `voucher` with its ledger key.
     pub fn new(voucher: Voucher, payer: &Keypair) -> SignedVoucher {
         let sig = voucher.sign(payer);
         SignedVoucher {
             voucher,
-            payer: payer.account(),
-            sig,
+            sig: VoucherSignature::Ed25519 {
+                payer: payer.account(),
+                sig,
+            },
         }
     }
 
-    /// Checks the payer's signature.
+    /// Checks an ed25519 voucher's signature. An EIP-712 one is refused here: only its
+    /// settlement can recover its signer (`NetworkSettlement::voucher_signer`).
     pub fn verify(&self) -> Result<(), ProtocolError> {
-        self.payer
-            .verify(crate::settle::VOUCHER_DOMAIN, &self.voucher, &self.sig)
-            .map_err(|_| ProtocolError::BadSignature("voucher"))
+        match &self.sig {
+            VoucherSignature::Ed25519 { payer, sig } => payer
+                .verify(crate::settle::VOUCHER_DOMAIN, &self.voucher, sig)
+                .map_err(|_| ProtocolError::BadSignature("voucher")),
+            VoucherSignature::Eip712(_) => Err(ProtocolError::BadSignature(
+                "voucher (an EIP-712 voucher is checked by its settlement)",
+            )),
+        }
     }
 }
 
