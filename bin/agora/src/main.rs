@@ -15,7 +15,6 @@ mod ledger_cmd;
 mod model_cmd;
 mod net_args;
 mod provider_cmd;
-#[allow(dead_code)] // the service commands move to it one by one
 mod settlement_args;
 mod shutdown;
 mod sim_cmd;

@@ -49,12 +49,3 @@ pub fn announce(line: &str) {
     println!("{line}");
     let _ = std::io::stdout().flush();
 }
-
-/// Asks the ledger for its chain id (blocking).
-pub fn chain_id(ledger_url: &str) -> anyhow::Result<u64> {
-    let client = agora_ledger::client::Client::new(ledger_url)?;
-    let status = client
-        .status()
-        .with_context(|| format!("asking the ledger at {ledger_url} for its status"))?;
-    Ok(status.chain_id)
-}

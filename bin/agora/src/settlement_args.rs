@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use agora_settlement::network::SettlementKind;
 use agora_settlement::open::SettlementTarget;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -59,13 +58,5 @@ impl SettlementArgs {
                 SettlementTarget::Evm { rpc, deployment }
             }
         })
-    }
-
-    /// Which settlement these flags name.
-    pub fn kind(&self) -> SettlementKind {
-        match self.settlement {
-            SettlementChoice::Ledger => SettlementKind::Ledger,
-            SettlementChoice::Evm => SettlementKind::Evm,
-        }
     }
 }

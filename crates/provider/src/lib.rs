@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_core::{Amount, Hash32, Keypair};
-use agora_ledger::client::Client;
 use agora_market::{Features, Offer, MAX_OFFER_TTL_MS};
 use agora_model::LoadedModel;
 use agora_net::protocol::now_ms;

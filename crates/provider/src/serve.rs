@@ -411,7 +411,6 @@ impl Service {
                 tail,
                 chain_sig: self.receipts.chain_receipt_sig(&receipt),
                 receipt: Box::new(receipt),
-                chain_sig: None,
             },
         )
         .await

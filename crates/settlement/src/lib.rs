@@ -31,9 +31,9 @@ pub mod evm;
 pub mod ledger;
 pub mod network;
 pub mod open;
+pub mod role_broker;
 pub mod role_provider;
 pub mod role_verifier;
-pub mod role_broker;
 
 pub use agora_wire::protocol::SignedReceipt;
 use std::fmt::Debug;

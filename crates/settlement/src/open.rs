@@ -19,8 +19,6 @@ use std::sync::Arc;
 // Made once per process: the size of a variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-// Made once per command; boxing the deployment would buy nothing.
-#[allow(clippy::large_enum_variant)]
 pub enum SettlementTarget {
     /// An `agora ledger serve` node.
     Ledger {
