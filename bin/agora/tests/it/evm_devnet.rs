@@ -331,7 +331,6 @@ fn wait_tokens(
 }
 
 #[test]
-#[ignore = "needs the EVM services (merged separately)"]
 fn evm_devnet_serves_pays_exactly_and_fails_over_mid_stream() {
     if find_anvil().is_none() {
         eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
