@@ -335,6 +335,14 @@ impl Runtime {
         Some(item.ev)
     }
 
+    /// The next event, without taking it; `None` past `end`.
+    pub fn peek(&self, end: u64) -> Option<&Ev> {
+        self.queue
+            .peek()
+            .filter(|top| top.at <= end)
+            .map(|top| &top.ev)
+    }
+
     pub(crate) fn arrive(&mut self, from: NodeId, body: TxBody) {
         self.mempool.push((from, body));
     }
