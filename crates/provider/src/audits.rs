@@ -209,9 +209,10 @@ impl Service {
         if r.issued_ms.abs_diff(now_ms()) > REQUEST_WINDOW_MS {
             return deny("outside the replay window");
         }
-        let checked = match self.receipts.settlement() {
+        let settlement = self.receipts.settlement().map(|s| (s, s.ledger_client()));
+        let checked = match settlement {
             // A chain: its contract's assignment, or a failed reveal of the leaf on it.
-            Some(s) if s.ledger_client().is_none() => {
+            Some((s, None)) => {
                 let entitled = match r.reveal_tx {
                     None => s.assigned_to(r.verifier, r.epoch, r.index).await,
                     Some(_) => s.may_confirm(r.verifier, r.epoch, r.index).await,
@@ -226,10 +227,9 @@ impl Service {
                     Err(e) => Err(format!("cannot check settlement now: {e}")),
                 }
             }
-            settlement => {
-                let ledger = settlement
-                    .and_then(|s| s.ledger_client())
-                    .unwrap_or_else(|| self.payments.ledger().clone());
+            // A log opened without settlement names nobody: deny.
+            None => Err("no settlement to check the request against".to_string()),
+            Some((_, Some(ledger))) => {
                 let service = self.clone();
                 tokio::task::spawn_blocking(move || {
                     service.audit_gate.allow(
