@@ -209,8 +209,8 @@ impl Service {
         if r.issued_ms.abs_diff(now_ms()) > REQUEST_WINDOW_MS {
             return deny("outside the replay window");
         }
-        let settlement = self.receipts.settlement();
-        let checked = match settlement.map(|s| (s, s.ledger_client())) {
+        let settlement = self.receipts.settlement().map(|s| (s, s.ledger_client()));
+        let checked = match settlement {
             // A chain: its contract's assignment, or a failed reveal of the leaf on it.
             Some((s, None)) => {
                 let entitled = match r.reveal_tx {
@@ -227,6 +227,8 @@ impl Service {
                     Err(e) => Err(format!("cannot check settlement now: {e}")),
                 }
             }
+            // A log opened without settlement names nobody: deny.
+            None => Err("no settlement to check the request against".to_string()),
             Some((_, Some(ledger))) => {
                 let service = self.clone();
                 tokio::task::spawn_blocking(move || {
@@ -242,7 +244,6 @@ impl Service {
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
             }
-            None => Err("this provider has no settlement to check audits against".to_string()),
         };
         if let Err(why) = checked {
             return deny(&why);
