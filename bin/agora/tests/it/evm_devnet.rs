@@ -17,7 +17,7 @@ use alloy::rpc::types::Filter;
 use alloy::sol_types::SolEvent;
 use serde_json::{json, Value};
 
-use crate::network::{alive, charged, http, signal, stream_chat, Devnet};
+use crate::network::{alive, charged, fail_over_mid_stream, http, signal, Devnet};
 use crate::repo_root;
 
 /// What the devnet mints: the API key's account, and each provider and verifier.
@@ -407,47 +407,10 @@ fn evm_devnet_serves_pays_exactly_and_fails_over_mid_stream() {
     assert_eq!(claimed, cheap_earned, "claimed exactly what was charged");
     wait_tokens(&rt, &chain, cheap_addr, start_tokens + gained);
 
-    // A long streamed answer; the serving (cheaper) provider is killed after 8 chunks.
-    let request = json!({"model": model, "messages": [{"role": "user", "content": "Tell a tale."}],
-                         "max_tokens": 160, "seed": 11, "temperature": 1.0, "stream": true,
-                         "stream_options": {"include_usage": true}});
-    let cheap_pid = cheap["pid"].as_u64().expect("pid") as u32;
-    let (failed_over_text, last) = stream_chat(&devnet, &request, |n| {
-        if n == 8 {
-            signal(cheap_pid, "KILL");
-        }
-    });
-    assert!(!alive(cheap_pid), "the provider was killed");
-    let receipts = &last["agora"]["receipts"];
-    assert_eq!(
-        receipts.as_array().expect("r").len(),
-        1,
-        "only the provider that finished is paid: {last}"
-    );
-    assert_eq!(receipts[0]["provider"], pricey_id.as_str());
-    let usage = &last["usage"];
-    let (p, c) = (
-        usage["prompt_tokens"].as_u64().expect("p") as u128,
-        usage["completion_tokens"].as_u64().expect("c") as u128,
-    );
-    let resumed_part = receipts[0]["completion_tokens"].as_u64().expect("c") as u128;
-    assert!(
-        resumed_part < c,
-        "the second provider resumed after delivered tokens"
-    );
-    let pricey_earned = charged(receipts, &pricey_id);
-    assert_eq!(
-        pricey_earned,
-        2 * (p + (c - resumed_part)) + 4 * resumed_part
-    );
-
-    // The same request again reads exactly the same: one uninterrupted answer.
-    let (again, again_last) = stream_chat(&devnet, &request, |_| {});
-    assert_eq!(failed_over_text, again);
-
+    // A long streamed answer, failed over mid-stream when its provider is killed.
+    let pricey_total = fail_over_mid_stream(&devnet, &model, cheap, &pricey_id);
     // On chain: each provider claimed exactly what it charged, its wallet gained that less
     // the contract's fee share, and the killed one kept what it had claimed.
-    let pricey_total = pricey_earned + charged(&again_last["agora"]["receipts"], &pricey_id);
     let deadline = Instant::now() + Duration::from_secs(60);
     while net(pricey_addr).0 < pricey_total {
         assert!(
