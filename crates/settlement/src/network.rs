@@ -489,7 +489,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn rpc(what: &'static str) -> impl Fn(alloy::transports::TransportError) -> SettlementError {
+pub(crate) fn rpc(
+    what: &'static str,
+) -> impl Fn(alloy::transports::TransportError) -> SettlementError {
     move |source| {
         SettlementError::Evm(Box::new(EvmError::Rpc {
             what,
@@ -501,6 +503,67 @@ fn rpc(what: &'static str) -> impl Fn(alloy::transports::TransportError) -> Sett
 
 fn evm(e: EvmError) -> SettlementError {
     SettlementError::Evm(Box::new(e))
+}
+
+/// Contract logs of blocks `from..=to`, read by [`EvmSettlement::contract_logs`].
+pub(crate) struct ContractLogs {
+    /// The first block read (the cursor, no earlier than the deployment's start).
+    pub from: u64,
+    /// The last block read; `None` when no block at or past `from` came in time.
+    pub to: Option<u64>,
+    /// The logs, in chain order.
+    pub logs: Vec<alloy::rpc::types::Log>,
+}
+
+impl EvmSettlement {
+    /// Waits up to `wait` for a block at or past the cursor `from`, then reads the contract's
+    /// logs (only those whose first topic is in `topics`, unless it is empty) of at most
+    /// [`MAX_LOG_BLOCKS`] blocks: what every service's event cursor is built on.
+    pub(crate) async fn contract_logs(
+        &self,
+        from: u64,
+        wait: Duration,
+        topics: &[B256],
+    ) -> Result<ContractLogs, SettlementError> {
+        let d = self.deployment()?;
+        let provider = self.client().provider();
+        let from = from.max(d.start_block);
+        let deadline = tokio::time::Instant::now() + wait;
+        let latest = loop {
+            let latest = provider
+                .get_block_number()
+                .await
+                .map_err(rpc("eth_blockNumber"))?;
+            if latest >= from || tokio::time::Instant::now() >= deadline {
+                break latest;
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        if latest < from {
+            return Ok(ContractLogs {
+                from,
+                to: None,
+                logs: vec![],
+            });
+        }
+        let to = latest.min(from.saturating_add(MAX_LOG_BLOCKS - 1));
+        let mut filter = Filter::new()
+            .address(d.settlement)
+            .from_block(from)
+            .to_block(to);
+        if !topics.is_empty() {
+            filter = filter.event_signature(topics.to_vec());
+        }
+        let logs = provider
+            .get_logs(&filter)
+            .await
+            .map_err(rpc("eth_getLogs"))?;
+        Ok(ContractLogs {
+            from,
+            to: Some(to),
+            logs,
+        })
+    }
 }
 
 impl EvmSettlement {
@@ -575,35 +638,14 @@ impl EvmSettlement {
         wait: Duration,
     ) -> Result<SettlementEvents, SettlementError> {
         let d = self.deployment()?.clone();
-        let provider = self.client().provider();
-        let from = from.max(d.start_block);
-        let deadline = tokio::time::Instant::now() + wait;
-        let latest = loop {
-            let latest = provider
-                .get_block_number()
-                .await
-                .map_err(rpc("eth_blockNumber"))?;
-            if latest >= from || tokio::time::Instant::now() >= deadline {
-                break latest;
-            }
-            tokio::time::sleep(POLL).await;
-        };
+        let ContractLogs { from, to, logs } = self.contract_logs(from, wait, &[]).await?;
         let mut out = SettlementEvents {
             events: Vec::new(),
             next: from,
         };
-        if latest < from {
+        let Some(to) = to else {
             return Ok(out);
-        }
-        let to = latest.min(from.saturating_add(MAX_LOG_BLOCKS - 1));
-        let filter = Filter::new()
-            .address(d.settlement)
-            .from_block(from)
-            .to_block(to);
-        let logs = provider
-            .get_logs(&filter)
-            .await
-            .map_err(rpc("eth_getLogs"))?;
+        };
         let epoch_of = |block: u64| (block.saturating_sub(d.start_block)) / d.params.epoch_blocks;
         let mut epoch = if from > d.start_block {
             Some(epoch_of(from - 1))

@@ -8,15 +8,14 @@
 
 use crate::evm::{evm_err, EvmSettlement};
 use crate::ledger::LedgerSettlement;
+use crate::network::rpc;
 use crate::network::{NetworkSettlement, SettlementFuture};
 use crate::open::Opened;
 use crate::{Refusal, Settlement, SettlementError, SignedReceipt};
 use agora_core::{Amount, Hash32, Keypair};
 use agora_evm::bindings::AgoraSettlement;
 use agora_evm::receipts::ReceiptLeaf;
-use agora_evm::EvmError;
 use alloy::providers::Provider;
-use alloy::rpc::types::Filter;
 use alloy::sol_types::SolEvent;
 use std::sync::Arc;
 use std::time::Duration;
@@ -344,21 +343,6 @@ impl ProviderSettlement for LedgerSettlement {
 
 // ----- an EVM chain -----
 
-/// Most blocks read in one `eth_getLogs` for duties.
-const DUTY_LOG_BLOCKS: u64 = 2_000;
-/// How often a duties read looks for a new block while waiting.
-const DUTY_POLL: Duration = Duration::from_millis(250);
-
-fn rpc(what: &'static str) -> impl Fn(alloy::transports::TransportError) -> SettlementError {
-    move |source| {
-        SettlementError::Evm(Box::new(EvmError::Rpc {
-            what,
-            attempts: 1,
-            source,
-        }))
-    }
-}
-
 impl ProviderSettlement for EvmSettlement {
     fn bond_provider_stake<'a>(
         &'a self,
@@ -405,40 +389,19 @@ impl ProviderSettlement for EvmSettlement {
 
     fn duties_from(&self, from: u64, wait: Duration) -> SettlementFuture<'_, ProviderDuties> {
         Box::pin(async move {
-            let d = self.deployment()?.clone();
-            let provider = self.client().provider();
-            let from = from.max(d.start_block);
-            let deadline = tokio::time::Instant::now() + wait;
-            let latest = loop {
-                let latest = provider
-                    .get_block_number()
-                    .await
-                    .map_err(rpc("eth_blockNumber"))?;
-                if latest >= from || tokio::time::Instant::now() >= deadline {
-                    break latest;
-                }
-                tokio::time::sleep(DUTY_POLL).await;
-            };
-            if latest < from {
+            let topics = [
+                AgoraSettlement::MaterialDemanded::SIGNATURE_HASH,
+                AgoraSettlement::InclusionChallenged::SIGNATURE_HASH,
+            ];
+            let crate::network::ContractLogs { from, to, logs } =
+                self.contract_logs(from, wait, &topics).await?;
+            let Some(to) = to else {
                 return Ok(ProviderDuties {
                     duties: vec![],
                     next: from,
                 });
-            }
-            let to = latest.min(from.saturating_add(DUTY_LOG_BLOCKS - 1));
+            };
             let me = self.client().address();
-            let filter = Filter::new()
-                .address(d.settlement)
-                .event_signature(vec![
-                    AgoraSettlement::MaterialDemanded::SIGNATURE_HASH,
-                    AgoraSettlement::InclusionChallenged::SIGNATURE_HASH,
-                ])
-                .from_block(from)
-                .to_block(to);
-            let logs = provider
-                .get_logs(&filter)
-                .await
-                .map_err(rpc("eth_getLogs"))?;
             let mut duties = vec![];
             for l in &logs {
                 let at = l.block_number.unwrap_or(from);

@@ -23,8 +23,6 @@ use agora_evm::bindings::AgoraSettlement;
 use agora_evm::receipts::ReceiptLeaf;
 use agora_ledger::{Fault, Verdict, Windows};
 use alloy::primitives::Address;
-use alloy::providers::Provider;
-use alloy::rpc::types::Filter;
 use alloy::sol_types::SolEvent;
 use std::sync::Arc;
 use std::time::Duration;
@@ -515,21 +513,6 @@ pub fn ledger_event(tx: Hash32, e: &agora_ledger::Event) -> Option<VerifierEvent
 
 // ----- an EVM chain -----
 
-/// Most blocks read in one `eth_getLogs` (public RPCs refuse wide ranges).
-const MAX_LOG_BLOCKS: u64 = 2_000;
-/// How often an events read looks for a new block while waiting.
-const POLL: Duration = Duration::from_millis(250);
-
-fn rpc(what: &'static str) -> impl Fn(alloy::transports::TransportError) -> SettlementError {
-    move |source| {
-        SettlementError::Evm(Box::new(agora_evm::EvmError::Rpc {
-            what,
-            attempts: 1,
-            source,
-        }))
-    }
-}
-
 impl EvmSettlement {
     /// The account network key `key` stands for, or `UnknownAccount`.
     async fn account_for(&self, key: AccountId) -> Result<Address, SettlementError> {
@@ -562,35 +545,15 @@ impl EvmSettlement {
         wait: Duration,
     ) -> Result<VerifierEvents, SettlementError> {
         let d = self.deployment()?.clone();
-        let provider = self.client().provider();
-        let from = from.max(d.start_block);
-        let deadline = tokio::time::Instant::now() + wait;
-        let latest = loop {
-            let latest = provider
-                .get_block_number()
-                .await
-                .map_err(rpc("eth_blockNumber"))?;
-            if latest >= from || tokio::time::Instant::now() >= deadline {
-                break latest;
-            }
-            tokio::time::sleep(POLL).await;
-        };
+        let crate::network::ContractLogs { from, to, logs } =
+            self.contract_logs(from, wait, &[]).await?;
         let mut out = VerifierEvents {
             events: Vec::new(),
             next: from,
         };
-        if latest < from {
+        let Some(to) = to else {
             return Ok(out);
-        }
-        let to = latest.min(from.saturating_add(MAX_LOG_BLOCKS - 1));
-        let filter = Filter::new()
-            .address(d.settlement)
-            .from_block(from)
-            .to_block(to);
-        let logs = provider
-            .get_logs(&filter)
-            .await
-            .map_err(rpc("eth_getLogs"))?;
+        };
         let epoch_blocks = d.params.epoch_blocks.max(1);
         let epoch_of = |block: u64| (block.saturating_sub(d.start_block)) / epoch_blocks;
         let mut epoch = (from > d.start_block).then(|| epoch_of(from - 1));

@@ -17,7 +17,7 @@ use alloy::rpc::types::Filter;
 use alloy::sol_types::SolEvent;
 use serde_json::{json, Value};
 
-use crate::network::{alive, charged, http, signal, stream_chat, Devnet};
+use crate::network::{alive, charged, fail_over_mid_stream, http, signal, Devnet};
 use crate::repo_root;
 
 /// What the devnet mints: the API key's account, and each provider and verifier.
@@ -407,47 +407,10 @@ fn evm_devnet_serves_pays_exactly_and_fails_over_mid_stream() {
     assert_eq!(claimed, cheap_earned, "claimed exactly what was charged");
     wait_tokens(&rt, &chain, cheap_addr, start_tokens + gained);
 
-    // A long streamed answer; the serving (cheaper) provider is killed after 8 chunks.
-    let request = json!({"model": model, "messages": [{"role": "user", "content": "Tell a tale."}],
-                         "max_tokens": 160, "seed": 11, "temperature": 1.0, "stream": true,
-                         "stream_options": {"include_usage": true}});
-    let cheap_pid = cheap["pid"].as_u64().expect("pid") as u32;
-    let (failed_over_text, last) = stream_chat(&devnet, &request, |n| {
-        if n == 8 {
-            signal(cheap_pid, "KILL");
-        }
-    });
-    assert!(!alive(cheap_pid), "the provider was killed");
-    let receipts = &last["agora"]["receipts"];
-    assert_eq!(
-        receipts.as_array().expect("r").len(),
-        1,
-        "only the provider that finished is paid: {last}"
-    );
-    assert_eq!(receipts[0]["provider"], pricey_id.as_str());
-    let usage = &last["usage"];
-    let (p, c) = (
-        usage["prompt_tokens"].as_u64().expect("p") as u128,
-        usage["completion_tokens"].as_u64().expect("c") as u128,
-    );
-    let resumed_part = receipts[0]["completion_tokens"].as_u64().expect("c") as u128;
-    assert!(
-        resumed_part < c,
-        "the second provider resumed after delivered tokens"
-    );
-    let pricey_earned = charged(receipts, &pricey_id);
-    assert_eq!(
-        pricey_earned,
-        2 * (p + (c - resumed_part)) + 4 * resumed_part
-    );
-
-    // The same request again reads exactly the same: one uninterrupted answer.
-    let (again, again_last) = stream_chat(&devnet, &request, |_| {});
-    assert_eq!(failed_over_text, again);
-
+    // A long streamed answer, failed over mid-stream when its provider is killed.
+    let pricey_total = fail_over_mid_stream(&devnet, &model, cheap, &pricey_id);
     // On chain: each provider claimed exactly what it charged, its wallet gained that less
     // the contract's fee share, and the killed one kept what it had claimed.
-    let pricey_total = pricey_earned + charged(&again_last["agora"]["receipts"], &pricey_id);
     let deadline = Instant::now() + Duration::from_secs(60);
     while net(pricey_addr).0 < pricey_total {
         assert!(
@@ -505,4 +468,146 @@ fn evm_devnet_serves_pays_exactly_and_fails_over_mid_stream() {
     ] {
         assert!(!alive(pid as u32), "process {pid} still running");
     }
+}
+
+/// The `Slashed` events against `provider` on the settlement contract.
+#[cfg(feature = "adversary")]
+async fn slashes_of(
+    chain: &SettlementClient,
+    d: &Deployment,
+    provider: Address,
+) -> Vec<AgoraSettlement::Slashed> {
+    let filter = Filter::new()
+        .address(d.settlement)
+        .event_signature(AgoraSettlement::Slashed::SIGNATURE_HASH)
+        .topic1(provider.into_word())
+        .from_block(d.start_block);
+    chain
+        .provider()
+        .get_logs(&filter)
+        .await
+        .expect("logs")
+        .iter()
+        .map(|l| AgoraSettlement::Slashed::decode_log_data(l.data()).expect("event"))
+        .collect()
+}
+
+/// Who served one 40-token answer (status 200 asserted).
+#[cfg(feature = "adversary")]
+fn served_by(devnet: &Devnet, model: &str, seed: u64) -> String {
+    let (status, body) = http(
+        &devnet.endpoint(),
+        "POST",
+        "/v1/chat/completions",
+        Some(&devnet.key()),
+        Some(
+            &json!({"model": model, "messages": [{"role": "user", "content": "Speak."}],
+                     "max_tokens": 40, "seed": seed})
+            .to_string(),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    v["agora"]["receipts"][0]["provider"]
+        .as_str()
+        .expect("provider")
+        .to_string()
+}
+
+/// `cheater::a_quantized_cheater_is_caught_slashed_and_dropped` on the EVM settlement: a
+/// provider serving Q4_0 weights under the model's id wins on price, posts its receipt root on
+/// the contract, is audited (assigned, committed, revealed, confirmed) and slashed there, and
+/// the gateway stops routing to it; the honest provider's stake never moves.
+#[cfg(feature = "adversary")]
+#[test]
+fn an_evm_cheater_is_caught_slashed_and_dropped() {
+    if find_anvil().is_none() {
+        eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+        return;
+    }
+    const EPOCH_SECS: u64 = 4;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut devnet = Devnet::start_with(
+        dir.path(),
+        1,
+        &[
+            "--settlement",
+            "evm",
+            "--cheater",
+            "quantized",
+            "--epoch-secs",
+            &EPOCH_SECS.to_string(),
+        ],
+    );
+    assert_eq!(devnet.info["settlement"], "evm");
+    let rt = rt();
+    let (chain, deployment) = rt.block_on(reader(&devnet.info));
+    let providers = devnet.info["providers"]
+        .as_array()
+        .expect("providers")
+        .clone();
+    assert_eq!(providers[1]["name"], "cheater");
+    let honest = providers[0]["account"].as_str().expect("id").to_string();
+    let cheater = providers[1]["account"].as_str().expect("id").to_string();
+    let honest_addr = info_address(&devnet.info, providers[0]["name"].as_str().expect("n"));
+    let cheater_addr = info_address(&devnet.info, "cheater");
+    // The address the cheater's services sign with is the one its key file derives.
+    assert_eq!(
+        cheater_addr,
+        evm_signer_for(&seed_of_key_file(&dir.path().join("cheater.json"))).address()
+    );
+    let model = devnet.info["model"].as_str().expect("model").to_string();
+    let stake_of = |a: Address| rt.block_on(chain.account(a)).expect("account").stake;
+    assert_eq!(stake_of(cheater_addr), STAKE);
+    assert_eq!(stake_of(honest_addr), STAKE);
+
+    // The cheater is cheapest, so it serves.
+    for seed in 0..3 {
+        assert_eq!(served_by(&devnet, &model, seed), cheater);
+    }
+    // Within some epochs: root posted, audited, committed, revealed, confirmed, slashed.
+    let deadline = Instant::now() + Duration::from_secs(30 * EPOCH_SECS);
+    while stake_of(cheater_addr) == STAKE {
+        assert!(Instant::now() < deadline, "the cheater was never slashed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let slashes = rt.block_on(slashes_of(&chain, &deployment, cheater_addr));
+    assert!(!slashes.is_empty(), "a fraud verdict against the cheater");
+    let taken: u128 = slashes
+        .iter()
+        .map(|s| u128::try_from(s.amount).expect("u128"))
+        .sum();
+    assert!(taken > 0);
+    assert!(
+        slashes.iter().all(|s| s.verifier != Address::ZERO),
+        "a verifier caught it: {slashes:?}"
+    );
+    let now = stake_of(cheater_addr);
+    assert!(now < STAKE, "the cheater's bonded stake fell");
+
+    // The market dropped it: answers now come from the honest provider.
+    let deadline = Instant::now() + Duration::from_secs(10 * EPOCH_SECS);
+    let mut seed = 100;
+    while served_by(&devnet, &model, seed) != honest {
+        assert!(
+            Instant::now() < deadline,
+            "the cheater is still being chosen"
+        );
+        seed += 1;
+    }
+    for seed in 200..203 {
+        assert_eq!(served_by(&devnet, &model, seed), honest);
+    }
+    // Two more epochs for any verdict in flight: the honest provider is never slashed.
+    std::thread::sleep(Duration::from_secs(2 * EPOCH_SECS));
+    assert_eq!(
+        stake_of(honest_addr),
+        STAKE,
+        "the honest provider keeps its stake"
+    );
+    assert!(rt
+        .block_on(slashes_of(&chain, &deployment, honest_addr))
+        .is_empty());
+    let status = devnet.stop();
+    assert!(status.success(), "devnet exit: {status}");
 }

@@ -319,50 +319,10 @@ fn devnet_serves_pays_exactly_and_fails_over_mid_stream() {
     let cheap_earned = charged(receipts, &cheap_id);
     wait_balance(&devnet, &cheap_id, start_funds(cheap) + cheap_earned);
 
-    // A long streamed answer; the serving (cheaper) provider is killed after 8 chunks.
-    let request = json!({"model": model, "messages": [{"role": "user", "content": "Tell a tale."}],
-                         "max_tokens": 160, "seed": 11, "temperature": 1.0, "stream": true,
-                         "stream_options": {"include_usage": true}});
-    let cheap_pid = cheap["pid"].as_u64().expect("pid") as u32;
-    let (failed_over_text, last) = stream_chat(&devnet, &request, |n| {
-        if n == 8 {
-            signal(cheap_pid, "KILL");
-        }
-    });
-    assert!(!alive(cheap_pid), "the provider was killed");
-    let receipts = &last["agora"]["receipts"];
-    assert_eq!(
-        receipts.as_array().expect("r").len(),
-        1,
-        "only the provider that finished is paid: {last}"
-    );
-    assert_eq!(receipts[0]["provider"], pricey_id.as_str());
-    let usage = &last["usage"];
-    let (p, c) = (
-        usage["prompt_tokens"].as_u64().expect("p") as u128,
-        usage["completion_tokens"].as_u64().expect("c") as u128,
-    );
-    let resumed_part = receipts[0]["completion_tokens"].as_u64().expect("c") as u128;
-    assert!(
-        resumed_part < c,
-        "the second provider resumed after delivered tokens"
-    );
-    // The pricier provider charges twice: 2 per prompt token and per resumed token it had to
-    // prefill (priced like a prompt), and 4 per new output token.
-    let pricey_earned = charged(receipts, &pricey_id);
-    assert_eq!(
-        pricey_earned,
-        2 * (p + (c - resumed_part)) + 4 * resumed_part
-    );
-
-    // The same request again (only the pricier provider is left) reads exactly the same:
-    // the client saw one uninterrupted answer.
-    let (again, again_last) = stream_chat(&devnet, &request, |_| {});
-    assert_eq!(failed_over_text, again);
-
+    // A long streamed answer, failed over mid-stream when its provider is killed.
+    let pricey_total = fail_over_mid_stream(&devnet, &model, cheap, &pricey_id);
     // Balances: each provider got exactly tokens times prices, the killed one kept what it
     // had claimed before it died.
-    let pricey_total = pricey_earned + charged(&again_last["agora"]["receipts"], &pricey_id);
     wait_balance(&devnet, &pricey_id, start_funds(pricey) + pricey_total);
     assert_eq!(
         balance(&devnet, &cheap_id),
@@ -379,4 +339,47 @@ fn devnet_serves_pays_exactly_and_fails_over_mid_stream() {
     ] {
         assert!(!alive(pid as u32), "process {pid} still running");
     }
+}
+
+/// The devnet's failover, on either settlement: a long streamed answer whose serving (cheaper)
+/// provider is killed after 8 chunks is finished by the pricier one, which charges the resumed
+/// tokens like a prompt (twice: 2 per prompt and resumed token, 4 per new output token), and
+/// the same request again (only the pricier provider left) reads exactly the same. Returns
+/// what the pricier provider charged for both answers.
+pub fn fail_over_mid_stream(devnet: &Devnet, model: &str, cheap: &Value, pricey_id: &str) -> u128 {
+    let request = json!({"model": model, "messages": [{"role": "user", "content": "Tell a tale."}],
+                         "max_tokens": 160, "seed": 11, "temperature": 1.0, "stream": true,
+                         "stream_options": {"include_usage": true}});
+    let cheap_pid = cheap["pid"].as_u64().expect("pid") as u32;
+    let (failed_over_text, last) = stream_chat(devnet, &request, |n| {
+        if n == 8 {
+            signal(cheap_pid, "KILL");
+        }
+    });
+    assert!(!alive(cheap_pid), "the provider was killed");
+    let receipts = &last["agora"]["receipts"];
+    assert_eq!(
+        receipts.as_array().expect("r").len(),
+        1,
+        "only the provider that finished is paid: {last}"
+    );
+    assert_eq!(receipts[0]["provider"], pricey_id);
+    let usage = &last["usage"];
+    let (p, c) = (
+        usage["prompt_tokens"].as_u64().expect("p") as u128,
+        usage["completion_tokens"].as_u64().expect("c") as u128,
+    );
+    let resumed_part = receipts[0]["completion_tokens"].as_u64().expect("c") as u128;
+    assert!(
+        resumed_part < c,
+        "the second provider resumed after delivered tokens"
+    );
+    let pricey_earned = charged(receipts, pricey_id);
+    assert_eq!(
+        pricey_earned,
+        2 * (p + (c - resumed_part)) + 4 * resumed_part
+    );
+    let (again, again_last) = stream_chat(devnet, &request, |_| {});
+    assert_eq!(failed_over_text, again);
+    pricey_earned + charged(&again_last["agora"]["receipts"], pricey_id)
 }
