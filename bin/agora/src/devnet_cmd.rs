@@ -101,10 +101,10 @@ pub struct DevnetArgs {
     #[arg(long, conflicts_with = "lazy_verifier")]
     framing_verifier: bool,
     /// Share of every payment that funds audits, in basis points.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = DEFAULT_AUDIT_FEE_BPS)]
     audit_fee_bps: u16,
     /// Paid from that pool for each revealed audit, in base units.
-    #[arg(long, default_value = "1")]
+    #[arg(long, default_value_t = Amount::new(DEFAULT_AUDIT_FEE))]
     audit_fee: Amount,
 }
 
@@ -145,6 +145,19 @@ const PROVIDER_STAKE: u128 = 100_000_000;
 const EVM_BLOCK_SECS: u64 = 1;
 /// Native currency each party gets on an EVM devnet to pay its gas (10 ETH, in wei).
 const EVM_GAS_WEI: u128 = 10_000_000_000_000_000_000;
+/// The devnet's audit fee share (bps) and fee per revealed audit (base units).
+const DEFAULT_AUDIT_FEE_BPS: u16 = 200;
+const DEFAULT_AUDIT_FEE: u128 = 1;
+
+/// The rules of a devnet started with the default flags (what `agora evm deploy` takes
+/// without `--genesis`).
+pub fn default_rules() -> Params {
+    Params {
+        audit_fee_bps: DEFAULT_AUDIT_FEE_BPS,
+        audit_fee: Amount::new(DEFAULT_AUDIT_FEE),
+        ..Params::default()
+    }
+}
 
 /// What `devnet.json` records for tests and scripts.
 #[derive(Serialize)]
@@ -531,26 +544,7 @@ struct EvmChain {
 /// epochs of `epoch_secs` seconds counted as one-second blocks: the same stake minimums
 /// and fee shares, and windows (counted in epochs) as long in seconds.
 fn evm_params(ledger: &Params, epoch_secs: u64) -> agora_evm::Params {
-    agora_evm::Params {
-        epoch_blocks: (epoch_secs / EVM_BLOCK_SECS).max(1),
-        unbonding_epochs: ledger.unbonding_epochs,
-        audit_window_epochs: ledger.audit_window_epochs,
-        escalation_epochs: ledger.escalation_epochs,
-        answer_epochs: ledger.answer_epochs,
-        claim_window_epochs: ledger.claim_window_epochs,
-        min_provider_stake: ledger.min_provider_stake.units(),
-        min_verifier_stake: ledger.min_verifier_stake.units(),
-        audit_fee_bps: ledger.audit_fee_bps,
-        slash_bps: ledger.slash_bps,
-        bounty_bps: ledger.bounty_bps,
-        lazy_slash_bps: ledger.lazy_slash_bps,
-        false_alarm_bps: ledger.false_alarm_bps,
-        audit_floor_ppm: ledger.audit_floor_ppm,
-        probation_jobs: ledger.probation_jobs,
-        audit_fee: ledger.audit_fee.units(),
-        plant_bond: ledger.plant_bond.units(),
-        challenge_bond: ledger.challenge_bond.units(),
-    }
+    crate::evm_cmd::contract_rules(ledger, (epoch_secs / EVM_BLOCK_SECS).max(1))
 }
 
 /// Starts Anvil mining a block every [`EVM_BLOCK_SECS`], deploys the test stablecoin and

@@ -1,6 +1,7 @@
-//! `agora keys new|show`: ed25519 key files.
+//! `agora keys new|show`: ed25519 key files (and the EVM account each one derives).
 
 use agora_core::{AccountId, Keypair};
+use agora_settlement::open::evm_signer_for;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
@@ -22,11 +23,15 @@ pub enum KeysCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Print the account id (public key, hex) of a key file.
+    /// Print the account id (public key, hex) of a key file, and on a second line, labelled
+    /// `evm-address`, the EVM account the same key settles from on a chain (checksummed).
     Show {
         /// The key file.
         #[arg(long, short)]
         key: PathBuf,
+        /// Print `{"account": HEX, "evm_address": "0x..."}` instead.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -48,7 +53,21 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<()> {
             tracing::info!(path = %out.display(), "key written");
             println!("{}", key.account());
         }
-        KeysCmd::Show { key } => println!("{}", load_key(&key)?.account()),
+        KeysCmd::Show { key, json } => {
+            let key = load_key(&key)?;
+            let account = key.account().to_string();
+            // The account `--settlement evm` opens for this key (one key file for both).
+            let evm_address = evm_signer_for(&key.seed()).address().to_string();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "account": account, "evm_address": evm_address })
+                );
+            } else {
+                // The first line stays the bare account id: scripts read it.
+                println!("{account}\nevm-address {evm_address}");
+            }
+        }
     }
     Ok(())
 }

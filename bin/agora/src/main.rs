@@ -6,6 +6,7 @@ mod bench_serve;
 mod devnet_cmd;
 mod diloco_cmd;
 mod econ_cmd;
+mod evm_cmd;
 mod explorer_cmd;
 mod gateway_cmd;
 mod generate_cmd;
@@ -69,6 +70,9 @@ enum Command {
     /// Run the settlement ledger and send it transactions.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCmd),
+    /// Deploy the settlement contracts to an EVM chain; mint its test stablecoin.
+    #[command(subcommand)]
+    Evm(evm_cmd::EvmCmd),
 }
 
 fn main() {
@@ -101,6 +105,7 @@ fn main() {
         Command::Bench(cmd) => bench_cmd::run(cmd, threads),
         Command::Keys(cmd) => keys_cmd::run(cmd),
         Command::Ledger(cmd) => ledger_cmd::run(cmd),
+        Command::Evm(cmd) => evm_cmd::run(cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
