@@ -14,7 +14,7 @@ use agora_evm::bindings::TestStablecoin::{self, TestStablecoinErrors};
 use agora_evm::{Deployment, EvmError, Refusal, SettlementClient};
 use agora_ledger::{Genesis, Params};
 use agora_settlement::open::evm_signer_for;
-use alloy::primitives::Address;
+use alloy::primitives::{Address, TxKind, U256};
 use alloy::providers::{Provider, ProviderBuilder};
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
@@ -136,8 +136,9 @@ pub fn parse_address(s: &str) -> Result<Address, String> {
     let mixed = digits.bytes().any(|b| b.is_ascii_lowercase())
         && digits.bytes().any(|b| b.is_ascii_uppercase());
     if mixed {
-        Address::parse_checksummed(format!("0x{digits}"), None)
-            .map_err(|_| "the address's checksum (its mixed case) is wrong: a digit is mistyped".into())
+        Address::parse_checksummed(format!("0x{digits}"), None).map_err(|_| {
+            "the address's checksum (its mixed case) is wrong: a digit is mistyped".into()
+        })
     } else {
         digits.parse::<Address>().map_err(|e| e.to_string())
     }
@@ -318,14 +319,44 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             .totalSupply()
             .call()
             .await
-            .map_err(|e| anyhow!("--token {token} does not answer totalSupply(), so it is not an ERC-20: {e}"))?;
+            .map_err(|e| {
+                anyhow!(
+                    "--token {token} does not answer totalSupply(), so it is not an ERC-20: {e}"
+                )
+            })?;
     }
 
-    let deployment = match args.token {
-        Some(token) => agora_evm::deploy_with_token(&args.rpc, deployer, token, rules).await,
-        None => agora_evm::deploy(&args.rpc, deployer, rules).await,
-    }
-    .map_err(|e| explain(e, who).context("deploying the contracts"))?;
+    // The test stablecoin in a transaction of its own (as `agora_evm::deploy` does), so that
+    // if the settlement contract then fails, the token already paid for is named for reuse.
+    let token = match args.token {
+        Some(token) => token,
+        None => {
+            let created = client
+                .submit(TxKind::Create, TestStablecoin::BYTECODE.clone(), U256::ZERO)
+                .await
+                .map_err(|e| explain(e, who).context("deploying the test stablecoin"))?;
+            if created.address == Address::ZERO {
+                bail!(
+                    "deploying the test stablecoin: transaction {} made no contract",
+                    created.hash
+                );
+            }
+            tracing::info!(token = %created.address, "test stablecoin deployed");
+            created.address
+        }
+    };
+    let deployment = agora_evm::deploy_with_token(&args.rpc, deployer, token, rules)
+        .await
+        .map_err(|e| {
+            let e = explain(e, who).context("deploying the settlement contract");
+            if args.token.is_none() {
+                e.context(format!(
+                    "the test stablecoin is deployed at {token}: pass --token {token} to reuse it"
+                ))
+            } else {
+                e
+            }
+        })?;
 
     if let Err(e) = write_deployment(&args.out, &deployment, args.force) {
         // The gas is spent: never lose where the contracts went.

@@ -9,6 +9,8 @@ mod cli;
 mod default_model;
 /// `agora train --islands`: DiLoCo across processes, with a killed island and a joiner.
 mod diloco;
+/// `agora keys show`'s EVM account, and `agora evm deploy|mint` against a real Anvil.
+mod evm_cli;
 /// `agora devnet --settlement evm`: the chain it prepares (contracts, funded parties, epochs
 /// in time), and the network end to end on it.
 mod evm_devnet;
