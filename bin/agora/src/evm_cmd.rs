@@ -470,7 +470,7 @@ mod tests {
     }
 
     #[test]
-    fn the_default_rules_are_the_devnets_and_the_contract_accepts_their_shape() {
+    fn the_default_rules_are_the_devnets() {
         let rules = contract_rules(&crate::devnet_cmd::default_rules(), 10);
         assert_eq!(
             rules,
@@ -480,6 +480,33 @@ mod tests {
                 ..agora_evm::Params::devnet(10)
             }
         );
+    }
+
+    #[test]
+    fn the_contracts_refusals_are_said_in_words() {
+        use agora_evm::bindings::AgoraSettlement::{BadParams, UnbondingTooShort};
+        let who = Address::repeat_byte(7);
+        let said = |e: EvmError| format!("{:#}", explain(e, who));
+        let bad = EvmError::Refused(Refusal::Settlement(AgoraSettlementErrors::BadParams(
+            BadParams {
+                reason: "epochBlocks must be positive".into(),
+            },
+        )));
+        assert_eq!(
+            said(bad),
+            "the settlement contract refuses these rules: epochBlocks must be positive"
+        );
+        let short = EvmError::Refused(Refusal::Settlement(
+            AgoraSettlementErrors::UnbondingTooShort(UnbondingTooShort {
+                unbonding: 2,
+                need: U256::from(7),
+            }),
+        ));
+        assert!(said(short).contains("unbonding_epochs 2 is below the 7"));
+        let not_minter = EvmError::Refused(Refusal::Token(TestStablecoinErrors::NotMinter(
+            TestStablecoin::NotMinter {},
+        )));
+        assert!(said(not_minter).contains(&format!("{who} may not mint")));
     }
 
     #[test]
