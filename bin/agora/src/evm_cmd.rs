@@ -62,6 +62,10 @@ pub enum EvmCmd {
         /// ledger's defaults with a 200 bps audit fee share and an audit fee of 1).
         #[arg(long, value_name = "FILE")]
         genesis: Option<PathBuf>,
+        /// Refuse unless the RPC serves this chain id (a guard against deploying to the
+        /// wrong network through a mistaken URL).
+        #[arg(long, value_name = "ID")]
+        chain_id: Option<u64>,
         /// Blocks per epoch: receipt roots are posted, and audited, once per epoch, and every
         /// window of the rules counts epochs. With 12-second blocks, 10 is two minutes.
         #[arg(long, default_value_t = DEFAULT_EPOCH_BLOCKS)]
@@ -100,6 +104,7 @@ pub fn run(cmd: EvmCmd) -> anyhow::Result<()> {
             force,
             token,
             genesis,
+            chain_id,
             epoch_blocks,
         } => rt.block_on(deploy(DeployArgs {
             rpc,
@@ -108,6 +113,7 @@ pub fn run(cmd: EvmCmd) -> anyhow::Result<()> {
             force,
             token,
             genesis,
+            chain_id,
             epoch_blocks,
         })),
         EvmCmd::Mint {
@@ -176,6 +182,7 @@ struct DeployArgs {
     force: bool,
     token: Option<Address>,
     genesis: Option<PathBuf>,
+    chain_id: Option<u64>,
     epoch_blocks: u64,
 }
 
@@ -300,6 +307,12 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
 
     let chain_id = probe_chain(&args.rpc).await?;
+    if let Some(want) = args.chain_id.filter(|want| *want != chain_id) {
+        bail!(
+            "{} serves chain {chain_id}, not the --chain-id {want} asked for",
+            args.rpc
+        );
+    }
     let who = deployer.address();
     tracing::info!(chain_id, deployer = %who, "deploying");
     let client = SettlementClient::connect_bare(&args.rpc, deployer.clone())
@@ -455,8 +468,11 @@ mod tests {
         let checksummed = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
         assert_eq!(parse_address(lower), parse_address(checksummed));
         assert!(parse_address(&lower.to_ascii_uppercase().replacen("0X", "0x", 1)).is_ok());
-        // One letter's case flipped: a checksum that does not hold.
-        assert!(parse_address("0x5FbDB2315678afecb367f032d93F642f64180Aa3").is_err());
+        // One letter's case flipped: a checksum that does not hold. A plain parse takes it
+        // (the typo would go unnoticed); this one refuses it.
+        let typo = "0x5FbDB2315678afecb367f032d93F642f64180Aa3";
+        assert!(typo.parse::<Address>().is_ok());
+        assert!(parse_address(typo).is_err());
         for bad in [
             "",
             "5fbdb2315678afecb367f032d93f642f64180aa3",

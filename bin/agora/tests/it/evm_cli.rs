@@ -162,6 +162,7 @@ fn evm_help_names_every_subcommand_and_who_mints() {
         "--force",
         "--token",
         "--genesis",
+        "--chain-id",
         "--epoch-blocks",
     ] {
         assert!(deploy.contains(flag), "{flag} in {deploy}");
@@ -444,6 +445,12 @@ fn evm_deploy_and_mint_refuse_clearly_and_spend_nothing() {
     ]);
     assert!(err.contains("cannot reach the chain's RPC"), "{err}");
     assert!(started.elapsed().as_secs() < 10, "reported late");
+    // The RPC serves another chain than the one asked for.
+    let err = deploy(&["--chain-id", "1"]);
+    assert!(
+        err.contains("serves chain 31337, not the --chain-id 1"),
+        "{err}"
+    );
     let err = refused(&[
         "evm",
         "deploy",
@@ -499,4 +506,17 @@ fn evm_deploy_and_mint_refuse_clearly_and_spend_nothing() {
     let args = mint(&key, "0x0000000000000000000000000000000000000000");
     let err = refused(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("zero address"), "{err}");
+    // A deployment file for another chain than the RPC's.
+    let mut other: Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_path).expect("read")).expect("json");
+    other["chain_id"] = 1.into();
+    std::fs::write(&out_path, other.to_string()).expect("write");
+    let args = mint(&key, &to);
+    let err = refused(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("the RPC serves chain 31337"), "{err}");
+    assert_eq!(
+        rt.block_on(nonce(&anvil, deployer)),
+        2,
+        "only the deployment's two transactions"
+    );
 }
