@@ -288,6 +288,12 @@ fn explain(e: EvmError, who: Address) -> anyhow::Error {
 
 async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     // Everything that needs no chain first: a refusal here costs nothing.
+    if args.out.is_dir() {
+        bail!(
+            "--out {} is a folder; name the file to write",
+            args.out.display()
+        );
+    }
     if args.out.exists() && !args.force {
         bail!("{} exists; pass --force to overwrite", args.out.display());
     }

@@ -414,6 +414,18 @@ fn evm_deploy_and_mint_refuse_clearly_and_spend_nothing() {
     std::fs::write(&genesis, "{\"chain_id\": 1}").expect("write");
     let err = deploy(&["--genesis", s(&genesis)]);
     assert!(err.contains("parsing the genesis file"), "{err}");
+    let err = refused(&[
+        "evm",
+        "deploy",
+        "--rpc",
+        &rpc,
+        "--key",
+        s(&key),
+        "--out",
+        s(dir.path()),
+        "--force",
+    ]);
+    assert!(err.contains("is a folder"), "{err}");
     let err = deploy(&["--epoch-blocks", "0"]);
     assert!(err.contains("--epoch-blocks"), "{err}");
 
