@@ -339,14 +339,22 @@ impl Payments {
             return Err(PaymentError::NoChannel(channel));
         }
         // The request's key must stand for the channel's payer: otherwise anyone naming the
-        // channel could run up answers its payer never vouches for and block it.
-        let payer_party = self
-            .settlement
-            .party_of_key(payer)
-            .await
-            .map_err(|e| PaymentError::Ledger(e.to_string()))?;
-        if payer_party != Some(c.payer) {
-            return Err(PaymentError::NoChannel(channel));
+        // channel could run up answers its payer never vouches for and block it. A key already
+        // matched to this channel's payer is not asked again (on a chain that is a log query
+        // and a check of the key's binding, on every refresh of the view).
+        let matched = self
+            .lock()
+            .get(&channel)
+            .is_some_and(|v| v.payer == Some(payer) && v.payer_party == c.payer);
+        if !matched {
+            let payer_party = self
+                .settlement
+                .party_of_key(payer)
+                .await
+                .map_err(|e| PaymentError::Ledger(e.to_string()))?;
+            if payer_party != Some(c.payer) {
+                return Err(PaymentError::NoChannel(channel));
+            }
         }
         // Closing: the rest goes back to the payer at the end of the claim window, and a
         // voucher for this answer might only arrive after it.
