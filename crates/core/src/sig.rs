@@ -410,12 +410,18 @@ mod tests {
             let k = Keypair::from_seed([i; 32]);
             let msg = [i; 40];
             let sig = k.sign_bytes(&msg);
-            assert!(known_valid(&triple_digest(&k.account(), &msg, &sig)), "key {i}");
+            assert!(
+                known_valid(&triple_digest(&k.account(), &msg, &sig)),
+                "key {i}"
+            );
             assert!(check_one(&k.account(), &msg, &sig), "key {i}: fresh check");
             let mut bent = *sig.as_bytes();
             bent[63 - usize::from(i % 32)] ^= 0x40;
             let bent = Signature::from_bytes(bent);
-            assert!(!known_valid(&triple_digest(&k.account(), &msg, &bent)), "key {i}");
+            assert!(
+                !known_valid(&triple_digest(&k.account(), &msg, &bent)),
+                "key {i}"
+            );
             assert!(!verify_one(&k.account(), &msg, &bent), "key {i}: tampered");
         }
     }

@@ -21,8 +21,9 @@
 //! the production `Auditor` trait) regenerates it with the model the receipt names, so an
 //! honest answer always passes and an answer from another model always fails. Messages are
 //! [`runtime::Msg`]s on simulated links rather than libp2p and HTTP, and each actor's timing
-//! (fetch retries, commit and reveal, routing, top-ups, inclusion follow-up, claims) and the
-//! provider's admission rule are the simulation's own (see each module). Same seed, same final
+//! (fetch retries, commit and reveal, routing, top-ups, inclusion follow-up, claims) is the
+//! simulation's own (see each module); the provider's admission counts escrow with the
+//! service's own [`agora_provider::payments::Escrow`]. Same seed, same final
 //! hash, bit for bit.
 //!
 //! ```
