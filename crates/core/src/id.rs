@@ -166,9 +166,12 @@ impl Keypair {
         self.sign_bytes(&codec::signing_bytes(domain, value))
     }
 
-    /// Signs raw bytes.
+    /// Signs raw bytes. The signature is remembered as valid on this thread
+    /// ([`crate::sig::remember_signed`]), so checking it here again costs no curve arithmetic.
     pub fn sign_bytes(&self, msg: &[u8]) -> Signature {
-        Signature(self.key.sign(msg).to_bytes())
+        let sig = Signature(self.key.sign(msg).to_bytes());
+        crate::sig::remember_signed(&self.account(), msg, &sig);
+        sig
     }
 }
 

@@ -77,6 +77,16 @@ fn remember_valid(digest: [u8; 32]) {
     });
 }
 
+/// Records a signature this thread just made with the key of `account` as valid. An honest
+/// key (a clamped scalar times the base point: of large order) signing gives a canonical `s`
+/// and `R = r·B`, which the rule above always accepts; so a later check of the same triple on
+/// this thread (a simulation's actors, a node reading back what it signed) answers what a
+/// fresh one would, without its curve arithmetic. Only the signer calls this: a received
+/// signature enters the cache only by passing a check.
+pub(crate) fn remember_signed(account: &AccountId, msg: &[u8], sig: &Signature) {
+    remember_valid(triple_digest(account, msg, sig));
+}
+
 /// The account's key as a point, if it is a valid encoding of a point of large order.
 fn account_point(account: &AccountId) -> Option<EdwardsPoint> {
     let bytes = *account.as_bytes();
@@ -388,6 +398,31 @@ mod tests {
                     remember_valid(triple_digest(&k.account(), &m, &other_sig));
                 }
             }
+        }
+    }
+
+    /// What a key signs is remembered on the signing thread, and only with the verdict a fresh
+    /// check gives: every signature made is valid under the cofactored rule, and a tampered
+    /// copy of it is neither remembered nor accepted.
+    #[test]
+    fn signatures_made_here_are_remembered_with_the_fresh_verdict() {
+        for i in 0..64u8 {
+            let k = Keypair::from_seed([i; 32]);
+            let msg = [i; 40];
+            let sig = k.sign_bytes(&msg);
+            assert!(
+                known_valid(&triple_digest(&k.account(), &msg, &sig)),
+                "key {i}"
+            );
+            assert!(check_one(&k.account(), &msg, &sig), "key {i}: fresh check");
+            let mut bent = *sig.as_bytes();
+            bent[63 - usize::from(i % 32)] ^= 0x40;
+            let bent = Signature::from_bytes(bent);
+            assert!(
+                !known_valid(&triple_digest(&k.account(), &msg, &bent)),
+                "key {i}"
+            );
+            assert!(!verify_one(&k.account(), &msg, &bent), "key {i}: tampered");
         }
     }
 

@@ -58,17 +58,56 @@ impl ChannelView {
             .map_or(Amount::ZERO, |v| v.voucher.cumulative)
     }
 
-    /// Served and not vouched for (rounded as the payer's vouchers are).
+    fn escrow(&self) -> Escrow {
+        Escrow {
+            deposit: self.deposit,
+            claimed: self.claimed,
+            vouched: self.vouched(),
+            served_micros: self.served_micros,
+            inflight: self.inflight,
+        }
+    }
+
     fn unpaid(&self) -> Amount {
+        self.escrow().unpaid()
+    }
+
+    fn free(&self) -> Amount {
+        self.escrow().free()
+    }
+}
+
+/// A channel's money as its provider counts it. The two numbers admission turns on, written
+/// once for the service ([`Payments`]) and the simulation (`agora-sim`'s provider), so both
+/// admit the same requests: a request starts only when nothing served is unvouched (after a
+/// short grace in the service) and the escrow still free covers the most it can cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Escrow {
+    /// The channel's deposit.
+    pub deposit: Amount,
+    /// What settlement has paid out of it so far.
+    pub claimed: Amount,
+    /// The best voucher held.
+    pub vouched: Amount,
+    /// What answers served on it cost, in millionths of a base unit.
+    pub served_micros: u128,
+    /// The most the admitted, unfinished requests on it can cost.
+    pub inflight: Amount,
+}
+
+impl Escrow {
+    /// Served and not vouched for (rounded as the payer's vouchers are).
+    pub fn unpaid(&self) -> Amount {
         agora_market::micros_to_amount(self.served_micros)
-            .checked_sub(self.vouched())
+            .checked_sub(self.vouched)
             .unwrap_or(Amount::ZERO)
     }
 
-    /// Escrow not yet promised by a voucher or held by a request in flight.
-    fn free(&self) -> Amount {
+    /// Escrow not yet promised by a voucher (or paid out by a claim) or held by a request in
+    /// flight.
+    pub fn free(&self) -> Amount {
         self.deposit
-            .checked_sub(self.vouched().max(self.claimed))
+            .checked_sub(self.vouched.max(self.claimed))
             .and_then(|left| left.checked_sub(self.inflight))
             .unwrap_or(Amount::ZERO)
     }
@@ -339,14 +378,22 @@ impl Payments {
             return Err(PaymentError::NoChannel(channel));
         }
         // The request's key must stand for the channel's payer: otherwise anyone naming the
-        // channel could run up answers its payer never vouches for and block it.
-        let payer_party = self
-            .settlement
-            .party_of_key(payer)
-            .await
-            .map_err(|e| PaymentError::Ledger(e.to_string()))?;
-        if payer_party != Some(c.payer) {
-            return Err(PaymentError::NoChannel(channel));
+        // channel could run up answers its payer never vouches for and block it. A key already
+        // matched to this channel's payer is not asked again (on a chain that is a log query
+        // and a check of the key's binding, on every refresh of the view).
+        let matched = self
+            .lock()
+            .get(&channel)
+            .is_some_and(|v| v.payer == Some(payer) && v.payer_party == c.payer);
+        if !matched {
+            let payer_party = self
+                .settlement
+                .party_of_key(payer)
+                .await
+                .map_err(|e| PaymentError::Ledger(e.to_string()))?;
+            if payer_party != Some(c.payer) {
+                return Err(PaymentError::NoChannel(channel));
+            }
         }
         // Closing: the rest goes back to the payer at the end of the claim window, and a
         // voucher for this answer might only arrive after it.

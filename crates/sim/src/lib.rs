@@ -21,8 +21,9 @@
 //! the production `Auditor` trait) regenerates it with the model the receipt names, so an
 //! honest answer always passes and an answer from another model always fails. Messages are
 //! [`runtime::Msg`]s on simulated links rather than libp2p and HTTP, and each actor's timing
-//! (fetch retries, commit and reveal, routing, top-ups, inclusion follow-up, claims) and the
-//! provider's admission rule are the simulation's own (see each module). Same seed, same final
+//! (fetch retries, commit and reveal, routing, top-ups, inclusion follow-up, claims) is the
+//! simulation's own (see each module); the provider's admission counts escrow with the
+//! service's own [`agora_provider::payments::Escrow`]. Same seed, same final
 //! hash, bit for bit.
 //!
 //! ```
@@ -50,14 +51,11 @@ pub use scenario::{Scenario, Summary, SCENARIOS};
 pub use world::{RunResult, World};
 
 /// Runs `sc` on `seeds` seeds, spread over `threads` threads; results in seed order, so the
-/// outcome does not depend on the thread count. Threads take the next few seeds as they finish
-/// (runs differ in length), so none idles while another has a long queue, and run them in
-/// lockstep so that one signature batch checks all their blocks ([`World::run_lockstep`]).
+/// outcome does not depend on the thread count. Threads take the next seed as they finish
+/// (runs differ in length), so none idles while another has a long queue.
 pub fn run_seeds(sc: &Scenario, seeds: &[u64], threads: usize) -> Vec<RunResult> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let threads = threads.clamp(1, seeds.len().max(1));
-    // Enough seeds side by side for a batch to pay, few enough that the threads share the work.
-    let group = (seeds.len() / (threads * 4)).clamp(1, LOCKSTEP_RUNS);
     let next = AtomicUsize::new(0);
     let mut done: Vec<(usize, RunResult)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -65,18 +63,11 @@ pub fn run_seeds(sc: &Scenario, seeds: &[u64], threads: usize) -> Vec<RunResult>
                 s.spawn(|| {
                     let mut out = Vec::new();
                     loop {
-                        let first = next.fetch_add(group, Ordering::Relaxed);
-                        let Some(mine) = seeds.get(first..(first + group).min(seeds.len())) else {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&seed) = seeds.get(i) else {
                             break out;
                         };
-                        if mine.is_empty() {
-                            break out;
-                        }
-                        let worlds = mine
-                            .iter()
-                            .map(|&seed| World::new(&sc.setup(seed), seed))
-                            .collect();
-                        out.extend((first..).zip(World::run_lockstep(worlds)));
+                        out.push((i, World::new(&sc.setup(seed), seed).run()));
                     }
                 })
             })
@@ -89,10 +80,6 @@ pub fn run_seeds(sc: &Scenario, seeds: &[u64], threads: usize) -> Vec<RunResult>
     done.sort_by_key(|(i, _)| *i);
     done.into_iter().map(|(_, r)| r).collect()
 }
-
-/// Most runs a thread steps side by side: past this a signature batch costs about as much per
-/// signature as a smaller one.
-const LOCKSTEP_RUNS: usize = 16;
 
 /// The scenario called `name`, or an error naming the ones there are.
 pub fn scenario(name: &str) -> Result<&'static Scenario, SimError> {

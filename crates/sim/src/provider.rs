@@ -10,6 +10,7 @@ use crate::world::{Dir, Knobs};
 use agora_core::{merkle, AccountId, Amount, Hash32, Signature};
 use agora_ledger::audit::Windows;
 use agora_ledger::{leaf_key, plant_commitment, Event, TxBody};
+use agora_provider::payments::Escrow;
 use agora_provider::receipts::leaf_order;
 use agora_verifier::judge::Judgement;
 use agora_wire::price::{cost_micros, micros_to_amount};
@@ -432,23 +433,24 @@ impl Provider {
         if ch.expires_epoch < st.epoch + k.claim_margin_epochs {
             return false;
         }
-        let vouched = self
-            .vouchers
-            .get(&req.request.channel)
-            .map_or(Amount::ZERO, |v| v.0);
-        let owed = micros_to_amount(
-            self.owed_micros
+        // The service's own arithmetic (`agora_provider::payments::Escrow`); the simulated
+        // provider answers each request before the next one arrives, so none is in flight.
+        let escrow = Escrow {
+            deposit: ch.deposit,
+            claimed: ch.claimed,
+            vouched: self
+                .vouchers
+                .get(&req.request.channel)
+                .map_or(Amount::ZERO, |v| v.0),
+            served_micros: self
+                .owed_micros
                 .get(&req.request.channel)
                 .copied()
                 .unwrap_or(0),
-        );
-        if owed > vouched {
-            return false;
-        }
+            inflight: Amount::ZERO,
+        };
         let reservation = micros_to_amount(k.reservation_micros(req.prompt.len()));
-        ch.deposit
-            .checked_sub(vouched)
-            .is_ok_and(|left| left >= reservation)
+        escrow.unpaid().is_zero() && escrow.free() >= reservation
     }
 
     fn serve(&mut self, rt: &mut Runtime, k: &Knobs, from: NodeId, req: Req) {

@@ -348,9 +348,7 @@ impl Runtime {
     }
 
     /// The sequencer's step, first half: the block's pending transactions, each signed with
-    /// its sender's key and the nonce the sender expects, for [`agora_ledger::tx::verify_batch`] (runs build
-    /// their blocks in lockstep so that one batch checks many runs' blocks; see
-    /// [`crate::world::World::run_lockstep`]).
+    /// its sender's key and the nonce the sender expects, for [`agora_ledger::tx::verify_batch`].
     pub fn sign_block(&mut self) -> PendingBlock {
         let ctx = self.ledger.next_ctx();
         let mut txs = std::mem::take(&mut self.mempool);

@@ -10,7 +10,7 @@ use crate::verifier::{Verifier, VerifierKind};
 use agora_core::{codec, AccountId, Amount, Hash32, Keypair};
 use agora_ledger::audit::assignee;
 use agora_ledger::tx::verify_batch;
-use agora_ledger::{Allocation, Event, Genesis, Ledger, Params, SignedTx, TxError, VerifiedTx};
+use agora_ledger::{Allocation, Event, Genesis, Ledger, Params, TxError, VerifiedTx};
 use agora_wire::price::micros_to_amount;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -198,51 +198,6 @@ pub struct RunResult {
     pub audits: u64,
     /// What the attackers' cheating saved them, base units.
     pub saving: i128,
-}
-
-/// Where [`World::advance_to_signature`] stopped.
-enum Halt {
-    /// The next event is the block.
-    Block,
-    /// The run is over.
-    End,
-    /// The next event delivers this signature.
-    Signature((AccountId, Vec<u8>, agora_core::Signature)),
-}
-
-/// Brings each of `live` to its next block (the ones whose runs end drop out; the rest are
-/// returned in order). The runs step side by side: each stops before delivering a signed
-/// message, one batch checks all those signatures (valid ones are remembered by
-/// `agora_core::sig`, so the receiver's own check finds them; ones already remembered are
-/// not checked again), and they go on. Every
-/// receiver still gets the verdict a single check gives (a batch accepts exactly what single
-/// checks accept; anything the batch refuses is checked again, in full, by the receiver),
-/// at about half a single check's cost per signature.
-fn advance_all_to_block(worlds: &mut [World], live: &[usize]) -> Vec<usize> {
-    let mut at_block = Vec::with_capacity(live.len());
-    let mut going: Vec<(usize, bool)> = live.iter().map(|&i| (i, false)).collect();
-    while !going.is_empty() {
-        let mut waiting = Vec::new();
-        let mut pending = Vec::new();
-        for &(i, head_checked) in &going {
-            match worlds[i].advance_to_signature(head_checked) {
-                Halt::Block => at_block.push(i),
-                Halt::End => {}
-                Halt::Signature(t) => {
-                    pending.push(t);
-                    waiting.push((i, true));
-                }
-            }
-        }
-        let items: Vec<(AccountId, &[u8], agora_core::Signature)> = pending
-            .iter()
-            .map(|(a, m, s)| (*a, m.as_slice(), *s))
-            .collect();
-        let _ = agora_core::sig::verify_many(&items);
-        going = waiting;
-    }
-    at_block.sort_unstable();
-    at_block
 }
 
 /// A world of nodes, ready to run.
@@ -494,43 +449,6 @@ impl World {
         self.finish()
     }
 
-    /// Runs `worlds` to their ends side by side, results in the same order: each run is
-    /// exactly what [`World::run`] makes of it, but the runs build their blocks in lockstep (a
-    /// block every [`BLOCK_MS`] in every run) and one batch checks the signatures of all
-    /// their blocks' transactions. A batch gives every signature the verdict a single check
-    /// gives (`agora_core::sig`), at half to two thirds of a single check's cost per signature.
-    pub fn run_lockstep(mut worlds: Vec<World>) -> Vec<RunResult> {
-        for w in worlds.iter_mut() {
-            w.start();
-        }
-        let mut live: Vec<usize> = (0..worlds.len()).collect();
-        loop {
-            live = advance_all_to_block(&mut worlds, &live);
-            if live.is_empty() {
-                break;
-            }
-            let blocks: Vec<PendingBlock> = live
-                .iter()
-                .map(|&i| {
-                    let w = &mut worlds[i];
-                    let end = w.end();
-                    let _block = w.rt.pop(end);
-                    w.begin_block()
-                })
-                .collect();
-            let all: Vec<SignedTx> = blocks
-                .iter()
-                .flat_map(|b| b.signed.iter().cloned())
-                .collect();
-            let mut checked = verify_batch(all).into_iter();
-            for (&i, block) in live.iter().zip(blocks) {
-                let mine = checked.by_ref().take(block.signed.len()).collect();
-                worlds[i].end_block(block, mine, false);
-            }
-        }
-        worlds.into_iter().map(World::finish).collect()
-    }
-
     /// Every actor's first timers, the faults, and the first block.
     fn start(&mut self) {
         let k = self.knobs.clone();
@@ -554,66 +472,6 @@ impl World {
     /// The virtual time the run ends at.
     fn end(&self) -> u64 {
         self.knobs.total_epochs * EPOCH_MS + 1
-    }
-
-    /// Steps events until the next one is the block, the run's end, or the delivery of a
-    /// signed message (its signature is returned; with `head_checked` the next event is
-    /// stepped whatever it carries).
-    fn advance_to_signature(&mut self, mut head_checked: bool) -> Halt {
-        let end = self.end();
-        loop {
-            if self.rt.block_next(end) {
-                return Halt::Block;
-            }
-            let Some(ev) = self.rt.peek(end) else {
-                return Halt::End;
-            };
-            if !head_checked {
-                if let Some(t) = self.carried_signature(ev) {
-                    return Halt::Signature(t);
-                }
-            }
-            head_checked = false;
-            match self.rt.pop(end) {
-                Some(ev) => self.step(ev, false),
-                None => return Halt::End,
-            }
-        }
-    }
-
-    /// The (signer, signed bytes, signature) the receiver of `ev` checks first: a receipt at
-    /// the payer, a voucher at the provider (the same bytes their own checks build).
-    fn carried_signature(&self, ev: &Ev) -> Option<(AccountId, Vec<u8>, agora_core::Signature)> {
-        let Ev::Deliver { from, to, msg } = ev else {
-            return None;
-        };
-        match (msg, self.roles.get(*to)?) {
-            (crate::runtime::Msg::Answer { receipt, .. }, Role::Payer(_)) => Some((
-                receipt.receipt.provider,
-                codec::signing_bytes(agora_wire::protocol::RECEIPT_DOMAIN, &receipt.receipt),
-                receipt.sig,
-            )),
-            (
-                crate::runtime::Msg::Voucher {
-                    channel,
-                    cumulative,
-                    sig,
-                },
-                Role::Provider(_),
-            ) => {
-                let voucher = agora_wire::settle::Voucher {
-                    chain_id: self.rt.ledger.state.chain_id,
-                    channel: *channel,
-                    cumulative: *cumulative,
-                };
-                Some((
-                    *self.rt.accounts.get(*from)?,
-                    codec::signing_bytes(agora_wire::settle::VOUCHER_DOMAIN, &voucher),
-                    *sig,
-                ))
-            }
-            _ => None,
-        }
     }
 
     /// A block's first half: freezes the verifier set at an epoch's last block, and signs the

@@ -1,7 +1,7 @@
-//! Same seed, same final hash, bit for bit; different seeds, different runs; neither the
-//! thread count nor the runs stepped beside it in lockstep ever change a result.
+//! Same seed, same final hash, bit for bit; different seeds, different runs; the thread count
+//! never changes a result.
 
-use agora_sim::{run_seeds, scenario, World};
+use agora_sim::{run_seeds, scenario};
 
 #[test]
 fn same_seed_same_hash_in_every_scenario() {
@@ -38,38 +38,8 @@ fn thread_count_does_not_change_results() {
         .map(|r| r.hash)
         .collect();
     assert_eq!(one, three);
-    // Runs alone, and all sixteen in one lockstep group (one signature batch for every block).
     let alone: Vec<String> = seeds.iter().map(|&s| sc.run(s).hash).collect();
     assert_eq!(one, alone);
-    let worlds = seeds.iter().map(|&s| World::new(&sc.setup(s), s)).collect();
-    let together: Vec<String> = World::run_lockstep(worlds)
-        .into_iter()
-        .map(|r| r.hash)
-        .collect();
-    assert_eq!(together, alone);
-}
-
-/// Runs stepped side by side stop before each unverified signature they are about to deliver
-/// so one batch can check them all; whatever each run's neighbours, every scenario's result
-/// is the one it has alone (a forged or broken signature is still refused by its receiver).
-#[test]
-fn lockstep_batches_change_no_scenario() {
-    for sc in agora_sim::SCENARIOS {
-        let seeds: Vec<u64> = (40..46).collect();
-        let alone: Vec<(String, Vec<String>)> = seeds
-            .iter()
-            .map(|&s| {
-                let r = sc.run(s);
-                (r.hash, r.violations)
-            })
-            .collect();
-        let worlds = seeds.iter().map(|&s| World::new(&sc.setup(s), s)).collect();
-        let together: Vec<(String, Vec<String>)> = World::run_lockstep(worlds)
-            .into_iter()
-            .map(|r| (r.hash, r.violations))
-            .collect();
-        assert_eq!(together, alone, "{}", sc.name);
-    }
 }
 
 #[test]
