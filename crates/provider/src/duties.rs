@@ -317,7 +317,11 @@ impl Duties {
                 }
             }
             // A restart resumes at the oldest duty (or alarm) not yet done.
-            let oldest = pending.iter().map(|p| p.0).chain(alarms.oldest_height()).min();
+            let oldest = pending
+                .iter()
+                .map(|p| p.0)
+                .chain(alarms.oldest_height())
+                .min();
             self.save_height(oldest.unwrap_or(from));
             if !pending.is_empty() && !advanced {
                 tokio::time::sleep(backoff).await;

@@ -503,13 +503,22 @@ async fn the_running_provider_charges_a_false_failure_on_its_leaf_once_due() {
             .address(d.settlement)
             .event_signature(AgoraSettlement::FalseAlarm::SIGNATURE_HASH)
             .from_block(d.start_block);
-        admin.provider().get_logs(&filter).await.expect("logs").len()
+        admin
+            .provider()
+            .get_logs(&filter)
+            .await
+            .expect("logs")
+            .len()
     };
     // The verdict window is still open at e + 6: nothing is charged yet.
     let w = d.params.audit_window_epochs + d.params.escalation_epochs;
     admin.mine_to_epoch(e + 3 + w).await.expect("mine");
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(false_alarms().await, 0, "charged before its verdict window closed");
+    assert_eq!(
+        false_alarms().await,
+        0,
+        "charged before its verdict window closed"
+    );
     assert!(ver.leaf_audit(prov_addr, e, 0).await.expect("leaf").alarm);
 
     // Due: the provider's loop charges it.

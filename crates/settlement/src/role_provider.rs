@@ -540,7 +540,9 @@ impl ProviderSettlement for EvmSettlement {
             match Settlement::expire_alarm(self, me, epoch, index).await {
                 Ok(()) => Ok(Expiry::Charged),
                 // A verdict, a plant or another caller got there between the read and the call.
-                Err(SettlementError::Refused(Refusal::Other { code })) if code.starts_with("NoAlarm") => {
+                Err(SettlementError::Refused(Refusal::Other { code }))
+                    if code.starts_with("NoAlarm") =>
+                {
                     Ok(Expiry::Settled)
                 }
                 Err(e) => Err(e),
