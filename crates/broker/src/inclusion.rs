@@ -1080,12 +1080,23 @@ mod tests {
             let inclusion = Inclusion::new(reader(&l), Some(store), 2, None).expect("inclusion");
             inclusion.keep(&payer, t.clone());
             assert_eq!(inclusion.pending(), 1);
+            // A challenge filed before the crash is still charged after it.
+            inclusion.challenged(&Hash32::of(b"challenged"), payer.account());
         }
         let store = Arc::new(ChannelStore::open(&path).expect("store"));
         let seeds = PayerSeeds(Arc::new(|_| Some([3; 32])));
         let inclusion = Inclusion::new(reader(&l), Some(store), 2, Some(seeds)).expect("inclusion");
         assert_eq!(inclusion.pending(), 1);
         assert!(inclusion.lock().tracked.contains_key(&t.receipt.hash()));
+        assert_eq!(inclusion.open_challenges(), 1);
+        assert_eq!(
+            inclusion
+                .lock()
+                .challenged
+                .get(&Hash32::of(b"challenged"))
+                .map(|c| c.payer),
+            Some(payer.account())
+        );
         // The payer's key is found again for the challenge.
         assert_eq!(
             inclusion.payer(&payer.account()).map(|k| k.account()),
