@@ -10,6 +10,11 @@
 //! could not answer the query still answers the challenge and takes the bond; one that left
 //! the receipt out is slashed and the payer refunded (`crates/ledger/src/inclusion.rs`).
 //!
+//! The ledger slashes a provider that leaves a challenge unanswered itself when the next
+//! epoch starts; a chain does only when someone calls `expireChallenge`, so the broker keeps
+//! each challenge it filed (durably too) and, once its deadline passed, calls it for the
+//! payer that is owed ([`Inclusion::expire_unanswered`]).
+//!
 //! On an EVM chain the same holds through `BrokerSettlement`: paths are checked in the
 //! chain's own (keccak) tree, and a challenge carries the provider's EIP-712 `Receipt`
 //! signature that came with the receipt (`Frame::Done::chain_sig`); the broker pays no
@@ -25,7 +30,7 @@ use agora_net::protocol::SignedReceipt;
 use agora_net::protocol::{read_frame, write_frame, InclusionAnswer, InclusionQuery};
 use agora_net::{inclusion_protocol, Multiaddr, Node, PeerId};
 use agora_settlement::network::{SettlementEvent as Event, SharedSettlement};
-use agora_settlement::Refusal;
+use agora_settlement::{Expiry, Refusal};
 use borsh::{BorshDeserialize, BorshSerialize};
 use futures::StreamExt;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -34,6 +39,9 @@ use crate::channels::{ChannelError, ChannelStore, Channels};
 
 /// Receipt hash -> borsh [`Tracked`].
 const TRACKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inclusion_pending");
+
+/// Receipt hash -> borsh [`Challenged`].
+const CHALLENGED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inclusion_challenged");
 
 /// Most receipts awaiting their roots; beyond it new ones are counted `untracked` and logged.
 pub const MAX_TRACKED: usize = 65_536;
@@ -69,6 +77,15 @@ struct Tracked {
     addrs: Vec<String>,
     /// The provider's EIP-712 receipt signature on a chain (last: older records lack it).
     chain_sig: Option<Vec<u8>>,
+}
+
+/// A challenge this broker filed, until it is answered or charged.
+#[derive(Debug, Clone, Copy, BorshSerialize, BorshDeserialize)]
+struct Challenged {
+    /// The receipt's payer, whose account filed it and is refunded.
+    payer: AccountId,
+    /// The epoch of the next try to charge it.
+    try_at: u64,
 }
 
 /// What records written before `chain_sig` hold.
@@ -170,6 +187,8 @@ pub enum Verdict {
 #[derive(Default)]
 struct State {
     tracked: HashMap<Hash32, Tracked>,
+    /// Challenges filed and not yet answered or charged, at most [`MAX_TRACKED`].
+    challenged: HashMap<Hash32, Challenged>,
     roots: Roots,
     /// Epochs with a posted root left out of `roots` because it was full.
     unremembered: std::collections::BTreeSet<u64>,
@@ -203,9 +222,11 @@ impl Inclusion {
         payer_seeds: Option<PayerSeeds>,
     ) -> Result<Inclusion, ChannelError> {
         let mut tracked = HashMap::new();
+        let mut challenged = HashMap::new();
         if let Some(s) = &store {
             let w = s.db.begin_write().map_err(store_err)?;
             w.open_table(TRACKED).map_err(store_err)?;
+            w.open_table(CHALLENGED).map_err(store_err)?;
             w.commit().map_err(store_err)?;
             let r = s.db.begin_read().map_err(store_err)?;
             let t = r.open_table(TRACKED).map_err(store_err)?;
@@ -213,6 +234,13 @@ impl Inclusion {
                 let (_, v) = row.map_err(store_err)?;
                 let t = Tracked::decode(v.value()).map_err(store_err)?;
                 tracked.insert(t.receipt.hash(), t);
+            }
+            let c = r.open_table(CHALLENGED).map_err(store_err)?;
+            for row in c.iter().map_err(store_err)?.take(MAX_TRACKED) {
+                let (k, v) = row.map_err(store_err)?;
+                let key = Hash32::from_slice(k.value()).map_err(store_err)?;
+                let c = Challenged::try_from_slice(v.value()).map_err(store_err)?;
+                challenged.insert(key, c);
             }
         }
         if !tracked.is_empty() {
@@ -227,6 +255,7 @@ impl Inclusion {
         Ok(Inclusion {
             state: Mutex::new(State {
                 tracked,
+                challenged,
                 ..State::default()
             }),
             settlement,
@@ -243,6 +272,117 @@ impl Inclusion {
     /// Receipts awaiting their roots.
     pub fn pending(&self) -> usize {
         self.lock().tracked.len()
+    }
+
+    /// Challenges filed and not yet seen answered or charged.
+    pub fn open_challenges(&self) -> usize {
+        self.lock().challenged.len()
+    }
+
+    /// Keeps a challenge this broker filed until it is answered or charged.
+    fn challenged(&self, key: &Hash32, payer: AccountId) {
+        let c = Challenged { payer, try_at: 0 };
+        let mut s = self.lock();
+        if s.challenged.contains_key(key) {
+            return;
+        }
+        if s.challenged.len() >= MAX_TRACKED {
+            drop(s);
+            tracing::warn!(receipt = %key, "too many open challenges; this one is left to the settlement or another caller to charge");
+            return;
+        }
+        if let Err(e) = self.put_challenge(key, Some(&c)) {
+            tracing::warn!(receipt = %key, "open challenge not stored: {e}");
+        }
+        s.challenged.insert(*key, c);
+    }
+
+    /// Writes (or with `None` removes) a challenge's record.
+    fn put_challenge(&self, key: &Hash32, c: Option<&Challenged>) -> Result<(), ChannelError> {
+        let Some(s) = &self.store else {
+            return Ok(());
+        };
+        let w = s.db.begin_write().map_err(store_err)?;
+        {
+            let mut t = w.open_table(CHALLENGED).map_err(store_err)?;
+            match c {
+                Some(c) => {
+                    let bytes = borsh::to_vec(c).map_err(store_err)?;
+                    t.insert(key.as_bytes().as_slice(), bytes.as_slice())
+                        .map_err(store_err)?;
+                }
+                None => {
+                    t.remove(key.as_bytes().as_slice()).map_err(store_err)?;
+                }
+            }
+        }
+        w.commit().map_err(store_err)
+    }
+
+    /// Charges each challenge this broker filed whose provider left it unanswered past its
+    /// deadline, as the payer owed (its bond and the receipt's cost come back): on a chain
+    /// nobody else has to call `expireChallenge`. Answered or charged ones are forgotten;
+    /// ones not due wait for their epoch; a call that failed is tried again next epoch (at
+    /// the epoch the event stream reached). Returns how many this pass charged.
+    pub async fn expire_unanswered(&self, channels: &Channels) -> usize {
+        let (now, due) = {
+            let s = self.lock();
+            let due: Vec<(Hash32, AccountId)> = s
+                .challenged
+                .iter()
+                .filter(|(_, c)| c.try_at <= s.epoch)
+                .take(CHECKS_PER_SWEEP)
+                .map(|(k, c)| (*k, c.payer))
+                .collect();
+            (s.epoch, due)
+        };
+        let mut charged = 0;
+        for (key, payer) in due {
+            let Some(payer) = self.payer(&payer) else {
+                // Any account may charge it; without the payer's key this one waits for it.
+                self.retry_challenge_at(&key, now.saturating_add(1));
+                continue;
+            };
+            let outcome = channels
+                .in_turn(&payer, |a| {
+                    Box::pin(async move { a.expire_receipt_challenge(key).await })
+                })
+                .await;
+            match outcome {
+                Ok(Expiry::Charged) => {
+                    tracing::warn!(receipt = %key, "unanswered inclusion challenge charged: provider slashed, payer refunded");
+                    count("omission_slashed");
+                    charged += 1;
+                    self.forget_challenge(&key);
+                }
+                Ok(Expiry::Settled) => self.forget_challenge(&key),
+                Ok(Expiry::NotDue { epoch }) => self.retry_challenge_at(&key, epoch),
+                Err(e) => {
+                    tracing::debug!(receipt = %key, "charging an unanswered challenge, retrying: {e}");
+                    self.retry_challenge_at(&key, now.saturating_add(1));
+                }
+            }
+        }
+        charged
+    }
+
+    fn retry_challenge_at(&self, key: &Hash32, epoch: u64) {
+        let mut s = self.lock();
+        if let Some(c) = s.challenged.get_mut(key) {
+            c.try_at = epoch;
+            let c = *c;
+            drop(s);
+            if let Err(e) = self.put_challenge(key, Some(&c)) {
+                tracing::warn!(receipt = %key, "open challenge not stored: {e}");
+            }
+        }
+    }
+
+    fn forget_challenge(&self, key: &Hash32) {
+        self.lock().challenged.remove(key);
+        if let Err(e) = self.put_challenge(key, None) {
+            tracing::warn!(receipt = %key, "forgetting an open challenge: {e}");
+        }
     }
 
     /// Keeps `receipt`, paid by `payer` to the provider of `offer`, with the provider's
@@ -395,6 +535,7 @@ impl Inclusion {
             .buffer_unordered(QUERIES_IN_FLIGHT)
             .for_each(|_| async {})
             .await;
+        self.expire_unanswered(channels).await;
     }
 
     /// Decides one receipt from the provider's `answer` (none: it did not answer).
@@ -453,6 +594,7 @@ impl Inclusion {
                     "receipt missing from the provider's roots: inclusion challenged"
                 );
                 self.forget(&key, "challenged");
+                self.challenged(&key, r.payer);
                 Verdict::Challenged
             }
             // Settlement's typed refusal, never its words.
@@ -460,6 +602,7 @@ impl Inclusion {
                 if code == format!("{:?}", Refusal::AlreadyChallenged) =>
             {
                 self.forget(&key, "challenged");
+                self.challenged(&key, r.payer);
                 Verdict::Challenged
             }
             Err(e) => {
@@ -937,16 +1080,160 @@ mod tests {
             let inclusion = Inclusion::new(reader(&l), Some(store), 2, None).expect("inclusion");
             inclusion.keep(&payer, t.clone());
             assert_eq!(inclusion.pending(), 1);
+            // A challenge filed before the crash is still charged after it.
+            inclusion.challenged(&Hash32::of(b"challenged"), payer.account());
         }
         let store = Arc::new(ChannelStore::open(&path).expect("store"));
         let seeds = PayerSeeds(Arc::new(|_| Some([3; 32])));
         let inclusion = Inclusion::new(reader(&l), Some(store), 2, Some(seeds)).expect("inclusion");
         assert_eq!(inclusion.pending(), 1);
         assert!(inclusion.lock().tracked.contains_key(&t.receipt.hash()));
+        assert_eq!(inclusion.open_challenges(), 1);
+        assert_eq!(
+            inclusion
+                .lock()
+                .challenged
+                .get(&Hash32::of(b"challenged"))
+                .map(|c| c.payer),
+            Some(payer.account())
+        );
         // The payer's key is found again for the challenge.
         assert_eq!(
             inclusion.payer(&payer.account()).map(|k| k.account()),
             Some(payer.account())
+        );
+    }
+
+    /// The attack on a chain: a provider leaves a paid receipt out of its roots and does not
+    /// answer the payer's inclusion challenge. The ledger slashes it when the next epoch
+    /// starts, but the contract only when someone calls `expireChallenge`; before the broker
+    /// called it nobody did, so the provider kept its stake and the payer its loss. Now the
+    /// broker's sweep charges the challenge once its deadline passed (and not before): the
+    /// provider is slashed and the payer gets its bond and the receipt's cost back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unanswered_challenge_on_a_chain_is_charged_by_the_broker() {
+        use agora_evm::anvil::{find_anvil, Anvil};
+        use agora_evm::{deploy, Params as EvmParams, SettlementClient};
+        use agora_settlement::open::{evm_signer_for, Opened, SettlementTarget};
+        use alloy::primitives::{B256, U256};
+
+        let Some(bin) = find_anvil() else {
+            eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+            return;
+        };
+        let anvil = Anvil::start(&bin, 31_337).expect("anvil");
+        let d = deploy(anvil.url(), anvil.keys()[0].clone(), EvmParams::devnet(10))
+            .await
+            .expect("deploy");
+        let admin = SettlementClient::connect(anvil.url(), anvil.keys()[0].clone(), d.clone())
+            .await
+            .expect("admin");
+        let target = SettlementTarget::Evm {
+            rpc: anvil.url().to_string(),
+            deployment: d.clone(),
+        };
+        let (provider, payer) = (Keypair::from_seed([71; 32]), Keypair::from_seed([72; 32]));
+        let (prov_addr, payer_addr) = (
+            evm_signer_for(&provider.seed()).address(),
+            evm_signer_for(&payer.seed()).address(),
+        );
+        for a in [prov_addr, payer_addr] {
+            admin.mint(a, 1_000_000).await.expect("mint");
+            admin
+                .send_native(a, U256::from(10u128.pow(20)))
+                .await
+                .expect("gas");
+        }
+        let prov = Opened::open(&target, &provider).await.expect("open");
+        prov.provider()
+            .bond_provider_stake(&provider, Amount::new(500))
+            .await
+            .expect("stake and bind");
+        let channels = Channels::new(
+            crate::channels::opener_for(target.clone()),
+            Amount::new(1_000),
+        );
+        // The payer is served one answer costing 40, and the provider claims it.
+        let r1 = channels
+            .reserve(&payer, provider.account(), Amount::new(40))
+            .await
+            .expect("channel");
+        let channel = r1.channel;
+        let voucher = channels
+            .settle(
+                &payer,
+                provider.account(),
+                r1,
+                40 * agora_market::MICROS_PER_UNIT,
+            )
+            .await
+            .voucher
+            .expect("a voucher");
+        prov.network()
+            .claim_voucher(channel, voucher.voucher.cumulative, voucher.sig)
+            .await
+            .expect("claim");
+        let r = prov.network().current_epoch().await.expect("epoch");
+        let mut t = receipt(&provider, &payer, channel, 1, r);
+        t.receipt = Receipt {
+            chain_id: d.chain_id,
+            cost_micros: 40 * agora_market::MICROS_PER_UNIT,
+            ..t.receipt.receipt
+        }
+        .sign(&provider);
+        t.chain_sig = prov.provider().chain_receipt_sig(&t.receipt);
+        let inclusion = Inclusion::new(
+            Opened::open(&target, &payer).await.expect("open").network(),
+            None,
+            d.params.escalation_epochs,
+            None,
+        )
+        .expect("inclusion");
+        inclusion.keep(&payer, t.clone());
+        // The provider posts no root and cannot be reached: the sweep in r + 2 challenges.
+        let (node, _gossip) = Node::start(agora_net::NetConfig {
+            key_seed: [73; 32],
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+            bootstrap: vec![],
+            mdns: false,
+            topics: vec![],
+        })
+        .await
+        .expect("node");
+        admin.mine_to_epoch(r + 2).await.expect("mine");
+        inclusion.observe(&SettlementEvent::EpochAdvanced { epoch: r + 2 });
+        inclusion.sweep(&node, &channels).await;
+        let key = B256::from(*t.receipt.hash().as_bytes());
+        let c = admin
+            .challenge(key)
+            .await
+            .expect("read")
+            .expect("challenged");
+        assert!(c.open);
+        // Until its deadline passed nothing is charged.
+        admin.mine_to_epoch(c.due_epoch).await.expect("mine");
+        inclusion.observe(&SettlementEvent::EpochAdvanced { epoch: c.due_epoch });
+        inclusion.sweep(&node, &channels).await;
+        assert!(admin.challenge(key).await.expect("read").expect("c").open);
+        let stake_before = admin.account(prov_addr).await.expect("acct").stake;
+        let balance_before = admin.token_balance(payer_addr).await.expect("balance");
+
+        // Past it, the broker's sweep charges it.
+        admin.mine_to_epoch(c.due_epoch + 1).await.expect("mine");
+        inclusion.observe(&SettlementEvent::EpochAdvanced {
+            epoch: c.due_epoch + 1,
+        });
+        inclusion.sweep(&node, &channels).await;
+        assert!(
+            !admin.challenge(key).await.expect("read").expect("c").open,
+            "the unanswered challenge was charged"
+        );
+        let stake = admin.account(prov_addr).await.expect("acct").stake;
+        assert_eq!(stake, stake_before / 2, "slashBps of the provider's stake");
+        assert_eq!(
+            admin.token_balance(payer_addr).await.expect("balance"),
+            balance_before + c.bond + 40,
+            "the payer's bond and the receipt's cost came back"
         );
     }
 }

@@ -1194,9 +1194,35 @@ fn lock_book(book: &Mutex<OfferBook>) -> std::sync::MutexGuard<'_, OfferBook> {
     book.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Watches settlement: a slashed provider leaves the market for good; audit outcomes
-/// settlement records as revealed become reputation, (clean + 1) / (audited + 2), so an
-/// unaudited provider sits at the market's middle. Nothing gossiped moves reputation.
+/// Audits passed per provider, as settlement revealed them. Only a pass moves reputation: a
+/// revealed failure is an allegation until a verdict confirms it, and a confirmed one ends in
+/// `Slashed` (the provider leaves the market). A verifier that also serves could otherwise
+/// reveal "failed" on its rivals' leaves and take their traffic for the price of a
+/// false-alarm charge. The event stream does not say when a failure is confirmed, so
+/// failures are not counted at all.
+#[derive(Debug, Default)]
+struct AuditTally(std::collections::HashMap<AccountId, u64>);
+
+impl AuditTally {
+    /// The provider's reputation after `event`, if it moves it: (passes + 1) / (passes + 2),
+    /// so an unaudited provider sits at the market's middle.
+    fn apply(&mut self, event: &SettlementEvent) -> Option<(AccountId, f64)> {
+        let SettlementEvent::AuditRevealed {
+            provider,
+            passed: true,
+            ..
+        } = event
+        else {
+            return None;
+        };
+        let passes = self.0.entry(*provider).or_default();
+        *passes = passes.saturating_add(1);
+        Some((*provider, (*passes as f64 + 1.0) / (*passes as f64 + 2.0)))
+    }
+}
+
+/// Watches settlement: a slashed provider leaves the market for good; audits settlement
+/// records as passed become reputation ([`AuditTally`]). Nothing gossiped moves reputation.
 async fn follow_settlement(
     settlement: SharedSettlement,
     book: Arc<Mutex<OfferBook>>,
@@ -1205,7 +1231,7 @@ async fn follow_settlement(
     inclusion: Arc<Inclusion>,
 ) {
     let mut from = 0u64;
-    let mut audits: std::collections::HashMap<AccountId, (u64, u64)> = Default::default();
+    let mut audits = AuditTally::default();
     loop {
         let got = match settlement.events_from(from, Duration::from_secs(5)).await {
             Ok(got) => got,
@@ -1221,16 +1247,10 @@ async fn follow_settlement(
                 SettlementEvent::EpochAdvanced { epoch: e } => {
                     epoch.fetch_max(*e, Ordering::Relaxed);
                 }
-                SettlementEvent::AuditRevealed {
-                    provider, passed, ..
-                } => {
-                    let e = audits.entry(*provider).or_default();
-                    e.0 += 1;
-                    if *passed {
-                        e.1 += 1;
+                SettlementEvent::AuditRevealed { .. } => {
+                    if let Some((provider, rep)) = audits.apply(ev) {
+                        lock_book(&book).set_reputation(&provider, rep);
                     }
-                    let rep = (e.1 + 1) as f64 / (e.0 + 2) as f64;
-                    lock_book(&book).set_reputation(provider, rep);
                 }
                 SettlementEvent::Slashed {
                     provider, amount, ..

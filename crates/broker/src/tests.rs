@@ -559,3 +559,47 @@ fn a_request_needs_the_features_it_uses_and_is_refused_when_no_offer_serves_them
     );
     assert!(!why.contains("logprobs"), "{why}");
 }
+
+/// The attack: a provider that also runs a verifier reveals "failed" on its rivals' leaves
+/// assigned to it. Nothing confirms the failures (each is charged to it as a false alarm),
+/// but each used to lower the rival's reputation at once, for good, and the attacker took the
+/// rival's traffic. Now only passes move reputation; a real fraud ends in `Slashed`, which
+/// drops the provider from the market.
+#[test]
+fn unconfirmed_failures_leave_reputation_where_passes_put_it() {
+    let (rival, other) = (
+        Keypair::from_seed([61; 32]).account(),
+        Keypair::from_seed([62; 32]).account(),
+    );
+    let attacker = Keypair::from_seed([63; 32]).account();
+    let revealed = |provider, index, passed| SettlementEvent::AuditRevealed {
+        verifier: attacker,
+        provider,
+        epoch: 4,
+        index,
+        passed,
+    };
+    let mut tally = AuditTally::default();
+    let mut last = std::collections::HashMap::new();
+    let mut events = vec![];
+    for i in 0..3 {
+        events.push(revealed(rival, i, true));
+        events.push(revealed(other, i, true));
+    }
+    // False failures on the rival's leaves only.
+    for i in 3..8 {
+        events.push(revealed(rival, i, false));
+    }
+    for ev in &events {
+        if let Some((p, rep)) = tally.apply(ev) {
+            last.insert(p, rep);
+        }
+    }
+    let by_passes = (3.0 + 1.0) / (3.0 + 2.0);
+    assert_eq!(last.get(&other), Some(&by_passes));
+    assert_eq!(
+        last.get(&rival),
+        Some(&by_passes),
+        "unconfirmed failures moved the rival's reputation"
+    );
+}

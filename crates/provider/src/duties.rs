@@ -5,10 +5,16 @@
 //! Left unanswered, either slashes the provider, honest or not, so this loop is what keeps
 //! an honest provider's stake safe from any verifier or payer that merely asks.
 //!
+//! On a chain it also charges each unconfirmed failure revealed on its own leaves to the
+//! verifier that revealed it ([`Duty::Alarm`], `expireAlarm` once the verdict window closed):
+//! the contract charges a false alarm only when someone calls, and the provider is the party
+//! it wronged. The ledger charges them itself.
+//!
 //! The answer to a demand commits, as `material`, to [`material_hash`] of the
 //! [`Material`] the provider serves for that leaf (the same bytes its audit stream hands out);
 //! the paths it carries are in the settlement's own tree (the receipt log's).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +23,7 @@ use agora_core::{codec, AccountId, Hash32};
 use agora_ledger::BlockEvents;
 use agora_net::protocol::Material;
 use agora_settlement::role_provider::{ledger_duties_of, ProviderSettlement};
-use agora_settlement::SettlementError;
+use agora_settlement::{Expiry, SettlementError};
 
 use crate::receipts::{LogError, ReceiptLog};
 
@@ -34,6 +40,33 @@ pub fn material_hash(material: &Material) -> Hash32 {
 /// Blocks looked back on a first start (no saved height): covers the answer window of any
 /// demand or challenge made just before the provider (re)started, at a few blocks per epoch.
 pub const FIRST_LOOKBACK_BLOCKS: u64 = 4096;
+
+/// Most unconfirmed failures awaiting their charge at once; past it a new one is logged and
+/// left to any other caller (bounded memory against a verifier that fails every leaf).
+pub const MAX_ALARMS: usize = 4096;
+
+/// Unconfirmed failures on this provider's leaves, by (root epoch, leaf): the epoch of the
+/// next try and the cursor the reveal was seen at.
+#[derive(Debug, Default)]
+struct Alarms(BTreeMap<(u64, u64), (u64, u64)>);
+
+impl Alarms {
+    fn add(&mut self, height: u64, epoch: u64, index: u64) {
+        if self.0.len() >= MAX_ALARMS && !self.0.contains_key(&(epoch, index)) {
+            tracing::warn!(
+                epoch,
+                index,
+                "too many unconfirmed failures awaiting their charge; this one is not followed"
+            );
+            return;
+        }
+        self.0.entry((epoch, index)).or_insert((0, height));
+    }
+
+    fn oldest_height(&self) -> Option<u64> {
+        self.0.values().map(|v| v.1).min()
+    }
+}
 
 /// Where the provider's receipt log is.
 pub trait Log: Send + Sync {
@@ -149,8 +182,51 @@ impl Duties {
                     .answer_inclusion_challenge(receipt, epoch, index, &proof)
                     .await?;
             }
+            Duty::Alarm { epoch, index } => {
+                // Only `run` schedules these by epoch; asked directly, one try.
+                self.settlement.expire_false_alarm(epoch, index).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Tries each alarm whose try is due at `now`: charged or settled ones are dropped, ones
+    /// not yet due wait for their epoch, failed calls are tried again next epoch.
+    async fn charge_alarms(&self, alarms: &mut Alarms, now: u64) {
+        let due: Vec<(u64, u64)> = alarms
+            .0
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for (epoch, index) in due {
+            let next = match self.settlement.expire_false_alarm(epoch, index).await {
+                Ok(Expiry::Charged) => {
+                    tracing::info!(
+                        epoch,
+                        index,
+                        "an unconfirmed failure on our leaf charged to its verifier"
+                    );
+                    None
+                }
+                Ok(Expiry::Settled) => None,
+                Ok(Expiry::NotDue { epoch: at }) => Some(at),
+                Err(e) => {
+                    tracing::debug!(epoch, index, "charging a false alarm, retrying: {e}");
+                    Some(now.saturating_add(1))
+                }
+            };
+            match next {
+                Some(at) => {
+                    if let Some(v) = alarms.0.get_mut(&(epoch, index)) {
+                        v.0 = at;
+                    }
+                }
+                None => {
+                    alarms.0.remove(&(epoch, index));
+                }
+            }
+        }
     }
 
     /// Where to start reading: the saved cursor, else a look-back from the tip.
@@ -209,6 +285,7 @@ impl Duties {
             }
         };
         let mut pending: Vec<(u64, Duty)> = vec![];
+        let mut alarms = Alarms::default();
         loop {
             let read = match self.settlement.duties_from(from, self.wait).await {
                 Ok(r) => {
@@ -224,12 +301,28 @@ impl Duties {
             };
             let advanced = read.next > from;
             from = from.max(read.next);
-            pending.extend(read.duties);
+            for (height, duty) in read.duties {
+                match duty {
+                    Duty::Alarm { epoch, index } => alarms.add(height, epoch, index),
+                    other => pending.push((height, other)),
+                }
+            }
             if !pending.is_empty() {
                 pending = self.work(std::mem::take(&mut pending)).await;
             }
-            // A restart resumes at the oldest duty not yet done.
-            self.save_height(pending.iter().map(|p| p.0).min().unwrap_or(from));
+            if !alarms.0.is_empty() {
+                match self.settlement.current_epoch().await {
+                    Ok(now) => self.charge_alarms(&mut alarms, now).await,
+                    Err(e) => tracing::debug!("duties: reading the epoch: {e}"),
+                }
+            }
+            // A restart resumes at the oldest duty (or alarm) not yet done.
+            let oldest = pending
+                .iter()
+                .map(|p| p.0)
+                .chain(alarms.oldest_height())
+                .min();
+            self.save_height(oldest.unwrap_or(from));
             if !pending.is_empty() && !advanced {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -409,3 +409,136 @@ async fn a_provider_on_the_contracts_binds_its_key_posts_keccak_roots_and_answer
         "left open: the stale provider is slashed when it expires"
     );
 }
+
+/// The attack: a verifier reveals "failed" on an honest provider's leaf. Nothing confirms it
+/// (no verdict, no plant), so the contract charges it to the verifier, but only when someone
+/// calls `expireAlarm`; before the provider called it, nobody did, and a verifier could
+/// reveal false failures for free on a chain. Now the provider's own duty loop, following the
+/// chain's `AuditRevealed` logs, calls it once due (and not before): `FalseAlarm`, the
+/// verifier's stake lower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_running_provider_charges_a_false_failure_on_its_leaf_once_due() {
+    use agora_evm::bindings::AgoraSettlement;
+    use alloy::providers::Provider as _;
+    use alloy::rpc::types::Filter;
+    use alloy::sol_types::SolEvent;
+
+    let Some(bin) = find_anvil() else {
+        eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let anvil = Anvil::start(&bin, 31_337).expect("anvil");
+    let d = deploy(anvil.url(), anvil.keys()[0].clone(), Params::devnet(10))
+        .await
+        .expect("deploy");
+    let admin = SettlementClient::connect(anvil.url(), anvil.keys()[0].clone(), d.clone())
+        .await
+        .expect("admin");
+    let target = SettlementTarget::Evm {
+        rpc: anvil.url().to_string(),
+        deployment: d.clone(),
+    };
+    let honest = Keypair::from_seed([31; 32]);
+    let prov_addr = evm_signer_for(&honest.seed()).address();
+    admin.mint(prov_addr, TOKENS).await.expect("mint");
+    admin
+        .send_native(prov_addr, U256::from(10u128.pow(20)))
+        .await
+        .expect("gas");
+    // The verifier, in the verifier set before the root's epoch: it audits every leaf of a
+    // provider on probation.
+    let ver = SettlementClient::connect(anvil.url(), anvil.keys()[1].clone(), d.clone())
+        .await
+        .expect("verifier");
+    admin.mint(ver.address(), TOKENS).await.expect("mint");
+    ver.register_verifier(200).await.expect("register");
+    let ver_stake = ver.account(ver.address()).await.expect("acct").stake;
+
+    let cfg = config(target.clone(), &honest, dir.path());
+    let provider = Provider::start(&cfg, tiny_model(&dir.path().join("model")))
+        .await
+        .expect("the provider starts on the contracts");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(provider.run(cfg, async {
+        let _ = stopped.await;
+    }));
+    let own = Opened::open(&target, &honest)
+        .await
+        .expect("open")
+        .provider();
+    let start = own.current_epoch().await.expect("epoch");
+    admin.mine_to_epoch(start + 1).await.expect("mine");
+    let e = own.current_epoch().await.expect("epoch");
+    let leaves: Vec<ReceiptLeaf> = (0..2u8)
+        .map(|i| ReceiptLeaf {
+            receipt: B256::repeat_byte(i + 1),
+            channel: B256::repeat_byte(0xcc),
+            cost: 10,
+        })
+        .collect();
+    own.post_receipt_root(e, Hash32::from_bytes(receipt_root(&leaves).0), 2, false)
+        .await
+        .expect("root");
+
+    // The verifier commits and reveals a failure of leaf 0 (an honest leaf: nobody will
+    // confirm it).
+    let salt = B256::repeat_byte(0x5a);
+    admin.mine_to_epoch(e + 1).await.expect("mine");
+    ver.record_beacon(e + 1).await.expect("beacon");
+    assert_eq!(
+        ver.assignee(prov_addr, e, 0).await.expect("assignee"),
+        Some(ver.address())
+    );
+    ver.commit_audit(prov_addr, e, 0, false, salt)
+        .await
+        .expect("commit");
+    admin.mine_to_epoch(e + 2).await.expect("mine");
+    ver.reveal_audit(prov_addr, e, 0, false, salt)
+        .await
+        .expect("reveal");
+
+    let false_alarms = || async {
+        let filter = Filter::new()
+            .address(d.settlement)
+            .event_signature(AgoraSettlement::FalseAlarm::SIGNATURE_HASH)
+            .from_block(d.start_block);
+        admin
+            .provider()
+            .get_logs(&filter)
+            .await
+            .expect("logs")
+            .len()
+    };
+    // The verdict window is still open at e + 6: nothing is charged yet.
+    let w = d.params.audit_window_epochs + d.params.escalation_epochs;
+    admin.mine_to_epoch(e + 3 + w).await.expect("mine");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        false_alarms().await,
+        0,
+        "charged before its verdict window closed"
+    );
+    assert!(ver.leaf_audit(prov_addr, e, 0).await.expect("leaf").alarm);
+
+    // Due: the provider's loop charges it.
+    admin.mine_to_epoch(e + 4 + w).await.expect("mine");
+    let mut charged = false;
+    for _ in 0..120 {
+        if false_alarms().await == 1 {
+            charged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(charged, "the provider charged the false alarm once due");
+    assert!(!ver.leaf_audit(prov_addr, e, 0).await.expect("leaf").alarm);
+    let after = ver.account(ver.address()).await.expect("acct").stake;
+    assert_eq!(
+        after,
+        ver_stake - ver_stake * u128::from(d.params.false_alarm_bps) / 10_000,
+        "the verifier paid falseAlarmBps of its stake"
+    );
+    let _ = stop.send(());
+    let _ = running.await;
+}

@@ -168,6 +168,22 @@ pub struct ChannelView {
     pub refunded: u128,
 }
 
+/// What a call to charge an expired dispute (an unconfirmed failure, an unanswered inclusion
+/// challenge) found: the party owed calls it, since on a chain nobody else has to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// This call charged it (the verifier's false alarm, the provider's omission).
+    Charged,
+    /// Nothing is left to charge: a verdict, a plant, an answer or another caller settled it,
+    /// or the settlement charges it itself (the ledger, when an epoch starts).
+    Settled,
+    /// Not chargeable before this epoch.
+    NotDue {
+        /// The first epoch the charge may land in.
+        epoch: u64,
+    },
+}
+
 /// One account's settlement.
 pub trait Settlement: Send + Sync {
     /// How accounts are named (an ed25519 key, an EVM address).

@@ -12,7 +12,7 @@ use crate::evm::{evm_err, EvmSettlement};
 use crate::ledger::{ledger_err, LedgerSettlement};
 use crate::network::{NetworkSettlement, Party, SettlementFuture, SettlementKind};
 use crate::open::Opened;
-use crate::{Settlement, SettlementError, SignedReceipt};
+use crate::{Expiry, Refusal, Settlement, SettlementError, SignedReceipt};
 use agora_core::{Amount, Hash32, Keypair};
 use agora_evm::bindings::AgoraSettlement;
 use agora_evm::receipts::ReceiptLeaf;
@@ -58,6 +58,11 @@ pub trait BrokerSettlement: NetworkSettlement {
         receipt: &'a SignedReceipt,
         chain_sig: Option<&'a [u8]>,
     ) -> SettlementFuture<'a, ()>;
+    /// Slashes the provider of this account's inclusion challenge of `receipt` (its BLAKE3
+    /// hash) if it was left unanswered past its deadline, refunding this account its bond and
+    /// the receipt's cost. On a chain nobody else has to call it; the ledger does it itself
+    /// when an epoch starts ([`Expiry::Settled`] there).
+    fn expire_receipt_challenge(&self, receipt: Hash32) -> SettlementFuture<'_, Expiry>;
 }
 
 /// A shared handle on one payer account.
@@ -91,7 +96,7 @@ pub fn party_label(p: &Party) -> String {
     }
 }
 
-fn refused(r: crate::Refusal) -> SettlementError {
+fn refused(r: Refusal) -> SettlementError {
     SettlementError::Refused(r)
 }
 
@@ -154,6 +159,11 @@ impl BrokerSettlement for LedgerSettlement {
         _chain_sig: Option<&'a [u8]>,
     ) -> SettlementFuture<'a, ()> {
         Box::pin(Settlement::challenge_inclusion(self, receipt))
+    }
+
+    /// `expire_challenges` runs at each epoch's start.
+    fn expire_receipt_challenge(&self, _receipt: Hash32) -> SettlementFuture<'_, Expiry> {
+        Box::pin(async { Ok(Expiry::Settled) })
     }
 }
 
@@ -285,9 +295,32 @@ impl BrokerSettlement for EvmSettlement {
     ) -> SettlementFuture<'a, ()> {
         Box::pin(async move {
             let Some(c) = EvmSettlement::commitment(receipt, chain_sig) else {
-                return Err(refused(crate::Refusal::ForgedReceipt));
+                return Err(refused(Refusal::ForgedReceipt));
             };
             Settlement::challenge_inclusion(self, &c).await
+        })
+    }
+
+    /// Reads the challenge first: a call before the deadline passed, or after an answer,
+    /// would only be refused.
+    fn expire_receipt_challenge(&self, receipt: Hash32) -> SettlementFuture<'_, Expiry> {
+        Box::pin(async move {
+            let key = B256::from(*receipt.as_bytes());
+            let c = self.client().challenge(key).await.map_err(evm_err)?;
+            let Some(c) = c.filter(|c| c.open) else {
+                return Ok(Expiry::Settled);
+            };
+            // `expireChallenge` takes it once the epoch is past the due one.
+            let due = c.due_epoch.saturating_add(1);
+            if Settlement::epoch(self).await? < due {
+                return Ok(Expiry::NotDue { epoch: due });
+            }
+            match Settlement::expire_challenge(self, *receipt.as_bytes()).await {
+                Ok(()) => Ok(Expiry::Charged),
+                // `NotOpenToAnswer`: answered or charged between the read and the call.
+                Err(SettlementError::Refused(Refusal::Malformed)) => Ok(Expiry::Settled),
+                Err(e) => Err(e),
+            }
         })
     }
 }

@@ -11,7 +11,7 @@ use crate::ledger::LedgerSettlement;
 use crate::network::rpc;
 use crate::network::{NetworkSettlement, SettlementFuture};
 use crate::open::Opened;
-use crate::{Refusal, Settlement, SettlementError, SignedReceipt};
+use crate::{Expiry, Refusal, Settlement, SettlementError, SignedReceipt};
 use agora_core::{Amount, Hash32, Keypair};
 use agora_evm::bindings::AgoraSettlement;
 use agora_evm::receipts::ReceiptLeaf;
@@ -34,6 +34,15 @@ pub enum ProviderDuty {
     Inclusion {
         /// The receipt's hash.
         receipt: Hash32,
+    },
+    /// A verifier revealed a failure of this leaf of the root of `epoch`: unless a verdict or
+    /// a plant confirms it, charge it to the verifier once due ([`ProviderSettlement::
+    /// expire_false_alarm`]). Only a chain names this duty; the ledger charges it itself.
+    Alarm {
+        /// Root epoch.
+        epoch: u64,
+        /// Leaf.
+        index: u64,
     },
 }
 
@@ -83,6 +92,11 @@ pub trait ProviderSettlement: NetworkSettlement {
         index: u64,
         proof: &'a [Hash32],
     ) -> SettlementFuture<'a, ()>;
+    /// Charges the unconfirmed failure revealed on this account's leaf `index` of its root of
+    /// `epoch` to its verifier, if due (on a chain from `epoch + 4 + auditWindowEpochs +
+    /// escalationEpochs`; until someone calls, the verifier keeps its stake). The ledger
+    /// charges it itself: [`Expiry::Settled`] there.
+    fn expire_false_alarm(&self, epoch: u64, index: u64) -> SettlementFuture<'_, Expiry>;
     /// Whether a provider may hold more than one plant under one root (a chain opens one
     /// per root; a second commitment would only lock its bond).
     fn plants_per_root(&self) -> Option<usize>;
@@ -285,6 +299,11 @@ impl ProviderSettlement for LedgerSettlement {
         None
     }
 
+    /// `expire_alarms` runs at each epoch's start.
+    fn expire_false_alarm(&self, _epoch: u64, _index: u64) -> SettlementFuture<'_, Expiry> {
+        Box::pin(async { Ok(Expiry::Settled) })
+    }
+
     fn commit_plant(&self, epoch: u64, index: u64, salt: Hash32) -> SettlementFuture<'_, ()> {
         Box::pin(async move {
             let me = Settlement::account(self);
@@ -392,6 +411,7 @@ impl ProviderSettlement for EvmSettlement {
             let topics = [
                 AgoraSettlement::MaterialDemanded::SIGNATURE_HASH,
                 AgoraSettlement::InclusionChallenged::SIGNATURE_HASH,
+                AgoraSettlement::AuditRevealed::SIGNATURE_HASH,
             ];
             let crate::network::ContractLogs { from, to, logs } =
                 self.contract_logs(from, wait, &topics).await?;
@@ -430,6 +450,20 @@ impl ProviderSettlement for EvmSettlement {
                                 at,
                                 ProviderDuty::Inclusion {
                                     receipt: Hash32::from_bytes(e.receipt.0),
+                                },
+                            ));
+                        }
+                    }
+                    Some(t) if *t == AgoraSettlement::AuditRevealed::SIGNATURE_HASH => {
+                        let Ok(e) = AgoraSettlement::AuditRevealed::decode_log(&l.inner) else {
+                            continue;
+                        };
+                        if e.provider == me && !e.passed {
+                            duties.push((
+                                at,
+                                ProviderDuty::Alarm {
+                                    epoch: e.epoch,
+                                    index: e.index,
                                 },
                             ));
                         }
@@ -476,6 +510,43 @@ impl ProviderSettlement for EvmSettlement {
         let proof = hashes(proof);
         Box::pin(async move {
             Settlement::answer_inclusion(self, *receipt.as_bytes(), epoch, index, &proof).await
+        })
+    }
+
+    /// Reads the leaf first: a call before it is due, or after a verdict or a plant settled
+    /// it, would only be refused.
+    fn expire_false_alarm(&self, epoch: u64, index: u64) -> SettlementFuture<'_, Expiry> {
+        Box::pin(async move {
+            let me = self.client().address();
+            let leaf = self
+                .client()
+                .leaf_audit(me, epoch, index)
+                .await
+                .map_err(evm_err)?;
+            if !leaf.alarm {
+                return Ok(Expiry::Settled);
+            }
+            let p = &self.deployment()?.params;
+            let Some(due) = epoch
+                .checked_add(4)
+                .and_then(|e| e.checked_add(p.audit_window_epochs))
+                .and_then(|e| e.checked_add(p.escalation_epochs))
+            else {
+                return Ok(Expiry::NotDue { epoch: u64::MAX });
+            };
+            if Settlement::epoch(self).await? < due {
+                return Ok(Expiry::NotDue { epoch: due });
+            }
+            match Settlement::expire_alarm(self, me, epoch, index).await {
+                Ok(()) => Ok(Expiry::Charged),
+                // A verdict, a plant or another caller got there between the read and the call.
+                Err(SettlementError::Refused(Refusal::Other { code }))
+                    if code.starts_with("NoAlarm") =>
+                {
+                    Ok(Expiry::Settled)
+                }
+                Err(e) => Err(e),
+            }
         })
     }
 
