@@ -301,6 +301,7 @@ impl State {
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt_epoch: u64,
         salt: &Hash32,
     ) -> Result<Vec<Event>, TxError> {
         let key = leaf_key(&provider, epoch, index);
@@ -324,11 +325,13 @@ impl State {
             },
         );
         let fee = if passed {
-            // A late root may re-post receipts already audited under their own roots: its
-            // passes earn no probation credit, so a receipt counts at most under the roots
-            // of its epoch and the next.
+            // A receipt may sit under the roots of its epoch and the next, and a late root
+            // may re-post receipts already audited: a pass earns probation credit only under
+            // a root that is not late, of the epoch the receipt names, so each receipt
+            // counts under one root at most (one receipt under two roots, audited by two
+            // verifiers, would otherwise count twice).
             let late = self.roots.get(&(provider, epoch)).is_some_and(|r| r.late);
-            if !late {
+            if !late && receipt_epoch == epoch {
                 let p = Self::acct_mut(&mut self.accounts, j, provider);
                 p.clean_audits = p.clean_audits.saturating_add(1);
             }

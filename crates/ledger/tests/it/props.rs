@@ -381,6 +381,7 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
                     epoch,
                     index,
                     passed: *passed,
+                    receipt_epoch: epoch,
                     salt,
                 }
             } else {

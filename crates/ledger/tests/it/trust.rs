@@ -897,24 +897,40 @@ fn probation_world() -> (Ledger, Vec<Keypair>, Hash32) {
     (l, k, c.id)
 }
 
-/// Every selected leaf of k[1]'s root of `epoch` is committed to and revealed as passed by
-/// its assigned verifier (the ledger is in the root's epoch: it advances to the beacon).
-fn pass_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64) {
+/// Every selected leaf of k[1]'s root of `epoch`, holding `leaves`, is committed to and
+/// revealed as passed by its assigned verifier (the ledger is in the root's epoch: it
+/// advances to the beacon).
+fn pass_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64, leaves: &[SignedReceipt]) {
     advance(l, &k[0], 1);
+    commit_every_leaf(l, k, epoch);
+    advance(l, &k[0], 1);
+    reveal_every_leaf(l, k, epoch, leaves);
+}
+
+/// The index in `k` of each selected leaf's assigned verifier, k[1]'s root of `epoch`.
+fn assignees(l: &Ledger, k: &[Keypair], epoch: u64) -> Vec<(u64, usize)> {
+    let plan = l.state.audit_plan(&k[1].account(), epoch).expect("plan");
+    plan.leaves
+        .iter()
+        .map(|(i, v)| {
+            let by = k.iter().position(|x| x.account() == *v).expect("key");
+            (*i, by)
+        })
+        .collect()
+}
+
+/// Every selected leaf of k[1]'s root of `epoch` is committed to as passed (in its window).
+fn commit_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64) {
     let provider = k[1].account();
-    let plan = l.state.audit_plan(&provider, epoch).expect("plan");
-    let who = |v: &agora_core::AccountId| k.iter().position(|x| x.account() == *v).expect("key");
-    for (i, v) in &plan.leaves {
-        let by = who(v);
-        let salt = crate::rules::salt(*i);
+    for (i, by) in assignees(l, k, epoch) {
         let commitment = agora_ledger::audit_commitment(
             crate::common::CHAIN,
-            v,
+            &k[by].account(),
             &provider,
             epoch,
-            *i,
+            i,
             true,
-            &salt,
+            &crate::rules::salt(i),
         );
         crate::rules::ok_fn(
             l,
@@ -924,25 +940,32 @@ fn pass_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64) {
                 TxBody::CommitAudit {
                     provider,
                     epoch,
-                    index: *i,
+                    index: i,
                     commitment,
                 },
             ),
         );
     }
-    advance(l, &k[0], 1);
-    for (i, v) in &plan.leaves {
+}
+
+/// The commitments of [`commit_every_leaf`] are revealed, each naming the epoch of its leaf
+/// in `leaves` (the root's receipts, in leaf order).
+fn reveal_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64, leaves: &[SignedReceipt]) {
+    let provider = k[1].account();
+    for (i, by) in assignees(l, k, epoch) {
+        let receipt_epoch = leaves[i as usize].receipt.epoch;
         crate::rules::ok_fn(
             l,
             &tx(
                 l,
-                &k[who(v)],
+                &k[by],
                 TxBody::RevealAudit {
                     provider,
                     epoch,
-                    index: *i,
+                    index: i,
                     passed: true,
-                    salt: crate::rules::salt(*i),
+                    receipt_epoch,
+                    salt: crate::rules::salt(i),
                 },
             ),
         );
@@ -967,13 +990,13 @@ fn receipts_reposted_under_late_roots_earn_no_probation_credit() {
         .map(|i| crate::common::receipt_at(&k[1], &k[4], ch, 50, i, e))
         .collect();
     ok!(l, &post_root(&l, &k[1], &served, false));
-    pass_every_leaf(&mut l, &k, e);
+    pass_every_leaf(&mut l, &k, e, &served);
     assert_eq!(clean_audits(&l, &k[1]), 2, "the honest work counts once");
     for _ in 0..3 {
         let late = l.state.epoch;
         ok!(l, &post_root(&l, &k[1], &served, true));
         assert_eq!(ppm(&l, &k[1], late), Some(1_000_000));
-        pass_every_leaf(&mut l, &k, late);
+        pass_every_leaf(&mut l, &k, late, &served);
         assert_eq!(
             l.state
                 .audit_plan(&k[1].account(), late)
@@ -986,6 +1009,44 @@ fn receipts_reposted_under_late_roots_earn_no_probation_credit() {
         clean_audits(&l, &k[1]),
         2,
         "re-posted receipts under late roots counted toward probation"
+    );
+}
+
+/// The probation double count: a provider on probation posts the same honest receipt `a`
+/// under its roots of the receipt's epoch and the next (both may hold it), where two
+/// different verifiers audit it, so neither meets it twice. A pass earns probation credit
+/// only under the root of the epoch its receipt names, so `a` counts once (`b`, served in
+/// the next epoch, counts under its own root).
+#[test]
+fn a_receipt_under_two_consecutive_roots_earns_probation_credit_once() {
+    let (mut l, k, ch) = probation_world();
+    let e = l.state.epoch;
+    let a = crate::common::receipt_at(&k[1], &k[4], ch, 50, 1, e);
+    let first = [a.clone()];
+    ok!(l, &post_root(&l, &k[1], &first, false));
+    advance(&mut l, &k[0], 1);
+    // In leaf order (by request id): b, then a again.
+    let b = crate::common::receipt_at(&k[1], &k[4], ch, 50, 0, e + 1);
+    let second = [b, a];
+    ok!(l, &post_root(&l, &k[1], &second, false));
+    assert_eq!(ppm(&l, &k[1], e + 1), Some(1_000_000), "still on probation");
+    commit_every_leaf(&mut l, &k, e);
+    advance(&mut l, &k[0], 1);
+    reveal_every_leaf(&mut l, &k, e, &first);
+    commit_every_leaf(&mut l, &k, e + 1);
+    advance(&mut l, &k[0], 1);
+    reveal_every_leaf(&mut l, &k, e + 1, &second);
+    let auditor = |epoch: u64, index: u64| {
+        assignees(&l, &k, epoch)
+            .into_iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, by)| by)
+    };
+    assert_ne!(auditor(e, 0), auditor(e + 1, 1), "two verifiers audit `a`");
+    assert_eq!(
+        clean_audits(&l, &k[1]),
+        2,
+        "a receipt under two consecutive roots counted twice toward probation"
     );
 }
 
