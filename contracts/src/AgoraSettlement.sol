@@ -298,10 +298,15 @@ contract AgoraSettlement is AgoraState {
     /// @notice In a later epoch than its commitment, up to e + 2 + auditWindowEpochs, the
     /// verifier opens it. A pass pays the audit fee now; a failure pays only once a verdict or
     /// a plant confirms it, and costs `falseAlarmBps` of the verifier's stake if nothing does.
-    function revealAudit(address provider, uint64 epoch, uint64 index, bool passed, bytes32 salt)
-        external
-        nonReentrant
-    {
+    /// `receiptEpoch` is the epoch the audited receipt names (anything for a failure).
+    function revealAudit(
+        address provider,
+        uint64 epoch,
+        uint64 index,
+        bool passed,
+        uint64 receiptEpoch,
+        bytes32 salt
+    ) external nonReentrant {
         Leaf storage l = leaves[leafKey(provider, epoch, index)];
         if (
             l.verifier != msg.sender || l.outcome != 0
@@ -311,9 +316,12 @@ contract AgoraSettlement is AgoraState {
         uint256 fee;
         if (passed) {
             l.outcome = PASSED;
-            // A late root's passes earn no probation credit: an old receipt re-posted under
-            // one would count again (the ledger's rule).
-            if (!roots[provider][epoch].full) accounts[provider].cleanAudits += 1;
+            // Credit only under a root that is not late, of the epoch the receipt names, so a
+            // receipt re-posted under a late root or the next epoch's root counts once (the
+            // ledger's rule).
+            if (!roots[provider][epoch].full && receiptEpoch == epoch) {
+                accounts[provider].cleanAudits += 1;
+            }
             fee = _takeFee();
         } else {
             l.outcome = FAILED;

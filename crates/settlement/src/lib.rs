@@ -296,13 +296,15 @@ pub trait Settlement: Send + Sync {
         passed: bool,
         salt: [u8; 32],
     ) -> impl Future<Output = Result<(), SettlementError>> + Send;
-    /// Reveals a committed outcome.
+    /// Reveals a committed outcome; `receipt_epoch` is the epoch the audited receipt names
+    /// (anything when it failed): a pass earns probation credit only under that epoch's root.
     fn reveal_audit(
         &self,
         provider: Self::Account,
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt_epoch: u64,
         salt: [u8; 32],
     ) -> impl Future<Output = Result<(), SettlementError>> + Send;
     /// Signs, as a second verifier, that leaf `index` (`receipt` by `proof`) failed its audit.

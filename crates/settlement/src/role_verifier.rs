@@ -179,13 +179,15 @@ pub trait VerifierSettlement: NetworkSettlement {
         passed: bool,
         salt: Hash32,
     ) -> SettlementFuture<'_, u64>;
-    /// Reveals a committed outcome.
+    /// Reveals a committed outcome, naming the epoch of the receipt it judged (anything when
+    /// it failed): a pass earns probation credit only under that epoch's root.
     fn reveal_leaf_audit(
         &self,
         provider: AccountId,
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt_epoch: u64,
         salt: Hash32,
     ) -> SettlementFuture<'_, ()>;
     /// Demands a leaf's material, as its assigned verifier.
@@ -368,6 +370,7 @@ impl VerifierSettlement for LedgerSettlement {
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt_epoch: u64,
         salt: Hash32,
     ) -> SettlementFuture<'_, ()> {
         Box::pin(Settlement::reveal_audit(
@@ -376,6 +379,7 @@ impl VerifierSettlement for LedgerSettlement {
             epoch,
             index,
             passed,
+            receipt_epoch,
             *salt.as_bytes(),
         ))
     }
@@ -794,11 +798,21 @@ impl VerifierSettlement for EvmSettlement {
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt_epoch: u64,
         salt: Hash32,
     ) -> SettlementFuture<'_, ()> {
         Box::pin(async move {
             let provider = self.account_for(provider).await?;
-            Settlement::reveal_audit(self, provider, epoch, index, passed, *salt.as_bytes()).await
+            Settlement::reveal_audit(
+                self,
+                provider,
+                epoch,
+                index,
+                passed,
+                receipt_epoch,
+                *salt.as_bytes(),
+            )
+            .await
         })
     }
 

@@ -86,8 +86,12 @@ impl Scene {
         self.ver.commit_audit(p, self.e, 1, false, salt(1)).await?;
         self.ver.commit_audit(p, self.e, 0, true, salt(0)).await?;
         self.at(2).await?;
-        self.ver.reveal_audit(p, self.e, 1, false, salt(1)).await?;
-        self.ver.reveal_audit(p, self.e, 0, true, salt(0)).await?;
+        self.ver
+            .reveal_audit(p, self.e, 1, false, self.e, salt(1))
+            .await?;
+        self.ver
+            .reveal_audit(p, self.e, 0, true, self.e, salt(0))
+            .await?;
         Ok(())
     }
 
@@ -289,7 +293,7 @@ async fn reveals_without_commit_twice_early_late_or_changed_are_refused() -> any
     s.at(1).await?;
     // Reveal without commit.
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await,
+        s.ver.reveal_audit(p, s.e, 0, true, s.e, salt(0)).await,
         "BadReveal"
     );
     s.ver.commit_audit(p, s.e, 0, true, salt(0)).await?;
@@ -297,34 +301,34 @@ async fn reveals_without_commit_twice_early_late_or_changed_are_refused() -> any
     s.ver.commit_audit(p, s.e, 2, true, salt(2)).await?;
     // In the commit's own epoch (the outcome could follow others' commitments).
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await,
+        s.ver.reveal_audit(p, s.e, 0, true, s.e, salt(0)).await,
         "AuditWindow"
     );
     s.at(2).await?;
     // Another outcome, another salt, another verifier.
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 0, false, salt(0)).await,
+        s.ver.reveal_audit(p, s.e, 0, false, s.e, salt(0)).await,
         "BadReveal"
     );
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 0, true, salt(9)).await,
+        s.ver.reveal_audit(p, s.e, 0, true, s.e, salt(9)).await,
         "BadReveal"
     );
     assert_refused!(
-        s.conf.reveal_audit(p, s.e, 0, true, salt(0)).await,
+        s.conf.reveal_audit(p, s.e, 0, true, s.e, salt(0)).await,
         "BadReveal"
     );
-    s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await?;
+    s.ver.reveal_audit(p, s.e, 0, true, s.e, salt(0)).await?;
     // Double reveal.
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await,
+        s.ver.reveal_audit(p, s.e, 0, true, s.e, salt(0)).await,
         "BadReveal"
     );
-    s.ver.reveal_audit(p, s.e, 1, false, salt(1)).await?;
+    s.ver.reveal_audit(p, s.e, 1, false, s.e, salt(1)).await?;
     // After the deadline (e + 2 + w).
     s.at(2 + W + 1).await?;
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 2, true, salt(2)).await,
+        s.ver.reveal_audit(p, s.e, 2, true, s.e, salt(2)).await,
         "AuditWindow"
     );
     Ok(())
@@ -481,7 +485,8 @@ async fn a_receipt_naming_another_providers_channel_refunds_nothing() -> anyhow:
     };
     a.commit_audit(prov.address(), e, 0, false, salt(0)).await?;
     chain.at_epoch(e + 2).await?;
-    a.reveal_audit(prov.address(), e, 0, false, salt(0)).await?;
+    a.reveal_audit(prov.address(), e, 0, false, e, salt(0))
+        .await?;
     chain.at_epoch(e + 5).await?;
     let ev = FraudEvidence {
         provider: prov.address(),
@@ -551,7 +556,7 @@ async fn withdrawal_waits_for_open_alarms() -> anyhow::Result<()> {
     s.ver.commit_audit(p, s.e, 1, false, salt(1)).await?;
     s.ver.unstake(200).await?;
     s.at(2).await?;
-    s.ver.reveal_audit(p, s.e, 1, false, salt(1)).await?;
+    s.ver.reveal_audit(p, s.e, 1, false, s.e, salt(1)).await?;
     s.at(1 + 8).await?;
     assert_refused!(s.ver.withdraw().await, "AlarmsOpen");
     s.prov.expire_alarm(p, s.e, 1).await?;
@@ -744,18 +749,21 @@ async fn gas_of_audit_operations() -> anyhow::Result<()> {
     s.at(2).await?;
     rows.push((
         "reveal audit (passed, fee paid)",
-        s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await?.gas_used,
+        s.ver
+            .reveal_audit(p, s.e, 0, true, s.e, salt(0))
+            .await?
+            .gas_used,
         92_000,
     ));
     rows.push((
         "reveal audit (failed)",
         s.ver
-            .reveal_audit(p, s.e, 1, false, salt(1))
+            .reveal_audit(p, s.e, 1, false, s.e, salt(1))
             .await?
             .gas_used,
         48_000,
     ));
-    s.ver.reveal_audit(p, s.e, 3, false, salt(3)).await?;
+    s.ver.reveal_audit(p, s.e, 3, false, s.e, salt(3)).await?;
     s.at(3 + W).await?;
     rows.push((
         "reveal plant",
@@ -824,7 +832,7 @@ async fn passes_under_a_late_root_earn_no_probation_credit() -> anyhow::Result<(
     s.ver.commit_audit(p, s.e, 0, true, salt(0)).await?;
     s.at(2).await?;
     s.ver.record_beacon(s.e + 2).await?;
-    s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await?;
+    s.ver.reveal_audit(p, s.e, 0, true, s.e, salt(0)).await?;
     // The late root's epoch froze both verifiers: the beacon picks one.
     let who = s
         .ver
@@ -838,9 +846,67 @@ async fn passes_under_a_late_root_earn_no_probation_credit() -> anyhow::Result<(
     };
     late.commit_audit(p, s.e + 1, 0, true, salt(1)).await?;
     s.at(3).await?;
-    late.reveal_audit(p, s.e + 1, 0, true, salt(1)).await?;
+    late.reveal_audit(p, s.e + 1, 0, true, s.e, salt(1)).await?;
     // The root of its own epoch counted; the late root's pass did not.
     assert_eq!(s.chain.admin.account(p).await?.clean_audits, 1);
+    s.conserved().await?;
+    Ok(())
+}
+
+/// The double count on chain: a provider on probation re-posts its honest receipts under its
+/// (not late) root of the next epoch, where either verifier of the frozen set may audit them
+/// (the contract cannot tell whether one verifier met a receipt twice). A pass earns
+/// probation credit only under the root of the epoch its receipt names, so each receipt
+/// counts once.
+#[tokio::test]
+async fn a_receipt_under_two_consecutive_roots_earns_probation_credit_once() -> anyhow::Result<()> {
+    let s = scene_or_skip!(params());
+    let p = s.prov.address();
+    s.at(1).await?;
+    // The four receipts of epoch `e`, again under the root of `e + 1` (which may hold them).
+    s.prov
+        .post_root(s.e + 1, receipt_root(&s.leaves), 4)
+        .await?;
+    s.ver.record_beacon(s.e + 1).await?;
+    for i in 0..4u8 {
+        s.ver
+            .commit_audit(p, s.e, u64::from(i), true, salt(i))
+            .await?;
+    }
+    s.at(2).await?;
+    s.ver.record_beacon(s.e + 2).await?;
+    for i in 0..4u8 {
+        s.ver
+            .reveal_audit(p, s.e, u64::from(i), true, s.e, salt(i))
+            .await?;
+    }
+    // The root of `e + 1` froze both verifiers: the beacon picks one per leaf.
+    let mut auditors = Vec::new();
+    for i in 0..4u8 {
+        let who = s
+            .ver
+            .assignee(p, s.e + 1, u64::from(i))
+            .await?
+            .expect("a probation leaf is selected");
+        let v = if who == s.ver.address() {
+            &s.ver
+        } else {
+            &s.conf
+        };
+        v.commit_audit(p, s.e + 1, u64::from(i), true, salt(4 + i))
+            .await?;
+        auditors.push(v);
+    }
+    s.at(3).await?;
+    for (i, v) in auditors.into_iter().enumerate() {
+        v.reveal_audit(p, s.e + 1, i as u64, true, s.e, salt(4 + i as u8))
+            .await?;
+    }
+    assert_eq!(
+        s.chain.admin.account(p).await?.clean_audits,
+        4,
+        "receipts under two consecutive roots counted twice toward probation"
+    );
     s.conserved().await?;
     Ok(())
 }
