@@ -52,6 +52,8 @@ type LeafId = (AccountId, u64, u64);
 
 struct Commit {
     passed: bool,
+    /// The epoch the judged receipt names; the root's own when nothing was judged.
+    receipt_epoch: u64,
     salt: Hash32,
     claim: Claim,
     revealed: bool,
@@ -175,6 +177,7 @@ impl Verifier {
                     epoch: id.1,
                     index: id.2,
                     passed: c.passed,
+                    receipt_epoch: c.receipt_epoch,
                     salt: c.salt,
                 });
             }
@@ -268,19 +271,20 @@ impl Verifier {
                 let id = (p, root_epoch, index);
                 let honest_target = dir.honest_provider(&p);
                 match self.kind {
+                    // Nothing judged: they name the root's epoch, the most credit a pass earns.
                     VerifierKind::Lazy | VerifierKind::Sybil => {
                         self.audits_skipped += 1;
-                        self.commit(rt, chain, id, true, Claim::Fraud);
+                        self.commit(rt, chain, id, true, root_epoch, Claim::Fraud);
                     }
                     VerifierKind::AlwaysFail => {
                         self.audits_skipped += 1;
-                        self.commit(rt, chain, id, false, Claim::Fraud);
+                        self.commit(rt, chain, id, false, root_epoch, Claim::Fraud);
                     }
                     VerifierKind::Framer if honest_target => {
                         // Accuse, and demand the material on the ledger hoping the provider
                         // cannot answer in time.
                         self.audits_skipped += 1;
-                        self.commit(rt, chain, id, false, Claim::Withheld);
+                        self.commit(rt, chain, id, false, root_epoch, Claim::Withheld);
                         self.submit_demand(rt, id);
                     }
                     _ => self.fetch(rt, dir, id, 0, false),
@@ -317,7 +321,15 @@ impl Verifier {
         );
     }
 
-    fn commit(&mut self, rt: &mut Runtime, chain: u64, id: LeafId, passed: bool, claim: Claim) {
+    fn commit(
+        &mut self,
+        rt: &mut Runtime,
+        chain: u64,
+        id: LeafId,
+        passed: bool,
+        receipt_epoch: u64,
+        claim: Claim,
+    ) {
         if self.commits.contains_key(&id) {
             return;
         }
@@ -337,6 +349,7 @@ impl Verifier {
             id,
             Commit {
                 passed,
+                receipt_epoch,
                 salt,
                 claim,
                 revealed: false,
@@ -518,10 +531,13 @@ impl Verifier {
             },
         };
         match outcome {
-            LeafOutcome::Passed => self.commit(rt, chain, id, true, Claim::Fraud),
+            LeafOutcome::Passed { receipt_epoch } => {
+                self.commit(rt, chain, id, true, receipt_epoch, Claim::Fraud)
+            }
             LeafOutcome::Failed(_, evidence) => {
+                let receipt_epoch = evidence.0.receipt.receipt.epoch;
                 self.material.insert(id, *evidence);
-                self.commit(rt, chain, id, false, Claim::Fraud)
+                self.commit(rt, chain, id, false, receipt_epoch, Claim::Fraud)
             }
             // Nothing that holds together came: demand it on the ledger.
             LeafOutcome::Demand(_) => self.demand(rt, id),

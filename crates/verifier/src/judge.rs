@@ -174,8 +174,12 @@ pub struct Judge<A = ModelAuditor> {
 /// How one leaf's audit came out for the verifier it was assigned to.
 #[derive(Debug)]
 pub enum LeafOutcome {
-    /// Passed: committed as passed.
-    Passed,
+    /// Passed: committed as passed, revealed with the epoch its receipt names (a pass earns
+    /// the provider probation credit only under the root of that epoch).
+    Passed {
+        /// The epoch the audited receipt names.
+        receipt_epoch: u64,
+    },
     /// Failed, with the material and path the provider handed over (a fraud).
     Failed(String, Box<(Material, Vec<Hash32>)>),
     /// No material that holds together came (refused, unreachable, or not what the root
@@ -232,7 +236,9 @@ pub fn take_material_in(
 /// committed at all.
 pub fn leaf_outcome(judged: Judgement, material: Material, proof: Vec<Hash32>) -> LeafOutcome {
     match judged {
-        Judgement::Passed => LeafOutcome::Passed,
+        Judgement::Passed => LeafOutcome::Passed {
+            receipt_epoch: material.receipt.receipt.epoch,
+        },
         Judgement::Failed(why) => LeafOutcome::Failed(why, Box::new((material, proof))),
         Judgement::CannotJudge(why) => LeafOutcome::Skip(why),
     }

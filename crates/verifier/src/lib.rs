@@ -155,6 +155,8 @@ struct Committed {
     epoch: u64,
     index: u64,
     passed: bool,
+    /// The epoch the judged receipt names (the root's own when nothing was judged).
+    receipt_epoch: u64,
     reason: String,
     salt: Hash32,
     committed_epoch: u64,
@@ -397,7 +399,7 @@ impl Verifier {
 /// The metrics label of an audit's outcome.
 fn outcome_label(o: &LeafOutcome) -> &'static str {
     match o {
-        LeafOutcome::Passed => "passed",
+        LeafOutcome::Passed { .. } => "passed",
         LeafOutcome::Failed(..) => "failed",
         LeafOutcome::Demand(_) => "demanded",
         LeafOutcome::Skip(_) => "not_judged",
@@ -708,9 +710,12 @@ impl Shared {
             let audit_started = std::time::Instant::now();
             let outcome = self.audit_leaf(provider, epoch, index, posted).await;
             agora_metrics::verifier().audit_outcome(outcome_label(&outcome), audit_started);
-            let (passed, reason, evidence) = match outcome {
-                LeafOutcome::Passed => (true, String::new(), None),
-                LeafOutcome::Failed(reason, evidence) => (false, reason, Some(*evidence)),
+            let (passed, receipt_epoch, reason, evidence) = match outcome {
+                LeafOutcome::Passed { receipt_epoch } => (true, receipt_epoch, String::new(), None),
+                LeafOutcome::Failed(reason, evidence) => {
+                    let receipt_epoch = evidence.0.receipt.receipt.epoch;
+                    (false, receipt_epoch, reason, Some(*evidence))
+                }
                 LeafOutcome::Demand(reason) => {
                     self.demand(provider, epoch, index, &reason).await;
                     return;
@@ -735,6 +740,7 @@ impl Shared {
                         epoch,
                         index,
                         passed,
+                        receipt_epoch,
                         reason,
                         salt,
                         committed_epoch,
@@ -757,9 +763,14 @@ impl Shared {
         };
         for c in due {
             let (provider, e, index) = (c.provider, c.epoch, c.index);
-            let op = self
-                .settlement
-                .reveal_leaf_audit(provider, e, index, c.passed, c.salt);
+            let op = self.settlement.reveal_leaf_audit(
+                provider,
+                e,
+                index,
+                c.passed,
+                c.receipt_epoch,
+                c.salt,
+            );
             match self.send("RevealAudit", op).await {
                 Ok(_) if c.passed => {
                     tracing::info!(%provider, epoch = e, index, "audit passed (revealed)")
@@ -884,7 +895,10 @@ impl Shared {
     ) -> LeafOutcome {
         #[cfg(feature = "adversary")]
         if self.cfg.lazy {
-            return LeafOutcome::Passed;
+            // Judges nothing: claims the most credit a pass can earn.
+            return LeafOutcome::Passed {
+                receipt_epoch: epoch,
+            };
         }
         let fetched = self.fetch_with_retries(provider, epoch, index, None).await;
         let (material, proof) =
