@@ -112,10 +112,10 @@ pub enum TxBody {
         index: u64,
         /// Whether the leaf passed.
         passed: bool,
-        /// The epoch the audited receipt names (anything when it failed): a pass earns
-        /// probation credit only under the root of that epoch, so a receipt posted under two
-        /// roots counts once.
-        receipt_epoch: u64,
+        /// The audited receipt, as the leaf the ledger's tree holds (its `SignedReceipt`
+        /// hash; zero may do for a failure): a receipt earns probation credit once, however
+        /// many roots hold it.
+        receipt: Hash32,
         /// The salt of the commitment.
         salt: Hash32,
     },

@@ -381,7 +381,7 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
                     epoch,
                     index,
                     passed: *passed,
-                    receipt_epoch: epoch,
+                    receipt: ls[index as usize].hash(),
                     salt,
                 }
             } else {

@@ -881,9 +881,16 @@ fn unbonding_before_a_late_answer_does_not_outrun_its_verdict() {
 /// A provider on probation (every leaf of its roots audited) and the payer `k[4]` of one of
 /// its channels; `k[2]`, `k[3]` are verifiers registered before the first root.
 fn probation_world() -> (Ledger, Vec<Keypair>, Hash32) {
+    let default = crate::common::genesis(&keys(1), 10_000).params.probation_jobs;
+    assert!(default > 4, "the default keeps a probation");
+    probation_world_of(default)
+}
+
+/// [`probation_world`] with a probation of `jobs` clean audits.
+fn probation_world_of(jobs: u64) -> (Ledger, Vec<Keypair>, Hash32) {
     let k = keys(5);
-    let g = crate::common::genesis(&k, 10_000);
-    assert!(g.params.probation_jobs > 4, "the default keeps a probation");
+    let mut g = crate::common::genesis(&k, 10_000);
+    g.params.probation_jobs = jobs;
     let mut l = Ledger::from_genesis(&g).expect("valid genesis");
     ok!(l, &tx(&l, &k[1], TxBody::Stake { amount: amt(1000) }));
     for v in [2, 3] {
@@ -948,12 +955,12 @@ fn commit_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64) {
     }
 }
 
-/// The commitments of [`commit_every_leaf`] are revealed, each naming the epoch of its leaf
-/// in `leaves` (the root's receipts, in leaf order).
+/// The commitments of [`commit_every_leaf`] are revealed, each naming its leaf in `leaves`
+/// (the root's receipts, in leaf order) as the ledger's tree holds it.
 fn reveal_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64, leaves: &[SignedReceipt]) {
     let provider = k[1].account();
     for (i, by) in assignees(l, k, epoch) {
-        let receipt_epoch = leaves[i as usize].receipt.epoch;
+        let receipt = leaves[i as usize].hash();
         crate::rules::ok_fn(
             l,
             &tx(
@@ -964,7 +971,7 @@ fn reveal_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64, leaves: &[Signed
                     epoch,
                     index: i,
                     passed: true,
-                    receipt_epoch,
+                    receipt,
                     salt: crate::rules::salt(i),
                 },
             ),
@@ -1014,9 +1021,9 @@ fn receipts_reposted_under_late_roots_earn_no_probation_credit() {
 
 /// The probation double count: a provider on probation posts the same honest receipt `a`
 /// under its roots of the receipt's epoch and the next (both may hold it), where two
-/// different verifiers audit it, so neither meets it twice. A pass earns probation credit
-/// only under the root of the epoch its receipt names, so `a` counts once (`b`, served in
-/// the next epoch, counts under its own root).
+/// different verifiers audit it, so neither meets it twice. Each reveal names the receipt
+/// it judged and a receipt earns probation credit once, so `a` counts once (`b`, served in
+/// the next epoch, counts too). Before the rule: 3 clean audits.
 #[test]
 fn a_receipt_under_two_consecutive_roots_earns_probation_credit_once() {
     let (mut l, k, ch) = probation_world();
@@ -1047,6 +1054,60 @@ fn a_receipt_under_two_consecutive_roots_earns_probation_credit_once() {
         clean_audits(&l, &k[1]),
         2,
         "a receipt under two consecutive roots counted twice toward probation"
+    );
+}
+
+/// The honest case: the production provider posts its root of epoch r during r, so most
+/// receipts of r sit only under the root of r + 1. Such a receipt earns its probation credit
+/// there (a rule crediting only the root of the receipt's own epoch gave it none).
+#[test]
+fn a_receipt_posted_only_under_the_next_root_earns_probation_credit() {
+    let (mut l, k, ch) = probation_world();
+    let e = l.state.epoch;
+    let a = crate::common::receipt_at(&k[1], &k[4], ch, 50, 1, e);
+    advance(&mut l, &k[0], 1);
+    let b = crate::common::receipt_at(&k[1], &k[4], ch, 50, 0, e + 1);
+    let next = [b, a];
+    ok!(l, &post_root(&l, &k[1], &next, false));
+    pass_every_leaf(&mut l, &k, e + 1, &next);
+    assert_eq!(
+        clean_audits(&l, &k[1]),
+        2,
+        "an honest receipt of epoch r under the root of r + 1 earned nothing"
+    );
+}
+
+/// The receipts credited are remembered only during probation: the set is dropped when the
+/// provider leaves it (so the state holds at most `probation_jobs` per provider).
+#[test]
+fn the_credited_receipts_are_dropped_when_probation_ends() {
+    let (mut l, k, ch) = probation_world_of(3);
+    let provider = k[1].account();
+    let e = l.state.epoch;
+    let first: Vec<SignedReceipt> = (1..=2)
+        .map(|i| crate::common::receipt_at(&k[1], &k[4], ch, 50, i, e))
+        .collect();
+    ok!(l, &post_root(&l, &k[1], &first, false));
+    pass_every_leaf(&mut l, &k, e, &first);
+    assert_eq!(clean_audits(&l, &k[1]), 2);
+    let held = |l: &Ledger| l.state.probation_credited.get(&provider).map(|s| s.len());
+    assert_eq!(held(&l), Some(2));
+    // The third clean audit ends probation (one new receipt beside an old one).
+    let e2 = l.state.epoch;
+    let c = crate::common::receipt_at(&k[1], &k[4], ch, 50, 3, e2);
+    let second = [first[1].clone(), c];
+    ok!(l, &post_root(&l, &k[1], &second, false));
+    pass_every_leaf(&mut l, &k, e2, &second);
+    assert_eq!(clean_audits(&l, &k[1]), 3, "the old receipt counted again");
+    assert_eq!(held(&l), None, "the credited set outlived probation");
+    assert!(l.state.probation_credited.is_empty());
+    let e3 = l.state.epoch;
+    let d = crate::common::receipt_at(&k[1], &k[4], ch, 50, 4, e3);
+    ok!(l, &post_root(&l, &k[1], &[d], false));
+    assert_eq!(
+        ppm(&l, &k[1], e3),
+        Some(l.state.params.audit_floor_ppm),
+        "out of probation"
     );
 }
 
