@@ -298,15 +298,11 @@ contract AgoraSettlement is AgoraState {
     /// @notice In a later epoch than its commitment, up to e + 2 + auditWindowEpochs, the
     /// verifier opens it. A pass pays the audit fee now; a failure pays only once a verdict or
     /// a plant confirms it, and costs `falseAlarmBps` of the verifier's stake if nothing does.
-    /// `receiptEpoch` is the epoch the audited receipt names (anything for a failure).
-    function revealAudit(
-        address provider,
-        uint64 epoch,
-        uint64 index,
-        bool passed,
-        uint64 receiptEpoch,
-        bytes32 salt
-    ) external nonReentrant {
+    /// `receipt` is the audited leaf (its `ReceiptLeaf` hash; zero may do for a failure).
+    function revealAudit(address provider, uint64 epoch, uint64 index, bool passed, bytes32 receipt, bytes32 salt)
+        external
+        nonReentrant
+    {
         Leaf storage l = leaves[leafKey(provider, epoch, index)];
         if (
             l.verifier != msg.sender || l.outcome != 0
@@ -316,11 +312,16 @@ contract AgoraSettlement is AgoraState {
         uint256 fee;
         if (passed) {
             l.outcome = PASSED;
-            // Credit only under a root that is not late, of the epoch the receipt names, so a
-            // receipt re-posted under a late root or the next epoch's root counts once (the
-            // ledger's rule).
-            if (!roots[provider][epoch].full && receiptEpoch == epoch) {
-                accounts[provider].cleanAudits += 1;
+            // No credit under a late root (it re-posts old receipts); on probation a receipt
+            // counts once, whatever roots hold it (the ledger's rule).
+            Account storage a = accounts[provider];
+            if (!roots[provider][epoch].full) {
+                if (a.cleanAudits >= probationJobs) {
+                    a.cleanAudits += 1;
+                } else if (!probationCredited[provider][receipt]) {
+                    probationCredited[provider][receipt] = true;
+                    a.cleanAudits += 1;
+                }
             }
             fee = _takeFee();
         } else {

@@ -1134,16 +1134,7 @@ impl State {
                 passed,
                 receipt,
                 salt,
-            } => self.reveal_audit(
-                j,
-                from,
-                *provider,
-                *epoch,
-                *index,
-                *passed,
-                receipt,
-                salt,
-            )?,
+            } => self.reveal_audit(j, from, *provider, *epoch, *index, *passed, receipt, salt)?,
             TxBody::PlantFraud { commitment } => self.plant(j, from, *commitment)?,
             TxBody::RevealPlant {
                 provider,

@@ -318,7 +318,7 @@ impl Settlement for EvmSettlement {
         epoch: u64,
         index: u64,
         passed: bool,
-        receipt_epoch: u64,
+        receipt: [u8; 32],
         salt: [u8; 32],
     ) -> Result<(), SettlementError> {
         self.client
@@ -327,7 +327,7 @@ impl Settlement for EvmSettlement {
                 epoch,
                 index,
                 passed,
-                receipt_epoch,
+                B256::from(receipt),
                 B256::from(salt),
             )
             .await

@@ -426,7 +426,7 @@ impl Settlement for LedgerSettlement {
         epoch: u64,
         index: u64,
         passed: bool,
-        receipt_epoch: u64,
+        receipt: [u8; 32],
         salt: [u8; 32],
     ) -> Result<(), SettlementError> {
         self.send(TxBody::RevealAudit {
@@ -434,7 +434,7 @@ impl Settlement for LedgerSettlement {
             epoch,
             index,
             passed,
-            receipt_epoch,
+            receipt: Hash32::from_bytes(receipt),
             salt: Hash32::from_bytes(salt),
         })
         .await

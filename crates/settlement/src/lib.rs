@@ -296,15 +296,16 @@ pub trait Settlement: Send + Sync {
         passed: bool,
         salt: [u8; 32],
     ) -> impl Future<Output = Result<(), SettlementError>> + Send;
-    /// Reveals a committed outcome; `receipt_epoch` is the epoch the audited receipt names
-    /// (anything when it failed): a pass earns probation credit only under that epoch's root.
+    /// Reveals a committed outcome; `receipt` is the audited leaf as this settlement's tree
+    /// holds it (zero may do for a failure): on probation a receipt earns a clean audit once,
+    /// whatever roots hold it.
     fn reveal_audit(
         &self,
         provider: Self::Account,
         epoch: u64,
         index: u64,
         passed: bool,
-        receipt_epoch: u64,
+        receipt: [u8; 32],
         salt: [u8; 32],
     ) -> impl Future<Output = Result<(), SettlementError>> + Send;
     /// Signs, as a second verifier, that leaf `index` (`receipt` by `proof`) failed its audit.

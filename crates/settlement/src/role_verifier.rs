@@ -179,15 +179,16 @@ pub trait VerifierSettlement: NetworkSettlement {
         passed: bool,
         salt: Hash32,
     ) -> SettlementFuture<'_, u64>;
-    /// Reveals a committed outcome, naming the epoch of the receipt it judged (anything when
-    /// it failed): a pass earns probation credit only under that epoch's root.
+    /// Reveals a committed outcome, naming the leaf it judged as this settlement's tree holds
+    /// it ([`NetworkSettlement::receipt_leaf_of`]; zero may do for a failure): on probation a
+    /// receipt earns a clean audit once, whatever roots hold it.
     fn reveal_leaf_audit(
         &self,
         provider: AccountId,
         epoch: u64,
         index: u64,
         passed: bool,
-        receipt_epoch: u64,
+        receipt: Hash32,
         salt: Hash32,
     ) -> SettlementFuture<'_, ()>;
     /// Demands a leaf's material, as its assigned verifier.
@@ -370,7 +371,7 @@ impl VerifierSettlement for LedgerSettlement {
         epoch: u64,
         index: u64,
         passed: bool,
-        receipt_epoch: u64,
+        receipt: Hash32,
         salt: Hash32,
     ) -> SettlementFuture<'_, ()> {
         Box::pin(Settlement::reveal_audit(
@@ -379,7 +380,7 @@ impl VerifierSettlement for LedgerSettlement {
             epoch,
             index,
             passed,
-            receipt_epoch,
+            *receipt.as_bytes(),
             *salt.as_bytes(),
         ))
     }
@@ -798,7 +799,7 @@ impl VerifierSettlement for EvmSettlement {
         epoch: u64,
         index: u64,
         passed: bool,
-        receipt_epoch: u64,
+        receipt: Hash32,
         salt: Hash32,
     ) -> SettlementFuture<'_, ()> {
         Box::pin(async move {
@@ -809,7 +810,7 @@ impl VerifierSettlement for EvmSettlement {
                 epoch,
                 index,
                 passed,
-                receipt_epoch,
+                *receipt.as_bytes(),
                 *salt.as_bytes(),
             )
             .await

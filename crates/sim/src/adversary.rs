@@ -154,8 +154,8 @@ impl Adversary {
                         2 * crate::runtime::BLOCK_MS + 200,
                         Timer::Adversary(1),
                     );
-                    // Reveal last epoch's commits, naming the root's epoch: the sybils judged
-                    // nothing and claim the most credit a pass earns.
+                    // Reveal last epoch's commits: the sybils judged nothing and name a
+                    // receipt of their own per leaf, the most credit a pass earns.
                     for (s, p, e, i, salt, passed) in commits.drain(..) {
                         rt.submit(
                             s,
@@ -164,7 +164,7 @@ impl Adversary {
                                 epoch: e,
                                 index: i,
                                 passed,
-                                receipt_epoch: e,
+                                receipt: crate::verifier::unjudged_receipt(&(p, e, i)),
                                 salt,
                             },
                         );

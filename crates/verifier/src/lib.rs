@@ -134,6 +134,10 @@ impl ReceiptTree for dyn VerifierSettlement {
     ) -> bool {
         self.receipt_proof_holds(root, leaves, index, receipt, proof)
     }
+
+    fn leaf(&self, receipt: &agora_net::protocol::SignedReceipt) -> Hash32 {
+        self.receipt_leaf_of(receipt)
+    }
 }
 
 /// Where a verifier gets a leaf's material (the provider over libp2p in production).
@@ -155,8 +159,8 @@ struct Committed {
     epoch: u64,
     index: u64,
     passed: bool,
-    /// The epoch the judged receipt names (the root's own when nothing was judged).
-    receipt_epoch: u64,
+    /// The judged receipt's leaf in the settlement's tree (zero for a failure).
+    receipt: Hash32,
     reason: String,
     salt: Hash32,
     committed_epoch: u64,
@@ -710,11 +714,10 @@ impl Shared {
             let audit_started = std::time::Instant::now();
             let outcome = self.audit_leaf(provider, epoch, index, posted).await;
             agora_metrics::verifier().audit_outcome(outcome_label(&outcome), audit_started);
-            let (passed, receipt_epoch, reason, evidence) = match outcome {
-                LeafOutcome::Passed { receipt_epoch } => (true, receipt_epoch, String::new(), None),
+            let (passed, receipt, reason, evidence) = match outcome {
+                LeafOutcome::Passed { receipt } => (true, receipt, String::new(), None),
                 LeafOutcome::Failed(reason, evidence) => {
-                    let receipt_epoch = evidence.0.receipt.receipt.epoch;
-                    (false, receipt_epoch, reason, Some(*evidence))
+                    (false, Hash32::ZERO, reason, Some(*evidence))
                 }
                 LeafOutcome::Demand(reason) => {
                     self.demand(provider, epoch, index, &reason).await;
@@ -740,7 +743,7 @@ impl Shared {
                         epoch,
                         index,
                         passed,
-                        receipt_epoch,
+                        receipt,
                         reason,
                         salt,
                         committed_epoch,
@@ -763,14 +766,9 @@ impl Shared {
         };
         for c in due {
             let (provider, e, index) = (c.provider, c.epoch, c.index);
-            let op = self.settlement.reveal_leaf_audit(
-                provider,
-                e,
-                index,
-                c.passed,
-                c.receipt_epoch,
-                c.salt,
-            );
+            let op = self
+                .settlement
+                .reveal_leaf_audit(provider, e, index, c.passed, c.receipt, c.salt);
             match self.send("RevealAudit", op).await {
                 Ok(_) if c.passed => {
                     tracing::info!(%provider, epoch = e, index, "audit passed (revealed)")
@@ -895,9 +893,10 @@ impl Shared {
     ) -> LeafOutcome {
         #[cfg(feature = "adversary")]
         if self.cfg.lazy {
-            // Judges nothing: claims the most credit a pass can earn.
+            // Judges nothing: names a receipt of its own per leaf, the most credit a pass
+            // can earn.
             return LeafOutcome::Passed {
-                receipt_epoch: epoch,
+                receipt: codec::hash(b"agora/lazy-verifier", &(provider, epoch, index)),
             };
         }
         let fetched = self.fetch_with_retries(provider, epoch, index, None).await;
@@ -921,7 +920,7 @@ impl Shared {
             tracing::info!(%provider, epoch, index, "adversary: an honest leaf revealed as failed");
             return LeafOutcome::Failed("framed".into(), Box::new((material, proof)));
         }
-        judge::leaf_outcome(judged, material, proof)
+        judge::leaf_outcome(&*self.settlement, judged, material, proof)
     }
 
     /// A receipt this verifier already audited under another leaf is not counted again.

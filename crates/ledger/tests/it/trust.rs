@@ -881,7 +881,9 @@ fn unbonding_before_a_late_answer_does_not_outrun_its_verdict() {
 /// A provider on probation (every leaf of its roots audited) and the payer `k[4]` of one of
 /// its channels; `k[2]`, `k[3]` are verifiers registered before the first root.
 fn probation_world() -> (Ledger, Vec<Keypair>, Hash32) {
-    let default = crate::common::genesis(&keys(1), 10_000).params.probation_jobs;
+    let default = crate::common::genesis(&keys(1), 10_000)
+        .params
+        .probation_jobs;
     assert!(default > 4, "the default keeps a probation");
     probation_world_of(default)
 }
