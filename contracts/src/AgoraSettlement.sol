@@ -298,7 +298,8 @@ contract AgoraSettlement is AgoraState {
     /// @notice In a later epoch than its commitment, up to e + 2 + auditWindowEpochs, the
     /// verifier opens it. A pass pays the audit fee now; a failure pays only once a verdict or
     /// a plant confirms it, and costs `falseAlarmBps` of the verifier's stake if nothing does.
-    function revealAudit(address provider, uint64 epoch, uint64 index, bool passed, bytes32 salt)
+    /// `receipt` is the audited leaf (its `ReceiptLeaf` hash; zero may do for a failure).
+    function revealAudit(address provider, uint64 epoch, uint64 index, bool passed, bytes32 receipt, bytes32 salt)
         external
         nonReentrant
     {
@@ -311,9 +312,17 @@ contract AgoraSettlement is AgoraState {
         uint256 fee;
         if (passed) {
             l.outcome = PASSED;
-            // A late root's passes earn no probation credit: an old receipt re-posted under
-            // one would count again (the ledger's rule).
-            if (!roots[provider][epoch].full) accounts[provider].cleanAudits += 1;
+            // No credit under a late root (it re-posts old receipts); on probation a receipt
+            // counts once, whatever roots hold it (the ledger's rule).
+            Account storage a = accounts[provider];
+            if (!roots[provider][epoch].full) {
+                if (a.cleanAudits >= probationJobs) {
+                    a.cleanAudits += 1;
+                } else if (!probationCredited[provider][receipt]) {
+                    probationCredited[provider][receipt] = true;
+                    a.cleanAudits += 1;
+                }
+            }
             fee = _takeFee();
         } else {
             l.outcome = FAILED;

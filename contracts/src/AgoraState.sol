@@ -241,6 +241,9 @@ abstract contract AgoraState {
     /// Inclusion challenges by the receipt's BLAKE3 hash (AgoraDisputes); closed ones stay, so a
     /// receipt is challenged once.
     mapping(bytes32 => Challenge) internal challenges;
+    /// Receipt leaves that already earned a provider on probation a clean audit: each counts
+    /// once, whatever roots hold it. Written only while `cleanAudits < probationJobs`.
+    mapping(address => mapping(bytes32 => bool)) internal probationCredited;
 
     event Staked(address indexed account, uint256 amount, uint256 stake);
     event Unstaked(address indexed account, uint256 amount, uint64 releaseEpoch);

@@ -1307,13 +1307,15 @@ impl SettlementClient {
         .await
     }
 
-    /// Reveals the outcome committed to.
+    /// Reveals the outcome committed to; `receipt` is the audited leaf's `ReceiptLeaf` hash
+    /// (on probation a receipt earns a clean audit once, whatever roots hold it).
     pub async fn reveal_audit(
         &self,
         provider: Address,
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt: B256,
         salt: B256,
     ) -> Result<Submitted, EvmError> {
         self.call_settlement(AgoraSettlement::revealAuditCall {
@@ -1321,6 +1323,7 @@ impl SettlementClient {
             epoch,
             index,
             passed,
+            receipt,
             salt,
         })
         .await

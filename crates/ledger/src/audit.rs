@@ -292,6 +292,33 @@ impl State {
         }])
     }
 
+    /// A pass under a root that is not late: while the provider is on probation it earns a
+    /// clean audit once per receipt, so one receipt under several roots (its epoch's and the
+    /// next, audited by different verifiers) counts once. Past probation a pass only counts
+    /// on (`clean_audits` keeps counting, as it always did), and the credited set is gone.
+    fn credit_clean_audit(&mut self, j: &mut Journal, provider: AccountId, receipt: &Hash32) {
+        let jobs = self.params.probation_jobs;
+        let done = self.accounts.get(&provider).map_or(0, |a| a.clean_audits);
+        if done < jobs {
+            let credited = self.probation_credited.get(&provider);
+            if credited.is_some_and(|c| c.contains(receipt)) {
+                return;
+            }
+            j.probation_credited.push((provider, credited.cloned()));
+            if done.saturating_add(1) >= jobs {
+                // Leaving probation: nothing needs remembering any more.
+                self.probation_credited.remove(&provider);
+            } else {
+                self.probation_credited
+                    .entry(provider)
+                    .or_default()
+                    .insert(*receipt);
+            }
+        }
+        let p = Self::acct_mut(&mut self.accounts, j, provider);
+        p.clean_audits = p.clean_audits.saturating_add(1);
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn reveal_audit(
         &mut self,
@@ -301,6 +328,7 @@ impl State {
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt: &Hash32,
         salt: &Hash32,
     ) -> Result<Vec<Event>, TxError> {
         let key = leaf_key(&provider, epoch, index);
@@ -324,13 +352,11 @@ impl State {
             },
         );
         let fee = if passed {
-            // A late root may re-post receipts already audited under their own roots: its
-            // passes earn no probation credit, so a receipt counts at most under the roots
-            // of its epoch and the next.
+            // A late root may re-post receipts already audited: its passes earn no probation
+            // credit.
             let late = self.roots.get(&(provider, epoch)).is_some_and(|r| r.late);
             if !late {
-                let p = Self::acct_mut(&mut self.accounts, j, provider);
-                p.clean_audits = p.clean_audits.saturating_add(1);
+                self.credit_clean_audit(j, provider, receipt);
             }
             self.pay_fee(j, from)?
         } else {

@@ -514,6 +514,10 @@ pub struct State {
     pub challenge_queue: BTreeSet<(u64, Hash32)>,
     /// Closing channels by (the epoch they close at, channel id).
     pub closing: BTreeSet<(u64, Hash32)>,
+    /// Per provider on probation, the receipts (ledger leaves) that already earned it a
+    /// clean audit: each counts once, whatever roots hold it. Dropped when the provider
+    /// leaves probation, so at most `probation_jobs` entries each.
+    pub probation_credited: BTreeMap<AccountId, BTreeSet<Hash32>>,
 }
 
 /// Undo records of one transaction, so a rejection restores exactly what was there.
@@ -537,6 +541,7 @@ pub(crate) struct Journal {
     pub(crate) challenges: Vec<(Hash32, Option<Challenge>)>,
     pub(crate) challenge_queue: Vec<((u64, Hash32), bool)>,
     closing: Vec<((u64, Hash32), bool)>,
+    pub(crate) probation_credited: Vec<(AccountId, Option<BTreeSet<Hash32>>)>,
 }
 
 fn overdraft(account: AccountId, balance: Amount, need: Amount) -> TxError {
@@ -583,6 +588,7 @@ impl State {
             challenges: BTreeMap::new(),
             challenge_queue: BTreeSet::new(),
             closing: BTreeSet::new(),
+            probation_credited: BTreeMap::new(),
         })
     }
 
@@ -716,6 +722,12 @@ impl State {
             } else {
                 self.closing.remove(&k);
             }
+        }
+        for (id, old) in j.probation_credited.into_iter().rev() {
+            match old {
+                Some(set) => self.probation_credited.insert(id, set),
+                None => self.probation_credited.remove(&id),
+            };
         }
     }
 
@@ -1120,8 +1132,9 @@ impl State {
                 epoch,
                 index,
                 passed,
+                receipt,
                 salt,
-            } => self.reveal_audit(j, from, *provider, *epoch, *index, *passed, salt)?,
+            } => self.reveal_audit(j, from, *provider, *epoch, *index, *passed, receipt, salt)?,
             TxBody::PlantFraud { commitment } => self.plant(j, from, *commitment)?,
             TxBody::RevealPlant {
                 provider,

@@ -112,6 +112,10 @@ pub enum TxBody {
         index: u64,
         /// Whether the leaf passed.
         passed: bool,
+        /// The audited receipt, as the leaf the ledger's tree holds (its `SignedReceipt`
+        /// hash; zero may do for a failure): a receipt earns probation credit once, however
+        /// many roots hold it.
+        receipt: Hash32,
         /// The salt of the commitment.
         salt: Hash32,
     },

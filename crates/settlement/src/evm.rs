@@ -318,10 +318,18 @@ impl Settlement for EvmSettlement {
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt: [u8; 32],
         salt: [u8; 32],
     ) -> Result<(), SettlementError> {
         self.client
-            .reveal_audit(provider, epoch, index, passed, B256::from(salt))
+            .reveal_audit(
+                provider,
+                epoch,
+                index,
+                passed,
+                B256::from(receipt),
+                B256::from(salt),
+            )
             .await
             .map(drop)
             .map_err(evm_err)

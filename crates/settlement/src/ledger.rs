@@ -426,6 +426,7 @@ impl Settlement for LedgerSettlement {
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt: [u8; 32],
         salt: [u8; 32],
     ) -> Result<(), SettlementError> {
         self.send(TxBody::RevealAudit {
@@ -433,6 +434,7 @@ impl Settlement for LedgerSettlement {
             epoch,
             index,
             passed,
+            receipt: Hash32::from_bytes(receipt),
             salt: Hash32::from_bytes(salt),
         })
         .await

@@ -312,13 +312,16 @@ pub trait Settlement: Send + Sync {
         passed: bool,
         salt: [u8; 32],
     ) -> impl Future<Output = Result<(), SettlementError>> + Send;
-    /// Reveals a committed outcome.
+    /// Reveals a committed outcome; `receipt` is the audited leaf as this settlement's tree
+    /// holds it (zero may do for a failure): on probation a receipt earns a clean audit once,
+    /// whatever roots hold it.
     fn reveal_audit(
         &self,
         provider: Self::Account,
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt: [u8; 32],
         salt: [u8; 32],
     ) -> impl Future<Output = Result<(), SettlementError>> + Send;
     /// Signs, as a second verifier, that leaf `index` (`receipt` by `proof`) failed its audit.

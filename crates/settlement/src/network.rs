@@ -179,6 +179,9 @@ pub trait NetworkSettlement: Send + Sync {
     /// The path of leaf `index` in this settlement's tree over `receipts`, bottom up (`None`
     /// out of range): what a provider hands its auditor with the material.
     fn receipt_proof_of(&self, receipts: &[SignedReceipt], index: usize) -> Option<Vec<Hash32>>;
+    /// The leaf this settlement's tree holds for `receipt` (its hash on the ledger, the
+    /// `ReceiptLeaf` hash on a chain): what an audit's reveal names.
+    fn receipt_leaf_of(&self, receipt: &SignedReceipt) -> Hash32;
     /// Whether `receipt` is leaf `index` of `root`, a root over `leaves` receipts in this
     /// settlement's tree, by `proof`: what a verifier checks before it judges material.
     fn receipt_proof_holds(
@@ -343,6 +346,10 @@ impl NetworkSettlement for LedgerSettlement {
     fn receipt_proof_of(&self, receipts: &[SignedReceipt], index: usize) -> Option<Vec<Hash32>> {
         let hashes: Vec<Hash32> = receipts.iter().map(SignedReceipt::hash).collect();
         agora_core::merkle::proof(&hashes, index)
+    }
+
+    fn receipt_leaf_of(&self, receipt: &SignedReceipt) -> Hash32 {
+        receipt.hash()
     }
 
     /// The ledger's check (`leaves` bounds the index; the BLAKE3 path fixes the rest).
@@ -834,6 +841,10 @@ impl NetworkSettlement for EvmSettlement {
         let leaves: Vec<_> = receipts.iter().map(ReceiptLeaf::of).collect();
         let path = agora_evm::receipts::receipt_proof(&leaves, index)?;
         Some(path.iter().map(|h| Hash32::from_bytes(h.0)).collect())
+    }
+
+    fn receipt_leaf_of(&self, receipt: &SignedReceipt) -> Hash32 {
+        Hash32::from_bytes(ReceiptLeaf::of(receipt).hash().0)
     }
 
     /// The contract's check, over the receipt's `ReceiptLeaf`.

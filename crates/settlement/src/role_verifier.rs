@@ -179,13 +179,16 @@ pub trait VerifierSettlement: NetworkSettlement {
         passed: bool,
         salt: Hash32,
     ) -> SettlementFuture<'_, u64>;
-    /// Reveals a committed outcome.
+    /// Reveals a committed outcome, naming the leaf it judged as this settlement's tree holds
+    /// it ([`NetworkSettlement::receipt_leaf_of`]; zero may do for a failure): on probation a
+    /// receipt earns a clean audit once, whatever roots hold it.
     fn reveal_leaf_audit(
         &self,
         provider: AccountId,
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt: Hash32,
         salt: Hash32,
     ) -> SettlementFuture<'_, ()>;
     /// Demands a leaf's material, as its assigned verifier.
@@ -368,6 +371,7 @@ impl VerifierSettlement for LedgerSettlement {
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt: Hash32,
         salt: Hash32,
     ) -> SettlementFuture<'_, ()> {
         Box::pin(Settlement::reveal_audit(
@@ -376,6 +380,7 @@ impl VerifierSettlement for LedgerSettlement {
             epoch,
             index,
             passed,
+            *receipt.as_bytes(),
             *salt.as_bytes(),
         ))
     }
@@ -794,11 +799,21 @@ impl VerifierSettlement for EvmSettlement {
         epoch: u64,
         index: u64,
         passed: bool,
+        receipt: Hash32,
         salt: Hash32,
     ) -> SettlementFuture<'_, ()> {
         Box::pin(async move {
             let provider = self.account_for(provider).await?;
-            Settlement::reveal_audit(self, provider, epoch, index, passed, *salt.as_bytes()).await
+            Settlement::reveal_audit(
+                self,
+                provider,
+                epoch,
+                index,
+                passed,
+                *receipt.as_bytes(),
+                *salt.as_bytes(),
+            )
+            .await
         })
     }
 

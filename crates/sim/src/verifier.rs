@@ -52,6 +52,9 @@ type LeafId = (AccountId, u64, u64);
 
 struct Commit {
     passed: bool,
+    /// The judged receipt's ledger leaf (zero for a failure; one of its own per leaf when
+    /// nothing was judged).
+    receipt: Hash32,
     salt: Hash32,
     claim: Claim,
     revealed: bool,
@@ -175,6 +178,7 @@ impl Verifier {
                     epoch: id.1,
                     index: id.2,
                     passed: c.passed,
+                    receipt: c.receipt,
                     salt: c.salt,
                 });
             }
@@ -268,19 +272,22 @@ impl Verifier {
                 let id = (p, root_epoch, index);
                 let honest_target = dir.honest_provider(&p);
                 match self.kind {
+                    // Nothing judged: they name a receipt of their own per leaf, the most
+                    // credit a pass earns.
                     VerifierKind::Lazy | VerifierKind::Sybil => {
                         self.audits_skipped += 1;
-                        self.commit(rt, chain, id, true, Claim::Fraud);
+                        let receipt = unjudged_receipt(&id);
+                        self.commit(rt, chain, id, true, receipt, Claim::Fraud);
                     }
                     VerifierKind::AlwaysFail => {
                         self.audits_skipped += 1;
-                        self.commit(rt, chain, id, false, Claim::Fraud);
+                        self.commit(rt, chain, id, false, Hash32::ZERO, Claim::Fraud);
                     }
                     VerifierKind::Framer if honest_target => {
                         // Accuse, and demand the material on the ledger hoping the provider
                         // cannot answer in time.
                         self.audits_skipped += 1;
-                        self.commit(rt, chain, id, false, Claim::Withheld);
+                        self.commit(rt, chain, id, false, Hash32::ZERO, Claim::Withheld);
                         self.submit_demand(rt, id);
                     }
                     _ => self.fetch(rt, dir, id, 0, false),
@@ -317,7 +324,15 @@ impl Verifier {
         );
     }
 
-    fn commit(&mut self, rt: &mut Runtime, chain: u64, id: LeafId, passed: bool, claim: Claim) {
+    fn commit(
+        &mut self,
+        rt: &mut Runtime,
+        chain: u64,
+        id: LeafId,
+        passed: bool,
+        receipt: Hash32,
+        claim: Claim,
+    ) {
         if self.commits.contains_key(&id) {
             return;
         }
@@ -337,6 +352,7 @@ impl Verifier {
             id,
             Commit {
                 passed,
+                receipt,
                 salt,
                 claim,
                 revealed: false,
@@ -513,15 +529,17 @@ impl Verifier {
                         posted.full_audit,
                         &m,
                     );
-                    judge::leaf_outcome(judged, m, proof)
+                    judge::leaf_outcome(&judge::Blake3Tree, judged, m, proof)
                 }
             },
         };
         match outcome {
-            LeafOutcome::Passed => self.commit(rt, chain, id, true, Claim::Fraud),
+            LeafOutcome::Passed { receipt } => {
+                self.commit(rt, chain, id, true, receipt, Claim::Fraud)
+            }
             LeafOutcome::Failed(_, evidence) => {
                 self.material.insert(id, *evidence);
-                self.commit(rt, chain, id, false, Claim::Fraud)
+                self.commit(rt, chain, id, false, Hash32::ZERO, Claim::Fraud)
             }
             // Nothing that holds together came: demand it on the ledger.
             LeafOutcome::Demand(_) => self.demand(rt, id),
@@ -731,4 +749,10 @@ fn posted_root(rt: &Runtime, id: LeafId) -> Option<PostedRoot> {
         // As `agora_verifier::judge::posted_root`: only a late root holds older receipts.
         full_audit: r.late && r.audit_ppm == agora_ledger::FULL_AUDIT_PPM,
     })
+}
+
+/// What a verifier that judged nothing names as the receipt of leaf `id`: one of its own per
+/// leaf, so each of its passes claims the most probation credit a pass can earn.
+pub(crate) fn unjudged_receipt(id: &LeafId) -> Hash32 {
+    agora_core::codec::hash(b"agora/sim/unjudged-receipt", id)
 }

@@ -77,6 +77,8 @@ pub trait ReceiptTree {
         receipt: &SignedReceipt,
         proof: &[Hash32],
     ) -> bool;
+    /// The leaf this tree holds for `receipt`: what a reveal names as the receipt it judged.
+    fn leaf(&self, receipt: &SignedReceipt) -> Hash32;
 }
 
 /// The ledger's tree: BLAKE3 over the signed receipts' hashes.
@@ -93,6 +95,10 @@ impl ReceiptTree for Blake3Tree {
         proof: &[Hash32],
     ) -> bool {
         index < leaves && merkle::verify(root, &receipt.hash(), index, proof)
+    }
+
+    fn leaf(&self, receipt: &SignedReceipt) -> Hash32 {
+        receipt.hash()
     }
 }
 
@@ -174,8 +180,12 @@ pub struct Judge<A = ModelAuditor> {
 /// How one leaf's audit came out for the verifier it was assigned to.
 #[derive(Debug)]
 pub enum LeafOutcome {
-    /// Passed: committed as passed.
-    Passed,
+    /// Passed: committed as passed, revealed naming the receipt judged (on probation a
+    /// receipt earns its provider a clean audit once, whatever roots hold it).
+    Passed {
+        /// The audited receipt, as the leaf the settlement's tree holds for it.
+        receipt: Hash32,
+    },
     /// Failed, with the material and path the provider handed over (a fraud).
     Failed(String, Box<(Material, Vec<Hash32>)>),
     /// No material that holds together came (refused, unreachable, or not what the root
@@ -228,11 +238,18 @@ pub fn take_material_in(
     Ok((material, proof))
 }
 
-/// The assigned verifier's outcome once the audit judged `material`: "cannot judge" is not
-/// committed at all.
-pub fn leaf_outcome(judged: Judgement, material: Material, proof: Vec<Hash32>) -> LeafOutcome {
+/// The assigned verifier's outcome once the audit judged `material` (a pass names its
+/// receipt's leaf in `tree`, the settlement's own): "cannot judge" is not committed at all.
+pub fn leaf_outcome(
+    tree: &(impl ReceiptTree + ?Sized),
+    judged: Judgement,
+    material: Material,
+    proof: Vec<Hash32>,
+) -> LeafOutcome {
     match judged {
-        Judgement::Passed => LeafOutcome::Passed,
+        Judgement::Passed => LeafOutcome::Passed {
+            receipt: tree.leaf(&material.receipt),
+        },
         Judgement::Failed(why) => LeafOutcome::Failed(why, Box::new((material, proof))),
         Judgement::CannotJudge(why) => LeafOutcome::Skip(why),
     }

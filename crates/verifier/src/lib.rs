@@ -134,6 +134,10 @@ impl ReceiptTree for dyn VerifierSettlement {
     ) -> bool {
         self.receipt_proof_holds(root, leaves, index, receipt, proof)
     }
+
+    fn leaf(&self, receipt: &agora_net::protocol::SignedReceipt) -> Hash32 {
+        self.receipt_leaf_of(receipt)
+    }
 }
 
 /// Where a verifier gets a leaf's material (the provider over libp2p in production).
@@ -155,6 +159,8 @@ struct Committed {
     epoch: u64,
     index: u64,
     passed: bool,
+    /// The judged receipt's leaf in the settlement's tree (zero for a failure).
+    receipt: Hash32,
     reason: String,
     salt: Hash32,
     committed_epoch: u64,
@@ -397,7 +403,7 @@ impl Verifier {
 /// The metrics label of an audit's outcome.
 fn outcome_label(o: &LeafOutcome) -> &'static str {
     match o {
-        LeafOutcome::Passed => "passed",
+        LeafOutcome::Passed { .. } => "passed",
         LeafOutcome::Failed(..) => "failed",
         LeafOutcome::Demand(_) => "demanded",
         LeafOutcome::Skip(_) => "not_judged",
@@ -708,9 +714,11 @@ impl Shared {
             let audit_started = std::time::Instant::now();
             let outcome = self.audit_leaf(provider, epoch, index, posted).await;
             agora_metrics::verifier().audit_outcome(outcome_label(&outcome), audit_started);
-            let (passed, reason, evidence) = match outcome {
-                LeafOutcome::Passed => (true, String::new(), None),
-                LeafOutcome::Failed(reason, evidence) => (false, reason, Some(*evidence)),
+            let (passed, receipt, reason, evidence) = match outcome {
+                LeafOutcome::Passed { receipt } => (true, receipt, String::new(), None),
+                LeafOutcome::Failed(reason, evidence) => {
+                    (false, Hash32::ZERO, reason, Some(*evidence))
+                }
                 LeafOutcome::Demand(reason) => {
                     self.demand(provider, epoch, index, &reason).await;
                     return;
@@ -735,6 +743,7 @@ impl Shared {
                         epoch,
                         index,
                         passed,
+                        receipt,
                         reason,
                         salt,
                         committed_epoch,
@@ -759,7 +768,7 @@ impl Shared {
             let (provider, e, index) = (c.provider, c.epoch, c.index);
             let op = self
                 .settlement
-                .reveal_leaf_audit(provider, e, index, c.passed, c.salt);
+                .reveal_leaf_audit(provider, e, index, c.passed, c.receipt, c.salt);
             match self.send("RevealAudit", op).await {
                 Ok(_) if c.passed => {
                     tracing::info!(%provider, epoch = e, index, "audit passed (revealed)")
@@ -884,7 +893,11 @@ impl Shared {
     ) -> LeafOutcome {
         #[cfg(feature = "adversary")]
         if self.cfg.lazy {
-            return LeafOutcome::Passed;
+            // Judges nothing: names a receipt of its own per leaf, the most credit a pass
+            // can earn.
+            return LeafOutcome::Passed {
+                receipt: codec::hash(b"agora/lazy-verifier", &(provider, epoch, index)),
+            };
         }
         let fetched = self.fetch_with_retries(provider, epoch, index, None).await;
         let (material, proof) =
@@ -907,7 +920,7 @@ impl Shared {
             tracing::info!(%provider, epoch, index, "adversary: an honest leaf revealed as failed");
             return LeafOutcome::Failed("framed".into(), Box::new((material, proof)));
         }
-        judge::leaf_outcome(judged, material, proof)
+        judge::leaf_outcome(&*self.settlement, judged, material, proof)
     }
 
     /// A receipt this verifier already audited under another leaf is not counted again.

@@ -473,7 +473,7 @@ async fn an_unreachable_or_refusing_provider_is_demanded_never_failed() {
     assert!(matches!(
         c.audit_leaf(f.provider.account(), EPOCH, 1, root.posted)
             .await,
-        LeafOutcome::Passed
+        LeafOutcome::Passed { receipt } if receipt == f.honest.receipt.hash()
     ));
 }
 
@@ -579,7 +579,8 @@ async fn foreign_duplicate_and_other_chain_receipts_never_pass() {
     assert!(matches!(
         c.audit_leaf(f.provider.account(), EPOCH + 1, 0, single)
             .await,
-        LeafOutcome::Passed
+        // The reveal names the receipt (its ledger leaf): it earns probation credit once.
+        LeafOutcome::Passed { receipt } if receipt == f.honest.receipt.hash()
     ));
     assert!(matches!(
         c.audit_leaf(f.provider.account(), EPOCH + 2, 0, single)

@@ -86,8 +86,12 @@ impl Scene {
         self.ver.commit_audit(p, self.e, 1, false, salt(1)).await?;
         self.ver.commit_audit(p, self.e, 0, true, salt(0)).await?;
         self.at(2).await?;
-        self.ver.reveal_audit(p, self.e, 1, false, salt(1)).await?;
-        self.ver.reveal_audit(p, self.e, 0, true, salt(0)).await?;
+        self.ver
+            .reveal_audit(p, self.e, 1, false, B256::ZERO, salt(1))
+            .await?;
+        self.ver
+            .reveal_audit(p, self.e, 0, true, self.leaves[0].hash(), salt(0))
+            .await?;
         Ok(())
     }
 
@@ -289,7 +293,9 @@ async fn reveals_without_commit_twice_early_late_or_changed_are_refused() -> any
     s.at(1).await?;
     // Reveal without commit.
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await,
+        s.ver
+            .reveal_audit(p, s.e, 0, true, s.leaves[0].hash(), salt(0))
+            .await,
         "BadReveal"
     );
     s.ver.commit_audit(p, s.e, 0, true, salt(0)).await?;
@@ -297,34 +303,50 @@ async fn reveals_without_commit_twice_early_late_or_changed_are_refused() -> any
     s.ver.commit_audit(p, s.e, 2, true, salt(2)).await?;
     // In the commit's own epoch (the outcome could follow others' commitments).
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await,
+        s.ver
+            .reveal_audit(p, s.e, 0, true, s.leaves[0].hash(), salt(0))
+            .await,
         "AuditWindow"
     );
     s.at(2).await?;
     // Another outcome, another salt, another verifier.
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 0, false, salt(0)).await,
+        s.ver
+            .reveal_audit(p, s.e, 0, false, B256::ZERO, salt(0))
+            .await,
         "BadReveal"
     );
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 0, true, salt(9)).await,
+        s.ver
+            .reveal_audit(p, s.e, 0, true, s.leaves[0].hash(), salt(9))
+            .await,
         "BadReveal"
     );
     assert_refused!(
-        s.conf.reveal_audit(p, s.e, 0, true, salt(0)).await,
+        s.conf
+            .reveal_audit(p, s.e, 0, true, s.leaves[0].hash(), salt(0))
+            .await,
         "BadReveal"
     );
-    s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await?;
+    s.ver
+        .reveal_audit(p, s.e, 0, true, s.leaves[0].hash(), salt(0))
+        .await?;
     // Double reveal.
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await,
+        s.ver
+            .reveal_audit(p, s.e, 0, true, s.leaves[0].hash(), salt(0))
+            .await,
         "BadReveal"
     );
-    s.ver.reveal_audit(p, s.e, 1, false, salt(1)).await?;
+    s.ver
+        .reveal_audit(p, s.e, 1, false, B256::ZERO, salt(1))
+        .await?;
     // After the deadline (e + 2 + w).
     s.at(2 + W + 1).await?;
     assert_refused!(
-        s.ver.reveal_audit(p, s.e, 2, true, salt(2)).await,
+        s.ver
+            .reveal_audit(p, s.e, 2, true, s.leaves[2].hash(), salt(2))
+            .await,
         "AuditWindow"
     );
     Ok(())
@@ -481,7 +503,8 @@ async fn a_receipt_naming_another_providers_channel_refunds_nothing() -> anyhow:
     };
     a.commit_audit(prov.address(), e, 0, false, salt(0)).await?;
     chain.at_epoch(e + 2).await?;
-    a.reveal_audit(prov.address(), e, 0, false, salt(0)).await?;
+    a.reveal_audit(prov.address(), e, 0, false, B256::ZERO, salt(0))
+        .await?;
     chain.at_epoch(e + 5).await?;
     let ev = FraudEvidence {
         provider: prov.address(),
@@ -551,7 +574,9 @@ async fn withdrawal_waits_for_open_alarms() -> anyhow::Result<()> {
     s.ver.commit_audit(p, s.e, 1, false, salt(1)).await?;
     s.ver.unstake(200).await?;
     s.at(2).await?;
-    s.ver.reveal_audit(p, s.e, 1, false, salt(1)).await?;
+    s.ver
+        .reveal_audit(p, s.e, 1, false, B256::ZERO, salt(1))
+        .await?;
     s.at(1 + 8).await?;
     assert_refused!(s.ver.withdraw().await, "AlarmsOpen");
     s.prov.expire_alarm(p, s.e, 1).await?;
@@ -743,19 +768,25 @@ async fn gas_of_audit_operations() -> anyhow::Result<()> {
     s.ver.commit_audit(p, s.e, 3, false, salt(3)).await?;
     s.at(2).await?;
     rows.push((
-        "reveal audit (passed, fee paid)",
-        s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await?.gas_used,
-        92_000,
+        "reveal audit (passed on probation, fee paid)",
+        s.ver
+            .reveal_audit(p, s.e, 0, true, s.leaves[0].hash(), salt(0))
+            .await?
+            .gas_used,
+        // On probation the pass also records its receipt as credited (a new slot).
+        110_000,
     ));
     rows.push((
         "reveal audit (failed)",
         s.ver
-            .reveal_audit(p, s.e, 1, false, salt(1))
+            .reveal_audit(p, s.e, 1, false, B256::ZERO, salt(1))
             .await?
             .gas_used,
         48_000,
     ));
-    s.ver.reveal_audit(p, s.e, 3, false, salt(3)).await?;
+    s.ver
+        .reveal_audit(p, s.e, 3, false, B256::ZERO, salt(3))
+        .await?;
     s.at(3 + W).await?;
     rows.push((
         "reveal plant",
@@ -824,7 +855,9 @@ async fn passes_under_a_late_root_earn_no_probation_credit() -> anyhow::Result<(
     s.ver.commit_audit(p, s.e, 0, true, salt(0)).await?;
     s.at(2).await?;
     s.ver.record_beacon(s.e + 2).await?;
-    s.ver.reveal_audit(p, s.e, 0, true, salt(0)).await?;
+    s.ver
+        .reveal_audit(p, s.e, 0, true, s.leaves[0].hash(), salt(0))
+        .await?;
     // The late root's epoch froze both verifiers: the beacon picks one.
     let who = s
         .ver
@@ -838,9 +871,132 @@ async fn passes_under_a_late_root_earn_no_probation_credit() -> anyhow::Result<(
     };
     late.commit_audit(p, s.e + 1, 0, true, salt(1)).await?;
     s.at(3).await?;
-    late.reveal_audit(p, s.e + 1, 0, true, salt(1)).await?;
+    late.reveal_audit(p, s.e + 1, 0, true, s.leaves[0].hash(), salt(1))
+        .await?;
     // The root of its own epoch counted; the late root's pass did not.
     assert_eq!(s.chain.admin.account(p).await?.clean_audits, 1);
+    s.conserved().await?;
+    Ok(())
+}
+
+/// The double count on chain: a provider on probation re-posts its honest receipts under its
+/// (not late) root of the next epoch, where either verifier of the frozen set may audit them
+/// (the contract cannot tell whether one verifier met a receipt twice). Each reveal names the
+/// leaf it judged and a receipt earns probation credit once, so each counts once (before the
+/// rule: 8).
+#[tokio::test]
+async fn a_receipt_under_two_consecutive_roots_earns_probation_credit_once() -> anyhow::Result<()> {
+    let s = scene_or_skip!(params());
+    let p = s.prov.address();
+    s.at(1).await?;
+    // The four receipts of epoch `e`, again under the root of `e + 1` (which may hold them).
+    s.prov
+        .post_root(s.e + 1, receipt_root(&s.leaves), 4)
+        .await?;
+    s.ver.record_beacon(s.e + 1).await?;
+    for i in 0..4u8 {
+        s.ver
+            .commit_audit(p, s.e, u64::from(i), true, salt(i))
+            .await?;
+    }
+    s.at(2).await?;
+    s.ver.record_beacon(s.e + 2).await?;
+    for i in 0..4u8 {
+        s.ver
+            .reveal_audit(
+                p,
+                s.e,
+                u64::from(i),
+                true,
+                s.leaves[usize::from(i)].hash(),
+                salt(i),
+            )
+            .await?;
+    }
+    // The root of `e + 1` froze both verifiers: the beacon picks one per leaf.
+    let mut auditors = Vec::new();
+    for i in 0..4u8 {
+        let who = s
+            .ver
+            .assignee(p, s.e + 1, u64::from(i))
+            .await?
+            .expect("a probation leaf is selected");
+        let v = if who == s.ver.address() {
+            &s.ver
+        } else {
+            &s.conf
+        };
+        v.commit_audit(p, s.e + 1, u64::from(i), true, salt(4 + i))
+            .await?;
+        auditors.push(v);
+    }
+    s.at(3).await?;
+    for (i, v) in auditors.into_iter().enumerate() {
+        v.reveal_audit(
+            p,
+            s.e + 1,
+            i as u64,
+            true,
+            s.leaves[i].hash(),
+            salt(4 + i as u8),
+        )
+        .await?;
+    }
+    assert_eq!(
+        s.chain.admin.account(p).await?.clean_audits,
+        4,
+        "receipts under two consecutive roots counted twice toward probation"
+    );
+    s.conserved().await?;
+    Ok(())
+}
+
+/// The honest case on chain: the production provider posts its root of epoch r during r, so
+/// most receipts of r sit only under the root of r + 1. There they earn their probation
+/// credit (a rule crediting only the root of the receipt's own epoch gave them none).
+#[tokio::test]
+async fn receipts_posted_only_under_the_next_root_earn_probation_credit() -> anyhow::Result<()> {
+    let s = scene_or_skip!(params());
+    let p = s.prov.address();
+    s.at(1).await?;
+    // Two receipts served late in `e`, first posted under the root of `e + 1`.
+    let missed: Vec<ReceiptLeaf> = (0..2u8)
+        .map(|i| ReceiptLeaf {
+            receipt: B256::repeat_byte(0x10 + i),
+            channel: s.channel,
+            cost: 10,
+        })
+        .collect();
+    s.prov.post_root(s.e + 1, receipt_root(&missed), 2).await?;
+    s.ver.record_beacon(s.e + 1).await?;
+    s.at(2).await?;
+    s.ver.record_beacon(s.e + 2).await?;
+    let mut auditors = Vec::new();
+    for i in 0..2u8 {
+        let who = s
+            .ver
+            .assignee(p, s.e + 1, u64::from(i))
+            .await?
+            .expect("a probation leaf is selected");
+        let v = if who == s.ver.address() {
+            &s.ver
+        } else {
+            &s.conf
+        };
+        v.commit_audit(p, s.e + 1, u64::from(i), true, salt(i))
+            .await?;
+        auditors.push(v);
+    }
+    s.at(3).await?;
+    for (i, v) in auditors.into_iter().enumerate() {
+        v.reveal_audit(p, s.e + 1, i as u64, true, missed[i].hash(), salt(i as u8))
+            .await?;
+    }
+    assert_eq!(
+        s.chain.admin.account(p).await?.clean_audits,
+        2,
+        "honest receipts under the next root earned no probation credit"
+    );
     s.conserved().await?;
     Ok(())
 }

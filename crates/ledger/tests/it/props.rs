@@ -381,6 +381,7 @@ fn build(l: &Ledger, k: &[Keypair], roots: &Roots, op: &Op) -> Option<SignedTx> 
                     epoch,
                     index,
                     passed: *passed,
+                    receipt: ls[index as usize].hash(),
                     salt,
                 }
             } else {

@@ -548,6 +548,7 @@ pub(crate) fn audit_leaves(
                 epoch: R,
                 index: i,
                 passed,
+                receipt: Hash32::of(&i.to_le_bytes()),
                 salt: salt(i),
             },
         );
@@ -891,6 +892,7 @@ fn audits_are_assigned_committed_revealed_and_paid() {
                 epoch: R,
                 index: 2,
                 passed,
+                receipt: Hash32::of(b"leaf 2"),
                 salt: salt(2),
             },
         )

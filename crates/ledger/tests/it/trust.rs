@@ -881,9 +881,18 @@ fn unbonding_before_a_late_answer_does_not_outrun_its_verdict() {
 /// A provider on probation (every leaf of its roots audited) and the payer `k[4]` of one of
 /// its channels; `k[2]`, `k[3]` are verifiers registered before the first root.
 fn probation_world() -> (Ledger, Vec<Keypair>, Hash32) {
+    let default = crate::common::genesis(&keys(1), 10_000)
+        .params
+        .probation_jobs;
+    assert!(default > 4, "the default keeps a probation");
+    probation_world_of(default)
+}
+
+/// [`probation_world`] with a probation of `jobs` clean audits.
+fn probation_world_of(jobs: u64) -> (Ledger, Vec<Keypair>, Hash32) {
     let k = keys(5);
-    let g = crate::common::genesis(&k, 10_000);
-    assert!(g.params.probation_jobs > 4, "the default keeps a probation");
+    let mut g = crate::common::genesis(&k, 10_000);
+    g.params.probation_jobs = jobs;
     let mut l = Ledger::from_genesis(&g).expect("valid genesis");
     ok!(l, &tx(&l, &k[1], TxBody::Stake { amount: amt(1000) }));
     for v in [2, 3] {
@@ -897,24 +906,40 @@ fn probation_world() -> (Ledger, Vec<Keypair>, Hash32) {
     (l, k, c.id)
 }
 
-/// Every selected leaf of k[1]'s root of `epoch` is committed to and revealed as passed by
-/// its assigned verifier (the ledger is in the root's epoch: it advances to the beacon).
-fn pass_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64) {
+/// Every selected leaf of k[1]'s root of `epoch`, holding `leaves`, is committed to and
+/// revealed as passed by its assigned verifier (the ledger is in the root's epoch: it
+/// advances to the beacon).
+fn pass_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64, leaves: &[SignedReceipt]) {
     advance(l, &k[0], 1);
+    commit_every_leaf(l, k, epoch);
+    advance(l, &k[0], 1);
+    reveal_every_leaf(l, k, epoch, leaves);
+}
+
+/// The index in `k` of each selected leaf's assigned verifier, k[1]'s root of `epoch`.
+fn assignees(l: &Ledger, k: &[Keypair], epoch: u64) -> Vec<(u64, usize)> {
+    let plan = l.state.audit_plan(&k[1].account(), epoch).expect("plan");
+    plan.leaves
+        .iter()
+        .map(|(i, v)| {
+            let by = k.iter().position(|x| x.account() == *v).expect("key");
+            (*i, by)
+        })
+        .collect()
+}
+
+/// Every selected leaf of k[1]'s root of `epoch` is committed to as passed (in its window).
+fn commit_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64) {
     let provider = k[1].account();
-    let plan = l.state.audit_plan(&provider, epoch).expect("plan");
-    let who = |v: &agora_core::AccountId| k.iter().position(|x| x.account() == *v).expect("key");
-    for (i, v) in &plan.leaves {
-        let by = who(v);
-        let salt = crate::rules::salt(*i);
+    for (i, by) in assignees(l, k, epoch) {
         let commitment = agora_ledger::audit_commitment(
             crate::common::CHAIN,
-            v,
+            &k[by].account(),
             &provider,
             epoch,
-            *i,
+            i,
             true,
-            &salt,
+            &crate::rules::salt(i),
         );
         crate::rules::ok_fn(
             l,
@@ -924,25 +949,32 @@ fn pass_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64) {
                 TxBody::CommitAudit {
                     provider,
                     epoch,
-                    index: *i,
+                    index: i,
                     commitment,
                 },
             ),
         );
     }
-    advance(l, &k[0], 1);
-    for (i, v) in &plan.leaves {
+}
+
+/// The commitments of [`commit_every_leaf`] are revealed, each naming its leaf in `leaves`
+/// (the root's receipts, in leaf order) as the ledger's tree holds it.
+fn reveal_every_leaf(l: &mut Ledger, k: &[Keypair], epoch: u64, leaves: &[SignedReceipt]) {
+    let provider = k[1].account();
+    for (i, by) in assignees(l, k, epoch) {
+        let receipt = leaves[i as usize].hash();
         crate::rules::ok_fn(
             l,
             &tx(
                 l,
-                &k[who(v)],
+                &k[by],
                 TxBody::RevealAudit {
                     provider,
                     epoch,
-                    index: *i,
+                    index: i,
                     passed: true,
-                    salt: crate::rules::salt(*i),
+                    receipt,
+                    salt: crate::rules::salt(i),
                 },
             ),
         );
@@ -967,13 +999,13 @@ fn receipts_reposted_under_late_roots_earn_no_probation_credit() {
         .map(|i| crate::common::receipt_at(&k[1], &k[4], ch, 50, i, e))
         .collect();
     ok!(l, &post_root(&l, &k[1], &served, false));
-    pass_every_leaf(&mut l, &k, e);
+    pass_every_leaf(&mut l, &k, e, &served);
     assert_eq!(clean_audits(&l, &k[1]), 2, "the honest work counts once");
     for _ in 0..3 {
         let late = l.state.epoch;
         ok!(l, &post_root(&l, &k[1], &served, true));
         assert_eq!(ppm(&l, &k[1], late), Some(1_000_000));
-        pass_every_leaf(&mut l, &k, late);
+        pass_every_leaf(&mut l, &k, late, &served);
         assert_eq!(
             l.state
                 .audit_plan(&k[1].account(), late)
@@ -986,6 +1018,98 @@ fn receipts_reposted_under_late_roots_earn_no_probation_credit() {
         clean_audits(&l, &k[1]),
         2,
         "re-posted receipts under late roots counted toward probation"
+    );
+}
+
+/// The probation double count: a provider on probation posts the same honest receipt `a`
+/// under its roots of the receipt's epoch and the next (both may hold it), where two
+/// different verifiers audit it, so neither meets it twice. Each reveal names the receipt
+/// it judged and a receipt earns probation credit once, so `a` counts once (`b`, served in
+/// the next epoch, counts too). Before the rule: 3 clean audits.
+#[test]
+fn a_receipt_under_two_consecutive_roots_earns_probation_credit_once() {
+    let (mut l, k, ch) = probation_world();
+    let e = l.state.epoch;
+    let a = crate::common::receipt_at(&k[1], &k[4], ch, 50, 1, e);
+    let first = [a.clone()];
+    ok!(l, &post_root(&l, &k[1], &first, false));
+    advance(&mut l, &k[0], 1);
+    // In leaf order (by request id): b, then a again.
+    let b = crate::common::receipt_at(&k[1], &k[4], ch, 50, 0, e + 1);
+    let second = [b, a];
+    ok!(l, &post_root(&l, &k[1], &second, false));
+    assert_eq!(ppm(&l, &k[1], e + 1), Some(1_000_000), "still on probation");
+    commit_every_leaf(&mut l, &k, e);
+    advance(&mut l, &k[0], 1);
+    reveal_every_leaf(&mut l, &k, e, &first);
+    commit_every_leaf(&mut l, &k, e + 1);
+    advance(&mut l, &k[0], 1);
+    reveal_every_leaf(&mut l, &k, e + 1, &second);
+    let auditor = |epoch: u64, index: u64| {
+        assignees(&l, &k, epoch)
+            .into_iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, by)| by)
+    };
+    assert_ne!(auditor(e, 0), auditor(e + 1, 1), "two verifiers audit `a`");
+    assert_eq!(
+        clean_audits(&l, &k[1]),
+        2,
+        "a receipt under two consecutive roots counted twice toward probation"
+    );
+}
+
+/// The honest case: the production provider posts its root of epoch r during r, so most
+/// receipts of r sit only under the root of r + 1. Such a receipt earns its probation credit
+/// there (a rule crediting only the root of the receipt's own epoch gave it none).
+#[test]
+fn a_receipt_posted_only_under_the_next_root_earns_probation_credit() {
+    let (mut l, k, ch) = probation_world();
+    let e = l.state.epoch;
+    let a = crate::common::receipt_at(&k[1], &k[4], ch, 50, 1, e);
+    advance(&mut l, &k[0], 1);
+    let b = crate::common::receipt_at(&k[1], &k[4], ch, 50, 0, e + 1);
+    let next = [b, a];
+    ok!(l, &post_root(&l, &k[1], &next, false));
+    pass_every_leaf(&mut l, &k, e + 1, &next);
+    assert_eq!(
+        clean_audits(&l, &k[1]),
+        2,
+        "an honest receipt of epoch r under the root of r + 1 earned nothing"
+    );
+}
+
+/// The receipts credited are remembered only during probation: the set is dropped when the
+/// provider leaves it (so the state holds at most `probation_jobs` per provider).
+#[test]
+fn the_credited_receipts_are_dropped_when_probation_ends() {
+    let (mut l, k, ch) = probation_world_of(3);
+    let provider = k[1].account();
+    let e = l.state.epoch;
+    let first: Vec<SignedReceipt> = (1..=2)
+        .map(|i| crate::common::receipt_at(&k[1], &k[4], ch, 50, i, e))
+        .collect();
+    ok!(l, &post_root(&l, &k[1], &first, false));
+    pass_every_leaf(&mut l, &k, e, &first);
+    assert_eq!(clean_audits(&l, &k[1]), 2);
+    let held = |l: &Ledger| l.state.probation_credited.get(&provider).map(|s| s.len());
+    assert_eq!(held(&l), Some(2));
+    // The third clean audit ends probation (one new receipt beside an old one).
+    let e2 = l.state.epoch;
+    let c = crate::common::receipt_at(&k[1], &k[4], ch, 50, 3, e2);
+    let second = [first[1].clone(), c];
+    ok!(l, &post_root(&l, &k[1], &second, false));
+    pass_every_leaf(&mut l, &k, e2, &second);
+    assert_eq!(clean_audits(&l, &k[1]), 3, "the old receipt counted again");
+    assert_eq!(held(&l), None, "the credited set outlived probation");
+    assert!(l.state.probation_credited.is_empty());
+    let e3 = l.state.epoch;
+    let d = crate::common::receipt_at(&k[1], &k[4], ch, 50, 4, e3);
+    ok!(l, &post_root(&l, &k[1], &[d], false));
+    assert_eq!(
+        ppm(&l, &k[1], e3),
+        Some(l.state.params.audit_floor_ppm),
+        "out of probation"
     );
 }
 

@@ -289,6 +289,11 @@ async fn ledger_and_evm_agree_on_every_phase1_operation() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// What a reveal names as the audited receipt (this test counts no probation credit).
+fn receipt_id(i: u8) -> [u8; 32] {
+    [0xa0 | i; 32]
+}
+
 fn salt(i: u8) -> [u8; 32] {
     [0xa0 + i; 32]
 }
@@ -437,31 +442,37 @@ async fn audit_scenario<S: Settlement>(
     step!("commit twice", ver.commit_audit(p, e, 0, false, salt(5)));
     step!(
         "reveal in the commit's epoch",
-        ver.reveal_audit(p, e, 0, true, salt(0))
+        ver.reveal_audit(p, e, 0, true, receipt_id(0), salt(0))
     );
     step!(
         "reveal without a commit",
-        conf.reveal_audit(p, e, 1, false, salt(1))
+        conf.reveal_audit(p, e, 1, false, [0; 32], salt(1))
     );
     clock.advance_to(e + 2).await?;
     step!(
         "reveal another outcome",
-        ver.reveal_audit(p, e, 0, false, salt(0))
+        ver.reveal_audit(p, e, 0, false, [0; 32], salt(0))
     );
-    step!("reveal the pass", ver.reveal_audit(p, e, 0, true, salt(0)));
+    step!(
+        "reveal the pass",
+        ver.reveal_audit(p, e, 0, true, receipt_id(0), salt(0))
+    );
     step!(
         "reveal the failure",
-        ver.reveal_audit(p, e, 1, false, salt(1))
+        ver.reveal_audit(p, e, 1, false, [0; 32], salt(1))
     );
     step!(
         "reveal the plant's failure",
-        ver.reveal_audit(p, e, 2, false, salt(2))
+        ver.reveal_audit(p, e, 2, false, [0; 32], salt(2))
     );
     step!(
         "reveal the false alarm",
-        ver.reveal_audit(p, e, 3, false, salt(3))
+        ver.reveal_audit(p, e, 3, false, [0; 32], salt(3))
     );
-    step!("reveal twice", ver.reveal_audit(p, e, 0, true, salt(0)));
+    step!(
+        "reveal twice",
+        ver.reveal_audit(p, e, 0, true, receipt_id(0), salt(0))
+    );
     clock.advance_to(e + 4).await?;
     let c1 = conf.confirm_fraud(p, e, 1, &leaves[1], &proof(1))?;
     step!(
