@@ -494,7 +494,7 @@ async fn the_running_provider_charges_a_false_failure_on_its_leaf_once_due() {
         .await
         .expect("commit");
     admin.mine_to_epoch(e + 2).await.expect("mine");
-    ver.reveal_audit(prov_addr, e, 0, false, salt)
+    ver.reveal_audit(prov_addr, e, 0, false, B256::ZERO, salt)
         .await
         .expect("reveal");
 
