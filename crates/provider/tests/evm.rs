@@ -95,6 +95,45 @@ fn served(
     }
 }
 
+/// A fresh Anvil with the contracts deployed (devnet rules, 10-block epochs), its deployer's
+/// client and the settlement target the services open; `None` (a SKIP line printed) where
+/// Anvil is not installed.
+struct Chain {
+    anvil: Anvil,
+    dir: tempfile::TempDir,
+    d: agora_evm::Deployment,
+    admin: SettlementClient,
+    target: SettlementTarget,
+}
+
+impl Chain {
+    async fn start() -> Option<Chain> {
+        let Some(bin) = find_anvil() else {
+            eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("tmp");
+        let anvil = Anvil::start(&bin, 31_337).expect("anvil");
+        let d = deploy(anvil.url(), anvil.keys()[0].clone(), Params::devnet(10))
+            .await
+            .expect("deploy");
+        let admin = SettlementClient::connect(anvil.url(), anvil.keys()[0].clone(), d.clone())
+            .await
+            .expect("admin");
+        let target = SettlementTarget::Evm {
+            rpc: anvil.url().to_string(),
+            deployment: d.clone(),
+        };
+        Some(Chain {
+            anvil,
+            dir,
+            d,
+            admin,
+            target,
+        })
+    }
+}
+
 fn config(target: SettlementTarget, key: &Keypair, dir: &std::path::Path) -> ProviderConfig {
     ProviderConfig {
         settlement: target,
@@ -136,21 +175,16 @@ async fn challenge(payer: &SettlementClient, receipt: &SignedReceipt, sig: &[u8]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_provider_on_the_contracts_binds_its_key_posts_keccak_roots_and_answers_challenges() {
-    let Some(bin) = find_anvil() else {
-        eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+    // Bound, not `_`: the chain lives as long as the test.
+    let Some(Chain {
+        anvil: _anvil,
+        dir,
+        d,
+        admin,
+        target,
+    }) = Chain::start().await
+    else {
         return;
-    };
-    let dir = tempfile::tempdir().expect("tmp");
-    let anvil = Anvil::start(&bin, 31_337).expect("anvil");
-    let d = deploy(anvil.url(), anvil.keys()[0].clone(), Params::devnet(10))
-        .await
-        .expect("deploy");
-    let admin = SettlementClient::connect(anvil.url(), anvil.keys()[0].clone(), d.clone())
-        .await
-        .expect("admin");
-    let target = SettlementTarget::Evm {
-        rpc: anvil.url().to_string(),
-        deployment: d.clone(),
     };
     // The honest provider, a provider still on BLAKE3 roots, and a payer: each party's EVM
     // account is derived from its key seed, funded with tokens and gas.
@@ -423,21 +457,15 @@ async fn the_running_provider_charges_a_false_failure_on_its_leaf_once_due() {
     use alloy::rpc::types::Filter;
     use alloy::sol_types::SolEvent;
 
-    let Some(bin) = find_anvil() else {
-        eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+    let Some(Chain {
+        anvil,
+        dir,
+        d,
+        admin,
+        target,
+    }) = Chain::start().await
+    else {
         return;
-    };
-    let dir = tempfile::tempdir().expect("tmp");
-    let anvil = Anvil::start(&bin, 31_337).expect("anvil");
-    let d = deploy(anvil.url(), anvil.keys()[0].clone(), Params::devnet(10))
-        .await
-        .expect("deploy");
-    let admin = SettlementClient::connect(anvil.url(), anvil.keys()[0].clone(), d.clone())
-        .await
-        .expect("admin");
-    let target = SettlementTarget::Evm {
-        rpc: anvil.url().to_string(),
-        deployment: d.clone(),
     };
     let honest = Keypair::from_seed([31; 32]);
     let prov_addr = evm_signer_for(&honest.seed()).address();

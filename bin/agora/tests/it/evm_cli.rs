@@ -18,6 +18,17 @@ use crate::{stderr, stdout};
 /// Gas money for the deployer: 10 ETH.
 const GAS_WEI: u128 = 10_000_000_000_000_000_000;
 
+/// A fresh Anvil and its RPC URL; `None` (a SKIP line printed) where Anvil is not installed.
+fn anvil_or_skip() -> Option<(Anvil, String)> {
+    let Some(bin) = find_anvil() else {
+        eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+        return None;
+    };
+    let anvil = Anvil::start(&bin, 31337).expect("anvil");
+    let rpc = anvil.url().to_string();
+    Some((anvil, rpc))
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -179,12 +190,9 @@ fn evm_help_names_every_subcommand_and_who_mints() {
 
 #[test]
 fn evm_deploy_on_anvil_writes_a_deployment_the_contract_answers_and_mints() {
-    let Some(bin) = find_anvil() else {
-        eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+    let Some((anvil, rpc)) = anvil_or_skip() else {
         return;
     };
-    let anvil = Anvil::start(&bin, 31337).expect("anvil");
-    let rpc = anvil.url().to_string();
     let dir = tempfile::tempdir().expect("tmp");
     let (key, seed) = new_key(dir.path(), "deployer.json");
     let deployer = evm_signer_for(&seed).address();
@@ -350,12 +358,9 @@ fn evm_deploy_on_anvil_writes_a_deployment_the_contract_answers_and_mints() {
 
 #[test]
 fn evm_deploy_and_mint_refuse_clearly_and_spend_nothing() {
-    let Some(bin) = find_anvil() else {
-        eprintln!("SKIP: anvil not found (run scripts/install-evm-tools)");
+    let Some((anvil, rpc)) = anvil_or_skip() else {
         return;
     };
-    let anvil = Anvil::start(&bin, 31337).expect("anvil");
-    let rpc = anvil.url().to_string();
     let dir = tempfile::tempdir().expect("tmp");
     let out_path = dir.path().join("contracts.json");
     let out = s(&out_path);
