@@ -27,6 +27,22 @@ struct Node {
     dir: PathBuf,
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), so that while a node is down
+/// between a crash and its restart no outgoing connection of a test running beside it (nor a
+/// listener on port 0) can take its port, which made the restart fail now and then.
+fn restartable_port(seed: u128) -> anyhow::Result<u16> {
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let start = (seed % u128::from(SPAN)) as u16;
+    for i in 0..SPAN {
+        let port = LOW + (start + i) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port in {LOW}..{}", LOW + SPAN)
+}
+
 impl Node {
     /// `None` (printing why) when Anvil is not installed.
     fn start(tag: &str) -> anyhow::Result<Option<Node>> {
@@ -42,7 +58,7 @@ impl Node {
         std::fs::create_dir_all(&dir)?;
         let mut config = AnvilConfig {
             chain_id: CHAIN_ID,
-            port: 0,
+            port: restartable_port(nanos)?,
             state: Some(dir.join("state.json")),
             ..AnvilConfig::default()
         };
