@@ -39,38 +39,7 @@ pub enum EvmCmd {
     /// (`--epoch-blocks`). Over an existing ERC-20 with `--token`; without it, a test
     /// stablecoin (6 decimals) is deployed first, which only the deployer can mint
     /// (`agora evm mint`): not for real money.
-    Deploy {
-        /// The chain's JSON-RPC URL (http://...).
-        #[arg(long, value_name = "URL")]
-        rpc: String,
-        /// The deployer's key file (`agora keys new`); its EVM account pays the gas.
-        #[arg(long, short, value_name = "FILE")]
-        key: PathBuf,
-        /// Where to write the deployment file (JSON: chain id, token, settlement address,
-        /// start block, rules).
-        #[arg(long, short, value_name = "FILE")]
-        out: PathBuf,
-        /// Overwrite an existing `--out`.
-        #[arg(long)]
-        force: bool,
-        /// An ERC-20 already on the chain to pay and stake in (0x..., 40 hex digits; mixed
-        /// case must be a valid checksum). Without it the test stablecoin is deployed.
-        #[arg(long, value_name = "ADDRESS", value_parser = parse_address)]
-        token: Option<Address>,
-        /// A ledger genesis file (`agora ledger genesis`) whose rules (`params`) the
-        /// contract takes; its allocations are not minted. Default: the devnet's rules (the
-        /// ledger's defaults with a 200 bps audit fee share and an audit fee of 1).
-        #[arg(long, value_name = "FILE")]
-        genesis: Option<PathBuf>,
-        /// Refuse unless the RPC serves this chain id (a guard against deploying to the
-        /// wrong network through a mistaken URL).
-        #[arg(long, value_name = "ID")]
-        chain_id: Option<u64>,
-        /// Blocks per epoch: receipt roots are posted, and audited, once per epoch, and every
-        /// window of the rules counts epochs. With 12-second blocks, 10 is two minutes.
-        #[arg(long, default_value_t = DEFAULT_EPOCH_BLOCKS)]
-        epoch_blocks: u64,
-    },
+    Deploy(DeployArgs),
     /// Mint the test stablecoin of a deployment (only its deployer can) to an account.
     Mint {
         /// The chain's JSON-RPC URL.
@@ -97,25 +66,7 @@ pub fn run(cmd: EvmCmd) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cmd {
-        EvmCmd::Deploy {
-            rpc,
-            key,
-            out,
-            force,
-            token,
-            genesis,
-            chain_id,
-            epoch_blocks,
-        } => rt.block_on(deploy(DeployArgs {
-            rpc,
-            key,
-            out,
-            force,
-            token,
-            genesis,
-            chain_id,
-            epoch_blocks,
-        })),
+        EvmCmd::Deploy(args) => rt.block_on(deploy(args)),
         EvmCmd::Mint {
             rpc,
             contracts,
@@ -175,14 +126,38 @@ pub fn contract_rules(ledger: &Params, epoch_blocks: u64) -> agora_evm::Params {
     }
 }
 
-struct DeployArgs {
+// What `agora evm deploy` takes (its help is the `Deploy` variant's).
+#[derive(clap::Args, Debug)]
+pub struct DeployArgs {
+    /// The chain's JSON-RPC URL (http://...).
+    #[arg(long, value_name = "URL")]
     rpc: String,
+    /// The deployer's key file (`agora keys new`); its EVM account pays the gas.
+    #[arg(long, short, value_name = "FILE")]
     key: PathBuf,
+    /// Where to write the deployment file (JSON: chain id, token, settlement address,
+    /// start block, rules).
+    #[arg(long, short, value_name = "FILE")]
     out: PathBuf,
+    /// Overwrite an existing `--out`.
+    #[arg(long)]
     force: bool,
+    /// An ERC-20 already on the chain to pay and stake in (0x..., 40 hex digits; mixed
+    /// case must be a valid checksum). Without it the test stablecoin is deployed.
+    #[arg(long, value_name = "ADDRESS", value_parser = parse_address)]
     token: Option<Address>,
+    /// A ledger genesis file (`agora ledger genesis`) whose rules (`params`) the
+    /// contract takes; its allocations are not minted. Default: the devnet's rules (the
+    /// ledger's defaults with a 200 bps audit fee share and an audit fee of 1).
+    #[arg(long, value_name = "FILE")]
     genesis: Option<PathBuf>,
+    /// Refuse unless the RPC serves this chain id (a guard against deploying to the
+    /// wrong network through a mistaken URL).
+    #[arg(long, value_name = "ID")]
     chain_id: Option<u64>,
+    /// Blocks per epoch: receipt roots are posted, and audited, once per epoch, and every
+    /// window of the rules counts epochs. With 12-second blocks, 10 is two minutes.
+    #[arg(long, default_value_t = DEFAULT_EPOCH_BLOCKS)]
     epoch_blocks: u64,
 }
 
